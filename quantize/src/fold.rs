@@ -1,0 +1,218 @@
+//! Exact BatchNorm removal and input-normalisation folding: [`Imported`] → [`Folded`].
+//!
+//! In ConvMixer every BatchNorm follows the activation, and its output feeds both a
+//! zero-padded depthwise conv and a residual add, so the textbook fold into the *preceding*
+//! conv is wrong. What we do instead (all exact; see `docs/batchnorm-folding.md`):
+//!
+//! * BN directly after a conv (`Conv → BN → act`): folded into the conv's weights and bias.
+//! * BN after the activation: becomes a per-channel `scale·a + shift` applied in the conv's
+//!   fused epilogue, where it costs nothing extra (int8: it is part of the requantisation).
+//!   Because the stream then holds the true post-BN values, zero padding of the next
+//!   depthwise conv and the residual add keep their meaning without any correction.
+//! * The last BN (before the average pool): folded into the classifier, since
+//!   `W·mean(s·a + t) + b = (W·diag(s))·mean(a) + (W·t + b)`.
+//! * Input normalisation `(pixel/255 − mean)/std`: folded into the patch embedding, which has
+//!   no padding, so `classify()` takes raw `u8` pixels.
+//!
+//! Arithmetic is done in f64 and rounded to f32 once.
+
+use anyhow::{bail, Result};
+use convmixer_edge::Activation;
+
+use crate::onnx::{BatchNorm, ConvUnit, Imported};
+
+/// One conv layer after folding, in the runtime's weight layout (`docs/blob-format.md`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layer {
+    /// Weights: embedding `[out][ky][kx][c]` in pixel units, depthwise `[ky][kx][c]`,
+    /// pointwise `[out][in]`.
+    pub w: Vec<f32>,
+    /// Bias per output channel.
+    pub b: Vec<f32>,
+    /// Post-activation scale per output channel.
+    pub scale: Vec<f32>,
+    /// Post-activation shift per output channel.
+    pub shift: Vec<f32>,
+}
+
+/// A ConvMixer with no BatchNorm left, taking raw `u8` pixels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Folded {
+    /// Input height.
+    pub in_h: usize,
+    /// Input width.
+    pub in_w: usize,
+    /// Input channels.
+    pub in_c: usize,
+    /// Patch size.
+    pub patch: usize,
+    /// Mixer width.
+    pub dim: usize,
+    /// Depthwise kernel size (0 when there are no blocks).
+    pub kernel: usize,
+    /// Activation.
+    pub act: Activation,
+    /// Input normalisation mean per channel (0..1 scale), already folded into `embed`.
+    pub mean: Vec<f32>,
+    /// Input normalisation std per channel, already folded into `embed`.
+    pub std: Vec<f32>,
+    /// Patch embedding.
+    pub embed: Layer,
+    /// `(depthwise, pointwise)` per block.
+    pub blocks: Vec<(Layer, Layer)>,
+    /// Classifier `[classes][dim]`, last BN folded in.
+    pub head_w: Vec<f32>,
+    /// Classifier bias.
+    pub head_b: Vec<f32>,
+}
+
+impl Folded {
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.head_b.len()
+    }
+    /// Token grid after the embedding.
+    pub fn grid(&self) -> (usize, usize) {
+        ((self.in_h - self.patch) / self.patch + 1, (self.in_w - self.patch) / self.patch + 1)
+    }
+}
+
+/// Per-channel `(scale, shift)` of a BN in f64.
+fn bn_affine(bn: &BatchNorm) -> (Vec<f64>, Vec<f64>) {
+    let s: Vec<f64> = bn
+        .gamma
+        .iter()
+        .zip(&bn.var)
+        .map(|(&g, &v)| f64::from(g) / (f64::from(v) + f64::from(bn.eps)).sqrt())
+        .collect();
+    let t = bn.beta.iter().zip(&bn.mean).zip(&s).map(|((&b, &m), &s)| f64::from(b) - f64::from(m) * s).collect();
+    (s, t)
+}
+
+/// Conv weights/bias in f64 with a pre-activation BN folded in; ONNX layout kept.
+fn fold_pre(u: &ConvUnit) -> (Vec<f64>, Vec<f64>) {
+    let out = u.shape[0];
+    let per = u.w.len() / out;
+    let mut w: Vec<f64> = u.w.iter().map(|&v| f64::from(v)).collect();
+    let mut b: Vec<f64> = u.b.iter().map(|&v| f64::from(v)).collect();
+    if let Some(bn) = &u.bn_pre {
+        let (s, t) = bn_affine(bn);
+        for o in 0..out {
+            w[o * per..(o + 1) * per].iter_mut().for_each(|v| *v *= s[o]);
+            b[o] = b[o] * s[o] + t[o];
+        }
+    }
+    (w, b)
+}
+
+fn post(u: &ConvUnit) -> (Vec<f64>, Vec<f64>) {
+    match &u.bn_post {
+        Some(bn) => bn_affine(bn),
+        None => (vec![1.0; u.shape[0]], vec![0.0; u.shape[0]]),
+    }
+}
+
+fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// Removes every BatchNorm and folds the input normalisation (`mean`, `std` per input
+/// channel, in the 0..1 pixel scale; empty slices mean none).
+pub fn fold(m: &Imported, mean: &[f32], std: &[f32]) -> Result<Folded> {
+    let c = m.in_c;
+    let mean: Vec<f32> = if mean.is_empty() { vec![0.0; c] } else { broadcast(mean, c, "--mean")? };
+    let std: Vec<f32> = if std.is_empty() { vec![1.0; c] } else { broadcast(std, c, "--std")? };
+    if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+        bail!("--std {s}: standard deviations must be positive");
+    }
+    let dim = m.dim();
+    let p = m.patch();
+
+    // Patch embedding: [o][c][ky][kx] → [o][ky][kx][c], in raw pixel units.
+    let (w, mut b) = fold_pre(&m.embed);
+    let mut ew = vec![0f64; w.len()];
+    for o in 0..dim {
+        for ci in 0..c {
+            let s = 255.0 * f64::from(std[ci]);
+            for ky in 0..p {
+                for kx in 0..p {
+                    let v = w[((o * c + ci) * p + ky) * p + kx];
+                    ew[((o * p + ky) * p + kx) * c + ci] = v / s;
+                    b[o] -= v * f64::from(mean[ci]) / f64::from(std[ci]);
+                }
+            }
+        }
+    }
+    let mut layers: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> = Vec::new();
+    let (s, t) = post(&m.embed);
+    layers.push((ew, b, s, t));
+    for (dw, pw) in &m.blocks {
+        let k = dw.shape[2];
+        let (w, b) = fold_pre(dw);
+        // [c][1][ky][kx] → [ky][kx][c]
+        let mut dww = vec![0f64; w.len()];
+        for ch in 0..dim {
+            for tap in 0..k * k {
+                dww[tap * dim + ch] = w[ch * k * k + tap];
+            }
+        }
+        let (s, t) = post(dw);
+        layers.push((dww, b, s, t));
+        let (w, b) = fold_pre(pw);
+        let (s, t) = post(pw);
+        layers.push((w, b, s, t));
+    }
+
+    // The last BN goes into the classifier through the average pool.
+    let classes = m.classes();
+    let mut hw: Vec<f64> = m.head_w.iter().map(|&v| f64::from(v)).collect();
+    let mut hb: Vec<f64> = m.head_b.iter().map(|&v| f64::from(v)).collect();
+    if let Some(last) = layers.last_mut() {
+        for cl in 0..classes {
+            for d in 0..dim {
+                hb[cl] += hw[cl * dim + d] * last.3[d];
+                hw[cl * dim + d] *= last.2[d];
+            }
+        }
+        last.2 = vec![1.0; dim];
+        last.3 = vec![0.0; dim];
+    }
+    let mut layers = layers.into_iter().map(|(w, b, s, t)| Layer { w: f32s(&w), b: f32s(&b), scale: f32s(&s), shift: f32s(&t) });
+    let embed = layers.next().ok_or_else(|| anyhow::anyhow!("no embedding"))?;
+    let mut blocks = Vec::new();
+    while let (Some(d), Some(p)) = (layers.next(), layers.next()) {
+        blocks.push((d, p));
+    }
+    let f = Folded {
+        in_h: m.in_h,
+        in_w: m.in_w,
+        in_c: c,
+        patch: p,
+        dim,
+        kernel: m.kernel(),
+        act: m.embed.act,
+        mean,
+        std,
+        embed,
+        blocks,
+        head_w: f32s(&hw),
+        head_b: f32s(&hb),
+    };
+    let all = [&f.head_w, &f.head_b].into_iter().chain(
+        std::iter::once(&f.embed).chain(f.blocks.iter().flat_map(|(a, b)| [a, b])).flat_map(|l| [&l.w, &l.b, &l.scale, &l.shift]),
+    );
+    for v in all {
+        if v.iter().any(|x| !x.is_finite()) {
+            bail!("folding produced a non-finite parameter (a BatchNorm with zero variance and zero epsilon?)");
+        }
+    }
+    Ok(f)
+}
+
+fn broadcast(v: &[f32], c: usize, what: &str) -> Result<Vec<f32>> {
+    match v.len() {
+        1 => Ok(vec![v[0]; c]),
+        n if n == c => Ok(v.to_vec()),
+        n => bail!("{what} has {n} values; the model has {c} input channels (give 1 or {c})"),
+    }
+}

@@ -1,0 +1,53 @@
+//! # convmixer-quantize
+//!
+//! The host half of convmixer-edge, a straight line:
+//!
+//! ```text
+//! onnx::import  →  fold::fold  →  calibrate::calibrate  →  quant::lower  →  blob bytes
+//! (ONNX file)      (no BN left)    (ranges, int8 only)      (int8/f16/f32)   (runtime reads)
+//! ```
+//!
+//! [`reference::TractModel`] runs the original ONNX in fp32 with tract: the independent
+//! reference every test compares against.
+
+pub mod blob;
+pub mod calibrate;
+pub mod data;
+pub mod fold;
+pub mod onnx;
+pub mod quant;
+pub mod reference;
+
+pub use convmixer_edge::{Activation, Precision};
+
+/// Everything `quantize` needs besides the model and the calibration images.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Input normalisation mean per channel (0..1 pixel scale); empty for none.
+    pub mean: Vec<f32>,
+    /// Input normalisation std per channel; empty for none.
+    pub std: Vec<f32>,
+    /// Class labels, empty or one per class.
+    pub labels: Vec<String>,
+}
+
+/// The whole path for an already imported model: fold, calibrate (int8), lower.
+pub fn quantize(
+    model: &onnx::Imported,
+    precision: Precision,
+    calib: &[Vec<u8>],
+    opts: &Options,
+    progress: impl FnMut(),
+) -> anyhow::Result<Vec<u8>> {
+    let folded = fold::fold(model, &opts.mean, &opts.std)?;
+    let stats = match precision {
+        Precision::Int8 => {
+            if calib.is_empty() {
+                anyhow::bail!("int8 quantisation needs calibration images (--calib DIR)");
+            }
+            Some(calibrate::calibrate(&folded, calib.iter().map(|v| v.as_slice()), progress))
+        }
+        _ => None,
+    };
+    quant::lower(&folded, precision, stats.as_deref(), &opts.labels)
+}

@@ -1,0 +1,712 @@
+//! ONNX import: a PyTorch-exported ConvMixer → [`Imported`] (raw weights and BatchNorms).
+//!
+//! tract-onnx parses the protobuf; this module walks the node list and recognises the
+//! ConvMixer structure as both `torch.onnx.export` back-ends write it:
+//!
+//! ```text
+//! input → [Conv(k=p, s=p) → [BN] → act → [BN]]                      patch embedding
+//!       → depth × ( x + ([Pad] → Conv(groups=dim) → [BN] → act → [BN])   residual depthwise
+//!                   → Conv 1×1 → [BN] → act → [BN] )                      pointwise
+//!       → GlobalAveragePool | ReduceMean(2,3) → [Flatten | Reshape | Squeeze]
+//!       → Gemm | MatMul [+ Add]                                          head
+//! ```
+//!
+//! "act" is `Relu`, the `Gelu` op (opset 20), or any small element-wise subgraph (`Div`,
+//! `Mul`, `Add`, `Sub`, `Erf`, `Tanh`, `Pow`, `Sqrt` with constant operands) that evaluates
+//! to GELU: the TorchScript exporter's `Div → Erf → Add → Mul → Mul` is recognised by
+//! *evaluating* it on sample points, so equivalent spellings from other exporters work too.
+//! Anything else is an error naming the node, its op type and what was expected.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, bail, Context, Result};
+use convmixer_edge::Activation;
+use tract_onnx::pb::{self, tensor_proto::DataType, NodeProto, TensorProto};
+use tract_onnx::prelude::Framework;
+
+/// A BatchNorm in inference form.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNorm {
+    /// γ.
+    pub gamma: Vec<f32>,
+    /// β.
+    pub beta: Vec<f32>,
+    /// Running mean.
+    pub mean: Vec<f32>,
+    /// Running variance.
+    pub var: Vec<f32>,
+    /// ε.
+    pub eps: f32,
+}
+
+/// One Conv → [BN] → act → [BN] unit as found in the file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvUnit {
+    /// Name of the Conv node (for messages).
+    pub name: String,
+    /// Weights in ONNX layout `[out][in/groups][kh][kw]`.
+    pub w: Vec<f32>,
+    /// `[out, in/groups, kh, kw]`.
+    pub shape: [usize; 4],
+    /// Bias (zeros if the Conv had none).
+    pub b: Vec<f32>,
+    /// Padding `[top, left, bottom, right]` (Pad node and Conv pads combined).
+    pub pads: [usize; 4],
+    /// Stride (the same in both directions).
+    pub stride: usize,
+    /// BatchNorm between the conv and the activation, if any.
+    pub bn_pre: Option<BatchNorm>,
+    /// Activation.
+    pub act: Activation,
+    /// BatchNorm after the activation, if any.
+    pub bn_post: Option<BatchNorm>,
+}
+
+/// A ConvMixer as read from ONNX, before any folding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Imported {
+    /// Input channels.
+    pub in_c: usize,
+    /// Input height.
+    pub in_h: usize,
+    /// Input width.
+    pub in_w: usize,
+    /// Patch embedding.
+    pub embed: ConvUnit,
+    /// `(depthwise, pointwise)` per block.
+    pub blocks: Vec<(ConvUnit, ConvUnit)>,
+    /// Head weights `[classes][dim]`.
+    pub head_w: Vec<f32>,
+    /// Head bias `[classes]`.
+    pub head_b: Vec<f32>,
+    /// Opset of the default domain.
+    pub opset: i64,
+}
+
+impl Imported {
+    /// Mixer width.
+    pub fn dim(&self) -> usize {
+        self.embed.shape[0]
+    }
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.head_b.len()
+    }
+    /// Patch size.
+    pub fn patch(&self) -> usize {
+        self.embed.shape[2]
+    }
+    /// Depthwise kernel (0 when depth is 0).
+    pub fn kernel(&self) -> usize {
+        self.blocks.first().map_or(0, |b| b.0.shape[2])
+    }
+}
+
+/// Reads an ONNX file and recognises a ConvMixer in it.
+pub fn import(path: &std::path::Path) -> Result<Imported> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    import_bytes(&bytes).with_context(|| format!("{}", path.display()))
+}
+
+/// As [`import`], from bytes.
+pub fn import_bytes(bytes: &[u8]) -> Result<Imported> {
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &bytes[..])
+        .map_err(|e| anyhow!("not a valid ONNX protobuf ({e})"))?;
+    let graph = proto.graph.as_ref().ok_or_else(|| anyhow!("ONNX model has no graph"))?;
+    let opset = proto
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(0, |o| o.version);
+    Graph::new(graph)?.convmixer(opset)
+}
+
+// ----------------------------------------------------------------------------------------
+
+struct Graph<'g> {
+    nodes: &'g [NodeProto],
+    consts: HashMap<&'g str, Tensor>,
+    consumers: HashMap<&'g str, Vec<usize>>,
+    outputs: Vec<&'g str>,
+    input: &'g pb::ValueInfoProto,
+}
+
+/// A constant tensor, as f64 values.
+#[derive(Clone, Debug)]
+struct Tensor {
+    dims: Vec<usize>,
+    data: Vec<f64>,
+}
+
+fn decode_tensor(t: &TensorProto) -> Result<Tensor> {
+    let dims: Vec<usize> = t
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| anyhow!("tensor '{}' has a negative dimension", t.name)))
+        .collect::<Result<_>>()?;
+    let n: usize = dims.iter().product();
+    if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
+        bail!("tensor '{}' is stored in an external file; export with the weights inside the .onnx", t.name);
+    }
+    let raw = &t.raw_data;
+    let data: Vec<f64> = match DataType::try_from(t.data_type) {
+        Ok(DataType::Float) if !raw.is_empty() => {
+            raw.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()
+        }
+        Ok(DataType::Float) => t.float_data.iter().map(|&v| f64::from(v)).collect(),
+        Ok(DataType::Double) if !raw.is_empty() => {
+            raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect()
+        }
+        Ok(DataType::Double) => t.double_data.clone(),
+        Ok(DataType::Int64) if !raw.is_empty() => {
+            raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f64).collect()
+        }
+        Ok(DataType::Int64) => t.int64_data.iter().map(|&v| v as f64).collect(),
+        Ok(DataType::Int32) if !raw.is_empty() => {
+            raw.chunks_exact(4).map(|c| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()
+        }
+        Ok(DataType::Int32) => t.int32_data.iter().map(|&v| f64::from(v)).collect(),
+        _ => bail!("tensor '{}' has data type {} (expected float, double or integer)", t.name, t.data_type),
+    };
+    if data.len() != n {
+        bail!("tensor '{}' holds {} values for shape {:?}", t.name, data.len(), dims);
+    }
+    Ok(Tensor { dims, data })
+}
+
+fn attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n pb::AttributeProto> {
+    node.attribute.iter().find(|a| a.name == name)
+}
+
+fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
+    attr(node, name).map(|a| a.ints.clone())
+}
+
+fn attr_int(node: &NodeProto, name: &str) -> Option<i64> {
+    attr(node, name).map(|a| a.i)
+}
+
+fn describe(node: &NodeProto) -> String {
+    let name = if node.name.is_empty() { node.output.first().map_or("?", |s| s.as_str()) } else { &node.name };
+    format!("node '{}' ({})", name, node.op_type)
+}
+
+const ELEMENTWISE: [&str; 8] = ["Div", "Mul", "Add", "Sub", "Erf", "Tanh", "Pow", "Sqrt"];
+
+impl<'g> Graph<'g> {
+    fn new(g: &'g pb::GraphProto) -> Result<Self> {
+        let mut consts = HashMap::new();
+        for t in &g.initializer {
+            consts.insert(t.name.as_str(), decode_tensor(t)?);
+        }
+        for n in &g.node {
+            if n.op_type == "Constant" {
+                let a = attr(n, "value").and_then(|a| a.t.as_ref());
+                let t = match (a, attr(n, "value_float"), attr(n, "value_ints")) {
+                    (Some(t), _, _) => decode_tensor(t)?,
+                    (None, Some(f), _) => Tensor { dims: vec![], data: vec![f64::from(f.f)] },
+                    (None, None, Some(i)) => {
+                        Tensor { dims: vec![i.ints.len()], data: i.ints.iter().map(|&v| v as f64).collect() }
+                    }
+                    _ => bail!("{}: unsupported Constant (expected a tensor, float or ints value)", describe(n)),
+                };
+                if let Some(o) = n.output.first() {
+                    consts.insert(o.as_str(), t);
+                }
+            }
+        }
+        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, n) in g.node.iter().enumerate() {
+            for inp in &n.input {
+                if !inp.is_empty() {
+                    consumers.entry(inp.as_str()).or_default().push(i);
+                }
+            }
+        }
+        let inputs: Vec<_> = g.input.iter().filter(|i| !consts.contains_key(i.name.as_str())).collect();
+        let input = match inputs.as_slice() {
+            [one] => *one,
+            [] => bail!("the graph has no input"),
+            many => bail!("the graph has {} inputs (expected one image input)", many.len()),
+        };
+        Ok(Graph { nodes: &g.node, consts, consumers, outputs: g.output.iter().map(|o| o.name.as_str()).collect(), input })
+    }
+
+    fn constant(&self, name: &str, what: &str) -> Result<&Tensor> {
+        self.consts.get(name).ok_or_else(|| anyhow!("{what} '{name}' is not a constant initializer"))
+    }
+
+    /// The nodes consuming tensor `t`, ignoring `Constant`s.
+    fn users(&self, t: &str) -> Vec<&'g NodeProto> {
+        self.consumers.get(t).map_or(vec![], |v| v.iter().map(|&i| &self.nodes[i]).collect())
+    }
+
+    /// The single node consuming `t`.
+    fn single_user(&self, t: &str, expected: &str) -> Result<&'g NodeProto> {
+        match self.users(t).as_slice() {
+            [n] => Ok(n),
+            [] => bail!("tensor '{t}' is not used, expected {expected} after it"),
+            many => bail!(
+                "tensor '{t}' feeds {} nodes ({}), expected only {expected}",
+                many.len(),
+                many.iter().map(|n| describe(n)).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
+    fn input_shape(&self) -> Result<(usize, usize, usize)> {
+        let shape = self
+            .input
+            .r#type
+            .as_ref()
+            .and_then(|t| t.value.as_ref())
+            .and_then(|v| match v {
+                pb::type_proto::Value::TensorType(tt) => tt.shape.as_ref(),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("input '{}' has no tensor shape", self.input.name))?;
+        let dims: Vec<Option<usize>> = shape
+            .dim
+            .iter()
+            .map(|d| match d.value {
+                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => Some(v as usize),
+                _ => None,
+            })
+            .collect();
+        match dims.as_slice() {
+            [_, Some(c), Some(h), Some(w)] => Ok((*c, *h, *w)),
+            _ => bail!(
+                "input '{}' must be [batch, C, H, W] with fixed C, H, W (found rank {})",
+                self.input.name,
+                dims.len()
+            ),
+        }
+    }
+
+    fn convmixer(&self, opset: i64) -> Result<Imported> {
+        let (in_c, in_h, in_w) = self.input_shape()?;
+        if in_c != 1 && in_c != 3 {
+            bail!("input '{}' has {in_c} channels (expected 1 or 3)", self.input.name);
+        }
+        let mut cur = self.input.name.as_str();
+        let (embed, next) = self.conv_unit(cur, "the patch-embedding Conv")?;
+        cur = next;
+        let [dim, c, ph, pw] = embed.shape;
+        if c != in_c || ph != pw || embed.pads != [0; 4] || embed.stride != ph {
+            bail!("{}: the patch embedding must be a square unpadded Conv over {in_c} channels (found weights {:?}, pads {:?})", embed.name, embed.shape, embed.pads);
+        }
+        let mut blocks = Vec::new();
+        loop {
+            let users = self.users(cur);
+            // A residual block: `cur` feeds the depthwise branch and the Add.
+            if users.len() != 2 {
+                break;
+            }
+            let (add, branch) = match (users[0].op_type.as_str(), users[1].op_type.as_str()) {
+                ("Add", "Conv" | "Pad") => (users[0], users[1]),
+                ("Conv" | "Pad", "Add") => (users[1], users[0]),
+                _ => bail!(
+                    "tensor '{cur}' feeds {} and {}; expected a residual block (Conv and Add)",
+                    describe(users[0]),
+                    describe(users[1])
+                ),
+            };
+            let (dw, u) = self.unit_from(branch, "the depthwise Conv")?;
+            if !add.input.iter().any(|i| i == u) || !add.input.iter().any(|i| i == cur) {
+                bail!("{}: expected the residual Add of '{cur}' and '{u}'", describe(add));
+            }
+            let (pwu, next) = self.conv_unit(&add.output[0], "the pointwise Conv")?;
+            check_block(&dw, &pwu, dim)?;
+            blocks.push((dw, pwu));
+            cur = next;
+        }
+        let (head_w, head_b) = self.head(cur, dim)?;
+        let act = embed.act;
+        for u in blocks.iter().flat_map(|(a, b)| [a, b]) {
+            if u.act != act {
+                bail!("{}: activation {:?} differs from the embedding's {:?} (one activation per model)", u.name, u.act, act);
+            }
+        }
+        let k = blocks.first().map(|b| b.0.shape[2]);
+        if blocks.iter().any(|b| Some(b.0.shape[2]) != k) {
+            bail!("depthwise kernels differ between blocks (one kernel size per model)");
+        }
+        if in_h < ph || in_w < ph {
+            bail!("input {in_h}x{in_w} is smaller than the patch size {ph}");
+        }
+        Ok(Imported { in_c, in_h, in_w, embed, blocks, head_w, head_b, opset })
+    }
+
+    /// Parses `[Pad] → Conv → [BN] → act → [BN]` starting at the node consuming `t`.
+    fn conv_unit(&self, t: &str, what: &str) -> Result<(ConvUnit, &'g str)> {
+        let n = self.single_user(t, what)?;
+        self.unit_from(n, what)
+    }
+
+    fn unit_from(&self, first: &'g NodeProto, what: &str) -> Result<(ConvUnit, &'g str)> {
+        let mut node = first;
+        let mut pads = [0usize; 4];
+        if node.op_type == "Pad" {
+            pads = self.pad_node(node)?;
+            node = self.single_user(&node.output[0], what)?;
+        }
+        if node.op_type != "Conv" {
+            bail!("{}: expected {what} here", describe(node));
+        }
+        let conv = node;
+        let w = self.constant(conv.input.get(1).map_or("", |s| s), "Conv weight")?;
+        let shape: [usize; 4] = w
+            .dims
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow!("{}: weight has rank {} (expected 4)", describe(conv), w.dims.len()))?;
+        let b = match conv.input.get(2).filter(|s| !s.is_empty()) {
+            Some(name) => self.constant(name, "Conv bias")?.data.iter().map(|&v| v as f32).collect(),
+            None => vec![0.0; shape[0]],
+        };
+        if b.len() != shape[0] {
+            bail!("{}: bias has {} values for {} output channels", describe(conv), b.len(), shape[0]);
+        }
+        if attr_ints(conv, "dilations").is_some_and(|d| d.iter().any(|&v| v != 1)) {
+            bail!("{}: dilated convolutions are not part of ConvMixer", describe(conv));
+        }
+        let strides = attr_ints(conv, "strides").unwrap_or(vec![1, 1]);
+        let group = attr_int(conv, "group").unwrap_or(1) as usize;
+        let cp = attr_ints(conv, "pads").unwrap_or(vec![0; 4]);
+        let auto = attr(conv, "auto_pad").map(|a| String::from_utf8_lossy(&a.s).to_string());
+        let (kh, kw) = (shape[2], shape[3]);
+        match auto.as_deref() {
+            None | Some("NOTSET") | Some("") => {
+                if cp.len() != 4 || cp.iter().any(|&v| v < 0) {
+                    bail!("{}: pads {:?} (expected 4 non-negative values)", describe(conv), cp);
+                }
+                // ONNX pads: [top, left, bottom, right].
+                for (p, c) in pads.iter_mut().zip(&cp) {
+                    *p += *c as usize;
+                }
+            }
+            Some("VALID") => {}
+            Some("SAME_UPPER") => {
+                pads = [pads[0] + (kh - 1) / 2, pads[1] + (kw - 1) / 2, pads[2] + kh / 2, pads[3] + kw / 2];
+            }
+            Some(other) => bail!("{}: auto_pad {other} is not supported (expected explicit pads)", describe(conv)),
+        }
+        let mut unit = ConvUnit {
+            name: if conv.name.is_empty() { conv.output[0].clone() } else { conv.name.clone() },
+            w: w.data.iter().map(|&v| v as f32).collect(),
+            shape,
+            b,
+            pads,
+            stride: 1,
+            bn_pre: None,
+            act: Activation::Relu,
+            bn_post: None,
+        };
+        check_finite(&unit.name, &unit.w)?;
+        check_finite(&unit.name, &unit.b)?;
+        // Encode stride and group into the shape checks done by the caller.
+        if group != 1 && group != shape[0] {
+            bail!("{}: group {group} (expected 1 or the channel count)", describe(conv));
+        }
+        if strides.len() != 2 || strides[0] != strides[1] || strides[0] < 1 {
+            bail!("{}: strides {:?} (expected equal strides in both directions)", describe(conv), strides);
+        }
+        unit.stride = strides[0] as usize;
+        if kh != kw {
+            bail!("{}: kernel {kh}x{kw} is not square", describe(conv));
+        }
+        let mut out = conv.output[0].as_str();
+        let mut next = self.single_user(out, "an activation")?;
+        if next.op_type == "BatchNormalization" {
+            unit.bn_pre = Some(self.batchnorm(next, shape[0])?);
+            out = next.output[0].as_str();
+            next = self.single_user(out, "an activation")?;
+        }
+        let (act, act_out) = self.activation(out, next)?;
+        unit.act = act;
+        out = act_out;
+        let users = self.users(out);
+        if let [n] = users.as_slice() {
+            if n.op_type == "BatchNormalization" {
+                unit.bn_post = Some(self.batchnorm(n, shape[0])?);
+                out = n.output[0].as_str();
+            }
+        }
+        Ok((unit, out))
+    }
+
+    fn pad_node(&self, n: &NodeProto) -> Result<[usize; 4]> {
+        let mode = attr(n, "mode").map(|a| String::from_utf8_lossy(&a.s).to_string());
+        if mode.as_deref().is_some_and(|m| m != "constant") {
+            bail!("{}: only constant (zero) padding is supported", describe(n));
+        }
+        let pads: Vec<i64> = match n.input.get(1).filter(|s| !s.is_empty()) {
+            Some(p) => self.constant(p, "Pad amounts")?.data.iter().map(|&v| v as i64).collect(),
+            None => attr_ints(n, "pads").unwrap_or_default(),
+        };
+        if let Some(v) = n.input.get(2).filter(|s| !s.is_empty()) {
+            if self.constant(v, "Pad value")?.data.iter().any(|&x| x != 0.0) {
+                bail!("{}: padding value must be 0", describe(n));
+            }
+        }
+        if n.input.get(3).is_some_and(|s| !s.is_empty()) {
+            bail!("{}: Pad with explicit axes is not supported", describe(n));
+        }
+        // [n0, c0, h0, w0, n1, c1, h1, w1]
+        if pads.len() != 8 || pads.iter().any(|&p| p < 0) || pads[0] != 0 || pads[1] != 0 || pads[4] != 0 || pads[5] != 0 {
+            bail!("{}: pads {:?} (expected spatial zero padding of a 4-D tensor)", describe(n), pads);
+        }
+        Ok([pads[2] as usize, pads[3] as usize, pads[6] as usize, pads[7] as usize])
+    }
+
+    fn batchnorm(&self, n: &NodeProto, c: usize) -> Result<BatchNorm> {
+        if attr_int(n, "training_mode").unwrap_or(0) != 0 {
+            bail!("{}: BatchNormalization in training mode (export the model in eval mode)", describe(n));
+        }
+        let get = |i: usize, what: &str| -> Result<Vec<f32>> {
+            let name = n.input.get(i).ok_or_else(|| anyhow!("{}: missing {what}", describe(n)))?;
+            let t = self.constant(name, what)?;
+            if t.data.len() != c {
+                bail!("{}: {what} has {} values for {c} channels", describe(n), t.data.len());
+            }
+            let v: Vec<f32> = t.data.iter().map(|&x| x as f32).collect();
+            check_finite(&n.name, &v)?;
+            Ok(v)
+        };
+        let bn = BatchNorm {
+            gamma: get(1, "scale")?,
+            beta: get(2, "bias")?,
+            mean: get(3, "running mean")?,
+            var: get(4, "running variance")?,
+            eps: attr(n, "epsilon").map_or(1e-5, |a| a.f),
+        };
+        if let Some(v) = bn.var.iter().find(|&&v| v < 0.0) {
+            bail!("{}: running variance {v} is negative", describe(n));
+        }
+        Ok(bn)
+    }
+
+    /// Recognises the activation starting at tensor `x` whose first consumer is `n`.
+    fn activation(&self, x: &'g str, n: &'g NodeProto) -> Result<(Activation, &'g str)> {
+        match n.op_type.as_str() {
+            "Relu" => return Ok((Activation::Relu, n.output[0].as_str())),
+            "Gelu" => {
+                let approx = attr(n, "approximate").map(|a| String::from_utf8_lossy(&a.s).to_string());
+                let act = match approx.as_deref() {
+                    None | Some("none") | Some("") => Activation::Gelu,
+                    Some("tanh") => Activation::GeluTanh,
+                    Some(o) => bail!("{}: unknown GELU approximation '{o}'", describe(n)),
+                };
+                return Ok((act, n.output[0].as_str()));
+            }
+            op if ELEMENTWISE.contains(&op) => {}
+            _ => bail!("{}: expected an activation (Relu, Gelu, or the Erf form of GELU)", describe(n)),
+        }
+        // Grow the element-wise subgraph fed only by `x` and constants.
+        let mut inside: Vec<&'g str> = vec![x];
+        let mut members: Vec<&'g NodeProto> = Vec::new();
+        loop {
+            let mut grew = false;
+            for t in inside.clone() {
+                for u in self.users(t) {
+                    if members.iter().any(|m| std::ptr::eq(*m, u)) || !ELEMENTWISE.contains(&u.op_type.as_str()) {
+                        continue;
+                    }
+                    let fed = u.input.iter().all(|i| inside.contains(&i.as_str()) || self.consts.contains_key(i.as_str()));
+                    if fed && members.len() < 16 {
+                        members.push(u);
+                        inside.push(u.output[0].as_str());
+                        grew = true;
+                    }
+                }
+            }
+            if !grew {
+                break;
+            }
+        }
+        // The subgraph's output: the member output used outside it (or a graph output).
+        let exits: Vec<&'g str> = members
+            .iter()
+            .map(|m| m.output[0].as_str())
+            .filter(|o| self.users(o).iter().any(|u| !members.iter().any(|m| std::ptr::eq(*m, *u))) || self.outputs.contains(o))
+            .collect();
+        let out = match exits.as_slice() {
+            [o] => *o,
+            _ => bail!("{}: the element-wise nodes after '{x}' do not form one activation", describe(n)),
+        };
+        let eval = |v: f64| -> Result<f64> {
+            let mut vals: HashMap<&str, f64> = HashMap::from([(x, v)]);
+            // Members were collected in a topological order.
+            for m in &members {
+                let arg = |i: usize| -> Result<f64> {
+                    let name = m.input.get(i).map_or("", |s| s.as_str());
+                    if let Some(v) = vals.get(name) {
+                        return Ok(*v);
+                    }
+                    match self.consts.get(name) {
+                        Some(t) if t.data.len() == 1 => Ok(t.data[0]),
+                        _ => bail!("{}: operand '{name}' is not a scalar", describe(m)),
+                    }
+                };
+                let r = match m.op_type.as_str() {
+                    "Div" => arg(0)? / arg(1)?,
+                    "Mul" => arg(0)? * arg(1)?,
+                    "Add" => arg(0)? + arg(1)?,
+                    "Sub" => arg(0)? - arg(1)?,
+                    "Pow" => arg(0)?.powf(arg(1)?),
+                    "Sqrt" => arg(0)?.sqrt(),
+                    "Tanh" => arg(0)?.tanh(),
+                    _ => libm::erf(arg(0)?),
+                };
+                vals.insert(m.output[0].as_str(), r);
+            }
+            Ok(vals.get(out).copied().unwrap_or(f64::NAN))
+        };
+        let gelu = |v: f64| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
+        let gelu_tanh = |v: f64| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh());
+        let mut is_erf = true;
+        let mut is_tanh = true;
+        for i in -40..=40 {
+            let v = f64::from(i) * 0.15;
+            let got = eval(v)?;
+            is_erf &= (got - gelu(v)).abs() <= 1e-6 * (1.0 + v.abs());
+            is_tanh &= (got - gelu_tanh(v)).abs() <= 1e-6 * (1.0 + v.abs());
+        }
+        match (is_erf, is_tanh) {
+            (true, _) => Ok((Activation::Gelu, out)),
+            (_, true) => Ok((Activation::GeluTanh, out)),
+            _ => bail!("{}: the element-wise subgraph after '{x}' is not GELU", describe(n)),
+        }
+    }
+
+    /// GlobalAveragePool | ReduceMean → [Flatten | Reshape | Squeeze] → Gemm | MatMul [+ Add].
+    fn head(&self, x: &'g str, dim: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let pool = self.single_user(x, "the global average pool")?;
+        match pool.op_type.as_str() {
+            "GlobalAveragePool" => {}
+            "ReduceMean" => {
+                let axes: Vec<i64> = match attr_ints(pool, "axes") {
+                    Some(a) => a,
+                    None => match pool.input.get(1).filter(|s| !s.is_empty()) {
+                        Some(n) => self.constant(n, "ReduceMean axes")?.data.iter().map(|&v| v as i64).collect(),
+                        None => vec![],
+                    },
+                };
+                let mut a: Vec<i64> = axes.iter().map(|&v| if v < 0 { v + 4 } else { v }).collect();
+                a.sort_unstable();
+                if a != [2, 3] {
+                    bail!("{}: ReduceMean over axes {:?} (expected the spatial axes 2 and 3)", describe(pool), axes);
+                }
+            }
+            _ => bail!("{}: expected GlobalAveragePool or ReduceMean after the last block", describe(pool)),
+        }
+        let mut cur = pool.output[0].as_str();
+        let mut n = self.single_user(cur, "the classifier")?;
+        while matches!(n.op_type.as_str(), "Flatten" | "Reshape" | "Squeeze") {
+            cur = n.output[0].as_str();
+            n = self.single_user(cur, "the classifier")?;
+        }
+        let (w, b, out) = match n.op_type.as_str() {
+            "Gemm" => {
+                if attr_int(n, "transA").unwrap_or(0) != 0 {
+                    bail!("{}: transA is not supported", describe(n));
+                }
+                let alpha = attr(n, "alpha").map_or(1.0, |a| a.f);
+                let beta = attr(n, "beta").map_or(1.0, |a| a.f);
+                let trans_b = attr_int(n, "transB").unwrap_or(0) != 0;
+                let wt = self.constant(n.input.get(1).map_or("", |s| s), "Gemm weight")?;
+                let w = linear_weight(wt, trans_b, dim, n)?;
+                let classes = w.len() / dim;
+                let b = match n.input.get(2).filter(|s| !s.is_empty()) {
+                    Some(name) => self.constant(name, "Gemm bias")?.data.clone(),
+                    None => vec![0.0; classes],
+                };
+                if b.len() != classes {
+                    bail!("{}: bias has {} values for {classes} classes", describe(n), b.len());
+                }
+                let w: Vec<f32> = w.iter().map(|&v| (v * f64::from(alpha)) as f32).collect();
+                let b: Vec<f32> = b.iter().map(|&v| (v * f64::from(beta)) as f32).collect();
+                (w, b, n.output[0].as_str())
+            }
+            "MatMul" => {
+                let wt = self.constant(n.input.get(1).map_or("", |s| s), "MatMul weight")?;
+                let w = linear_weight(wt, false, dim, n)?;
+                let classes = w.len() / dim;
+                let mut out = n.output[0].as_str();
+                let mut b = vec![0.0f32; classes];
+                if let [add] = self.users(out).as_slice() {
+                    if add.op_type == "Add" {
+                        let other = add.input.iter().find(|i| i.as_str() != out).map_or("", |s| s.as_str());
+                        let t = self.constant(other, "classifier bias")?;
+                        if t.data.len() != classes {
+                            bail!("{}: bias has {} values for {classes} classes", describe(add), t.data.len());
+                        }
+                        b = t.data.iter().map(|&v| v as f32).collect();
+                        out = add.output[0].as_str();
+                    }
+                }
+                (w.iter().map(|&v| v as f32).collect(), b, out)
+            }
+            _ => bail!("{}: expected the classifier (Gemm or MatMul)", describe(n)),
+        };
+        if !self.outputs.contains(&out) {
+            bail!("tensor '{out}' after the classifier is not the graph output (expected nothing after the head)");
+        }
+        check_finite("classifier", &w)?;
+        check_finite("classifier", &b)?;
+        Ok((w, b))
+    }
+}
+
+/// Classifier weights as `[classes][dim]`.
+fn linear_weight(t: &Tensor, trans_b: bool, dim: usize, n: &NodeProto) -> Result<Vec<f64>> {
+    let [r, c] = t.dims.as_slice() else {
+        bail!("{}: weight has rank {} (expected 2)", describe(n), t.dims.len());
+    };
+    // Gemm transB=1 and torch Linear store [classes][dim]; MatMul stores [dim][classes].
+    let (classes, rows_are_classes) = if trans_b { (*r, true) } else { (*c, false) };
+    let inner = if trans_b { *c } else { *r };
+    if inner != dim {
+        bail!("{}: weight {:?} does not take {dim} features", describe(n), t.dims);
+    }
+    if rows_are_classes {
+        return Ok(t.data.clone());
+    }
+    let mut w = vec![0.0; classes * dim];
+    for d in 0..dim {
+        for k in 0..classes {
+            w[k * dim + d] = t.data[d * classes + k];
+        }
+    }
+    Ok(w)
+}
+
+fn check_finite(what: &str, v: &[f32]) -> Result<()> {
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        bail!("{what}: parameter {i} is {} (expected finite values)", v[i]);
+    }
+    Ok(())
+}
+
+fn check_block(dw: &ConvUnit, pw: &ConvUnit, dim: usize) -> Result<()> {
+    let [o, i, k, _] = dw.shape;
+    if o != dim || i != 1 {
+        bail!("{}: expected a depthwise Conv over {dim} channels (weights [{dim}, 1, k, k]), found {:?}", dw.name, dw.shape);
+    }
+    let [t, l, b, r] = dw.pads;
+    if t + b != k - 1 || l + r != k - 1 {
+        bail!("{}: padding {:?} is not 'same' for kernel {k}", dw.name, dw.pads);
+    }
+    if t != (k - 1) / 2 || l != (k - 1) / 2 {
+        bail!("{}: padding {:?} puts the extra row first; expected PyTorch's 'same' ({} before, {} after)", dw.name, dw.pads, (k - 1) / 2, k / 2);
+    }
+    if dw.stride != 1 || pw.stride != 1 {
+        bail!("{}: depthwise and pointwise Convs must have stride 1", dw.name);
+    }
+    if pw.shape != [dim, dim, 1, 1] {
+        bail!("{}: expected a pointwise Conv [{dim}, {dim}, 1, 1], found {:?}", pw.name, pw.shape);
+    }
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Lowering a [`Folded`] model to a blob: f32, f16 storage, or int8 with fixed-point
+//! requantisation (semantics in `docs/blob-format.md`, which the runtime implements).
+//!
+//! int8 choices: weights symmetric per output channel (`max|w|/127`); activations
+//! asymmetric per tensor from the calibrated range (widened to contain 0, so zero padding
+//! is exact); biases i32 in accumulator units; GELU by a 256-entry table with i16 outputs
+//! (one rounding less than an int8 table); the BatchNorm affine and the residual add fused
+//! into one requantisation per output. Every accumulator is checked here, per output
+//! channel, never to overflow i32 for any input, and the reader checks it again.
+
+use anyhow::{bail, Result};
+use convmixer_edge::blob::{limits, Header, SectionKind};
+use convmixer_edge::{Activation, Precision};
+use half::f16;
+
+use crate::blob::{f32_bytes, i32_bytes, Writer};
+use crate::calibrate::LayerStats;
+use crate::fold::{Folded, Layer};
+
+/// Writes `f` as a blob. `stats` (one per conv layer) is required for int8. `labels` is
+/// empty or one per class.
+pub fn lower(f: &Folded, precision: Precision, stats: Option<&[LayerStats]>, labels: &[String]) -> Result<Vec<u8>> {
+    let h = header(f, precision)?;
+    let mut w = Writer::new(h);
+    let norm: Vec<f32> = f.mean.iter().chain(&f.std).copied().collect();
+    w.push(SectionKind::Norm, 0, f32_bytes(&norm))?;
+    if !labels.is_empty() && labels.len() != f.classes() {
+        bail!("{} labels given for a model with {} classes", labels.len(), f.classes());
+    }
+    if let Some(l) = labels.iter().find(|l| l.contains('\n') || l.is_empty()) {
+        bail!("label {l:?} is empty or contains a newline");
+    }
+    w.push(SectionKind::Labels, 0, labels.join("\n").into_bytes())?;
+    let layers: Vec<&Layer> = std::iter::once(&f.embed).chain(f.blocks.iter().flat_map(|(a, b)| [a, b])).collect();
+    match precision {
+        Precision::F32 | Precision::F16 => {
+            let wb = |v: &[f32]| -> Vec<u8> {
+                if precision == Precision::F16 {
+                    v.iter().flat_map(|x| f16::from_f32(*x).to_bits().to_le_bytes()).collect()
+                } else {
+                    f32_bytes(v)
+                }
+            };
+            for (i, l) in layers.iter().enumerate() {
+                w.push(SectionKind::Weights, i, wb(&l.w))?;
+                w.push(SectionKind::Bias, i, f32_bytes(&l.b))?;
+                w.push(SectionKind::Affine, i, f32_bytes(&[l.scale.clone(), l.shift.clone()].concat()))?;
+            }
+            let hl = layers.len();
+            w.push(SectionKind::Weights, hl, wb(&f.head_w))?;
+            w.push(SectionKind::Bias, hl, f32_bytes(&f.head_b))?;
+        }
+        Precision::Int8 => {
+            let Some(stats) = stats else { bail!("int8 needs calibration data (--calib)") };
+            lower_int8(f, &h, &layers, stats, &mut w)?;
+        }
+    }
+    w.finish()
+}
+
+fn header(f: &Folded, precision: Precision) -> Result<Header> {
+    let u16_of = |v: usize, what: &str| u16::try_from(v).map_err(|_| anyhow::anyhow!("{what} {v} is too large for the blob format"));
+    let u8_of = |v: usize, what: &str| u8::try_from(v).map_err(|_| anyhow::anyhow!("{what} {v} is too large for the blob format"));
+    let k = f.kernel.max(1);
+    let dim = u16_of(f.dim, "dim")?;
+    let gap_frac_bits = if precision == Precision::Int8 { gap_frac_bits(f.dim) } else { 0 };
+    Ok(Header {
+        precision,
+        activation: f.act,
+        in_c: u8_of(f.in_c, "input channels")?,
+        patch: u8_of(f.patch, "patch size")?,
+        in_h: u16_of(f.in_h, "input height")?,
+        in_w: u16_of(f.in_w, "input width")?,
+        dim,
+        depth: u16_of(f.blocks.len(), "depth")?,
+        kernel: u8_of(k, "kernel")?,
+        pad_top: u8_of((k - 1) / 2, "padding")?,
+        pad_left: u8_of((k - 1) / 2, "padding")?,
+        gap_frac_bits,
+        classes: u16_of(f.classes(), "classes")?,
+    })
+}
+
+/// Largest fraction-bit count (≤ 8) for the average pool such that the head's i32
+/// accumulator cannot overflow: `127 · 255 · 2^f · dim < 2^31`.
+pub fn gap_frac_bits(dim: usize) -> u8 {
+    (0..=8u8)
+        .rev()
+        .find(|&f| 127u64 * 255 * (1u64 << f) * dim as u64 <= 1u64 << 31)
+        .unwrap_or(0)
+}
+
+/// Asymmetric int8 `(scale, zero point)` covering `[lo, hi]` (which contains 0).
+pub fn asym(lo: f32, hi: f32) -> (f64, i32) {
+    let (lo, hi) = (f64::from(lo.min(0.0)), f64::from(hi.max(0.0)));
+    let s = ((hi - lo) / 255.0).max(1e-6);
+    let zp = (-128.0 - lo / s).round().clamp(-128.0, 127.0) as i32;
+    (s, zp)
+}
+
+/// `(m, sh)` with `r ≈ m · 2^−31 · 2^−sh` for the runtime's `rq` (`m` in [2^30, 2^31)
+/// unless `r` is tiny).
+pub fn multiplier(r: f64) -> Result<(i32, i32)> {
+    if !(r.is_finite() && r > 0.0) {
+        return Ok((0, 0));
+    }
+    let mut e = r.log2().floor() as i32 + 1;
+    let mut m = (r / 2f64.powi(e) * 2f64.powi(31)).round() as i64;
+    if m == 1i64 << 31 {
+        m /= 2;
+        e += 1;
+    }
+    let sh = -e;
+    if sh > limits::SH_PRE_MAX {
+        let m = (r * 2f64.powi(31 + limits::SH_PRE_MAX)).round() as i32;
+        return Ok((m, limits::SH_PRE_MAX));
+    }
+    if sh < limits::SH_PRE_MIN {
+        bail!("requantisation multiplier {r} is too large (activation ranges are degenerate)");
+    }
+    Ok((m as i32, sh))
+}
+
+/// The post-activation fixed point `(m_post, b_post, sh_post, m_res)` for real factors
+/// `ms` (per activation LSB), `bs` (offset) and `rs` (per residual LSB), all in output LSBs.
+fn post_params(ms: f64, bs: f64, rs: f64) -> (i32, i32, i32, i32) {
+    let fits = |sh: i32| {
+        let p = 2f64.powi(sh);
+        (ms * p).abs().round() <= f64::from(limits::M_POST_MAX)
+            && (bs * p).abs().round() <= f64::from(limits::B_POST_MAX)
+            && (rs * p).abs().round() <= f64::from(limits::M_RES_MAX)
+    };
+    let sh = (0..=limits::SH_POST_MAX).rev().find(|&s| fits(s)).unwrap_or(0);
+    let p = 2f64.powi(sh);
+    let c = |v: f64, lim: i32| (v * p).round().clamp(-f64::from(lim), f64::from(lim)) as i32;
+    (c(ms, limits::M_POST_MAX), c(bs, limits::B_POST_MAX), sh, c(rs, limits::M_RES_MAX))
+}
+
+fn gelu(act: Activation, z: f64) -> f64 {
+    match act {
+        Activation::GeluTanh => {
+            0.5 * z * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (z + 0.044715 * z * z * z)).tanh())
+        }
+        _ => 0.5 * z * (1.0 + libm::erf(z / std::f64::consts::SQRT_2)),
+    }
+}
+
+fn lower_int8(f: &Folded, h: &Header, layers: &[&Layer], stats: &[LayerStats], w: &mut Writer) -> Result<()> {
+    if stats.len() != layers.len() {
+        bail!("internal: {} calibration records for {} layers", stats.len(), layers.len());
+    }
+    let dim = f.dim;
+    // Output quantisation of every layer.
+    let outq: Vec<(f64, i32)> = stats.iter().map(|s| {
+        let (lo, hi) = s.out.with_zero();
+        asym(lo, hi)
+    }).collect();
+    for (li, l) in layers.iter().enumerate() {
+        let taps = h.taps(li);
+        // Input quantisation: raw pixels for the embedding, else the previous layer's output.
+        let (s_in, zp_in) = if li == 0 { (1.0, 0) } else { outq[li - 1] };
+        let (s_out, zp_out) = outq[li];
+        let depthwise = li % 2 == 1;
+        // Per-output-channel symmetric weights.
+        let w_at = |o: usize, t: usize| if depthwise { l.w[t * dim + o] } else { l.w[o * taps + t] };
+        let mut wq = vec![0i8; l.w.len()];
+        let mut s_w = vec![0f64; dim];
+        for o in 0..dim {
+            let max = (0..taps).map(|t| f64::from(w_at(o, t)).abs()).fold(0.0, f64::max);
+            s_w[o] = if max > 0.0 { max / 127.0 } else { 1.0 };
+            for t in 0..taps {
+                let q = (f64::from(w_at(o, t)) / s_w[o]).round().clamp(-127.0, 127.0) as i8;
+                if depthwise {
+                    wq[t * dim + o] = q;
+                } else {
+                    wq[o * taps + t] = q;
+                }
+            }
+        }
+        // Activation domain.
+        let (s_z, zp_z, table, s_a) = match f.act {
+            Activation::Relu => {
+                let hi = f64::from(stats[li].act.hi.max(0.0)).max(1e-6);
+                (0.0, 0, Vec::new(), hi / 32767.0)
+            }
+            act => {
+                let (lo, hi) = stats[li].pre.with_zero();
+                let (s_z, zp_z) = asym(lo, hi);
+                let g: Vec<f64> = (0..256).map(|i| gelu(act, s_z * f64::from(i - 128 - zp_z))).collect();
+                let max = g.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let s_a = if max > 0.0 { max / 32767.0 } else { 1.0 };
+                let t: Vec<u8> = g.iter().flat_map(|v| ((v / s_a).round() as i16).to_le_bytes()).collect();
+                (s_z, zp_z, t, s_a)
+            }
+        };
+        let mut bias = vec![0i32; dim];
+        let mut rq = Vec::with_capacity(6 * dim);
+        for o in 0..dim {
+            let acc_scale = s_in * s_w[o];
+            let bq = (f64::from(l.b[o]) / acc_scale).round();
+            let sum_abs: i64 = (0..taps).map(|t| i64::from(if depthwise { wq[t * dim + o] } else { wq[o * taps + t] }).abs()).sum();
+            if bq.abs() + 255.0 * sum_abs as f64 >= 2f64.powi(31) {
+                bail!("layer {li} channel {o}: the int32 accumulator could overflow (bias {bq}, Σ|w| = {sum_abs})");
+            }
+            bias[o] = bq as i32;
+            let target = if f.act == Activation::Relu { s_a } else { s_z };
+            let (m_pre, sh_pre) = multiplier(acc_scale / target)?;
+            let ms = f64::from(l.scale[o]) * s_a / s_out;
+            let bs = f64::from(l.shift[o]) / s_out;
+            let rs = if depthwise { s_in / s_out } else { 0.0 };
+            let (m_post, b_post, sh_post, m_res) = post_params(ms, bs, rs);
+            rq.extend_from_slice(&[m_pre, sh_pre, m_post, b_post, sh_post, m_res]);
+        }
+        w.push(SectionKind::Weights, li, wq.iter().map(|&v| v as u8).collect())?;
+        w.push(SectionKind::Bias, li, i32_bytes(&bias))?;
+        w.push(SectionKind::Requant, li, i32_bytes(&rq))?;
+        w.push(SectionKind::QParams, li, i32_bytes(&[zp_in, zp_z, zp_out, 0]))?;
+        w.push(SectionKind::Table, li, table)?;
+    }
+    // Head: average pool to `f` fraction bits, per-class symmetric weights.
+    let (s_x, zp_x) = outq[layers.len() - 1];
+    let fb = h.gap_frac_bits;
+    let classes = f.classes();
+    let mut hw = vec![0u8; classes * dim];
+    let mut hs = vec![0f32; classes];
+    for c in 0..classes {
+        let row = &f.head_w[c * dim..(c + 1) * dim];
+        let max = row.iter().fold(0f64, |m, v| m.max(f64::from(*v).abs()));
+        let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+        for (d, v) in row.iter().enumerate() {
+            hw[c * dim + d] = ((f64::from(*v) / s).round().clamp(-127.0, 127.0) as i8) as u8;
+        }
+        hs[c] = (s * s_x / 2f64.powi(i32::from(fb))) as f32;
+    }
+    let hl = layers.len();
+    w.push(SectionKind::Weights, hl, hw)?;
+    w.push(SectionKind::HeadScale, hl, f32_bytes(&hs))?;
+    w.push(SectionKind::Bias, hl, f32_bytes(&f.head_b))?;
+    w.push(SectionKind::QParams, hl, i32_bytes(&[zp_x, 0, 0, 0]))?;
+    Ok(())
+}

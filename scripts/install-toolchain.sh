@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Install what the build and tests need on Debian 12 (x86_64 host):
+#  * rustup stable with rustfmt + clippy (host builds, fmt check);
+#  * Debian's own Rust 1.96 ("-web" packages) plus the prebuilt arm64 std, so we can
+#    cross-compile for aarch64-unknown-linux-gnu (rustup offers no extra targets here);
+#  * the aarch64 cross gcc (used as linker) and qemu-user (runs the aarch64 test binaries).
+# Idempotent: every step checks first and is skipped when already done.
+set -euo pipefail
+
+step() { printf '[install-toolchain] %s\n' "$*"; }
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO=(sudo); else
+        step "ERROR: not root and no sudo; cannot install system packages" >&2; exit 1
+    fi
+fi
+
+PKGS=(rustc-web cargo-web rust-web-src libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu qemu-user)
+
+# 1. arm64 as a foreign dpkg architecture (needed for libstd-rust-web-dev:arm64).
+if dpkg --print-foreign-architectures | grep -qx arm64; then
+    step "dpkg arch arm64: already enabled"
+else
+    step "dpkg arch arm64: enabling"
+    "${SUDO[@]}" dpkg --add-architecture arm64
+fi
+
+# 2. Debian packages (only if something is missing).
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    step "apt packages: already installed"
+else
+    step "apt packages: installing ${missing[*]}"
+    # Lock timeout: wait for another apt run rather than failing on its lock.
+    "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 update -q
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get -o DPkg::Lock::Timeout=600 install -y -q "${missing[@]}"
+fi
+
+# 3. rustup must exist (it provides the stable host toolchain).
+command -v rustup >/dev/null 2>&1 || { step "ERROR: rustup not found on PATH" >&2; exit 1; }
+
+# 4. Expose Debian's /usr/bin/{rustc,cargo} to rustup as toolchain "debian",
+#    so `cargo +debian ...` works next to rustup's stable.
+if cargo +debian --version >/dev/null 2>&1; then
+    step "rustup toolchain 'debian': already linked ($(cargo +debian --version))"
+else
+    step "rustup toolchain 'debian': linking /usr"
+    rustup toolchain link debian /usr
+    cargo +debian --version
+fi
+
+# 5. rustfmt and clippy for the stable toolchain.
+if cargo +stable fmt --version >/dev/null 2>&1 && cargo +stable clippy --version >/dev/null 2>&1; then
+    step "rustfmt + clippy (stable): already installed"
+else
+    step "rustfmt + clippy (stable): installing"
+    rustup component add --toolchain stable rustfmt clippy
+fi
+
+# 6. Sanity: the cross tools are callable.
+for t in aarch64-linux-gnu-gcc qemu-aarch64; do
+    command -v "$t" >/dev/null 2>&1 || { step "ERROR: $t not found after install" >&2; exit 1; }
+done
+step "done"

@@ -1,0 +1,518 @@
+//! The one reader of the model blob specified in `docs/blob-format.md`.
+//!
+//! [`parse`] validates everything up front (magic, version, CRC, the table of contents
+//! against [`section_at`], every range rule of the int8 semantics), so that the kernels can
+//! index the sections without any further check and without any possibility of overflow.
+//! The blob writer in the `convmixer-quantize` crate lays out sections with the same
+//! [`section_at`] plan.
+
+use byteorder::{ByteOrder, LittleEndian as LE};
+
+use crate::{Activation, Error, Precision};
+
+/// `CMXB`: the first four bytes of every blob.
+pub const MAGIC: [u8; 4] = *b"CMXB";
+/// The format version this reader understands.
+pub const VERSION: u16 = 1;
+/// Length of the fixed header in bytes.
+pub const HEADER_LEN: usize = 64;
+/// Length of one table-of-contents entry in bytes.
+pub const TOC_ENTRY_LEN: usize = 16;
+/// Every section starts at a multiple of this many bytes from the blob start.
+pub const SECTION_ALIGN: usize = 16;
+/// Layer number used by global (non-layer) sections.
+pub const GLOBAL_LAYER: u16 = 0xFFFF;
+/// Byte range of the CRC field inside the header.
+pub const CRC_RANGE: core::ops::Range<usize> = 28..32;
+
+/// The CRC used by the blob: CRC-32/ISO-HDLC (zlib, PNG).
+pub const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
+/// Largest token count the int8 average pool accepts (keeps `Σ_t` far from i32 limits).
+pub const MAX_TOKENS: usize = 1 << 22;
+
+/// Bounds of the int8 requantisation parameters (see the format document).
+pub mod limits {
+    /// `|m_post| ≤ M_POST_MAX`.
+    pub const M_POST_MAX: i32 = 1 << 14;
+    /// `|b_post| ≤ B_POST_MAX`.
+    pub const B_POST_MAX: i32 = 1 << 29;
+    /// `|m_res| ≤ M_RES_MAX`.
+    pub const M_RES_MAX: i32 = 1 << 20;
+    /// `SH_PRE_MIN ≤ sh_pre ≤ SH_PRE_MAX`.
+    pub const SH_PRE_MIN: i32 = -8;
+    /// See [`SH_PRE_MIN`].
+    pub const SH_PRE_MAX: i32 = 31;
+    /// `0 ≤ sh_post ≤ SH_POST_MAX`.
+    pub const SH_POST_MAX: i32 = 30;
+}
+
+/// What a section holds. The numeric values are the on-disk codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum SectionKind {
+    /// Input normalisation: `in_c` means then `in_c` stds (f32).
+    Norm = 1,
+    /// Class labels, UTF-8, `\n`-separated.
+    Labels = 2,
+    /// Layer weights (f32, f16 or i8 by precision).
+    Weights = 3,
+    /// Per-output-channel bias (f32, or i32 for int8 conv layers).
+    Bias = 4,
+    /// Post-activation BatchNorm as scale and shift (f32; float blobs).
+    Affine = 5,
+    /// Per-output-channel requantisation records (6 × i32; int8).
+    Requant = 6,
+    /// Per-layer zero points (4 × i32; int8).
+    QParams = 7,
+    /// GELU table, 256 × i16 (int8; empty for ReLU).
+    Table = 8,
+    /// Per-class dequantisation scale of the int8 head (f32).
+    HeadScale = 9,
+}
+
+/// The model's shape and encoding, as read from the header.
+///
+/// ```
+/// # use convmixer_edge::blob::Header;
+/// # fn show(h: &Header) {
+/// let tokens = h.tokens();           // Ht · Wt
+/// let (ht, wt) = h.grid();
+/// assert_eq!(tokens, ht * wt);
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Weight storage and arithmetic.
+    pub precision: Precision,
+    /// Activation used after every conv.
+    pub activation: Activation,
+    /// Input channels (1 or 3).
+    pub in_c: u8,
+    /// Patch size.
+    pub patch: u8,
+    /// Input height in pixels.
+    pub in_h: u16,
+    /// Input width in pixels.
+    pub in_w: u16,
+    /// Mixer channels.
+    pub dim: u16,
+    /// Mixer blocks.
+    pub depth: u16,
+    /// Depthwise kernel size.
+    pub kernel: u8,
+    /// Depthwise padding above.
+    pub pad_top: u8,
+    /// Depthwise padding on the left.
+    pub pad_left: u8,
+    /// Fraction bits of the int8 average pool.
+    pub gap_frac_bits: u8,
+    /// Number of classes.
+    pub classes: u16,
+}
+
+impl Header {
+    /// Token grid `(Ht, Wt)` after the patch embedding.
+    pub fn grid(&self) -> (usize, usize) {
+        let p = usize::from(self.patch);
+        (
+            (usize::from(self.in_h) - p) / p + 1,
+            (usize::from(self.in_w) - p) / p + 1,
+        )
+    }
+    /// Number of tokens `Ht · Wt`.
+    pub fn tokens(&self) -> usize {
+        let (h, w) = self.grid();
+        h * w
+    }
+    /// Input length in bytes: `in_h · in_w · in_c`.
+    pub fn input_len(&self) -> usize {
+        usize::from(self.in_h) * usize::from(self.in_w) * usize::from(self.in_c)
+    }
+    /// Number of conv layers (embedding + 2 per block).
+    pub fn conv_layers(&self) -> usize {
+        1 + 2 * usize::from(self.depth)
+    }
+    /// Layer number of the head.
+    pub fn head_layer(&self) -> usize {
+        self.conv_layers()
+    }
+    /// Taps per output channel of conv layer `layer`.
+    pub fn taps(&self, layer: usize) -> usize {
+        let p = usize::from(self.patch);
+        let k = usize::from(self.kernel);
+        match layer {
+            0 => p * p * usize::from(self.in_c),
+            l if l % 2 == 1 => k * k,
+            _ => usize::from(self.dim),
+        }
+    }
+    /// Sections per conv layer.
+    fn per_conv(&self) -> usize {
+        match self.precision {
+            Precision::Int8 => 5,
+            _ => 3,
+        }
+    }
+    /// Sections of the head.
+    fn per_head(&self) -> usize {
+        match self.precision {
+            Precision::Int8 => 4,
+            _ => 2,
+        }
+    }
+    /// Number of table-of-contents entries this header implies.
+    pub fn section_count(&self) -> usize {
+        2 + self.conv_layers() * self.per_conv() + self.per_head()
+    }
+    /// Encodes the header (with a zero CRC and blob length) into 64 bytes.
+    pub fn encode(&self, n_sections: u16, blob_len: u32) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..4].copy_from_slice(&MAGIC);
+        LE::write_u16(&mut b[4..6], VERSION);
+        LE::write_u16(&mut b[6..8], HEADER_LEN as u16);
+        b[8] = self.precision as u8;
+        b[9] = self.activation as u8;
+        b[10] = self.in_c;
+        b[11] = self.patch;
+        LE::write_u16(&mut b[12..14], self.in_h);
+        LE::write_u16(&mut b[14..16], self.in_w);
+        LE::write_u16(&mut b[16..18], self.dim);
+        LE::write_u16(&mut b[18..20], self.depth);
+        b[20] = self.kernel;
+        b[21] = self.pad_top;
+        b[22] = self.pad_left;
+        b[23] = self.gap_frac_bits;
+        LE::write_u16(&mut b[24..26], self.classes);
+        LE::write_u16(&mut b[26..28], n_sections);
+        LE::write_u32(&mut b[32..36], blob_len);
+        b
+    }
+}
+
+/// The `index`-th section of the canonical plan for `h`: `(kind, layer, byte length)`.
+/// `None` past the end. The writer and the reader both follow this plan.
+///
+/// ```
+/// use convmixer_edge::blob::{section_at, SectionKind, GLOBAL_LAYER};
+/// # fn show(h: &convmixer_edge::blob::Header) {
+/// assert_eq!(section_at(h, 0).map(|s| s.0), Some(SectionKind::Norm));
+/// assert_eq!(section_at(h, 1).map(|s| (s.0, s.1)), Some((SectionKind::Labels, GLOBAL_LAYER)));
+/// assert!(section_at(h, h.section_count()).is_none());
+/// # }
+/// ```
+pub fn section_at(h: &Header, index: usize) -> Option<(SectionKind, u16, Option<usize>)> {
+    use SectionKind::*;
+    let dim = usize::from(h.dim);
+    let classes = usize::from(h.classes);
+    let int8 = h.precision == Precision::Int8;
+    let wbytes = match h.precision {
+        Precision::F32 => 4,
+        Precision::F16 => 2,
+        Precision::Int8 => 1,
+    };
+    if index == 0 {
+        return Some((Norm, GLOBAL_LAYER, Some(8 * usize::from(h.in_c))));
+    }
+    if index == 1 {
+        // Labels have a data-dependent length.
+        return Some((Labels, GLOBAL_LAYER, None));
+    }
+    let i = index - 2;
+    let conv_sections = h.conv_layers() * h.per_conv();
+    if i < conv_sections {
+        let layer = i / h.per_conv();
+        let slot = i % h.per_conv();
+        let l16 = layer as u16;
+        let taps = h.taps(layer);
+        let s = match (int8, slot) {
+            (_, 0) => (Weights, l16, Some(dim * taps * wbytes)),
+            (_, 1) => (Bias, l16, Some(dim * 4)),
+            (false, 2) => (Affine, l16, Some(dim * 8)),
+            (true, 2) => (Requant, l16, Some(dim * 24)),
+            (true, 3) => (QParams, l16, Some(16)),
+            _ => {
+                let n = if h.activation == Activation::Relu { 0 } else { 512 };
+                (Table, l16, Some(n))
+            }
+        };
+        return Some(s);
+    }
+    let slot = i - conv_sections;
+    let l16 = h.head_layer() as u16;
+    let s = match (int8, slot) {
+        (_, 0) => (Weights, l16, Some(classes * dim * wbytes)),
+        (false, 1) => (Bias, l16, Some(classes * 4)),
+        (true, 1) => (HeadScale, l16, Some(classes * 4)),
+        (true, 2) => (Bias, l16, Some(classes * 4)),
+        (true, 3) => (QParams, l16, Some(16)),
+        _ => return None,
+    };
+    Some(s)
+}
+
+/// Index in the plan of section `kind` of conv layer `layer` (or the head).
+pub(crate) fn section_index(h: &Header, kind: SectionKind, layer: usize) -> usize {
+    use SectionKind::*;
+    if layer < h.conv_layers() {
+        let slot = match kind {
+            Weights => 0,
+            Bias => 1,
+            Affine | Requant => 2,
+            QParams => 3,
+            _ => 4,
+        };
+        2 + layer * h.per_conv() + slot
+    } else {
+        let slot = match (h.precision, kind) {
+            (_, Weights) => 0,
+            (Precision::Int8, HeadScale) => 1,
+            (Precision::Int8, Bias) => 2,
+            (Precision::Int8, _) => 3,
+            _ => 1,
+        };
+        2 + h.conv_layers() * h.per_conv() + slot
+    }
+}
+
+/// A validated blob: the header plus accessors for its sections.
+#[derive(Clone, Copy, Debug)]
+pub struct Blob<'a> {
+    bytes: &'a [u8],
+    header: Header,
+}
+
+impl<'a> Blob<'a> {
+    /// The header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+    /// The raw bytes of plan entry `index` (validated at parse time).
+    pub(crate) fn section_by_index(&self, index: usize) -> &'a [u8] {
+        let e = HEADER_LEN + index * TOC_ENTRY_LEN;
+        let off = LE::read_u32(&self.bytes[e + 4..e + 8]) as usize;
+        let len = LE::read_u32(&self.bytes[e + 8..e + 12]) as usize;
+        &self.bytes[off..off + len]
+    }
+    /// The bytes of section `kind` of `layer` (head = `header().head_layer()`).
+    pub(crate) fn section(&self, kind: SectionKind, layer: usize) -> &'a [u8] {
+        self.section_by_index(section_index(&self.header, kind, layer))
+    }
+    /// Labels section, validated UTF-8.
+    pub fn labels(&self) -> &'a str {
+        // Validated in `parse`.
+        core::str::from_utf8(self.section_by_index(1)).unwrap_or("")
+    }
+    /// Label of class `class`, if the blob has labels.
+    pub fn label(&self, class: usize) -> Option<&'a str> {
+        let l = self.labels();
+        if l.is_empty() {
+            return None;
+        }
+        l.split('\n').nth(class)
+    }
+    /// Input normalisation `(mean, std)` of channel `c` in the 0..1 pixel scale.
+    pub fn normalisation(&self, c: usize) -> Option<(f32, f32)> {
+        let n = usize::from(self.header.in_c);
+        if c >= n {
+            return None;
+        }
+        let s = self.section_by_index(0);
+        Some((LE::read_f32(&s[4 * c..]), LE::read_f32(&s[4 * (n + c)..])))
+    }
+}
+
+fn read_header(b: &[u8]) -> Result<Header, Error> {
+    if b.len() < HEADER_LEN {
+        return Err(Error::Truncated);
+    }
+    if b[0..4] != MAGIC {
+        return Err(Error::BadMagic);
+    }
+    let version = LE::read_u16(&b[4..6]);
+    if version != VERSION {
+        return Err(Error::UnsupportedVersion(version));
+    }
+    if usize::from(LE::read_u16(&b[6..8])) != HEADER_LEN {
+        return Err(Error::Malformed("header length"));
+    }
+    let precision = match b[8] {
+        0 => Precision::F32,
+        1 => Precision::F16,
+        2 => Precision::Int8,
+        x => return Err(Error::UnsupportedPrecision(x)),
+    };
+    let activation = match b[9] {
+        0 => Activation::Gelu,
+        1 => Activation::Relu,
+        2 => Activation::GeluTanh,
+        _ => return Err(Error::Malformed("activation code")),
+    };
+    if b[36..HEADER_LEN].iter().any(|&x| x != 0) {
+        return Err(Error::Malformed("reserved header bytes are not zero"));
+    }
+    let h = Header {
+        precision,
+        activation,
+        in_c: b[10],
+        patch: b[11],
+        in_h: LE::read_u16(&b[12..14]),
+        in_w: LE::read_u16(&b[14..16]),
+        dim: LE::read_u16(&b[16..18]),
+        depth: LE::read_u16(&b[18..20]),
+        kernel: b[20],
+        pad_top: b[21],
+        pad_left: b[22],
+        gap_frac_bits: b[23],
+        classes: LE::read_u16(&b[24..26]),
+    };
+    if h.in_c != 1 && h.in_c != 3 {
+        return Err(Error::Malformed("input channels must be 1 or 3"));
+    }
+    if h.patch == 0 || u16::from(h.patch) > h.in_h || u16::from(h.patch) > h.in_w {
+        return Err(Error::Malformed("patch size"));
+    }
+    if h.dim == 0 || h.classes == 0 || h.kernel == 0 {
+        return Err(Error::Malformed("zero dim, classes or kernel"));
+    }
+    if h.pad_top != (h.kernel - 1) / 2 || h.pad_left != (h.kernel - 1) / 2 {
+        return Err(Error::Malformed("padding is not 'same'"));
+    }
+    if h.tokens() > MAX_TOKENS {
+        return Err(Error::Malformed("too many tokens"));
+    }
+    match precision {
+        Precision::Int8 => {
+            let bound = 127i64 * 255 * (1i64 << h.gap_frac_bits.min(40)) * i64::from(h.dim);
+            if h.gap_frac_bits > 16 || bound >= 1i64 << 31 {
+                return Err(Error::Malformed("gap_frac_bits could overflow the head"));
+            }
+        }
+        _ => {
+            if h.gap_frac_bits != 0 {
+                return Err(Error::Malformed("gap_frac_bits in a float blob"));
+            }
+        }
+    }
+    Ok(h)
+}
+
+/// Parses and validates a blob. See [`crate::Model::from_bytes`].
+pub fn parse(bytes: &[u8]) -> Result<Blob<'_>, Error> {
+    let h = read_header(bytes)?;
+    let blob_len = LE::read_u32(&bytes[32..36]) as usize;
+    if blob_len > bytes.len() {
+        return Err(Error::Truncated);
+    }
+    if blob_len < bytes.len() {
+        return Err(Error::Malformed("trailing bytes after the blob"));
+    }
+    let stored = LE::read_u32(&bytes[CRC_RANGE]);
+    let mut d = CRC.digest();
+    d.update(&bytes[..CRC_RANGE.start]);
+    d.update(&bytes[CRC_RANGE.end..]);
+    if d.finalize() != stored {
+        return Err(Error::BadCrc);
+    }
+    let n = usize::from(LE::read_u16(&bytes[26..28]));
+    if n != h.section_count() {
+        return Err(Error::Malformed("section count does not match the header"));
+    }
+    let toc_end = HEADER_LEN + n * TOC_ENTRY_LEN;
+    if toc_end > bytes.len() {
+        return Err(Error::Truncated);
+    }
+    let mut prev_end = toc_end;
+    for i in 0..n {
+        let e = &bytes[HEADER_LEN + i * TOC_ENTRY_LEN..HEADER_LEN + (i + 1) * TOC_ENTRY_LEN];
+        let kind = LE::read_u16(&e[0..2]);
+        let layer = LE::read_u16(&e[2..4]);
+        let off = LE::read_u32(&e[4..8]) as usize;
+        let len = LE::read_u32(&e[8..12]) as usize;
+        let (want_kind, want_layer, want_len) =
+            section_at(&h, i).ok_or(Error::Malformed("section table"))?;
+        if kind != want_kind as u16 || layer != want_layer {
+            return Err(Error::Malformed("section table order"));
+        }
+        if want_len.is_some_and(|w| w != len) {
+            return Err(Error::Malformed("section length does not match the shapes"));
+        }
+        if LE::read_u32(&e[12..16]) != 0 {
+            return Err(Error::Malformed("reserved section bytes are not zero"));
+        }
+        if off % SECTION_ALIGN != 0 || off < prev_end {
+            return Err(Error::Malformed("section offset"));
+        }
+        let end = off.checked_add(len).ok_or(Error::Truncated)?;
+        if end > bytes.len() {
+            return Err(Error::Truncated);
+        }
+        prev_end = end;
+    }
+    let blob = Blob { bytes, header: h };
+    validate_contents(&blob)?;
+    Ok(blob)
+}
+
+fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
+    let h = b.header;
+    let labels =
+        core::str::from_utf8(b.section_by_index(1)).map_err(|_| Error::Malformed("labels"))?;
+    if !labels.is_empty() && labels.split('\n').count() != usize::from(h.classes) {
+        return Err(Error::Malformed("label count does not match classes"));
+    }
+    if h.precision != Precision::Int8 {
+        return Ok(());
+    }
+    let zp_ok = |z: i32| (-128..=127).contains(&z);
+    for layer in 0..h.conv_layers() {
+        let q = b.section(SectionKind::QParams, layer);
+        let zp_in = LE::read_i32(&q[0..]);
+        if !(zp_ok(zp_in) && zp_ok(LE::read_i32(&q[4..])) && zp_ok(LE::read_i32(&q[8..]))) {
+            return Err(Error::Malformed("zero point out of range"));
+        }
+        if layer == 0 && zp_in != 0 {
+            return Err(Error::Malformed("embedding input zero point must be 0"));
+        }
+        let w = b.section(SectionKind::Weights, layer);
+        let bias = b.section(SectionKind::Bias, layer);
+        let rq = b.section(SectionKind::Requant, layer);
+        let taps = h.taps(layer);
+        let x_range: i64 = 255;
+        for o in 0..usize::from(h.dim) {
+            let r = |k: usize| LE::read_i32(&rq[24 * o + 4 * k..]);
+            let (m_pre, sh_pre, m_post, b_post, sh_post, m_res) = (r(0), r(1), r(2), r(3), r(4), r(5));
+            use limits::*;
+            let ok = m_pre >= 0
+                && (SH_PRE_MIN..=SH_PRE_MAX).contains(&sh_pre)
+                && m_post.unsigned_abs() <= M_POST_MAX as u32
+                && b_post.unsigned_abs() <= B_POST_MAX as u32
+                && (0..=SH_POST_MAX).contains(&sh_post)
+                && m_res.unsigned_abs() <= M_RES_MAX as u32
+                && (layer % 2 == 1 || m_res == 0);
+            if !ok {
+                return Err(Error::Malformed("requantisation parameter out of range"));
+            }
+            // Accumulator bound: |bias| + range · Σ|w| < 2^31.
+            let sum_abs: i64 = match layer {
+                // Depthwise weights are tap-major: channel o at every `dim`-th byte.
+                l if l % 2 == 1 => (0..taps)
+                    .map(|t| i64::from((w[t * usize::from(h.dim) + o] as i8).unsigned_abs()))
+                    .sum(),
+                _ => w[o * taps..(o + 1) * taps]
+                    .iter()
+                    .map(|&v| i64::from((v as i8).unsigned_abs()))
+                    .sum(),
+            };
+            let bound = i64::from(LE::read_i32(&bias[4 * o..]).unsigned_abs()) + x_range * sum_abs;
+            if bound >= 1i64 << 31 {
+                return Err(Error::Malformed("accumulator could overflow i32"));
+            }
+        }
+    }
+    let hq = b.section(SectionKind::QParams, h.head_layer());
+    if !zp_ok(LE::read_i32(&hq[0..])) {
+        return Err(Error::Malformed("zero point out of range"));
+    }
+    Ok(())
+}

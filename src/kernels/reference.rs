@@ -1,0 +1,411 @@
+//! Portable scalar reference kernels, one per op. They define the results: every SIMD
+//! kernel must match them bit for bit (int8) or to the last rounding of the same
+//! expression order (float).
+//!
+//! Activations are token-major (`token · dim + channel`); weight layouts are those of
+//! `docs/blob-format.md`. Callers pass slices of the documented lengths (the model checks
+//! them once, from the validated header).
+
+use super::{EmbedGeom, Grid};
+use crate::le::{F32Le, FloatWeights, I16Le, I32Le};
+use crate::Activation;
+
+// ----------------------------------------------------------------------------------------
+// Float path (f32 blobs, and f16 blobs computed in f32)
+// ----------------------------------------------------------------------------------------
+
+/// The activation in f32: GELU (erf), its tanh approximation, or ReLU.
+///
+/// ```
+/// use convmixer_edge::{kernels::reference::act_f32, Activation};
+/// assert_eq!(act_f32(Activation::Relu, -1.0), 0.0);
+/// assert!((act_f32(Activation::Gelu, 1.0) - 0.841_344_7).abs() < 1e-6);
+/// ```
+#[inline]
+pub fn act_f32(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::Relu => {
+            if x > 0.0 {
+                x
+            } else {
+                0.0
+            }
+        }
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * core::f32::consts::FRAC_1_SQRT_2)),
+        Activation::GeluTanh => {
+            const C: f32 = 0.797_884_6; // sqrt(2/pi)
+            0.5 * x * (1.0 + libm::tanhf(C * (x + 0.044_715 * x * x * x)))
+        }
+    }
+}
+
+/// Parameters of one float conv layer: weights, bias and the post-activation affine
+/// (the removed BatchNorm).
+#[derive(Clone, Copy, Debug)]
+pub struct FloatLayer<'a, W> {
+    /// Weights in the layer's documented layout.
+    pub w: W,
+    /// Bias per output channel.
+    pub bias: F32Le<'a>,
+    /// Affine scale per output channel.
+    pub scale: F32Le<'a>,
+    /// Affine shift per output channel.
+    pub shift: F32Le<'a>,
+}
+
+impl<W: FloatWeights> FloatLayer<'_, W> {
+    #[inline]
+    fn finish(&self, o: usize, act: Activation, acc: f32) -> f32 {
+        self.scale.at(o) * act_f32(act, acc) + self.shift.at(o)
+    }
+}
+
+/// Patch embedding on raw pixels (HWC `u8`), writing `tokens × dim` f32.
+///
+/// ```
+/// use convmixer_edge::{kernels::{reference::*, EmbedGeom}, le::F32Le, Activation};
+/// let one = 1.0f32.to_le_bytes();
+/// let zero = 0.0f32.to_le_bytes();
+/// // 1 channel, 2x2 image, patch 2, dim 1: sums the four pixels.
+/// let w: Vec<u8> = [1.0f32; 4].iter().flat_map(|v| v.to_le_bytes()).collect();
+/// let l = FloatLayer { w: F32Le(&w), bias: F32Le(&zero), scale: F32Le(&one), shift: F32Le(&zero) };
+/// let mut out = [0.0f32];
+/// embed_f32(&[1, 2, 3, 4], EmbedGeom { in_h: 2, in_w: 2, in_c: 1, patch: 2 }, 1, &l, Activation::Relu, &mut out);
+/// assert_eq!(out[0], 10.0);
+/// ```
+pub fn embed_f32<W: FloatWeights>(
+    px: &[u8],
+    g: EmbedGeom,
+    dim: usize,
+    l: &FloatLayer<'_, W>,
+    act: Activation,
+    out: &mut [f32],
+) {
+    let (p, c) = (g.patch, g.in_c);
+    let wt = (g.in_w - p) / p + 1;
+    let ht = (g.in_h - p) / p + 1;
+    for ty in 0..ht {
+        for tx in 0..wt {
+            let t = ty * wt + tx;
+            for o in 0..dim {
+                let mut acc = l.bias.at(o);
+                let mut i = o * g.taps();
+                for ky in 0..p {
+                    let row = ((ty * p + ky) * g.in_w + tx * p) * c;
+                    for v in &px[row..row + p * c] {
+                        acc += l.w.at(i) * f32::from(*v);
+                        i += 1;
+                    }
+                }
+                out[t * dim + o] = l.finish(o, act, acc);
+            }
+        }
+    }
+}
+
+/// Depthwise k×k 'same' conv (zero padding) + activation + affine + residual:
+/// `out = affine(act(dw(x))) + x`.
+pub fn dw_f32<W: FloatWeights>(
+    x: &[f32],
+    g: Grid,
+    l: &FloatLayer<'_, W>,
+    act: Activation,
+    out: &mut [f32],
+) {
+    let (k, d) = (g.kernel, g.dim);
+    for ty in 0..g.ht {
+        for tx in 0..g.wt {
+            let t = ty * g.wt + tx;
+            for c in 0..d {
+                let mut acc = l.bias.at(c);
+                for ky in 0..k {
+                    let y = (ty + ky).wrapping_sub(g.pad_top);
+                    if y >= g.ht {
+                        continue;
+                    }
+                    for kx in 0..k {
+                        let xx = (tx + kx).wrapping_sub(g.pad_left);
+                        if xx >= g.wt {
+                            continue;
+                        }
+                        acc += l.w.at((ky * k + kx) * d + c) * x[(y * g.wt + xx) * d + c];
+                    }
+                }
+                out[t * d + c] = l.finish(c, act, acc) + x[t * d + c];
+            }
+        }
+    }
+}
+
+/// Pointwise 1×1 conv + activation + affine: `out[t] = affine(act(W · x[t] + b))`.
+pub fn pw_f32<W: FloatWeights>(
+    x: &[f32],
+    tokens: usize,
+    dim: usize,
+    l: &FloatLayer<'_, W>,
+    act: Activation,
+    out: &mut [f32],
+) {
+    for t in 0..tokens {
+        let row = &x[t * dim..(t + 1) * dim];
+        for o in 0..dim {
+            let mut acc = l.bias.at(o);
+            for (i, v) in row.iter().enumerate() {
+                acc += l.w.at(o * dim + i) * *v;
+            }
+            out[t * dim + o] = l.finish(o, act, acc);
+        }
+    }
+}
+
+/// Global average pool + linear head: `logits = b + W · mean_t(x)`.
+/// `mean` is a `dim`-long scratch buffer.
+pub fn head_f32<W: FloatWeights>(
+    x: &[f32],
+    tokens: usize,
+    dim: usize,
+    w: &W,
+    bias: F32Le<'_>,
+    mean: &mut [f32],
+    logits: &mut [f32],
+) {
+    mean.iter_mut().for_each(|m| *m = 0.0);
+    for t in 0..tokens {
+        for (m, v) in mean.iter_mut().zip(&x[t * dim..(t + 1) * dim]) {
+            *m += *v;
+        }
+    }
+    let inv = 1.0 / tokens as f32;
+    mean.iter_mut().for_each(|m| *m *= inv);
+    for (c, out) in logits.iter_mut().enumerate() {
+        let mut acc = bias.at(c);
+        for (d, m) in mean.iter().enumerate() {
+            acc += w.at(c * dim + d) * *m;
+        }
+        *out = acc;
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// int8 path
+// ----------------------------------------------------------------------------------------
+
+/// AArch64 `SQRDMULH`: `saturate((2·a·b + 2^31) >> 32)`.
+///
+/// ```
+/// use convmixer_edge::kernels::reference::sqrdmulh;
+/// assert_eq!(sqrdmulh(1 << 20, 1 << 30), 1 << 19);
+/// assert_eq!(sqrdmulh(i32::MIN, i32::MIN), i32::MAX);
+/// ```
+#[inline]
+pub fn sqrdmulh(a: i32, b: i32) -> i32 {
+    let p = 2 * i64::from(a) * i64::from(b) + (1i64 << 31);
+    (p >> 32).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+}
+
+/// Rounding arithmetic shift right (`SRSHR`): `(v + 2^(s−1)) >> s`, round half up.
+///
+/// ```
+/// use convmixer_edge::kernels::reference::rshr;
+/// assert_eq!((rshr(5, 1), rshr(-5, 1), rshr(7, 0)), (3, -2, 7));
+/// ```
+#[inline]
+pub fn rshr(v: i32, s: i32) -> i32 {
+    if s <= 0 {
+        v
+    } else {
+        ((i64::from(v) + (1i64 << (s - 1))) >> s) as i32
+    }
+}
+
+/// Fixed-point requantisation `rq(x, m, sh)` of the format document: saturating left
+/// shift for `sh < 0`, `SQRDMULH` by `m`, rounding right shift for `sh > 0`.
+///
+/// ```
+/// use convmixer_edge::kernels::reference::rq;
+/// // m = 2^30 is 0.5; sh = 1 halves again: 100 * 0.25 = 25.
+/// assert_eq!(rq(100, 1 << 30, 1), 25);
+/// // sh = -2 multiplies by 4 first.
+/// assert_eq!(rq(100, 1 << 30, -2), 200);
+/// ```
+#[inline]
+pub fn rq(x: i32, m: i32, sh: i32) -> i32 {
+    let x = if sh < 0 {
+        (i64::from(x) << (-sh)).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+    } else {
+        x
+    };
+    rshr(sqrdmulh(x, m), sh)
+}
+
+/// One output channel's requantisation record (see the format document).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requant {
+    /// Multiplier from the accumulator to the activation input.
+    pub m_pre: i32,
+    /// Shift paired with `m_pre`.
+    pub sh_pre: i32,
+    /// Multiplier from the activation output (i16) to the output.
+    pub m_post: i32,
+    /// Offset in the post-activation product domain (the BatchNorm shift).
+    pub b_post: i32,
+    /// Rounding right shift of the post-activation sum.
+    pub sh_post: i32,
+    /// Multiplier of the residual input (depthwise layers), else 0.
+    pub m_res: i32,
+}
+
+/// Per-layer parameters of one int8 conv layer.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantLayer<'a> {
+    /// Weights, i8, layout as documented.
+    pub w: &'a [i8],
+    /// Bias per output channel (accumulator units).
+    pub bias: I32Le<'a>,
+    /// Requant records, 6 × i32 per output channel.
+    pub requant: I32Le<'a>,
+    /// Zero point of the layer input.
+    pub zp_in: i32,
+    /// Zero point of the GELU table's input.
+    pub zp_z: i32,
+    /// Zero point of the output.
+    pub zp_out: i32,
+    /// GELU table (256 × i16), empty for ReLU.
+    pub table: I16Le<'a>,
+}
+
+impl QuantLayer<'_> {
+    /// Requant record of output channel `o`.
+    #[inline]
+    pub fn requant(&self, o: usize) -> Requant {
+        let r = |k| self.requant.at(6 * o + k);
+        Requant { m_pre: r(0), sh_pre: r(1), m_post: r(2), b_post: r(3), sh_post: r(4), m_res: r(5) }
+    }
+}
+
+/// The int8 epilogue: accumulator → activation (table or ReLU) → affine (+ residual) → int8.
+/// `res` is `x_res − zp_in` for depthwise layers and 0 otherwise.
+///
+/// ```
+/// use convmixer_edge::{kernels::reference::*, le::{I16Le, I32Le}, Activation};
+/// let l = QuantLayer { w: &[], bias: I32Le(&[]), requant: I32Le(&[]), zp_in: 0, zp_z: 0, zp_out: 3, table: I16Le(&[]) };
+/// // ReLU: a = rq(acc) = acc/2; out = zp_out + rshr(a * 4, 2) = 3 + acc/2.
+/// let r = Requant { m_pre: 1 << 30, sh_pre: 0, m_post: 4, b_post: 0, sh_post: 2, m_res: 0 };
+/// assert_eq!(epilogue_i8(20, 0, &r, &l, Activation::Relu), 13);
+/// assert_eq!(epilogue_i8(-20, 0, &r, &l, Activation::Relu), 3);
+/// ```
+#[inline]
+pub fn epilogue_i8(acc: i32, res: i32, r: &Requant, l: &QuantLayer<'_>, act: Activation) -> i8 {
+    let pre = rq(acc, r.m_pre, r.sh_pre);
+    let a = match act {
+        Activation::Relu => pre.clamp(0, i32::from(i16::MAX)),
+        Activation::Gelu | Activation::GeluTanh => {
+            let z = l.zp_z.saturating_add(pre).clamp(-128, 127);
+            i32::from(l.table.at((z + 128) as usize))
+        }
+    };
+    let v = rshr(a * r.m_post + res * r.m_res + r.b_post, r.sh_post);
+    (l.zp_out + v).clamp(-128, 127) as i8
+}
+
+/// int8 patch embedding on raw pixels (zero point 0).
+pub fn embed_i8(px: &[u8], g: EmbedGeom, dim: usize, l: &QuantLayer<'_>, act: Activation, out: &mut [i8]) {
+    let (p, c) = (g.patch, g.in_c);
+    let wt = (g.in_w - p) / p + 1;
+    let ht = (g.in_h - p) / p + 1;
+    for ty in 0..ht {
+        for tx in 0..wt {
+            let t = ty * wt + tx;
+            for o in 0..dim {
+                let mut acc = l.bias.at(o);
+                let mut i = o * g.taps();
+                for ky in 0..p {
+                    let row = ((ty * p + ky) * g.in_w + tx * p) * c;
+                    for v in &px[row..row + p * c] {
+                        acc += i32::from(l.w[i]) * i32::from(*v);
+                        i += 1;
+                    }
+                }
+                out[t * dim + o] = epilogue_i8(acc, 0, &l.requant(o), l, act);
+            }
+        }
+    }
+}
+
+/// int8 depthwise 'same' conv with the residual add fused into the epilogue. Padding is
+/// `zp_in`, i.e. a term of zero.
+pub fn dw_i8(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, out: &mut [i8]) {
+    let (k, d) = (g.kernel, g.dim);
+    for ty in 0..g.ht {
+        for tx in 0..g.wt {
+            let t = ty * g.wt + tx;
+            for c in 0..d {
+                let mut acc = l.bias.at(c);
+                for ky in 0..k {
+                    let y = (ty + ky).wrapping_sub(g.pad_top);
+                    if y >= g.ht {
+                        continue;
+                    }
+                    for kx in 0..k {
+                        let xx = (tx + kx).wrapping_sub(g.pad_left);
+                        if xx >= g.wt {
+                            continue;
+                        }
+                        let v = i32::from(x[(y * g.wt + xx) * d + c]) - l.zp_in;
+                        acc += i32::from(l.w[(ky * k + kx) * d + c]) * v;
+                    }
+                }
+                let res = i32::from(x[t * d + c]) - l.zp_in;
+                out[t * d + c] = epilogue_i8(acc, res, &l.requant(c), l, act);
+            }
+        }
+    }
+}
+
+/// int8 pointwise 1×1 conv (a GEMM over tokens × channels).
+pub fn pw_i8(x: &[i8], tokens: usize, dim: usize, l: &QuantLayer<'_>, act: Activation, out: &mut [i8]) {
+    for t in 0..tokens {
+        let row = &x[t * dim..(t + 1) * dim];
+        for o in 0..dim {
+            let w = &l.w[o * dim..(o + 1) * dim];
+            let mut acc = l.bias.at(o);
+            for (wv, xv) in w.iter().zip(row) {
+                acc += i32::from(*wv) * (i32::from(*xv) - l.zp_in);
+            }
+            out[t * dim + o] = epilogue_i8(acc, 0, &l.requant(o), l, act);
+        }
+    }
+}
+
+/// int8 global average pool (to `frac_bits` fixed point) + linear head, dequantised to f32
+/// logits: `logit_c = scale_c · Σ_d W_cd · m_d + bias_c`. `mean` is `dim` i32 scratch.
+#[allow(clippy::too_many_arguments)]
+pub fn head_i8(
+    x: &[i8],
+    tokens: usize,
+    dim: usize,
+    zp_in: i32,
+    frac_bits: u32,
+    w: &[i8],
+    scale: F32Le<'_>,
+    bias: F32Le<'_>,
+    mean: &mut [i32],
+    logits: &mut [f32],
+) {
+    mean.iter_mut().for_each(|m| *m = 0);
+    for t in 0..tokens {
+        for (m, v) in mean.iter_mut().zip(&x[t * dim..(t + 1) * dim]) {
+            *m += i32::from(*v) - zp_in;
+        }
+    }
+    let n = tokens as i64;
+    for m in mean.iter_mut() {
+        // round_half_up(2^f · sum / T) with floor division.
+        *m = ((2 * (i64::from(*m) << frac_bits) + n).div_euclid(2 * n)) as i32;
+    }
+    for (c, out) in logits.iter_mut().enumerate() {
+        let wc = &w[c * dim..(c + 1) * dim];
+        let acc: i32 = wc.iter().zip(mean.iter()).map(|(a, b)| i32::from(*a) * *b).sum();
+        *out = scale.at(c) * acc as f32 + bias.at(c);
+    }
+}

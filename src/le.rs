@@ -1,0 +1,87 @@
+//! Zero-copy little-endian views of blob sections.
+//!
+//! The blob stays where it is (flash, `include_bytes!`, a file buffer); values are decoded on
+//! access with `byteorder`, so no alignment is required and big-endian hosts read the same
+//! numbers. Lengths are validated by [`crate::blob::parse`] before any view is made.
+
+use byteorder::{ByteOrder, LittleEndian as LE};
+
+/// A source of float weights: f32 or f16 storage, read as f32.
+///
+/// ```
+/// use convmixer_edge::le::{F32Le, FloatWeights};
+/// let bytes = 1.5f32.to_le_bytes();
+/// assert_eq!(F32Le(&bytes).at(0), 1.5);
+/// ```
+pub trait FloatWeights {
+    /// Element `i` as f32.
+    fn at(&self, i: usize) -> f32;
+}
+
+/// Little-endian f32 array.
+///
+/// ```
+/// use convmixer_edge::le::{F32Le, FloatWeights};
+/// let b = [0u8, 0, 128, 63, 0, 0, 0, 64];
+/// assert_eq!((F32Le(&b).at(0), F32Le(&b).at(1)), (1.0, 2.0));
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct F32Le<'a>(pub &'a [u8]);
+
+impl FloatWeights for F32Le<'_> {
+    #[inline(always)]
+    fn at(&self, i: usize) -> f32 {
+        LE::read_f32(&self.0[4 * i..4 * i + 4])
+    }
+}
+
+/// Little-endian IEEE binary16 array, widened to f32 on read.
+///
+/// ```
+/// use convmixer_edge::le::{F16Le, FloatWeights};
+/// let b = half::f16::from_f32(0.5).to_bits().to_le_bytes();
+/// assert_eq!(F16Le(&b).at(0), 0.5);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct F16Le<'a>(pub &'a [u8]);
+
+impl FloatWeights for F16Le<'_> {
+    #[inline(always)]
+    fn at(&self, i: usize) -> f32 {
+        half::f16::from_bits(LE::read_u16(&self.0[2 * i..2 * i + 2])).to_f32()
+    }
+}
+
+/// Little-endian i32 array.
+///
+/// ```
+/// use convmixer_edge::le::I32Le;
+/// assert_eq!(I32Le(&(-7i32).to_le_bytes()).at(0), -7);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct I32Le<'a>(pub &'a [u8]);
+
+impl I32Le<'_> {
+    /// Element `i`.
+    #[inline(always)]
+    pub fn at(&self, i: usize) -> i32 {
+        LE::read_i32(&self.0[4 * i..4 * i + 4])
+    }
+}
+
+/// Little-endian i16 array.
+///
+/// ```
+/// use convmixer_edge::le::I16Le;
+/// assert_eq!(I16Le(&(-300i16).to_le_bytes()).at(0), -300);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct I16Le<'a>(pub &'a [u8]);
+
+impl I16Le<'_> {
+    /// Element `i`.
+    #[inline(always)]
+    pub fn at(&self, i: usize) -> i16 {
+        LE::read_i16(&self.0[2 * i..2 * i + 2])
+    }
+}

@@ -1,0 +1,313 @@
+//! [`Model`]: a validated blob plus the inference driver.
+
+use crate::blob::{self, Blob, Header, SectionKind};
+use crate::kernels::{reference as k, EmbedGeom, Grid};
+use crate::le::{F16Le, F32Le, FloatWeights, I16Le, I32Le};
+use crate::{Error, Precision};
+
+/// A model read in place from a blob. Cheap to copy; borrows the blob.
+///
+/// ```
+/// # fn demo(blob: &[u8]) -> Result<(), convmixer_edge::Error> {
+/// let model = convmixer_edge::Model::from_bytes(blob)?;
+/// println!("{}x{}x{} input, {} classes, needs {} arena bytes",
+///     model.header().in_h, model.header().in_w, model.header().in_c,
+///     model.header().classes, model.arena_len());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Model<'a> {
+    blob: Blob<'a>,
+}
+
+/// Where each buffer lives inside the arena (byte offsets from the aligned start).
+struct Plan {
+    b: usize,
+    mean: usize,
+    logits: usize,
+    end: usize,
+}
+
+fn align16(x: usize) -> usize {
+    (x + 15) & !15
+}
+
+impl<'a> Model<'a> {
+    /// Reads and validates a blob (magic, version, CRC-32, section table, every parameter
+    /// range). Never panics, whatever the bytes.
+    ///
+    /// ```
+    /// use convmixer_edge::{Error, Model};
+    /// let mut junk = [0u8; 64];
+    /// junk[..4].copy_from_slice(b"CMXB");
+    /// assert_eq!(Model::from_bytes(&junk).unwrap_err(), Error::UnsupportedVersion(0));
+    /// ```
+    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, Error> {
+        Ok(Model { blob: blob::parse(bytes)? })
+    }
+
+    /// The header: shapes, precision, activation.
+    pub fn header(&self) -> &Header {
+        self.blob.header()
+    }
+
+    /// The validated blob.
+    pub fn blob(&self) -> &Blob<'a> {
+        &self.blob
+    }
+
+    /// Label of `class`, if the blob carries labels.
+    ///
+    /// ```
+    /// # fn demo(m: &convmixer_edge::Model) {
+    /// let name = m.label(3).unwrap_or("?");
+    /// # }
+    /// ```
+    pub fn label(&self, class: u16) -> Option<&'a str> {
+        self.blob.label(usize::from(class))
+    }
+
+    fn plan(&self) -> Plan {
+        let h = self.header();
+        let elem = if h.precision == Precision::Int8 { 1 } else { 4 };
+        let act = h.tokens() * usize::from(h.dim) * elem;
+        
+        let b = align16(act);
+        let mean = align16(b + act);
+        let logits = align16(mean + 4 * usize::from(h.dim));
+        let end = logits + 4 * usize::from(h.classes);
+        Plan { b, mean, logits, end }
+    }
+
+    /// Scratch bytes [`Model::classify`] and [`Model::logits`] need, including up to 15
+    /// bytes to align the arena's start. Known as soon as the blob is read, so a board can
+    /// size a static buffer before flashing.
+    ///
+    /// ```
+    /// # fn demo(m: &convmixer_edge::Model) {
+    /// let mut arena = vec![0u8; m.arena_len()];
+    /// # }
+    /// ```
+    pub fn arena_len(&self) -> usize {
+        self.plan().end + 15
+    }
+
+    /// Bytes of one input image: `in_h · in_w · in_c`.
+    pub fn input_len(&self) -> usize {
+        self.header().input_len()
+    }
+
+    /// Runs the model on raw HWC `u8` pixels and writes one logit per class into `out`.
+    ///
+    /// ```
+    /// # fn demo(m: &convmixer_edge::Model, px: &[u8]) -> Result<(), convmixer_edge::Error> {
+    /// let mut arena = vec![0u8; m.arena_len()];
+    /// let mut logits = vec![0.0f32; m.header().classes as usize];
+    /// m.logits(px, &mut arena, &mut logits)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn logits(&self, pixels: &[u8], arena: &mut [u8], out: &mut [f32]) -> Result<(), Error> {
+        let classes = usize::from(self.header().classes);
+        if out.len() != classes {
+            return Err(Error::OutputSize { expected: classes, got: out.len() });
+        }
+        let logits = self.run(pixels, arena)?;
+        out.copy_from_slice(logits);
+        Ok(())
+    }
+
+    /// Classifies one image (raw HWC `u8` pixels, gray or RGB as the model expects) and
+    /// returns the `K` most likely classes with their softmax probabilities, best first.
+    ///
+    /// ```
+    /// # fn demo(m: &convmixer_edge::Model, px: &[u8]) -> Result<(), convmixer_edge::Error> {
+    /// let mut arena = vec![0u8; m.arena_len()];
+    /// let top = m.classify::<5>(px, &mut arena)?;
+    /// assert!(top.windows(2).all(|w| w[0].1 >= w[1].1));
+    /// # Ok(()) }
+    /// ```
+    pub fn classify<const K: usize>(
+        &self,
+        pixels: &[u8],
+        arena: &mut [u8],
+    ) -> Result<heapless::Vec<(u16, f32), K>, Error> {
+        let logits = self.run(pixels, arena)?;
+        Ok(top_k(logits))
+    }
+
+    /// Runs the network; returns the logits, which live in the arena.
+    fn run<'b>(&self, pixels: &[u8], arena: &'b mut [u8]) -> Result<&'b [f32], Error> {
+        let h = *self.header();
+        if pixels.len() != h.input_len() {
+            return Err(Error::InputSize { expected: h.input_len(), got: pixels.len() });
+        }
+        let needed = self.arena_len();
+        if arena.len() < needed {
+            return Err(Error::ArenaTooSmall { needed, got: arena.len() });
+        }
+        let start = arena.as_ptr().align_offset(16).min(15);
+        let plan = self.plan();
+        let arena = &mut arena[start..start + plan.end];
+        let (acts, rest) = arena.split_at_mut(plan.mean);
+        let (mean, logits) = rest.split_at_mut(plan.logits - plan.mean);
+        let (a, b) = acts.split_at_mut(plan.b);
+        let act_len = h.tokens() * usize::from(h.dim);
+        let logits: &mut [f32] = bytemuck::try_cast_slice_mut(logits)
+            .map_err(|_| Error::Malformed("arena alignment"))?;
+        match h.precision {
+            Precision::Int8 => {
+                let a: &mut [i8] = bytemuck::cast_slice_mut(&mut a[..act_len]);
+                let b: &mut [i8] = bytemuck::cast_slice_mut(&mut b[..act_len]);
+                let mean: &mut [i32] = bytemuck::try_cast_slice_mut(mean)
+                    .map_err(|_| Error::Malformed("arena alignment"))?;
+                self.run_int8(pixels, a, b, &mut mean[..usize::from(h.dim)], logits);
+            }
+            p => {
+                let a: &mut [f32] = bytemuck::try_cast_slice_mut(&mut a[..4 * act_len])
+                    .map_err(|_| Error::Malformed("arena alignment"))?;
+                let b: &mut [f32] = bytemuck::try_cast_slice_mut(&mut b[..4 * act_len])
+                    .map_err(|_| Error::Malformed("arena alignment"))?;
+                let mean: &mut [f32] = bytemuck::try_cast_slice_mut(mean)
+                    .map_err(|_| Error::Malformed("arena alignment"))?;
+                let mean = &mut mean[..usize::from(h.dim)];
+                if p == Precision::F16 {
+                    self.run_float(pixels, a, b, mean, logits, F16Le);
+                } else {
+                    self.run_float(pixels, a, b, mean, logits, F32Le);
+                }
+            }
+        }
+        Ok(logits)
+    }
+
+    fn geometry(&self) -> (EmbedGeom, Grid) {
+        let h = self.header();
+        let (ht, wt) = h.grid();
+        (
+            EmbedGeom {
+                in_h: usize::from(h.in_h),
+                in_w: usize::from(h.in_w),
+                in_c: usize::from(h.in_c),
+                patch: usize::from(h.patch),
+            },
+            Grid {
+                ht,
+                wt,
+                dim: usize::from(h.dim),
+                kernel: usize::from(h.kernel),
+                pad_top: usize::from(h.pad_top),
+                pad_left: usize::from(h.pad_left),
+            },
+        )
+    }
+
+    fn float_layer<W>(&self, layer: usize, wrap: fn(&'a [u8]) -> W) -> k::FloatLayer<'a, W> {
+        let aff = self.blob.section(SectionKind::Affine, layer);
+        let (scale, shift) = aff.split_at(aff.len() / 2);
+        k::FloatLayer {
+            w: wrap(self.blob.section(SectionKind::Weights, layer)),
+            bias: F32Le(self.blob.section(SectionKind::Bias, layer)),
+            scale: F32Le(scale),
+            shift: F32Le(shift),
+        }
+    }
+
+    fn run_float<W: FloatWeights>(
+        &self,
+        px: &[u8],
+        a: &mut [f32],
+        b: &mut [f32],
+        mean: &mut [f32],
+        logits: &mut [f32],
+        wrap: fn(&'a [u8]) -> W,
+    ) {
+        let h = self.header();
+        let act = h.activation;
+        let (eg, g) = self.geometry();
+        k::embed_f32(px, eg, g.dim, &self.float_layer(0, wrap), act, a);
+        for i in 0..usize::from(h.depth) {
+            k::dw_f32(a, g, &self.float_layer(1 + 2 * i, wrap), act, b);
+            k::pw_f32(b, g.tokens(), g.dim, &self.float_layer(2 + 2 * i, wrap), act, a);
+        }
+        let hl = h.head_layer();
+        let w = wrap(self.blob.section(SectionKind::Weights, hl));
+        let bias = F32Le(self.blob.section(SectionKind::Bias, hl));
+        k::head_f32(a, g.tokens(), g.dim, &w, bias, mean, logits);
+    }
+
+    fn quant_layer(&self, layer: usize) -> k::QuantLayer<'a> {
+        let q = I32Le(self.blob.section(SectionKind::QParams, layer));
+        k::QuantLayer {
+            w: bytemuck::cast_slice(self.blob.section(SectionKind::Weights, layer)),
+            bias: I32Le(self.blob.section(SectionKind::Bias, layer)),
+            requant: I32Le(self.blob.section(SectionKind::Requant, layer)),
+            zp_in: q.at(0),
+            zp_z: q.at(1),
+            zp_out: q.at(2),
+            table: I16Le(self.blob.section(SectionKind::Table, layer)),
+        }
+    }
+
+    fn run_int8(&self, px: &[u8], a: &mut [i8], b: &mut [i8], mean: &mut [i32], logits: &mut [f32]) {
+        let h = self.header();
+        let act = h.activation;
+        let (eg, g) = self.geometry();
+        k::embed_i8(px, eg, g.dim, &self.quant_layer(0), act, a);
+        for i in 0..usize::from(h.depth) {
+            k::dw_i8(a, g, &self.quant_layer(1 + 2 * i), act, b);
+            k::pw_i8(b, g.tokens(), g.dim, &self.quant_layer(2 + 2 * i), act, a);
+        }
+        let hl = h.head_layer();
+        let zp_in = I32Le(self.blob.section(SectionKind::QParams, hl)).at(0);
+        k::head_i8(
+            a,
+            g.tokens(),
+            g.dim,
+            zp_in,
+            u32::from(h.gap_frac_bits),
+            bytemuck::cast_slice(self.blob.section(SectionKind::Weights, hl)),
+            F32Le(self.blob.section(SectionKind::HeadScale, hl)),
+            F32Le(self.blob.section(SectionKind::Bias, hl)),
+            mean,
+            logits,
+        );
+    }
+}
+
+/// The `K` largest logits, best first, with softmax probabilities over all classes.
+/// NaN logits sort last; ties keep the lower class first.
+fn top_k<const K: usize>(logits: &[f32]) -> heapless::Vec<(u16, f32), K> {
+    let mut top: heapless::Vec<(u16, f32), K> = heapless::Vec::new();
+    let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
+    for (c, &v) in logits.iter().enumerate() {
+        let pos = top.iter().position(|&(_, t)| key(v) > key(t)).unwrap_or(top.len());
+        if pos < K {
+            if top.is_full() {
+                top.pop();
+            }
+            // Cannot fail: there is room after the pop above.
+            let _ = top.insert(pos, (c as u16, v));
+        }
+    }
+    let max = logits.iter().copied().map(key).fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|&v| libm::expf(key(v) - max)).sum();
+    for e in top.iter_mut() {
+        e.1 = libm::expf(key(e.1) - max) / sum;
+    }
+    top
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_k;
+
+    #[test]
+    fn top_k_orders_and_normalises() {
+        let t = top_k::<2>(&[0.0, 3.0, 1.0, f32::NAN]);
+        assert_eq!(t.iter().map(|e| e.0).collect::<std::vec::Vec<_>>(), [1, 2]);
+        assert!(t[0].1 > t[1].1);
+        let all = top_k::<4>(&[0.0, 3.0, 1.0, 2.0]);
+        let s: f32 = all.iter().map(|e| e.1).sum();
+        assert!((s - 1.0).abs() < 1e-6, "{s}");
+    }
+}
