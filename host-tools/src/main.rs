@@ -1,1 +1,296 @@
-fn main() {}
+//! `host-tools`: the convmixer-edge command line.
+//!
+//! ```text
+//! host-tools quantize MODEL.onnx [--calib PATH] [--precision int8|fp16|fp32] [--mean M..] [--std S..] [--labels FILE] [-o OUT]
+//! host-tools classify MODEL.cmx IMAGE... [--top K] [--json]
+//! host-tools eval MODEL --data DIR [--json] [--mean M..] [--std S..] [--labels FILE]
+//! ```
+//!
+//! Every failure prints one line `error: …` naming what is wrong and exits with status 1
+//! (2 for command-line mistakes, as clap does). Output files are written atomically.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use convmixer_edge::{Model, Precision};
+use convmixer_quantize::{data, onnx, reference::TractModel, Options};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "host-tools", version, about = "Quantize ConvMixer ONNX models to convmixer-edge blobs, and run them")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    Int8,
+    Fp16,
+    Fp32,
+}
+
+impl PrecisionArg {
+    fn precision(self) -> Precision {
+        match self {
+            PrecisionArg::Int8 => Precision::Int8,
+            PrecisionArg::Fp16 => Precision::F16,
+            PrecisionArg::Fp32 => Precision::F32,
+        }
+    }
+}
+
+/// Input normalisation and labels for a model file that does not carry them (ONNX).
+#[derive(clap::Args)]
+struct Prep {
+    /// Per-channel mean of torchvision's `Normalize`, in the 0..1 pixel scale (one value,
+    /// or one per input channel; comma- or space-separated).
+    #[arg(long, num_args = 1.., value_delimiter = ',', allow_negative_numbers = true)]
+    mean: Vec<f32>,
+    /// Per-channel standard deviation of `Normalize` (one value, or one per channel).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    std: Vec<f32>,
+    /// Class labels, one per line, in class order.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Read a PyTorch-exported ConvMixer ONNX, remove every BatchNorm, calibrate and write
+    /// a model blob (.cmx).
+    Quantize {
+        /// The ONNX file (`torch.onnx.export`, either exporter).
+        model: PathBuf,
+        /// Calibration images: a folder of images (searched recursively) or an IDX file.
+        /// Required for int8.
+        #[arg(long)]
+        calib: Option<PathBuf>,
+        /// Weight and arithmetic precision of the blob.
+        #[arg(long, value_enum, default_value = "int8")]
+        precision: PrecisionArg,
+        #[command(flatten)]
+        prep: Prep,
+        /// Output blob (default: MODEL with the extension replaced by `-PRECISION.cmx`).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Classify images with a model blob and print the top-k classes.
+    Classify {
+        /// The model blob (.cmx).
+        model: PathBuf,
+        /// Images (PNG, JPEG, BMP, PNM) of the size the model takes.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// How many classes to print per image (at most 32).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=32))]
+        top: u8,
+        /// One JSON object per image instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Top-1 accuracy of a blob, or of an ONNX file run in fp32 by tract, on an
+    /// ImageFolder tree (one sub-folder per class, named by class index or label).
+    Eval {
+        /// A model blob (.cmx) or an ONNX file.
+        model: PathBuf,
+        /// The labelled images.
+        #[arg(long)]
+        data: PathBuf,
+        /// Print one JSON object (`model`, `n`, `correct`, `top1`) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// For ONNX only: the normalisation and labels the blob would carry.
+        #[command(flatten)]
+        prep: Prep,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Quantize { model, calib, precision, prep, output } => {
+            quantize(&model, calib.as_deref(), precision, &prep, output)
+        }
+        Cmd::Classify { model, images, top, json } => classify(&model, &images, usize::from(top), json),
+        Cmd::Eval { model, data, json, prep } => eval(&model, &data, json, &prep),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` joins the context chain into one line.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn read_labels(path: Option<&Path>) -> Result<Vec<String>> {
+    let Some(path) = path else { return Ok(Vec::new()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read labels", path.display()))?;
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+}
+
+fn quantize(
+    model: &Path,
+    calib: Option<&Path>,
+    precision: PrecisionArg,
+    prep: &Prep,
+    output: Option<PathBuf>,
+) -> Result<()> {
+    let imported = onnx::import(model)?;
+    let opts = Options { mean: prep.mean.clone(), std: prep.std.clone(), labels: read_labels(prep.labels.as_deref())? };
+    let shape = (imported.in_h, imported.in_w, imported.in_c);
+    let images = match (calib, precision) {
+        (Some(dir), _) => data::calibration_set(dir, shape)?,
+        (None, PrecisionArg::Int8) => bail!("int8 quantisation needs calibration images: pass --calib DIR"),
+        (None, _) => Vec::new(),
+    };
+    let pb = bar(if precision.precision() == Precision::Int8 { images.len() } else { 0 }, "calibrating");
+    let bytes = convmixer_quantize::quantize(&imported, precision.precision(), &images, &opts, || pb.inc(1))?;
+    pb.finish_and_clear();
+    let out = output.unwrap_or_else(|| {
+        let suffix = match precision {
+            PrecisionArg::Int8 => "int8",
+            PrecisionArg::Fp16 => "fp16",
+            PrecisionArg::Fp32 => "fp32",
+        };
+        let stem = model.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+        model.with_file_name(format!("{stem}-{suffix}.cmx"))
+    });
+    data::write_atomic(&out, &bytes)?;
+    // Read back what we wrote with the runtime itself, so a blob we cannot run is never
+    // reported as a success.
+    let m = Model::from_bytes(&bytes).map_err(|e| anyhow!("internal error: the written blob does not load: {e}"))?;
+    let h = m.header();
+    eprintln!(
+        "wrote {} ({} bytes): {:?}, dim {}, depth {}, kernel {}, patch {}, {} classes, input {}x{}x{}, arena {} bytes",
+        out.display(),
+        bytes.len(),
+        h.precision,
+        h.dim,
+        h.depth,
+        h.kernel,
+        h.patch,
+        h.classes,
+        h.in_h,
+        h.in_w,
+        h.in_c,
+        m.arena_len()
+    );
+    Ok(())
+}
+
+fn load_blob(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{}: cannot read model", path.display()))
+}
+
+fn parse_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Model<'a>> {
+    Model::from_bytes(bytes).map_err(|e| anyhow!("{}: not a usable model blob: {e}", path.display()))
+}
+
+fn classify(model: &Path, images: &[PathBuf], top: usize, json: bool) -> Result<()> {
+    let bytes = load_blob(model)?;
+    let m = parse_model(model, &bytes)?;
+    let h = *m.header();
+    let shape = (usize::from(h.in_h), usize::from(h.in_w), usize::from(h.in_c));
+    let mut arena = vec![0u8; m.arena_len()];
+    for path in images {
+        let px = data::load_image(path, shape)?;
+        let best = m.classify::<32>(&px, &mut arena).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let best = &best[..top.min(best.len())];
+        let name = |c: u16| m.label(c).map_or_else(|| c.to_string(), String::from);
+        if json {
+            let top: Vec<_> = best
+                .iter()
+                .map(|&(c, p)| serde_json::json!({"class": c, "label": name(c), "score": p}))
+                .collect();
+            println!("{}", serde_json::json!({"image": path.display().to_string(), "top": top}));
+        } else {
+            let list: Vec<String> = best.iter().map(|&(c, p)| format!("{} {:.4}", name(c), p)).collect();
+            println!("{}: {}", path.display(), list.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn argmax(v: &[f32]) -> usize {
+    // First maximum, as the runtime's top-k breaks ties.
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn eval(model: &Path, dir: &Path, json: bool, prep: &Prep) -> Result<()> {
+    let bytes = load_blob(model)?;
+    let is_blob = bytes.starts_with(b"CMXB");
+    let blob_model;
+    // One predictor closure per model kind; both take HWC u8 pixels.
+    let (shape, classes, labels, kind, mut predict): (_, usize, Vec<String>, String, Box<dyn FnMut(&[u8]) -> Result<usize> + '_>);
+    if is_blob {
+        if !prep.mean.is_empty() || !prep.std.is_empty() || prep.labels.is_some() {
+            bail!("--mean/--std/--labels are for ONNX models; {} is a blob that carries its own", model.display());
+        }
+        blob_model = parse_model(model, &bytes)?;
+        let m = &blob_model;
+        let h = *m.header();
+        shape = (usize::from(h.in_h), usize::from(h.in_w), usize::from(h.in_c));
+        classes = usize::from(h.classes);
+        labels = (0..h.classes).map(|c| m.label(c).unwrap_or_default().to_string()).collect();
+        kind = format!("{:?}", h.precision).to_lowercase();
+        let mut arena = vec![0u8; m.arena_len()];
+        predict = Box::new(move |px| {
+            let top = m.classify::<1>(px, &mut arena).map_err(|e| anyhow!("{e}"))?;
+            Ok(top.first().map_or(0, |t| usize::from(t.0)))
+        });
+    } else {
+        let imported = onnx::import(model)?;
+        let fold_check = convmixer_quantize::fold::fold(&imported, &prep.mean, &prep.std)?;
+        drop(fold_check); // validates --mean/--std against the model's channels
+        shape = (imported.in_h, imported.in_w, imported.in_c);
+        classes = imported.classes();
+        labels = read_labels(prep.labels.as_deref())?;
+        kind = "fp32-onnx".into();
+        let tract = TractModel::load(model, imported.in_c, imported.in_h, imported.in_w)?;
+        let (mean, std) = (prep.mean.clone(), prep.std.clone());
+        predict = Box::new(move |px| Ok(argmax(&tract.run_pixels(px, &mean, &std)?)));
+    }
+    let set = data::image_folder(dir, &labels, classes)?;
+    let pb = bar(set.len(), "evaluating");
+    let mut correct = 0usize;
+    for (path, class) in &set {
+        let px = data::load_image(path, shape)?;
+        let pred = predict(&px).with_context(|| format!("{}", path.display()))?;
+        correct += usize::from(pred == *class);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let n = set.len();
+    let top1 = correct as f64 / n as f64;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"model": model.display().to_string(), "kind": kind, "n": n, "correct": correct, "top1": top1})
+        );
+    } else {
+        println!("{}: {kind}, top-1 {:.2}% ({correct}/{n})", model.display(), 100.0 * top1);
+    }
+    Ok(())
+}

@@ -418,11 +418,11 @@ impl<'g> Graph<'g> {
             bail!("{}: kernel {kh}x{kw} is not square", describe(conv));
         }
         let mut out = conv.output[0].as_str();
-        let mut next = self.single_user(out, "an activation")?;
+        let mut next = self.activation_start(out)?;
         if next.op_type == "BatchNormalization" {
             unit.bn_pre = Some(self.batchnorm(next, shape[0])?);
             out = next.output[0].as_str();
-            next = self.single_user(out, "an activation")?;
+            next = self.activation_start(out)?;
         }
         let (act, act_out) = self.activation(out, next)?;
         unit.act = act;
@@ -435,6 +435,17 @@ impl<'g> Graph<'g> {
             }
         }
         Ok((unit, out))
+    }
+
+    /// The first node of what follows a conv: its single consumer, or — for the
+    /// TorchScript GELU, where `x` feeds both `Div` and `Mul` — the first of several
+    /// element-wise consumers (`activation` then checks the whole subgraph).
+    fn activation_start(&self, t: &str) -> Result<&'g NodeProto> {
+        let users = self.users(t);
+        if users.len() > 1 && users.iter().all(|u| ELEMENTWISE.contains(&u.op_type.as_str())) {
+            return Ok(users[0]);
+        }
+        self.single_user(t, "an activation")
     }
 
     fn pad_node(&self, n: &NodeProto) -> Result<[usize; 4]> {
