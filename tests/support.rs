@@ -1,1 +1,127 @@
+//! Shared helpers for the end-to-end tests: fixture paths, the fold fixtures' sidecars,
+//! running a blob with the runtime, and comparing logits.
 
+use std::path::{Path, PathBuf};
+
+use convmixer_edge::Model;
+use serde_json::Value;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// `examples/mnist/…`.
+pub fn mnist(name: &str) -> PathBuf {
+    root().join("examples/mnist").join(name)
+}
+
+/// Normalisation the MNIST model was trained with.
+pub const MNIST_MEAN: f32 = 0.1307;
+/// See [`MNIST_MEAN`].
+pub const MNIST_STD: f32 = 0.3081;
+
+/// One BN-folding fixture (`tests/fixtures/fold/NAME.{onnx,json}`).
+pub struct FoldFixture {
+    /// Fixture name.
+    pub name: String,
+    /// The ONNX file.
+    pub onnx: PathBuf,
+    /// `torchscript` or `dynamo`.
+    pub exporter: String,
+    /// Input channels, height, width.
+    pub chw: (usize, usize, usize),
+    /// Classes.
+    pub classes: usize,
+    /// Input images, HWC u8 (converted from the sidecar's NCHW).
+    pub images: Vec<Vec<u8>>,
+    /// PyTorch's logits per image (input `u8/255`, no normalisation).
+    pub torch_logits: Vec<Vec<f32>>,
+}
+
+/// Every fold fixture, sorted by name.
+pub fn fold_fixtures() -> Vec<FoldFixture> {
+    let dir = root().join("tests/fixtures/fold");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fixture folder")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|json| {
+            let v: Value = serde_json::from_slice(&std::fs::read(&json).expect("sidecar")).expect("json");
+            let u = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {}", json.display())) as usize;
+            let (n, c, h, w) = (2, u("in_chans"), u("H"), u("W"));
+            let classes = u("classes");
+            let raw: Vec<u8> = v["input_u8"].as_array().expect("input_u8").iter().map(|x| x.as_u64().expect("u8") as u8).collect();
+            assert_eq!(raw.len(), n * c * h * w);
+            let images = (0..n)
+                .map(|b| {
+                    let mut hwc = vec![0u8; c * h * w];
+                    for ch in 0..c {
+                        for i in 0..h * w {
+                            hwc[i * c + ch] = raw[((b * c) + ch) * h * w + i];
+                        }
+                    }
+                    hwc
+                })
+                .collect();
+            let flat: Vec<f32> = v["logits"].as_array().expect("logits").iter().map(|x| x.as_f64().expect("f") as f32).collect();
+            FoldFixture {
+                name: v["name"].as_str().expect("name").to_string(),
+                onnx: dir.join(v["file"].as_str().expect("file")),
+                exporter: v["exporter"].as_str().expect("exporter").to_string(),
+                chw: (c, h, w),
+                classes,
+                images,
+                torch_logits: flat.chunks(classes).map(<[f32]>::to_vec).collect(),
+            }
+        })
+        .collect()
+}
+
+/// Logits of `blob` for HWC `pixels`, by the runtime.
+pub fn run_blob(blob: &[u8], pixels: &[u8]) -> Vec<f32> {
+    let m = Model::from_bytes(blob).expect("blob loads");
+    let mut arena = vec![0u8; m.arena_len()];
+    let mut out = vec![0f32; usize::from(m.header().classes)];
+    m.logits(pixels, &mut arena, &mut out).expect("inference");
+    out
+}
+
+/// Largest absolute difference between two equally long slices.
+pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Index of the first maximum.
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The MNIST held-out set from the IDX files: `(HWC pixels, label)`.
+pub fn mnist_heldout() -> Vec<(Vec<u8>, usize)> {
+    let imgs = convmixer_quantize::data::read_idx_images(&mnist("heldout-images.idx3-ubyte"), (28, 28, 1)).expect("idx images");
+    let labels = convmixer_quantize::data::read_idx_labels(&mnist("heldout-labels.idx1-ubyte")).expect("idx labels");
+    assert_eq!(imgs.len(), labels.len());
+    imgs.into_iter().zip(labels.into_iter().map(usize::from)).collect()
+}
+
+/// Runs `f` over `items` on all cores, keeping order.
+pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).max(1);
+    let chunk = items.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items.chunks(chunk).map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().expect("worker")).collect()
+    })
+}

@@ -201,6 +201,16 @@ impl<'g> Graph<'g> {
             consts.insert(t.name.as_str(), decode_tensor(t)?);
         }
         for n in &g.node {
+            // The TorchScript exporter de-duplicates equal initializers by aliasing them
+            // through `Identity` nodes (e.g. a default BN's running_var = another's weight).
+            if n.op_type == "Identity" {
+                if let (Some(i), Some(o)) = (n.input.first(), n.output.first()) {
+                    if let Some(t) = consts.get(i.as_str()).cloned() {
+                        consts.insert(o.as_str(), t);
+                    }
+                }
+                continue;
+            }
             if n.op_type == "Constant" {
                 let a = attr(n, "value").and_then(|a| a.t.as_ref());
                 let t = match (a, attr(n, "value_float"), attr(n, "value_ints")) {

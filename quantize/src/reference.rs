@@ -12,8 +12,21 @@ pub struct TractModel {
 impl TractModel {
     /// Loads `path` with the batch dimension fixed to 1.
     pub fn load(path: &std::path::Path, c: usize, h: usize, w: usize) -> Result<Self> {
-        let plan = tract_onnx::onnx()
-            .model_for_path(path)
+        let onnx = tract_onnx::onnx();
+        let plan = onnx
+            .proto_model_for_path(path)
+            .and_then(|mut proto| {
+                // The dynamo exporter annotates every intermediate tensor with the symbolic
+                // batch dimension, which tract then refuses to unify with the fixed batch of
+                // 1 we ask for. Those annotations carry nothing tract cannot infer: drop them.
+                if let Some(g) = proto.graph.as_mut() {
+                    g.value_info.clear();
+                    for o in &mut g.output {
+                        o.r#type = None;
+                    }
+                }
+                onnx.model_for_proto_model(&proto)
+            })
             .and_then(|m| m.with_input_fact(0, f32::fact([1, c, h, w]).into()))
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
