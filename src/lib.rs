@@ -32,6 +32,9 @@ pub mod kernels;
 pub mod le;
 mod model;
 
+#[cfg(test)]
+mod example_tests;
+
 pub use model::Model;
 
 /// Weight storage (and arithmetic) of a blob.
@@ -122,8 +125,10 @@ impl core::fmt::Display for Error {
 /// Places a model blob in the binary at a 16-byte-aligned address (the blob's sections
 /// are 16-byte aligned relative to its start, so SIMD kernels may use aligned loads).
 ///
-/// ```ignore
-/// static MODEL: &[u8] = convmixer_edge::include_blob!("../model.cmx");
+/// ```
+/// let model: &'static [u8] = convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx");
+/// assert_eq!(model.as_ptr() as usize % 16, 0);
+/// assert!(convmixer_edge::Model::from_bytes(model).is_ok());
 /// ```
 #[macro_export]
 macro_rules! include_blob {

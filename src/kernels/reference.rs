@@ -199,8 +199,9 @@ pub fn head_f32<W: FloatWeights>(
 /// ```
 #[inline]
 pub fn sqrdmulh(a: i32, b: i32) -> i32 {
-    let p = 2 * i64::from(a) * i64::from(b) + (1i64 << 31);
-    (p >> 32).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+    // (2ab + 2^31) >> 32 == (ab + 2^30) >> 31, and |ab| ≤ 2^62 cannot overflow.
+    let p = i64::from(a) * i64::from(b) + (1i64 << 30);
+    (p >> 31).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
 }
 
 /// Rounding arithmetic shift right (`SRSHR`): `(v + 2^(s−1)) >> s`, round half up.
