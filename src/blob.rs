@@ -232,7 +232,11 @@ pub fn section_at(h: &Header, index: usize) -> Option<(SectionKind, u16, Option<
             (true, 2) => (Requant, l16, Some(dim * 24)),
             (true, 3) => (QParams, l16, Some(16)),
             _ => {
-                let n = if h.activation == Activation::Relu { 0 } else { 512 };
+                let n = if h.activation == Activation::Relu {
+                    0
+                } else {
+                    512
+                };
                 (Table, l16, Some(n))
             }
         };
@@ -481,7 +485,8 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
         let x_range: i64 = 255;
         for o in 0..usize::from(h.dim) {
             let r = |k: usize| LE::read_i32(&rq[24 * o + 4 * k..]);
-            let (m_pre, sh_pre, m_post, b_post, sh_post, m_res) = (r(0), r(1), r(2), r(3), r(4), r(5));
+            let (m_pre, sh_pre, m_post, b_post, sh_post, m_res) =
+                (r(0), r(1), r(2), r(3), r(4), r(5));
             use limits::*;
             let ok = m_pre >= 0
                 && (SH_PRE_MIN..=SH_PRE_MAX).contains(&sh_pre)

@@ -38,7 +38,11 @@ struct Sample {
 fn expected() -> (f64, Vec<Sample>) {
     let doc: serde_json::Value = serde_json::from_str(EXPECTED).expect("expected.json");
     let nums = |v: &serde_json::Value| -> Vec<f64> {
-        v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|x| x.as_f64().expect("number"))
+            .collect()
     };
     let samples = doc["samples"]
         .as_array()
@@ -47,23 +51,42 @@ fn expected() -> (f64, Vec<Sample>) {
         .map(|s| Sample {
             index: s["idx_position"].as_u64().expect("index") as usize,
             label: s["label"].as_u64().expect("label") as usize,
-            torch: nums(&s["torch_logits"]).into_iter().map(|v| v as f32).collect(),
-            int8_bits: nums(&s["int8_logits_bits"]).into_iter().map(|v| v as u32).collect(),
+            torch: nums(&s["torch_logits"])
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
+            int8_bits: nums(&s["int8_logits_bits"])
+                .into_iter()
+                .map(|v| v as u32)
+                .collect(),
         })
         .collect();
-    (doc["torch_fp32_heldout_top1"].as_f64().expect("top1"), samples)
+    (
+        doc["torch_fp32_heldout_top1"].as_f64().expect("top1"),
+        samples,
+    )
 }
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
 fn blobs_describe_the_mnist_model() {
-    for (blob, p) in [(INT8, Precision::Int8), (FP16, Precision::F16), (FP32, Precision::F32)] {
+    for (blob, p) in [
+        (INT8, Precision::Int8),
+        (FP16, Precision::F16),
+        (FP32, Precision::F32),
+    ] {
         let m = Model::from_bytes(blob).expect("valid blob");
         let h = m.header();
-        assert_eq!((h.precision, h.in_c, h.in_h, h.in_w, h.classes), (p, 1, 28, 28, 10));
+        assert_eq!(
+            (h.precision, h.in_c, h.in_h, h.in_w, h.classes),
+            (p, 1, 28, 28, 10)
+        );
         assert_eq!((h.dim, h.depth, h.kernel, h.patch), (48, 4, 5, 2));
         assert_eq!(m.label(7), Some("7"));
         assert_eq!(m.input_len(), PIXELS);
@@ -98,13 +121,26 @@ fn int8_logits_are_bit_exact_and_classify_agrees() {
     let (_, samples) = expected();
     let mut arena = vec![0u8; m.arena_len()];
     for s in &samples {
-        let got: Vec<u32> = logits(&m, image(s.index)).iter().map(|v| v.to_bits()).collect();
+        let got: Vec<u32> = logits(&m, image(s.index))
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
         assert_eq!(got, s.int8_bits, "sample {}", s.index);
-        let top = m.classify::<3>(image(s.index), &mut arena).expect("classify");
+        let top = m
+            .classify::<3>(image(s.index), &mut arena)
+            .expect("classify");
         assert_eq!(top.len(), 3);
         let best = top[0].0 as usize;
-        let want = s.torch.iter().enumerate().fold(0, |b, (i, &v)| if v > s.torch[b] { i } else { b });
-        assert_eq!(best, want, "sample {}: int8 top-1 differs from PyTorch", s.index);
+        let want = s
+            .torch
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, &v)| if v > s.torch[b] { i } else { b });
+        assert_eq!(
+            best, want,
+            "sample {}: int8 top-1 differs from PyTorch",
+            s.index
+        );
         assert!(top[0].1 > 0.0 && top[0].1 <= 1.0);
     }
 }
@@ -125,7 +161,10 @@ fn int8_accuracy_on_held_out_digits() {
         seen += 1;
     }
     let top1 = correct as f64 / seen as f64;
-    assert!(top1 >= torch_top1 - 0.015, "int8 top-1 {top1:.4} on {seen} digits vs PyTorch {torch_top1:.4}");
+    assert!(
+        top1 >= torch_top1 - 0.015,
+        "int8 top-1 {top1:.4} on {seen} digits vs PyTorch {torch_top1:.4}"
+    );
 }
 
 #[test]
@@ -135,8 +174,13 @@ fn arena_is_sized_before_running() {
     let mut small = vec![0u8; need - 1];
     // Even a misaligned start must fit: arena_len includes the alignment slack.
     let mut big = vec![0u8; need + 1];
-    assert!(matches!(m.classify::<1>(image(0), &mut small), Err(Error::ArenaTooSmall { .. })));
-    let a = m.classify::<1>(image(0), &mut big[1..]).expect("misaligned arena");
+    assert!(matches!(
+        m.classify::<1>(image(0), &mut small),
+        Err(Error::ArenaTooSmall { .. })
+    ));
+    let a = m
+        .classify::<1>(image(0), &mut big[1..])
+        .expect("misaligned arena");
     let b = m.classify::<1>(image(0), &mut big[..need]).expect("arena");
     assert_eq!(a, b);
 }

@@ -9,16 +9,19 @@
 //! panics on any input bytes: every malformed blob is an [`Error`].
 //!
 //! ```
-//! use convmixer_edge::Model;
-//! # fn demo(blob: &[u8], pixels: &[u8]) -> Result<(), convmixer_edge::Error> {
+//! use convmixer_edge::{include_blob, Model};
+//!
+//! // The MNIST-digit example model shipped in the repository (28×28 gray, 10 classes).
+//! let blob: &[u8] = include_blob!("../examples/mnist/convmixer-mnist-int8.cmx");
 //! let model = Model::from_bytes(blob)?;
-//! let mut arena = vec![0u8; model.arena_len()]; // or a static array on a board
-//! let top3 = model.classify::<3>(pixels, &mut arena)?;
-//! for (class, probability) in top3 {
-//!     let _label = model.label(class);
-//!     let _ = probability;
+//! let mut arena = vec![0u8; model.arena_len()]; // a static array on a board
+//! let pixels = [0u8; 28 * 28]; // raw u8 pixels, HWC, as a camera delivers them
+//! let top3 = model.classify::<3>(&pixels, &mut arena)?;
+//! for (class, probability) in &top3 {
+//!     println!("{} {probability:.3}", model.label(*class).unwrap_or("?"));
 //! }
-//! # Ok(()) }
+//! assert_eq!(top3.len(), 3);
+//! # Ok::<(), convmixer_edge::Error>(())
 //! ```
 #![no_std]
 #![forbid(unsafe_code)]
@@ -109,15 +112,27 @@ impl core::fmt::Display for Error {
         match self {
             Error::Truncated => write!(f, "model blob is truncated"),
             Error::BadMagic => write!(f, "not a convmixer-edge model blob (bad magic)"),
-            Error::UnsupportedVersion(v) => write!(f, "unsupported blob version {v} (this runtime reads {})", blob::VERSION),
+            Error::UnsupportedVersion(v) => write!(
+                f,
+                "unsupported blob version {v} (this runtime reads {})",
+                blob::VERSION
+            ),
             Error::UnsupportedPrecision(p) => write!(f, "unsupported precision code {p}"),
             Error::BadCrc => write!(f, "model blob is corrupted (CRC-32 mismatch)"),
             Error::Malformed(what) => write!(f, "malformed model blob: {what}"),
             Error::InputSize { expected, got } => {
-                write!(f, "input has {got} bytes, the model expects {expected} (H·W·C u8 pixels)")
+                write!(
+                    f,
+                    "input has {got} bytes, the model expects {expected} (H·W·C u8 pixels)"
+                )
             }
-            Error::ArenaTooSmall { needed, got } => write!(f, "arena has {got} bytes, the model needs {needed}"),
-            Error::OutputSize { expected, got } => write!(f, "logits buffer has {got} slots, the model has {expected} classes"),
+            Error::ArenaTooSmall { needed, got } => {
+                write!(f, "arena has {got} bytes, the model needs {needed}")
+            }
+            Error::OutputSize { expected, got } => write!(
+                f,
+                "logits buffer has {got} slots, the model has {expected} classes"
+            ),
         }
     }
 }

@@ -43,7 +43,9 @@ impl<'a> Model<'a> {
     /// assert_eq!(Model::from_bytes(&junk).unwrap_err(), Error::UnsupportedVersion(0));
     /// ```
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, Error> {
-        Ok(Model { blob: blob::parse(bytes)? })
+        Ok(Model {
+            blob: blob::parse(bytes)?,
+        })
     }
 
     /// The header: shapes, precision, activation.
@@ -71,12 +73,17 @@ impl<'a> Model<'a> {
         let h = self.header();
         let elem = if h.precision == Precision::Int8 { 1 } else { 4 };
         let act = h.tokens() * usize::from(h.dim) * elem;
-        
+
         let b = align16(act);
         let mean = align16(b + act);
         let logits = align16(mean + 4 * usize::from(h.dim));
         let end = logits + 4 * usize::from(h.classes);
-        Plan { b, mean, logits, end }
+        Plan {
+            b,
+            mean,
+            logits,
+            end,
+        }
     }
 
     /// Scratch bytes [`Model::classify`] and [`Model::logits`] need, including up to 15
@@ -109,7 +116,10 @@ impl<'a> Model<'a> {
     pub fn logits(&self, pixels: &[u8], arena: &mut [u8], out: &mut [f32]) -> Result<(), Error> {
         let classes = usize::from(self.header().classes);
         if out.len() != classes {
-            return Err(Error::OutputSize { expected: classes, got: out.len() });
+            return Err(Error::OutputSize {
+                expected: classes,
+                got: out.len(),
+            });
         }
         let logits = self.run(pixels, arena)?;
         out.copy_from_slice(logits);
@@ -139,11 +149,17 @@ impl<'a> Model<'a> {
     fn run<'b>(&self, pixels: &[u8], arena: &'b mut [u8]) -> Result<&'b [f32], Error> {
         let h = *self.header();
         if pixels.len() != h.input_len() {
-            return Err(Error::InputSize { expected: h.input_len(), got: pixels.len() });
+            return Err(Error::InputSize {
+                expected: h.input_len(),
+                got: pixels.len(),
+            });
         }
         let needed = self.arena_len();
         if arena.len() < needed {
-            return Err(Error::ArenaTooSmall { needed, got: arena.len() });
+            return Err(Error::ArenaTooSmall {
+                needed,
+                got: arena.len(),
+            });
         }
         let start = arena.as_ptr().align_offset(16).min(15);
         let plan = self.plan();
@@ -227,7 +243,14 @@ impl<'a> Model<'a> {
         k::embed_f32(px, eg, g.dim, &self.float_layer(0, wrap), act, a);
         for i in 0..usize::from(h.depth) {
             k::dw_f32(a, g, &self.float_layer(1 + 2 * i, wrap), act, b);
-            k::pw_f32(b, g.tokens(), g.dim, &self.float_layer(2 + 2 * i, wrap), act, a);
+            k::pw_f32(
+                b,
+                g.tokens(),
+                g.dim,
+                &self.float_layer(2 + 2 * i, wrap),
+                act,
+                a,
+            );
         }
         let hl = h.head_layer();
         let w = wrap(self.blob.section(SectionKind::Weights, hl));
@@ -248,7 +271,14 @@ impl<'a> Model<'a> {
         }
     }
 
-    fn run_int8(&self, px: &[u8], a: &mut [i8], b: &mut [i8], mean: &mut [i32], logits: &mut [f32]) {
+    fn run_int8(
+        &self,
+        px: &[u8],
+        a: &mut [i8],
+        b: &mut [i8],
+        mean: &mut [i32],
+        logits: &mut [f32],
+    ) {
         let h = self.header();
         let act = h.activation;
         let (eg, g) = self.geometry();
@@ -280,7 +310,10 @@ fn top_k<const K: usize>(logits: &[f32]) -> heapless::Vec<(u16, f32), K> {
     let mut top: heapless::Vec<(u16, f32), K> = heapless::Vec::new();
     let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
     for (c, &v) in logits.iter().enumerate() {
-        let pos = top.iter().position(|&(_, t)| key(v) > key(t)).unwrap_or(top.len());
+        let pos = top
+            .iter()
+            .position(|&(_, t)| key(v) > key(t))
+            .unwrap_or(top.len());
         if pos < K {
             if top.is_full() {
                 top.pop();
@@ -289,7 +322,11 @@ fn top_k<const K: usize>(logits: &[f32]) -> heapless::Vec<(u16, f32), K> {
             let _ = top.insert(pos, (c as u16, v));
         }
     }
-    let max = logits.iter().copied().map(key).fold(f32::NEG_INFINITY, f32::max);
+    let max = logits
+        .iter()
+        .copied()
+        .map(key)
+        .fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = logits.iter().map(|&v| libm::expf(key(v) - max)).sum();
     for e in top.iter_mut() {
         e.1 = libm::expf(key(e.1) - max) / sum;

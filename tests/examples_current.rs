@@ -16,18 +16,33 @@ fn check_or_bless(name: &str, fresh: &[u8]) {
         return;
     }
     let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(committed == fresh, "{} is stale: rerun with CMX_BLESS=1 (see this file's docs)", path.display());
+    assert!(
+        committed == fresh,
+        "{} is stale: rerun with CMX_BLESS=1 (see this file's docs)",
+        path.display()
+    );
 }
 
 #[test]
 fn committed_blobs_and_expected_logits_are_current() {
     let m = onnx::import(&mnist("convmixer-mnist.torchscript.onnx")).expect("import");
-    let labels: Vec<String> =
-        std::fs::read_to_string(mnist("labels.txt")).expect("labels").lines().map(String::from).collect();
-    let opts = Options { mean: vec![MNIST_MEAN], std: vec![MNIST_STD], labels };
+    let labels: Vec<String> = std::fs::read_to_string(mnist("labels.txt"))
+        .expect("labels")
+        .lines()
+        .map(String::from)
+        .collect();
+    let opts = Options {
+        mean: vec![MNIST_MEAN],
+        std: vec![MNIST_STD],
+        labels,
+    };
     let calib = data::calibration_set(&mnist("calib"), (28, 28, 1)).expect("calib");
     let mut blobs = Vec::new();
-    for (p, name) in [(Precision::Int8, "int8"), (Precision::F16, "fp16"), (Precision::F32, "fp32")] {
+    for (p, name) in [
+        (Precision::Int8, "int8"),
+        (Precision::F16, "fp16"),
+        (Precision::F32, "fp32"),
+    ] {
         let b = convmixer_quantize::quantize(&m, p, &calib, &opts, || {}).expect("quantize");
         check_or_bless(&format!("convmixer-mnist-{name}.cmx"), &b);
         blobs.push(b);
@@ -37,7 +52,8 @@ fn committed_blobs_and_expected_logits_are_current() {
     // runtime's int8 logits (integer arithmetic up to one final f32 multiply per class, so
     // every target must reproduce them bit for bit).
     let doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(mnist("torch_reference.json")).expect("ref")).expect("json");
+        serde_json::from_slice(&std::fs::read(mnist("torch_reference.json")).expect("ref"))
+            .expect("json");
     let set = mnist_heldout();
     let samples: Vec<serde_json::Value> = doc["samples"]
         .as_array()

@@ -12,8 +12,13 @@ const TOL: f32 = 1e-4;
 /// Checks one model on `images`; returns the largest error of the runtime vs tract.
 fn check(path: &std::path::Path, images: &[Vec<u8>], mean: &[f32], std: &[f32]) -> f32 {
     let m = onnx::import(path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
-    let opts = Options { mean: mean.to_vec(), std: std.to_vec(), labels: vec![] };
-    let blob = convmixer_quantize::quantize(&m, Precision::F32, &[], &opts, || {}).expect("fp32 blob");
+    let opts = Options {
+        mean: mean.to_vec(),
+        std: std.to_vec(),
+        labels: vec![],
+    };
+    let blob =
+        convmixer_quantize::quantize(&m, Precision::F32, &[], &opts, || {}).expect("fp32 blob");
     let folded = fold::fold(&m, mean, std).expect("fold");
     let tract = TractModel::load(path, m.in_c, m.in_h, m.in_w).expect("tract");
     let mut worst = 0f32;
@@ -22,11 +27,23 @@ fn check(path: &std::path::Path, images: &[Vec<u8>], mean: &[f32], std: &[f32]) 
         let got = run_blob(&blob, px);
         let host = calibrate::forward(&folded, px, None);
         let e = max_abs(&got, &want);
-        assert!(e <= TOL, "{}: runtime fp32 vs tract max-abs {e} > {TOL}", path.display());
+        assert!(
+            e <= TOL,
+            "{}: runtime fp32 vs tract max-abs {e} > {TOL}",
+            path.display()
+        );
         let e2 = max_abs(&host, &want);
-        assert!(e2 <= TOL, "{}: host fp32 forward vs tract max-abs {e2} > {TOL}", path.display());
+        assert!(
+            e2 <= TOL,
+            "{}: host fp32 forward vs tract max-abs {e2} > {TOL}",
+            path.display()
+        );
         // The logits must not be trivially small, or 1e-4 would mean nothing.
-        assert!(want.iter().any(|v| v.abs() > 0.05), "{}: degenerate logits {want:?}", path.display());
+        assert!(
+            want.iter().any(|v| v.abs() > 0.05),
+            "{}: degenerate logits {want:?}",
+            path.display()
+        );
         worst = worst.max(e);
     }
     worst
@@ -52,7 +69,12 @@ fn random_bn_fixtures_fold_exactly() {
         let tract = TractModel::load(&fx.onnx, fx.chw.0, fx.chw.1, fx.chw.2).expect("tract");
         for (px, torch) in fx.images.iter().zip(&fx.torch_logits) {
             let t = tract.run_pixels(px, &[], &[]).expect("tract");
-            assert!(max_abs(&t, torch) <= TOL, "{}: tract vs torch {}", fx.name, max_abs(&t, torch));
+            assert!(
+                max_abs(&t, torch) <= TOL,
+                "{}: tract vs torch {}",
+                fx.name,
+                max_abs(&t, torch)
+            );
         }
 
         let e0 = check(&fx.onnx, &fx.images, &[], &[]);
@@ -79,7 +101,10 @@ fn trained_mnist_model_folds_exactly_with_both_exporters() {
     for exporter in ["torchscript", "dynamo"] {
         let path = mnist(&format!("convmixer-mnist.{exporter}.onnx"));
         let e = check(&path, &images, &[MNIST_MEAN], &[MNIST_STD]);
-        eprintln!("MNIST {exporter}: fp32 blob vs tract max-abs {e:.2e} over {} images", images.len());
+        eprintln!(
+            "MNIST {exporter}: fp32 blob vs tract max-abs {e:.2e} over {} images",
+            images.len()
+        );
     }
 }
 
@@ -87,17 +112,31 @@ fn trained_mnist_model_folds_exactly_with_both_exporters() {
 fn mnist_fp32_blob_matches_pytorch() {
     // An independent second reference: PyTorch's own logits, recorded by the training script.
     let doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(mnist("torch_reference.json")).expect("reference")).expect("json");
+        serde_json::from_slice(&std::fs::read(mnist("torch_reference.json")).expect("reference"))
+            .expect("json");
     let set = mnist_heldout();
     let m = onnx::import(&mnist("convmixer-mnist.dynamo.onnx")).expect("import");
-    let opts = Options { mean: vec![MNIST_MEAN], std: vec![MNIST_STD], labels: vec![] };
+    let opts = Options {
+        mean: vec![MNIST_MEAN],
+        std: vec![MNIST_STD],
+        labels: vec![],
+    };
     let blob = convmixer_quantize::quantize(&m, Precision::F32, &[], &opts, || {}).expect("blob");
     let samples = doc["samples"].as_array().expect("samples");
     assert!(samples.len() >= 30);
     for s in samples {
         let i = s["idx_position"].as_u64().expect("idx") as usize;
-        let want: Vec<f32> = s["logits"].as_array().expect("logits").iter().map(|v| v.as_f64().expect("f") as f32).collect();
+        let want: Vec<f32> = s["logits"]
+            .as_array()
+            .expect("logits")
+            .iter()
+            .map(|v| v.as_f64().expect("f") as f32)
+            .collect();
         let got = run_blob(&blob, &set[i].0);
-        assert!(max_abs(&got, &want) <= TOL, "sample {i}: {} vs PyTorch", max_abs(&got, &want));
+        assert!(
+            max_abs(&got, &want) <= TOL,
+            "sample {i}: {} vs PyTorch",
+            max_abs(&got, &want)
+        );
     }
 }

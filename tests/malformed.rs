@@ -12,16 +12,31 @@ const SMALL: &str = "ts18_d8_dp1_k3_p2_c1_12x12_gelu_cls3_mean";
 const TS13: &str = "ts13_d16_dp2_k5_p2_c1_28x28_gelu_cls10";
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    root().join("tests/fixtures/fold").join(format!("{name}.onnx"))
+    root()
+        .join("tests/fixtures/fold")
+        .join(format!("{name}.onnx"))
 }
 
 /// An int8 blob of a small fixture (calibrated on a few synthetic images) and its input size.
 fn small_int8() -> (Vec<u8>, usize) {
     let m = onnx::import(&fixture(SMALL)).expect("import");
     let n = m.in_c * m.in_h * m.in_w;
-    let calib: Vec<Vec<u8>> = (0..8u32).map(|s| (0..n as u32).map(|i| ((i * 37 + s * 101) % 256) as u8).collect()).collect();
-    let opts = Options { mean: vec![0.5], std: vec![0.25], labels: vec!["a".into(), "b".into(), "c".into()] };
-    (convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, || {}).expect("blob"), n)
+    let calib: Vec<Vec<u8>> = (0..8u32)
+        .map(|s| {
+            (0..n as u32)
+                .map(|i| ((i * 37 + s * 101) % 256) as u8)
+                .collect()
+        })
+        .collect();
+    let opts = Options {
+        mean: vec![0.5],
+        std: vec![0.25],
+        labels: vec!["a".into(), "b".into(), "c".into()],
+    };
+    (
+        convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, || {}).expect("blob"),
+        n,
+    )
 }
 
 fn fix_crc(b: &mut [u8]) {
@@ -37,7 +52,9 @@ fn the_good_blob_runs() {
     let (b, n) = small_int8();
     let m = Model::from_bytes(&b).expect("valid blob");
     let mut arena = vec![0u8; m.arena_len()];
-    let top = m.classify::<3>(&vec![7u8; n], &mut arena).expect("classify");
+    let top = m
+        .classify::<3>(&vec![7u8; n], &mut arena)
+        .expect("classify");
     assert_eq!(top.len(), 3);
     assert_eq!(m.label(2), Some("c"));
 }
@@ -46,11 +63,17 @@ fn the_good_blob_runs() {
 fn every_truncation_is_an_error() {
     let (b, _) = small_int8();
     for len in 0..b.len() {
-        assert!(Model::from_bytes(&b[..len]).is_err(), "prefix of {len} bytes accepted");
+        assert!(
+            Model::from_bytes(&b[..len]).is_err(),
+            "prefix of {len} bytes accepted"
+        );
     }
     let mut longer = b.clone();
     longer.push(0);
-    assert!(Model::from_bytes(&longer).is_err(), "trailing byte accepted");
+    assert!(
+        Model::from_bytes(&longer).is_err(),
+        "trailing byte accepted"
+    );
 }
 
 #[test]
@@ -80,23 +103,53 @@ fn header_fields_are_checked_even_with_a_valid_crc() {
         Model::from_bytes(&c).err()
     };
     assert_eq!(with(0, b"CMXC"), Some(Error::BadMagic));
-    assert_eq!(with(4, &2u16.to_le_bytes()), Some(Error::UnsupportedVersion(2)));
+    assert_eq!(
+        with(4, &2u16.to_le_bytes()),
+        Some(Error::UnsupportedVersion(2))
+    );
     assert_eq!(with(8, &[9]), Some(Error::UnsupportedPrecision(9)));
-    assert!(matches!(with(6, &[65]), Some(Error::Malformed(_))), "header_len");
+    assert!(
+        matches!(with(6, &[65]), Some(Error::Malformed(_))),
+        "header_len"
+    );
     // Shapes that disagree with the payload: dim, depth, kernel, classes, image size.
     // (The image size is not among them: the network is fully convolutional, so a blob
     // whose in_h/in_w are changed is a valid model for another input size.)
-    for (at, v) in [(16usize, &[9u8, 0][..]), (18, &[2, 0]), (20, &[5, 2, 2]), (24, &[4, 0]), (10, &[3])] {
-        assert!(matches!(with(at, v), Some(Error::Malformed(_) | Error::Truncated)), "field at {at}");
+    for (at, v) in [
+        (16usize, &[9u8, 0][..]),
+        (18, &[2, 0]),
+        (20, &[5, 2, 2]),
+        (24, &[4, 0]),
+        (10, &[3]),
+    ] {
+        assert!(
+            matches!(with(at, v), Some(Error::Malformed(_) | Error::Truncated)),
+            "field at {at}"
+        );
     }
     // Wrong inputs at run time.
     let m = Model::from_bytes(&b).expect("valid");
     let mut arena = vec![0u8; m.arena_len()];
-    assert_eq!(m.classify::<1>(&vec![0u8; n - 1], &mut arena).unwrap_err(), Error::InputSize { expected: n, got: n - 1 });
+    assert_eq!(
+        m.classify::<1>(&vec![0u8; n - 1], &mut arena).unwrap_err(),
+        Error::InputSize {
+            expected: n,
+            got: n - 1
+        }
+    );
     let mut small = vec![0u8; m.arena_len() - 16];
-    assert!(matches!(m.classify::<1>(&vec![0u8; n], &mut small), Err(Error::ArenaTooSmall { .. })));
+    assert!(matches!(
+        m.classify::<1>(&vec![0u8; n], &mut small),
+        Err(Error::ArenaTooSmall { .. })
+    ));
     let mut out = vec![0f32; 2];
-    assert_eq!(m.logits(&vec![0u8; n], &mut arena, &mut out).unwrap_err(), Error::OutputSize { expected: 3, got: 2 });
+    assert_eq!(
+        m.logits(&vec![0u8; n], &mut arena, &mut out).unwrap_err(),
+        Error::OutputSize {
+            expected: 3,
+            got: 2
+        }
+    );
 }
 
 /// Mutations that keep the CRC valid reach the deeper validation and the kernels: the
@@ -106,7 +159,10 @@ fn random_mutations_with_valid_crc_never_panic() {
     for (b, n) in [small_int8(), {
         let m = onnx::import(&fixture(SMALL)).expect("import");
         let opts = Options::default();
-        (convmixer_quantize::quantize(&m, Precision::F16, &[], &opts, || {}).expect("fp16"), 144)
+        (
+            convmixer_quantize::quantize(&m, Precision::F16, &[], &opts, || {}).expect("fp16"),
+            144,
+        )
     }] {
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut rand = move || {
@@ -120,7 +176,11 @@ fn random_mutations_with_valid_crc_never_panic() {
             let mut c = b.clone();
             for _ in 0..1 + rand() % 4 {
                 // Mostly the header and table of contents, sometimes the payload.
-                let at = if rand() % 2 == 0 { (rand() % 256) as usize } else { (rand() as usize) % c.len() };
+                let at = if rand() % 2 == 0 {
+                    (rand() % 256) as usize
+                } else {
+                    (rand() as usize) % c.len()
+                };
                 let at = at.min(c.len() - 1);
                 c[at] = rand() as u8;
             }
@@ -128,7 +188,9 @@ fn random_mutations_with_valid_crc_never_panic() {
             match Model::from_bytes(&c) {
                 Ok(m) => {
                     let mut arena = vec![0u8; m.arena_len().min(1 << 24)];
-                    let px: Vec<u8> = (0..m.input_len().min(1 << 20)).map(|_| rand() as u8).collect();
+                    let px: Vec<u8> = (0..m.input_len().min(1 << 20))
+                        .map(|_| rand() as u8)
+                        .collect();
                     let _ = m.classify::<3>(&px, &mut arena);
                     let _ = m.classify::<3>(&vec![0; n], &mut arena);
                     ok += 1;
@@ -136,7 +198,10 @@ fn random_mutations_with_valid_crc_never_panic() {
                 Err(_) => err += 1,
             }
         }
-        assert!(err > 0 && ok > 0, "mutations: {ok} accepted, {err} rejected");
+        assert!(
+            err > 0 && ok > 0,
+            "mutations: {ok} accepted, {err} rejected"
+        );
     }
 }
 
@@ -159,11 +224,20 @@ fn graph(m: &mut pb::ModelProto) -> &mut pb::GraphProto {
 }
 
 fn node_mut<'a>(m: &'a mut pb::ModelProto, op: &str, nth: usize) -> &'a mut pb::NodeProto {
-    graph(m).node.iter_mut().filter(|n| n.op_type == op).nth(nth).expect("node")
+    graph(m)
+        .node
+        .iter_mut()
+        .filter(|n| n.op_type == op)
+        .nth(nth)
+        .expect("node")
 }
 
 fn init_mut<'a>(m: &'a mut pb::ModelProto, name: &str) -> &'a mut pb::TensorProto {
-    graph(m).initializer.iter_mut().find(|t| t.name == name).expect("initializer")
+    graph(m)
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == name)
+        .expect("initializer")
 }
 
 fn set_float(t: &mut pb::TensorProto, i: usize, v: f32) {
@@ -212,21 +286,33 @@ fn foreign_graphs_are_named_in_the_error() {
     // A grouped conv that is neither depthwise nor dense.
     let mut m = base.clone();
     let dw = node_mut(&mut m, "Conv", 1);
-    dw.attribute.iter_mut().find(|a| a.name == "group").expect("group").i = 2;
+    dw.attribute
+        .iter_mut()
+        .find(|a| a.name == "group")
+        .expect("group")
+        .i = 2;
     let e = import_err(&m);
     assert!(e.contains("Conv") && e.contains("group"), "{e}");
 
     // A dilated conv.
     let mut m = base.clone();
     let dw = node_mut(&mut m, "Conv", 1);
-    dw.attribute.iter_mut().find(|a| a.name == "dilations").expect("dilations").ints = vec![2, 2];
+    dw.attribute
+        .iter_mut()
+        .find(|a| a.name == "dilations")
+        .expect("dilations")
+        .ints = vec![2, 2];
     let e = import_err(&m);
     assert!(e.contains("dilated"), "{e}");
 
     // The residual add removed: the depthwise block output goes straight to the 1x1 conv.
     let mut m = base.clone();
     let g = graph(&mut m);
-    let add = g.node.iter().position(|n| n.op_type == "Add" && n.input[0].contains("BatchNormalization")).expect("residual");
+    let add = g
+        .node
+        .iter()
+        .position(|n| n.op_type == "Add" && n.input[0].contains("BatchNormalization"))
+        .expect("residual");
     let out = g.node[add].output[0].clone();
     let bn_out = g.node[add].input[0].clone();
     g.node.remove(add);
@@ -242,9 +328,13 @@ fn foreign_graphs_are_named_in_the_error() {
 
     // Training-mode BN, negative variance, NaN weights.
     let mut m = base.clone();
-    init_mut(&mut m, "3.0.fn.2.running_var").raw_data[0..4].copy_from_slice(&(-1.0f32).to_le_bytes());
+    init_mut(&mut m, "3.0.fn.2.running_var").raw_data[0..4]
+        .copy_from_slice(&(-1.0f32).to_le_bytes());
     let e = import_err(&m);
-    assert!(e.contains("BatchNormalization") && e.contains("negative"), "{e}");
+    assert!(
+        e.contains("BatchNormalization") && e.contains("negative"),
+        "{e}"
+    );
 
     let mut m = base.clone();
     set_float(init_mut(&mut m, "3.1.weight"), 5, f32::NAN);

@@ -16,7 +16,11 @@ fn int8_and_fp16_keep_fp32_accuracy() {
     assert_eq!(set.len(), 1996);
     let calib = data::calibration_set(&mnist("calib"), (28, 28, 1)).expect("calibration images");
     assert_eq!(calib.len(), 200);
-    let opts = Options { mean: vec![MNIST_MEAN], std: vec![MNIST_STD], labels: vec![] };
+    let opts = Options {
+        mean: vec![MNIST_MEAN],
+        std: vec![MNIST_STD],
+        labels: vec![],
+    };
 
     let mut blobs = Vec::new();
     for exporter in ["torchscript", "dynamo"] {
@@ -24,23 +28,47 @@ fn int8_and_fp16_keep_fp32_accuracy() {
         let m = onnx::import(&path).expect("import");
         let tract = TractModel::load(&path, 1, 28, 28).expect("tract");
         let fp32 = top1(&par_map(&set, |(px, y)| {
-            argmax(&tract.run_pixels(px, &[MNIST_MEAN], &[MNIST_STD]).expect("tract")) == *y
+            argmax(
+                &tract
+                    .run_pixels(px, &[MNIST_MEAN], &[MNIST_STD])
+                    .expect("tract"),
+            ) == *y
         }));
-        let int8 = convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, || {}).expect("int8");
-        let fp16 = convmixer_quantize::quantize(&m, Precision::F16, &[], &opts, || {}).expect("fp16");
+        let int8 =
+            convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, || {}).expect("int8");
+        let fp16 =
+            convmixer_quantize::quantize(&m, Precision::F16, &[], &opts, || {}).expect("fp16");
         blobs.push((exporter, fp32, int8, fp16));
     }
     let (_, fp32, int8, fp16) = &blobs[0];
     let (_, fp32_dyn, int8_dyn, fp16_dyn) = &blobs[1];
-    assert_eq!(fp32, fp32_dyn, "tract gives the same accuracy on both exports");
-    assert!(int8 == int8_dyn, "the two exporters' graphs give different int8 blobs");
-    assert!(fp16 == fp16_dyn, "the two exporters' graphs give different fp16 blobs");
+    assert_eq!(
+        fp32, fp32_dyn,
+        "tract gives the same accuracy on both exports"
+    );
+    assert!(
+        int8 == int8_dyn,
+        "the two exporters' graphs give different int8 blobs"
+    );
+    assert!(
+        fp16 == fp16_dyn,
+        "the two exporters' graphs give different fp16 blobs"
+    );
 
     let acc8 = top1(&par_map(&set, |(px, y)| argmax(&run_blob(int8, px)) == *y));
     let acc16 = top1(&par_map(&set, |(px, y)| argmax(&run_blob(fp16, px)) == *y));
-    eprintln!("MNIST held-out ({} digits): fp32 {fp32:.2}%  int8 {acc8:.2}%  fp16 {acc16:.2}%", set.len());
+    eprintln!(
+        "MNIST held-out ({} digits): fp32 {fp32:.2}%  int8 {acc8:.2}%  fp16 {acc16:.2}%",
+        set.len()
+    );
     eprintln!("blob bytes: int8 {}  fp16 {}", int8.len(), fp16.len());
     assert!(*fp32 > 97.0, "fp32 reference accuracy {fp32}");
-    assert!((acc8 - fp32).abs() <= 1.0, "int8 {acc8:.2}% vs fp32 {fp32:.2}%");
-    assert!((acc16 - fp32).abs() <= 0.2, "fp16 {acc16:.2}% vs fp32 {fp32:.2}%");
+    assert!(
+        (acc8 - fp32).abs() <= 1.0,
+        "int8 {acc8:.2}% vs fp32 {fp32:.2}%"
+    );
+    assert!(
+        (acc16 - fp32).abs() <= 0.2,
+        "fp16 {acc16:.2}% vs fp32 {fp32:.2}%"
+    );
 }

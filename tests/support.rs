@@ -8,7 +8,10 @@ use serde_json::Value;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// `examples/mnist/…`.
@@ -51,11 +54,20 @@ pub fn fold_fixtures() -> Vec<FoldFixture> {
     names
         .into_iter()
         .map(|json| {
-            let v: Value = serde_json::from_slice(&std::fs::read(&json).expect("sidecar")).expect("json");
-            let u = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {}", json.display())) as usize;
+            let v: Value =
+                serde_json::from_slice(&std::fs::read(&json).expect("sidecar")).expect("json");
+            let u = |k: &str| {
+                v[k].as_u64()
+                    .unwrap_or_else(|| panic!("{k} in {}", json.display())) as usize
+            };
             let (n, c, h, w) = (2, u("in_chans"), u("H"), u("W"));
             let classes = u("classes");
-            let raw: Vec<u8> = v["input_u8"].as_array().expect("input_u8").iter().map(|x| x.as_u64().expect("u8") as u8).collect();
+            let raw: Vec<u8> = v["input_u8"]
+                .as_array()
+                .expect("input_u8")
+                .iter()
+                .map(|x| x.as_u64().expect("u8") as u8)
+                .collect();
             assert_eq!(raw.len(), n * c * h * w);
             let images = (0..n)
                 .map(|b| {
@@ -68,7 +80,12 @@ pub fn fold_fixtures() -> Vec<FoldFixture> {
                     hwc
                 })
                 .collect();
-            let flat: Vec<f32> = v["logits"].as_array().expect("logits").iter().map(|x| x.as_f64().expect("f") as f32).collect();
+            let flat: Vec<f32> = v["logits"]
+                .as_array()
+                .expect("logits")
+                .iter()
+                .map(|x| x.as_f64().expect("f") as f32)
+                .collect();
             FoldFixture {
                 name: v["name"].as_str().expect("name").to_string(),
                 onnx: dir.join(v["file"].as_str().expect("file")),
@@ -94,7 +111,10 @@ pub fn run_blob(blob: &[u8], pixels: &[u8]) -> Vec<f32> {
 /// Largest absolute difference between two equally long slices.
 pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Index of the first maximum.
@@ -110,18 +130,31 @@ pub fn argmax(v: &[f32]) -> usize {
 
 /// The MNIST held-out set from the IDX files: `(HWC pixels, label)`.
 pub fn mnist_heldout() -> Vec<(Vec<u8>, usize)> {
-    let imgs = convmixer_quantize::data::read_idx_images(&mnist("heldout-images.idx3-ubyte"), (28, 28, 1)).expect("idx images");
-    let labels = convmixer_quantize::data::read_idx_labels(&mnist("heldout-labels.idx1-ubyte")).expect("idx labels");
+    let imgs =
+        convmixer_quantize::data::read_idx_images(&mnist("heldout-images.idx3-ubyte"), (28, 28, 1))
+            .expect("idx images");
+    let labels = convmixer_quantize::data::read_idx_labels(&mnist("heldout-labels.idx1-ubyte"))
+        .expect("idx labels");
     assert_eq!(imgs.len(), labels.len());
-    imgs.into_iter().zip(labels.into_iter().map(usize::from)).collect()
+    imgs.into_iter()
+        .zip(labels.into_iter().map(usize::from))
+        .collect()
 }
 
 /// Runs `f` over `items` on all cores, keeping order.
 pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).max(1);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(1);
     let chunk = items.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
-        let handles: Vec<_> = items.chunks(chunk).map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>())).collect();
-        handles.into_iter().flat_map(|h| h.join().expect("worker")).collect()
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker"))
+            .collect()
     })
 }

@@ -19,7 +19,11 @@ use convmixer_quantize::{data, onnx, reference::TractModel, Options};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
-#[command(name = "host-tools", version, about = "Quantize ConvMixer ONNX models to convmixer-edge blobs, and run them")]
+#[command(
+    name = "host-tools",
+    version,
+    about = "Quantize ConvMixer ONNX models to convmixer-edge blobs, and run them"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -111,11 +115,25 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Quantize { model, calib, precision, prep, output } => {
-            quantize(&model, calib.as_deref(), precision, &prep, output)
-        }
-        Cmd::Classify { model, images, top, json } => classify(&model, &images, usize::from(top), json),
-        Cmd::Eval { model, data, json, prep } => eval(&model, &data, json, &prep),
+        Cmd::Quantize {
+            model,
+            calib,
+            precision,
+            prep,
+            output,
+        } => quantize(&model, calib.as_deref(), precision, &prep, output),
+        Cmd::Classify {
+            model,
+            images,
+            top,
+            json,
+        } => classify(&model, &images, usize::from(top), json),
+        Cmd::Eval {
+            model,
+            data,
+            json,
+            prep,
+        } => eval(&model, &data, json, &prep),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -139,9 +157,17 @@ fn bar(len: usize, what: &str) -> ProgressBar {
 }
 
 fn read_labels(path: Option<&Path>) -> Result<Vec<String>> {
-    let Some(path) = path else { return Ok(Vec::new()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read labels", path.display()))?;
-    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read labels", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
 }
 
 fn quantize(
@@ -152,15 +178,31 @@ fn quantize(
     output: Option<PathBuf>,
 ) -> Result<()> {
     let imported = onnx::import(model)?;
-    let opts = Options { mean: prep.mean.clone(), std: prep.std.clone(), labels: read_labels(prep.labels.as_deref())? };
+    let opts = Options {
+        mean: prep.mean.clone(),
+        std: prep.std.clone(),
+        labels: read_labels(prep.labels.as_deref())?,
+    };
     let shape = (imported.in_h, imported.in_w, imported.in_c);
     let images = match (calib, precision) {
         (Some(dir), _) => data::calibration_set(dir, shape)?,
-        (None, PrecisionArg::Int8) => bail!("int8 quantisation needs calibration images: pass --calib DIR"),
+        (None, PrecisionArg::Int8) => {
+            bail!("int8 quantisation needs calibration images: pass --calib DIR")
+        }
         (None, _) => Vec::new(),
     };
-    let pb = bar(if precision.precision() == Precision::Int8 { images.len() } else { 0 }, "calibrating");
-    let bytes = convmixer_quantize::quantize(&imported, precision.precision(), &images, &opts, || pb.inc(1))?;
+    let pb = bar(
+        if precision.precision() == Precision::Int8 {
+            images.len()
+        } else {
+            0
+        },
+        "calibrating",
+    );
+    let bytes =
+        convmixer_quantize::quantize(&imported, precision.precision(), &images, &opts, || {
+            pb.inc(1)
+        })?;
     pb.finish_and_clear();
     let out = output.unwrap_or_else(|| {
         let suffix = match precision {
@@ -168,13 +210,17 @@ fn quantize(
             PrecisionArg::Fp16 => "fp16",
             PrecisionArg::Fp32 => "fp32",
         };
-        let stem = model.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+        let stem = model
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model");
         model.with_file_name(format!("{stem}-{suffix}.cmx"))
     });
     data::write_atomic(&out, &bytes)?;
     // Read back what we wrote with the runtime itself, so a blob we cannot run is never
     // reported as a success.
-    let m = Model::from_bytes(&bytes).map_err(|e| anyhow!("internal error: the written blob does not load: {e}"))?;
+    let m = Model::from_bytes(&bytes)
+        .map_err(|e| anyhow!("internal error: the written blob does not load: {e}"))?;
     let h = m.header();
     eprintln!(
         "wrote {} ({} bytes): {:?}, dim {}, depth {}, kernel {}, patch {}, {} classes, input {}x{}x{}, arena {} bytes",
@@ -199,18 +245,25 @@ fn load_blob(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn parse_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Model<'a>> {
-    Model::from_bytes(bytes).map_err(|e| anyhow!("{}: not a usable model blob: {e}", path.display()))
+    Model::from_bytes(bytes)
+        .map_err(|e| anyhow!("{}: not a usable model blob: {e}", path.display()))
 }
 
 fn classify(model: &Path, images: &[PathBuf], top: usize, json: bool) -> Result<()> {
     let bytes = load_blob(model)?;
     let m = parse_model(model, &bytes)?;
     let h = *m.header();
-    let shape = (usize::from(h.in_h), usize::from(h.in_w), usize::from(h.in_c));
+    let shape = (
+        usize::from(h.in_h),
+        usize::from(h.in_w),
+        usize::from(h.in_c),
+    );
     let mut arena = vec![0u8; m.arena_len()];
     for path in images {
         let px = data::load_image(path, shape)?;
-        let best = m.classify::<32>(&px, &mut arena).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let best = m
+            .classify::<32>(&px, &mut arena)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let best = &best[..top.min(best.len())];
         let name = |c: u16| m.label(c).map_or_else(|| c.to_string(), String::from);
         if json {
@@ -218,9 +271,15 @@ fn classify(model: &Path, images: &[PathBuf], top: usize, json: bool) -> Result<
                 .iter()
                 .map(|&(c, p)| serde_json::json!({"class": c, "label": name(c), "score": p}))
                 .collect();
-            println!("{}", serde_json::json!({"image": path.display().to_string(), "top": top}));
+            println!(
+                "{}",
+                serde_json::json!({"image": path.display().to_string(), "top": top})
+            );
         } else {
-            let list: Vec<String> = best.iter().map(|&(c, p)| format!("{} {:.4}", name(c), p)).collect();
+            let list: Vec<String> = best
+                .iter()
+                .map(|&(c, p)| format!("{} {:.4}", name(c), p))
+                .collect();
             println!("{}: {}", path.display(), list.join(", "));
         }
     }
@@ -243,21 +302,38 @@ fn eval(model: &Path, dir: &Path, json: bool, prep: &Prep) -> Result<()> {
     let is_blob = bytes.starts_with(b"CMXB");
     let blob_model;
     // One predictor closure per model kind; both take HWC u8 pixels.
-    let (shape, classes, labels, kind, mut predict): (_, usize, Vec<String>, String, Box<dyn FnMut(&[u8]) -> Result<usize> + '_>);
+    let (shape, classes, labels, kind, mut predict): (
+        _,
+        usize,
+        Vec<String>,
+        String,
+        Box<dyn FnMut(&[u8]) -> Result<usize> + '_>,
+    );
     if is_blob {
         if !prep.mean.is_empty() || !prep.std.is_empty() || prep.labels.is_some() {
-            bail!("--mean/--std/--labels are for ONNX models; {} is a blob that carries its own", model.display());
+            bail!(
+                "--mean/--std/--labels are for ONNX models; {} is a blob that carries its own",
+                model.display()
+            );
         }
         blob_model = parse_model(model, &bytes)?;
         let m = &blob_model;
         let h = *m.header();
-        shape = (usize::from(h.in_h), usize::from(h.in_w), usize::from(h.in_c));
+        shape = (
+            usize::from(h.in_h),
+            usize::from(h.in_w),
+            usize::from(h.in_c),
+        );
         classes = usize::from(h.classes);
-        labels = (0..h.classes).map(|c| m.label(c).unwrap_or_default().to_string()).collect();
+        labels = (0..h.classes)
+            .map(|c| m.label(c).unwrap_or_default().to_string())
+            .collect();
         kind = format!("{:?}", h.precision).to_lowercase();
         let mut arena = vec![0u8; m.arena_len()];
         predict = Box::new(move |px| {
-            let top = m.classify::<1>(px, &mut arena).map_err(|e| anyhow!("{e}"))?;
+            let top = m
+                .classify::<1>(px, &mut arena)
+                .map_err(|e| anyhow!("{e}"))?;
             Ok(top.first().map_or(0, |t| usize::from(t.0)))
         });
     } else {
@@ -290,7 +366,11 @@ fn eval(model: &Path, dir: &Path, json: bool, prep: &Prep) -> Result<()> {
             serde_json::json!({"model": model.display().to_string(), "kind": kind, "n": n, "correct": correct, "top1": top1})
         );
     } else {
-        println!("{}: {kind}, top-1 {:.2}% ({correct}/{n})", model.display(), 100.0 * top1);
+        println!(
+            "{}: {kind}, top-1 {:.2}% ({correct}/{n})",
+            model.display(),
+            100.0 * top1
+        );
     }
     Ok(())
 }

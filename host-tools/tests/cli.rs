@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("root")
+        .to_path_buf()
 }
 
 fn ex(name: &str) -> PathBuf {
@@ -13,7 +16,10 @@ fn ex(name: &str) -> PathBuf {
 }
 
 fn ht(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host-tools")).args(args).output().expect("run host-tools")
+    Command::new(env!("CARGO_BIN_EXE_host-tools"))
+        .args(args)
+        .output()
+        .expect("run host-tools")
 }
 
 fn s(p: &Path) -> &str {
@@ -28,7 +34,10 @@ fn stderr(o: &Output) -> String {
 fn fails_with(o: &Output, needles: &[&str]) {
     let e = stderr(o);
     assert_eq!(o.status.code(), Some(1), "exit code; stderr: {e}");
-    assert!(e.starts_with("error: ") && !e.contains('\n'), "not one error line: {e}");
+    assert!(
+        e.starts_with("error: ") && !e.contains('\n'),
+        "not one error line: {e}"
+    );
     for n in needles {
         assert!(e.contains(n), "'{n}' missing from: {e}");
     }
@@ -41,7 +50,10 @@ fn small_folder(dir: &Path, per_class: usize) -> usize {
         let src = ex(&format!("heldout/{d}"));
         let dst = dir.join(d.to_string());
         std::fs::create_dir_all(&dst).expect("mkdir");
-        let mut files: Vec<_> = std::fs::read_dir(&src).expect("read").map(|e| e.expect("e").path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(&src)
+            .expect("read")
+            .map(|e| e.expect("e").path())
+            .collect();
         files.sort();
         for f in files.iter().take(per_class) {
             std::fs::copy(f, dst.join(f.file_name().expect("name"))).expect("copy");
@@ -75,28 +87,46 @@ fn quantize_then_classify_and_eval() {
     let o = quantize_int8(&blob);
     assert!(o.status.success(), "{}", stderr(&o));
     // The same bytes as the committed example (deterministic, and the README's command).
-    assert!(std::fs::read(&blob).expect("blob") == std::fs::read(ex("convmixer-mnist-int8.cmx")).expect("example"));
-    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).expect("ls").map(|e| e.expect("e").file_name()).collect();
+    assert!(
+        std::fs::read(&blob).expect("blob")
+            == std::fs::read(ex("convmixer-mnist-int8.cmx")).expect("example")
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("ls")
+        .map(|e| e.expect("e").file_name())
+        .collect();
     assert_eq!(leftovers.len(), 1, "temporary files left: {leftovers:?}");
 
     // classify: one line per image, the true digit first for these clear examples.
-    let imgs: Vec<PathBuf> = (0..10).map(|d| ex(&format!("heldout/{d}"))).map(|dir| {
-        let mut f: Vec<_> = std::fs::read_dir(dir).expect("ls").map(|e| e.expect("e").path()).collect();
-        f.sort();
-        f[0].clone()
-    }).collect();
+    let imgs: Vec<PathBuf> = (0..10)
+        .map(|d| ex(&format!("heldout/{d}")))
+        .map(|dir| {
+            let mut f: Vec<_> = std::fs::read_dir(dir)
+                .expect("ls")
+                .map(|e| e.expect("e").path())
+                .collect();
+            f.sort();
+            f[0].clone()
+        })
+        .collect();
     let mut args = vec!["classify", s(&blob), "--top", "3", "--json"];
     args.extend(imgs.iter().map(|p| s(p)));
     let o = ht(&args);
     assert!(o.status.success(), "{}", stderr(&o));
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(o.stdout).expect("utf-8").lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
     assert_eq!(lines.len(), 10);
     let mut right = 0;
     for (d, v) in lines.iter().enumerate() {
         let top = v["top"].as_array().expect("top");
         assert_eq!(top.len(), 3);
-        let p: Vec<f64> = top.iter().map(|t| t["score"].as_f64().expect("score")).collect();
+        let p: Vec<f64> = top
+            .iter()
+            .map(|t| t["score"].as_f64().expect("score"))
+            .collect();
         assert!(p.windows(2).all(|w| w[0] >= w[1]) && p[0] <= 1.0, "{p:?}");
         right += usize::from(top[0]["label"] == d.to_string());
     }
@@ -110,11 +140,24 @@ fn quantize_then_classify_and_eval() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["n"].as_u64(), Some(n as u64));
     let int8 = v["top1"].as_f64().expect("top1");
-    let o = ht(&["eval", s(&ex("convmixer-mnist.dynamo.onnx")), "--data", s(&data), "--json", "--mean", "0.1307", "--std", "0.3081"]);
+    let o = ht(&[
+        "eval",
+        s(&ex("convmixer-mnist.dynamo.onnx")),
+        "--data",
+        s(&data),
+        "--json",
+        "--mean",
+        "0.1307",
+        "--std",
+        "0.3081",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     let fp32 = v["top1"].as_f64().expect("top1");
-    assert!(fp32 >= 0.95 && (fp32 - int8).abs() <= 0.02, "fp32 {fp32} int8 {int8}");
+    assert!(
+        fp32 >= 0.95 && (fp32 - int8).abs() <= 0.02,
+        "fp32 {fp32} int8 {int8}"
+    );
     // Text output names the accuracy too.
     let o = ht(&["eval", s(&blob), "--data", s(&data)]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("top-1"));
@@ -129,51 +172,105 @@ fn bad_input_gives_one_line_errors() {
     assert!(digit.exists(), "fixture image");
 
     // int8 without calibration images.
-    fails_with(&ht(&["quantize", s(&onnx), "-o", s(&tmp.path().join("x.cmx"))]), &["--calib"]);
+    fails_with(
+        &ht(&["quantize", s(&onnx), "-o", s(&tmp.path().join("x.cmx"))]),
+        &["--calib"],
+    );
     // Missing and non-ONNX model files.
-    fails_with(&ht(&["quantize", "/nonexistent.onnx", "--precision", "fp16"]), &["/nonexistent.onnx"]);
+    fails_with(
+        &ht(&["quantize", "/nonexistent.onnx", "--precision", "fp16"]),
+        &["/nonexistent.onnx"],
+    );
     let junk = tmp.path().join("junk.onnx");
     std::fs::write(&junk, b"definitely not protobuf \xff\xff\xff").expect("write");
-    fails_with(&ht(&["quantize", s(&junk), "--precision", "fp16"]), &["junk.onnx", "ONNX"]);
+    fails_with(
+        &ht(&["quantize", s(&junk), "--precision", "fp16"]),
+        &["junk.onnx", "ONNX"],
+    );
     // An empty calibration folder, and one with an image of the wrong size.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).expect("mkdir");
-    fails_with(&ht(&["quantize", s(&onnx), "--calib", s(&empty)]), &["no images"]);
+    fails_with(
+        &ht(&["quantize", s(&onnx), "--calib", s(&empty)]),
+        &["no images"],
+    );
     let odd = tmp.path().join("odd");
     std::fs::create_dir(&odd).expect("mkdir");
     let small = odd.join("small.png");
     image::GrayImage::new(10, 12).save(&small).expect("png");
-    fails_with(&ht(&["quantize", s(&onnx), "--calib", s(&odd)]), &["small.png", "12x10", "28x28"]);
+    fails_with(
+        &ht(&["quantize", s(&onnx), "--calib", s(&odd)]),
+        &["small.png", "12x10", "28x28"],
+    );
     // Wrong normalisation.
-    fails_with(&ht(&["quantize", s(&onnx), "--precision", "fp16", "--mean", "0.1,0.2"]), &["--mean"]);
-    fails_with(&ht(&["quantize", s(&onnx), "--precision", "fp16", "--std", "0"]), &["--std"]);
+    fails_with(
+        &ht(&[
+            "quantize",
+            s(&onnx),
+            "--precision",
+            "fp16",
+            "--mean",
+            "0.1,0.2",
+        ]),
+        &["--mean"],
+    );
+    fails_with(
+        &ht(&["quantize", s(&onnx), "--precision", "fp16", "--std", "0"]),
+        &["--std"],
+    );
 
     // A failed quantize leaves an existing output untouched.
     let out = tmp.path().join("keep.cmx");
     std::fs::write(&out, b"old contents").expect("write");
-    fails_with(&ht(&["quantize", s(&onnx), "--calib", s(&empty), "-o", s(&out)]), &["no images"]);
+    fails_with(
+        &ht(&["quantize", s(&onnx), "--calib", s(&empty), "-o", s(&out)]),
+        &["no images"],
+    );
     assert_eq!(std::fs::read(&out).expect("read"), b"old contents");
 
     // classify: an RGB image for a gray model, a wrong-size image, a corrupted blob.
     let rgb = tmp.path().join("rgb.png");
     image::RgbImage::new(28, 28).save(&rgb).expect("png");
-    fails_with(&ht(&["classify", s(&blob), s(&rgb)]), &["rgb.png", "3 channel", "28x28 with 1"]);
-    fails_with(&ht(&["classify", s(&blob), s(&small)]), &["small.png", "28x28"]);
+    fails_with(
+        &ht(&["classify", s(&blob), s(&rgb)]),
+        &["rgb.png", "3 channel", "28x28 with 1"],
+    );
+    fails_with(
+        &ht(&["classify", s(&blob), s(&small)]),
+        &["small.png", "28x28"],
+    );
     let mut bytes = std::fs::read(&blob).expect("blob");
     bytes[1000] ^= 4;
     let bad = tmp.path().join("bad.cmx");
     std::fs::write(&bad, &bytes).expect("write");
     fails_with(&ht(&["classify", s(&bad), s(&digit)]), &["bad.cmx", "CRC"]);
-    fails_with(&ht(&["classify", s(&blob), "/nonexistent.png"]), &["/nonexistent.png"]);
+    fails_with(
+        &ht(&["classify", s(&blob), "/nonexistent.png"]),
+        &["/nonexistent.png"],
+    );
 
     // eval: not an ImageFolder, unknown class folder, ONNX options given for a blob.
-    fails_with(&ht(&["eval", s(&blob), "--data", s(&empty)]), &["no labelled images"]);
+    fails_with(
+        &ht(&["eval", s(&blob), "--data", s(&empty)]),
+        &["no labelled images"],
+    );
     let wrong = tmp.path().join("wrong/cat");
     std::fs::create_dir_all(&wrong).expect("mkdir");
-    fails_with(&ht(&["eval", s(&blob), "--data", s(&tmp.path().join("wrong"))]), &["cat"]);
-    fails_with(&ht(&["eval", s(&blob), "--data", s(&empty), "--mean", "0.5"]), &["--mean"]);
+    fails_with(
+        &ht(&["eval", s(&blob), "--data", s(&tmp.path().join("wrong"))]),
+        &["cat"],
+    );
+    fails_with(
+        &ht(&["eval", s(&blob), "--data", s(&empty), "--mean", "0.5"]),
+        &["--mean"],
+    );
 
     // Command-line mistakes are clap's (exit code 2).
     assert_eq!(ht(&["quantize"]).status.code(), Some(2));
-    assert_eq!(ht(&["classify", s(&blob), s(&digit), "--top", "0"]).status.code(), Some(2));
+    assert_eq!(
+        ht(&["classify", s(&blob), s(&digit), "--top", "0"])
+            .status
+            .code(),
+        Some(2)
+    );
 }

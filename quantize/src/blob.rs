@@ -2,7 +2,9 @@
 //! (the same plan the runtime's reader checks), 16-byte aligned, and seals the CRC.
 
 use anyhow::{bail, Result};
-use convmixer_edge::blob::{section_at, Header, SectionKind, CRC, CRC_RANGE, HEADER_LEN, SECTION_ALIGN, TOC_ENTRY_LEN};
+use convmixer_edge::blob::{
+    section_at, Header, SectionKind, CRC, CRC_RANGE, HEADER_LEN, SECTION_ALIGN, TOC_ENTRY_LEN,
+};
 
 /// Collects sections in canonical order and writes the blob.
 pub struct Writer {
@@ -13,7 +15,10 @@ pub struct Writer {
 impl Writer {
     /// A writer for a blob with this header.
     pub fn new(header: Header) -> Self {
-        Writer { header, sections: Vec::new() }
+        Writer {
+            header,
+            sections: Vec::new(),
+        }
     }
 
     /// Appends the next section; it must be the next one of the plan, with its length.
@@ -22,7 +27,11 @@ impl Writer {
         let Some((want_kind, want_layer, want_len)) = section_at(&self.header, i) else {
             bail!("internal: section {i} ({kind:?}) is past the plan");
         };
-        let layer = if want_layer == convmixer_edge::blob::GLOBAL_LAYER { want_layer } else { layer as u16 };
+        let layer = if want_layer == convmixer_edge::blob::GLOBAL_LAYER {
+            want_layer
+        } else {
+            layer as u16
+        };
         if want_kind != kind || want_layer != layer || want_len.is_some_and(|l| l != bytes.len()) {
             bail!(
                 "internal: section {i} is {kind:?}/{layer} with {} bytes, the plan wants {want_kind:?}/{want_layer} with {want_len:?}",
@@ -37,7 +46,10 @@ impl Writer {
     pub fn finish(self) -> Result<Vec<u8>> {
         let n = self.sections.len();
         if n != self.header.section_count() {
-            bail!("internal: {n} sections written, the plan has {}", self.header.section_count());
+            bail!(
+                "internal: {n} sections written, the plan has {}",
+                self.header.section_count()
+            );
         }
         let align = |x: usize| x.div_ceil(SECTION_ALIGN) * SECTION_ALIGN;
         let mut off = align(HEADER_LEN + n * TOC_ENTRY_LEN);
@@ -52,7 +64,10 @@ impl Writer {
             offsets.push(off);
             off = align(off + bytes.len());
         }
-        let total = offsets.last().zip(self.sections.last()).map_or(off, |(o, s)| o + s.2.len());
+        let total = offsets
+            .last()
+            .zip(self.sections.last())
+            .map_or(off, |(o, s)| o + s.2.len());
         if u32::try_from(total).is_err() {
             bail!("model is too large for the blob format ({total} bytes)");
         }

@@ -17,7 +17,10 @@ pub struct Range {
 
 impl Default for Range {
     fn default() -> Self {
-        Range { lo: f32::INFINITY, hi: f32::NEG_INFINITY }
+        Range {
+            lo: f32::INFINITY,
+            hi: f32::NEG_INFINITY,
+        }
     }
 }
 
@@ -92,7 +95,8 @@ pub fn forward(f: &Folded, px: &[u8], mut stats: Option<&mut [LayerStats]>) -> V
                     let mut acc = dw.b[ch];
                     for ky in 0..k {
                         for kx in 0..k {
-                            let (y, xx) = ((ty + ky).wrapping_sub(pad), (tx + kx).wrapping_sub(pad));
+                            let (y, xx) =
+                                ((ty + ky).wrapping_sub(pad), (tx + kx).wrapping_sub(pad));
                             if y < ht && xx < wt {
                                 acc += dw.w[(ky * k + kx) * dim + ch] * x[(y * wt + xx) * dim + ch];
                             }
@@ -108,16 +112,26 @@ pub fn forward(f: &Folded, px: &[u8], mut stats: Option<&mut [LayerStats]>) -> V
         }
         for t in 0..tokens {
             for o in 0..dim {
-                let acc = pw.b[o] + (0..dim).map(|d| pw.w[o * dim + d] * r[t * dim + d]).sum::<f32>();
+                let acc = pw.b[o]
+                    + (0..dim)
+                        .map(|d| pw.w[o * dim + d] * r[t * dim + d])
+                        .sum::<f32>();
                 let (a, y) = finish(pw, o, acc);
                 st(2 + 2 * i, acc, a, y);
                 x[t * dim + o] = y;
             }
         }
     }
-    let mean: Vec<f32> = (0..dim).map(|d| (0..tokens).map(|t| x[t * dim + d]).sum::<f32>() / tokens as f32).collect();
+    let mean: Vec<f32> = (0..dim)
+        .map(|d| (0..tokens).map(|t| x[t * dim + d]).sum::<f32>() / tokens as f32)
+        .collect();
     (0..f.classes())
-        .map(|cl| f.head_b[cl] + (0..dim).map(|d| f.head_w[cl * dim + d] * mean[d]).sum::<f32>())
+        .map(|cl| {
+            f.head_b[cl]
+                + (0..dim)
+                    .map(|d| f.head_w[cl * dim + d] * mean[d])
+                    .sum::<f32>()
+        })
         .collect()
 }
 

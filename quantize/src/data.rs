@@ -11,13 +11,16 @@ pub type Shape = (usize, usize, usize);
 const EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "bmp", "pgm", "ppm", "pnm"];
 
 fn is_image(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// Decodes one image into HWC `u8`, requiring exactly `shape` (gray = 1 channel, RGB = 3;
 /// an alpha channel is dropped).
 pub fn load_image(path: &Path, shape: Shape) -> Result<Vec<u8>> {
-    let img = image::open(path).with_context(|| format!("{}: cannot decode image", path.display()))?;
+    let img =
+        image::open(path).with_context(|| format!("{}: cannot decode image", path.display()))?;
     let (h, w, c) = shape;
     let channels = match img.color().channel_count() {
         1 | 2 => 1,
@@ -32,7 +35,11 @@ pub fn load_image(path: &Path, shape: Shape) -> Result<Vec<u8>> {
             channels
         );
     }
-    Ok(if c == 1 { img.into_luma8().into_raw() } else { img.into_rgb8().into_raw() })
+    Ok(if c == 1 {
+        img.into_luma8().into_raw()
+    } else {
+        img.into_rgb8().into_raw()
+    })
 }
 
 /// Image files directly in `dir` or below it, sorted by path (deterministic).
@@ -40,9 +47,12 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d).with_context(|| format!("{}: cannot read folder", d.display()))?;
+        let rd = std::fs::read_dir(&d)
+            .with_context(|| format!("{}: cannot read folder", d.display()))?;
         for e in rd {
-            let p = e.with_context(|| format!("{}: cannot read folder", d.display()))?.path();
+            let p = e
+                .with_context(|| format!("{}: cannot read folder", d.display()))?
+                .path();
             if p.is_dir() {
                 stack.push(p);
             } else if is_image(&p) {
@@ -62,27 +72,44 @@ pub fn calibration_set(path: &Path, shape: Shape) -> Result<Vec<Vec<u8>>> {
     }
     let files = image_files(path)?;
     if files.is_empty() {
-        bail!("{}: no images found (expected .png/.jpg/.bmp/.pnm files or an IDX file)", path.display());
+        bail!(
+            "{}: no images found (expected .png/.jpg/.bmp/.pnm files or an IDX file)",
+            path.display()
+        );
     }
     files.iter().map(|f| load_image(f, shape)).collect()
 }
 
 /// A labelled set as `(path, class index)`: an ImageFolder tree whose sub-folders are named
 /// by class index (`0`, `1`, …) or by label (matched against `labels`).
-pub fn image_folder(dir: &Path, labels: &[String], classes: usize) -> Result<Vec<(PathBuf, usize)>> {
-    let rd = std::fs::read_dir(dir).with_context(|| format!("{}: cannot read folder", dir.display()))?;
+pub fn image_folder(
+    dir: &Path,
+    labels: &[String],
+    classes: usize,
+) -> Result<Vec<(PathBuf, usize)>> {
+    let rd =
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot read folder", dir.display()))?;
     let mut out = Vec::new();
     for e in rd {
-        let p = e.with_context(|| format!("{}: cannot read folder", dir.display()))?.path();
+        let p = e
+            .with_context(|| format!("{}: cannot read folder", dir.display()))?
+            .path();
         if !p.is_dir() {
             continue;
         }
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         let class = match labels.iter().position(|l| *l == name) {
             Some(i) => i,
             None => match name.parse::<usize>() {
                 Ok(i) if i < classes => i,
-                _ => bail!("{}: folder name '{name}' is neither a class index below {classes} nor a label", p.display()),
+                _ => bail!(
+                    "{}: folder name '{name}' is neither a class index below {classes} nor a label",
+                    p.display()
+                ),
             },
         };
         for f in image_files(&p)? {
@@ -90,7 +117,10 @@ pub fn image_folder(dir: &Path, labels: &[String], classes: usize) -> Result<Vec
         }
     }
     if out.is_empty() {
-        bail!("{}: no labelled images (expected one sub-folder per class holding images)", dir.display());
+        bail!(
+            "{}: no labelled images (expected one sub-folder per class holding images)",
+            dir.display()
+        );
     }
     out.sort();
     Ok(out)
@@ -105,10 +135,20 @@ pub fn read_idx_images(path: &Path, shape: Shape) -> Result<Vec<Vec<u8>>> {
     let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
     let (n, h, w) = (be(4), be(8), be(12));
     if (h, w, 1) != shape {
-        bail!("{}: IDX images are {h}x{w}x1, the model expects {}x{}x{}", path.display(), shape.0, shape.1, shape.2);
+        bail!(
+            "{}: IDX images are {h}x{w}x1, the model expects {}x{}x{}",
+            path.display(),
+            shape.0,
+            shape.1,
+            shape.2
+        );
     }
     if b.len() != 16 + n * h * w {
-        bail!("{}: IDX file is truncated ({} bytes for {n} images)", path.display(), b.len());
+        bail!(
+            "{}: IDX file is truncated ({} bytes for {n} images)",
+            path.display(),
+            b.len()
+        );
     }
     Ok(b[16..].chunks_exact(h * w).map(|c| c.to_vec()).collect())
 }
@@ -130,11 +170,15 @@ pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
 /// renamed over the target. A crash leaves the old file or the new one, never half of one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let res = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("{}: cannot create", tmp.display()))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;

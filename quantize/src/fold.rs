@@ -73,7 +73,10 @@ impl Folded {
     }
     /// Token grid after the embedding.
     pub fn grid(&self) -> (usize, usize) {
-        ((self.in_h - self.patch) / self.patch + 1, (self.in_w - self.patch) / self.patch + 1)
+        (
+            (self.in_h - self.patch) / self.patch + 1,
+            (self.in_w - self.patch) / self.patch + 1,
+        )
     }
 }
 
@@ -85,7 +88,13 @@ fn bn_affine(bn: &BatchNorm) -> (Vec<f64>, Vec<f64>) {
         .zip(&bn.var)
         .map(|(&g, &v)| f64::from(g) / (f64::from(v) + f64::from(bn.eps)).sqrt())
         .collect();
-    let t = bn.beta.iter().zip(&bn.mean).zip(&s).map(|((&b, &m), &s)| f64::from(b) - f64::from(m) * s).collect();
+    let t = bn
+        .beta
+        .iter()
+        .zip(&bn.mean)
+        .zip(&s)
+        .map(|((&b, &m), &s)| f64::from(b) - f64::from(m) * s)
+        .collect();
     (s, t)
 }
 
@@ -98,7 +107,9 @@ fn fold_pre(u: &ConvUnit) -> (Vec<f64>, Vec<f64>) {
     if let Some(bn) = &u.bn_pre {
         let (s, t) = bn_affine(bn);
         for o in 0..out {
-            w[o * per..(o + 1) * per].iter_mut().for_each(|v| *v *= s[o]);
+            w[o * per..(o + 1) * per]
+                .iter_mut()
+                .for_each(|v| *v *= s[o]);
             b[o] = b[o] * s[o] + t[o];
         }
     }
@@ -120,8 +131,16 @@ fn f32s(v: &[f64]) -> Vec<f32> {
 /// channel, in the 0..1 pixel scale; empty slices mean none).
 pub fn fold(m: &Imported, mean: &[f32], std: &[f32]) -> Result<Folded> {
     let c = m.in_c;
-    let mean: Vec<f32> = if mean.is_empty() { vec![0.0; c] } else { broadcast(mean, c, "--mean")? };
-    let std: Vec<f32> = if std.is_empty() { vec![1.0; c] } else { broadcast(std, c, "--std")? };
+    let mean: Vec<f32> = if mean.is_empty() {
+        vec![0.0; c]
+    } else {
+        broadcast(mean, c, "--mean")?
+    };
+    let std: Vec<f32> = if std.is_empty() {
+        vec![1.0; c]
+    } else {
+        broadcast(std, c, "--std")?
+    };
     if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
         bail!("--std {s}: standard deviations must be positive");
     }
@@ -177,8 +196,15 @@ pub fn fold(m: &Imported, mean: &[f32], std: &[f32]) -> Result<Folded> {
         last.2 = vec![1.0; dim];
         last.3 = vec![0.0; dim];
     }
-    let mut layers = layers.into_iter().map(|(w, b, s, t)| Layer { w: f32s(&w), b: f32s(&b), scale: f32s(&s), shift: f32s(&t) });
-    let embed = layers.next().ok_or_else(|| anyhow::anyhow!("no embedding"))?;
+    let mut layers = layers.into_iter().map(|(w, b, s, t)| Layer {
+        w: f32s(&w),
+        b: f32s(&b),
+        scale: f32s(&s),
+        shift: f32s(&t),
+    });
+    let embed = layers
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no embedding"))?;
     let mut blocks = Vec::new();
     while let (Some(d), Some(p)) = (layers.next(), layers.next()) {
         blocks.push((d, p));
@@ -199,7 +225,9 @@ pub fn fold(m: &Imported, mean: &[f32], std: &[f32]) -> Result<Folded> {
         head_b: f32s(&hb),
     };
     let all = [&f.head_w, &f.head_b].into_iter().chain(
-        std::iter::once(&f.embed).chain(f.blocks.iter().flat_map(|(a, b)| [a, b])).flat_map(|l| [&l.w, &l.b, &l.scale, &l.shift]),
+        std::iter::once(&f.embed)
+            .chain(f.blocks.iter().flat_map(|(a, b)| [a, b]))
+            .flat_map(|l| [&l.w, &l.b, &l.scale, &l.shift]),
     );
     for v in all {
         if v.iter().any(|x| !x.is_finite()) {

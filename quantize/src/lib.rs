@@ -45,7 +45,11 @@ pub fn quantize(
             if calib.is_empty() {
                 anyhow::bail!("int8 quantisation needs calibration images (--calib DIR)");
             }
-            Some(calibrate::calibrate(&folded, calib.iter().map(|v| v.as_slice()), progress))
+            Some(calibrate::calibrate(
+                &folded,
+                calib.iter().map(|v| v.as_slice()),
+                progress,
+            ))
         }
         _ => None,
     };

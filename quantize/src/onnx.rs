@@ -113,7 +113,10 @@ pub fn import_bytes(bytes: &[u8]) -> Result<Imported> {
     let proto = tract_onnx::onnx()
         .proto_model_for_read(&mut &bytes[..])
         .map_err(|e| anyhow!("not a valid ONNX protobuf ({e})"))?;
-    let graph = proto.graph.as_ref().ok_or_else(|| anyhow!("ONNX model has no graph"))?;
+    let graph = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| anyhow!("ONNX model has no graph"))?;
     let opset = proto
         .opset_import
         .iter()
@@ -143,34 +146,52 @@ fn decode_tensor(t: &TensorProto) -> Result<Tensor> {
     let dims: Vec<usize> = t
         .dims
         .iter()
-        .map(|&d| usize::try_from(d).map_err(|_| anyhow!("tensor '{}' has a negative dimension", t.name)))
+        .map(|&d| {
+            usize::try_from(d).map_err(|_| anyhow!("tensor '{}' has a negative dimension", t.name))
+        })
         .collect::<Result<_>>()?;
     let n: usize = dims.iter().product();
     if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
-        bail!("tensor '{}' is stored in an external file; export with the weights inside the .onnx", t.name);
+        bail!(
+            "tensor '{}' is stored in an external file; export with the weights inside the .onnx",
+            t.name
+        );
     }
     let raw = &t.raw_data;
     let data: Vec<f64> = match DataType::try_from(t.data_type) {
-        Ok(DataType::Float) if !raw.is_empty() => {
-            raw.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()
-        }
+        Ok(DataType::Float) if !raw.is_empty() => raw
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
         Ok(DataType::Float) => t.float_data.iter().map(|&v| f64::from(v)).collect(),
-        Ok(DataType::Double) if !raw.is_empty() => {
-            raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect()
-        }
+        Ok(DataType::Double) if !raw.is_empty() => raw
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect(),
         Ok(DataType::Double) => t.double_data.clone(),
-        Ok(DataType::Int64) if !raw.is_empty() => {
-            raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f64).collect()
-        }
+        Ok(DataType::Int64) if !raw.is_empty() => raw
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f64)
+            .collect(),
         Ok(DataType::Int64) => t.int64_data.iter().map(|&v| v as f64).collect(),
-        Ok(DataType::Int32) if !raw.is_empty() => {
-            raw.chunks_exact(4).map(|c| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()
-        }
+        Ok(DataType::Int32) if !raw.is_empty() => raw
+            .chunks_exact(4)
+            .map(|c| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
         Ok(DataType::Int32) => t.int32_data.iter().map(|&v| f64::from(v)).collect(),
-        _ => bail!("tensor '{}' has data type {} (expected float, double or integer)", t.name, t.data_type),
+        _ => bail!(
+            "tensor '{}' has data type {} (expected float, double or integer)",
+            t.name,
+            t.data_type
+        ),
     };
     if data.len() != n {
-        bail!("tensor '{}' holds {} values for shape {:?}", t.name, data.len(), dims);
+        bail!(
+            "tensor '{}' holds {} values for shape {:?}",
+            t.name,
+            data.len(),
+            dims
+        );
     }
     Ok(Tensor { dims, data })
 }
@@ -188,7 +209,11 @@ fn attr_int(node: &NodeProto, name: &str) -> Option<i64> {
 }
 
 fn describe(node: &NodeProto) -> String {
-    let name = if node.name.is_empty() { node.output.first().map_or("?", |s| s.as_str()) } else { &node.name };
+    let name = if node.name.is_empty() {
+        node.output.first().map_or("?", |s| s.as_str())
+    } else {
+        &node.name
+    };
     format!("node '{}' ({})", name, node.op_type)
 }
 
@@ -215,11 +240,18 @@ impl<'g> Graph<'g> {
                 let a = attr(n, "value").and_then(|a| a.t.as_ref());
                 let t = match (a, attr(n, "value_float"), attr(n, "value_ints")) {
                     (Some(t), _, _) => decode_tensor(t)?,
-                    (None, Some(f), _) => Tensor { dims: vec![], data: vec![f64::from(f.f)] },
-                    (None, None, Some(i)) => {
-                        Tensor { dims: vec![i.ints.len()], data: i.ints.iter().map(|&v| v as f64).collect() }
-                    }
-                    _ => bail!("{}: unsupported Constant (expected a tensor, float or ints value)", describe(n)),
+                    (None, Some(f), _) => Tensor {
+                        dims: vec![],
+                        data: vec![f64::from(f.f)],
+                    },
+                    (None, None, Some(i)) => Tensor {
+                        dims: vec![i.ints.len()],
+                        data: i.ints.iter().map(|&v| v as f64).collect(),
+                    },
+                    _ => bail!(
+                        "{}: unsupported Constant (expected a tensor, float or ints value)",
+                        describe(n)
+                    ),
                 };
                 if let Some(o) = n.output.first() {
                     consts.insert(o.as_str(), t);
@@ -234,22 +266,39 @@ impl<'g> Graph<'g> {
                 }
             }
         }
-        let inputs: Vec<_> = g.input.iter().filter(|i| !consts.contains_key(i.name.as_str())).collect();
+        let inputs: Vec<_> = g
+            .input
+            .iter()
+            .filter(|i| !consts.contains_key(i.name.as_str()))
+            .collect();
         let input = match inputs.as_slice() {
             [one] => *one,
             [] => bail!("the graph has no input"),
-            many => bail!("the graph has {} inputs (expected one image input)", many.len()),
+            many => bail!(
+                "the graph has {} inputs (expected one image input)",
+                many.len()
+            ),
         };
-        Ok(Graph { nodes: &g.node, consts, consumers, outputs: g.output.iter().map(|o| o.name.as_str()).collect(), input })
+        Ok(Graph {
+            nodes: &g.node,
+            consts,
+            consumers,
+            outputs: g.output.iter().map(|o| o.name.as_str()).collect(),
+            input,
+        })
     }
 
     fn constant(&self, name: &str, what: &str) -> Result<&Tensor> {
-        self.consts.get(name).ok_or_else(|| anyhow!("{what} '{name}' is not a constant initializer"))
+        self.consts
+            .get(name)
+            .ok_or_else(|| anyhow!("{what} '{name}' is not a constant initializer"))
     }
 
     /// The nodes consuming tensor `t`, ignoring `Constant`s.
     fn users(&self, t: &str) -> Vec<&'g NodeProto> {
-        self.consumers.get(t).map_or(vec![], |v| v.iter().map(|&i| &self.nodes[i]).collect())
+        self.consumers
+            .get(t)
+            .map_or(vec![], |v| v.iter().map(|&i| &self.nodes[i]).collect())
     }
 
     /// The single node consuming `t`.
@@ -260,7 +309,10 @@ impl<'g> Graph<'g> {
             many => bail!(
                 "tensor '{t}' feeds {} nodes ({}), expected only {expected}",
                 many.len(),
-                many.iter().map(|n| describe(n)).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|n| describe(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -281,7 +333,9 @@ impl<'g> Graph<'g> {
             .dim
             .iter()
             .map(|d| match d.value {
-                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => Some(v as usize),
+                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => {
+                    Some(v as usize)
+                }
                 _ => None,
             })
             .collect();
@@ -298,7 +352,10 @@ impl<'g> Graph<'g> {
     fn convmixer(&self, opset: i64) -> Result<Imported> {
         let (in_c, in_h, in_w) = self.input_shape()?;
         if in_c != 1 && in_c != 3 {
-            bail!("input '{}' has {in_c} channels (expected 1 or 3)", self.input.name);
+            bail!(
+                "input '{}' has {in_c} channels (expected 1 or 3)",
+                self.input.name
+            );
         }
         let mut cur = self.input.name.as_str();
         let (embed, next) = self.conv_unit(cur, "the patch-embedding Conv")?;
@@ -325,7 +382,10 @@ impl<'g> Graph<'g> {
             };
             let (dw, u) = self.unit_from(branch, "the depthwise Conv")?;
             if !add.input.iter().any(|i| i == u) || !add.input.iter().any(|i| i == cur) {
-                bail!("{}: expected the residual Add of '{cur}' and '{u}'", describe(add));
+                bail!(
+                    "{}: expected the residual Add of '{cur}' and '{u}'",
+                    describe(add)
+                );
             }
             let (pwu, next) = self.conv_unit(&add.output[0], "the pointwise Conv")?;
             check_block(&dw, &pwu, dim)?;
@@ -346,7 +406,16 @@ impl<'g> Graph<'g> {
         if in_h < ph || in_w < ph {
             bail!("input {in_h}x{in_w} is smaller than the patch size {ph}");
         }
-        Ok(Imported { in_c, in_h, in_w, embed, blocks, head_w, head_b, opset })
+        Ok(Imported {
+            in_c,
+            in_h,
+            in_w,
+            embed,
+            blocks,
+            head_w,
+            head_b,
+            opset,
+        })
     }
 
     /// Parses `[Pad] → Conv → [BN] → act → [BN]` starting at the node consuming `t`.
@@ -367,20 +436,35 @@ impl<'g> Graph<'g> {
         }
         let conv = node;
         let w = self.constant(conv.input.get(1).map_or("", |s| s), "Conv weight")?;
-        let shape: [usize; 4] = w
-            .dims
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow!("{}: weight has rank {} (expected 4)", describe(conv), w.dims.len()))?;
+        let shape: [usize; 4] = w.dims.as_slice().try_into().map_err(|_| {
+            anyhow!(
+                "{}: weight has rank {} (expected 4)",
+                describe(conv),
+                w.dims.len()
+            )
+        })?;
         let b = match conv.input.get(2).filter(|s| !s.is_empty()) {
-            Some(name) => self.constant(name, "Conv bias")?.data.iter().map(|&v| v as f32).collect(),
+            Some(name) => self
+                .constant(name, "Conv bias")?
+                .data
+                .iter()
+                .map(|&v| v as f32)
+                .collect(),
             None => vec![0.0; shape[0]],
         };
         if b.len() != shape[0] {
-            bail!("{}: bias has {} values for {} output channels", describe(conv), b.len(), shape[0]);
+            bail!(
+                "{}: bias has {} values for {} output channels",
+                describe(conv),
+                b.len(),
+                shape[0]
+            );
         }
         if attr_ints(conv, "dilations").is_some_and(|d| d.iter().any(|&v| v != 1)) {
-            bail!("{}: dilated convolutions are not part of ConvMixer", describe(conv));
+            bail!(
+                "{}: dilated convolutions are not part of ConvMixer",
+                describe(conv)
+            );
         }
         let strides = attr_ints(conv, "strides").unwrap_or(vec![1, 1]);
         let group = attr_int(conv, "group").unwrap_or(1) as usize;
@@ -390,7 +474,11 @@ impl<'g> Graph<'g> {
         match auto.as_deref() {
             None | Some("NOTSET") | Some("") => {
                 if cp.len() != 4 || cp.iter().any(|&v| v < 0) {
-                    bail!("{}: pads {:?} (expected 4 non-negative values)", describe(conv), cp);
+                    bail!(
+                        "{}: pads {:?} (expected 4 non-negative values)",
+                        describe(conv),
+                        cp
+                    );
                 }
                 // ONNX pads: [top, left, bottom, right].
                 for (p, c) in pads.iter_mut().zip(&cp) {
@@ -399,12 +487,24 @@ impl<'g> Graph<'g> {
             }
             Some("VALID") => {}
             Some("SAME_UPPER") => {
-                pads = [pads[0] + (kh - 1) / 2, pads[1] + (kw - 1) / 2, pads[2] + kh / 2, pads[3] + kw / 2];
+                pads = [
+                    pads[0] + (kh - 1) / 2,
+                    pads[1] + (kw - 1) / 2,
+                    pads[2] + kh / 2,
+                    pads[3] + kw / 2,
+                ];
             }
-            Some(other) => bail!("{}: auto_pad {other} is not supported (expected explicit pads)", describe(conv)),
+            Some(other) => bail!(
+                "{}: auto_pad {other} is not supported (expected explicit pads)",
+                describe(conv)
+            ),
         }
         let mut unit = ConvUnit {
-            name: if conv.name.is_empty() { conv.output[0].clone() } else { conv.name.clone() },
+            name: if conv.name.is_empty() {
+                conv.output[0].clone()
+            } else {
+                conv.name.clone()
+            },
             w: w.data.iter().map(|&v| v as f32).collect(),
             shape,
             b,
@@ -418,10 +518,17 @@ impl<'g> Graph<'g> {
         check_finite(&unit.name, &unit.b)?;
         // Encode stride and group into the shape checks done by the caller.
         if group != 1 && group != shape[0] {
-            bail!("{}: group {group} (expected 1 or the channel count)", describe(conv));
+            bail!(
+                "{}: group {group} (expected 1 or the channel count)",
+                describe(conv)
+            );
         }
         if strides.len() != 2 || strides[0] != strides[1] || strides[0] < 1 {
-            bail!("{}: strides {:?} (expected equal strides in both directions)", describe(conv), strides);
+            bail!(
+                "{}: strides {:?} (expected equal strides in both directions)",
+                describe(conv),
+                strides
+            );
         }
         unit.stride = strides[0] as usize;
         if kh != kw {
@@ -452,7 +559,11 @@ impl<'g> Graph<'g> {
     /// element-wise consumers (`activation` then checks the whole subgraph).
     fn activation_start(&self, t: &str) -> Result<&'g NodeProto> {
         let users = self.users(t);
-        if users.len() > 1 && users.iter().all(|u| ELEMENTWISE.contains(&u.op_type.as_str())) {
+        if users.len() > 1
+            && users
+                .iter()
+                .all(|u| ELEMENTWISE.contains(&u.op_type.as_str()))
+        {
             return Ok(users[0]);
         }
         self.single_user(t, "an activation")
@@ -464,11 +575,21 @@ impl<'g> Graph<'g> {
             bail!("{}: only constant (zero) padding is supported", describe(n));
         }
         let pads: Vec<i64> = match n.input.get(1).filter(|s| !s.is_empty()) {
-            Some(p) => self.constant(p, "Pad amounts")?.data.iter().map(|&v| v as i64).collect(),
+            Some(p) => self
+                .constant(p, "Pad amounts")?
+                .data
+                .iter()
+                .map(|&v| v as i64)
+                .collect(),
             None => attr_ints(n, "pads").unwrap_or_default(),
         };
         if let Some(v) = n.input.get(2).filter(|s| !s.is_empty()) {
-            if self.constant(v, "Pad value")?.data.iter().any(|&x| x != 0.0) {
+            if self
+                .constant(v, "Pad value")?
+                .data
+                .iter()
+                .any(|&x| x != 0.0)
+            {
                 bail!("{}: padding value must be 0", describe(n));
             }
         }
@@ -476,21 +597,46 @@ impl<'g> Graph<'g> {
             bail!("{}: Pad with explicit axes is not supported", describe(n));
         }
         // [n0, c0, h0, w0, n1, c1, h1, w1]
-        if pads.len() != 8 || pads.iter().any(|&p| p < 0) || pads[0] != 0 || pads[1] != 0 || pads[4] != 0 || pads[5] != 0 {
-            bail!("{}: pads {:?} (expected spatial zero padding of a 4-D tensor)", describe(n), pads);
+        if pads.len() != 8
+            || pads.iter().any(|&p| p < 0)
+            || pads[0] != 0
+            || pads[1] != 0
+            || pads[4] != 0
+            || pads[5] != 0
+        {
+            bail!(
+                "{}: pads {:?} (expected spatial zero padding of a 4-D tensor)",
+                describe(n),
+                pads
+            );
         }
-        Ok([pads[2] as usize, pads[3] as usize, pads[6] as usize, pads[7] as usize])
+        Ok([
+            pads[2] as usize,
+            pads[3] as usize,
+            pads[6] as usize,
+            pads[7] as usize,
+        ])
     }
 
     fn batchnorm(&self, n: &NodeProto, c: usize) -> Result<BatchNorm> {
         if attr_int(n, "training_mode").unwrap_or(0) != 0 {
-            bail!("{}: BatchNormalization in training mode (export the model in eval mode)", describe(n));
+            bail!(
+                "{}: BatchNormalization in training mode (export the model in eval mode)",
+                describe(n)
+            );
         }
         let get = |i: usize, what: &str| -> Result<Vec<f32>> {
-            let name = n.input.get(i).ok_or_else(|| anyhow!("{}: missing {what}", describe(n)))?;
+            let name = n
+                .input
+                .get(i)
+                .ok_or_else(|| anyhow!("{}: missing {what}", describe(n)))?;
             let t = self.constant(name, what)?;
             if t.data.len() != c {
-                bail!("{}: {what} has {} values for {c} channels", describe(n), t.data.len());
+                bail!(
+                    "{}: {what} has {} values for {c} channels",
+                    describe(n),
+                    t.data.len()
+                );
             }
             let v: Vec<f32> = t.data.iter().map(|&x| x as f32).collect();
             check_finite(&n.name, &v)?;
@@ -514,7 +660,8 @@ impl<'g> Graph<'g> {
         match n.op_type.as_str() {
             "Relu" => return Ok((Activation::Relu, n.output[0].as_str())),
             "Gelu" => {
-                let approx = attr(n, "approximate").map(|a| String::from_utf8_lossy(&a.s).to_string());
+                let approx =
+                    attr(n, "approximate").map(|a| String::from_utf8_lossy(&a.s).to_string());
                 let act = match approx.as_deref() {
                     None | Some("none") | Some("") => Activation::Gelu,
                     Some("tanh") => Activation::GeluTanh,
@@ -523,7 +670,10 @@ impl<'g> Graph<'g> {
                 return Ok((act, n.output[0].as_str()));
             }
             op if ELEMENTWISE.contains(&op) => {}
-            _ => bail!("{}: expected an activation (Relu, Gelu, or the Erf form of GELU)", describe(n)),
+            _ => bail!(
+                "{}: expected an activation (Relu, Gelu, or the Erf form of GELU)",
+                describe(n)
+            ),
         }
         // Grow the element-wise subgraph fed only by `x` and constants.
         let mut inside: Vec<&'g str> = vec![x];
@@ -532,10 +682,14 @@ impl<'g> Graph<'g> {
             let mut grew = false;
             for t in inside.clone() {
                 for u in self.users(t) {
-                    if members.iter().any(|m| std::ptr::eq(*m, u)) || !ELEMENTWISE.contains(&u.op_type.as_str()) {
+                    if members.iter().any(|m| std::ptr::eq(*m, u))
+                        || !ELEMENTWISE.contains(&u.op_type.as_str())
+                    {
                         continue;
                     }
-                    let fed = u.input.iter().all(|i| inside.contains(&i.as_str()) || self.consts.contains_key(i.as_str()));
+                    let fed = u.input.iter().all(|i| {
+                        inside.contains(&i.as_str()) || self.consts.contains_key(i.as_str())
+                    });
                     if fed && members.len() < 16 {
                         members.push(u);
                         inside.push(u.output[0].as_str());
@@ -551,11 +705,19 @@ impl<'g> Graph<'g> {
         let exits: Vec<&'g str> = members
             .iter()
             .map(|m| m.output[0].as_str())
-            .filter(|o| self.users(o).iter().any(|u| !members.iter().any(|m| std::ptr::eq(*m, *u))) || self.outputs.contains(o))
+            .filter(|o| {
+                self.users(o)
+                    .iter()
+                    .any(|u| !members.iter().any(|m| std::ptr::eq(*m, *u)))
+                    || self.outputs.contains(o)
+            })
             .collect();
         let out = match exits.as_slice() {
             [o] => *o,
-            _ => bail!("{}: the element-wise nodes after '{x}' do not form one activation", describe(n)),
+            _ => bail!(
+                "{}: the element-wise nodes after '{x}' do not form one activation",
+                describe(n)
+            ),
         };
         let eval = |v: f64| -> Result<f64> {
             let mut vals: HashMap<&str, f64> = HashMap::from([(x, v)]);
@@ -586,7 +748,10 @@ impl<'g> Graph<'g> {
             Ok(vals.get(out).copied().unwrap_or(f64::NAN))
         };
         let gelu = |v: f64| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
-        let gelu_tanh = |v: f64| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh());
+        let gelu_tanh = |v: f64| {
+            0.5 * v
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
+        };
         let mut is_erf = true;
         let mut is_tanh = true;
         for i in -40..=40 {
@@ -598,7 +763,10 @@ impl<'g> Graph<'g> {
         match (is_erf, is_tanh) {
             (true, _) => Ok((Activation::Gelu, out)),
             (_, true) => Ok((Activation::GeluTanh, out)),
-            _ => bail!("{}: the element-wise subgraph after '{x}' is not GELU", describe(n)),
+            _ => bail!(
+                "{}: the element-wise subgraph after '{x}' is not GELU",
+                describe(n)
+            ),
         }
     }
 
@@ -611,17 +779,32 @@ impl<'g> Graph<'g> {
                 let axes: Vec<i64> = match attr_ints(pool, "axes") {
                     Some(a) => a,
                     None => match pool.input.get(1).filter(|s| !s.is_empty()) {
-                        Some(n) => self.constant(n, "ReduceMean axes")?.data.iter().map(|&v| v as i64).collect(),
+                        Some(n) => self
+                            .constant(n, "ReduceMean axes")?
+                            .data
+                            .iter()
+                            .map(|&v| v as i64)
+                            .collect(),
                         None => vec![],
                     },
                 };
-                let mut a: Vec<i64> = axes.iter().map(|&v| if v < 0 { v + 4 } else { v }).collect();
+                let mut a: Vec<i64> = axes
+                    .iter()
+                    .map(|&v| if v < 0 { v + 4 } else { v })
+                    .collect();
                 a.sort_unstable();
                 if a != [2, 3] {
-                    bail!("{}: ReduceMean over axes {:?} (expected the spatial axes 2 and 3)", describe(pool), axes);
+                    bail!(
+                        "{}: ReduceMean over axes {:?} (expected the spatial axes 2 and 3)",
+                        describe(pool),
+                        axes
+                    );
                 }
             }
-            _ => bail!("{}: expected GlobalAveragePool or ReduceMean after the last block", describe(pool)),
+            _ => bail!(
+                "{}: expected GlobalAveragePool or ReduceMean after the last block",
+                describe(pool)
+            ),
         }
         let mut cur = pool.output[0].as_str();
         let mut n = self.single_user(cur, "the classifier")?;
@@ -645,7 +828,11 @@ impl<'g> Graph<'g> {
                     None => vec![0.0; classes],
                 };
                 if b.len() != classes {
-                    bail!("{}: bias has {} values for {classes} classes", describe(n), b.len());
+                    bail!(
+                        "{}: bias has {} values for {classes} classes",
+                        describe(n),
+                        b.len()
+                    );
                 }
                 let w: Vec<f32> = w.iter().map(|&v| (v * f64::from(alpha)) as f32).collect();
                 let b: Vec<f32> = b.iter().map(|&v| (v * f64::from(beta)) as f32).collect();
@@ -659,10 +846,18 @@ impl<'g> Graph<'g> {
                 let mut b = vec![0.0f32; classes];
                 if let [add] = self.users(out).as_slice() {
                     if add.op_type == "Add" {
-                        let other = add.input.iter().find(|i| i.as_str() != out).map_or("", |s| s.as_str());
+                        let other = add
+                            .input
+                            .iter()
+                            .find(|i| i.as_str() != out)
+                            .map_or("", |s| s.as_str());
                         let t = self.constant(other, "classifier bias")?;
                         if t.data.len() != classes {
-                            bail!("{}: bias has {} values for {classes} classes", describe(add), t.data.len());
+                            bail!(
+                                "{}: bias has {} values for {classes} classes",
+                                describe(add),
+                                t.data.len()
+                            );
                         }
                         b = t.data.iter().map(|&v| v as f32).collect();
                         out = add.output[0].as_str();
@@ -684,13 +879,21 @@ impl<'g> Graph<'g> {
 /// Classifier weights as `[classes][dim]`.
 fn linear_weight(t: &Tensor, trans_b: bool, dim: usize, n: &NodeProto) -> Result<Vec<f64>> {
     let [r, c] = t.dims.as_slice() else {
-        bail!("{}: weight has rank {} (expected 2)", describe(n), t.dims.len());
+        bail!(
+            "{}: weight has rank {} (expected 2)",
+            describe(n),
+            t.dims.len()
+        );
     };
     // Gemm transB=1 and torch Linear store [classes][dim]; MatMul stores [dim][classes].
     let (classes, rows_are_classes) = if trans_b { (*r, true) } else { (*c, false) };
     let inner = if trans_b { *c } else { *r };
     if inner != dim {
-        bail!("{}: weight {:?} does not take {dim} features", describe(n), t.dims);
+        bail!(
+            "{}: weight {:?} does not take {dim} features",
+            describe(n),
+            t.dims
+        );
     }
     if rows_are_classes {
         return Ok(t.data.clone());
@@ -718,16 +921,27 @@ fn check_block(dw: &ConvUnit, pw: &ConvUnit, dim: usize) -> Result<()> {
     }
     let [t, l, b, r] = dw.pads;
     if t + b != k - 1 || l + r != k - 1 {
-        bail!("{}: padding {:?} is not 'same' for kernel {k}", dw.name, dw.pads);
+        bail!(
+            "{}: padding {:?} is not 'same' for kernel {k}",
+            dw.name,
+            dw.pads
+        );
     }
     if t != (k - 1) / 2 || l != (k - 1) / 2 {
         bail!("{}: padding {:?} puts the extra row first; expected PyTorch's 'same' ({} before, {} after)", dw.name, dw.pads, (k - 1) / 2, k / 2);
     }
     if dw.stride != 1 || pw.stride != 1 {
-        bail!("{}: depthwise and pointwise Convs must have stride 1", dw.name);
+        bail!(
+            "{}: depthwise and pointwise Convs must have stride 1",
+            dw.name
+        );
     }
     if pw.shape != [dim, dim, 1, 1] {
-        bail!("{}: expected a pointwise Conv [{dim}, {dim}, 1, 1], found {:?}", pw.name, pw.shape);
+        bail!(
+            "{}: expected a pointwise Conv [{dim}, {dim}, 1, 1], found {:?}",
+            pw.name,
+            pw.shape
+        );
     }
     Ok(())
 }

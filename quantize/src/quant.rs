@@ -19,24 +19,37 @@ use crate::fold::{Folded, Layer};
 
 /// Writes `f` as a blob. `stats` (one per conv layer) is required for int8. `labels` is
 /// empty or one per class.
-pub fn lower(f: &Folded, precision: Precision, stats: Option<&[LayerStats]>, labels: &[String]) -> Result<Vec<u8>> {
+pub fn lower(
+    f: &Folded,
+    precision: Precision,
+    stats: Option<&[LayerStats]>,
+    labels: &[String],
+) -> Result<Vec<u8>> {
     let h = header(f, precision)?;
     let mut w = Writer::new(h);
     let norm: Vec<f32> = f.mean.iter().chain(&f.std).copied().collect();
     w.push(SectionKind::Norm, 0, f32_bytes(&norm))?;
     if !labels.is_empty() && labels.len() != f.classes() {
-        bail!("{} labels given for a model with {} classes", labels.len(), f.classes());
+        bail!(
+            "{} labels given for a model with {} classes",
+            labels.len(),
+            f.classes()
+        );
     }
     if let Some(l) = labels.iter().find(|l| l.contains('\n') || l.is_empty()) {
         bail!("label {l:?} is empty or contains a newline");
     }
     w.push(SectionKind::Labels, 0, labels.join("\n").into_bytes())?;
-    let layers: Vec<&Layer> = std::iter::once(&f.embed).chain(f.blocks.iter().flat_map(|(a, b)| [a, b])).collect();
+    let layers: Vec<&Layer> = std::iter::once(&f.embed)
+        .chain(f.blocks.iter().flat_map(|(a, b)| [a, b]))
+        .collect();
     match precision {
         Precision::F32 | Precision::F16 => {
             let wb = |v: &[f32]| -> Vec<u8> {
                 if precision == Precision::F16 {
-                    v.iter().flat_map(|x| f16::from_f32(*x).to_bits().to_le_bytes()).collect()
+                    v.iter()
+                        .flat_map(|x| f16::from_f32(*x).to_bits().to_le_bytes())
+                        .collect()
                 } else {
                     f32_bytes(v)
                 }
@@ -44,14 +57,20 @@ pub fn lower(f: &Folded, precision: Precision, stats: Option<&[LayerStats]>, lab
             for (i, l) in layers.iter().enumerate() {
                 w.push(SectionKind::Weights, i, wb(&l.w))?;
                 w.push(SectionKind::Bias, i, f32_bytes(&l.b))?;
-                w.push(SectionKind::Affine, i, f32_bytes(&[l.scale.clone(), l.shift.clone()].concat()))?;
+                w.push(
+                    SectionKind::Affine,
+                    i,
+                    f32_bytes(&[l.scale.clone(), l.shift.clone()].concat()),
+                )?;
             }
             let hl = layers.len();
             w.push(SectionKind::Weights, hl, wb(&f.head_w))?;
             w.push(SectionKind::Bias, hl, f32_bytes(&f.head_b))?;
         }
         Precision::Int8 => {
-            let Some(stats) = stats else { bail!("int8 needs calibration data (--calib)") };
+            let Some(stats) = stats else {
+                bail!("int8 needs calibration data (--calib)")
+            };
             lower_int8(f, &h, &layers, stats, &mut w)?;
         }
     }
@@ -59,11 +78,19 @@ pub fn lower(f: &Folded, precision: Precision, stats: Option<&[LayerStats]>, lab
 }
 
 fn header(f: &Folded, precision: Precision) -> Result<Header> {
-    let u16_of = |v: usize, what: &str| u16::try_from(v).map_err(|_| anyhow::anyhow!("{what} {v} is too large for the blob format"));
-    let u8_of = |v: usize, what: &str| u8::try_from(v).map_err(|_| anyhow::anyhow!("{what} {v} is too large for the blob format"));
+    let u16_of = |v: usize, what: &str| {
+        u16::try_from(v).map_err(|_| anyhow::anyhow!("{what} {v} is too large for the blob format"))
+    };
+    let u8_of = |v: usize, what: &str| {
+        u8::try_from(v).map_err(|_| anyhow::anyhow!("{what} {v} is too large for the blob format"))
+    };
     let k = f.kernel.max(1);
     let dim = u16_of(f.dim, "dim")?;
-    let gap_frac_bits = if precision == Precision::Int8 { gap_frac_bits(f.dim) } else { 0 };
+    let gap_frac_bits = if precision == Precision::Int8 {
+        gap_frac_bits(f.dim)
+    } else {
+        0
+    };
     Ok(Header {
         precision,
         activation: f.act,
@@ -86,7 +113,7 @@ fn header(f: &Folded, precision: Precision) -> Result<Header> {
 pub fn gap_frac_bits(dim: usize) -> u8 {
     (0..=8u8)
         .rev()
-        .find(|&f| 127u64 * 255 * (1u64 << f) * dim as u64 <= 1u64 << 31)
+        .find(|&f| 127u64 * 255 * (1u64 << f) * (dim as u64) < 1u64 << 31)
         .unwrap_or(0)
 }
 
@@ -130,31 +157,53 @@ fn post_params(ms: f64, bs: f64, rs: f64) -> (i32, i32, i32, i32) {
             && (bs * p).abs().round() <= f64::from(limits::B_POST_MAX)
             && (rs * p).abs().round() <= f64::from(limits::M_RES_MAX)
     };
-    let sh = (0..=limits::SH_POST_MAX).rev().find(|&s| fits(s)).unwrap_or(0);
+    let sh = (0..=limits::SH_POST_MAX)
+        .rev()
+        .find(|&s| fits(s))
+        .unwrap_or(0);
     let p = 2f64.powi(sh);
     let c = |v: f64, lim: i32| (v * p).round().clamp(-f64::from(lim), f64::from(lim)) as i32;
-    (c(ms, limits::M_POST_MAX), c(bs, limits::B_POST_MAX), sh, c(rs, limits::M_RES_MAX))
+    (
+        c(ms, limits::M_POST_MAX),
+        c(bs, limits::B_POST_MAX),
+        sh,
+        c(rs, limits::M_RES_MAX),
+    )
 }
 
 fn gelu(act: Activation, z: f64) -> f64 {
     match act {
         Activation::GeluTanh => {
-            0.5 * z * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (z + 0.044715 * z * z * z)).tanh())
+            0.5 * z
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (z + 0.044715 * z * z * z)).tanh())
         }
         _ => 0.5 * z * (1.0 + libm::erf(z / std::f64::consts::SQRT_2)),
     }
 }
 
-fn lower_int8(f: &Folded, h: &Header, layers: &[&Layer], stats: &[LayerStats], w: &mut Writer) -> Result<()> {
+fn lower_int8(
+    f: &Folded,
+    h: &Header,
+    layers: &[&Layer],
+    stats: &[LayerStats],
+    w: &mut Writer,
+) -> Result<()> {
     if stats.len() != layers.len() {
-        bail!("internal: {} calibration records for {} layers", stats.len(), layers.len());
+        bail!(
+            "internal: {} calibration records for {} layers",
+            stats.len(),
+            layers.len()
+        );
     }
     let dim = f.dim;
     // Output quantisation of every layer.
-    let outq: Vec<(f64, i32)> = stats.iter().map(|s| {
-        let (lo, hi) = s.out.with_zero();
-        asym(lo, hi)
-    }).collect();
+    let outq: Vec<(f64, i32)> = stats
+        .iter()
+        .map(|s| {
+            let (lo, hi) = s.out.with_zero();
+            asym(lo, hi)
+        })
+        .collect();
     for (li, l) in layers.iter().enumerate() {
         let taps = h.taps(li);
         // Input quantisation: raw pixels for the embedding, else the previous layer's output.
@@ -162,14 +211,24 @@ fn lower_int8(f: &Folded, h: &Header, layers: &[&Layer], stats: &[LayerStats], w
         let (s_out, zp_out) = outq[li];
         let depthwise = li % 2 == 1;
         // Per-output-channel symmetric weights.
-        let w_at = |o: usize, t: usize| if depthwise { l.w[t * dim + o] } else { l.w[o * taps + t] };
+        let w_at = |o: usize, t: usize| {
+            if depthwise {
+                l.w[t * dim + o]
+            } else {
+                l.w[o * taps + t]
+            }
+        };
         let mut wq = vec![0i8; l.w.len()];
         let mut s_w = vec![0f64; dim];
         for o in 0..dim {
-            let max = (0..taps).map(|t| f64::from(w_at(o, t)).abs()).fold(0.0, f64::max);
+            let max = (0..taps)
+                .map(|t| f64::from(w_at(o, t)).abs())
+                .fold(0.0, f64::max);
             s_w[o] = if max > 0.0 { max / 127.0 } else { 1.0 };
             for t in 0..taps {
-                let q = (f64::from(w_at(o, t)) / s_w[o]).round().clamp(-127.0, 127.0) as i8;
+                let q = (f64::from(w_at(o, t)) / s_w[o])
+                    .round()
+                    .clamp(-127.0, 127.0) as i8;
                 if depthwise {
                     wq[t * dim + o] = q;
                 } else {
@@ -186,10 +245,15 @@ fn lower_int8(f: &Folded, h: &Header, layers: &[&Layer], stats: &[LayerStats], w
             act => {
                 let (lo, hi) = stats[li].pre.with_zero();
                 let (s_z, zp_z) = asym(lo, hi);
-                let g: Vec<f64> = (0..256).map(|i| gelu(act, s_z * f64::from(i - 128 - zp_z))).collect();
+                let g: Vec<f64> = (0..256)
+                    .map(|i| gelu(act, s_z * f64::from(i - 128 - zp_z)))
+                    .collect();
                 let max = g.iter().fold(0f64, |m, v| m.max(v.abs()));
                 let s_a = if max > 0.0 { max / 32767.0 } else { 1.0 };
-                let t: Vec<u8> = g.iter().flat_map(|v| ((v / s_a).round() as i16).to_le_bytes()).collect();
+                let t: Vec<u8> = g
+                    .iter()
+                    .flat_map(|v| ((v / s_a).round() as i16).to_le_bytes())
+                    .collect();
                 (s_z, zp_z, t, s_a)
             }
         };
@@ -198,7 +262,16 @@ fn lower_int8(f: &Folded, h: &Header, layers: &[&Layer], stats: &[LayerStats], w
         for o in 0..dim {
             let acc_scale = s_in * s_w[o];
             let bq = (f64::from(l.b[o]) / acc_scale).round();
-            let sum_abs: i64 = (0..taps).map(|t| i64::from(if depthwise { wq[t * dim + o] } else { wq[o * taps + t] }).abs()).sum();
+            let sum_abs: i64 = (0..taps)
+                .map(|t| {
+                    i64::from(if depthwise {
+                        wq[t * dim + o]
+                    } else {
+                        wq[o * taps + t]
+                    })
+                    .abs()
+                })
+                .sum();
             if bq.abs() + 255.0 * sum_abs as f64 >= 2f64.powi(31) {
                 bail!("layer {li} channel {o}: the int32 accumulator could overflow (bias {bq}, Σ|w| = {sum_abs})");
             }
@@ -211,10 +284,18 @@ fn lower_int8(f: &Folded, h: &Header, layers: &[&Layer], stats: &[LayerStats], w
             let (m_post, b_post, sh_post, m_res) = post_params(ms, bs, rs);
             rq.extend_from_slice(&[m_pre, sh_pre, m_post, b_post, sh_post, m_res]);
         }
-        w.push(SectionKind::Weights, li, wq.iter().map(|&v| v as u8).collect())?;
+        w.push(
+            SectionKind::Weights,
+            li,
+            wq.iter().map(|&v| v as u8).collect(),
+        )?;
         w.push(SectionKind::Bias, li, i32_bytes(&bias))?;
         w.push(SectionKind::Requant, li, i32_bytes(&rq))?;
-        w.push(SectionKind::QParams, li, i32_bytes(&[zp_in, zp_z, zp_out, 0]))?;
+        w.push(
+            SectionKind::QParams,
+            li,
+            i32_bytes(&[zp_in, zp_z, zp_out, 0]),
+        )?;
         w.push(SectionKind::Table, li, table)?;
     }
     // Head: average pool to `f` fraction bits, per-class symmetric weights.

@@ -31,14 +31,22 @@ impl TractModel {
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(|e| anyhow!("tract cannot run {}: {e:#}", path.display()))?;
-        Ok(TractModel { plan, shape: [1, c, h, w] })
+        Ok(TractModel {
+            plan,
+            shape: [1, c, h, w],
+        })
     }
 
     /// Logits for one NCHW f32 image.
     pub fn run(&self, nchw: &[f32]) -> Result<Vec<f32>> {
         let input = Tensor::from_shape(&self.shape, nchw).context("input shape")?;
-        let out = self.plan.run(tvec!(input.into())).map_err(|e| anyhow!("tract run failed: {e:#}"))?;
-        let v = out[0].to_plain_array_view::<f32>().map_err(|e| anyhow!("{e}"))?;
+        let out = self
+            .plan
+            .run(tvec!(input.into()))
+            .map_err(|e| anyhow!("tract run failed: {e:#}"))?;
+        let v = out[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| anyhow!("{e}"))?;
         Ok(v.iter().copied().collect())
     }
 
@@ -51,12 +59,19 @@ impl TractModel {
 /// HWC `u8` → NCHW f32 `(p/255 − mean_c)/std_c` (mean/std: one value per channel, or one
 /// for all; empty means 0 and 1).
 pub fn normalise(hwc: &[u8], c: usize, mean: &[f32], std: &[f32]) -> Vec<f32> {
-    let pick = |v: &[f32], i: usize, d: f32| if v.is_empty() { d } else { v[i.min(v.len() - 1)] };
+    let pick = |v: &[f32], i: usize, d: f32| {
+        if v.is_empty() {
+            d
+        } else {
+            v[i.min(v.len() - 1)]
+        }
+    };
     let hw = hwc.len() / c;
     let mut out = vec![0f32; hwc.len()];
     for i in 0..hw {
         for ch in 0..c {
-            out[ch * hw + i] = (f32::from(hwc[i * c + ch]) / 255.0 - pick(mean, ch, 0.0)) / pick(std, ch, 1.0);
+            out[ch * hw + i] =
+                (f32::from(hwc[i * c + ch]) / 255.0 - pick(mean, ch, 0.0)) / pick(std, ch, 1.0);
         }
     }
     out

@@ -280,7 +280,14 @@ impl QuantLayer<'_> {
     #[inline]
     pub fn requant(&self, o: usize) -> Requant {
         let r = |k| self.requant.at(6 * o + k);
-        Requant { m_pre: r(0), sh_pre: r(1), m_post: r(2), b_post: r(3), sh_post: r(4), m_res: r(5) }
+        Requant {
+            m_pre: r(0),
+            sh_pre: r(1),
+            m_post: r(2),
+            b_post: r(3),
+            sh_post: r(4),
+            m_res: r(5),
+        }
     }
 }
 
@@ -310,7 +317,14 @@ pub fn epilogue_i8(acc: i32, res: i32, r: &Requant, l: &QuantLayer<'_>, act: Act
 }
 
 /// int8 patch embedding on raw pixels (zero point 0).
-pub fn embed_i8(px: &[u8], g: EmbedGeom, dim: usize, l: &QuantLayer<'_>, act: Activation, out: &mut [i8]) {
+pub fn embed_i8(
+    px: &[u8],
+    g: EmbedGeom,
+    dim: usize,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
     let (p, c) = (g.patch, g.in_c);
     let wt = (g.in_w - p) / p + 1;
     let ht = (g.in_h - p) / p + 1;
@@ -364,7 +378,14 @@ pub fn dw_i8(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, out: &mut [
 }
 
 /// int8 pointwise 1×1 conv (a GEMM over tokens × channels).
-pub fn pw_i8(x: &[i8], tokens: usize, dim: usize, l: &QuantLayer<'_>, act: Activation, out: &mut [i8]) {
+pub fn pw_i8(
+    x: &[i8],
+    tokens: usize,
+    dim: usize,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
     for t in 0..tokens {
         let row = &x[t * dim..(t + 1) * dim];
         for o in 0..dim {
@@ -406,7 +427,11 @@ pub fn head_i8(
     }
     for (c, out) in logits.iter_mut().enumerate() {
         let wc = &w[c * dim..(c + 1) * dim];
-        let acc: i32 = wc.iter().zip(mean.iter()).map(|(a, b)| i32::from(*a) * *b).sum();
+        let acc: i32 = wc
+            .iter()
+            .zip(mean.iter())
+            .map(|(a, b)| i32::from(*a) * *b)
+            .sum();
         *out = scale.at(c) * acc as f32 + bias.at(c);
     }
 }
