@@ -30,7 +30,6 @@ fn logits(m: &Model, px: &[u8]) -> Vec<f32> {
 
 struct Sample {
     index: usize,
-    label: usize,
     torch: Vec<f32>,
     int8_bits: Vec<u32>,
 }
@@ -50,7 +49,6 @@ fn expected() -> (f64, Vec<Sample>) {
         .iter()
         .map(|s| Sample {
             index: s["idx_position"].as_u64().expect("index") as usize,
-            label: s["label"].as_u64().expect("label") as usize,
             torch: nums(&s["torch_logits"])
                 .into_iter()
                 .map(|v| v as f32)

@@ -297,6 +297,9 @@ fn argmax(v: &[f32]) -> usize {
     best
 }
 
+/// Top-1 class of one HWC `u8` image.
+type Predictor<'a> = Box<dyn FnMut(&[u8]) -> Result<usize> + 'a>;
+
 fn eval(model: &Path, dir: &Path, json: bool, prep: &Prep) -> Result<()> {
     let bytes = load_blob(model)?;
     let is_blob = bytes.starts_with(b"CMXB");
@@ -307,7 +310,7 @@ fn eval(model: &Path, dir: &Path, json: bool, prep: &Prep) -> Result<()> {
         usize,
         Vec<String>,
         String,
-        Box<dyn FnMut(&[u8]) -> Result<usize> + '_>,
+        Predictor<'_>,
     );
     if is_blob {
         if !prep.mean.is_empty() || !prep.std.is_empty() || prep.labels.is_some() {

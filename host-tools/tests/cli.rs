@@ -128,7 +128,7 @@ fn quantize_then_classify_and_eval() {
             .map(|t| t["score"].as_f64().expect("score"))
             .collect();
         assert!(p.windows(2).all(|w| w[0] >= w[1]) && p[0] <= 1.0, "{p:?}");
-        right += usize::from(top[0]["label"] == d.to_string());
+        right += usize::from(top[0]["label"].as_str() == Some(d.to_string().as_str()));
     }
     assert!(right >= 9, "{right}/10 first digits right");
 

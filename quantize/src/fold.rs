@@ -162,7 +162,9 @@ pub fn fold(m: &Imported, mean: &[f32], std: &[f32]) -> Result<Folded> {
             }
         }
     }
-    let mut layers: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> = Vec::new();
+    // (weights, bias, post scale, post shift) per conv layer, in f64.
+    type F64Layer = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut layers: Vec<F64Layer> = Vec::new();
     let (s, t) = post(&m.embed);
     layers.push((ew, b, s, t));
     for (dw, pw) in &m.blocks {

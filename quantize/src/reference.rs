@@ -52,7 +52,7 @@ impl TractModel {
 
     /// Logits for raw HWC `u8` pixels normalised as `(p/255 − mean_c)/std_c`.
     pub fn run_pixels(&self, hwc: &[u8], mean: &[f32], std: &[f32]) -> Result<Vec<f32>> {
-        Ok(self.run(&normalise(hwc, self.shape[1], mean, std))?)
+        self.run(&normalise(hwc, self.shape[1], mean, std))
     }
 }
 
