@@ -8,12 +8,13 @@
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 
+use crate::kernels::{pw_index, pw_packed_len};
 use crate::{Activation, Error, Precision};
 
 /// `CMXB`: the first four bytes of every blob.
 pub const MAGIC: [u8; 4] = *b"CMXB";
 /// The format version this reader understands.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Length of the fixed header in bytes.
 pub const HEADER_LEN: usize = 64;
 /// Length of one table-of-contents entry in bytes.
@@ -226,6 +227,7 @@ pub fn section_at(h: &Header, index: usize) -> Option<(SectionKind, u16, Option<
         let l16 = layer as u16;
         let taps = h.taps(layer);
         let s = match (int8, slot) {
+            (true, 0) if layer > 0 && layer % 2 == 0 => (Weights, l16, Some(pw_packed_len(dim))),
             (_, 0) => (Weights, l16, Some(dim * taps * wbytes)),
             (_, 1) => (Bias, l16, Some(dim * 4)),
             (false, 2) => (Affine, l16, Some(dim * 8)),
@@ -482,8 +484,28 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
         let bias = b.section(SectionKind::Bias, layer);
         let rq = b.section(SectionKind::Requant, layer);
         let taps = h.taps(layer);
-        let x_range: i64 = 255;
-        for o in 0..usize::from(h.dim) {
+        let dim = usize::from(h.dim);
+        // Weights are symmetric: −128 never occurs (the SIMD kernels sum two products in
+        // i16, safe only for |w| ≤ 127).
+        if w.iter().any(|&v| v == 0x80) {
+            return Err(Error::Malformed("int8 weight −128"));
+        }
+        let pointwise = layer > 0 && layer % 2 == 0;
+        if pointwise {
+            // Packing padding must be zero.
+            let real: usize = (0..dim)
+                .map(|o| (0..dim).filter(|&i| w[pw_index(o, i, dim)] != 0).count())
+                .sum();
+            let all = w.iter().filter(|&&v| v != 0).count();
+            if real != all {
+                return Err(Error::Malformed(
+                    "non-zero padding in packed pointwise weights",
+                ));
+            }
+        }
+        // Inputs: raw u8 pixels for the embedding, int8 (−128..=127) elsewhere.
+        let x_range: i64 = if layer == 0 { 255 } else { 128 };
+        for o in 0..dim {
             let r = |k: usize| LE::read_i32(&rq[24 * o + 4 * k..]);
             let (m_pre, sh_pre, m_post, b_post, sh_post, m_res) =
                 (r(0), r(1), r(2), r(3), r(4), r(5));
@@ -498,16 +520,14 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
             if !ok {
                 return Err(Error::Malformed("requantisation parameter out of range"));
             }
-            // Accumulator bound: |bias| + range · Σ|w| < 2^31.
+            // Accumulator bound: every partial sum of bias + Σ w·x stays below
+            // |bias| + range · Σ|w| < 2^31, whatever the summation order.
+            let wabs = |v: u8| i64::from((v as i8).unsigned_abs());
             let sum_abs: i64 = match layer {
+                0 => w[o * taps..(o + 1) * taps].iter().map(|&v| wabs(v)).sum(),
                 // Depthwise weights are tap-major: channel o at every `dim`-th byte.
-                l if l % 2 == 1 => (0..taps)
-                    .map(|t| i64::from((w[t * usize::from(h.dim) + o] as i8).unsigned_abs()))
-                    .sum(),
-                _ => w[o * taps..(o + 1) * taps]
-                    .iter()
-                    .map(|&v| i64::from((v as i8).unsigned_abs()))
-                    .sum(),
+                l if l % 2 == 1 => (0..taps).map(|t| wabs(w[t * dim + o])).sum(),
+                _ => (0..dim).map(|i| wabs(w[pw_index(o, i, dim)])).sum(),
             };
             let bound = i64::from(LE::read_i32(&bias[4 * o..]).unsigned_abs()) + x_range * sum_abs;
             if bound >= 1i64 << 31 {

@@ -104,8 +104,8 @@ fn header_fields_are_checked_even_with_a_valid_crc() {
     };
     assert_eq!(with(0, b"CMXC"), Some(Error::BadMagic));
     assert_eq!(
-        with(4, &2u16.to_le_bytes()),
-        Some(Error::UnsupportedVersion(2))
+        with(4, &1u16.to_le_bytes()),
+        Some(Error::UnsupportedVersion(1))
     );
     assert_eq!(with(8, &[9]), Some(Error::UnsupportedPrecision(9)));
     assert!(

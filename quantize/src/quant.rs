@@ -10,6 +10,7 @@
 
 use anyhow::{bail, Result};
 use convmixer_edge::blob::{limits, Header, SectionKind};
+use convmixer_edge::kernels::{pw_index, pw_packed_len};
 use convmixer_edge::{Activation, Precision};
 use half::f16;
 
@@ -272,7 +273,20 @@ fn lower_int8(
                     .abs()
                 })
                 .sum();
-            if bq.abs() + 255.0 * sum_abs as f64 >= 2f64.powi(31) {
+            // The stored bias absorbs the input zero point: bias′ = bias − zp_in·Σw, so
+            // the kernels multiply raw int8 inputs (docs/blob-format.md).
+            let sum_w: i64 = (0..taps)
+                .map(|t| {
+                    i64::from(if depthwise {
+                        wq[t * dim + o]
+                    } else {
+                        wq[o * taps + t]
+                    })
+                })
+                .sum();
+            let bq = bq - f64::from(zp_in) * sum_w as f64;
+            let x_range = if li == 0 { 255.0 } else { 128.0 };
+            if bq.abs() + x_range * sum_abs as f64 >= 2f64.powi(31) {
                 bail!("layer {li} channel {o}: the int32 accumulator could overflow (bias {bq}, Σ|w| = {sum_abs})");
             }
             bias[o] = bq as i32;
@@ -284,11 +298,19 @@ fn lower_int8(
             let (m_post, b_post, sh_post, m_res) = post_params(ms, bs, rs);
             rq.extend_from_slice(&[m_pre, sh_pre, m_post, b_post, sh_post, m_res]);
         }
-        w.push(
-            SectionKind::Weights,
-            li,
-            wq.iter().map(|&v| v as u8).collect(),
-        )?;
+        let bytes = if li > 0 && !depthwise {
+            // Pointwise weights go into the blob packed for the SIMD kernels.
+            let mut packed = vec![0u8; pw_packed_len(dim)];
+            for o in 0..dim {
+                for i in 0..dim {
+                    packed[pw_index(o, i, dim)] = wq[o * dim + i] as u8;
+                }
+            }
+            packed
+        } else {
+            wq.iter().map(|&v| v as u8).collect()
+        };
+        w.push(SectionKind::Weights, li, bytes)?;
         w.push(SectionKind::Bias, li, i32_bytes(&bias))?;
         w.push(SectionKind::Requant, li, i32_bytes(&rq))?;
         w.push(

@@ -4,6 +4,38 @@
 
 pub mod reference;
 
+/// Output channels per packed block of int8 pointwise weights.
+pub const PW_NR: usize = 16;
+/// Input channels per packed group of int8 pointwise weights (one `SDOT` lane).
+pub const PW_KR: usize = 4;
+
+/// Bytes of packed int8 pointwise weights for `dim` channels: both dimensions are padded
+/// (outputs to [`PW_NR`], inputs to [`PW_KR`]) with zero weights.
+///
+/// ```
+/// assert_eq!(convmixer_edge::kernels::pw_packed_len(48), 48 * 48);
+/// assert_eq!(convmixer_edge::kernels::pw_packed_len(10), 16 * 12);
+/// ```
+pub const fn pw_packed_len(dim: usize) -> usize {
+    dim.div_ceil(PW_NR) * PW_NR * (dim.div_ceil(PW_KR) * PW_KR)
+}
+
+/// Byte index of weight `(out o, in i)` in packed int8 pointwise weights: layout
+/// `[o / 16][i / 4][o % 16][i % 4]` — each 16-byte row holds 4 outputs × 4 inputs, what an
+/// `SDOT` by element consumes (and `SMULL`/`SMLAL` pairs, two outputs per 8 bytes).
+///
+/// ```
+/// use convmixer_edge::kernels::pw_index;
+/// assert_eq!((pw_index(0, 0, 48), pw_index(0, 3, 48), pw_index(1, 0, 48)), (0, 3, 4));
+/// assert_eq!(pw_index(0, 4, 48), 64);
+/// assert_eq!(pw_index(16, 0, 48), 16 * 48);
+/// ```
+#[inline]
+pub const fn pw_index(o: usize, i: usize, dim: usize) -> usize {
+    let kp = dim.div_ceil(PW_KR) * PW_KR;
+    (o / PW_NR) * PW_NR * kp + (i / PW_KR) * PW_NR * PW_KR + (o % PW_NR) * PW_KR + i % PW_KR
+}
+
 /// Geometry of the token grid a mixer layer works on.
 ///
 /// ```

@@ -347,8 +347,9 @@ pub fn embed_i8(
     }
 }
 
-/// int8 depthwise 'same' conv with the residual add fused into the epilogue. Padding is
-/// `zp_in`, i.e. a term of zero.
+/// int8 depthwise 'same' conv with the residual add fused into the epilogue:
+/// `acc = bias′ + Σ w·x` over the k×k window, where a padded position reads `x = zp_in`
+/// (the quantised 0.0; `bias′` already holds `−zp_in·Σ w`, so padding adds exactly zero).
 pub fn dw_i8(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, out: &mut [i8]) {
     let (k, d) = (g.kernel, g.dim);
     for ty in 0..g.ht {
@@ -358,15 +359,13 @@ pub fn dw_i8(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, out: &mut [
                 let mut acc = l.bias.at(c);
                 for ky in 0..k {
                     let y = (ty + ky).wrapping_sub(g.pad_top);
-                    if y >= g.ht {
-                        continue;
-                    }
                     for kx in 0..k {
                         let xx = (tx + kx).wrapping_sub(g.pad_left);
-                        if xx >= g.wt {
-                            continue;
-                        }
-                        let v = i32::from(x[(y * g.wt + xx) * d + c]) - l.zp_in;
+                        let v = if y < g.ht && xx < g.wt {
+                            i32::from(x[(y * g.wt + xx) * d + c])
+                        } else {
+                            l.zp_in
+                        };
                         acc += i32::from(l.w[(ky * k + kx) * d + c]) * v;
                     }
                 }
@@ -377,7 +376,8 @@ pub fn dw_i8(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, out: &mut [
     }
 }
 
-/// int8 pointwise 1×1 conv (a GEMM over tokens × channels).
+/// int8 pointwise 1×1 conv (a GEMM over tokens × channels): `acc = bias′ + Σ_i w_oi·x_i`
+/// with the weights packed as [`super::pw_index`] says.
 pub fn pw_i8(
     x: &[i8],
     tokens: usize,
@@ -389,10 +389,9 @@ pub fn pw_i8(
     for t in 0..tokens {
         let row = &x[t * dim..(t + 1) * dim];
         for o in 0..dim {
-            let w = &l.w[o * dim..(o + 1) * dim];
             let mut acc = l.bias.at(o);
-            for (wv, xv) in w.iter().zip(row) {
-                acc += i32::from(*wv) * (i32::from(*xv) - l.zp_in);
+            for (i, xv) in row.iter().enumerate() {
+                acc += i32::from(l.w[super::pw_index(o, i, dim)]) * i32::from(*xv);
             }
             out[t * dim + o] = epilogue_i8(acc, 0, &l.requant(o), l, act);
         }
