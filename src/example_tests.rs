@@ -144,6 +144,28 @@ fn int8_logits_are_bit_exact_and_classify_agrees() {
 }
 
 #[test]
+fn every_available_isa_gives_the_same_int8_logits() {
+    use crate::kernels::Isa;
+    let (_, samples) = expected();
+    let mut levels = 0;
+    for isa in [Isa::Scalar, Isa::Neon, Isa::NeonDot] {
+        let Ok(m) = Model::from_bytes(INT8).expect("blob").with_isa(isa) else {
+            continue;
+        };
+        levels += 1;
+        for s in &samples {
+            let got: Vec<u32> = logits(&m, image(s.index))
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            assert_eq!(got, s.int8_bits, "{isa:?}, sample {}", s.index);
+        }
+    }
+    let want = if cfg!(target_arch = "aarch64") { 2 } else { 1 };
+    assert!(levels >= want, "{levels} kernel levels ran");
+}
+
+#[test]
 fn int8_accuracy_on_held_out_digits() {
     // Every 4th held-out digit (499 of 1,996) keeps the qemu run short; the full set is
     // measured on the host by tests/mnist_accuracy.rs.

@@ -24,7 +24,8 @@
 //! # Ok::<(), convmixer_edge::Error>(())
 //! ```
 #![no_std]
-#![forbid(unsafe_code)]
+// `unsafe` only in the SIMD kernels and CPU feature detection (`kernels::neon`, `kernels::cpu`).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 #[cfg(test)]
@@ -98,6 +99,8 @@ pub enum Error {
         /// Bytes given.
         got: usize,
     },
+    /// [`Model::with_isa`] asked for kernels this CPU cannot run.
+    IsaUnavailable,
     /// The logits buffer does not have one slot per class.
     OutputSize {
         /// Number of classes.
@@ -128,6 +131,9 @@ impl core::fmt::Display for Error {
             }
             Error::ArenaTooSmall { needed, got } => {
                 write!(f, "arena has {got} bytes, the model needs {needed}")
+            }
+            Error::IsaUnavailable => {
+                write!(f, "the requested kernels need CPU features this CPU lacks")
             }
             Error::OutputSize { expected, got } => write!(
                 f,

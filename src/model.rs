@@ -1,7 +1,9 @@
 //! [`Model`]: a validated blob plus the inference driver.
 
 use crate::blob::{self, Blob, Header, SectionKind};
-use crate::kernels::{reference as k, EmbedGeom, Grid};
+#[cfg(target_arch = "aarch64")]
+use crate::kernels::neon;
+use crate::kernels::{reference as k, EmbedGeom, Grid, Isa};
 use crate::le::{F16Le, F32Le, FloatWeights, I16Le, I32Le};
 use crate::{Error, Precision};
 
@@ -18,6 +20,7 @@ use crate::{Error, Precision};
 #[derive(Clone, Copy, Debug)]
 pub struct Model<'a> {
     blob: Blob<'a>,
+    isa: Isa,
 }
 
 /// Where each buffer lives inside the arena (byte offsets from the aligned start).
@@ -45,7 +48,30 @@ impl<'a> Model<'a> {
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, Error> {
         Ok(Model {
             blob: blob::parse(bytes)?,
+            isa: Isa::detect(),
         })
+    }
+
+    /// The same model running the int8 layers with the kernels of `isa` instead of the
+    /// detected best ([`Isa::detect`]); every level gives bit-identical results.
+    ///
+    /// ```
+    /// use convmixer_edge::{kernels::Isa, Error, Model};
+    /// # fn demo(m: Model) -> Result<(), Error> {
+    /// let scalar = m.with_isa(Isa::Scalar)?;
+    /// assert_eq!(scalar.isa(), Isa::Scalar);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_isa(self, isa: Isa) -> Result<Self, Error> {
+        if !isa.available() {
+            return Err(Error::IsaUnavailable);
+        }
+        Ok(Model { isa, ..self })
+    }
+
+    /// The kernel family in use.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     /// The header: shapes, precision, activation.
@@ -284,8 +310,23 @@ impl<'a> Model<'a> {
         let (eg, g) = self.geometry();
         k::embed_i8(px, eg, g.dim, &self.quant_layer(0), act, a);
         for i in 0..usize::from(h.depth) {
-            k::dw_i8(a, g, &self.quant_layer(1 + 2 * i), act, b);
-            k::pw_i8(b, g.tokens(), g.dim, &self.quant_layer(2 + 2 * i), act, a);
+            let (dw, pw) = (self.quant_layer(1 + 2 * i), self.quant_layer(2 + 2 * i));
+            match self.isa {
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon => {
+                    neon::dw_i8_neon_c16(a, g, &dw, act, b);
+                    neon::pw_i8_neon_smlal_2x16c4(b, g.tokens(), g.dim, &pw, act, a);
+                }
+                #[cfg(target_arch = "aarch64")]
+                Isa::NeonDot => {
+                    neon::dw_i8_neon_c16(a, g, &dw, act, b);
+                    neon::pw_i8_neon_sdot_4x16c4(b, g.tokens(), g.dim, &pw, act, a);
+                }
+                _ => {
+                    k::dw_i8(a, g, &dw, act, b);
+                    k::pw_i8(b, g.tokens(), g.dim, &pw, act, a);
+                }
+            }
         }
         let hl = h.head_layer();
         let zp_in = I32Le(self.blob.section(SectionKind::QParams, hl)).at(0);

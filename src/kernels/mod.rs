@@ -4,6 +4,87 @@
 
 pub mod reference;
 
+#[cfg(target_arch = "aarch64")]
+#[allow(unsafe_code)]
+pub mod neon;
+
+/// Which family of kernels runs the int8 layers.
+///
+/// [`Isa::detect`] picks the best the CPU offers; every level gives bit-identical results.
+///
+/// ```
+/// use convmixer_edge::kernels::Isa;
+/// let isa = Isa::detect();
+/// assert!(isa.available() && Isa::Scalar.available());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable scalar Rust ([`reference`]), on every target.
+    Scalar,
+    /// AArch64 ARMv8.0 NEON (`SMULL`/`SMLAL`): Cortex-A53, A72 (Raspberry Pi 3, 4).
+    Neon,
+    /// AArch64 NEON with the ARMv8.2 dot product (`SDOT`): Cortex-A76 (Raspberry Pi 5).
+    NeonDot,
+}
+
+impl Isa {
+    /// The best level this CPU supports: on aarch64 Linux from the kernel's `AT_HWCAP`,
+    /// on bare metal from `ID_AA64ISAR0_EL1`, and from the compile-time target features.
+    pub fn detect() -> Isa {
+        if Isa::NeonDot.available() {
+            Isa::NeonDot
+        } else if Isa::Neon.available() {
+            Isa::Neon
+        } else {
+            Isa::Scalar
+        }
+    }
+
+    /// Whether this CPU can run the level.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            Isa::Neon => cfg!(target_arch = "aarch64"),
+            Isa::NeonDot => {
+                cfg!(target_arch = "aarch64")
+                    && (cfg!(target_feature = "dotprod") || cpu::dotprod())
+            }
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+mod cpu {
+    /// FEAT_DotProd from the Linux auxiliary vector (`HWCAP_ASIMDDP`, bit 20).
+    #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
+    pub fn dotprod() -> bool {
+        const AT_HWCAP: core::ffi::c_ulong = 16;
+        const HWCAP_ASIMDDP: core::ffi::c_ulong = 1 << 20;
+        extern "C" {
+            fn getauxval(kind: core::ffi::c_ulong) -> core::ffi::c_ulong;
+        }
+        // SAFETY: getauxval (glibc, musl, bionic) only reads the process's auxiliary vector.
+        (unsafe { getauxval(AT_HWCAP) } & HWCAP_ASIMDDP) != 0
+    }
+
+    /// FEAT_DotProd from `ID_AA64ISAR0_EL1.DP` (bits 47:44) on bare metal (EL1 or higher).
+    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+    pub fn dotprod() -> bool {
+        let isar0: u64;
+        // SAFETY: reading an ID register has no side effects and is allowed at EL1+.
+        unsafe {
+            core::arch::asm!("mrs {}, ID_AA64ISAR0_EL1", out(reg) isar0, options(nomem, nostack, preserves_flags))
+        };
+        (isar0 >> 44) & 0xf >= 1
+    }
+
+    /// No run-time detection elsewhere.
+    #[cfg(not(all(target_arch = "aarch64", any(target_os = "linux", target_os = "none"))))]
+    pub fn dotprod() -> bool {
+        false
+    }
+}
+
 /// Output channels per packed block of int8 pointwise weights.
 pub const PW_NR: usize = 16;
 /// Input channels per packed group of int8 pointwise weights (one `SDOT` lane).

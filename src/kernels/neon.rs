@@ -1,0 +1,586 @@
+//! AArch64 NEON int8 kernels, each named by ISA level and tile shape and tested bit for
+//! bit against [`super::reference`].
+//!
+//! * `…_smlal_…`: ARMv8.0 (Cortex-A53/A72, Raspberry Pi 3/4): `SMULL`/`SMLAL` multiply
+//!   i8 × i8 into i16 lanes, two products per lane (safe: weights are never −128, so
+//!   `|2 · 127 · 128| < 2^15`), then `SADALP`/`SADDW` widen into i32 accumulators.
+//! * `…_sdot_…`: ARMv8.2 dot product (Cortex-A76, Raspberry Pi 5): `SDOT` by element,
+//!   four i8 products straight into each i32 lane. `SDOT` is emitted with `asm!` because its
+//!   intrinsics are not stable Rust yet.
+//!
+//! All accumulation is exact integer arithmetic bounded by the reader's accumulator check
+//! (`docs/blob-format.md`), so any summation order gives the reference's value; the
+//! epilogue is the reference's own [`epilogue_i8`]. Every kernel checks its slice lengths
+//! once on entry (falling back to the reference if they do not fit) and then reads only
+//! inside them; each `unsafe` block states the bound it relies on.
+
+use core::arch::aarch64::*;
+use core::arch::asm;
+
+use super::reference::{self, epilogue_i8, QuantLayer};
+use super::{pw_packed_len, Grid, PW_KR, PW_NR};
+use crate::Activation;
+
+/// Lengths a pointwise kernel may rely on.
+fn pw_fits(x: &[i8], tokens: usize, dim: usize, l: &QuantLayer<'_>, out: &[i8]) -> bool {
+    tokens
+        .checked_mul(dim)
+        .is_some_and(|n| x.len() >= n && out.len() >= n)
+        && l.w.len() >= pw_packed_len(dim)
+        && l.bias.0.len() >= 4 * dim
+        && l.requant.0.len() >= 24 * dim
+}
+
+/// Four bytes of `row` starting at input group `g` as one i32 lane pattern, zero-padded
+/// past `dim` (the packed weights are zero there too).
+///
+/// # Safety
+/// `row` must point at `dim` readable bytes.
+#[inline(always)]
+unsafe fn group4(row: *const i8, g: usize, dim: usize) -> i32 {
+    let i = g * PW_KR;
+    if i + PW_KR <= dim {
+        // SAFETY: i + 4 ≤ dim bytes are readable.
+        unsafe { row.add(i).cast::<i32>().read_unaligned() }
+    } else {
+        let mut b = [0u8; 4];
+        for (j, v) in b.iter_mut().enumerate().take(dim.saturating_sub(i)) {
+            // SAFETY: i + j < dim.
+            *v = unsafe { *row.add(i + j) } as u8;
+        }
+        i32::from_le_bytes(b)
+    }
+}
+
+/// Applies the epilogue to one block of up to 16 output channels of one token.
+#[inline(always)]
+fn finish_block(
+    sums: &[i32; PW_NR],
+    o0: usize,
+    dim: usize,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
+    for (j, s) in sums.iter().enumerate().take(dim - o0) {
+        let o = o0 + j;
+        let acc = l.bias.at(o).wrapping_add(*s);
+        out[o] = epilogue_i8(acc, 0, &l.requant(o), l, act);
+    }
+}
+
+/// Pointwise int8 conv for ARMv8.0: tiles of `MR` = 2 tokens × 16 output channels, inputs in
+/// groups of 4 (`…c4`, the packed weight layout), `SMULL`+`SMLAL` pairs into i16, `SADALP`
+/// into i32. Same arguments and result as [`reference::pw_i8`].
+///
+/// ```
+/// use convmixer_edge::kernels::{neon, pw_packed_len, reference::{self, QuantLayer}};
+/// use convmixer_edge::{le::{I16Le, I32Le}, Activation};
+/// let (dim, tokens) = (4, 3);
+/// let w = vec![1i8; pw_packed_len(dim)];
+/// let bias = [0u8; 16];
+/// // Per channel [m_pre, sh_pre, m_post, b_post, sh_post, m_res]: ReLU(acc / 2), out = a.
+/// let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].repeat(dim).iter().flat_map(|v| v.to_le_bytes()).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 0, zp_z: 0, zp_out: 0, table: I16Le(&[]) };
+/// let x = [2i8; 12];
+/// let (mut fast, mut slow) = ([0i8; 12], [0i8; 12]);
+/// neon::pw_i8_neon_smlal_2x16c4(&x, tokens, dim, &l, Activation::Relu, &mut fast);
+/// reference::pw_i8(&x, tokens, dim, &l, Activation::Relu, &mut slow);
+/// assert_eq!(fast, slow);
+/// assert_eq!(fast[0], 4); // (4 inputs · 2) / 2
+/// ```
+pub fn pw_i8_neon_smlal_2x16c4(
+    x: &[i8],
+    tokens: usize,
+    dim: usize,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
+    if !pw_fits(x, tokens, dim, l, out) {
+        return reference::pw_i8(x, tokens, dim, l, act, out);
+    }
+    let mut t = 0;
+    while t + 2 <= tokens {
+        // SAFETY: pw_fits checked x, out ≥ tokens·dim and the packed weight length.
+        unsafe { pw_smlal_tile::<2>(x, t, dim, l, act, out) };
+        t += 2;
+    }
+    while t < tokens {
+        // SAFETY: as above.
+        unsafe { pw_smlal_tile::<1>(x, t, dim, l, act, out) };
+        t += 1;
+    }
+}
+
+/// # Safety
+/// `pw_fits` must hold and `t + MR ≤ tokens`.
+#[inline(always)]
+unsafe fn pw_smlal_tile<const MR: usize>(
+    x: &[i8],
+    t: usize,
+    dim: usize,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
+    let groups = dim.div_ceil(PW_KR);
+    let kp = groups * PW_KR;
+    let rows: [*const i8; MR] = core::array::from_fn(|m| x[(t + m) * dim..].as_ptr());
+    for ob in 0..dim.div_ceil(PW_NR) {
+        // SAFETY: block ob spans PW_NR·kp bytes inside the packed weights.
+        let wb = unsafe { l.w.as_ptr().add(ob * PW_NR * kp) };
+        // acc[m][2r]: outputs 4r, 4r+1 (two partials each); acc[m][2r+1]: 4r+2, 4r+3.
+        let mut acc = [[unsafe { vdupq_n_s32(0) }; 8]; MR];
+        let mut g = 0;
+        while g < groups {
+            let pair = g + 1 < groups;
+            for r in 0..4 {
+                // SAFETY: group g (and g+1 when pair) lie inside block ob: (g+1)·64 ≤ 16·kp.
+                let w0 = unsafe { vld1q_s8(wb.add(g * 64 + r * 16)) };
+                let w1 = if pair {
+                    unsafe { vld1q_s8(wb.add((g + 1) * 64 + r * 16)) }
+                } else {
+                    unsafe { vdupq_n_s8(0) }
+                };
+                for m in 0..MR {
+                    // SAFETY: rows[m] points at dim readable bytes.
+                    let x0 = unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g, dim))) };
+                    let x1 = if pair {
+                        unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g + 1, dim))) }
+                    } else {
+                        unsafe { vdupq_n_s8(0) }
+                    };
+                    unsafe {
+                        let lo = vmlal_s8(
+                            vmull_s8(vget_low_s8(w0), vget_low_s8(x0)),
+                            vget_low_s8(w1),
+                            vget_low_s8(x1),
+                        );
+                        let hi = vmlal_high_s8(vmull_high_s8(w0, x0), w1, x1);
+                        acc[m][2 * r] = vpadalq_s16(acc[m][2 * r], lo);
+                        acc[m][2 * r + 1] = vpadalq_s16(acc[m][2 * r + 1], hi);
+                    }
+                }
+            }
+            g += 2;
+        }
+        for m in 0..MR {
+            let mut sums = [0i32; PW_NR];
+            for r in 0..4 {
+                // SAFETY: sums has 16 lanes; 4r + 4 ≤ 16.
+                unsafe {
+                    vst1q_s32(
+                        sums.as_mut_ptr().add(4 * r),
+                        vpaddq_s32(acc[m][2 * r], acc[m][2 * r + 1]),
+                    )
+                };
+            }
+            let o0 = ob * PW_NR;
+            finish_block(
+                &sums,
+                o0,
+                dim,
+                l,
+                act,
+                &mut out[(t + m) * dim..(t + m + 1) * dim],
+            );
+        }
+    }
+}
+
+/// `SDOT acc.4s, w.16b, x.4b[lane]`.
+macro_rules! sdot_lane {
+    ($acc:expr, $w:expr, $x:expr, $lane:literal) => {
+        asm!(
+            concat!("sdot {a:v}.4s, {w:v}.16b, {x:v}.4b[", $lane, "]"),
+            a = inout(vreg) $acc,
+            w = in(vreg) $w,
+            x = in(vreg) $x,
+            options(pure, nomem, nostack, preserves_flags)
+        )
+    };
+}
+
+/// Pointwise int8 conv for ARMv8.2 dot product: tiles of 4 tokens × 16 output channels,
+/// `SDOT` by element over input groups of 4 (16 inputs per `x` register). Same arguments
+/// and result as [`reference::pw_i8`]. Call only where [`super::Isa::NeonDot`] is
+/// available (falls back to the reference otherwise).
+pub fn pw_i8_neon_sdot_4x16c4(
+    x: &[i8],
+    tokens: usize,
+    dim: usize,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
+    if !pw_fits(x, tokens, dim, l, out) || !super::Isa::NeonDot.available() {
+        return reference::pw_i8(x, tokens, dim, l, act, out);
+    }
+    let mut t = 0;
+    while t + 4 <= tokens {
+        // SAFETY: lengths checked by pw_fits; dotprod is available.
+        unsafe { pw_sdot_tile::<4>(x, t, dim, l, act, out) };
+        t += 4;
+    }
+    while t < tokens {
+        // SAFETY: as above.
+        unsafe { pw_sdot_tile::<1>(x, t, dim, l, act, out) };
+        t += 1;
+    }
+}
+
+/// # Safety
+/// `pw_fits` must hold, `t + MR ≤ tokens`, and the CPU must implement FEAT_DotProd.
+#[target_feature(enable = "dotprod")]
+unsafe fn pw_sdot_tile<const MR: usize>(
+    x: &[i8],
+    t: usize,
+    dim: usize,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
+    let groups = dim.div_ceil(PW_KR);
+    let kp = groups * PW_KR;
+    let full16 = dim / 16; // input blocks of 16 that need no padding
+    let rows: [*const i8; MR] = core::array::from_fn(|m| x[(t + m) * dim..].as_ptr());
+    for ob in 0..dim.div_ceil(PW_NR) {
+        // SAFETY: block ob spans PW_NR·kp bytes inside the packed weights.
+        let wb = unsafe { l.w.as_ptr().add(ob * PW_NR * kp) };
+        let mut acc = [[vdupq_n_s32(0); 4]; MR];
+        for kb in 0..full16 {
+            // SAFETY: (4kb + 4)·64 ≤ 16·kp since 16(kb+1) ≤ dim ≤ kp.
+            let w: [[int8x16_t; 4]; 4] = core::array::from_fn(|q| {
+                core::array::from_fn(|r| unsafe { vld1q_s8(wb.add((4 * kb + q) * 64 + r * 16)) })
+            });
+            for m in 0..MR {
+                // SAFETY: 16kb + 16 ≤ dim bytes of the row are readable.
+                let xv = unsafe { vld1q_s8(rows[m].add(16 * kb)) };
+                for r in 0..4 {
+                    unsafe {
+                        sdot_lane!(acc[m][r], w[0][r], xv, "0");
+                        sdot_lane!(acc[m][r], w[1][r], xv, "1");
+                        sdot_lane!(acc[m][r], w[2][r], xv, "2");
+                        sdot_lane!(acc[m][r], w[3][r], xv, "3");
+                    }
+                }
+            }
+        }
+        for g in 4 * full16..groups {
+            // SAFETY: group g < groups lies inside block ob.
+            let w: [int8x16_t; 4] =
+                core::array::from_fn(|r| unsafe { vld1q_s8(wb.add(g * 64 + r * 16)) });
+            for m in 0..MR {
+                // SAFETY: rows[m] points at dim readable bytes.
+                let xv = unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g, dim))) };
+                for r in 0..4 {
+                    unsafe { sdot_lane!(acc[m][r], w[r], xv, "0") };
+                }
+            }
+        }
+        for m in 0..MR {
+            let mut sums = [0i32; PW_NR];
+            for r in 0..4 {
+                // SAFETY: 4r + 4 ≤ 16 lanes.
+                unsafe { vst1q_s32(sums.as_mut_ptr().add(4 * r), acc[m][r]) };
+            }
+            finish_block(
+                &sums,
+                ob * PW_NR,
+                dim,
+                l,
+                act,
+                &mut out[(t + m) * dim..(t + m + 1) * dim],
+            );
+        }
+    }
+}
+
+/// Depthwise k×k 'same' int8 conv with the fused residual, vectorised along channels
+/// (16 per step): `SMULL`/`SMLAL` pairs of taps into i16, `SADDW` into i32; channels past
+/// the last multiple of 16 use the scalar formula. `K` > 0 fixes the kernel size at compile
+/// time (3, 5, 7, 9 are specialised by [`dw_i8_neon_c16`]); `K = 0` reads it from `g`.
+fn dw_c16<const K: usize>(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, out: &mut [i8]) {
+    let k = if K > 0 { K } else { g.kernel };
+    let d = g.dim;
+    let c16 = d / 16 * 16;
+    for ty in 0..g.ht {
+        for tx in 0..g.wt {
+            let t = ty * g.wt + tx;
+            let mut c0 = 0;
+            while c0 < c16 {
+                let mut acc = [unsafe { vdupq_n_s32(0) }; 4];
+                let zp = unsafe { vdupq_n_s8(l.zp_in as i8) };
+                let mut pending: Option<(int8x16_t, int8x16_t)> = None;
+                for ky in 0..k {
+                    let y = (ty + ky).wrapping_sub(g.pad_top);
+                    for kx in 0..k {
+                        let xx = (tx + kx).wrapping_sub(g.pad_left);
+                        let xv = if y < g.ht && xx < g.wt {
+                            // SAFETY: (y·wt + xx)·d + c0 + 16 ≤ tokens·d ≤ x.len() (checked by the caller).
+                            unsafe { vld1q_s8(x.as_ptr().add((y * g.wt + xx) * d + c0)) }
+                        } else {
+                            zp
+                        };
+                        // SAFETY: (tap·d + c0 + 16) ≤ k²·d ≤ w.len() (checked by the caller).
+                        let wv = unsafe { vld1q_s8(l.w.as_ptr().add((ky * k + kx) * d + c0)) };
+                        match pending.take() {
+                            None => pending = Some((wv, xv)),
+                            Some((w0, x0)) => unsafe {
+                                let lo = vmlal_s8(
+                                    vmull_s8(vget_low_s8(w0), vget_low_s8(x0)),
+                                    vget_low_s8(wv),
+                                    vget_low_s8(xv),
+                                );
+                                let hi = vmlal_high_s8(vmull_high_s8(w0, x0), wv, xv);
+                                acc = widen_add(acc, lo, hi);
+                            },
+                        }
+                    }
+                }
+                if let Some((w0, x0)) = pending {
+                    unsafe {
+                        let lo = vmull_s8(vget_low_s8(w0), vget_low_s8(x0));
+                        let hi = vmull_high_s8(w0, x0);
+                        acc = widen_add(acc, lo, hi);
+                    }
+                }
+                let mut sums = [0i32; 16];
+                for (q, a) in acc.iter().enumerate() {
+                    // SAFETY: 4q + 4 ≤ 16.
+                    unsafe { vst1q_s32(sums.as_mut_ptr().add(4 * q), *a) };
+                }
+                for (j, s) in sums.iter().enumerate() {
+                    let c = c0 + j;
+                    let acc = l.bias.at(c).wrapping_add(*s);
+                    let res = i32::from(x[t * d + c]) - l.zp_in;
+                    out[t * d + c] = epilogue_i8(acc, res, &l.requant(c), l, act);
+                }
+                c0 += 16;
+            }
+            for c in c16..d {
+                let mut acc = l.bias.at(c);
+                for ky in 0..k {
+                    let y = (ty + ky).wrapping_sub(g.pad_top);
+                    for kx in 0..k {
+                        let xx = (tx + kx).wrapping_sub(g.pad_left);
+                        let v = if y < g.ht && xx < g.wt {
+                            i32::from(x[(y * g.wt + xx) * d + c])
+                        } else {
+                            l.zp_in
+                        };
+                        acc += i32::from(l.w[(ky * k + kx) * d + c]) * v;
+                    }
+                }
+                let res = i32::from(x[t * d + c]) - l.zp_in;
+                out[t * d + c] = epilogue_i8(acc, res, &l.requant(c), l, act);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn widen_add(acc: [int32x4_t; 4], lo: int16x8_t, hi: int16x8_t) -> [int32x4_t; 4] {
+    // SAFETY: register-only NEON arithmetic (NEON is baseline on aarch64).
+    unsafe {
+        [
+            vaddw_s16(acc[0], vget_low_s16(lo)),
+            vaddw_high_s16(acc[1], lo),
+            vaddw_s16(acc[2], vget_low_s16(hi)),
+            vaddw_high_s16(acc[3], hi),
+        ]
+    }
+}
+
+/// Depthwise 'same' int8 conv + residual (ARMv8.0 NEON, 16 channels per step),
+/// specialised for k = 3, 5, 7, 9 and generic otherwise. Same arguments and result as
+/// [`reference::dw_i8`].
+pub fn dw_i8_neon_c16(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, out: &mut [i8]) {
+    let n = g.tokens() * g.dim;
+    let fits = x.len() >= n
+        && out.len() >= n
+        && l.w.len() >= g.kernel * g.kernel * g.dim
+        && l.bias.0.len() >= 4 * g.dim
+        && l.requant.0.len() >= 24 * g.dim;
+    if !fits {
+        return reference::dw_i8(x, g, l, act, out);
+    }
+    match g.kernel {
+        3 => dw_c16::<3>(x, g, l, act, out),
+        5 => dw_c16::<5>(x, g, l, act, out),
+        7 => dw_c16::<7>(x, g, l, act, out),
+        9 => dw_c16::<9>(x, g, l, act, out),
+        _ => dw_c16::<0>(x, g, l, act, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Property tests: random shapes, weights, zero points and requantisation records;
+    //! every NEON kernel must equal the reference byte for byte.
+    use std::vec;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::le::{I16Le, I32Le};
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn range(&mut self, lo: i64, hi: i64) -> i64 {
+            lo + (self.next() % (hi - lo + 1) as u64) as i64
+        }
+    }
+
+    struct Layer {
+        w: Vec<i8>,
+        bias: Vec<u8>,
+        rq: Vec<u8>,
+        table: Vec<u8>,
+        zp: [i32; 3],
+    }
+
+    impl Layer {
+        fn random(r: &mut Rng, wlen: usize, dim: usize, depthwise: bool, gelu: bool) -> Layer {
+            let w: Vec<i8> = (0..wlen).map(|_| r.range(-127, 127) as i8).collect();
+            let le = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+            let bias: Vec<i32> = (0..dim).map(|_| r.range(-50_000, 50_000) as i32).collect();
+            let rq: Vec<i32> = (0..dim)
+                .flat_map(|_| {
+                    [
+                        r.range(1 << 30, (1 << 31) - 1) as i32,
+                        r.range(-3, 12) as i32,
+                        r.range(-(1 << 14), 1 << 14) as i32,
+                        r.range(-(1 << 20), 1 << 20) as i32,
+                        r.range(0, 20) as i32,
+                        if depthwise {
+                            r.range(-(1 << 12), 1 << 12) as i32
+                        } else {
+                            0
+                        },
+                    ]
+                })
+                .collect();
+            let table: Vec<u8> = if gelu {
+                (0..256)
+                    .flat_map(|_| (r.range(-32768, 32767) as i16).to_le_bytes())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let zp = [
+                r.range(-128, 127) as i32,
+                r.range(-128, 127) as i32,
+                r.range(-128, 127) as i32,
+            ];
+            Layer {
+                w,
+                bias: le(&bias),
+                rq: le(&rq),
+                table,
+                zp,
+            }
+        }
+        fn view(&self) -> QuantLayer<'_> {
+            QuantLayer {
+                w: &self.w,
+                bias: I32Le(&self.bias),
+                requant: I32Le(&self.rq),
+                zp_in: self.zp[0],
+                zp_z: self.zp[1],
+                zp_out: self.zp[2],
+                table: I16Le(&self.table),
+            }
+        }
+    }
+
+    fn act(gelu: bool) -> Activation {
+        if gelu {
+            Activation::Gelu
+        } else {
+            Activation::Relu
+        }
+    }
+
+    #[test]
+    fn pointwise_kernels_match_the_reference() {
+        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+        let dot = crate::kernels::Isa::NeonDot.available();
+        if std::env::var("CMX_REQUIRE_DOTPROD").is_ok_and(|v| v == "1") {
+            assert!(
+                dot,
+                "CMX_REQUIRE_DOTPROD is set but the CPU has no dot product"
+            );
+        }
+        for case in 0..300 {
+            let dim = match case % 6 {
+                0 => 16 * r.range(1, 4) as usize,
+                1 => 4 * r.range(1, 20) as usize,
+                _ => r.range(1, 70) as usize,
+            };
+            let tokens = r.range(1, 11) as usize;
+            let gelu = case % 2 == 0;
+            let l = Layer::random(&mut r, pw_packed_len(dim), dim, false, gelu);
+            // Zero the packing padding, as the blob reader guarantees.
+            let mut l = l;
+            let mut w = vec![0i8; pw_packed_len(dim)];
+            for o in 0..dim {
+                for i in 0..dim {
+                    let k = super::super::pw_index(o, i, dim);
+                    w[k] = l.w[k];
+                }
+            }
+            l.w = w;
+            let x: Vec<i8> = (0..tokens * dim)
+                .map(|_| r.range(-128, 127) as i8)
+                .collect();
+            let mut want = vec![0i8; x.len()];
+            reference::pw_i8(&x, tokens, dim, &l.view(), act(gelu), &mut want);
+            let mut got = vec![0i8; x.len()];
+            pw_i8_neon_smlal_2x16c4(&x, tokens, dim, &l.view(), act(gelu), &mut got);
+            assert_eq!(got, want, "smlal: dim {dim} tokens {tokens}");
+            if dot {
+                let mut got = vec![0i8; x.len()];
+                pw_i8_neon_sdot_4x16c4(&x, tokens, dim, &l.view(), act(gelu), &mut got);
+                assert_eq!(got, want, "sdot: dim {dim} tokens {tokens}");
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise_kernel_matches_the_reference() {
+        let mut r = Rng(0x2545_f491_4f6c_dd1d);
+        for case in 0..200 {
+            let kernel = [3, 5, 7, 9, 1, 2, 4, 6, 11][case % 9];
+            let dim = match case % 3 {
+                0 => 16 * r.range(1, 3) as usize,
+                _ => r.range(1, 50) as usize,
+            };
+            let (ht, wt) = (r.range(1, 9) as usize, r.range(1, 9) as usize);
+            let g = Grid {
+                ht,
+                wt,
+                dim,
+                kernel,
+                pad_top: (kernel - 1) / 2,
+                pad_left: (kernel - 1) / 2,
+            };
+            let gelu = case % 2 == 1;
+            let l = Layer::random(&mut r, kernel * kernel * dim, dim, true, gelu);
+            let x: Vec<i8> = (0..g.tokens() * dim)
+                .map(|_| r.range(-128, 127) as i8)
+                .collect();
+            let mut want = vec![0i8; x.len()];
+            reference::dw_i8(&x, g, &l.view(), act(gelu), &mut want);
+            let mut got = vec![0i8; x.len()];
+            dw_i8_neon_c16(&x, g, &l.view(), act(gelu), &mut got);
+            assert_eq!(got, want, "dw: {g:?}");
+        }
+    }
+}
