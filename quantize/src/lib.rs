@@ -15,6 +15,7 @@ pub mod calibrate;
 pub mod data;
 pub mod fold;
 pub mod onnx;
+pub mod onnx_export;
 pub mod quant;
 pub mod reference;
 
