@@ -1,9 +1,7 @@
 //! [`Model`]: a validated blob plus the inference driver.
 
 use crate::blob::{self, Blob, Header, SectionKind};
-#[cfg(target_arch = "aarch64")]
-use crate::kernels::neon;
-use crate::kernels::{reference as k, EmbedGeom, Grid, Isa};
+use crate::kernels::{inplace, reference as k, EmbedGeom, Grid, Isa};
 use crate::le::{F16Le, F32Le, FloatWeights, I16Le, I32Le};
 use crate::{Error, Precision};
 
@@ -95,13 +93,20 @@ impl<'a> Model<'a> {
         self.blob.label(usize::from(class))
     }
 
+    /// Arena layout. int8: one activation tensor, then the in-place drivers' scratch
+    /// ([`inplace::scratch_len`]: a ring of `pad_top` token rows and a few tokens). Float
+    /// blobs: two f32 activation tensors.
     fn plan(&self) -> Plan {
         let h = self.header();
-        let elem = if h.precision == Precision::Int8 { 1 } else { 4 };
-        let act = h.tokens() * usize::from(h.dim) * elem;
-
+        let (_, g) = self.geometry();
+        let (act, second) = if h.precision == Precision::Int8 {
+            (h.tokens() * usize::from(h.dim), inplace::scratch_len(g))
+        } else {
+            let act = 4 * h.tokens() * usize::from(h.dim);
+            (act, act)
+        };
         let b = align16(act);
-        let mean = align16(b + act);
+        let mean = align16(b + second);
         let logits = align16(mean + 4 * usize::from(h.dim));
         let end = logits + 4 * usize::from(h.classes);
         Plan {
@@ -199,7 +204,7 @@ impl<'a> Model<'a> {
         match h.precision {
             Precision::Int8 => {
                 let a: &mut [i8] = bytemuck::cast_slice_mut(&mut a[..act_len]);
-                let b: &mut [i8] = bytemuck::cast_slice_mut(&mut b[..act_len]);
+                let b: &mut [i8] = bytemuck::cast_slice_mut(b);
                 let mean: &mut [i32] = bytemuck::try_cast_slice_mut(mean)
                     .map_err(|_| Error::Malformed("arena alignment"))?;
                 self.run_int8(pixels, a, b, &mut mean[..usize::from(h.dim)], logits);
@@ -311,22 +316,8 @@ impl<'a> Model<'a> {
         k::embed_i8(px, eg, g.dim, &self.quant_layer(0), act, a);
         for i in 0..usize::from(h.depth) {
             let (dw, pw) = (self.quant_layer(1 + 2 * i), self.quant_layer(2 + 2 * i));
-            match self.isa {
-                #[cfg(target_arch = "aarch64")]
-                Isa::Neon => {
-                    neon::dw_i8_neon_c16(a, g, &dw, act, b);
-                    neon::pw_i8_neon_smlal_2x16c4(b, g.tokens(), g.dim, &pw, act, a);
-                }
-                #[cfg(target_arch = "aarch64")]
-                Isa::NeonDot => {
-                    neon::dw_i8_neon_c16(a, g, &dw, act, b);
-                    neon::pw_i8_neon_sdot_4x16c4(b, g.tokens(), g.dim, &pw, act, a);
-                }
-                _ => {
-                    k::dw_i8(a, g, &dw, act, b);
-                    k::pw_i8(b, g.tokens(), g.dim, &pw, act, a);
-                }
-            }
+            inplace::dw_i8_inplace(a, b, g, &dw, act, self.isa);
+            inplace::pw_i8_inplace(a, b, g.tokens(), g.dim, &pw, act, self.isa);
         }
         let hl = h.head_layer();
         let zp_in = I32Le(self.blob.section(SectionKind::QParams, hl)).at(0);

@@ -2,6 +2,7 @@
 //! variants live beside it, are named by ISA and tile shape, and are tested bit-for-bit
 //! against it.
 
+pub mod inplace;
 pub mod reference;
 
 #[cfg(target_arch = "aarch64")]

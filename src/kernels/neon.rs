@@ -297,86 +297,99 @@ unsafe fn pw_sdot_tile<const MR: usize>(
     }
 }
 
-/// Depthwise k×k 'same' int8 conv with the fused residual, vectorised along channels
-/// (16 per step): `SMULL`/`SMLAL` pairs of taps into i16, `SADDW` into i32; channels past
-/// the last multiple of 16 use the scalar formula. `K` > 0 fixes the kernel size at compile
-/// time (3, 5, 7, 9 are specialised by [`dw_i8_neon_c16`]); `K = 0` reads it from `g`.
-fn dw_c16<const K: usize>(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, out: &mut [i8]) {
+/// One output token of the depthwise k×k 'same' int8 conv with the fused residual,
+/// vectorised along channels (16 per step): `SMULL`/`SMLAL` pairs of taps into i16, `SADDW`
+/// into i32; channels past the last multiple of 16 use the scalar formula. `K` > 0 fixes
+/// the kernel size at compile time (3, 5, 7, 9 are specialised by the callers); `K = 0`
+/// reads it from `g`. Same contract as [`reference::dw_token_i8`]; the caller guarantees
+/// `res.len() ≥ dim`, `out.len() ≥ dim`, and that every slice `src` returns is `dim` long.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn dw_token_c16<'x, const K: usize, S: Fn(usize, usize) -> Option<&'x [i8]>>(
+    src: &S,
+    ty: usize,
+    tx: usize,
+    res: &[i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
     let k = if K > 0 { K } else { g.kernel };
     let d = g.dim;
     let c16 = d / 16 * 16;
-    for ty in 0..g.ht {
-        for tx in 0..g.wt {
-            let t = ty * g.wt + tx;
-            let mut c0 = 0;
-            while c0 < c16 {
-                let mut acc = [unsafe { vdupq_n_s32(0) }; 4];
-                let zp = unsafe { vdupq_n_s8(l.zp_in as i8) };
-                let mut pending: Option<(int8x16_t, int8x16_t)> = None;
-                for ky in 0..k {
-                    let y = (ty + ky).wrapping_sub(g.pad_top);
-                    for kx in 0..k {
-                        let xx = (tx + kx).wrapping_sub(g.pad_left);
-                        let xv = if y < g.ht && xx < g.wt {
-                            // SAFETY: (y·wt + xx)·d + c0 + 16 ≤ tokens·d ≤ x.len() (checked by the caller).
-                            unsafe { vld1q_s8(x.as_ptr().add((y * g.wt + xx) * d + c0)) }
-                        } else {
-                            zp
-                        };
-                        // SAFETY: (tap·d + c0 + 16) ≤ k²·d ≤ w.len() (checked by the caller).
-                        let wv = unsafe { vld1q_s8(l.w.as_ptr().add((ky * k + kx) * d + c0)) };
-                        match pending.take() {
-                            None => pending = Some((wv, xv)),
-                            Some((w0, x0)) => unsafe {
-                                let lo = vmlal_s8(
-                                    vmull_s8(vget_low_s8(w0), vget_low_s8(x0)),
-                                    vget_low_s8(wv),
-                                    vget_low_s8(xv),
-                                );
-                                let hi = vmlal_high_s8(vmull_high_s8(w0, x0), wv, xv);
-                                acc = widen_add(acc, lo, hi);
-                            },
-                        }
-                    }
-                }
-                if let Some((w0, x0)) = pending {
-                    unsafe {
-                        let lo = vmull_s8(vget_low_s8(w0), vget_low_s8(x0));
-                        let hi = vmull_high_s8(w0, x0);
+    // SAFETY: register-only.
+    let zp = unsafe { vdupq_n_s8(l.zp_in as i8) };
+    let mut c0 = 0;
+    while c0 < c16 {
+        // SAFETY: register-only.
+        let mut acc = [unsafe { vdupq_n_s32(0) }; 4];
+        let mut pending: Option<(int8x16_t, int8x16_t)> = None;
+        for ky in 0..k {
+            let y = (ty + ky).wrapping_sub(g.pad_top);
+            for kx in 0..k {
+                let xx = (tx + kx).wrapping_sub(g.pad_left);
+                let row = if y < g.ht && xx < g.wt {
+                    src(y, xx).filter(|r| r.len() >= d)
+                } else {
+                    None
+                };
+                let xv = match row {
+                    // SAFETY: c0 + 16 ≤ c16 ≤ d ≤ row.len().
+                    Some(r) => unsafe { vld1q_s8(r.as_ptr().add(c0)) },
+                    None => zp,
+                };
+                // SAFETY: (tap·d + c0 + 16) ≤ k²·d ≤ w.len() (checked by the public entry points).
+                let wv = unsafe { vld1q_s8(l.w.as_ptr().add((ky * k + kx) * d + c0)) };
+                match pending.take() {
+                    None => pending = Some((wv, xv)),
+                    // SAFETY: register-only.
+                    Some((w0, x0)) => unsafe {
+                        let lo = vmlal_s8(
+                            vmull_s8(vget_low_s8(w0), vget_low_s8(x0)),
+                            vget_low_s8(wv),
+                            vget_low_s8(xv),
+                        );
+                        let hi = vmlal_high_s8(vmull_high_s8(w0, x0), wv, xv);
                         acc = widen_add(acc, lo, hi);
-                    }
+                    },
                 }
-                let mut sums = [0i32; 16];
-                for (q, a) in acc.iter().enumerate() {
-                    // SAFETY: 4q + 4 ≤ 16.
-                    unsafe { vst1q_s32(sums.as_mut_ptr().add(4 * q), *a) };
-                }
-                for (j, s) in sums.iter().enumerate() {
-                    let c = c0 + j;
-                    let acc = l.bias.at(c).wrapping_add(*s);
-                    let res = i32::from(x[t * d + c]) - l.zp_in;
-                    out[t * d + c] = epilogue_i8(acc, res, &l.requant(c), l, act);
-                }
-                c0 += 16;
-            }
-            for c in c16..d {
-                let mut acc = l.bias.at(c);
-                for ky in 0..k {
-                    let y = (ty + ky).wrapping_sub(g.pad_top);
-                    for kx in 0..k {
-                        let xx = (tx + kx).wrapping_sub(g.pad_left);
-                        let v = if y < g.ht && xx < g.wt {
-                            i32::from(x[(y * g.wt + xx) * d + c])
-                        } else {
-                            l.zp_in
-                        };
-                        acc += i32::from(l.w[(ky * k + kx) * d + c]) * v;
-                    }
-                }
-                let res = i32::from(x[t * d + c]) - l.zp_in;
-                out[t * d + c] = epilogue_i8(acc, res, &l.requant(c), l, act);
             }
         }
+        if let Some((w0, x0)) = pending {
+            // SAFETY: register-only.
+            unsafe {
+                let lo = vmull_s8(vget_low_s8(w0), vget_low_s8(x0));
+                let hi = vmull_high_s8(w0, x0);
+                acc = widen_add(acc, lo, hi);
+            }
+        }
+        let mut sums = [0i32; 16];
+        for (q, a) in acc.iter().enumerate() {
+            // SAFETY: 4q + 4 ≤ 16.
+            unsafe { vst1q_s32(sums.as_mut_ptr().add(4 * q), *a) };
+        }
+        for (j, s) in sums.iter().enumerate() {
+            let c = c0 + j;
+            let acc = l.bias.at(c).wrapping_add(*s);
+            out[c] = epilogue_i8(acc, i32::from(res[c]) - l.zp_in, &l.requant(c), l, act);
+        }
+        c0 += 16;
+    }
+    for c in c16..d {
+        let mut acc = l.bias.at(c);
+        for ky in 0..k {
+            let y = (ty + ky).wrapping_sub(g.pad_top);
+            for kx in 0..k {
+                let xx = (tx + kx).wrapping_sub(g.pad_left);
+                let v = match (y < g.ht && xx < g.wt).then(|| src(y, xx)).flatten() {
+                    Some(r) => i32::from(r[c]),
+                    None => l.zp_in,
+                };
+                acc += i32::from(l.w[(ky * k + kx) * d + c]) * v;
+            }
+        }
+        out[c] = epilogue_i8(acc, i32::from(res[c]) - l.zp_in, &l.requant(c), l, act);
     }
 }
 
@@ -393,25 +406,64 @@ fn widen_add(acc: [int32x4_t; 4], lo: int16x8_t, hi: int16x8_t) -> [int32x4_t; 4
     }
 }
 
+/// Whether a depthwise layer's parameters are long enough for the NEON kernels.
+fn dw_fits(g: Grid, l: &QuantLayer<'_>) -> bool {
+    g.kernel
+        .checked_mul(g.kernel)
+        .and_then(|kk| kk.checked_mul(g.dim))
+        .is_some_and(|n| l.w.len() >= n)
+        && l.bias.0.len() >= 4 * g.dim
+        && l.requant.0.len() >= 24 * g.dim
+}
+
+/// One output token of the depthwise conv (see [`dw_i8_neon_c16`]), dispatching the
+/// specialised kernel sizes 3, 5, 7, 9. Same contract as [`reference::dw_token_i8`].
+#[allow(clippy::too_many_arguments)]
+pub fn dw_token_i8_neon_c16<'x, S: Fn(usize, usize) -> Option<&'x [i8]>>(
+    src: &S,
+    ty: usize,
+    tx: usize,
+    res: &[i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
+    if !dw_fits(g, l) || res.len() < g.dim || out.len() < g.dim {
+        return reference::dw_token_i8(src, ty, tx, res, g, l, act, out);
+    }
+    match g.kernel {
+        3 => dw_token_c16::<3, S>(src, ty, tx, res, g, l, act, out),
+        5 => dw_token_c16::<5, S>(src, ty, tx, res, g, l, act, out),
+        7 => dw_token_c16::<7, S>(src, ty, tx, res, g, l, act, out),
+        9 => dw_token_c16::<9, S>(src, ty, tx, res, g, l, act, out),
+        _ => dw_token_c16::<0, S>(src, ty, tx, res, g, l, act, out),
+    }
+}
+
 /// Depthwise 'same' int8 conv + residual (ARMv8.0 NEON, 16 channels per step),
 /// specialised for k = 3, 5, 7, 9 and generic otherwise. Same arguments and result as
 /// [`reference::dw_i8`].
 pub fn dw_i8_neon_c16(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, out: &mut [i8]) {
-    let n = g.tokens() * g.dim;
-    let fits = x.len() >= n
-        && out.len() >= n
-        && l.w.len() >= g.kernel * g.kernel * g.dim
-        && l.bias.0.len() >= 4 * g.dim
-        && l.requant.0.len() >= 24 * g.dim;
-    if !fits {
+    let (d, n) = (g.dim, g.tokens() * g.dim);
+    if x.len() < n || out.len() < n {
         return reference::dw_i8(x, g, l, act, out);
     }
-    match g.kernel {
-        3 => dw_c16::<3>(x, g, l, act, out),
-        5 => dw_c16::<5>(x, g, l, act, out),
-        7 => dw_c16::<7>(x, g, l, act, out),
-        9 => dw_c16::<9>(x, g, l, act, out),
-        _ => dw_c16::<0>(x, g, l, act, out),
+    for ty in 0..g.ht {
+        for tx in 0..g.wt {
+            let t = ty * g.wt + tx;
+            let src = |y: usize, xx: usize| x.get((y * g.wt + xx) * d..(y * g.wt + xx + 1) * d);
+            dw_token_i8_neon_c16(
+                &src,
+                ty,
+                tx,
+                &x[t * d..(t + 1) * d],
+                g,
+                l,
+                act,
+                &mut out[t * d..(t + 1) * d],
+            );
+        }
     }
 }
 

@@ -351,28 +351,56 @@ pub fn embed_i8(
 /// `acc = bias′ + Σ w·x` over the k×k window, where a padded position reads `x = zp_in`
 /// (the quantised 0.0; `bias′` already holds `−zp_in·Σ w`, so padding adds exactly zero).
 pub fn dw_i8(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, out: &mut [i8]) {
-    let (k, d) = (g.kernel, g.dim);
+    let d = g.dim;
     for ty in 0..g.ht {
         for tx in 0..g.wt {
             let t = ty * g.wt + tx;
-            for c in 0..d {
-                let mut acc = l.bias.at(c);
-                for ky in 0..k {
-                    let y = (ty + ky).wrapping_sub(g.pad_top);
-                    for kx in 0..k {
-                        let xx = (tx + kx).wrapping_sub(g.pad_left);
-                        let v = if y < g.ht && xx < g.wt {
-                            i32::from(x[(y * g.wt + xx) * d + c])
-                        } else {
-                            l.zp_in
-                        };
-                        acc += i32::from(l.w[(ky * k + kx) * d + c]) * v;
-                    }
-                }
-                let res = i32::from(x[t * d + c]) - l.zp_in;
-                out[t * d + c] = epilogue_i8(acc, res, &l.requant(c), l, act);
+            let src = |y: usize, xx: usize| x.get((y * g.wt + xx) * d..(y * g.wt + xx + 1) * d);
+            dw_token_i8(
+                &src,
+                ty,
+                tx,
+                &x[t * d..(t + 1) * d],
+                g,
+                l,
+                act,
+                &mut out[t * d..(t + 1) * d],
+            );
+        }
+    }
+}
+
+/// One output token `(ty, tx)` of [`dw_i8`], reading input token `(y, x)` through
+/// `src(y, x)` (a `dim`-long channel vector; only called for positions inside the grid)
+/// and the residual input from `res`. This is the unit the memory-planned driver
+/// ([`super::inplace`]) schedules.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn dw_token_i8<'x, S: Fn(usize, usize) -> Option<&'x [i8]>>(
+    src: &S,
+    ty: usize,
+    tx: usize,
+    res: &[i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
+    let (k, d) = (g.kernel, g.dim);
+    for c in 0..d {
+        let mut acc = l.bias.at(c);
+        for ky in 0..k {
+            let y = (ty + ky).wrapping_sub(g.pad_top);
+            for kx in 0..k {
+                let xx = (tx + kx).wrapping_sub(g.pad_left);
+                let v = match (y < g.ht && xx < g.wt).then(|| src(y, xx)).flatten() {
+                    Some(row) => i32::from(row[c]),
+                    None => l.zp_in,
+                };
+                acc += i32::from(l.w[(ky * k + kx) * d + c]) * v;
             }
         }
+        out[c] = epilogue_i8(acc, i32::from(res[c]) - l.zp_in, &l.requant(c), l, act);
     }
 }
 
