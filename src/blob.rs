@@ -14,7 +14,7 @@ use crate::{Activation, Error, Precision};
 /// `CMXB`: the first four bytes of every blob.
 pub const MAGIC: [u8; 4] = *b"CMXB";
 /// The format version this reader understands.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Length of the fixed header in bytes.
 pub const HEADER_LEN: usize = 64;
 /// Length of one table-of-contents entry in bytes.
@@ -62,11 +62,11 @@ pub enum SectionKind {
     Bias = 4,
     /// Post-activation BatchNorm as scale and shift (f32; float blobs).
     Affine = 5,
-    /// Per-output-channel requantisation records (6 × i32; int8).
+    /// Requantisation records (6 i32 fields per output channel, field-major; int8).
     Requant = 6,
     /// Per-layer zero points (4 × i32; int8).
     QParams = 7,
-    /// GELU table, 256 × i16 (int8; empty for ReLU).
+    /// GELU table, 256 i16 as a low-byte plane and a high-byte plane (int8; empty for ReLU).
     Table = 8,
     /// Per-class dequantisation scale of the int8 head (f32).
     HeadScale = 9,
@@ -506,7 +506,7 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
         // Inputs: raw u8 pixels for the embedding, int8 (−128..=127) elsewhere.
         let x_range: i64 = if layer == 0 { 255 } else { 128 };
         for o in 0..dim {
-            let r = |k: usize| LE::read_i32(&rq[24 * o + 4 * k..]);
+            let r = |k: usize| LE::read_i32(&rq[4 * (k * dim + o)..]);
             let (m_pre, sh_pre, m_post, b_post, sh_post, m_res) =
                 (r(0), r(1), r(2), r(3), r(4), r(5));
             use limits::*;

@@ -68,20 +68,3 @@ impl I32Le<'_> {
         LE::read_i32(&self.0[4 * i..4 * i + 4])
     }
 }
-
-/// Little-endian i16 array.
-///
-/// ```
-/// use convmixer_edge::le::I16Le;
-/// assert_eq!(I16Le(&(-300i16).to_le_bytes()).at(0), -300);
-/// ```
-#[derive(Clone, Copy, Debug)]
-pub struct I16Le<'a>(pub &'a [u8]);
-
-impl I16Le<'_> {
-    /// Element `i`.
-    #[inline(always)]
-    pub fn at(&self, i: usize) -> i16 {
-        LE::read_i16(&self.0[2 * i..2 * i + 2])
-    }
-}

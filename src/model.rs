@@ -2,7 +2,7 @@
 
 use crate::blob::{self, Blob, Header, SectionKind};
 use crate::kernels::{inplace, reference as k, EmbedGeom, Grid, Isa};
-use crate::le::{F16Le, F32Le, FloatWeights, I16Le, I32Le};
+use crate::le::{F16Le, F32Le, FloatWeights, I32Le};
 use crate::{Error, Precision};
 
 /// A model read in place from a blob. Cheap to copy; borrows the blob.
@@ -298,7 +298,7 @@ impl<'a> Model<'a> {
             zp_in: q.at(0),
             zp_z: q.at(1),
             zp_out: q.at(2),
-            table: I16Le(self.blob.section(SectionKind::Table, layer)),
+            table: self.blob.section(SectionKind::Table, layer),
         }
     }
 

@@ -251,15 +251,17 @@ fn lower_int8(
                     .collect();
                 let max = g.iter().fold(0f64, |m, v| m.max(v.abs()));
                 let s_a = if max > 0.0 { max / 32767.0 } else { 1.0 };
-                let t: Vec<u8> = g
+                // Two byte planes, low bytes then high bytes (docs/blob-format.md).
+                let q: Vec<[u8; 2]> = g
                     .iter()
-                    .flat_map(|v| ((v / s_a).round() as i16).to_le_bytes())
+                    .map(|v| ((v / s_a).round() as i16).to_le_bytes())
                     .collect();
+                let t: Vec<u8> = (0..2).flat_map(|b| q.iter().map(move |v| v[b])).collect();
                 (s_z, zp_z, t, s_a)
             }
         };
         let mut bias = vec![0i32; dim];
-        let mut rq = Vec::with_capacity(6 * dim);
+        let mut rq: Vec<[i32; 6]> = Vec::with_capacity(dim);
         for o in 0..dim {
             let acc_scale = s_in * s_w[o];
             let bq = (f64::from(l.b[o]) / acc_scale).round();
@@ -296,7 +298,7 @@ fn lower_int8(
             let bs = f64::from(l.shift[o]) / s_out;
             let rs = if depthwise { s_in / s_out } else { 0.0 };
             let (m_post, b_post, sh_post, m_res) = post_params(ms, bs, rs);
-            rq.extend_from_slice(&[m_pre, sh_pre, m_post, b_post, sh_post, m_res]);
+            rq.push([m_pre, sh_pre, m_post, b_post, sh_post, m_res]);
         }
         let bytes = if li > 0 && !depthwise {
             // Pointwise weights go into the blob packed for the SIMD kernels.
@@ -312,7 +314,9 @@ fn lower_int8(
         };
         w.push(SectionKind::Weights, li, bytes)?;
         w.push(SectionKind::Bias, li, i32_bytes(&bias))?;
-        w.push(SectionKind::Requant, li, i32_bytes(&rq))?;
+        // Field-major: all m_pre, then all sh_pre, … (docs/blob-format.md).
+        let planar: Vec<i32> = (0..6).flat_map(|k| rq.iter().map(move |r| r[k])).collect();
+        w.push(SectionKind::Requant, li, i32_bytes(&planar))?;
         w.push(
             SectionKind::QParams,
             li,

@@ -74,7 +74,7 @@ pub fn dw_i8_inplace(
                 let res = &a_ro[t * d..(t + 1) * d];
                 let out = &mut queue[(x % lq) * d..(x % lq + 1) * d];
                 match isa {
-                    #[cfg(target_arch = "aarch64")]
+                    #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
                     Isa::Neon | Isa::NeonDot => {
                         super::neon::dw_token_i8_neon_c16(&src, y, x, res, g, l, act, out)
                     }
@@ -125,9 +125,9 @@ pub fn pw_i8_inplace(
         x.copy_from_slice(&a[t * dim..(t + n) * dim]);
         let out = &mut a[t * dim..(t + n) * dim];
         match isa {
-            #[cfg(target_arch = "aarch64")]
+            #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
             Isa::Neon => super::neon::pw_i8_neon_smlal_2x16c4(x, n, dim, l, act, out),
-            #[cfg(target_arch = "aarch64")]
+            #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
             Isa::NeonDot => super::neon::pw_i8_neon_sdot_4x16c4(x, n, dim, l, act, out),
             _ => reference::pw_i8(x, n, dim, l, act, out),
         }
@@ -142,7 +142,7 @@ mod tests {
 
     use super::*;
     use crate::kernels::{pw_index, pw_packed_len};
-    use crate::le::{I16Le, I32Le};
+    use crate::le::I32Le;
 
     fn rng(state: &mut u64, lo: i64, hi: i64) -> i64 {
         *state ^= *state << 13;
@@ -154,8 +154,8 @@ mod tests {
     fn layer_bytes(s: &mut u64, dim: usize, depthwise: bool) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         let le = |v: Vec<i32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let bias = le((0..dim).map(|_| rng(s, -40_000, 40_000) as i32).collect());
-        let rq = le((0..dim)
-            .flat_map(|_| {
+        let recs: Vec<[i32; 6]> = (0..dim)
+            .map(|_| {
                 [
                     rng(s, 1 << 30, (1 << 31) - 1) as i32,
                     rng(s, -2, 10) as i32,
@@ -169,6 +169,9 @@ mod tests {
                     },
                 ]
             })
+            .collect();
+        let rq = le((0..6)
+            .flat_map(|k| recs.iter().map(move |v| v[k]))
             .collect());
         let table: Vec<u8> = (0..256)
             .flat_map(|_| (rng(s, -32768, 32767) as i16).to_le_bytes())
@@ -215,7 +218,7 @@ mod tests {
                 zp_in: rng(&mut s, -128, 127) as i32,
                 zp_z: rng(&mut s, -128, 127) as i32,
                 zp_out: rng(&mut s, -128, 127) as i32,
-                table: I16Le(if gelu { &table } else { &[] }),
+                table: if gelu { &table } else { &[] },
             };
             let x: Vec<i8> = (0..g.tokens() * dim)
                 .map(|_| rng(&mut s, -128, 127) as i8)
@@ -251,7 +254,7 @@ mod tests {
                 zp_in: 0,
                 zp_z: rng(&mut s, -128, 127) as i32,
                 zp_out: rng(&mut s, -128, 127) as i32,
-                table: I16Le(&table),
+                table: &table,
             };
             let x: Vec<i8> = (0..tokens * dim)
                 .map(|_| rng(&mut s, -128, 127) as i8)

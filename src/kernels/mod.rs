@@ -5,7 +5,8 @@
 pub mod inplace;
 pub mod reference;
 
-#[cfg(target_arch = "aarch64")]
+// The NEON kernels read little-endian blob fields as native integers.
+#[cfg(all(target_arch = "aarch64", target_endian = "little"))]
 #[allow(unsafe_code)]
 pub mod neon;
 
@@ -45,10 +46,9 @@ impl Isa {
     pub fn available(self) -> bool {
         match self {
             Isa::Scalar => true,
-            Isa::Neon => cfg!(target_arch = "aarch64"),
+            Isa::Neon => cfg!(all(target_arch = "aarch64", target_endian = "little")),
             Isa::NeonDot => {
-                cfg!(target_arch = "aarch64")
-                    && (cfg!(target_feature = "dotprod") || cpu::dotprod())
+                Isa::Neon.available() && (cfg!(target_feature = "dotprod") || cpu::dotprod())
             }
         }
     }

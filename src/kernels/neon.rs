@@ -22,10 +22,18 @@ use super::{pw_packed_len, Grid, PW_KR, PW_NR};
 use crate::Activation;
 
 /// Lengths a pointwise kernel may rely on.
-fn pw_fits(x: &[i8], tokens: usize, dim: usize, l: &QuantLayer<'_>, out: &[i8]) -> bool {
-    tokens
-        .checked_mul(dim)
-        .is_some_and(|n| x.len() >= n && out.len() >= n)
+fn pw_fits(
+    x: &[i8],
+    tokens: usize,
+    dim: usize,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: &[i8],
+) -> bool {
+    table_fits(l, act)
+        && tokens
+            .checked_mul(dim)
+            .is_some_and(|n| x.len() >= n && out.len() >= n)
         && l.w.len() >= pw_packed_len(dim)
         && l.bias.0.len() >= 4 * dim
         && l.requant.0.len() >= 24 * dim
@@ -52,6 +60,231 @@ unsafe fn group4(row: *const i8, g: usize, dim: usize) -> i32 {
     }
 }
 
+/// A GELU layer's table must hold its two 256-byte planes (ReLU layers have none).
+fn table_fits(l: &QuantLayer<'_>, act: Activation) -> bool {
+    act == Activation::Relu || l.table.len() >= 512
+}
+
+/// What the vector epilogue reads of one layer, as raw pointers (see [`epilogue_c16`]).
+#[derive(Clone, Copy)]
+struct Epi {
+    /// `dim` i32 biases (little-endian = native on aarch64 Linux and bare metal).
+    bias: *const i32,
+    /// `6 · dim` i32 requant fields, field-major: field `k` of channel `o` at `k·dim + o`.
+    rq: *const i32,
+    dim: usize,
+    /// 512 bytes (low plane, high plane) for GELU (checked by `table_fits`); unused for ReLU.
+    table: *const u8,
+    gelu: bool,
+    zp_in: i8,
+    zp_z: i32,
+    zp_out: i16,
+}
+
+impl Epi {
+    /// Pointers into `l`; the callers' `*_fits` checks guarantee the lengths
+    /// (bias ≥ 4·dim bytes, requant ≥ 24·dim bytes, table ≥ 512 bytes when GELU).
+    fn new(l: &QuantLayer<'_>, dim: usize, act: Activation) -> Epi {
+        Epi {
+            bias: l.bias.0.as_ptr().cast(),
+            rq: l.requant.0.as_ptr().cast(),
+            dim,
+            table: l.table.as_ptr(),
+            gelu: act != Activation::Relu,
+            // Zero points are checked to lie in −128..=127 by the blob reader; the
+            // kernels' callers get them from there (the scalar path uses them as i32).
+            zp_in: l.zp_in.clamp(-128, 127) as i8,
+            zp_z: l.zp_z,
+            zp_out: l.zp_out.clamp(-128, 127) as i16,
+        }
+    }
+
+    /// Field `k` of channels `o..o + 4`.
+    ///
+    /// # Safety
+    /// `o + 4 ≤ dim`, `k < 6`.
+    #[inline(always)]
+    unsafe fn field(&self, k: usize, o: usize) -> int32x4_t {
+        // SAFETY: k·dim + o + 4 ≤ 6·dim i32 are readable (caller).
+        unsafe { vld1q_s32(self.rq.add(k * self.dim + o)) }
+    }
+}
+
+/// 16 lanes of the GELU table, looked up for `MR` index vectors at once: each 64-byte
+/// quarter of a plane is loaded once and applied to every index with `TBL`/`TBX` (a `TBL`
+/// gives 0 and a `TBX` leaves the lane alone where the index is past its 64 bytes).
+///
+/// # Safety
+/// `plane` points at 256 readable bytes.
+#[inline(always)]
+unsafe fn lookup256<const MR: usize>(plane: *const u8, idx: &[uint8x16_t; MR]) -> [uint8x16_t; MR] {
+    // SAFETY: four 64-byte loads inside the 256-byte plane; the rest is register-only.
+    unsafe {
+        let q0 = vld1q_u8_x4(plane);
+        let mut r: [uint8x16_t; MR] = core::array::from_fn(|m| vqtbl4q_u8(q0, idx[m]));
+        let mut i = *idx;
+        for q in 1..4 {
+            let t = vld1q_u8_x4(plane.add(64 * q));
+            for m in 0..MR {
+                i[m] = vsubq_u8(i[m], vdupq_n_u8(64));
+                r[m] = vqtbx4q_u8(r[m], t, i[m]);
+            }
+        }
+        r
+    }
+}
+
+/// The int8 epilogue ([`epilogue_i8`]) of 16 channels `o0..o0 + 16` for `MR` tokens, in
+/// NEON, bit-exact with the reference:
+///
+/// * `rq(acc + bias, m_pre, sh_pre)`: `SQSHL` by `max(−sh, 0)`, `SQRDMULH`, `SRSHL` by
+///   `min(−sh, 0)` (a rounding right shift);
+/// * GELU: `SQADD zp_z` then two saturating narrows (= the clamp to −128..=127), `EOR 0x80`
+///   (= `z + 128`), `TBL` on the low and high byte planes, `ZIP` back into i16; ReLU: clamp
+///   to 0..=32767;
+/// * `a·m_post + (x_res − zp_in)·m_res + b_post` with `MLA` (no overflow: the reader bounds
+///   the fields so that the sum stays below 2^31), `SRSHL` by `−sh_post`;
+/// * `SQXTN` to i16, `SQADD zp_out`, `SQXTN` to i8: equal to `clamp(zp_out + v, −128, 127)`
+///   because an i16-saturated `v` stays saturated after adding a zero point.
+///
+/// `acc[m][q]` holds the sums of channels `o0 + 4q..o0 + 4q + 4` of token `m` (bias not yet
+/// added); `res[m]`, when given, the 16 residual input bytes of token `m`.
+///
+/// # Safety
+/// `o0 + 16 ≤ e.dim`, `e`'s pointers as documented on [`Epi`], and each `out[m]` points at
+/// 16 writable bytes.
+#[inline(always)]
+unsafe fn epilogue_c16<const MR: usize>(
+    e: &Epi,
+    o0: usize,
+    acc: &mut [[int32x4_t; 4]; MR],
+    res: Option<&[int8x16_t; MR]>,
+    out: &[*mut i8; MR],
+) {
+    // SAFETY: every load below reads channels o0..o0 + 16 < dim of a dim-long field (or
+    // the 512-byte table); every store writes out[m][0..16]; the rest is register-only.
+    unsafe {
+        let zero = vdupq_n_s32(0);
+        for q in 0..4 {
+            let bias = vld1q_s32(e.bias.add(o0 + 4 * q));
+            let m_pre = e.field(0, o0 + 4 * q);
+            let nsh = vnegq_s32(e.field(1, o0 + 4 * q));
+            let (left, right) = (vmaxq_s32(nsh, zero), vminq_s32(nsh, zero));
+            for a in acc.iter_mut() {
+                let x = vqshlq_s32(vaddq_s32(a[q], bias), left);
+                a[q] = vrshlq_s32(vqrdmulhq_s32(x, m_pre), right);
+            }
+        }
+        if e.gelu {
+            let zp_z = vdupq_n_s32(e.zp_z);
+            let idx: [uint8x16_t; MR] = core::array::from_fn(|m| {
+                let z = |q: usize| vqaddq_s32(acc[m][q], zp_z);
+                let lo = vqmovn_high_s32(vqmovn_s32(z(0)), z(1));
+                let hi = vqmovn_high_s32(vqmovn_s32(z(2)), z(3));
+                veorq_u8(
+                    vreinterpretq_u8_s8(vqmovn_high_s16(vqmovn_s16(lo), hi)),
+                    vdupq_n_u8(0x80),
+                )
+            });
+            let lo = lookup256(e.table, &idx);
+            let hi = lookup256(e.table.add(256), &idx);
+            for m in 0..MR {
+                let a0 = vreinterpretq_s16_u8(vzip1q_u8(lo[m], hi[m]));
+                let a1 = vreinterpretq_s16_u8(vzip2q_u8(lo[m], hi[m]));
+                acc[m] = [
+                    vmovl_s16(vget_low_s16(a0)),
+                    vmovl_high_s16(a0),
+                    vmovl_s16(vget_low_s16(a1)),
+                    vmovl_high_s16(a1),
+                ];
+            }
+        } else {
+            let top = vdupq_n_s32(i32::from(i16::MAX));
+            for a in acc.iter_mut() {
+                for v in a.iter_mut() {
+                    *v = vminq_s32(vmaxq_s32(*v, zero), top);
+                }
+            }
+        }
+        let r32: Option<[[int32x4_t; 4]; MR]> = res.map(|res| {
+            let zp = vdup_n_s8(e.zp_in);
+            core::array::from_fn(|m| {
+                let lo = vsubl_s8(vget_low_s8(res[m]), zp);
+                let hi = vsubl_high_s8(res[m], vdupq_n_s8(e.zp_in));
+                [
+                    vmovl_s16(vget_low_s16(lo)),
+                    vmovl_high_s16(lo),
+                    vmovl_s16(vget_low_s16(hi)),
+                    vmovl_high_s16(hi),
+                ]
+            })
+        });
+        for q in 0..4 {
+            let m_post = e.field(2, o0 + 4 * q);
+            let b_post = e.field(3, o0 + 4 * q);
+            let nsh = vnegq_s32(e.field(4, o0 + 4 * q));
+            let m_res = if r32.is_some() {
+                e.field(5, o0 + 4 * q)
+            } else {
+                zero
+            };
+            for m in 0..MR {
+                let mut v = vmlaq_s32(b_post, acc[m][q], m_post);
+                if let Some(r) = &r32 {
+                    v = vmlaq_s32(v, r[m][q], m_res);
+                }
+                acc[m][q] = vrshlq_s32(v, nsh);
+            }
+        }
+        let zp_out = vdupq_n_s16(e.zp_out);
+        for m in 0..MR {
+            let a = &acc[m];
+            let lo = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(a[0]), a[1]), zp_out);
+            let hi = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(a[2]), a[3]), zp_out);
+            vst1q_s8(out[m], vqmovn_high_s16(vqmovn_s16(lo), hi));
+        }
+    }
+}
+
+/// Applies the epilogue to one `MR` tokens × 16 channels tile of a pointwise layer (tokens
+/// `t..t + MR`, channels `o0..`): the vector epilogue when all 16 channels exist, else the
+/// scalar one on the `dim − o0` that do. `pw_fits` must hold and `t + MR ≤ tokens`.
+#[inline(always)]
+fn finish_tile<const MR: usize>(
+    acc: &mut [[int32x4_t; 4]; MR],
+    o0: usize,
+    t: usize,
+    dim: usize,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
+    if o0 + PW_NR <= dim {
+        let e = Epi::new(l, dim, act);
+        let ptrs: [*mut i8; MR] =
+            core::array::from_fn(|m| out[(t + m) * dim + o0..(t + m) * dim + o0 + 16].as_mut_ptr());
+        // SAFETY: o0 + 16 ≤ dim; pw_fits checked the layer's lengths; each pointer comes
+        // from a 16-byte slice of `out`.
+        unsafe { epilogue_c16(&e, o0, acc, None, &ptrs) };
+        return;
+    }
+    for (m, a) in acc.iter().enumerate() {
+        let mut sums = [0i32; PW_NR];
+        for (q, v) in a.iter().enumerate() {
+            // SAFETY: 4q + 4 ≤ 16 lanes.
+            unsafe { vst1q_s32(sums.as_mut_ptr().add(4 * q), *v) };
+        }
+        finish_block(
+            &sums,
+            o0,
+            dim,
+            l,
+            act,
+            &mut out[(t + m) * dim..(t + m + 1) * dim],
+        );
+    }
+}
+
 /// Applies the epilogue to one block of up to 16 output channels of one token.
 #[inline(always)]
 fn finish_block(
@@ -75,13 +308,14 @@ fn finish_block(
 ///
 /// ```
 /// use convmixer_edge::kernels::{neon, pw_packed_len, reference::{self, QuantLayer}};
-/// use convmixer_edge::{le::{I16Le, I32Le}, Activation};
+/// use convmixer_edge::{le::I32Le, Activation};
 /// let (dim, tokens) = (4, 3);
 /// let w = vec![1i8; pw_packed_len(dim)];
 /// let bias = [0u8; 16];
 /// // Per channel [m_pre, sh_pre, m_post, b_post, sh_post, m_res]: ReLU(acc / 2), out = a.
-/// let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].repeat(dim).iter().flat_map(|v| v.to_le_bytes()).collect();
-/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 0, zp_z: 0, zp_out: 0, table: I16Le(&[]) };
+/// // Field-major: each of the 6 fields for every channel.
+/// let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(dim)).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 0, zp_z: 0, zp_out: 0, table: &[] };
 /// let x = [2i8; 12];
 /// let (mut fast, mut slow) = ([0i8; 12], [0i8; 12]);
 /// neon::pw_i8_neon_smlal_2x16c4(&x, tokens, dim, &l, Activation::Relu, &mut fast);
@@ -97,7 +331,7 @@ pub fn pw_i8_neon_smlal_2x16c4(
     act: Activation,
     out: &mut [i8],
 ) {
-    if !pw_fits(x, tokens, dim, l, out) {
+    if !pw_fits(x, tokens, dim, l, act, out) {
         return reference::pw_i8(x, tokens, dim, l, act, out);
     }
     let mut t = 0;
@@ -165,27 +399,11 @@ unsafe fn pw_smlal_tile<const MR: usize>(
             }
             g += 2;
         }
-        for m in 0..MR {
-            let mut sums = [0i32; PW_NR];
-            for r in 0..4 {
-                // SAFETY: sums has 16 lanes; 4r + 4 ≤ 16.
-                unsafe {
-                    vst1q_s32(
-                        sums.as_mut_ptr().add(4 * r),
-                        vpaddq_s32(acc[m][2 * r], acc[m][2 * r + 1]),
-                    )
-                };
-            }
-            let o0 = ob * PW_NR;
-            finish_block(
-                &sums,
-                o0,
-                dim,
-                l,
-                act,
-                &mut out[(t + m) * dim..(t + m + 1) * dim],
-            );
-        }
+        // SAFETY: register-only pairwise adds of the two partials of each output.
+        let mut sums: [[int32x4_t; 4]; MR] = core::array::from_fn(|m| {
+            core::array::from_fn(|r| unsafe { vpaddq_s32(acc[m][2 * r], acc[m][2 * r + 1]) })
+        });
+        finish_tile(&mut sums, ob * PW_NR, t, dim, l, act, out);
     }
 }
 
@@ -214,7 +432,7 @@ pub fn pw_i8_neon_sdot_4x16c4(
     act: Activation,
     out: &mut [i8],
 ) {
-    if !pw_fits(x, tokens, dim, l, out) || !super::Isa::NeonDot.available() {
+    if !pw_fits(x, tokens, dim, l, act, out) || !super::Isa::NeonDot.available() {
         return reference::pw_i8(x, tokens, dim, l, act, out);
     }
     let mut t = 0;
@@ -251,19 +469,29 @@ unsafe fn pw_sdot_tile<const MR: usize>(
         let mut acc = [[vdupq_n_s32(0); 4]; MR];
         for kb in 0..full16 {
             // SAFETY: (4kb + 4)·64 ≤ 16·kp since 16(kb+1) ≤ dim ≤ kp.
-            let w: [[int8x16_t; 4]; 4] = core::array::from_fn(|q| {
-                core::array::from_fn(|r| unsafe { vld1q_s8(wb.add((4 * kb + q) * 64 + r * 16)) })
-            });
+            let w: [int8x16x4_t; 4] =
+                core::array::from_fn(|q| unsafe { vld1q_s8_x4(wb.add((4 * kb + q) * 64)) });
             for m in 0..MR {
                 // SAFETY: 16kb + 16 ≤ dim bytes of the row are readable.
                 let xv = unsafe { vld1q_s8(rows[m].add(16 * kb)) };
-                for r in 0..4 {
-                    unsafe {
-                        sdot_lane!(acc[m][r], w[0][r], xv, "0");
-                        sdot_lane!(acc[m][r], w[1][r], xv, "1");
-                        sdot_lane!(acc[m][r], w[2][r], xv, "2");
-                        sdot_lane!(acc[m][r], w[3][r], xv, "3");
-                    }
+                let a = &mut acc[m];
+                unsafe {
+                    sdot_lane!(a[0], w[0].0, xv, "0");
+                    sdot_lane!(a[1], w[0].1, xv, "0");
+                    sdot_lane!(a[2], w[0].2, xv, "0");
+                    sdot_lane!(a[3], w[0].3, xv, "0");
+                    sdot_lane!(a[0], w[1].0, xv, "1");
+                    sdot_lane!(a[1], w[1].1, xv, "1");
+                    sdot_lane!(a[2], w[1].2, xv, "1");
+                    sdot_lane!(a[3], w[1].3, xv, "1");
+                    sdot_lane!(a[0], w[2].0, xv, "2");
+                    sdot_lane!(a[1], w[2].1, xv, "2");
+                    sdot_lane!(a[2], w[2].2, xv, "2");
+                    sdot_lane!(a[3], w[2].3, xv, "2");
+                    sdot_lane!(a[0], w[3].0, xv, "3");
+                    sdot_lane!(a[1], w[3].1, xv, "3");
+                    sdot_lane!(a[2], w[3].2, xv, "3");
+                    sdot_lane!(a[3], w[3].3, xv, "3");
                 }
             }
         }
@@ -279,21 +507,7 @@ unsafe fn pw_sdot_tile<const MR: usize>(
                 }
             }
         }
-        for m in 0..MR {
-            let mut sums = [0i32; PW_NR];
-            for r in 0..4 {
-                // SAFETY: 4r + 4 ≤ 16 lanes.
-                unsafe { vst1q_s32(sums.as_mut_ptr().add(4 * r), acc[m][r]) };
-            }
-            finish_block(
-                &sums,
-                ob * PW_NR,
-                dim,
-                l,
-                act,
-                &mut out[(t + m) * dim..(t + m + 1) * dim],
-            );
-        }
+        finish_tile(&mut acc, ob * PW_NR, t, dim, l, act, out);
     }
 }
 
@@ -364,15 +578,12 @@ fn dw_token_c16<'x, const K: usize, S: Fn(usize, usize) -> Option<&'x [i8]>>(
                 acc = widen_add(acc, lo, hi);
             }
         }
-        let mut sums = [0i32; 16];
-        for (q, a) in acc.iter().enumerate() {
-            // SAFETY: 4q + 4 ≤ 16.
-            unsafe { vst1q_s32(sums.as_mut_ptr().add(4 * q), *a) };
-        }
-        for (j, s) in sums.iter().enumerate() {
-            let c = c0 + j;
-            let acc = l.bias.at(c).wrapping_add(*s);
-            out[c] = epilogue_i8(acc, i32::from(res[c]) - l.zp_in, &l.requant(c), l, act);
+        let e = Epi::new(l, d, act);
+        let mut acc = [acc];
+        // SAFETY: c0 + 16 ≤ d ≤ res.len(), out.len() (caller); dw_fits checked the layer.
+        unsafe {
+            let r = [vld1q_s8(res.as_ptr().add(c0))];
+            epilogue_c16(&e, c0, &mut acc, Some(&r), &[out[c0..c0 + 16].as_mut_ptr()]);
         }
         c0 += 16;
     }
@@ -407,11 +618,12 @@ fn widen_add(acc: [int32x4_t; 4], lo: int16x8_t, hi: int16x8_t) -> [int32x4_t; 4
 }
 
 /// Whether a depthwise layer's parameters are long enough for the NEON kernels.
-fn dw_fits(g: Grid, l: &QuantLayer<'_>) -> bool {
-    g.kernel
-        .checked_mul(g.kernel)
-        .and_then(|kk| kk.checked_mul(g.dim))
-        .is_some_and(|n| l.w.len() >= n)
+fn dw_fits(g: Grid, l: &QuantLayer<'_>, act: Activation) -> bool {
+    table_fits(l, act)
+        && g.kernel
+            .checked_mul(g.kernel)
+            .and_then(|kk| kk.checked_mul(g.dim))
+            .is_some_and(|n| l.w.len() >= n)
         && l.bias.0.len() >= 4 * g.dim
         && l.requant.0.len() >= 24 * g.dim
 }
@@ -429,7 +641,7 @@ pub fn dw_token_i8_neon_c16<'x, S: Fn(usize, usize) -> Option<&'x [i8]>>(
     act: Activation,
     out: &mut [i8],
 ) {
-    if !dw_fits(g, l) || res.len() < g.dim || out.len() < g.dim {
+    if !dw_fits(g, l, act) || res.len() < g.dim || out.len() < g.dim {
         return reference::dw_token_i8(src, ty, tx, res, g, l, act, out);
     }
     match g.kernel {
@@ -475,7 +687,7 @@ mod tests {
     use std::vec::Vec;
 
     use super::*;
-    use crate::le::{I16Le, I32Le};
+    use crate::le::I32Le;
 
     struct Rng(u64);
     impl Rng {
@@ -503,8 +715,8 @@ mod tests {
             let w: Vec<i8> = (0..wlen).map(|_| r.range(-127, 127) as i8).collect();
             let le = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
             let bias: Vec<i32> = (0..dim).map(|_| r.range(-50_000, 50_000) as i32).collect();
-            let rq: Vec<i32> = (0..dim)
-                .flat_map(|_| {
+            let rq: Vec<[i32; 6]> = (0..dim)
+                .map(|_| {
                     [
                         r.range(1 << 30, (1 << 31) - 1) as i32,
                         r.range(-3, 12) as i32,
@@ -534,7 +746,9 @@ mod tests {
             Layer {
                 w,
                 bias: le(&bias),
-                rq: le(&rq),
+                rq: le(&(0..6)
+                    .flat_map(|k| rq.iter().map(move |v| v[k]))
+                    .collect::<Vec<_>>()),
                 table,
                 zp,
             }
@@ -547,7 +761,7 @@ mod tests {
                 zp_in: self.zp[0],
                 zp_z: self.zp[1],
                 zp_out: self.zp[2],
-                table: I16Le(&self.table),
+                table: &self.table,
             }
         }
     }

@@ -7,7 +7,7 @@
 //! them once, from the validated header).
 
 use super::{EmbedGeom, Grid};
-use crate::le::{F32Le, FloatWeights, I16Le, I32Le};
+use crate::le::{F32Le, FloatWeights, I32Le};
 use crate::Activation;
 
 // ----------------------------------------------------------------------------------------
@@ -263,7 +263,8 @@ pub struct QuantLayer<'a> {
     pub w: &'a [i8],
     /// Bias per output channel (accumulator units).
     pub bias: I32Le<'a>,
-    /// Requant records, 6 × i32 per output channel.
+    /// Requant records: 6 i32 fields, field-major (`[field][dim]`, so that a vector
+    /// kernel loads one field of consecutive channels at once).
     pub requant: I32Le<'a>,
     /// Zero point of the layer input.
     pub zp_in: i32,
@@ -271,15 +272,17 @@ pub struct QuantLayer<'a> {
     pub zp_z: i32,
     /// Zero point of the output.
     pub zp_out: i32,
-    /// GELU table (256 × i16), empty for ReLU.
-    pub table: I16Le<'a>,
+    /// GELU table of 256 i16: the 256 low bytes, then the 256 high bytes (planes that a
+    /// `TBL` lookup reads directly); empty for ReLU.
+    pub table: &'a [u8],
 }
 
 impl QuantLayer<'_> {
     /// Requant record of output channel `o`.
     #[inline]
     pub fn requant(&self, o: usize) -> Requant {
-        let r = |k| self.requant.at(6 * o + k);
+        let dim = self.requant.0.len() / 24;
+        let r = |k| self.requant.at(k * dim + o);
         Requant {
             m_pre: r(0),
             sh_pre: r(1),
@@ -289,14 +292,20 @@ impl QuantLayer<'_> {
             m_res: r(5),
         }
     }
+
+    /// GELU table entry `i` (0..256): `lo[i] | hi[i] << 8` as i16.
+    #[inline]
+    pub fn gelu(&self, i: usize) -> i32 {
+        i32::from(i16::from_le_bytes([self.table[i], self.table[256 + i]]))
+    }
 }
 
 /// The int8 epilogue: accumulator → activation (table or ReLU) → affine (+ residual) → int8.
 /// `res` is `x_res − zp_in` for depthwise layers and 0 otherwise.
 ///
 /// ```
-/// use convmixer_edge::{kernels::reference::*, le::{I16Le, I32Le}, Activation};
-/// let l = QuantLayer { w: &[], bias: I32Le(&[]), requant: I32Le(&[]), zp_in: 0, zp_z: 0, zp_out: 3, table: I16Le(&[]) };
+/// use convmixer_edge::{kernels::reference::*, le::I32Le, Activation};
+/// let l = QuantLayer { w: &[], bias: I32Le(&[]), requant: I32Le(&[]), zp_in: 0, zp_z: 0, zp_out: 3, table: &[] };
 /// // ReLU: a = rq(acc) = acc/2; out = zp_out + rshr(a * 4, 2) = 3 + acc/2.
 /// let r = Requant { m_pre: 1 << 30, sh_pre: 0, m_post: 4, b_post: 0, sh_post: 2, m_res: 0 };
 /// assert_eq!(epilogue_i8(20, 0, &r, &l, Activation::Relu), 13);
@@ -309,7 +318,7 @@ pub fn epilogue_i8(acc: i32, res: i32, r: &Requant, l: &QuantLayer<'_>, act: Act
         Activation::Relu => pre.clamp(0, i32::from(i16::MAX)),
         Activation::Gelu | Activation::GeluTanh => {
             let z = l.zp_z.saturating_add(pre).clamp(-128, 127);
-            i32::from(l.table.at((z + 128) as usize))
+            l.gelu((z + 128) as usize)
         }
     };
     let v = rshr(a * r.m_post + res * r.m_res + r.b_post, r.sh_post);
