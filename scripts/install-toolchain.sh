@@ -3,7 +3,8 @@
 #  * rustup stable with rustfmt + clippy (host builds, fmt check);
 #  * Debian's own Rust 1.96 ("-web" packages) plus the prebuilt arm64 std, so we can
 #    cross-compile for aarch64-unknown-linux-gnu (rustup offers no extra targets here);
-#  * the aarch64 cross gcc (used as linker) and qemu-user (runs the aarch64 test binaries).
+#  * the aarch64 cross gcc (used as linker) and qemu-user (runs the aarch64 test binaries);
+#  * llvm-14 for llvm-mca (cycle estimates in `host-tools bench`).
 # Idempotent: every step checks first and is skipped when already done.
 set -euo pipefail
 
@@ -16,7 +17,7 @@ if [ "$(id -u)" -ne 0 ]; then
     fi
 fi
 
-PKGS=(rustc-web cargo-web rust-web-src libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu qemu-user)
+PKGS=(rustc-web cargo-web rust-web-src libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu qemu-user llvm-14)
 
 # 1. arm64 as a foreign dpkg architecture (needed for libstd-rust-web-dev:arm64).
 if dpkg --print-foreign-architectures | grep -qx arm64; then

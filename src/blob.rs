@@ -524,9 +524,9 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
             // |bias| + range · Σ|w| < 2^31, whatever the summation order.
             let wabs = |v: u8| i64::from((v as i8).unsigned_abs());
             let sum_abs: i64 = match layer {
-                0 => w[o * taps..(o + 1) * taps].iter().map(|&v| wabs(v)).sum(),
-                // Depthwise weights are tap-major: channel o at every `dim`-th byte.
-                l if l % 2 == 1 => (0..taps).map(|t| wabs(w[t * dim + o])).sum(),
+                // Embedding and depthwise weights are tap-major: channel o at every
+                // `dim`-th byte.
+                l if l == 0 || l % 2 == 1 => (0..taps).map(|t| wabs(w[t * dim + o])).sum(),
                 _ => (0..dim).map(|i| wabs(w[pw_index(o, i, dim)])).sum(),
             };
             let bound = i64::from(LE::read_i32(&bias[4 * o..]).unsigned_abs()) + x_range * sum_abs;

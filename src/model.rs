@@ -313,7 +313,14 @@ impl<'a> Model<'a> {
         let h = self.header();
         let act = h.activation;
         let (eg, g) = self.geometry();
-        k::embed_i8(px, eg, g.dim, &self.quant_layer(0), act, a);
+        let l0 = self.quant_layer(0);
+        match self.isa {
+            #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+            Isa::Neon | Isa::NeonDot => {
+                crate::kernels::neon::embed_i8_neon_c16(px, eg, g.dim, &l0, act, a)
+            }
+            _ => k::embed_i8(px, eg, g.dim, &l0, act, a),
+        }
         for i in 0..usize::from(h.depth) {
             let (dw, pw) = (self.quant_layer(1 + 2 * i), self.quant_layer(2 + 2 * i));
             inplace::dw_i8_inplace(a, b, g, &dw, act, self.isa);

@@ -219,6 +219,9 @@ fn lower_int8(
                 l.w[o * taps + t]
             }
         };
+        // int8 embedding and depthwise weights are stored tap-major (`[tap][out]`), so the
+        // kernels load 16 output channels of one tap at once (docs/blob-format.md).
+        let tap_major = depthwise || li == 0;
         let mut wq = vec![0i8; l.w.len()];
         let mut s_w = vec![0f64; dim];
         for o in 0..dim {
@@ -230,7 +233,7 @@ fn lower_int8(
                 let q = (f64::from(w_at(o, t)) / s_w[o])
                     .round()
                     .clamp(-127.0, 127.0) as i8;
-                if depthwise {
+                if tap_major {
                     wq[t * dim + o] = q;
                 } else {
                     wq[o * taps + t] = q;
@@ -267,7 +270,7 @@ fn lower_int8(
             let bq = (f64::from(l.b[o]) / acc_scale).round();
             let sum_abs: i64 = (0..taps)
                 .map(|t| {
-                    i64::from(if depthwise {
+                    i64::from(if tap_major {
                         wq[t * dim + o]
                     } else {
                         wq[o * taps + t]
@@ -279,7 +282,7 @@ fn lower_int8(
             // the kernels multiply raw int8 inputs (docs/blob-format.md).
             let sum_w: i64 = (0..taps)
                 .map(|t| {
-                    i64::from(if depthwise {
+                    i64::from(if tap_major {
                         wq[t * dim + o]
                     } else {
                         wq[o * taps + t]

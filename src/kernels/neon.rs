@@ -18,7 +18,7 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 
 use super::reference::{self, epilogue_i8, QuantLayer};
-use super::{pw_packed_len, Grid, PW_KR, PW_NR};
+use super::{pw_packed_len, EmbedGeom, Grid, PW_KR, PW_NR};
 use crate::Activation;
 
 /// Lengths a pointwise kernel may rely on.
@@ -337,13 +337,115 @@ pub fn pw_i8_neon_smlal_2x16c4(
     let mut t = 0;
     while t + 2 <= tokens {
         // SAFETY: pw_fits checked x, out ≥ tokens·dim and the packed weight length.
-        unsafe { pw_smlal_tile::<2>(x, t, dim, l, act, out) };
+        unsafe {
+            if dim % 16 == 0 {
+                pw_smlal_tile2(x, t, dim, l, act, out)
+            } else {
+                pw_smlal_tile::<2>(x, t, dim, l, act, out)
+            }
+        };
         t += 2;
     }
     while t < tokens {
         // SAFETY: as above.
         unsafe { pw_smlal_tile::<1>(x, t, dim, l, act, out) };
         t += 1;
+    }
+}
+
+/// One 16-byte weight row (4 outputs × 4 inputs) of two consecutive input groups times
+/// their inputs (`x0`, `x1`: 4 bytes repeated): `SMULL`+`SMLAL` (low halves: outputs 0, 1)
+/// and `SMULL2`+`SMLAL2` (high halves: outputs 2, 3) into i16 — exact, two products of
+/// |w| ≤ 127 and |x| ≤ 128 per lane — then `SADALP` into the i32 partial sums.
+#[inline(always)]
+fn smlal_row(
+    acc: (int32x4_t, int32x4_t),
+    w0: int8x16_t,
+    w1: int8x16_t,
+    x0: int8x16_t,
+    x1: int8x16_t,
+) -> (int32x4_t, int32x4_t) {
+    // SAFETY: register-only NEON arithmetic.
+    unsafe {
+        let lo = vmlal_s8(
+            vmull_s8(vget_low_s8(w0), vget_low_s8(x0)),
+            vget_low_s8(w1),
+            vget_low_s8(x1),
+        );
+        let hi = vmlal_high_s8(vmull_high_s8(w0, x0), w1, x1);
+        (vpadalq_s16(acc.0, lo), vpadalq_s16(acc.1, hi))
+    }
+}
+
+/// Eight accumulator registers of one token: for each 4-output row `r`, outputs `4r, 4r+1`
+/// and `4r+2, 4r+3`, two partial sums each.
+type Acc8 = [(int32x4_t, int32x4_t); 4];
+
+/// Two input groups (`$lane0`, `$lane1` of `$x`) of one token into its accumulators.
+macro_rules! smlal_pair {
+    ($a:ident, $wa:ident, $wb:ident, $x:ident, $lane0:literal, $lane1:literal) => {{
+        let x0 = vreinterpretq_s8_s32(vdupq_laneq_s32::<$lane0>($x));
+        let x1 = vreinterpretq_s8_s32(vdupq_laneq_s32::<$lane1>($x));
+        $a[0] = smlal_row($a[0], $wa.0, $wb.0, x0, x1);
+        $a[1] = smlal_row($a[1], $wa.1, $wb.1, x0, x1);
+        $a[2] = smlal_row($a[2], $wa.2, $wb.2, x0, x1);
+        $a[3] = smlal_row($a[3], $wa.3, $wb.3, x0, x1);
+    }};
+}
+
+/// 16 inputs per step of one token into its 8 partial-sum registers over one 16-output
+/// block `wb` (one 16-byte input load, `DUP` by lane per group, four `LD1` of 64 bytes of
+/// weights): every operand stays in registers (8 sums, 8 weight rows, the inputs).
+///
+/// # Safety
+/// `row` has `dim` readable bytes, `wb` heads a packed block of `16·dim` bytes, and
+/// `dim % 16 == 0`.
+#[inline(always)]
+unsafe fn smlal_token(row: *const i8, wb: *const i8, dim: usize) -> [int32x4_t; 4] {
+    // SAFETY: register-only.
+    let z = unsafe { vdupq_n_s32(0) };
+    let mut a0: Acc8 = [(z, z); 4];
+    for kb in 0..dim / 16 {
+        // SAFETY: 16kb + 16 ≤ dim bytes of the row are readable; groups 4kb..4kb + 4 lie
+        // inside the block ((4kb + 4)·64 ≤ 16·dim).
+        unsafe {
+            let x0 = vreinterpretq_s32_s8(vld1q_s8(row.add(16 * kb)));
+            let wg = vld1q_s8_x4(wb.add(4 * kb * 64));
+            let wh = vld1q_s8_x4(wb.add((4 * kb + 1) * 64));
+            smlal_pair!(a0, wg, wh, x0, 0, 1);
+            let wg = vld1q_s8_x4(wb.add((4 * kb + 2) * 64));
+            let wh = vld1q_s8_x4(wb.add((4 * kb + 3) * 64));
+            smlal_pair!(a0, wg, wh, x0, 2, 3);
+        }
+    }
+    // SAFETY: register-only pairwise adds of the two partials of each output.
+    core::array::from_fn(|r| unsafe { vpaddq_s32(a0[r].0, a0[r].1) })
+}
+
+/// The ARMv8.0 micro-kernel for `dim % 16 == 0`: 2 tokens × 16 outputs. The tokens' sums are
+/// computed one after the other ([`smlal_token`]: two tokens at once would need 30 of the 32
+/// registers and spill) and share one epilogue, which loads each channel's parameters once.
+///
+/// # Safety
+/// `pw_fits` must hold, `dim % 16 == 0` and `t + 2 ≤ tokens`.
+#[inline(always)]
+unsafe fn pw_smlal_tile2(
+    x: &[i8],
+    t: usize,
+    dim: usize,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
+    let (r0, r1) = (x[t * dim..].as_ptr(), x[(t + 1) * dim..].as_ptr());
+    for ob in 0..dim / PW_NR {
+        // SAFETY: block ob spans 16·dim bytes inside the packed weights (no input padding
+        // since dim % 16 == 0); each row has dim bytes (pw_fits).
+        let mut acc = unsafe {
+            let wb = l.w.as_ptr().add(ob * PW_NR * dim);
+            [smlal_token(r0, wb, dim), smlal_token(r1, wb, dim)]
+        };
+        finish_tile(&mut acc, ob * PW_NR, t, dim, l, act, out);
     }
 }
 
@@ -438,13 +540,104 @@ pub fn pw_i8_neon_sdot_4x16c4(
     let mut t = 0;
     while t + 4 <= tokens {
         // SAFETY: lengths checked by pw_fits; dotprod is available.
-        unsafe { pw_sdot_tile::<4>(x, t, dim, l, act, out) };
+        unsafe { pw_sdot_tile4(x, t, dim, l, act, out) };
         t += 4;
     }
     while t < tokens {
         // SAFETY: as above.
         unsafe { pw_sdot_tile::<1>(x, t, dim, l, act, out) };
         t += 1;
+    }
+}
+
+/// `SDOT` of one group of 4 inputs (lane `$lane` of `$x`) into 16 outputs (`$w`: 4
+/// registers of 4 outputs × 4 inputs) of one token's accumulators `$a`.
+macro_rules! sdot_group {
+    ($a:ident, $w:ident, $x:ident, $lane:literal) => {
+        sdot_lane!($a.0, $w.0, $x, $lane);
+        sdot_lane!($a.1, $w.1, $x, $lane);
+        sdot_lane!($a.2, $w.2, $x, $lane);
+        sdot_lane!($a.3, $w.3, $x, $lane);
+    };
+}
+
+/// The 4 tokens × 16 outputs micro-kernel: 16 accumulator registers, 4 input registers
+/// (16 inputs of each token) and 4 weight registers (one `LD1` of 64 bytes: 16 outputs ×
+/// 4 inputs) per group — 4 + 4 loads for 64 `SDOT`s per 16 inputs.
+///
+/// # Safety
+/// `pw_fits` must hold, `t + 4 ≤ tokens`, and the CPU must implement FEAT_DotProd.
+#[target_feature(enable = "dotprod")]
+unsafe fn pw_sdot_tile4(
+    x: &[i8],
+    t: usize,
+    dim: usize,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
+    let groups = dim.div_ceil(PW_KR);
+    let kp = groups * PW_KR;
+    let full16 = dim / 16; // input blocks of 16 that need no padding
+    let r0 = x[t * dim..].as_ptr();
+    let (r1, r2, r3) = (
+        x[(t + 1) * dim..].as_ptr(),
+        x[(t + 2) * dim..].as_ptr(),
+        x[(t + 3) * dim..].as_ptr(),
+    );
+    let z = vdupq_n_s32(0);
+    for ob in 0..dim.div_ceil(PW_NR) {
+        // SAFETY: block ob spans PW_NR·kp bytes inside the packed weights.
+        let wb = unsafe { l.w.as_ptr().add(ob * PW_NR * kp) };
+        let (mut a0, mut a1, mut a2, mut a3) =
+            ((z, z, z, z), (z, z, z, z), (z, z, z, z), (z, z, z, z));
+        for kb in 0..full16 {
+            // SAFETY: 16kb + 16 ≤ dim bytes of each row are readable; groups 4kb..4kb + 4
+            // lie inside block ob ((4kb + 4)·64 ≤ 16·kp since 16(kb + 1) ≤ dim ≤ kp).
+            unsafe {
+                let (x0, x1, x2, x3) = (
+                    vld1q_s8(r0.add(16 * kb)),
+                    vld1q_s8(r1.add(16 * kb)),
+                    vld1q_s8(r2.add(16 * kb)),
+                    vld1q_s8(r3.add(16 * kb)),
+                );
+                let w = vld1q_s8_x4(wb.add(4 * kb * 64));
+                sdot_group!(a0, w, x0, "0");
+                sdot_group!(a1, w, x1, "0");
+                sdot_group!(a2, w, x2, "0");
+                sdot_group!(a3, w, x3, "0");
+                let w = vld1q_s8_x4(wb.add((4 * kb + 1) * 64));
+                sdot_group!(a0, w, x0, "1");
+                sdot_group!(a1, w, x1, "1");
+                sdot_group!(a2, w, x2, "1");
+                sdot_group!(a3, w, x3, "1");
+                let w = vld1q_s8_x4(wb.add((4 * kb + 2) * 64));
+                sdot_group!(a0, w, x0, "2");
+                sdot_group!(a1, w, x1, "2");
+                sdot_group!(a2, w, x2, "2");
+                sdot_group!(a3, w, x3, "2");
+                let w = vld1q_s8_x4(wb.add((4 * kb + 3) * 64));
+                sdot_group!(a0, w, x0, "3");
+                sdot_group!(a1, w, x1, "3");
+                sdot_group!(a2, w, x2, "3");
+                sdot_group!(a3, w, x3, "3");
+            }
+        }
+        for g in 4 * full16..groups {
+            // SAFETY: group g < groups lies inside block ob; each row has dim bytes.
+            unsafe {
+                let w = vld1q_s8_x4(wb.add(g * 64));
+                let xg = |r| vreinterpretq_s8_s32(vdupq_n_s32(group4(r, g, dim)));
+                let (x0, x1, x2, x3) = (xg(r0), xg(r1), xg(r2), xg(r3));
+                sdot_group!(a0, w, x0, "0");
+                sdot_group!(a1, w, x1, "0");
+                sdot_group!(a2, w, x2, "0");
+                sdot_group!(a3, w, x3, "0");
+            }
+        }
+        let quad = |a: (int32x4_t, int32x4_t, int32x4_t, int32x4_t)| [a.0, a.1, a.2, a.3];
+        let mut acc = [quad(a0), quad(a1), quad(a2), quad(a3)];
+        finish_tile(&mut acc, ob * PW_NR, t, dim, l, act, out);
     }
 }
 
@@ -511,11 +704,98 @@ unsafe fn pw_sdot_tile<const MR: usize>(
     }
 }
 
+/// int8 patch embedding on raw `u8` pixels (ARMv8.0 NEON, 16 output channels per step):
+/// each tap's 16 weights (tap-major layout) widened to i16, `SMLAL`/`SMLAL2` by the pixel
+/// into i32, then the vector epilogue; channels past the last multiple of 16 use the
+/// reference formula. Same arguments and result as [`reference::embed_i8`].
+pub fn embed_i8_neon_c16(
+    px: &[u8],
+    g: EmbedGeom,
+    dim: usize,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
+    let (p, c) = (g.patch, g.in_c);
+    let fits = p > 0
+        && g.in_h >= p
+        && g.in_w >= p
+        && g.in_h
+            .checked_mul(g.in_w)
+            .and_then(|n| n.checked_mul(c))
+            .is_some_and(|n| px.len() >= n)
+        && ((g.in_h / p) * (g.in_w / p))
+            .checked_mul(dim)
+            .is_some_and(|n| out.len() >= n)
+        && g.taps().checked_mul(dim).is_some_and(|n| l.w.len() >= n)
+        && l.bias.0.len() >= 4 * dim
+        && l.requant.0.len() >= 24 * dim
+        && table_fits(l, act);
+    if !fits {
+        return reference::embed_i8(px, g, dim, l, act, out);
+    }
+    let (ht, wt) = (g.in_h / p, g.in_w / p);
+    let e = Epi::new(l, dim, act);
+    let c16 = dim / 16 * 16;
+    for ty in 0..ht {
+        for tx in 0..wt {
+            let t = ty * wt + tx;
+            let o = &mut out[t * dim..(t + 1) * dim];
+            let mut c0 = 0;
+            while c0 < c16 {
+                // SAFETY: pixel rows (ty·p + ky)·in_w + tx·p .. + p of c bytes lie inside px
+                // (ty·p + ky < in_h, tx·p + p ≤ in_w); weight rows tap·dim + c0 + 16 ≤
+                // taps·dim ≤ w.len(); o has dim ≥ c0 + 16 bytes; the rest is registers.
+                unsafe {
+                    let mut acc = [vdupq_n_s32(0); 4];
+                    let mut wp = l.w.as_ptr().add(c0);
+                    for ky in 0..p {
+                        let row = px.as_ptr().add(((ty * p + ky) * g.in_w + tx * p) * c);
+                        for j in 0..p * c {
+                            let x = i16::from(*row.add(j));
+                            let w = vld1q_s8(wp);
+                            wp = wp.add(dim);
+                            let (lo, hi) = (vmovl_s8(vget_low_s8(w)), vmovl_high_s8(w));
+                            acc[0] = vmlal_n_s16(acc[0], vget_low_s16(lo), x);
+                            acc[1] = vmlal_high_n_s16(acc[1], lo, x);
+                            acc[2] = vmlal_n_s16(acc[2], vget_low_s16(hi), x);
+                            acc[3] = vmlal_high_n_s16(acc[3], hi, x);
+                        }
+                    }
+                    let mut acc = [acc];
+                    epilogue_c16(&e, c0, &mut acc, None, &[o[c0..c0 + 16].as_mut_ptr()]);
+                }
+                c0 += 16;
+            }
+            for ch in c16..dim {
+                let mut acc = l.bias.at(ch);
+                let mut tap = 0;
+                for ky in 0..p {
+                    let row = ((ty * p + ky) * g.in_w + tx * p) * c;
+                    for v in &px[row..row + p * c] {
+                        acc += i32::from(l.w[tap * dim + ch]) * i32::from(*v);
+                        tap += 1;
+                    }
+                }
+                o[ch] = epilogue_i8(acc, 0, &l.requant(ch), l, act);
+            }
+        }
+    }
+}
+
+/// Largest depthwise kernel the NEON path takes (`k ≤ 9`, so at most 81 taps); larger
+/// kernels use the reference.
+const DW_MAX_K: usize = 9;
+
 /// One output token of the depthwise k×k 'same' int8 conv with the fused residual,
-/// vectorised along channels (16 per step): `SMULL`/`SMLAL` pairs of taps into i16, `SADDW`
-/// into i32; channels past the last multiple of 16 use the scalar formula. `K` > 0 fixes
-/// the kernel size at compile time (3, 5, 7, 9 are specialised by the callers); `K = 0`
-/// reads it from `g`. Same contract as [`reference::dw_token_i8`]; the caller guarantees
+/// vectorised along channels (16 per step). The taps are resolved once per token into a
+/// table of (input row, weight row) pointers for those inside the grid and a list of weight
+/// rows for the padding taps (whose input is `zp_in`); then each 16-channel step runs
+/// branch-free over the tables: `SMULL`/`SMLAL` pairs of taps into i16 (two products of
+/// |w| ≤ 127 and |x| ≤ 128 fit), `SADDW` into i32, and the vector epilogue. Channels past the
+/// last multiple of 16 use the scalar formula. `K` > 0 fixes the kernel size at compile time
+/// (3, 5, 7, 9 are specialised by the caller); `K = 0` reads it from `g`. Same contract as
+/// [`reference::dw_token_i8`]; the caller guarantees `dw_fits`, `g.kernel ≤ DW_MAX_K`,
 /// `res.len() ≥ dim`, `out.len() ≥ dim`, and that every slice `src` returns is `dim` long.
 #[allow(clippy::too_many_arguments)]
 #[inline]
@@ -531,57 +811,69 @@ fn dw_token_c16<'x, const K: usize, S: Fn(usize, usize) -> Option<&'x [i8]>>(
 ) {
     let k = if K > 0 { K } else { g.kernel };
     let d = g.dim;
-    let c16 = d / 16 * 16;
-    // SAFETY: register-only.
-    let zp = unsafe { vdupq_n_s8(l.zp_in as i8) };
-    let mut c0 = 0;
-    while c0 < c16 {
-        // SAFETY: register-only.
-        let mut acc = [unsafe { vdupq_n_s32(0) }; 4];
-        let mut pending: Option<(int8x16_t, int8x16_t)> = None;
-        for ky in 0..k {
-            let y = (ty + ky).wrapping_sub(g.pad_top);
-            for kx in 0..k {
-                let xx = (tx + kx).wrapping_sub(g.pad_left);
-                let row = if y < g.ht && xx < g.wt {
-                    src(y, xx).filter(|r| r.len() >= d)
-                } else {
-                    None
-                };
-                let xv = match row {
-                    // SAFETY: c0 + 16 ≤ c16 ≤ d ≤ row.len().
-                    Some(r) => unsafe { vld1q_s8(r.as_ptr().add(c0)) },
-                    None => zp,
-                };
-                // SAFETY: (tap·d + c0 + 16) ≤ k²·d ≤ w.len() (checked by the public entry points).
-                let wv = unsafe { vld1q_s8(l.w.as_ptr().add((ky * k + kx) * d + c0)) };
-                match pending.take() {
-                    None => pending = Some((wv, xv)),
-                    // SAFETY: register-only.
-                    Some((w0, x0)) => unsafe {
-                        let lo = vmlal_s8(
-                            vmull_s8(vget_low_s8(w0), vget_low_s8(x0)),
-                            vget_low_s8(wv),
-                            vget_low_s8(xv),
-                        );
-                        let hi = vmlal_high_s8(vmull_high_s8(w0, x0), wv, xv);
-                        acc = widen_add(acc, lo, hi);
-                    },
+    let mut inside: [(*const i8, *const i8); DW_MAX_K * DW_MAX_K] =
+        [(core::ptr::null(), core::ptr::null()); DW_MAX_K * DW_MAX_K];
+    let mut padding: [*const i8; DW_MAX_K * DW_MAX_K] = [core::ptr::null(); DW_MAX_K * DW_MAX_K];
+    let (mut ni, mut np) = (0, 0);
+    for ky in 0..k {
+        let y = (ty + ky).wrapping_sub(g.pad_top);
+        for kx in 0..k {
+            let xx = (tx + kx).wrapping_sub(g.pad_left);
+            // In bounds: tap·d + d ≤ k²·d ≤ w.len() (dw_fits).
+            let wrow = l.w[(ky * k + kx) * d..].as_ptr();
+            match (y < g.ht && xx < g.wt)
+                .then(|| src(y, xx))
+                .flatten()
+                .filter(|r| r.len() >= d)
+            {
+                Some(r) => {
+                    inside[ni] = (r.as_ptr(), wrow);
+                    ni += 1;
+                }
+                None => {
+                    padding[np] = wrow;
+                    np += 1;
                 }
             }
         }
-        if let Some((w0, x0)) = pending {
-            // SAFETY: register-only.
-            unsafe {
-                let lo = vmull_s8(vget_low_s8(w0), vget_low_s8(x0));
-                let hi = vmull_high_s8(w0, x0);
-                acc = widen_add(acc, lo, hi);
-            }
-        }
-        let e = Epi::new(l, d, act);
-        let mut acc = [acc];
-        // SAFETY: c0 + 16 ≤ d ≤ res.len(), out.len() (caller); dw_fits checked the layer.
+    }
+    let (inside, padding) = (&inside[..ni], &padding[..np]);
+    let e = Epi::new(l, d, act);
+    let c16 = d / 16 * 16;
+    let mut c0 = 0;
+    while c0 < c16 {
+        // SAFETY: every pointer in the tables heads a row of d ≥ c0 + 16 readable bytes
+        // (input rows from `src`, weight rows inside `w`); res and out hold d ≥ c0 + 16
+        // bytes (caller); the rest is register-only.
         unsafe {
+            let mut acc = [vdupq_n_s32(0); 4];
+            let mut pairs = inside.chunks_exact(2);
+            for p in &mut pairs {
+                let (x0, w0) = (vld1q_s8(p[0].0.add(c0)), vld1q_s8(p[0].1.add(c0)));
+                let (x1, w1) = (vld1q_s8(p[1].0.add(c0)), vld1q_s8(p[1].1.add(c0)));
+                acc = mac_pair(acc, w0, x0, w1, x1);
+            }
+            let zp = vdupq_n_s8(e.zp_in);
+            let mut rest_w = [vdupq_n_s8(0); 2];
+            let mut rest_x = [zp; 2];
+            let mut n_rest = 0;
+            if let [(x, w)] = pairs.remainder() {
+                (rest_x[0], rest_w[0]) = (vld1q_s8(x.add(c0)), vld1q_s8(w.add(c0)));
+                n_rest = 1;
+            }
+            for w in padding {
+                rest_w[n_rest] = vld1q_s8(w.add(c0));
+                n_rest += 1;
+                if n_rest == 2 {
+                    acc = mac_pair(acc, rest_w[0], rest_x[0], rest_w[1], rest_x[1]);
+                    (rest_w, rest_x, n_rest) = ([vdupq_n_s8(0); 2], [zp; 2], 0);
+                }
+            }
+            if n_rest == 1 {
+                // The second weight is zero: its product vanishes whatever its input.
+                acc = mac_pair(acc, rest_w[0], rest_x[0], rest_w[1], rest_x[1]);
+            }
+            let mut acc = [acc];
             let r = [vld1q_s8(res.as_ptr().add(c0))];
             epilogue_c16(&e, c0, &mut acc, Some(&r), &[out[c0..c0 + 16].as_mut_ptr()]);
         }
@@ -601,6 +893,28 @@ fn dw_token_c16<'x, const K: usize, S: Fn(usize, usize) -> Option<&'x [i8]>>(
             }
         }
         out[c] = epilogue_i8(acc, i32::from(res[c]) - l.zp_in, &l.requant(c), l, act);
+    }
+}
+
+/// `acc += w0·x0 + w1·x1` on 16 channels: `SMULL`+`SMLAL` (low and high halves) into i16,
+/// exact because each lane holds two products of |w| ≤ 127 and |x| ≤ 128, then widened.
+#[inline(always)]
+fn mac_pair(
+    acc: [int32x4_t; 4],
+    w0: int8x16_t,
+    x0: int8x16_t,
+    w1: int8x16_t,
+    x1: int8x16_t,
+) -> [int32x4_t; 4] {
+    // SAFETY: register-only NEON arithmetic.
+    unsafe {
+        let lo = vmlal_s8(
+            vmull_s8(vget_low_s8(w0), vget_low_s8(x0)),
+            vget_low_s8(w1),
+            vget_low_s8(x1),
+        );
+        let hi = vmlal_high_s8(vmull_high_s8(w0, x0), w1, x1);
+        widen_add(acc, lo, hi)
     }
 }
 
@@ -641,7 +955,7 @@ pub fn dw_token_i8_neon_c16<'x, S: Fn(usize, usize) -> Option<&'x [i8]>>(
     act: Activation,
     out: &mut [i8],
 ) {
-    if !dw_fits(g, l, act) || res.len() < g.dim || out.len() < g.dim {
+    if !dw_fits(g, l, act) || g.kernel > DW_MAX_K || res.len() < g.dim || out.len() < g.dim {
         return reference::dw_token_i8(src, ty, tx, res, g, l, act, out);
     }
     match g.kernel {
@@ -816,6 +1130,43 @@ mod tests {
                 pw_i8_neon_sdot_4x16c4(&x, tokens, dim, &l.view(), act(gelu), &mut got);
                 assert_eq!(got, want, "sdot: dim {dim} tokens {tokens}");
             }
+        }
+    }
+
+    #[test]
+    fn embedding_kernel_matches_the_reference() {
+        let mut r = Rng(0x1234_5678_9abc_def1);
+        for case in 0..120 {
+            let dim = match case % 3 {
+                0 => 16 * r.range(1, 4) as usize,
+                _ => r.range(1, 50) as usize,
+            };
+            let patch = r.range(1, 7) as usize;
+            let in_c = r.range(1, 4) as usize;
+            let (in_h, in_w) = (
+                patch * r.range(1, 5) as usize + r.range(0, patch as i64 - 1) as usize,
+                patch * r.range(1, 5) as usize + r.range(0, patch as i64 - 1) as usize,
+            );
+            let eg = EmbedGeom {
+                in_h,
+                in_w,
+                in_c,
+                patch,
+            };
+            let gelu = case % 2 == 0;
+            let mut l = Layer::random(&mut r, eg.taps() * dim, dim, false, gelu);
+            // Raw pixels go up to 255: keep the accumulator bound of the format.
+            let bias: Vec<i32> = (0..dim)
+                .map(|_| r.range(-100_000, 100_000) as i32)
+                .collect();
+            l.bias = bias.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let px: Vec<u8> = (0..in_h * in_w * in_c).map(|_| r.next() as u8).collect();
+            let n = (in_h / patch) * (in_w / patch) * dim;
+            let mut want = vec![0i8; n];
+            reference::embed_i8(&px, eg, dim, &l.view(), act(gelu), &mut want);
+            let mut got = vec![0i8; n];
+            embed_i8_neon_c16(&px, eg, dim, &l.view(), act(gelu), &mut got);
+            assert_eq!(got, want, "embed: {eg:?} dim {dim}");
         }
     }
 

@@ -342,12 +342,12 @@ pub fn embed_i8(
             let t = ty * wt + tx;
             for o in 0..dim {
                 let mut acc = l.bias.at(o);
-                let mut i = o * g.taps();
+                let mut tap = 0;
                 for ky in 0..p {
                     let row = ((ty * p + ky) * g.in_w + tx * p) * c;
                     for v in &px[row..row + p * c] {
-                        acc += i32::from(l.w[i]) * i32::from(*v);
-                        i += 1;
+                        acc += i32::from(l.w[tap * dim + o]) * i32::from(*v);
+                        tap += 1;
                     }
                 }
                 out[t * dim + o] = epilogue_i8(acc, 0, &l.requant(o), l, act);
