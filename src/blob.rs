@@ -487,7 +487,7 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
         let dim = usize::from(h.dim);
         // Weights are symmetric: −128 never occurs (the SIMD kernels sum two products in
         // i16, safe only for |w| ≤ 127).
-        if w.iter().any(|&v| v == 0x80) {
+        if w.contains(&0x80) {
             return Err(Error::Malformed("int8 weight −128"));
         }
         let pointwise = layer > 0 && layer % 2 == 0;

@@ -4,6 +4,7 @@
 //! host-tools quantize MODEL.onnx [--calib PATH] [--precision int8|fp16|fp32] [--mean M..] [--std S..] [--labels FILE] [-o OUT]
 //! host-tools classify MODEL.cmx IMAGE... [--top K] [--json]
 //! host-tools eval MODEL --data DIR [--json] [--mean M..] [--std S..] [--labels FILE]
+//! host-tools bench [--json] [--quick] [--log-counter]
 //! ```
 //!
 //! Every failure prints one line `error: …` naming what is wrong and exits with status 1
@@ -17,6 +18,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use convmixer_edge::{Model, Precision};
 use convmixer_quantize::{data, onnx, reference::TractModel, Options};
 use indicatif::{ProgressBar, ProgressStyle};
+
+mod bench;
+mod mca;
 
 #[derive(Parser)]
 #[command(
@@ -110,6 +114,24 @@ enum Cmd {
         #[command(flatten)]
         prep: Prep,
     },
+    /// Benchmark figures for two random-weight ConvMixers (B1: 256/8 on 32x32, B2: 768/32
+    /// on 112x112): MACs, aarch64 instructions per inference under qemu-user (int8 SMLAL,
+    /// SDOT, scalar; tract fp32) against the MAC limit, llvm-mca estimates of the kernels'
+    /// hot loops, host wall time against tract, blob and arena bytes. Needs the aarch64
+    /// toolchain, qemu-user and llvm-14; builds what it runs; takes tens of minutes.
+    Bench {
+        /// One JSON object per model instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Skip the slowest counts (B2's scalar and tract runs) and time fewer runs.
+        #[arg(long)]
+        quick: bool,
+        /// Count instructions by parsing qemu's exec log instead of with the counting
+        /// plugin (tools/qemu-insn-plugin): the reference method, far slower; B2's scalar
+        /// and tract counts are skipped.
+        #[arg(long)]
+        log_counter: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -134,6 +156,11 @@ fn main() -> ExitCode {
             json,
             prep,
         } => eval(&model, &data, json, &prep),
+        Cmd::Bench {
+            json,
+            quick,
+            log_counter,
+        } => bench::run(json, quick, log_counter),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,3 @@
+//! Library half of `host-tools`: pieces the binary uses that are worth testing on their own.
+
+pub mod qemu_count;
