@@ -16,6 +16,7 @@
 
 use core::arch::aarch64::*;
 use core::arch::asm;
+use core::mem::MaybeUninit;
 
 use super::reference::{self, epilogue_i8, QuantLayer};
 use super::{pw_packed_len, EmbedGeom, Grid, PW_KR, PW_NR};
@@ -261,10 +262,12 @@ fn finish_tile<const MR: usize>(
 ) {
     if o0 + PW_NR <= dim {
         let e = Epi::new(l, dim, act);
-        let ptrs: [*mut i8; MR] =
-            core::array::from_fn(|m| out[(t + m) * dim + o0..(t + m) * dim + o0 + 16].as_mut_ptr());
-        // SAFETY: o0 + 16 ≤ dim; pw_fits checked the layer's lengths; each pointer comes
-        // from a 16-byte slice of `out`.
+        // All pointers derive from one borrow of `out`: (t + m)·dim + o0 + 16 ≤ tokens·dim ≤
+        // out.len() (pw_fits, t + MR ≤ tokens, o0 + 16 ≤ dim).
+        let base = out.as_mut_ptr();
+        let ptrs: [*mut i8; MR] = core::array::from_fn(|m| base.wrapping_add((t + m) * dim + o0));
+        // SAFETY: o0 + 16 ≤ dim; pw_fits checked the layer's lengths; each pointer heads 16
+        // bytes of `out`.
         unsafe { epilogue_c16(&e, o0, acc, None, &ptrs) };
         return;
     }
@@ -787,73 +790,100 @@ pub fn embed_i8_neon_c16(
 /// kernels use the reference.
 const DW_MAX_K: usize = 9;
 
-/// One output token of the depthwise k×k 'same' int8 conv with the fused residual,
-/// vectorised along channels (16 per step). The taps are resolved once per token into a
-/// table of (input row, weight row) pointers for those inside the grid and a list of weight
-/// rows for the padding taps (whose input is `zp_in`); then each 16-channel step runs
-/// branch-free over the tables: `SMULL`/`SMLAL` pairs of taps into i16 (two products of
-/// |w| ≤ 127 and |x| ≤ 128 fit), `SADDW` into i32, and the vector epilogue. Channels past the
-/// last multiple of 16 use the scalar formula. `K` > 0 fixes the kernel size at compile time
-/// (3, 5, 7, 9 are specialised by the caller); `K = 0` reads it from `g`. Same contract as
-/// [`reference::dw_token_i8`]; the caller guarantees `dw_fits`, `g.kernel ≤ DW_MAX_K`,
-/// `res.len() ≥ dim`, `out.len() ≥ dim`, and that every slice `src` returns is `dim` long.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn dw_token_c16<'x, const K: usize, S: Fn(usize, usize) -> Option<&'x [i8]>>(
-    src: &S,
-    ty: usize,
-    tx: usize,
-    res: &[i8],
-    g: Grid,
-    l: &QuantLayer<'_>,
-    act: Activation,
-    out: &mut [i8],
-) {
-    let k = if K > 0 { K } else { g.kernel };
-    let d = g.dim;
-    let mut inside: [(*const i8, *const i8); DW_MAX_K * DW_MAX_K] =
-        [(core::ptr::null(), core::ptr::null()); DW_MAX_K * DW_MAX_K];
-    let mut padding: [*const i8; DW_MAX_K * DW_MAX_K] = [core::ptr::null(); DW_MAX_K * DW_MAX_K];
-    let (mut ni, mut np) = (0, 0);
-    for ky in 0..k {
-        let y = (ty + ky).wrapping_sub(g.pad_top);
-        for kx in 0..k {
-            let xx = (tx + kx).wrapping_sub(g.pad_left);
-            // In bounds: tap·d + d ≤ k²·d ≤ w.len() (dw_fits).
-            let wrow = l.w[(ky * k + kx) * d..].as_ptr();
-            match (y < g.ht && xx < g.wt)
-                .then(|| src(y, xx))
-                .flatten()
-                .filter(|r| r.len() >= d)
-            {
-                Some(r) => {
-                    inside[ni] = (r.as_ptr(), wrow);
-                    ni += 1;
-                }
-                None => {
-                    padding[np] = wrow;
-                    np += 1;
+/// The taps of one output token, resolved: (input row, weight row) pointers for the taps
+/// inside the grid, weight rows for the padding taps (whose input is `zp_in`).
+/// The tables are left uninitialised past their counts (no 2 KB memset per token).
+struct Taps {
+    inside: [MaybeUninit<(*const i8, *const i8)>; DW_MAX_K * DW_MAX_K],
+    padding: [MaybeUninit<*const i8>; DW_MAX_K * DW_MAX_K],
+    ni: usize,
+    np: usize,
+}
+
+impl Taps {
+    /// Empty tables (nothing initialised: no memset, and filled in place by [`Taps::fill`]
+    /// rather than returned by value, which would copy 2 KB per token).
+    const EMPTY: Taps = Taps {
+        inside: [const { MaybeUninit::uninit() }; DW_MAX_K * DW_MAX_K],
+        padding: [const { MaybeUninit::uninit() }; DW_MAX_K * DW_MAX_K],
+        ni: 0,
+        np: 0,
+    };
+
+    /// Resolves the taps of token `(ty, tx)`. Needs `dw_fits` and `k ≤ DW_MAX_K`; rows that
+    /// `src` returns shorter than `dim` count as padding (they never occur).
+    #[inline(always)]
+    fn fill<'x, S: Fn(usize, usize) -> Option<&'x [i8]>>(
+        &mut self,
+        src: &S,
+        ty: usize,
+        tx: usize,
+        k: usize,
+        g: Grid,
+        l: &QuantLayer<'_>,
+    ) {
+        let d = g.dim;
+        let t = self;
+        (t.ni, t.np) = (0, 0);
+        for ky in 0..k {
+            let y = (ty + ky).wrapping_sub(g.pad_top);
+            for kx in 0..k {
+                let xx = (tx + kx).wrapping_sub(g.pad_left);
+                // In bounds: tap·d + d ≤ k²·d ≤ w.len() (dw_fits).
+                let wrow = l.w[(ky * k + kx) * d..].as_ptr();
+                match (y < g.ht && xx < g.wt)
+                    .then(|| src(y, xx))
+                    .flatten()
+                    .filter(|r| r.len() >= d)
+                {
+                    // ni + np = taps so far < k² ≤ DW_MAX_K²: both indices are in bounds.
+                    Some(r) => {
+                        t.inside[t.ni] = MaybeUninit::new((r.as_ptr(), wrow));
+                        t.ni += 1;
+                    }
+                    None => {
+                        t.padding[t.np] = MaybeUninit::new(wrow);
+                        t.np += 1;
+                    }
                 }
             }
         }
     }
-    let (inside, padding) = (&inside[..ni], &padding[..np]);
-    let e = Epi::new(l, d, act);
-    let c16 = d / 16 * 16;
-    let mut c0 = 0;
-    while c0 < c16 {
-        // SAFETY: every pointer in the tables heads a row of d ≥ c0 + 16 readable bytes
-        // (input rows from `src`, weight rows inside `w`); res and out hold d ≥ c0 + 16
-        // bytes (caller); the rest is register-only.
+
+    /// The taps inside the grid: (input row, weight row).
+    #[inline(always)]
+    fn inside(&self) -> &[(*const i8, *const i8)] {
+        let n = self.ni.min(self.inside.len());
+        // SAFETY: `fill` wrote entries 0..ni; MaybeUninit<T> has T's layout.
+        unsafe { core::slice::from_raw_parts(self.inside.as_ptr().cast(), n) }
+    }
+
+    /// The padding taps' weight rows.
+    #[inline(always)]
+    fn padding(&self) -> &[*const i8] {
+        let n = self.np.min(self.padding.len());
+        // SAFETY: `fill` wrote entries 0..np; MaybeUninit<T> has T's layout.
+        unsafe { core::slice::from_raw_parts(self.padding.as_ptr().cast(), n) }
+    }
+
+    /// Σ over the taps of w·x for channels `c0..c0 + 16`, branch-free over the tables:
+    /// `SMULL`/`SMLAL` pairs of taps into i16, `SADDW` into i32.
+    ///
+    /// # Safety
+    /// Every pointer in the tables heads a row of at least `c0 + 16` readable bytes.
+    #[inline(always)]
+    unsafe fn sums16(&self, c0: usize, zp_in: i8) -> [int32x4_t; 4] {
+        // SAFETY: loads at c0..c0 + 16 of rows the caller vouches for; the rest is
+        // register-only.
         unsafe {
             let mut acc = [vdupq_n_s32(0); 4];
-            let mut pairs = inside.chunks_exact(2);
+            let mut pairs = self.inside().chunks_exact(2);
             for p in &mut pairs {
                 let (x0, w0) = (vld1q_s8(p[0].0.add(c0)), vld1q_s8(p[0].1.add(c0)));
                 let (x1, w1) = (vld1q_s8(p[1].0.add(c0)), vld1q_s8(p[1].1.add(c0)));
                 acc = mac_pair(acc, w0, x0, w1, x1);
             }
-            let zp = vdupq_n_s8(e.zp_in);
+            let zp = vdupq_n_s8(zp_in);
             let mut rest_w = [vdupq_n_s8(0); 2];
             let mut rest_x = [zp; 2];
             let mut n_rest = 0;
@@ -861,7 +891,7 @@ fn dw_token_c16<'x, const K: usize, S: Fn(usize, usize) -> Option<&'x [i8]>>(
                 (rest_x[0], rest_w[0]) = (vld1q_s8(x.add(c0)), vld1q_s8(w.add(c0)));
                 n_rest = 1;
             }
-            for w in padding {
+            for w in self.padding() {
                 rest_w[n_rest] = vld1q_s8(w.add(c0));
                 n_rest += 1;
                 if n_rest == 2 {
@@ -873,26 +903,72 @@ fn dw_token_c16<'x, const K: usize, S: Fn(usize, usize) -> Option<&'x [i8]>>(
                 // The second weight is zero: its product vanishes whatever its input.
                 acc = mac_pair(acc, rest_w[0], rest_x[0], rest_w[1], rest_x[1]);
             }
-            let mut acc = [acc];
-            let r = [vld1q_s8(res.as_ptr().add(c0))];
-            epilogue_c16(&e, c0, &mut acc, Some(&r), &[out[c0..c0 + 16].as_mut_ptr()]);
+            acc
+        }
+    }
+}
+
+/// `N` horizontally adjacent output tokens `(ty, tx..tx + N)` of the depthwise k×k 'same'
+/// int8 conv with the fused residual, vectorised along channels (16 per step): the taps of
+/// each token are resolved once ([`Taps`]), each 16-channel step sums every token
+/// ([`Taps::sums16`]) and runs one vector epilogue for all `N` (the channel parameters and
+/// the GELU table are loaded once per step). Channels past the last multiple of 16 use the
+/// scalar formula. `K` > 0 fixes the kernel size at compile time (3, 5, 7, 9 are
+/// specialised by the callers); `K = 0` reads it from `g`. The caller guarantees
+/// `dw_fits`, `g.kernel ≤ DW_MAX_K`, `res[n].len() ≥ dim`, `out[n].len() ≥ dim`, and that
+/// every slice `src` returns is `dim` long.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn dw_tokens_c16<'x, const K: usize, const N: usize, S: Fn(usize, usize) -> Option<&'x [i8]>>(
+    src: &S,
+    ty: usize,
+    tx: usize,
+    res: [&[i8]; N],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    mut out: [&mut [i8]; N],
+) {
+    let k = if K > 0 { K } else { g.kernel };
+    let d = g.dim;
+    let mut taps = [Taps::EMPTY; N];
+    for (n, t) in taps.iter_mut().enumerate() {
+        t.fill(src, ty, tx + n, k, g, l);
+    }
+    let e = Epi::new(l, d, act);
+    let c16 = d / 16 * 16;
+    let mut c0 = 0;
+    while c0 < c16 {
+        // SAFETY: every pointer in the tables heads a row of d ≥ c0 + 16 readable bytes
+        // (input rows from `src`, weight rows inside `w`); res[n] and out[n] hold
+        // d ≥ c0 + 16 bytes (caller).
+        unsafe {
+            let mut acc = [[vdupq_n_s32(0); 4]; N];
+            for (a, t) in acc.iter_mut().zip(&taps) {
+                *a = t.sums16(c0, e.zp_in);
+            }
+            let r: [int8x16_t; N] = core::array::from_fn(|n| vld1q_s8(res[n].as_ptr().add(c0)));
+            let o: [*mut i8; N] = core::array::from_fn(|n| out[n].as_mut_ptr().add(c0));
+            epilogue_c16(&e, c0, &mut acc, Some(&r), &o);
         }
         c0 += 16;
     }
-    for c in c16..d {
-        let mut acc = l.bias.at(c);
-        for ky in 0..k {
-            let y = (ty + ky).wrapping_sub(g.pad_top);
-            for kx in 0..k {
-                let xx = (tx + kx).wrapping_sub(g.pad_left);
-                let v = match (y < g.ht && xx < g.wt).then(|| src(y, xx)).flatten() {
-                    Some(r) => i32::from(r[c]),
-                    None => l.zp_in,
-                };
-                acc += i32::from(l.w[(ky * k + kx) * d + c]) * v;
+    for (n, o) in out.into_iter().enumerate() {
+        for c in c16..d {
+            let mut acc = l.bias.at(c);
+            for ky in 0..k {
+                let y = (ty + ky).wrapping_sub(g.pad_top);
+                for kx in 0..k {
+                    let xx = (tx + n + kx).wrapping_sub(g.pad_left);
+                    let v = match (y < g.ht && xx < g.wt).then(|| src(y, xx)).flatten() {
+                        Some(r) => i32::from(r[c]),
+                        None => l.zp_in,
+                    };
+                    acc += i32::from(l.w[(ky * k + kx) * d + c]) * v;
+                }
             }
+            o[c] = epilogue_i8(acc, i32::from(res[n][c]) - l.zp_in, &l.requant(c), l, act);
         }
-        out[c] = epilogue_i8(acc, i32::from(res[c]) - l.zp_in, &l.requant(c), l, act);
     }
 }
 
@@ -958,16 +1034,50 @@ pub fn dw_token_i8_neon_c16<'x, S: Fn(usize, usize) -> Option<&'x [i8]>>(
     if !dw_fits(g, l, act) || g.kernel > DW_MAX_K || res.len() < g.dim || out.len() < g.dim {
         return reference::dw_token_i8(src, ty, tx, res, g, l, act, out);
     }
+    let (r, o) = ([res], [out]);
     match g.kernel {
-        3 => dw_token_c16::<3, S>(src, ty, tx, res, g, l, act, out),
-        5 => dw_token_c16::<5, S>(src, ty, tx, res, g, l, act, out),
-        7 => dw_token_c16::<7, S>(src, ty, tx, res, g, l, act, out),
-        9 => dw_token_c16::<9, S>(src, ty, tx, res, g, l, act, out),
-        _ => dw_token_c16::<0, S>(src, ty, tx, res, g, l, act, out),
+        3 => dw_tokens_c16::<3, 1, S>(src, ty, tx, r, g, l, act, o),
+        5 => dw_tokens_c16::<5, 1, S>(src, ty, tx, r, g, l, act, o),
+        7 => dw_tokens_c16::<7, 1, S>(src, ty, tx, r, g, l, act, o),
+        9 => dw_tokens_c16::<9, 1, S>(src, ty, tx, r, g, l, act, o),
+        _ => dw_tokens_c16::<0, 1, S>(src, ty, tx, r, g, l, act, o),
     }
 }
 
-/// Depthwise 'same' int8 conv + residual (ARMv8.0 NEON, 16 channels per step),
+/// Two adjacent output tokens `(ty, tx)` and `(ty, tx + 1)` of the depthwise conv, sharing
+/// one epilogue per 16 channels; `res` and `out` are per token. Same results as two calls of
+/// [`reference::dw_token_i8`].
+#[allow(clippy::too_many_arguments)]
+pub fn dw_pair_i8_neon_c16<'x, S: Fn(usize, usize) -> Option<&'x [i8]>>(
+    src: &S,
+    ty: usize,
+    tx: usize,
+    res: [&[i8]; 2],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    out: [&mut [i8]; 2],
+) {
+    let d = g.dim;
+    if !dw_fits(g, l, act)
+        || g.kernel > DW_MAX_K
+        || res.iter().any(|r| r.len() < d)
+        || out.iter().any(|o| o.len() < d)
+    {
+        let [o0, o1] = out;
+        reference::dw_token_i8(src, ty, tx, res[0], g, l, act, o0);
+        return reference::dw_token_i8(src, ty, tx + 1, res[1], g, l, act, o1);
+    }
+    match g.kernel {
+        3 => dw_tokens_c16::<3, 2, S>(src, ty, tx, res, g, l, act, out),
+        5 => dw_tokens_c16::<5, 2, S>(src, ty, tx, res, g, l, act, out),
+        7 => dw_tokens_c16::<7, 2, S>(src, ty, tx, res, g, l, act, out),
+        9 => dw_tokens_c16::<9, 2, S>(src, ty, tx, res, g, l, act, out),
+        _ => dw_tokens_c16::<0, 2, S>(src, ty, tx, res, g, l, act, out),
+    }
+}
+
+/// Depthwise 'same' int8 conv + residual (ARMv8.0 NEON, 16 channels and 2 tokens per step),
 /// specialised for k = 3, 5, 7, 9 and generic otherwise. Same arguments and result as
 /// [`reference::dw_i8`].
 pub fn dw_i8_neon_c16(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, out: &mut [i8]) {
@@ -975,20 +1085,21 @@ pub fn dw_i8_neon_c16(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, ou
     if x.len() < n || out.len() < n {
         return reference::dw_i8(x, g, l, act, out);
     }
+    let src = |y: usize, xx: usize| x.get((y * g.wt + xx) * d..(y * g.wt + xx + 1) * d);
     for ty in 0..g.ht {
-        for tx in 0..g.wt {
+        let mut tx = 0;
+        while tx < g.wt {
             let t = ty * g.wt + tx;
-            let src = |y: usize, xx: usize| x.get((y * g.wt + xx) * d..(y * g.wt + xx + 1) * d);
-            dw_token_i8_neon_c16(
-                &src,
-                ty,
-                tx,
-                &x[t * d..(t + 1) * d],
-                g,
-                l,
-                act,
-                &mut out[t * d..(t + 1) * d],
-            );
+            if tx + 1 < g.wt {
+                let (o0, o1) = out[t * d..(t + 2) * d].split_at_mut(d);
+                let res = [&x[t * d..(t + 1) * d], &x[(t + 1) * d..(t + 2) * d]];
+                dw_pair_i8_neon_c16(&src, ty, tx, res, g, l, act, [o0, o1]);
+                tx += 2;
+            } else {
+                let res = &x[t * d..(t + 1) * d];
+                dw_token_i8_neon_c16(&src, ty, tx, res, g, l, act, &mut out[t * d..(t + 1) * d]);
+                tx += 1;
+            }
         }
     }
 }
