@@ -32,7 +32,27 @@ pub const PW_TILE: usize = 4;
 /// assert_eq!(scratch_len(g), 2 * 16 * 256 + 4 * 256);
 /// ```
 pub fn scratch_len(g: Grid) -> usize {
-    g.pad_top * g.wt * g.dim + queue_len(g).max(PW_TILE) * g.dim
+    let per_token = g.pad_top * g.wt * g.dim + queue_len(g).max(PW_TILE) * g.dim;
+    // The same on every target (the arena is sized on the host too), so it covers the
+    // slice-wise dot-product driver as well, which needs less except on tiny grids.
+    per_token.max(dw_slice_scratch_len(g))
+}
+
+/// Scratch bytes of the slice-wise depthwise driver (`neon::dw_i8_inplace_sdot`): a ring of
+/// `pad_top` rows of one 16-channel slice, the slice's packed weights and input cache (64
+/// bytes per tap group and kernel column / input column) and a row buffer.
+///
+/// ```
+/// use convmixer_edge::kernels::{inplace::dw_slice_scratch_len, Grid};
+/// let g = Grid { ht: 16, wt: 16, dim: 768, kernel: 7, pad_top: 3, pad_left: 3 };
+/// assert_eq!(dw_slice_scratch_len(g), 3 * 16 * 16 + 2 * 7 * 64 + 2 * 22 * 64 + 16 * 16);
+/// ```
+pub fn dw_slice_scratch_len(g: Grid) -> usize {
+    let groups = g.kernel.div_ceil(4);
+    g.pad_top * g.wt * 16
+        + groups * g.kernel * 64
+        + groups * (g.wt + g.kernel).saturating_sub(1) * 64
+        + g.wt * 16
 }
 
 /// Tokens in the depthwise output queue: a pair plus the `pad_left` outputs waiting for it.
@@ -51,6 +71,10 @@ pub fn dw_i8_inplace(
     act: Activation,
     isa: Isa,
 ) {
+    #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+    if isa == Isa::NeonDot && super::neon::dw_i8_inplace_sdot(a, scratch, g, l, act) {
+        return;
+    }
     let (d, r, wt) = (g.dim, g.pad_top, g.wt);
     let lq = queue_len(g);
     if a.len() < g.tokens() * d || scratch.len() < r * wt * d + lq * d {

@@ -972,6 +972,190 @@ fn dw_tokens_c16<'x, const K: usize, const N: usize, S: Fn(usize, usize) -> Opti
     }
 }
 
+/// `SDOT acc.4s, a.16b, b.16b`: each i32 lane adds the dot product of its 4 byte pairs.
+macro_rules! sdot_vec {
+    ($acc:expr, $a:expr, $b:expr) => {
+        asm!(
+            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) $acc,
+            a = in(vreg) $a,
+            b = in(vreg) $b,
+            options(pure, nomem, nostack, preserves_flags)
+        )
+    };
+}
+
+/// Depthwise 'same' conv + residual in place on `a`, with the ARMv8.2 dot product.
+///
+/// The taps are grouped by 4 kernel rows, so one `SDOT` (by vector) adds 4 taps of 4
+/// channels: each 16-channel slice of the layer is processed on its own (depthwise channels
+/// are independent), row by row. For each output row, `ST4` interleaves the 4 input rows of
+/// each tap group column by column into a small cache (`[column][channel][4 rows]`, 64
+/// bytes per column and group, padding = `zp_in`); the weights of the slice are packed the
+/// same way once (`[group][kx][channel][4 rows]`, rows past `k` zero). An output then costs
+/// per (group, kx) one 64-byte load of cached inputs and four `SDOT`s; two outputs share
+/// each weight load and one vector epilogue. The outputs of a row wait in a row buffer
+/// while the row's originals move to a ring of `pad_top` rows (of this slice) that the
+/// next rows read.
+///
+/// Returns false, touching nothing, where it does not apply (no dot product, `dim` not a
+/// multiple of 16, `k > 9`, short buffers); the caller then uses the per-token drivers.
+/// Gives exactly the bytes of [`reference::dw_i8`] (tested in `inplace`).
+pub fn dw_i8_inplace_sdot(
+    a: &mut [i8],
+    scratch: &mut [i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    act: Activation,
+) -> bool {
+    let k = g.kernel;
+    let ok = super::Isa::NeonDot.available()
+        && g.dim % 16 == 0
+        && (1..=DW_MAX_K).contains(&k)
+        && g.pad_top < k
+        && g.pad_left < k
+        && dw_fits(g, l, act)
+        && g.tokens().checked_mul(g.dim).is_some_and(|n| a.len() >= n)
+        && scratch.len() >= super::inplace::dw_slice_scratch_len(g);
+    if ok {
+        // SAFETY: dotprod is available; the lengths are checked above.
+        unsafe { dw_sdot_rows(a, scratch, g, l, act) };
+    }
+    ok
+}
+
+/// # Safety
+/// The conditions `dw_i8_inplace_sdot` checks.
+#[target_feature(enable = "dotprod")]
+unsafe fn dw_sdot_rows(
+    a: &mut [i8],
+    scratch: &mut [i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    act: Activation,
+) {
+    let (d, k, ht, wt, pt, pl) = (g.dim, g.kernel, g.ht, g.wt, g.pad_top, g.pad_left);
+    let groups = k.div_ceil(4);
+    let cols = wt + k - 1;
+    let (ring, rest) = scratch.split_at_mut(pt * wt * 16);
+    let (wpack, rest) = rest.split_at_mut(groups * k * 64);
+    let (cache, rest) = rest.split_at_mut(groups * cols * 64);
+    let rowbuf = &mut rest[..wt * 16];
+    let (ring, wpack, cache, rowbuf) = (
+        ring.as_mut_ptr(),
+        wpack.as_mut_ptr(),
+        cache.as_mut_ptr(),
+        rowbuf.as_mut_ptr(),
+    );
+    let ap = a.as_mut_ptr();
+    let w = l.w.as_ptr();
+    let e = Epi::new(l, d, act);
+    let zp = vdupq_n_s8(e.zp_in);
+    let zero = vdupq_n_s8(0);
+    for c0 in (0..d).step_by(16) {
+        // SAFETY (whole slice c0): every offset below is inside its buffer: weights
+        // (ky·k + kx)·d + c0 + 16 ≤ k²·d (dw_fits); activations (t·d + c0 + 16 ≤ tokens·d);
+        // ring (slot·wt + x)·16 + 16 ≤ pt·wt·16; wpack (gi·k + kx)·64 + 64 ≤ groups·k·64;
+        // cache (gi·cols + col)·64 + 64 ≤ groups·cols·64; rowbuf x·16 + 16 ≤ wt·16.
+        unsafe {
+            for gi in 0..groups {
+                for kx in 0..k {
+                    let row = |j: usize| {
+                        let ky = 4 * gi + j;
+                        if ky < k {
+                            vld1q_s8(w.add((ky * k + kx) * d + c0))
+                        } else {
+                            zero
+                        }
+                    };
+                    let v = int8x16x4_t(row(0), row(1), row(2), row(3));
+                    vst4q_s8(wpack.add((gi * k + kx) * 64), v);
+                }
+            }
+            for y in 0..ht {
+                for gi in 0..groups {
+                    // Input row j of group gi: (base, stride) or None (padding → zp_in).
+                    let src = |j: usize| -> Option<(*const i8, usize)> {
+                        let ky = 4 * gi + j;
+                        let yy = (y + ky).wrapping_sub(pt);
+                        if ky >= k || yy >= ht {
+                            None
+                        } else if yy < y {
+                            Some((ring.add((yy % pt) * wt * 16).cast_const(), 16))
+                        } else {
+                            Some((ap.add(yy * wt * d + c0).cast_const(), d))
+                        }
+                    };
+                    let rows = [src(0), src(1), src(2), src(3)];
+                    for col in 0..cols {
+                        let xx = col.wrapping_sub(pl);
+                        let ld = |r: Option<(*const i8, usize)>| match r {
+                            Some((b, stride)) if xx < wt => vld1q_s8(b.add(xx * stride)),
+                            _ => zp,
+                        };
+                        let v = int8x16x4_t(ld(rows[0]), ld(rows[1]), ld(rows[2]), ld(rows[3]));
+                        vst4q_s8(cache.add((gi * cols + col) * 64), v);
+                    }
+                }
+                let mut x = 0;
+                while x + 2 <= wt {
+                    let z = vdupq_n_s32(0);
+                    let (mut a0, mut a1) = ([z; 4], [z; 4]);
+                    for gi in 0..groups {
+                        for kx in 0..k {
+                            let wv = vld1q_s8_x4(wpack.add((gi * k + kx) * 64));
+                            let c = cache.add((gi * cols + x + kx) * 64);
+                            let (u, v) = (vld1q_s8_x4(c), vld1q_s8_x4(c.add(64)));
+                            sdot_vec!(a0[0], wv.0, u.0);
+                            sdot_vec!(a0[1], wv.1, u.1);
+                            sdot_vec!(a0[2], wv.2, u.2);
+                            sdot_vec!(a0[3], wv.3, u.3);
+                            sdot_vec!(a1[0], wv.0, v.0);
+                            sdot_vec!(a1[1], wv.1, v.1);
+                            sdot_vec!(a1[2], wv.2, v.2);
+                            sdot_vec!(a1[3], wv.3, v.3);
+                        }
+                    }
+                    let t = y * wt + x;
+                    let r = [
+                        vld1q_s8(ap.add(t * d + c0)),
+                        vld1q_s8(ap.add((t + 1) * d + c0)),
+                    ];
+                    let o = [rowbuf.add(x * 16), rowbuf.add((x + 1) * 16)];
+                    epilogue_c16(&e, c0, &mut [a0, a1], Some(&r), &o);
+                    x += 2;
+                }
+                if x < wt {
+                    let z = vdupq_n_s32(0);
+                    let mut a0 = [z; 4];
+                    for gi in 0..groups {
+                        for kx in 0..k {
+                            let wv = vld1q_s8_x4(wpack.add((gi * k + kx) * 64));
+                            let u = vld1q_s8_x4(cache.add((gi * cols + x + kx) * 64));
+                            sdot_vec!(a0[0], wv.0, u.0);
+                            sdot_vec!(a0[1], wv.1, u.1);
+                            sdot_vec!(a0[2], wv.2, u.2);
+                            sdot_vec!(a0[3], wv.3, u.3);
+                        }
+                    }
+                    let t = y * wt + x;
+                    let r = [vld1q_s8(ap.add(t * d + c0))];
+                    epilogue_c16(&e, c0, &mut [a0], Some(&r), &[rowbuf.add(x * 16)]);
+                }
+                // Row y of this slice is done: its originals go to the ring (rows below
+                // read them), its outputs into the activations.
+                for xx in 0..wt {
+                    let at = ap.add((y * wt + xx) * d + c0);
+                    if pt > 0 {
+                        vst1q_s8(ring.add(((y % pt) * wt + xx) * 16), vld1q_s8(at));
+                    }
+                    vst1q_s8(at, vld1q_s8(rowbuf.add(xx * 16)));
+                }
+            }
+        }
+    }
+}
+
 /// `acc += w0·x0 + w1·x1` on 16 channels: `SMULL`+`SMLAL` (low and high halves) into i16,
 /// exact because each lane holds two products of |w| ≤ 127 and |x| ≤ 128, then widened.
 #[inline(always)]
@@ -1278,6 +1462,42 @@ mod tests {
             let mut got = vec![0i8; n];
             embed_i8_neon_c16(&px, eg, dim, &l.view(), act(gelu), &mut got);
             assert_eq!(got, want, "embed: {eg:?} dim {dim}");
+        }
+    }
+
+    #[test]
+    fn slice_wise_sdot_depthwise_matches_the_reference() {
+        if !crate::kernels::Isa::NeonDot.available() {
+            return; // pointwise_kernels_match_the_reference enforces CMX_REQUIRE_DOTPROD
+        }
+        let mut r = Rng(0x0bad_cafe_1234_5678);
+        for case in 0..120 {
+            let kernel = 1 + case % 9;
+            let dim = 16 * r.range(1, 3) as usize;
+            let (ht, wt) = (r.range(1, 9) as usize, r.range(1, 9) as usize);
+            let pad = (kernel - 1) / 2;
+            let g = Grid {
+                ht,
+                wt,
+                dim,
+                kernel,
+                pad_top: pad,
+                pad_left: pad,
+            };
+            let gelu = case % 2 == 1;
+            let l = Layer::random(&mut r, kernel * kernel * dim, dim, true, gelu);
+            let x: Vec<i8> = (0..g.tokens() * dim)
+                .map(|_| r.range(-128, 127) as i8)
+                .collect();
+            let mut want = vec![0i8; x.len()];
+            reference::dw_i8(&x, g, &l.view(), act(gelu), &mut want);
+            let mut a = x.clone();
+            let mut scratch = vec![0i8; super::super::inplace::dw_slice_scratch_len(g)];
+            assert!(
+                dw_i8_inplace_sdot(&mut a, &mut scratch, g, &l.view(), act(gelu)),
+                "{g:?}"
+            );
+            assert_eq!(a, want, "sdot dw: {g:?}");
         }
     }
 
