@@ -553,6 +553,25 @@ pub fn pw_i8_neon_sdot_4x16c4(
     }
 }
 
+/// One `LD1 {vA.16b-vD.16b}, [p], #64`: 64 bytes into 4 consecutive registers (`$r0..$r3`
+/// name them), advancing the pointer variable `$p` (the intrinsic `vld1q_s8_x4` becomes two
+/// `LDP`s and an address add).
+macro_rules! ld1x4 {
+    ($p:ident, $r0:tt, $r1:tt, $r2:tt, $r3:tt, $list:tt) => {{
+        let (a, b, c, d): (int8x16_t, int8x16_t, int8x16_t, int8x16_t);
+        asm!(
+            concat!("ld1 {{", $list, "}}, [{p}], #64"),
+            p = inout(reg) $p,
+            out($r0) a,
+            out($r1) b,
+            out($r2) c,
+            out($r3) d,
+            options(readonly, nostack, preserves_flags)
+        );
+        int8x16x4_t(a, b, c, d)
+    }};
+}
+
 /// `SDOT` of one group of 4 inputs (lane `$lane` of `$x`) into 16 outputs (`$w`: 4
 /// registers of 4 outputs × 4 inputs) of one token's accumulators `$a`.
 macro_rules! sdot_group {
@@ -594,9 +613,11 @@ unsafe fn pw_sdot_tile4(
         let wb = unsafe { l.w.as_ptr().add(ob * PW_NR * kp) };
         let (mut a0, mut a1, mut a2, mut a3) =
             ((z, z, z, z), (z, z, z, z), (z, z, z, z), (z, z, z, z));
+        let mut wp = wb;
         for kb in 0..full16 {
-            // SAFETY: 16kb + 16 ≤ dim bytes of each row are readable; groups 4kb..4kb + 4
-            // lie inside block ob ((4kb + 4)·64 ≤ 16·kp since 16(kb + 1) ≤ dim ≤ kp).
+            // SAFETY: 16kb + 16 ≤ dim bytes of each row are readable; wp = wb + 256·kb and
+            // its four 64-byte loads are groups 4kb..4kb + 4, inside block ob
+            // ((4kb + 4)·64 ≤ 16·kp since 16(kb + 1) ≤ dim ≤ kp).
             unsafe {
                 let (x0, x1, x2, x3) = (
                     vld1q_s8(r0.add(16 * kb)),
@@ -604,22 +625,22 @@ unsafe fn pw_sdot_tile4(
                     vld1q_s8(r2.add(16 * kb)),
                     vld1q_s8(r3.add(16 * kb)),
                 );
-                let w = vld1q_s8_x4(wb.add(4 * kb * 64));
+                let w = ld1x4!(wp, "v16", "v17", "v18", "v19", "v16.16b-v19.16b");
                 sdot_group!(a0, w, x0, "0");
                 sdot_group!(a1, w, x1, "0");
                 sdot_group!(a2, w, x2, "0");
                 sdot_group!(a3, w, x3, "0");
-                let w = vld1q_s8_x4(wb.add((4 * kb + 1) * 64));
+                let w = ld1x4!(wp, "v20", "v21", "v22", "v23", "v20.16b-v23.16b");
                 sdot_group!(a0, w, x0, "1");
                 sdot_group!(a1, w, x1, "1");
                 sdot_group!(a2, w, x2, "1");
                 sdot_group!(a3, w, x3, "1");
-                let w = vld1q_s8_x4(wb.add((4 * kb + 2) * 64));
+                let w = ld1x4!(wp, "v16", "v17", "v18", "v19", "v16.16b-v19.16b");
                 sdot_group!(a0, w, x0, "2");
                 sdot_group!(a1, w, x1, "2");
                 sdot_group!(a2, w, x2, "2");
                 sdot_group!(a3, w, x3, "2");
-                let w = vld1q_s8_x4(wb.add((4 * kb + 3) * 64));
+                let w = ld1x4!(wp, "v20", "v21", "v22", "v23", "v20.16b-v23.16b");
                 sdot_group!(a0, w, x0, "3");
                 sdot_group!(a1, w, x1, "3");
                 sdot_group!(a2, w, x2, "3");
