@@ -1006,6 +1006,21 @@ macro_rules! sdot_vec {
     };
 }
 
+/// One (tap group, kx) of the slice-wise depthwise for several outputs: `$wv` the packed
+/// weights (4 channels × 4 rows per register), `$c` the cache column of the first output;
+/// output `$a` reads the cache 64 bytes × its offset further.
+macro_rules! dw_sdot_taps {
+    ($wv:ident, $c:ident; $($a:ident @ $off:expr),+) => {
+        $(
+            let u = vld1q_s8_x4($c.add($off));
+            sdot_vec!($a[0], $wv.0, u.0);
+            sdot_vec!($a[1], $wv.1, u.1);
+            sdot_vec!($a[2], $wv.2, u.2);
+            sdot_vec!($a[3], $wv.3, u.3);
+        )+
+    };
+}
+
 /// Depthwise 'same' conv + residual in place on `a`, with the ARMv8.2 dot product.
 ///
 /// The taps are grouped by 4 kernel rows, so one `SDOT` (by vector) adds 4 taps of 4
@@ -1014,7 +1029,7 @@ macro_rules! sdot_vec {
 /// each tap group column by column into a small cache (`[column][channel][4 rows]`, 64
 /// bytes per column and group, padding = `zp_in`); the weights of the slice are packed the
 /// same way once (`[group][kx][channel][4 rows]`, rows past `k` zero). An output then costs
-/// per (group, kx) one 64-byte load of cached inputs and four `SDOT`s; two outputs share
+/// per (group, kx) one 64-byte load of cached inputs and four `SDOT`s; four outputs share
 /// each weight load and one vector epilogue. The outputs of a row wait in a row buffer
 /// while the row's originals move to a ring of `pad_top` rows (of this slice) that the
 /// next rows read.
@@ -1073,6 +1088,19 @@ unsafe fn dw_sdot_rows(
     let e = Epi::new(l, d, act);
     let zp = vdupq_n_s8(e.zp_in);
     let zero = vdupq_n_s8(0);
+    // The cache's padding columns (left of 0 and right of wt) are zp_in in every group, row
+    // and slice: write them once.
+    for gi in 0..groups {
+        for col in (0..pl).chain(pl + wt..cols) {
+            // SAFETY: (gi·cols + col)·64 + 64 ≤ groups·cols·64.
+            unsafe {
+                vst1q_s8_x4(
+                    cache.add((gi * cols + col) * 64),
+                    int8x16x4_t(zp, zp, zp, zp),
+                )
+            };
+        }
+    }
     for c0 in (0..d).step_by(16) {
         // SAFETY (whole slice c0): every offset below is inside its buffer: weights
         // (ky·k + kx)·d + c0 + 16 ≤ k²·d (dw_fits); activations (t·d + c0 + 16 ≤ tokens·d);
@@ -1108,60 +1136,48 @@ unsafe fn dw_sdot_rows(
                         }
                     };
                     let rows = [src(0), src(1), src(2), src(3)];
-                    for col in 0..cols {
-                        let xx = col.wrapping_sub(pl);
+                    // Interior columns only: the padding columns hold zp_in for good.
+                    for xx in 0..wt {
                         let ld = |r: Option<(*const i8, usize)>| match r {
-                            Some((b, stride)) if xx < wt => vld1q_s8(b.add(xx * stride)),
-                            _ => zp,
+                            Some((b, stride)) => vld1q_s8(b.add(xx * stride)),
+                            None => zp,
                         };
                         let v = int8x16x4_t(ld(rows[0]), ld(rows[1]), ld(rows[2]), ld(rows[3]));
-                        vst4q_s8(cache.add((gi * cols + col) * 64), v);
+                        vst4q_s8(cache.add((gi * cols + pl + xx) * 64), v);
                     }
                 }
                 let mut x = 0;
-                while x + 2 <= wt {
+                while x + 4 <= wt {
                     let z = vdupq_n_s32(0);
-                    let (mut a0, mut a1) = ([z; 4], [z; 4]);
+                    let (mut a0, mut a1, mut a2, mut a3) = ([z; 4], [z; 4], [z; 4], [z; 4]);
                     for gi in 0..groups {
                         for kx in 0..k {
                             let wv = vld1q_s8_x4(wpack.add((gi * k + kx) * 64));
                             let c = cache.add((gi * cols + x + kx) * 64);
-                            let (u, v) = (vld1q_s8_x4(c), vld1q_s8_x4(c.add(64)));
-                            sdot_vec!(a0[0], wv.0, u.0);
-                            sdot_vec!(a0[1], wv.1, u.1);
-                            sdot_vec!(a0[2], wv.2, u.2);
-                            sdot_vec!(a0[3], wv.3, u.3);
-                            sdot_vec!(a1[0], wv.0, v.0);
-                            sdot_vec!(a1[1], wv.1, v.1);
-                            sdot_vec!(a1[2], wv.2, v.2);
-                            sdot_vec!(a1[3], wv.3, v.3);
+                            dw_sdot_taps!(wv, c; a0 @ 0, a1 @ 64, a2 @ 128, a3 @ 192);
                         }
                     }
                     let t = y * wt + x;
-                    let r = [
-                        vld1q_s8(ap.add(t * d + c0)),
-                        vld1q_s8(ap.add((t + 1) * d + c0)),
-                    ];
-                    let o = [rowbuf.add(x * 16), rowbuf.add((x + 1) * 16)];
-                    epilogue_c16(&e, c0, &mut [a0, a1], Some(&r), &o);
-                    x += 2;
+                    let r: [int8x16_t; 4] =
+                        core::array::from_fn(|m| vld1q_s8(ap.add((t + m) * d + c0)));
+                    let o: [*mut i8; 4] = core::array::from_fn(|m| rowbuf.add((x + m) * 16));
+                    epilogue_c16(&e, c0, &mut [a0, a1, a2, a3], Some(&r), &o);
+                    x += 4;
                 }
-                if x < wt {
+                while x < wt {
                     let z = vdupq_n_s32(0);
                     let mut a0 = [z; 4];
                     for gi in 0..groups {
                         for kx in 0..k {
                             let wv = vld1q_s8_x4(wpack.add((gi * k + kx) * 64));
-                            let u = vld1q_s8_x4(cache.add((gi * cols + x + kx) * 64));
-                            sdot_vec!(a0[0], wv.0, u.0);
-                            sdot_vec!(a0[1], wv.1, u.1);
-                            sdot_vec!(a0[2], wv.2, u.2);
-                            sdot_vec!(a0[3], wv.3, u.3);
+                            let c = cache.add((gi * cols + x + kx) * 64);
+                            dw_sdot_taps!(wv, c; a0 @ 0);
                         }
                     }
                     let t = y * wt + x;
                     let r = [vld1q_s8(ap.add(t * d + c0))];
                     epilogue_c16(&e, c0, &mut [a0], Some(&r), &[rowbuf.add(x * 16)]);
+                    x += 1;
                 }
                 // Row y of this slice is done: its originals go to the ring (rows below
                 // read them), its outputs into the activations.
