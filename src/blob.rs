@@ -8,7 +8,7 @@
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 
-use crate::kernels::{pw_index, pw_packed_len};
+use crate::kernels::{gemm_index, gemm_packed_len};
 use crate::{Activation, Error, Precision};
 
 /// `CMXB`: the first four bytes of every blob.
@@ -227,7 +227,7 @@ pub fn section_at(h: &Header, index: usize) -> Option<(SectionKind, u16, Option<
         let l16 = layer as u16;
         let taps = h.taps(layer);
         let s = match (int8, slot) {
-            (true, 0) if layer > 0 && layer % 2 == 0 => (Weights, l16, Some(pw_packed_len(dim))),
+            (true, 0) if layer % 2 == 0 => (Weights, l16, Some(gemm_packed_len(dim, taps))),
             (_, 0) => (Weights, l16, Some(dim * taps * wbytes)),
             (_, 1) => (Bias, l16, Some(dim * 4)),
             (false, 2) => (Affine, l16, Some(dim * 8)),
@@ -477,8 +477,8 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
         if !(zp_ok(zp_in) && zp_ok(LE::read_i32(&q[4..])) && zp_ok(LE::read_i32(&q[8..]))) {
             return Err(Error::Malformed("zero point out of range"));
         }
-        if layer == 0 && zp_in != 0 {
-            return Err(Error::Malformed("embedding input zero point must be 0"));
+        if layer == 0 && zp_in != -128 {
+            return Err(Error::Malformed("embedding input zero point must be -128"));
         }
         let w = b.section(SectionKind::Weights, layer);
         let bias = b.section(SectionKind::Bias, layer);
@@ -490,21 +490,24 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
         if w.contains(&0x80) {
             return Err(Error::Malformed("int8 weight −128"));
         }
-        let pointwise = layer > 0 && layer % 2 == 0;
-        if pointwise {
+        // The embedding and the pointwise convs are GEMMs with packed weights.
+        let gemm = layer % 2 == 0;
+        if gemm {
             // Packing padding must be zero.
             let real: usize = (0..dim)
-                .map(|o| (0..dim).filter(|&i| w[pw_index(o, i, dim)] != 0).count())
+                .map(|o| {
+                    (0..taps)
+                        .filter(|&i| w[gemm_index(o, i, taps)] != 0)
+                        .count()
+                })
                 .sum();
             let all = w.iter().filter(|&&v| v != 0).count();
             if real != all {
-                return Err(Error::Malformed(
-                    "non-zero padding in packed pointwise weights",
-                ));
+                return Err(Error::Malformed("non-zero padding in packed GEMM weights"));
             }
         }
-        // Inputs: raw u8 pixels for the embedding, int8 (−128..=127) elsewhere.
-        let x_range: i64 = if layer == 0 { 255 } else { 128 };
+        // Inputs are int8 everywhere (the embedding's are pixel − 128): |x| ≤ 128.
+        let x_range: i64 = 128;
         for o in 0..dim {
             let r = |k: usize| LE::read_i32(&rq[4 * (k * dim + o)..]);
             let (m_pre, sh_pre, m_post, b_post, sh_post, m_res) =
@@ -523,11 +526,11 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
             // Accumulator bound: every partial sum of bias + Σ w·x stays below
             // |bias| + range · Σ|w| < 2^31, whatever the summation order.
             let wabs = |v: u8| i64::from((v as i8).unsigned_abs());
-            let sum_abs: i64 = match layer {
-                // Embedding and depthwise weights are tap-major: channel o at every
-                // `dim`-th byte.
-                l if l == 0 || l % 2 == 1 => (0..taps).map(|t| wabs(w[t * dim + o])).sum(),
-                _ => (0..dim).map(|i| wabs(w[pw_index(o, i, dim)])).sum(),
+            let sum_abs: i64 = if gemm {
+                (0..taps).map(|i| wabs(w[gemm_index(o, i, taps)])).sum()
+            } else {
+                // Depthwise weights are tap-major: channel o at every `dim`-th byte.
+                (0..taps).map(|t| wabs(w[t * dim + o])).sum()
             };
             let bound = i64::from(LE::read_i32(&bias[4 * o..]).unsigned_abs()) + x_range * sum_abs;
             if bound >= 1i64 << 31 {

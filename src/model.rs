@@ -98,9 +98,10 @@ impl<'a> Model<'a> {
     /// blobs: two f32 activation tensors.
     fn plan(&self) -> Plan {
         let h = self.header();
-        let (_, g) = self.geometry();
+        let (eg, g) = self.geometry();
         let (act, second) = if h.precision == Precision::Int8 {
-            (h.tokens() * usize::from(h.dim), inplace::scratch_len(g))
+            let scratch = inplace::scratch_len(g).max(inplace::embed_scratch_len(eg));
+            (h.tokens() * usize::from(h.dim), scratch)
         } else {
             let act = 4 * h.tokens() * usize::from(h.dim);
             (act, act)
@@ -313,14 +314,7 @@ impl<'a> Model<'a> {
         let h = self.header();
         let act = h.activation;
         let (eg, g) = self.geometry();
-        let l0 = self.quant_layer(0);
-        match self.isa {
-            #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-            Isa::Neon | Isa::NeonDot => {
-                crate::kernels::neon::embed_i8_neon_c16(px, eg, g.dim, &l0, act, a)
-            }
-            _ => k::embed_i8(px, eg, g.dim, &l0, act, a),
-        }
+        inplace::embed_i8(px, eg, g.dim, &self.quant_layer(0), act, b, a, self.isa);
         for i in 0..usize::from(h.depth) {
             let (dw, pw) = (self.quant_layer(1 + 2 * i), self.quant_layer(2 + 2 * i));
             inplace::dw_i8_inplace(a, b, g, &dw, act, self.isa);

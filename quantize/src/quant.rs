@@ -10,7 +10,7 @@
 
 use anyhow::{bail, Result};
 use convmixer_edge::blob::{limits, Header, SectionKind};
-use convmixer_edge::kernels::{pw_index, pw_packed_len};
+use convmixer_edge::kernels::{gemm_index, gemm_packed_len};
 use convmixer_edge::{Activation, Precision};
 use half::f16;
 
@@ -207,8 +207,9 @@ fn lower_int8(
         .collect();
     for (li, l) in layers.iter().enumerate() {
         let taps = h.taps(li);
-        // Input quantisation: raw pixels for the embedding, else the previous layer's output.
-        let (s_in, zp_in) = if li == 0 { (1.0, 0) } else { outq[li - 1] };
+        // Input quantisation: the embedding's int8 input is pixel − 128 (scale 1 in pixel
+        // units, zero point −128), else the previous layer's output.
+        let (s_in, zp_in) = if li == 0 { (1.0, -128) } else { outq[li - 1] };
         let (s_out, zp_out) = outq[li];
         let depthwise = li % 2 == 1;
         // Per-output-channel symmetric weights.
@@ -219,9 +220,9 @@ fn lower_int8(
                 l.w[o * taps + t]
             }
         };
-        // int8 embedding and depthwise weights are stored tap-major (`[tap][out]`), so the
-        // kernels load 16 output channels of one tap at once (docs/blob-format.md).
-        let tap_major = depthwise || li == 0;
+        // Depthwise weights are stored tap-major (`[tap][out]`), so the kernels load 16
+        // channels of one tap at once; the GEMM layers' are packed below.
+        let tap_major = depthwise;
         let mut wq = vec![0i8; l.w.len()];
         let mut s_w = vec![0f64; dim];
         for o in 0..dim {
@@ -290,7 +291,7 @@ fn lower_int8(
                 })
                 .sum();
             let bq = bq - f64::from(zp_in) * sum_w as f64;
-            let x_range = if li == 0 { 255.0 } else { 128.0 };
+            let x_range = 128.0; // every layer's input is int8 (the embedding's: pixel − 128)
             if bq.abs() + x_range * sum_abs as f64 >= 2f64.powi(31) {
                 bail!("layer {li} channel {o}: the int32 accumulator could overflow (bias {bq}, Σ|w| = {sum_abs})");
             }
@@ -303,12 +304,13 @@ fn lower_int8(
             let (m_post, b_post, sh_post, m_res) = post_params(ms, bs, rs);
             rq.push([m_pre, sh_pre, m_post, b_post, sh_post, m_res]);
         }
-        let bytes = if li > 0 && !depthwise {
-            // Pointwise weights go into the blob packed for the SIMD kernels.
-            let mut packed = vec![0u8; pw_packed_len(dim)];
+        let bytes = if !depthwise {
+            // GEMM weights (embedding, pointwise) go into the blob packed for the SIMD
+            // kernels.
+            let mut packed = vec![0u8; gemm_packed_len(dim, taps)];
             for o in 0..dim {
-                for i in 0..dim {
-                    packed[pw_index(o, i, dim)] = wq[o * dim + i] as u8;
+                for i in 0..taps {
+                    packed[gemm_index(o, i, taps)] = wq[o * taps + i] as u8;
                 }
             }
             packed

@@ -17,7 +17,7 @@
 //! whatever [`Isa`] computes the tokens (tested below).
 
 use super::reference::{self, QuantLayer};
-use super::{Grid, Isa};
+use super::{EmbedGeom, Grid, Isa};
 use crate::Activation;
 
 /// Tokens per pointwise step (the tallest micro-tile, SDOT's 4×16).
@@ -77,7 +77,14 @@ pub fn dw_i8_inplace(
     }
     let (d, r, wt) = (g.dim, g.pad_top, g.wt);
     let lq = queue_len(g);
-    if a.len() < g.tokens() * d || scratch.len() < r * wt * d + lq * d {
+    let ring_len = r.checked_mul(wt).and_then(|n| n.checked_mul(d));
+    let queue_bytes = lq.checked_mul(d);
+    let fits = g.elements().is_some_and(|n| a.len() >= n)
+        && ring_len
+            .zip(queue_bytes)
+            .and_then(|(x, y)| x.checked_add(y))
+            .is_some_and(|n| scratch.len() >= n);
+    if !fits {
         return;
     }
     let (ring, rest) = scratch.split_at_mut(r * wt * d);
@@ -165,6 +172,67 @@ fn flush(a: &mut [i8], ring: &mut [i8], queue: &[i8], g: Grid, y: usize, c: usiz
     a[t * d..(t + 1) * d].copy_from_slice(&queue[q..q + d]);
 }
 
+/// Scratch bytes [`embed_i8`] needs: [`PW_TILE`] patches of `taps` bytes.
+pub fn embed_scratch_len(e: EmbedGeom) -> usize {
+    PW_TILE * e.taps()
+}
+
+/// The patch embedding into `out` (`tokens · dim` int8) as a GEMM with the kernels of
+/// `isa`: [`PW_TILE`] patches at a time are gathered into `scratch` as int8 `pixel − 128`
+/// (the layer's input zero point is −128, see `docs/blob-format.md`) and multiplied by the
+/// packed weights. Gives exactly the bytes of [`reference::embed_i8`]. `scratch` must hold
+/// [`embed_scratch_len`] bytes and `px` the whole image; otherwise nothing is written (the
+/// model checks both).
+#[allow(clippy::too_many_arguments)]
+pub fn embed_i8(
+    px: &[u8],
+    e: EmbedGeom,
+    dim: usize,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    scratch: &mut [i8],
+    out: &mut [i8],
+    isa: Isa,
+) {
+    let (p, c, taps) = (e.patch, e.in_c, e.taps());
+    if p == 0 || e.in_h < p || e.in_w < p {
+        return;
+    }
+    let (ht, wt) = (e.in_h / p, e.in_w / p);
+    let Some(tokens) = ht.checked_mul(wt) else {
+        return;
+    };
+    let px_len = e.in_h.checked_mul(e.in_w).and_then(|n| n.checked_mul(c));
+    if PW_TILE.checked_mul(taps).is_none_or(|n| scratch.len() < n)
+        || px_len.is_none_or(|n| px.len() < n)
+        || tokens.checked_mul(dim).is_none_or(|n| out.len() < n)
+    {
+        return;
+    }
+    let mut t = 0;
+    while t < tokens {
+        let n = PW_TILE.min(tokens - t);
+        for (i, patch) in scratch[..n * taps].chunks_exact_mut(taps).enumerate() {
+            let (ty, tx) = ((t + i) / wt, (t + i) % wt);
+            for (ky, dst) in patch.chunks_exact_mut(p * c).enumerate() {
+                let row = ((ty * p + ky) * e.in_w + tx * p) * c;
+                for (d, s) in dst.iter_mut().zip(&px[row..row + p * c]) {
+                    *d = (*s ^ 0x80) as i8; // pixel − 128
+                }
+            }
+        }
+        let (x, o) = (&scratch[..n * taps], &mut out[t * dim..(t + n) * dim]);
+        match isa {
+            #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+            Isa::Neon => super::neon::gemm_i8_neon_smlal_2x16c4(x, n, taps, dim, l, act, o),
+            #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+            Isa::NeonDot => super::neon::gemm_i8_neon_sdot_4x16c4(x, n, taps, dim, l, act, o),
+            _ => reference::gemm_i8(x, n, taps, dim, l, act, o),
+        }
+        t += n;
+    }
+}
+
 /// Pointwise conv in place on `a`, [`PW_TILE`] tokens at a time through `scratch`
 /// (at least `PW_TILE · dim` bytes), with the kernels of `isa`.
 pub fn pw_i8_inplace(
@@ -176,7 +244,9 @@ pub fn pw_i8_inplace(
     act: Activation,
     isa: Isa,
 ) {
-    if a.len() < tokens * dim || scratch.len() < PW_TILE * dim {
+    if tokens.checked_mul(dim).is_none_or(|n| a.len() < n)
+        || PW_TILE.checked_mul(dim).is_none_or(|n| scratch.len() < n)
+    {
         return;
     }
     let mut t = 0;
@@ -187,10 +257,10 @@ pub fn pw_i8_inplace(
         let out = &mut a[t * dim..(t + n) * dim];
         match isa {
             #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-            Isa::Neon => super::neon::pw_i8_neon_smlal_2x16c4(x, n, dim, l, act, out),
+            Isa::Neon => super::neon::gemm_i8_neon_smlal_2x16c4(x, n, dim, dim, l, act, out),
             #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-            Isa::NeonDot => super::neon::pw_i8_neon_sdot_4x16c4(x, n, dim, l, act, out),
-            _ => reference::pw_i8(x, n, dim, l, act, out),
+            Isa::NeonDot => super::neon::gemm_i8_neon_sdot_4x16c4(x, n, dim, dim, l, act, out),
+            _ => reference::gemm_i8(x, n, dim, dim, l, act, out),
         }
         t += n;
     }
@@ -202,7 +272,7 @@ mod tests {
     use std::vec::Vec;
 
     use super::*;
-    use crate::kernels::{pw_index, pw_packed_len};
+    use crate::kernels::{gemm_index, gemm_packed_len};
     use crate::le::I32Le;
 
     fn rng(state: &mut u64, lo: i64, hi: i64) -> i64 {
@@ -296,15 +366,69 @@ mod tests {
     }
 
     #[test]
+    fn embedding_driver_equals_the_reference() {
+        let mut s = 0x5151_7e57_0bad_f00du64;
+        for case in 0..80 {
+            let dim = [1, 5, 16, 32, 40][case % 5];
+            let patch = rng(&mut s, 1, 7) as usize;
+            let in_c = rng(&mut s, 1, 4) as usize;
+            let side =
+                |s: &mut u64| patch * rng(s, 1, 5) as usize + rng(s, 0, patch as i64 - 1) as usize;
+            let (in_h, in_w) = (side(&mut s), side(&mut s));
+            let e = EmbedGeom {
+                in_h,
+                in_w,
+                in_c,
+                patch,
+            };
+            let taps = e.taps();
+            let mut w = vec![0i8; gemm_packed_len(dim, taps)];
+            for o in 0..dim {
+                for i in 0..taps {
+                    w[gemm_index(o, i, taps)] = rng(&mut s, -127, 127) as i8;
+                }
+            }
+            let (bias, rq, table) = layer_bytes(&mut s, dim, false);
+            let gelu = case % 2 == 1;
+            let act = if gelu {
+                Activation::Gelu
+            } else {
+                Activation::Relu
+            };
+            let l = QuantLayer {
+                w: &w,
+                bias: I32Le(&bias),
+                requant: I32Le(&rq),
+                zp_in: -128,
+                zp_z: rng(&mut s, -128, 127) as i32,
+                zp_out: rng(&mut s, -128, 127) as i32,
+                table: if gelu { &table } else { &[] },
+            };
+            let px: Vec<u8> = (0..in_h * in_w * in_c)
+                .map(|_| rng(&mut s, 0, 255) as u8)
+                .collect();
+            let n = (in_h / patch) * (in_w / patch) * dim;
+            let mut want = vec![0i8; n];
+            reference::embed_i8(&px, e, dim, &l, act, &mut want);
+            for isa in isas() {
+                let mut got = vec![0i8; n];
+                let mut scratch = vec![0i8; embed_scratch_len(e)];
+                embed_i8(&px, e, dim, &l, act, &mut scratch, &mut got, isa);
+                assert_eq!(got, want, "{isa:?} {e:?} dim {dim}");
+            }
+        }
+    }
+
+    #[test]
     fn inplace_pointwise_equals_the_reference() {
         let mut s = 0x0bad_cafe_f00d_1234u64;
         for case in 0..80 {
             let dim = [1, 4, 13, 16, 31, 48][case % 6];
             let tokens = rng(&mut s, 1, 13) as usize;
-            let mut w = vec![0i8; pw_packed_len(dim)];
+            let mut w = vec![0i8; gemm_packed_len(dim, dim)];
             for o in 0..dim {
                 for i in 0..dim {
-                    w[pw_index(o, i, dim)] = rng(&mut s, -127, 127) as i8;
+                    w[gemm_index(o, i, dim)] = rng(&mut s, -127, 127) as i8;
                 }
             }
             let (bias, rq, table) = layer_bytes(&mut s, dim, false);
@@ -321,7 +445,7 @@ mod tests {
                 .map(|_| rng(&mut s, -128, 127) as i8)
                 .collect();
             let mut want = vec![0i8; x.len()];
-            reference::pw_i8(&x, tokens, dim, &l, Activation::Gelu, &mut want);
+            reference::gemm_i8(&x, tokens, dim, dim, &l, Activation::Gelu, &mut want);
             for isa in isas() {
                 let mut a = x.clone();
                 let mut scratch = vec![0i8; PW_TILE * dim];

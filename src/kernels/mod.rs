@@ -91,30 +91,33 @@ pub const PW_NR: usize = 16;
 /// Input channels per packed group of int8 pointwise weights (one `SDOT` lane).
 pub const PW_KR: usize = 4;
 
-/// Bytes of packed int8 pointwise weights for `dim` channels: both dimensions are padded
+/// Bytes of packed int8 GEMM weights for `n` outputs × `k` inputs (the pointwise convs:
+/// `n = k = dim`; the patch embedding: `n = dim`, `k = p·p·in_c`). Both dimensions are padded
 /// (outputs to [`PW_NR`], inputs to [`PW_KR`]) with zero weights.
 ///
 /// ```
-/// assert_eq!(convmixer_edge::kernels::pw_packed_len(48), 48 * 48);
-/// assert_eq!(convmixer_edge::kernels::pw_packed_len(10), 16 * 12);
+/// use convmixer_edge::kernels::gemm_packed_len;
+/// assert_eq!(gemm_packed_len(48, 48), 48 * 48);
+/// assert_eq!(gemm_packed_len(10, 10), 16 * 12);
+/// assert_eq!(gemm_packed_len(256, 12), 256 * 12);
 /// ```
-pub const fn pw_packed_len(dim: usize) -> usize {
-    dim.div_ceil(PW_NR) * PW_NR * (dim.div_ceil(PW_KR) * PW_KR)
+pub const fn gemm_packed_len(n: usize, k: usize) -> usize {
+    n.div_ceil(PW_NR) * PW_NR * (k.div_ceil(PW_KR) * PW_KR)
 }
 
-/// Byte index of weight `(out o, in i)` in packed int8 pointwise weights: layout
+/// Byte index of weight `(out o, in i)` in packed int8 GEMM weights with `k` inputs: layout
 /// `[o / 16][i / 4][o % 16][i % 4]` — each 16-byte row holds 4 outputs × 4 inputs, what an
 /// `SDOT` by element consumes (and `SMULL`/`SMLAL` pairs, two outputs per 8 bytes).
 ///
 /// ```
-/// use convmixer_edge::kernels::pw_index;
-/// assert_eq!((pw_index(0, 0, 48), pw_index(0, 3, 48), pw_index(1, 0, 48)), (0, 3, 4));
-/// assert_eq!(pw_index(0, 4, 48), 64);
-/// assert_eq!(pw_index(16, 0, 48), 16 * 48);
+/// use convmixer_edge::kernels::gemm_index;
+/// assert_eq!((gemm_index(0, 0, 48), gemm_index(0, 3, 48), gemm_index(1, 0, 48)), (0, 3, 4));
+/// assert_eq!(gemm_index(0, 4, 48), 64);
+/// assert_eq!(gemm_index(16, 0, 48), 16 * 48);
 /// ```
 #[inline]
-pub const fn pw_index(o: usize, i: usize, dim: usize) -> usize {
-    let kp = dim.div_ceil(PW_KR) * PW_KR;
+pub const fn gemm_index(o: usize, i: usize, k: usize) -> usize {
+    let kp = k.div_ceil(PW_KR) * PW_KR;
     (o / PW_NR) * PW_NR * kp + (i / PW_KR) * PW_NR * PW_KR + (o % PW_NR) * PW_KR + i % PW_KR
 }
 
@@ -144,6 +147,17 @@ impl Grid {
     /// Number of tokens.
     pub fn tokens(&self) -> usize {
         self.ht * self.wt
+    }
+
+    /// Bytes of one int8 activation tensor, `ht · wt · dim`, or `None` if that overflows
+    /// (the kernels' length checks use this, never a wrapped product).
+    ///
+    /// ```
+    /// let g = convmixer_edge::kernels::Grid { ht: 14, wt: 14, dim: 32, kernel: 5, pad_top: 2, pad_left: 2 };
+    /// assert_eq!(g.elements(), Some(196 * 32));
+    /// ```
+    pub fn elements(&self) -> Option<usize> {
+        self.ht.checked_mul(self.wt)?.checked_mul(self.dim)
     }
 }
 

@@ -19,25 +19,23 @@ use core::arch::asm;
 use core::mem::MaybeUninit;
 
 use super::reference::{self, epilogue_i8, QuantLayer};
-use super::{pw_packed_len, EmbedGeom, Grid, PW_KR, PW_NR};
+use super::{gemm_packed_len, Grid, PW_KR, PW_NR};
 use crate::Activation;
 
-/// Lengths a pointwise kernel may rely on.
-fn pw_fits(
+/// Lengths a GEMM kernel (`k` inputs, `n` outputs per token) may rely on.
+fn gemm_fits(
     x: &[i8],
     tokens: usize,
-    dim: usize,
+    k: usize,
+    n: usize,
     l: &QuantLayer<'_>,
     act: Activation,
     out: &[i8],
 ) -> bool {
-    table_fits(l, act)
-        && tokens
-            .checked_mul(dim)
-            .is_some_and(|n| x.len() >= n && out.len() >= n)
-        && l.w.len() >= pw_packed_len(dim)
-        && l.bias.0.len() >= 4 * dim
-        && l.requant.0.len() >= 24 * dim
+    layer_fits(l, act, n)
+        && tokens.checked_mul(k).is_some_and(|len| x.len() >= len)
+        && tokens.checked_mul(n).is_some_and(|len| out.len() >= len)
+        && l.w.len() >= gemm_packed_len(n, k)
 }
 
 /// Four bytes of `row` starting at input group `g` as one i32 lane pattern, zero-padded
@@ -61,9 +59,17 @@ unsafe fn group4(row: *const i8, g: usize, dim: usize) -> i32 {
     }
 }
 
-/// A GELU layer's table must hold its two 256-byte planes (ReLU layers have none).
-fn table_fits(l: &QuantLayer<'_>, act: Activation) -> bool {
-    act == Activation::Relu || l.table.len() >= 512
+/// What the vector epilogue relies on for a layer with `n` outputs: `n` biases, exactly
+/// `6·n` requant fields (the reference derives `n` from their length), zero points in i8
+/// range (the blob reader's rule; [`Epi`] narrows them), and for GELU the table's two
+/// 256-byte planes (ReLU layers have none).
+fn layer_fits(l: &QuantLayer<'_>, act: Activation, n: usize) -> bool {
+    let zp = |z: i32| (-128..=127).contains(&z);
+    (act == Activation::Relu || l.table.len() >= 512)
+        && l.bias.0.len() >= 4 * n
+        && l.requant.0.len() == 24 * n
+        && zp(l.zp_in)
+        && zp(l.zp_out)
 }
 
 /// What the vector epilogue reads of one layer, as raw pointers (see [`epilogue_c16`]).
@@ -74,7 +80,7 @@ struct Epi {
     /// `6 · dim` i32 requant fields, field-major: field `k` of channel `o` at `k·dim + o`.
     rq: *const i32,
     dim: usize,
-    /// 512 bytes (low plane, high plane) for GELU (checked by `table_fits`); unused for ReLU.
+    /// 512 bytes (low plane, high plane) for GELU (checked by `layer_fits`); unused for ReLU.
     table: *const u8,
     gelu: bool,
     zp_in: i8,
@@ -92,8 +98,7 @@ impl Epi {
             dim,
             table: l.table.as_ptr(),
             gelu: act != Activation::Relu,
-            // Zero points are checked to lie in −128..=127 by the blob reader; the
-            // kernels' callers get them from there (the scalar path uses them as i32).
+            // In −128..=127 (layer_fits), so the narrowing is exact.
             zp_in: l.zp_in.clamp(-128, 127) as i8,
             zp_z: l.zp_z,
             zp_out: l.zp_out.clamp(-128, 127) as i16,
@@ -247,9 +252,9 @@ unsafe fn epilogue_c16<const MR: usize>(
     }
 }
 
-/// Applies the epilogue to one `MR` tokens × 16 channels tile of a pointwise layer (tokens
-/// `t..t + MR`, channels `o0..`): the vector epilogue when all 16 channels exist, else the
-/// scalar one on the `dim − o0` that do. `pw_fits` must hold and `t + MR ≤ tokens`.
+/// Applies the epilogue to one `MR` tokens × 16 outputs tile of a GEMM with `dim` outputs
+/// (tokens `t..t + MR`, outputs `o0..`): the vector epilogue when all 16 outputs exist, else
+/// the scalar one on the `dim − o0` that do. `gemm_fits` must hold and `t + MR ≤ tokens`.
 #[inline(always)]
 fn finish_tile<const MR: usize>(
     acc: &mut [[int32x4_t; 4]; MR],
@@ -263,10 +268,10 @@ fn finish_tile<const MR: usize>(
     if o0 + PW_NR <= dim {
         let e = Epi::new(l, dim, act);
         // All pointers derive from one borrow of `out`: (t + m)·dim + o0 + 16 ≤ tokens·dim ≤
-        // out.len() (pw_fits, t + MR ≤ tokens, o0 + 16 ≤ dim).
+        // out.len() (gemm_fits, t + MR ≤ tokens, o0 + 16 ≤ dim).
         let base = out.as_mut_ptr();
         let ptrs: [*mut i8; MR] = core::array::from_fn(|m| base.wrapping_add((t + m) * dim + o0));
-        // SAFETY: o0 + 16 ≤ dim; pw_fits checked the layer's lengths; each pointer heads 16
+        // SAFETY: o0 + 16 ≤ dim; gemm_fits checked the layer's lengths; each pointer heads 16
         // bytes of `out`.
         unsafe { epilogue_c16(&e, o0, acc, None, &ptrs) };
         return;
@@ -305,15 +310,15 @@ fn finish_block(
     }
 }
 
-/// Pointwise int8 conv for ARMv8.0: tiles of `MR` = 2 tokens × 16 output channels, inputs in
-/// groups of 4 (`…c4`, the packed weight layout), `SMULL`+`SMLAL` pairs into i16, `SADALP`
-/// into i32. Same arguments and result as [`reference::pw_i8`].
+/// int8 GEMM (pointwise conv, patch embedding) for ARMv8.0: tiles of 2 tokens × 16 outputs,
+/// inputs in groups of 4 (`…c4`, the packed weight layout), `SMULL`+`SMLAL` pairs into i16,
+/// `SADALP` into i32. Same arguments and result as [`reference::gemm_i8`].
 ///
 /// ```
-/// use convmixer_edge::kernels::{neon, pw_packed_len, reference::{self, QuantLayer}};
+/// use convmixer_edge::kernels::{neon, gemm_packed_len, reference::{self, QuantLayer}};
 /// use convmixer_edge::{le::I32Le, Activation};
 /// let (dim, tokens) = (4, 3);
-/// let w = vec![1i8; pw_packed_len(dim)];
+/// let w = vec![1i8; gemm_packed_len(dim, dim)];
 /// let bias = [0u8; 16];
 /// // Per channel [m_pre, sh_pre, m_post, b_post, sh_post, m_res]: ReLU(acc / 2), out = a.
 /// // Field-major: each of the 6 fields for every channel.
@@ -321,37 +326,39 @@ fn finish_block(
 /// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 0, zp_z: 0, zp_out: 0, table: &[] };
 /// let x = [2i8; 12];
 /// let (mut fast, mut slow) = ([0i8; 12], [0i8; 12]);
-/// neon::pw_i8_neon_smlal_2x16c4(&x, tokens, dim, &l, Activation::Relu, &mut fast);
-/// reference::pw_i8(&x, tokens, dim, &l, Activation::Relu, &mut slow);
+/// neon::gemm_i8_neon_smlal_2x16c4(&x, tokens, dim, dim, &l, Activation::Relu, &mut fast);
+/// reference::gemm_i8(&x, tokens, dim, dim, &l, Activation::Relu, &mut slow);
 /// assert_eq!(fast, slow);
 /// assert_eq!(fast[0], 4); // (4 inputs · 2) / 2
 /// ```
-pub fn pw_i8_neon_smlal_2x16c4(
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_i8_neon_smlal_2x16c4(
     x: &[i8],
     tokens: usize,
-    dim: usize,
+    k: usize,
+    n: usize,
     l: &QuantLayer<'_>,
     act: Activation,
     out: &mut [i8],
 ) {
-    if !pw_fits(x, tokens, dim, l, act, out) {
-        return reference::pw_i8(x, tokens, dim, l, act, out);
+    if !gemm_fits(x, tokens, k, n, l, act, out) {
+        return reference::gemm_i8(x, tokens, k, n, l, act, out);
     }
     let mut t = 0;
     while t + 2 <= tokens {
-        // SAFETY: pw_fits checked x, out ≥ tokens·dim and the packed weight length.
+        // SAFETY: gemm_fits checked x ≥ tokens·k, out ≥ tokens·n and the weight length.
         unsafe {
-            if dim % 16 == 0 {
-                pw_smlal_tile2(x, t, dim, l, act, out)
+            if k % 16 == 0 {
+                gemm_smlal_tile2(x, t, k, n, l, act, out)
             } else {
-                pw_smlal_tile::<2>(x, t, dim, l, act, out)
+                gemm_smlal_tile::<2>(x, t, k, n, l, act, out)
             }
         };
         t += 2;
     }
     while t < tokens {
         // SAFETY: as above.
-        unsafe { pw_smlal_tile::<1>(x, t, dim, l, act, out) };
+        unsafe { gemm_smlal_tile::<1>(x, t, k, n, l, act, out) };
         t += 1;
     }
 }
@@ -425,48 +432,52 @@ unsafe fn smlal_token(row: *const i8, wb: *const i8, dim: usize) -> [int32x4_t; 
     core::array::from_fn(|r| unsafe { vpaddq_s32(a0[r].0, a0[r].1) })
 }
 
-/// The ARMv8.0 micro-kernel for `dim % 16 == 0`: 2 tokens × 16 outputs. The tokens' sums are
+/// The ARMv8.0 micro-kernel for `k % 16 == 0`: 2 tokens × 16 outputs. The tokens' sums are
 /// computed one after the other ([`smlal_token`]: two tokens at once would need 30 of the 32
 /// registers and spill) and share one epilogue, which loads each channel's parameters once.
 ///
 /// # Safety
-/// `pw_fits` must hold, `dim % 16 == 0` and `t + 2 ≤ tokens`.
+/// `gemm_fits` must hold, `k % 16 == 0` and `t + 2 ≤ tokens`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn pw_smlal_tile2(
+unsafe fn gemm_smlal_tile2(
     x: &[i8],
     t: usize,
-    dim: usize,
+    k: usize,
+    n: usize,
     l: &QuantLayer<'_>,
     act: Activation,
     out: &mut [i8],
 ) {
-    let (r0, r1) = (x[t * dim..].as_ptr(), x[(t + 1) * dim..].as_ptr());
-    for ob in 0..dim / PW_NR {
-        // SAFETY: block ob spans 16·dim bytes inside the packed weights (no input padding
-        // since dim % 16 == 0); each row has dim bytes (pw_fits).
+    let (r0, r1) = (x[t * k..].as_ptr(), x[(t + 1) * k..].as_ptr());
+    for ob in 0..n.div_ceil(PW_NR) {
+        // SAFETY: block ob spans 16·k bytes inside the packed weights (no input padding
+        // since k % 16 == 0); each row has k bytes (gemm_fits).
         let mut acc = unsafe {
-            let wb = l.w.as_ptr().add(ob * PW_NR * dim);
-            [smlal_token(r0, wb, dim), smlal_token(r1, wb, dim)]
+            let wb = l.w.as_ptr().add(ob * PW_NR * k);
+            [smlal_token(r0, wb, k), smlal_token(r1, wb, k)]
         };
-        finish_tile(&mut acc, ob * PW_NR, t, dim, l, act, out);
+        finish_tile(&mut acc, ob * PW_NR, t, n, l, act, out);
     }
 }
 
 /// # Safety
-/// `pw_fits` must hold and `t + MR ≤ tokens`.
+/// `gemm_fits` must hold and `t + MR ≤ tokens`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn pw_smlal_tile<const MR: usize>(
+unsafe fn gemm_smlal_tile<const MR: usize>(
     x: &[i8],
     t: usize,
-    dim: usize,
+    k: usize,
+    n: usize,
     l: &QuantLayer<'_>,
     act: Activation,
     out: &mut [i8],
 ) {
-    let groups = dim.div_ceil(PW_KR);
+    let groups = k.div_ceil(PW_KR);
     let kp = groups * PW_KR;
-    let rows: [*const i8; MR] = core::array::from_fn(|m| x[(t + m) * dim..].as_ptr());
-    for ob in 0..dim.div_ceil(PW_NR) {
+    let rows: [*const i8; MR] = core::array::from_fn(|m| x[(t + m) * k..].as_ptr());
+    for ob in 0..n.div_ceil(PW_NR) {
         // SAFETY: block ob spans PW_NR·kp bytes inside the packed weights.
         let wb = unsafe { l.w.as_ptr().add(ob * PW_NR * kp) };
         // acc[m][2r]: outputs 4r, 4r+1 (two partials each); acc[m][2r+1]: 4r+2, 4r+3.
@@ -483,10 +494,10 @@ unsafe fn pw_smlal_tile<const MR: usize>(
                     unsafe { vdupq_n_s8(0) }
                 };
                 for m in 0..MR {
-                    // SAFETY: rows[m] points at dim readable bytes.
-                    let x0 = unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g, dim))) };
+                    // SAFETY: rows[m] points at k readable bytes.
+                    let x0 = unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g, k))) };
                     let x1 = if pair {
-                        unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g + 1, dim))) }
+                        unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g + 1, k))) }
                     } else {
                         unsafe { vdupq_n_s8(0) }
                     };
@@ -508,7 +519,7 @@ unsafe fn pw_smlal_tile<const MR: usize>(
         let mut sums: [[int32x4_t; 4]; MR] = core::array::from_fn(|m| {
             core::array::from_fn(|r| unsafe { vpaddq_s32(acc[m][2 * r], acc[m][2 * r + 1]) })
         });
-        finish_tile(&mut sums, ob * PW_NR, t, dim, l, act, out);
+        finish_tile(&mut sums, ob * PW_NR, t, n, l, act, out);
     }
 }
 
@@ -525,30 +536,32 @@ macro_rules! sdot_lane {
     };
 }
 
-/// Pointwise int8 conv for ARMv8.2 dot product: tiles of 4 tokens × 16 output channels,
-/// `SDOT` by element over input groups of 4 (16 inputs per `x` register). Same arguments
-/// and result as [`reference::pw_i8`]. Call only where [`super::Isa::NeonDot`] is
-/// available (falls back to the reference otherwise).
-pub fn pw_i8_neon_sdot_4x16c4(
+/// int8 GEMM (pointwise conv, patch embedding) for the ARMv8.2 dot product: tiles of 4
+/// tokens × 16 outputs, `SDOT` by element over input groups of 4 (16 inputs per `x`
+/// register). Same arguments and result as [`reference::gemm_i8`]. Call only where
+/// [`super::Isa::NeonDot`] is available (falls back to the reference otherwise).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_i8_neon_sdot_4x16c4(
     x: &[i8],
     tokens: usize,
-    dim: usize,
+    k: usize,
+    n: usize,
     l: &QuantLayer<'_>,
     act: Activation,
     out: &mut [i8],
 ) {
-    if !pw_fits(x, tokens, dim, l, act, out) || !super::Isa::NeonDot.available() {
-        return reference::pw_i8(x, tokens, dim, l, act, out);
+    if !gemm_fits(x, tokens, k, n, l, act, out) || !super::Isa::NeonDot.available() {
+        return reference::gemm_i8(x, tokens, k, n, l, act, out);
     }
     let mut t = 0;
     while t + 4 <= tokens {
-        // SAFETY: lengths checked by pw_fits; dotprod is available.
-        unsafe { pw_sdot_tile4(x, t, dim, l, act, out) };
+        // SAFETY: lengths checked by gemm_fits; dotprod is available.
+        unsafe { gemm_sdot_tile4(x, t, k, n, l, act, out) };
         t += 4;
     }
     while t < tokens {
         // SAFETY: as above.
-        unsafe { pw_sdot_tile::<1>(x, t, dim, l, act, out) };
+        unsafe { gemm_sdot_tile::<1>(x, t, k, n, l, act, out) };
         t += 1;
     }
 }
@@ -588,36 +601,38 @@ macro_rules! sdot_group {
 /// 4 inputs) per group — 4 + 4 loads for 64 `SDOT`s per 16 inputs.
 ///
 /// # Safety
-/// `pw_fits` must hold, `t + 4 ≤ tokens`, and the CPU must implement FEAT_DotProd.
+/// `gemm_fits` must hold, `t + 4 ≤ tokens`, and the CPU must implement FEAT_DotProd.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "dotprod")]
-unsafe fn pw_sdot_tile4(
+unsafe fn gemm_sdot_tile4(
     x: &[i8],
     t: usize,
-    dim: usize,
+    k: usize,
+    n: usize,
     l: &QuantLayer<'_>,
     act: Activation,
     out: &mut [i8],
 ) {
-    let groups = dim.div_ceil(PW_KR);
+    let groups = k.div_ceil(PW_KR);
     let kp = groups * PW_KR;
-    let full16 = dim / 16; // input blocks of 16 that need no padding
-    let r0 = x[t * dim..].as_ptr();
+    let full16 = k / 16; // input blocks of 16 that need no padding
+    let r0 = x[t * k..].as_ptr();
     let (r1, r2, r3) = (
-        x[(t + 1) * dim..].as_ptr(),
-        x[(t + 2) * dim..].as_ptr(),
-        x[(t + 3) * dim..].as_ptr(),
+        x[(t + 1) * k..].as_ptr(),
+        x[(t + 2) * k..].as_ptr(),
+        x[(t + 3) * k..].as_ptr(),
     );
     let z = vdupq_n_s32(0);
-    for ob in 0..dim.div_ceil(PW_NR) {
+    for ob in 0..n.div_ceil(PW_NR) {
         // SAFETY: block ob spans PW_NR·kp bytes inside the packed weights.
         let wb = unsafe { l.w.as_ptr().add(ob * PW_NR * kp) };
         let (mut a0, mut a1, mut a2, mut a3) =
             ((z, z, z, z), (z, z, z, z), (z, z, z, z), (z, z, z, z));
         let mut wp = wb;
         for kb in 0..full16 {
-            // SAFETY: 16kb + 16 ≤ dim bytes of each row are readable; wp = wb + 256·kb and
+            // SAFETY: 16kb + 16 ≤ k bytes of each row are readable; wp = wb + 256·kb and
             // its four 64-byte loads are groups 4kb..4kb + 4, inside block ob
-            // ((4kb + 4)·64 ≤ 16·kp since 16(kb + 1) ≤ dim ≤ kp).
+            // ((4kb + 4)·64 ≤ 16·kp since 16(kb + 1) ≤ k ≤ kp).
             unsafe {
                 let (x0, x1, x2, x3) = (
                     vld1q_s8(r0.add(16 * kb)),
@@ -648,10 +663,10 @@ unsafe fn pw_sdot_tile4(
             }
         }
         for g in 4 * full16..groups {
-            // SAFETY: group g < groups lies inside block ob; each row has dim bytes.
+            // SAFETY: group g < groups lies inside block ob; each row has k bytes.
             unsafe {
                 let w = vld1q_s8_x4(wb.add(g * 64));
-                let xg = |r| vreinterpretq_s8_s32(vdupq_n_s32(group4(r, g, dim)));
+                let xg = |r| vreinterpretq_s8_s32(vdupq_n_s32(group4(r, g, k)));
                 let (x0, x1, x2, x3) = (xg(r0), xg(r1), xg(r2), xg(r3));
                 sdot_group!(a0, w, x0, "0");
                 sdot_group!(a1, w, x1, "0");
@@ -661,35 +676,37 @@ unsafe fn pw_sdot_tile4(
         }
         let quad = |a: (int32x4_t, int32x4_t, int32x4_t, int32x4_t)| [a.0, a.1, a.2, a.3];
         let mut acc = [quad(a0), quad(a1), quad(a2), quad(a3)];
-        finish_tile(&mut acc, ob * PW_NR, t, dim, l, act, out);
+        finish_tile(&mut acc, ob * PW_NR, t, n, l, act, out);
     }
 }
 
 /// # Safety
-/// `pw_fits` must hold, `t + MR ≤ tokens`, and the CPU must implement FEAT_DotProd.
+/// `gemm_fits` must hold, `t + MR ≤ tokens`, and the CPU must implement FEAT_DotProd.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "dotprod")]
-unsafe fn pw_sdot_tile<const MR: usize>(
+unsafe fn gemm_sdot_tile<const MR: usize>(
     x: &[i8],
     t: usize,
-    dim: usize,
+    k: usize,
+    n: usize,
     l: &QuantLayer<'_>,
     act: Activation,
     out: &mut [i8],
 ) {
-    let groups = dim.div_ceil(PW_KR);
+    let groups = k.div_ceil(PW_KR);
     let kp = groups * PW_KR;
-    let full16 = dim / 16; // input blocks of 16 that need no padding
-    let rows: [*const i8; MR] = core::array::from_fn(|m| x[(t + m) * dim..].as_ptr());
-    for ob in 0..dim.div_ceil(PW_NR) {
+    let full16 = k / 16; // input blocks of 16 that need no padding
+    let rows: [*const i8; MR] = core::array::from_fn(|m| x[(t + m) * k..].as_ptr());
+    for ob in 0..n.div_ceil(PW_NR) {
         // SAFETY: block ob spans PW_NR·kp bytes inside the packed weights.
         let wb = unsafe { l.w.as_ptr().add(ob * PW_NR * kp) };
         let mut acc = [[vdupq_n_s32(0); 4]; MR];
         for kb in 0..full16 {
-            // SAFETY: (4kb + 4)·64 ≤ 16·kp since 16(kb+1) ≤ dim ≤ kp.
+            // SAFETY: (4kb + 4)·64 ≤ 16·kp since 16(kb+1) ≤ k ≤ kp.
             let w: [int8x16x4_t; 4] =
                 core::array::from_fn(|q| unsafe { vld1q_s8_x4(wb.add((4 * kb + q) * 64)) });
             for m in 0..MR {
-                // SAFETY: 16kb + 16 ≤ dim bytes of the row are readable.
+                // SAFETY: 16kb + 16 ≤ k bytes of the row are readable.
                 let xv = unsafe { vld1q_s8(rows[m].add(16 * kb)) };
                 let a = &mut acc[m];
                 unsafe {
@@ -717,93 +734,14 @@ unsafe fn pw_sdot_tile<const MR: usize>(
             let w: [int8x16_t; 4] =
                 core::array::from_fn(|r| unsafe { vld1q_s8(wb.add(g * 64 + r * 16)) });
             for m in 0..MR {
-                // SAFETY: rows[m] points at dim readable bytes.
-                let xv = unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g, dim))) };
+                // SAFETY: rows[m] points at k readable bytes.
+                let xv = unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g, k))) };
                 for r in 0..4 {
                     unsafe { sdot_lane!(acc[m][r], w[r], xv, "0") };
                 }
             }
         }
-        finish_tile(&mut acc, ob * PW_NR, t, dim, l, act, out);
-    }
-}
-
-/// int8 patch embedding on raw `u8` pixels (ARMv8.0 NEON, 16 output channels per step):
-/// each tap's 16 weights (tap-major layout) widened to i16, `SMLAL`/`SMLAL2` by the pixel
-/// into i32, then the vector epilogue; channels past the last multiple of 16 use the
-/// reference formula. Same arguments and result as [`reference::embed_i8`].
-pub fn embed_i8_neon_c16(
-    px: &[u8],
-    g: EmbedGeom,
-    dim: usize,
-    l: &QuantLayer<'_>,
-    act: Activation,
-    out: &mut [i8],
-) {
-    let (p, c) = (g.patch, g.in_c);
-    let fits = p > 0
-        && g.in_h >= p
-        && g.in_w >= p
-        && g.in_h
-            .checked_mul(g.in_w)
-            .and_then(|n| n.checked_mul(c))
-            .is_some_and(|n| px.len() >= n)
-        && ((g.in_h / p) * (g.in_w / p))
-            .checked_mul(dim)
-            .is_some_and(|n| out.len() >= n)
-        && g.taps().checked_mul(dim).is_some_and(|n| l.w.len() >= n)
-        && l.bias.0.len() >= 4 * dim
-        && l.requant.0.len() >= 24 * dim
-        && table_fits(l, act);
-    if !fits {
-        return reference::embed_i8(px, g, dim, l, act, out);
-    }
-    let (ht, wt) = (g.in_h / p, g.in_w / p);
-    let e = Epi::new(l, dim, act);
-    let c16 = dim / 16 * 16;
-    for ty in 0..ht {
-        for tx in 0..wt {
-            let t = ty * wt + tx;
-            let o = &mut out[t * dim..(t + 1) * dim];
-            let mut c0 = 0;
-            while c0 < c16 {
-                // SAFETY: pixel rows (ty·p + ky)·in_w + tx·p .. + p of c bytes lie inside px
-                // (ty·p + ky < in_h, tx·p + p ≤ in_w); weight rows tap·dim + c0 + 16 ≤
-                // taps·dim ≤ w.len(); o has dim ≥ c0 + 16 bytes; the rest is registers.
-                unsafe {
-                    let mut acc = [vdupq_n_s32(0); 4];
-                    let mut wp = l.w.as_ptr().add(c0);
-                    for ky in 0..p {
-                        let row = px.as_ptr().add(((ty * p + ky) * g.in_w + tx * p) * c);
-                        for j in 0..p * c {
-                            let x = i16::from(*row.add(j));
-                            let w = vld1q_s8(wp);
-                            wp = wp.add(dim);
-                            let (lo, hi) = (vmovl_s8(vget_low_s8(w)), vmovl_high_s8(w));
-                            acc[0] = vmlal_n_s16(acc[0], vget_low_s16(lo), x);
-                            acc[1] = vmlal_high_n_s16(acc[1], lo, x);
-                            acc[2] = vmlal_n_s16(acc[2], vget_low_s16(hi), x);
-                            acc[3] = vmlal_high_n_s16(acc[3], hi, x);
-                        }
-                    }
-                    let mut acc = [acc];
-                    epilogue_c16(&e, c0, &mut acc, None, &[o[c0..c0 + 16].as_mut_ptr()]);
-                }
-                c0 += 16;
-            }
-            for ch in c16..dim {
-                let mut acc = l.bias.at(ch);
-                let mut tap = 0;
-                for ky in 0..p {
-                    let row = ((ty * p + ky) * g.in_w + tx * p) * c;
-                    for v in &px[row..row + p * c] {
-                        acc += i32::from(l.w[tap * dim + ch]) * i32::from(*v);
-                        tap += 1;
-                    }
-                }
-                o[ch] = epilogue_i8(acc, 0, &l.requant(ch), l, act);
-            }
-        }
+        finish_tile(&mut acc, ob * PW_NR, t, n, l, act, out);
     }
 }
 
@@ -1051,7 +989,7 @@ pub fn dw_i8_inplace_sdot(
         && g.pad_top < k
         && g.pad_left < k
         && dw_fits(g, l, act)
-        && g.tokens().checked_mul(g.dim).is_some_and(|n| a.len() >= n)
+        && g.elements().is_some_and(|n| a.len() >= n)
         && scratch.len() >= super::inplace::dw_slice_scratch_len(g);
     if ok {
         // SAFETY: dotprod is available; the lengths are checked above.
@@ -1230,13 +1168,11 @@ fn widen_add(acc: [int32x4_t; 4], lo: int16x8_t, hi: int16x8_t) -> [int32x4_t; 4
 
 /// Whether a depthwise layer's parameters are long enough for the NEON kernels.
 fn dw_fits(g: Grid, l: &QuantLayer<'_>, act: Activation) -> bool {
-    table_fits(l, act)
+    layer_fits(l, act, g.dim)
         && g.kernel
             .checked_mul(g.kernel)
             .and_then(|kk| kk.checked_mul(g.dim))
             .is_some_and(|n| l.w.len() >= n)
-        && l.bias.0.len() >= 4 * g.dim
-        && l.requant.0.len() >= 24 * g.dim
 }
 
 /// One output token of the depthwise conv (see [`dw_i8_neon_c16`]), dispatching the
@@ -1421,7 +1357,7 @@ mod tests {
     }
 
     #[test]
-    fn pointwise_kernels_match_the_reference() {
+    fn gemm_kernels_match_the_reference() {
         let mut r = Rng(0x9e37_79b9_7f4a_7c15);
         let dot = crate::kernels::Isa::NeonDot.available();
         if std::env::var("CMX_REQUIRE_DOTPROD").is_ok_and(|v| v == "1") {
@@ -1431,81 +1367,44 @@ mod tests {
             );
         }
         for case in 0..300 {
-            let dim = match case % 6 {
+            let mut size = || match case % 6 {
                 0 => 16 * r.range(1, 4) as usize,
                 1 => 4 * r.range(1, 20) as usize,
                 _ => r.range(1, 70) as usize,
             };
+            // Square (pointwise) in half the cases, rectangular (embedding-like) otherwise.
+            let n = size();
+            let k = if case % 4 < 2 { n } else { size() };
             let tokens = r.range(1, 11) as usize;
             let gelu = case % 2 == 0;
-            let l = Layer::random(&mut r, pw_packed_len(dim), dim, false, gelu);
+            let mut l = Layer::random(&mut r, gemm_packed_len(n, k), n, false, gelu);
             // Zero the packing padding, as the blob reader guarantees.
-            let mut l = l;
-            let mut w = vec![0i8; pw_packed_len(dim)];
-            for o in 0..dim {
-                for i in 0..dim {
-                    let k = super::super::pw_index(o, i, dim);
-                    w[k] = l.w[k];
+            let mut w = vec![0i8; gemm_packed_len(n, k)];
+            for o in 0..n {
+                for i in 0..k {
+                    let at = super::super::gemm_index(o, i, k);
+                    w[at] = l.w[at];
                 }
             }
             l.w = w;
-            let x: Vec<i8> = (0..tokens * dim)
-                .map(|_| r.range(-128, 127) as i8)
-                .collect();
-            let mut want = vec![0i8; x.len()];
-            reference::pw_i8(&x, tokens, dim, &l.view(), act(gelu), &mut want);
-            let mut got = vec![0i8; x.len()];
-            pw_i8_neon_smlal_2x16c4(&x, tokens, dim, &l.view(), act(gelu), &mut got);
-            assert_eq!(got, want, "smlal: dim {dim} tokens {tokens}");
+            let x: Vec<i8> = (0..tokens * k).map(|_| r.range(-128, 127) as i8).collect();
+            let mut want = vec![0i8; tokens * n];
+            reference::gemm_i8(&x, tokens, k, n, &l.view(), act(gelu), &mut want);
+            let mut got = vec![0i8; tokens * n];
+            gemm_i8_neon_smlal_2x16c4(&x, tokens, k, n, &l.view(), act(gelu), &mut got);
+            assert_eq!(got, want, "smlal: k {k} n {n} tokens {tokens}");
             if dot {
-                let mut got = vec![0i8; x.len()];
-                pw_i8_neon_sdot_4x16c4(&x, tokens, dim, &l.view(), act(gelu), &mut got);
-                assert_eq!(got, want, "sdot: dim {dim} tokens {tokens}");
+                let mut got = vec![0i8; tokens * n];
+                gemm_i8_neon_sdot_4x16c4(&x, tokens, k, n, &l.view(), act(gelu), &mut got);
+                assert_eq!(got, want, "sdot: k {k} n {n} tokens {tokens}");
             }
-        }
-    }
-
-    #[test]
-    fn embedding_kernel_matches_the_reference() {
-        let mut r = Rng(0x1234_5678_9abc_def1);
-        for case in 0..120 {
-            let dim = match case % 3 {
-                0 => 16 * r.range(1, 4) as usize,
-                _ => r.range(1, 50) as usize,
-            };
-            let patch = r.range(1, 7) as usize;
-            let in_c = r.range(1, 4) as usize;
-            let (in_h, in_w) = (
-                patch * r.range(1, 5) as usize + r.range(0, patch as i64 - 1) as usize,
-                patch * r.range(1, 5) as usize + r.range(0, patch as i64 - 1) as usize,
-            );
-            let eg = EmbedGeom {
-                in_h,
-                in_w,
-                in_c,
-                patch,
-            };
-            let gelu = case % 2 == 0;
-            let mut l = Layer::random(&mut r, eg.taps() * dim, dim, false, gelu);
-            // Raw pixels go up to 255: keep the accumulator bound of the format.
-            let bias: Vec<i32> = (0..dim)
-                .map(|_| r.range(-100_000, 100_000) as i32)
-                .collect();
-            l.bias = bias.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let px: Vec<u8> = (0..in_h * in_w * in_c).map(|_| r.next() as u8).collect();
-            let n = (in_h / patch) * (in_w / patch) * dim;
-            let mut want = vec![0i8; n];
-            reference::embed_i8(&px, eg, dim, &l.view(), act(gelu), &mut want);
-            let mut got = vec![0i8; n];
-            embed_i8_neon_c16(&px, eg, dim, &l.view(), act(gelu), &mut got);
-            assert_eq!(got, want, "embed: {eg:?} dim {dim}");
         }
     }
 
     #[test]
     fn slice_wise_sdot_depthwise_matches_the_reference() {
         if !crate::kernels::Isa::NeonDot.available() {
-            return; // pointwise_kernels_match_the_reference enforces CMX_REQUIRE_DOTPROD
+            return; // gemm_kernels_match_the_reference enforces CMX_REQUIRE_DOTPROD
         }
         let mut r = Rng(0x0bad_cafe_1234_5678);
         for case in 0..120 {

@@ -325,7 +325,10 @@ pub fn epilogue_i8(acc: i32, res: i32, r: &Requant, l: &QuantLayer<'_>, act: Act
     (l.zp_out + v).clamp(-128, 127) as i8
 }
 
-/// int8 patch embedding on raw pixels (zero point 0).
+/// int8 patch embedding on raw `u8` pixels: a GEMM over each token's patch (`[ky][kx][c]`,
+/// `taps = p·p·in_c` inputs) whose int8 inputs are `pixel − 128` (the layer's zero point is
+/// −128, absorbed by the stored bias), weights packed as [`super::gemm_index`] with
+/// `k = taps`.
 pub fn embed_i8(
     px: &[u8],
     g: EmbedGeom,
@@ -334,7 +337,7 @@ pub fn embed_i8(
     act: Activation,
     out: &mut [i8],
 ) {
-    let (p, c) = (g.patch, g.in_c);
+    let (p, c, taps) = (g.patch, g.in_c, g.taps());
     let wt = (g.in_w - p) / p + 1;
     let ht = (g.in_h - p) / p + 1;
     for ty in 0..ht {
@@ -346,7 +349,8 @@ pub fn embed_i8(
                 for ky in 0..p {
                     let row = ((ty * p + ky) * g.in_w + tx * p) * c;
                     for v in &px[row..row + p * c] {
-                        acc += i32::from(l.w[tap * dim + o]) * i32::from(*v);
+                        let x = i32::from(*v) - 128;
+                        acc += i32::from(l.w[super::gemm_index(o, tap, taps)]) * x;
                         tap += 1;
                     }
                 }
@@ -413,24 +417,26 @@ pub fn dw_token_i8<'x, S: Fn(usize, usize) -> Option<&'x [i8]>>(
     }
 }
 
-/// int8 pointwise 1×1 conv (a GEMM over tokens × channels): `acc = bias′ + Σ_i w_oi·x_i`
-/// with the weights packed as [`super::pw_index`] says.
-pub fn pw_i8(
+/// int8 GEMM, the pointwise 1×1 conv (`k = n = dim`) and the patch embedding's core: for
+/// each of `tokens` rows of `k` int8 inputs (`x`, row stride `k`), `n` outputs (`out`, row
+/// stride `n`) through the epilogue; weights packed as [`super::gemm_index`].
+pub fn gemm_i8(
     x: &[i8],
     tokens: usize,
-    dim: usize,
+    k: usize,
+    n: usize,
     l: &QuantLayer<'_>,
     act: Activation,
     out: &mut [i8],
 ) {
     for t in 0..tokens {
-        let row = &x[t * dim..(t + 1) * dim];
-        for o in 0..dim {
+        let row = &x[t * k..(t + 1) * k];
+        for o in 0..n {
             let mut acc = l.bias.at(o);
             for (i, xv) in row.iter().enumerate() {
-                acc += i32::from(l.w[super::pw_index(o, i, dim)]) * i32::from(*xv);
+                acc += i32::from(l.w[super::gemm_index(o, i, k)]) * i32::from(*xv);
             }
-            out[t * dim + o] = epilogue_i8(acc, 0, &l.requant(o), l, act);
+            out[t * n + o] = epilogue_i8(acc, 0, &l.requant(o), l, act);
         }
     }
 }
