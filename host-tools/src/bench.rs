@@ -572,7 +572,10 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
             "int8 SMLAL",
             &[mca::Kind::PwSmlal, mca::Kind::Depthwise][..],
         ),
-        ("int8 SDOT", &[mca::Kind::PwSdot][..]),
+        (
+            "int8 SDOT",
+            &[mca::Kind::PwSdot, mca::Kind::DepthwiseSdot][..],
+        ),
     ] {
         let Some((_, run)) = runs.iter().find(|(w, _)| w.starts_with(what)) else {
             continue;

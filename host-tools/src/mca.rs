@@ -29,6 +29,8 @@ pub enum Kind {
     PwSmlal,
     /// Depthwise, `SMULL`/`SMLAL` + `SADDW`.
     Depthwise,
+    /// Depthwise, `SDOT` by vector (4 kernel rows per lane, slice-wise driver).
+    DepthwiseSdot,
 }
 
 /// One disassembled instruction.
@@ -96,14 +98,16 @@ impl LoopReport {
             Kind::PwSdot => "pw-sdot",
             Kind::PwSmlal => "pw-smlal",
             Kind::Depthwise => "dw",
+            Kind::DepthwiseSdot => "dw-sdot",
         }
     }
 
     /// Short name for tables.
     pub fn name(&self) -> String {
         match self.kernel {
-            Kind::PwSdot => "pointwise SDOT (pw_sdot_tile)".into(),
-            Kind::PwSmlal => "pointwise SMLAL (pw_smlal_tile)".into(),
+            Kind::PwSdot => "pointwise SDOT (gemm_sdot_tile4)".into(),
+            Kind::PwSmlal => "pointwise SMLAL (smlal_token)".into(),
+            Kind::DepthwiseSdot => "depthwise SDOT (dw_sdot_rows)".into(),
             Kind::Depthwise => format!("depthwise dw_c16, {} taps/it", self.taps),
         }
     }
@@ -287,8 +291,14 @@ fn loops_of(f: &Function) -> (Cfg, Vec<Vec<usize>>) {
 
 fn kind_of(body: &[Insn]) -> Option<Kind> {
     let has = |m: &str| body.iter().any(|i| i.mnemonic.starts_with(m));
-    if body.iter().any(|i| i.mnemonic == "sdot") {
-        Some(Kind::PwSdot)
+    let sdot: Vec<&Insn> = body.iter().filter(|i| i.mnemonic == "sdot").collect();
+    if !sdot.is_empty() {
+        // By element (`v.4b[i]`): the GEMM; by vector: the slice-wise depthwise.
+        if sdot.iter().any(|i| i.operands.contains('[')) {
+            Some(Kind::PwSdot)
+        } else {
+            Some(Kind::DepthwiseSdot)
+        }
     } else if !body.iter().any(|i| macs_of(i) > 0) {
         None
     } else if has("sadalp") {
@@ -526,7 +536,7 @@ pub fn hot_loops(d: &Disasm, prof: &Profile, kinds: &[Kind]) -> Result<Vec<LoopR
         asm.push_str(".Lother:\n");
         l.asm = asm.clone();
         let cpus: &[(&str, u32)] = match l.kernel {
-            Kind::PwSdot => &[("cortex-a76", 32)],
+            Kind::PwSdot | Kind::DepthwiseSdot => &[("cortex-a76", 32)],
             // LLVM 14 models the A76 with its A57/A72 model: an A76 row would repeat A72's.
             Kind::PwSmlal | Kind::Depthwise => &[("cortex-a53", 8), ("cortex-a72", 8)],
         };
