@@ -63,6 +63,26 @@ fn queue_len(g: Grid) -> usize {
 /// Depthwise conv + residual in place on `a` (`tokens · dim` int8), computing tokens with
 /// the kernels of `isa`. `scratch` must hold [`scratch_len`] bytes; shorter buffers make it
 /// fall back to nothing (the caller sizes the arena from the same formula).
+///
+/// ```
+/// use convmixer_edge::kernels::{inplace, reference, Grid, Isa};
+/// # use convmixer_edge::{le::I32Le, Activation};
+/// # use convmixer_edge::kernels::reference::QuantLayer;
+/// # let n = 16;
+/// # // Field-major requant records: ReLU(acc / 2) (+ the residual for depthwise layers).
+/// # let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 1i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let rq_no_res: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let bias = vec![0u8; 4 * n];
+/// let g = Grid { ht: 3, wt: 5, dim: n, kernel: 3, pad_top: 1, pad_left: 1 };
+/// let w: Vec<i8> = (0..9 * n).map(|i| (i % 7) as i8 - 3).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 3, zp_z: 0, zp_out: -5, table: &[] };
+/// let x: Vec<i8> = (0..15 * n).map(|i| (i * 37 % 256) as u8 as i8).collect();
+/// let mut want = vec![0i8; x.len()];
+/// reference::dw_i8(&x, g, &l, Activation::Relu, &mut want);
+/// let (mut a, mut scratch) = (x.clone(), vec![0i8; inplace::scratch_len(g)]);
+/// inplace::dw_i8_inplace(&mut a, &mut scratch, g, &l, Activation::Relu, Isa::detect());
+/// assert_eq!(a, want);
+/// ```
 pub fn dw_i8_inplace(
     a: &mut [i8],
     scratch: &mut [i8],
@@ -173,6 +193,11 @@ fn flush(a: &mut [i8], ring: &mut [i8], queue: &[i8], g: Grid, y: usize, c: usiz
 }
 
 /// Scratch bytes [`embed_i8`] needs: [`PW_TILE`] patches of `taps` bytes.
+///
+/// ```
+/// use convmixer_edge::kernels::{inplace::embed_scratch_len, EmbedGeom};
+/// assert_eq!(embed_scratch_len(EmbedGeom { in_h: 28, in_w: 28, in_c: 1, patch: 2 }), 4 * 4);
+/// ```
 pub fn embed_scratch_len(e: EmbedGeom) -> usize {
     PW_TILE * e.taps()
 }
@@ -183,6 +208,26 @@ pub fn embed_scratch_len(e: EmbedGeom) -> usize {
 /// packed weights. Gives exactly the bytes of [`reference::embed_i8`]. `scratch` must hold
 /// [`embed_scratch_len`] bytes and `px` the whole image; otherwise nothing is written (the
 /// model checks both).
+///
+/// ```
+/// use convmixer_edge::kernels::{gemm_packed_len, inplace, reference, EmbedGeom, Isa};
+/// # use convmixer_edge::{le::I32Le, Activation};
+/// # use convmixer_edge::kernels::reference::QuantLayer;
+/// # let n = 16;
+/// # // Field-major requant records: ReLU(acc / 2) (+ the residual for depthwise layers).
+/// # let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 1i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let rq_no_res: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let bias = vec![0u8; 4 * n];
+/// let g = EmbedGeom { in_h: 6, in_w: 4, in_c: 3, patch: 2 };
+/// let w: Vec<i8> = (0..gemm_packed_len(n, g.taps())).map(|i| (i % 7) as i8 - 3).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq_no_res), zp_in: -128, zp_z: 0, zp_out: 0, table: &[] };
+/// let px: Vec<u8> = (0..6 * 4 * 3).map(|i| (i * 37 % 256) as u8).collect();
+/// let (mut fast, mut slow) = (vec![0i8; 6 * n], vec![0i8; 6 * n]);
+/// let mut scratch = vec![0i8; inplace::embed_scratch_len(g)];
+/// inplace::embed_i8(&px, g, n, &l, Activation::Relu, &mut scratch, &mut fast, Isa::detect());
+/// reference::embed_i8(&px, g, n, &l, Activation::Relu, &mut slow);
+/// assert_eq!(fast, slow);
+/// ```
 #[allow(clippy::too_many_arguments)]
 pub fn embed_i8(
     px: &[u8],
@@ -235,6 +280,25 @@ pub fn embed_i8(
 
 /// Pointwise conv in place on `a`, [`PW_TILE`] tokens at a time through `scratch`
 /// (at least `PW_TILE · dim` bytes), with the kernels of `isa`.
+///
+/// ```
+/// use convmixer_edge::kernels::{gemm_packed_len, inplace, reference, Isa};
+/// # use convmixer_edge::{le::I32Le, Activation};
+/// # use convmixer_edge::kernels::reference::QuantLayer;
+/// # let n = 16;
+/// # // Field-major requant records: ReLU(acc / 2) (+ the residual for depthwise layers).
+/// # let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 1i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let rq_no_res: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let bias = vec![0u8; 4 * n];
+/// let w: Vec<i8> = (0..gemm_packed_len(n, n)).map(|i| (i % 7) as i8 - 3).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq_no_res), zp_in: 0, zp_z: 0, zp_out: 0, table: &[] };
+/// let x: Vec<i8> = (0..5 * n).map(|i| (i * 37 % 256) as u8 as i8).collect();
+/// let mut want = vec![0i8; x.len()];
+/// reference::gemm_i8(&x, 5, n, n, &l, Activation::Relu, &mut want);
+/// let (mut a, mut scratch) = (x.clone(), vec![0i8; inplace::PW_TILE * n]);
+/// inplace::pw_i8_inplace(&mut a, &mut scratch, 5, n, &l, Activation::Relu, Isa::detect());
+/// assert_eq!(a, want);
+/// ```
 pub fn pw_i8_inplace(
     a: &mut [i8],
     scratch: &mut [i8],

@@ -540,6 +540,25 @@ macro_rules! sdot_lane {
 /// tokens × 16 outputs, `SDOT` by element over input groups of 4 (16 inputs per `x`
 /// register). Same arguments and result as [`reference::gemm_i8`]. Call only where
 /// [`super::Isa::NeonDot`] is available (falls back to the reference otherwise).
+///
+/// ```
+/// use convmixer_edge::kernels::{gemm_packed_len, neon, reference};
+/// # use convmixer_edge::{le::I32Le, Activation};
+/// # use convmixer_edge::kernels::reference::QuantLayer;
+/// # let n = 16;
+/// # // Field-major requant records: ReLU(acc / 2) (+ the residual for depthwise layers).
+/// # let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 1i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let rq_no_res: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let bias = vec![0u8; 4 * n];
+/// let k = 40;
+/// let w: Vec<i8> = (0..gemm_packed_len(n, k)).map(|i| (i % 7) as i8 - 3).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq_no_res), zp_in: 0, zp_z: 0, zp_out: 0, table: &[] };
+/// let x: Vec<i8> = (0..6 * k).map(|i| (i * 37 % 256) as u8 as i8).collect();
+/// let (mut fast, mut slow) = (vec![0i8; 6 * n], vec![0i8; 6 * n]);
+/// neon::gemm_i8_neon_sdot_4x16c4(&x, 6, k, n, &l, Activation::Relu, &mut fast);
+/// reference::gemm_i8(&x, 6, k, n, &l, Activation::Relu, &mut slow);
+/// assert_eq!(fast, slow);
+/// ```
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_i8_neon_sdot_4x16c4(
     x: &[i8],
@@ -975,6 +994,29 @@ macro_rules! dw_sdot_taps {
 /// Returns false, touching nothing, where it does not apply (no dot product, `dim` not a
 /// multiple of 16, `k > 9`, short buffers); the caller then uses the per-token drivers.
 /// Gives exactly the bytes of [`reference::dw_i8`] (tested in `inplace`).
+///
+/// ```
+/// use convmixer_edge::kernels::{inplace, neon, reference, Grid, Isa};
+/// # use convmixer_edge::{le::I32Le, Activation};
+/// # use convmixer_edge::kernels::reference::QuantLayer;
+/// # let n = 16;
+/// # // Field-major requant records: ReLU(acc / 2) (+ the residual for depthwise layers).
+/// # let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 1i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let rq_no_res: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let bias = vec![0u8; 4 * n];
+/// let g = Grid { ht: 3, wt: 5, dim: n, kernel: 3, pad_top: 1, pad_left: 1 };
+/// let w: Vec<i8> = (0..9 * n).map(|i| (i % 7) as i8 - 3).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 3, zp_z: 0, zp_out: -5, table: &[] };
+/// let x: Vec<i8> = (0..15 * n).map(|i| (i * 37 % 256) as u8 as i8).collect();
+/// let mut want = vec![0i8; x.len()];
+/// reference::dw_i8(&x, g, &l, Activation::Relu, &mut want);
+/// let (mut a, mut scratch) = (x.clone(), vec![0i8; inplace::dw_slice_scratch_len(g)]);
+/// let ran = neon::dw_i8_inplace_sdot(&mut a, &mut scratch, g, &l, Activation::Relu);
+/// assert_eq!(ran, Isa::NeonDot.available());
+/// if ran {
+///     assert_eq!(a, want);
+/// }
+/// ```
 pub fn dw_i8_inplace_sdot(
     a: &mut [i8],
     scratch: &mut [i8],
@@ -1177,6 +1219,27 @@ fn dw_fits(g: Grid, l: &QuantLayer<'_>, act: Activation) -> bool {
 
 /// One output token of the depthwise conv (see [`dw_i8_neon_c16`]), dispatching the
 /// specialised kernel sizes 3, 5, 7, 9. Same contract as [`reference::dw_token_i8`].
+///
+/// ```
+/// use convmixer_edge::kernels::{neon, reference, Grid};
+/// # use convmixer_edge::{le::I32Le, Activation};
+/// # use convmixer_edge::kernels::reference::QuantLayer;
+/// # let n = 16;
+/// # // Field-major requant records: ReLU(acc / 2) (+ the residual for depthwise layers).
+/// # let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 1i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let rq_no_res: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let bias = vec![0u8; 4 * n];
+/// let g = Grid { ht: 3, wt: 5, dim: n, kernel: 3, pad_top: 1, pad_left: 1 };
+/// let w: Vec<i8> = (0..9 * n).map(|i| (i % 7) as i8 - 3).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 3, zp_z: 0, zp_out: -5, table: &[] };
+/// let x: Vec<i8> = (0..15 * n).map(|i| (i * 37 % 256) as u8 as i8).collect();
+/// let mut want = vec![0i8; x.len()];
+/// reference::dw_i8(&x, g, &l, Activation::Relu, &mut want);
+/// let src = |y: usize, xx: usize| x.get((y * 5 + xx) * n..(y * 5 + xx + 1) * n);
+/// let mut out = vec![0i8; n];
+/// neon::dw_token_i8_neon_c16(&src, 1, 2, &x[7 * n..8 * n], g, &l, Activation::Relu, &mut out);
+/// assert_eq!(out, want[7 * n..8 * n]);
+/// ```
 #[allow(clippy::too_many_arguments)]
 pub fn dw_token_i8_neon_c16<'x, S: Fn(usize, usize) -> Option<&'x [i8]>>(
     src: &S,
@@ -1204,6 +1267,28 @@ pub fn dw_token_i8_neon_c16<'x, S: Fn(usize, usize) -> Option<&'x [i8]>>(
 /// Two adjacent output tokens `(ty, tx)` and `(ty, tx + 1)` of the depthwise conv, sharing
 /// one epilogue per 16 channels; `res` and `out` are per token. Same results as two calls of
 /// [`reference::dw_token_i8`].
+///
+/// ```
+/// use convmixer_edge::kernels::{neon, reference, Grid};
+/// # use convmixer_edge::{le::I32Le, Activation};
+/// # use convmixer_edge::kernels::reference::QuantLayer;
+/// # let n = 16;
+/// # // Field-major requant records: ReLU(acc / 2) (+ the residual for depthwise layers).
+/// # let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 1i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let rq_no_res: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let bias = vec![0u8; 4 * n];
+/// let g = Grid { ht: 3, wt: 5, dim: n, kernel: 3, pad_top: 1, pad_left: 1 };
+/// let w: Vec<i8> = (0..9 * n).map(|i| (i % 7) as i8 - 3).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 3, zp_z: 0, zp_out: -5, table: &[] };
+/// let x: Vec<i8> = (0..15 * n).map(|i| (i * 37 % 256) as u8 as i8).collect();
+/// let mut want = vec![0i8; x.len()];
+/// reference::dw_i8(&x, g, &l, Activation::Relu, &mut want);
+/// let src = |y: usize, xx: usize| x.get((y * 5 + xx) * n..(y * 5 + xx + 1) * n);
+/// let (mut o0, mut o1) = (vec![0i8; n], vec![0i8; n]);
+/// let res = [&x[5 * n..6 * n], &x[6 * n..7 * n]];
+/// neon::dw_pair_i8_neon_c16(&src, 1, 0, res, g, &l, Activation::Relu, [&mut o0, &mut o1]);
+/// assert_eq!((&o0[..], &o1[..]), (&want[5 * n..6 * n], &want[6 * n..7 * n]));
+/// ```
 #[allow(clippy::too_many_arguments)]
 pub fn dw_pair_i8_neon_c16<'x, S: Fn(usize, usize) -> Option<&'x [i8]>>(
     src: &S,
@@ -1237,6 +1322,26 @@ pub fn dw_pair_i8_neon_c16<'x, S: Fn(usize, usize) -> Option<&'x [i8]>>(
 /// Depthwise 'same' int8 conv + residual (ARMv8.0 NEON, 16 channels and 2 tokens per step),
 /// specialised for k = 3, 5, 7, 9 and generic otherwise. Same arguments and result as
 /// [`reference::dw_i8`].
+///
+/// ```
+/// use convmixer_edge::kernels::{neon, reference, Grid};
+/// # use convmixer_edge::{le::I32Le, Activation};
+/// # use convmixer_edge::kernels::reference::QuantLayer;
+/// # let n = 16;
+/// # // Field-major requant records: ReLU(acc / 2) (+ the residual for depthwise layers).
+/// # let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 1i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let rq_no_res: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let bias = vec![0u8; 4 * n];
+/// let g = Grid { ht: 3, wt: 5, dim: n, kernel: 3, pad_top: 1, pad_left: 1 };
+/// let w: Vec<i8> = (0..9 * n).map(|i| (i % 7) as i8 - 3).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 3, zp_z: 0, zp_out: -5, table: &[] };
+/// let x: Vec<i8> = (0..15 * n).map(|i| (i * 37 % 256) as u8 as i8).collect();
+/// let mut want = vec![0i8; x.len()];
+/// reference::dw_i8(&x, g, &l, Activation::Relu, &mut want);
+/// let mut got = vec![0i8; x.len()];
+/// neon::dw_i8_neon_c16(&x, g, &l, Activation::Relu, &mut got);
+/// assert_eq!(got, want);
+/// ```
 pub fn dw_i8_neon_c16(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, out: &mut [i8]) {
     let (d, n) = (g.dim, g.tokens() * g.dim);
     if x.len() < n || out.len() < n {

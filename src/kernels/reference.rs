@@ -329,6 +329,19 @@ pub fn epilogue_i8(acc: i32, res: i32, r: &Requant, l: &QuantLayer<'_>, act: Act
 /// `taps = p·p·in_c` inputs) whose int8 inputs are `pixel − 128` (the layer's zero point is
 /// −128, absorbed by the stored bias), weights packed as [`super::gemm_index`] with
 /// `k = taps`.
+///
+/// ```
+/// use convmixer_edge::kernels::{gemm_packed_len, reference::{embed_i8, QuantLayer}, EmbedGeom};
+/// use convmixer_edge::{le::I32Le, Activation};
+/// // One 2×2 grey patch, one output channel with weights 1: Σ (pixel − 128) = 0 + 2 + 4 + 6.
+/// let w = vec![1i8; gemm_packed_len(1, 4)];
+/// let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes()).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&[0; 4]), requant: I32Le(&rq), zp_in: -128, zp_z: 0, zp_out: 0, table: &[] };
+/// let g = EmbedGeom { in_h: 2, in_w: 2, in_c: 1, patch: 2 };
+/// let mut out = [0i8; 1];
+/// embed_i8(&[128, 130, 132, 134], g, 1, &l, Activation::Relu, &mut out);
+/// assert_eq!(out, [6]); // 12 / 2
+/// ```
 pub fn embed_i8(
     px: &[u8],
     g: EmbedGeom,
@@ -420,6 +433,20 @@ pub fn dw_token_i8<'x, S: Fn(usize, usize) -> Option<&'x [i8]>>(
 /// int8 GEMM, the pointwise 1×1 conv (`k = n = dim`) and the patch embedding's core: for
 /// each of `tokens` rows of `k` int8 inputs (`x`, row stride `k`), `n` outputs (`out`, row
 /// stride `n`) through the epilogue; weights packed as [`super::gemm_index`].
+///
+/// ```
+/// use convmixer_edge::kernels::{gemm_packed_len, reference::{gemm_i8, QuantLayer}};
+/// use convmixer_edge::{le::I32Le, Activation};
+/// let (k, n) = (3, 2);
+/// let w = vec![1i8; gemm_packed_len(n, k)];
+/// let bias = [0u8; 8];
+/// // Field-major requant records: ReLU(acc / 2).
+/// let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 0, zp_z: 0, zp_out: 0, table: &[] };
+/// let mut out = [0i8; 2];
+/// gemm_i8(&[4, 4, 4], 1, k, n, &l, Activation::Relu, &mut out);
+/// assert_eq!(out, [6, 6]); // (3 · 4) / 2
+/// ```
 pub fn gemm_i8(
     x: &[i8],
     tokens: usize,
