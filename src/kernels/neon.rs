@@ -22,6 +22,25 @@ use super::reference::{self, epilogue_i8, QuantLayer};
 use super::{gemm_packed_len, Grid, PW_KR, PW_NR};
 use crate::Activation;
 
+/// One `LD1 {vA.16b-vD.16b}, [p], #64`: 64 bytes into 4 consecutive registers (`$r0..$r3`
+/// name them), advancing the pointer variable `$p` (the intrinsic `vld1q_s8_x4` becomes two
+/// `LDP`s and an address add).
+macro_rules! ld1x4 {
+    ($p:ident, $r0:tt, $r1:tt, $r2:tt, $r3:tt, $list:tt) => {{
+        let (a, b, c, d): (int8x16_t, int8x16_t, int8x16_t, int8x16_t);
+        asm!(
+            concat!("ld1 {{", $list, "}}, [{p}], #64"),
+            p = inout(reg) $p,
+            out($r0) a,
+            out($r1) b,
+            out($r2) c,
+            out($r3) d,
+            options(readonly, nostack, preserves_flags)
+        );
+        int8x16x4_t(a, b, c, d)
+    }};
+}
+
 /// Lengths a GEMM kernel (`k` inputs, `n` outputs per token) may rely on.
 fn gemm_fits(
     x: &[i8],
@@ -415,16 +434,18 @@ unsafe fn smlal_token(row: *const i8, wb: *const i8, dim: usize) -> [int32x4_t; 
     // SAFETY: register-only.
     let z = unsafe { vdupq_n_s32(0) };
     let mut a0: Acc8 = [(z, z); 4];
+    let mut wp = wb;
     for kb in 0..dim / 16 {
-        // SAFETY: 16kb + 16 ≤ dim bytes of the row are readable; groups 4kb..4kb + 4 lie
-        // inside the block ((4kb + 4)·64 ≤ 16·dim).
+        // SAFETY: 16kb + 16 ≤ dim bytes of the row are readable; wp = wb + 256·kb and its
+        // four 64-byte loads are groups 4kb..4kb + 4, inside the block ((4kb + 4)·64 ≤
+        // 16·dim).
         unsafe {
             let x0 = vreinterpretq_s32_s8(vld1q_s8(row.add(16 * kb)));
-            let wg = vld1q_s8_x4(wb.add(4 * kb * 64));
-            let wh = vld1q_s8_x4(wb.add((4 * kb + 1) * 64));
+            let wg = ld1x4!(wp, "v16", "v17", "v18", "v19", "v16.16b-v19.16b");
+            let wh = ld1x4!(wp, "v20", "v21", "v22", "v23", "v20.16b-v23.16b");
             smlal_pair!(a0, wg, wh, x0, 0, 1);
-            let wg = vld1q_s8_x4(wb.add((4 * kb + 2) * 64));
-            let wh = vld1q_s8_x4(wb.add((4 * kb + 3) * 64));
+            let wg = ld1x4!(wp, "v16", "v17", "v18", "v19", "v16.16b-v19.16b");
+            let wh = ld1x4!(wp, "v20", "v21", "v22", "v23", "v20.16b-v23.16b");
             smlal_pair!(a0, wg, wh, x0, 2, 3);
         }
     }
@@ -583,25 +604,6 @@ pub fn gemm_i8_neon_sdot_4x16c4(
         unsafe { gemm_sdot_tile::<1>(x, t, k, n, l, act, out) };
         t += 1;
     }
-}
-
-/// One `LD1 {vA.16b-vD.16b}, [p], #64`: 64 bytes into 4 consecutive registers (`$r0..$r3`
-/// name them), advancing the pointer variable `$p` (the intrinsic `vld1q_s8_x4` becomes two
-/// `LDP`s and an address add).
-macro_rules! ld1x4 {
-    ($p:ident, $r0:tt, $r1:tt, $r2:tt, $r3:tt, $list:tt) => {{
-        let (a, b, c, d): (int8x16_t, int8x16_t, int8x16_t, int8x16_t);
-        asm!(
-            concat!("ld1 {{", $list, "}}, [{p}], #64"),
-            p = inout(reg) $p,
-            out($r0) a,
-            out($r1) b,
-            out($r2) c,
-            out($r3) d,
-            options(readonly, nostack, preserves_flags)
-        );
-        int8x16x4_t(a, b, c, d)
-    }};
 }
 
 /// `SDOT` of one group of 4 inputs (lane `$lane` of `$x`) into 16 outputs (`$w`: 4
