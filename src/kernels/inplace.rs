@@ -38,9 +38,10 @@ pub fn scratch_len(g: Grid) -> usize {
     per_token.max(dw_slice_scratch_len(g))
 }
 
-/// Scratch bytes of the slice-wise depthwise driver (`neon::dw_i8_inplace_sdot`): a ring of
-/// `pad_top` rows of one 16-channel slice, the slice's packed weights and input cache (64
-/// bytes per tap group and kernel column / input column) and a row buffer.
+/// Scratch bytes of the slice-wise depthwise drivers: for `neon::dw_i8_inplace_sdot` a ring
+/// of `pad_top` rows of one 16-channel slice, the slice's packed weights and input cache (64
+/// bytes per tap group and kernel column / input column) and a row buffer; for
+/// `neon::dw_i8_inplace_smlal` `k` cached input rows, a padding row and a row buffer.
 ///
 /// ```
 /// use convmixer_edge::kernels::{inplace::dw_slice_scratch_len, Grid};
@@ -49,10 +50,11 @@ pub fn scratch_len(g: Grid) -> usize {
 /// ```
 pub fn dw_slice_scratch_len(g: Grid) -> usize {
     let groups = g.kernel.div_ceil(4);
-    g.pad_top * g.wt * 16
-        + groups * g.kernel * 64
-        + groups * (g.wt + g.kernel).saturating_sub(1) * 64
-        + g.wt * 16
+    let cols = (g.wt + g.kernel).saturating_sub(1);
+    let sdot = g.pad_top * g.wt * 16 + groups * g.kernel * 64 + groups * cols * 64 + g.wt * 16;
+    // The ARMv8.0 driver: k cached rows and a padding row, then the row buffer.
+    let smlal = (g.kernel + 1) * cols * 16 + g.wt * 16;
+    sdot.max(smlal)
 }
 
 /// Tokens in the depthwise output queue: a pair plus the `pad_left` outputs waiting for it.
@@ -92,8 +94,10 @@ pub fn dw_i8_inplace(
     isa: Isa,
 ) {
     #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-    if isa == Isa::NeonDot && super::neon::dw_i8_inplace_sdot(a, scratch, g, l, act) {
-        return;
+    match isa {
+        Isa::NeonDot if super::neon::dw_i8_inplace_sdot(a, scratch, g, l, act) => return,
+        Isa::Neon if super::neon::dw_i8_inplace_smlal(a, scratch, g, l, act) => return,
+        _ => {}
     }
     let (d, r, wt) = (g.dim, g.pad_top, g.wt);
     let lq = queue_len(g);

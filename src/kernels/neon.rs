@@ -1175,6 +1175,168 @@ unsafe fn dw_sdot_rows(
     }
 }
 
+/// Depthwise 'same' conv + residual in place on `a`, ARMv8.0 (`SMULL`/`SMLAL`), slice by
+/// slice like [`dw_i8_inplace_sdot`]: each 16-channel slice is processed row by row from a
+/// cache of the `k` input rows the output row needs (`[slot][column][16 channels]`, rows in
+/// slots `row % k`, padding columns `zp_in`; rows outside the grid read a row of `zp_in`).
+/// Each output row loads one new input row into the cache, so the cache replaces the ring
+/// of the per-token drivers; the outputs of a row wait in a row buffer and are written back
+/// once the row is done. Two outputs share each weight load and one vector epilogue.
+///
+/// Returns false, touching nothing, where it does not apply (`dim` not a multiple of 16,
+/// `k > 9`, short buffers); the caller then uses the per-token drivers. Gives exactly the
+/// bytes of [`reference::dw_i8`] (tested in `inplace`).
+pub fn dw_i8_inplace_smlal(
+    a: &mut [i8],
+    scratch: &mut [i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    act: Activation,
+) -> bool {
+    let k = g.kernel;
+    let ok = g.dim % 16 == 0
+        && (1..=DW_MAX_K).contains(&k)
+        && g.pad_top < k
+        && g.pad_left < k
+        && dw_fits(g, l, act)
+        && g.elements().is_some_and(|n| a.len() >= n)
+        && scratch.len() >= super::inplace::dw_slice_scratch_len(g);
+    if ok {
+        // SAFETY: the lengths are checked above.
+        unsafe {
+            match k {
+                3 => dw_smlal_rows::<3>(a, scratch, g, l, act),
+                5 => dw_smlal_rows::<5>(a, scratch, g, l, act),
+                7 => dw_smlal_rows::<7>(a, scratch, g, l, act),
+                9 => dw_smlal_rows::<9>(a, scratch, g, l, act),
+                _ => dw_smlal_rows::<0>(a, scratch, g, l, act),
+            }
+        }
+    }
+    ok
+}
+
+/// # Safety
+/// The conditions `dw_i8_inplace_smlal` checks; `K` is 0 or `g.kernel`.
+#[inline(always)]
+unsafe fn dw_smlal_rows<const K: usize>(
+    a: &mut [i8],
+    scratch: &mut [i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    act: Activation,
+) {
+    let k = if K > 0 { K } else { g.kernel };
+    let (d, ht, wt, pt, pl) = (g.dim, g.ht, g.wt, g.pad_top, g.pad_left);
+    let below = k - 1 - pt; // input rows below the output row
+    let cols = wt + k - 1;
+    let (cache, rest) = scratch.split_at_mut(k * cols * 16);
+    let (zrow, rest) = rest.split_at_mut(cols * 16);
+    let rowbuf = &mut rest[..wt * 16];
+    let (cache, zrow, rowbuf) = (cache.as_mut_ptr(), zrow.as_mut_ptr(), rowbuf.as_mut_ptr());
+    let ap = a.as_mut_ptr();
+    let w = l.w.as_ptr();
+    let e = Epi::new(l, d, act);
+    // SAFETY (whole function): offsets stay inside their buffers: cache (slot·cols + col)·16
+    // + 16 ≤ k·cols·16 (slot < k, col < cols); zrow col·16 + 16 ≤ cols·16; rowbuf x·16 + 16
+    // ≤ wt·16; activations (row·wt + x)·d + c0 + 16 ≤ tokens·d (row < ht, x < wt, c0 + 16 ≤
+    // d); weights (ky·k + kx)·d + c0 + 16 ≤ k²·d (dw_fits). Cache columns read: x + kx ≤
+    // cols − 1 for every output x < wt and tap kx < k (the second tap of a pair past k is
+    // never loaded).
+    unsafe {
+        let zp = vdupq_n_s8(e.zp_in);
+        let zero = vdupq_n_s8(0);
+        for col in 0..cols {
+            vst1q_s8(zrow.add(col * 16), zp);
+            for slot in 0..k {
+                if col < pl || col >= pl + wt {
+                    vst1q_s8(cache.add((slot * cols + col) * 16), zp);
+                }
+            }
+        }
+        for c0 in (0..d).step_by(16) {
+            let load_row = |r: usize| {
+                for xx in 0..wt {
+                    let v = vld1q_s8(ap.add((r * wt + xx) * d + c0));
+                    vst1q_s8(cache.add(((r % k) * cols + pl + xx) * 16), v);
+                }
+            };
+            for r in 0..below.min(ht) {
+                load_row(r);
+            }
+            for y in 0..ht {
+                if y + below < ht {
+                    load_row(y + below);
+                }
+                // Input row of kernel row ky: a cache slot, or the zp row outside the grid.
+                let mut rows = [zrow.cast_const(); DW_MAX_K];
+                for (ky, r) in rows.iter_mut().enumerate().take(k) {
+                    let yy = (y + ky).wrapping_sub(pt);
+                    if yy < ht {
+                        *r = cache.add((yy % k) * cols * 16).cast_const();
+                    }
+                }
+                let mut x = 0;
+                while x < wt {
+                    let two = x + 1 < wt;
+                    let z = vdupq_n_s32(0);
+                    let (mut a0, mut a1) = ([z; 4], [z; 4]);
+                    for (ky, &row) in rows.iter().enumerate().take(k) {
+                        let rp = row.add(x * 16);
+                        let wr = w.add(ky * k * d + c0);
+                        let mut kx = 0;
+                        while kx < k {
+                            let pair = kx + 1 < k;
+                            let w0 = vld1q_s8(wr.add(kx * d));
+                            let w1 = if pair {
+                                vld1q_s8(wr.add((kx + 1) * d))
+                            } else {
+                                zero
+                            };
+                            let x0 = vld1q_s8(rp.add(kx * 16));
+                            let x1 = if pair || two {
+                                vld1q_s8(rp.add((kx + 1) * 16))
+                            } else {
+                                zp
+                            };
+                            a0 = mac_pair(a0, w0, x0, w1, if pair { x1 } else { zp });
+                            if two {
+                                let x2 = if pair {
+                                    vld1q_s8(rp.add((kx + 2) * 16))
+                                } else {
+                                    zp
+                                };
+                                a1 = mac_pair(a1, w0, x1, w1, x2);
+                            }
+                            kx += 2;
+                        }
+                    }
+                    let t = y * wt + x;
+                    if two {
+                        let r = [
+                            vld1q_s8(ap.add(t * d + c0)),
+                            vld1q_s8(ap.add((t + 1) * d + c0)),
+                        ];
+                        let o = [rowbuf.add(x * 16), rowbuf.add((x + 1) * 16)];
+                        epilogue_c16(&e, c0, &mut [a0, a1], Some(&r), &o);
+                        x += 2;
+                    } else {
+                        let r = [vld1q_s8(ap.add(t * d + c0))];
+                        epilogue_c16(&e, c0, &mut [a0], Some(&r), &[rowbuf.add(x * 16)]);
+                        x += 1;
+                    }
+                }
+                for xx in 0..wt {
+                    vst1q_s8(
+                        ap.add((y * wt + xx) * d + c0),
+                        vld1q_s8(rowbuf.add(xx * 16)),
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// `acc += w0·x0 + w1·x1` on 16 channels: `SMULL`+`SMLAL` (low and high halves) into i16,
 /// exact because each lane holds two products of |w| ≤ 127 and |x| ≤ 128, then widened.
 #[inline(always)]
@@ -1509,10 +1671,10 @@ mod tests {
     }
 
     #[test]
-    fn slice_wise_sdot_depthwise_matches_the_reference() {
-        if !crate::kernels::Isa::NeonDot.available() {
-            return; // gemm_kernels_match_the_reference enforces CMX_REQUIRE_DOTPROD
-        }
+    fn slice_wise_depthwise_matches_the_reference() {
+        // Without the dot product only the SMLAL driver runs (gemm_kernels_match_the_reference
+        // enforces CMX_REQUIRE_DOTPROD where it must be there).
+        let dot = crate::kernels::Isa::NeonDot.available();
         let mut r = Rng(0x0bad_cafe_1234_5678);
         for case in 0..120 {
             let kernel = 1 + case % 9;
@@ -1534,13 +1696,17 @@ mod tests {
                 .collect();
             let mut want = vec![0i8; x.len()];
             reference::dw_i8(&x, g, &l.view(), act(gelu), &mut want);
-            let mut a = x.clone();
-            let mut scratch = vec![0i8; super::super::inplace::dw_slice_scratch_len(g)];
-            assert!(
-                dw_i8_inplace_sdot(&mut a, &mut scratch, g, &l.view(), act(gelu)),
-                "{g:?}"
-            );
-            assert_eq!(a, want, "sdot dw: {g:?}");
+            let scratch_len = super::super::inplace::dw_slice_scratch_len(g);
+            let (mut a, mut scratch) = (x.clone(), vec![0i8; scratch_len]);
+            let ran = dw_i8_inplace_smlal(&mut a, &mut scratch, g, &l.view(), act(gelu));
+            assert!(ran, "{g:?}");
+            assert_eq!(a, want, "smlal dw: {g:?}");
+            if dot {
+                let (mut a, mut scratch) = (x.clone(), vec![0i8; scratch_len]);
+                let ran = dw_i8_inplace_sdot(&mut a, &mut scratch, g, &l.view(), act(gelu));
+                assert!(ran, "{g:?}");
+                assert_eq!(a, want, "sdot dw: {g:?}");
+            }
         }
     }
 
