@@ -108,7 +108,7 @@ impl LoopReport {
             Kind::PwSdot => "pointwise SDOT (gemm_sdot_tile4)".into(),
             Kind::PwSmlal => "pointwise SMLAL (smlal_token)".into(),
             Kind::DepthwiseSdot => "depthwise SDOT (dw_sdot_rows)".into(),
-            Kind::Depthwise => format!("depthwise dw_c16, {} taps/it", self.taps),
+            Kind::Depthwise => format!("depthwise SMLAL (dw_smlal_rows), {} taps/it", self.taps),
         }
     }
 

@@ -6,13 +6,12 @@
 //!   so a ring keeps the originals of the last `pad_top` rows. Within row `y`, output token
 //!   `x` still needs the original tokens `x − pad_left ..`, so outputs wait in a queue and
 //!   are written back (after the original moves to the ring) as soon as no later output of
-//!   the row reads that position. Tokens are computed in pairs (`x`, `x + 1`: the SIMD
-//!   kernels share one epilogue), so the queue holds `pad_left + 2` tokens: the pair plus
-//!   the `pad_left` outputs that wait for it.
+//!   the row reads that position: the queue holds `pad_left + 1` tokens. (With NEON the
+//!   slice-wise drivers of `neon` do the same per 16-channel slice, with less scratch.)
 //! * Pointwise 1×1 conv: every output token depends only on the same input token, so
 //!   [`PW_TILE`] tokens at a time are copied to scratch and their outputs written back.
 //!
-//! Scratch: `pad_top · wt · dim + max(pad_left + 2, PW_TILE) · dim` bytes ([`scratch_len`]).
+//! Scratch: `pad_top · wt · dim + max(pad_left + 1, PW_TILE) · dim` bytes ([`scratch_len`]).
 //! Each driver gives exactly the bytes the out-of-place [`super::reference`] kernels give,
 //! whatever [`Isa`] computes the tokens (tested below).
 
@@ -57,14 +56,17 @@ pub fn dw_slice_scratch_len(g: Grid) -> usize {
     sdot.max(smlal)
 }
 
-/// Tokens in the depthwise output queue: a pair plus the `pad_left` outputs waiting for it.
+/// Tokens in the depthwise output queue: the token computed and the `pad_left` outputs
+/// waiting for it.
 fn queue_len(g: Grid) -> usize {
-    g.pad_left + 2
+    g.pad_left + 1
 }
 
-/// Depthwise conv + residual in place on `a` (`tokens · dim` int8), computing tokens with
-/// the kernels of `isa`. `scratch` must hold [`scratch_len`] bytes; shorter buffers make it
-/// fall back to nothing (the caller sizes the arena from the same formula).
+/// Depthwise conv + residual in place on `a` (`tokens · dim` int8). With NEON (and `dim` a
+/// multiple of 16, `k ≤ 9`) the slice-wise drivers of `neon` run it; otherwise the reference
+/// computes it token by token through the ring and the queue described above. `scratch`
+/// must hold [`scratch_len`] bytes; shorter buffers make it fall back to nothing (the caller
+/// sizes the arena from the same formula).
 ///
 /// ```
 /// use convmixer_edge::kernels::{inplace, reference, Grid, Isa};
@@ -93,6 +95,7 @@ pub fn dw_i8_inplace(
     act: Activation,
     isa: Isa,
 ) {
+    let _ = isa; // only the NEON levels have slice-wise drivers
     #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
     match isa {
         Isa::NeonDot if super::neon::dw_i8_inplace_sdot(a, scratch, g, l, act) => return,
@@ -114,9 +117,7 @@ pub fn dw_i8_inplace(
     let (ring, rest) = scratch.split_at_mut(r * wt * d);
     let queue = &mut rest[..lq * d];
     for y in 0..g.ht {
-        let mut x = 0;
-        while x < wt {
-            let n = if x + 1 < wt { 2 } else { 1 };
+        for x in 0..wt {
             {
                 let (a_ro, ring_ro): (&[i8], &[i8]) = (a, ring);
                 let src = |yy: usize, xx: usize| {
@@ -135,47 +136,14 @@ pub fn dw_i8_inplace(
                     }
                 };
                 let t = y * wt + x;
-                let res = |i: usize| &a_ro[(t + i) * d..(t + i + 1) * d];
-                // Queue slots of x and x + 1: distinct, since lq ≥ 2.
-                let (s0, s1) = (x % lq, (x + 1) % lq);
-                if n == 2 {
-                    let (lo, hi) = queue.split_at_mut(s0.max(s1) * d);
-                    let (o_lo, o_hi) = (&mut lo[s0.min(s1) * d..][..d], &mut hi[..d]);
-                    let out = if s0 < s1 { [o_lo, o_hi] } else { [o_hi, o_lo] };
-                    match isa {
-                        #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-                        Isa::Neon | Isa::NeonDot => super::neon::dw_pair_i8_neon_c16(
-                            &src,
-                            y,
-                            x,
-                            [res(0), res(1)],
-                            g,
-                            l,
-                            act,
-                            out,
-                        ),
-                        _ => {
-                            let [o0, o1] = out;
-                            reference::dw_token_i8(&src, y, x, res(0), g, l, act, o0);
-                            reference::dw_token_i8(&src, y, x + 1, res(1), g, l, act, o1);
-                        }
-                    }
-                } else {
-                    let out = &mut queue[s0 * d..(s0 + 1) * d];
-                    match isa {
-                        #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-                        Isa::Neon | Isa::NeonDot => {
-                            super::neon::dw_token_i8_neon_c16(&src, y, x, res(0), g, l, act, out)
-                        }
-                        _ => reference::dw_token_i8(&src, y, x, res(0), g, l, act, out),
-                    }
-                }
+                let res = &a_ro[t * d..(t + 1) * d];
+                let out = &mut queue[(x % lq) * d..(x % lq + 1) * d];
+                reference::dw_token_i8(&src, y, x, res, g, l, act, out);
             }
             // Column c may be written once token c + pad_left (its last reader) is done.
-            for c in x.saturating_sub(g.pad_left)..(x + n).saturating_sub(g.pad_left) {
-                flush(a, ring, queue, g, y, c);
+            if x >= g.pad_left {
+                flush(a, ring, queue, g, y, x - g.pad_left);
             }
-            x += n;
         }
         for c in wt.saturating_sub(g.pad_left)..wt {
             flush(a, ring, queue, g, y, c);
