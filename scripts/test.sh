@@ -23,6 +23,8 @@ stage toolchain scripts/install-toolchain.sh
 
 stage fmt cargo fmt --all -- --check
 stage host-tests cargo test --workspace --release
+# Every public item documented, every intra-doc link resolving.
+stage docs env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 aarch64_test() ( # aarch64_test QEMU_CPU [CMX_REQUIRE_DOTPROD]; subshell: env stays local
     export QEMU_CPU=$1 CMX_REQUIRE_DOTPROD=${2:-0}
     CARGO_TARGET_DIR=$DEBIAN_TARGET_DIR \

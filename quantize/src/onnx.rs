@@ -39,7 +39,7 @@ pub struct BatchNorm {
     pub eps: f32,
 }
 
-/// One Conv → [BN] → act → [BN] unit as found in the file.
+/// One Conv → \[BN\] → act → \[BN\] unit as found in the file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConvUnit {
     /// Name of the Conv node (for messages).

@@ -1,4 +1,4 @@
-//! Compute kernels. [`reference`] holds one plain scalar implementation per op; SIMD
+//! Compute kernels. [`reference`](mod@reference) holds one plain scalar implementation per op; SIMD
 //! variants live beside it, are named by ISA and tile shape, and are tested bit-for-bit
 //! against it.
 
@@ -21,7 +21,7 @@ pub mod neon;
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
-    /// Portable scalar Rust ([`reference`]), on every target.
+    /// Portable scalar Rust ([`reference`](mod@reference)), on every target.
     Scalar,
     /// AArch64 ARMv8.0 NEON (`SMULL`/`SMLAL`): Cortex-A53, A72 (Raspberry Pi 3, 4).
     Neon,
