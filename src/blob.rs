@@ -114,6 +114,14 @@ pub struct Header {
 
 impl Header {
     /// Token grid `(Ht, Wt)` after the patch embedding.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let b = convmixer_edge::blob::parse(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// let h = b.header();
+    /// assert_eq!(h.grid(), (14, 14)); // 28×28, patch 2
+    /// # Ok(()) }
+    /// ```
     pub fn grid(&self) -> (usize, usize) {
         let p = usize::from(self.patch);
         (
@@ -122,23 +130,63 @@ impl Header {
         )
     }
     /// Number of tokens `Ht · Wt`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let b = convmixer_edge::blob::parse(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// let h = b.header();
+    /// assert_eq!(h.tokens(), 196);
+    /// # Ok(()) }
+    /// ```
     pub fn tokens(&self) -> usize {
         let (h, w) = self.grid();
         h * w
     }
     /// Input length in bytes: `in_h · in_w · in_c`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let b = convmixer_edge::blob::parse(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// let h = b.header();
+    /// assert_eq!(h.input_len(), 784);
+    /// # Ok(()) }
+    /// ```
     pub fn input_len(&self) -> usize {
         usize::from(self.in_h) * usize::from(self.in_w) * usize::from(self.in_c)
     }
     /// Number of conv layers (embedding + 2 per block).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let b = convmixer_edge::blob::parse(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// let h = b.header();
+    /// assert_eq!(h.conv_layers(), 1 + 2 * 4);
+    /// # Ok(()) }
+    /// ```
     pub fn conv_layers(&self) -> usize {
         1 + 2 * usize::from(self.depth)
     }
     /// Layer number of the head.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let b = convmixer_edge::blob::parse(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// let h = b.header();
+    /// assert_eq!(h.head_layer(), 9);
+    /// # Ok(()) }
+    /// ```
     pub fn head_layer(&self) -> usize {
         self.conv_layers()
     }
     /// Taps per output channel of conv layer `layer`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let b = convmixer_edge::blob::parse(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// let h = b.header();
+    /// assert_eq!((h.taps(0), h.taps(1), h.taps(2)), (4, 25, 48));
+    /// # Ok(()) }
+    /// ```
     pub fn taps(&self, layer: usize) -> usize {
         let p = usize::from(self.patch);
         let k = usize::from(self.kernel);
@@ -163,10 +211,27 @@ impl Header {
         }
     }
     /// Number of table-of-contents entries this header implies.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let b = convmixer_edge::blob::parse(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// let h = b.header();
+    /// assert_eq!(h.section_count(), 2 + 9 * 5 + 4); // int8: 5 per conv layer, 4 for the head
+    /// # Ok(()) }
+    /// ```
     pub fn section_count(&self) -> usize {
         2 + self.conv_layers() * self.per_conv() + self.per_head()
     }
     /// Encodes the header (with a zero CRC and blob length) into 64 bytes.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let b = convmixer_edge::blob::parse(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// let h = b.header();
+    /// let bytes = h.encode(h.section_count() as u16, 1234);
+    /// assert_eq!(&bytes[0..4], b"CMXB");
+    /// # Ok(()) }
+    /// ```
     pub fn encode(&self, n_sections: u16, blob_len: u32) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..4].copy_from_slice(&MAGIC);
@@ -290,6 +355,14 @@ pub struct Blob<'a> {
 
 impl<'a> Blob<'a> {
     /// The header.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let b = convmixer_edge::blob::parse(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// let h = b.header();
+    /// assert_eq!(h.patch, 2);
+    /// # Ok(()) }
+    /// ```
     pub fn header(&self) -> &Header {
         &self.header
     }
@@ -305,11 +378,27 @@ impl<'a> Blob<'a> {
         self.section_by_index(section_index(&self.header, kind, layer))
     }
     /// Labels section, validated UTF-8.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let b = convmixer_edge::blob::parse(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// let h = b.header();
+    /// assert!(b.labels().starts_with("0\n1\n"));
+    /// # Ok(()) }
+    /// ```
     pub fn labels(&self) -> &'a str {
         // Validated in `parse`.
         core::str::from_utf8(self.section_by_index(1)).unwrap_or("")
     }
     /// Label of class `class`, if the blob has labels.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let b = convmixer_edge::blob::parse(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// let h = b.header();
+    /// assert_eq!((b.label(0), b.label(10)), (Some("0"), None));
+    /// # Ok(()) }
+    /// ```
     pub fn label(&self, class: usize) -> Option<&'a str> {
         let l = self.labels();
         if l.is_empty() {
@@ -318,6 +407,14 @@ impl<'a> Blob<'a> {
         l.split('\n').nth(class)
     }
     /// Input normalisation `(mean, std)` of channel `c` in the 0..1 pixel scale.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let b = convmixer_edge::blob::parse(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// let h = b.header();
+    /// assert!(b.normalisation(0).is_some() && b.normalisation(1).is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn normalisation(&self, c: usize) -> Option<(f32, f32)> {
         let n = usize::from(self.header.in_c);
         if c >= n {
@@ -404,6 +501,12 @@ fn read_header(b: &[u8]) -> Result<Header, Error> {
 }
 
 /// Parses and validates a blob. See [`crate::Model::from_bytes`].
+///
+/// ```
+/// let blob = convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx");
+/// assert!(convmixer_edge::blob::parse(blob).is_ok());
+/// assert!(convmixer_edge::blob::parse(&blob[..100]).is_err());
+/// ```
 pub fn parse(bytes: &[u8]) -> Result<Blob<'_>, Error> {
     let h = read_header(bytes)?;
     let blob_len = LE::read_u32(&bytes[32..36]) as usize;

@@ -68,16 +68,37 @@ impl<'a> Model<'a> {
     }
 
     /// The kernel family in use.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let m = convmixer_edge::Model::from_bytes(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// assert_eq!(m.isa(), convmixer_edge::kernels::Isa::detect());
+    /// # Ok(()) }
+    /// ```
     pub fn isa(&self) -> Isa {
         self.isa
     }
 
     /// The header: shapes, precision, activation.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let m = convmixer_edge::Model::from_bytes(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// assert_eq!((m.header().dim, m.header().depth, m.header().classes), (48, 4, 10));
+    /// # Ok(()) }
+    /// ```
     pub fn header(&self) -> &Header {
         self.blob.header()
     }
 
     /// The validated blob.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let m = convmixer_edge::Model::from_bytes(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// assert_eq!(m.blob().label(7), Some("7"));
+    /// # Ok(()) }
+    /// ```
     pub fn blob(&self) -> &Blob<'a> {
         &self.blob
     }
@@ -132,6 +153,13 @@ impl<'a> Model<'a> {
     }
 
     /// Bytes of one input image: `in_h · in_w · in_c`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let m = convmixer_edge::Model::from_bytes(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// assert_eq!(m.input_len(), 28 * 28);
+    /// # Ok(()) }
+    /// ```
     pub fn input_len(&self) -> usize {
         self.header().input_len()
     }
