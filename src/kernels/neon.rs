@@ -782,6 +782,20 @@ macro_rules! sdot_vec {
     };
 }
 
+/// One (tap group, kx) of the slice-wise depthwise for consecutive outputs `$a…`: each
+/// loads its cache column at `$cp` (advancing it by 64) and adds 4 `SDOT`s.
+macro_rules! sdot_cols {
+    ($wv:ident, $cp:ident; $($a:ident),+) => {
+        $(
+            let u = ld1x4!($cp, "v20", "v21", "v22", "v23", "v20.16b-v23.16b");
+            sdot_vec!($a[0], $wv.0, u.0);
+            sdot_vec!($a[1], $wv.1, u.1);
+            sdot_vec!($a[2], $wv.2, u.2);
+            sdot_vec!($a[3], $wv.3, u.3);
+        )+
+    };
+}
+
 /// One (tap group, kx) of the slice-wise depthwise for several outputs: `$wv` the packed
 /// weights (4 channels × 4 rows per register), `$c` the cache column of the first output;
 /// output `$a` reads the cache 64 bytes × its offset further.
@@ -950,10 +964,15 @@ unsafe fn dw_sdot_rows(
                     let z = vdupq_n_s32(0);
                     let (mut a0, mut a1, mut a2, mut a3) = ([z; 4], [z; 4], [z; 4], [z; 4]);
                     for gi in 0..groups {
-                        for kx in 0..k {
-                            let wv = vld1q_s8_x4(wpack.add((gi * k + kx) * 64));
-                            let c = cache.add((gi * cols + x + kx) * 64);
-                            dw_sdot_taps!(wv, c; a0 @ 0, a1 @ 64, a2 @ 128, a3 @ 192);
+                        // Weights of (gi, kx) and the cache columns x + kx .. x + kx + 4 of
+                        // the 4 outputs, by LD1 {4 regs} with post-increment: after the 4
+                        // column loads the pointer is 3 columns past the next kx's first.
+                        let mut wp = wpack.add(gi * k * 64);
+                        let mut cp = cache.add((gi * cols + x) * 64);
+                        for _ in 0..k {
+                            let wv = ld1x4!(wp, "v16", "v17", "v18", "v19", "v16.16b-v19.16b");
+                            sdot_cols!(wv, cp; a0, a1, a2, a3);
+                            cp = cp.sub(3 * 64);
                         }
                     }
                     let t = y * wt + x;
