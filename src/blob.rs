@@ -8,13 +8,13 @@
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 
-use crate::kernels::{gemm_index, gemm_packed_len};
+use crate::kernels::{fgemm_index, fgemm_packed_len, gemm_index, gemm_packed_len, FGEMM_NR};
 use crate::{Activation, Error, Precision};
 
 /// `CMXB`: the first four bytes of every blob.
 pub const MAGIC: [u8; 4] = *b"CMXB";
 /// The format version this reader understands.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Length of the fixed header in bytes.
 pub const HEADER_LEN: usize = 64;
 /// Length of one table-of-contents entry in bytes.
@@ -293,6 +293,9 @@ pub fn section_at(h: &Header, index: usize) -> Option<(SectionKind, u16, Option<
         let taps = h.taps(layer);
         let s = match (int8, slot) {
             (true, 0) if layer % 2 == 0 => (Weights, l16, Some(gemm_packed_len(dim, taps))),
+            (false, 0) if layer % 2 == 0 => {
+                (Weights, l16, Some(fgemm_packed_len(dim, taps) * wbytes))
+            }
             (_, 0) => (Weights, l16, Some(dim * taps * wbytes)),
             (_, 1) => (Bias, l16, Some(dim * 4)),
             (false, 2) => (Affine, l16, Some(dim * 8)),
@@ -571,6 +574,21 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
         return Err(Error::Malformed("label count does not match classes"));
     }
     if h.precision != Precision::Int8 {
+        // Float GEMM layers (embedding, pointwise): the packing padding must be zero.
+        let wbytes = if h.precision == Precision::F16 { 2 } else { 4 };
+        let dim = usize::from(h.dim);
+        for layer in (0..h.conv_layers()).step_by(2) {
+            let (w, taps) = (b.section(SectionKind::Weights, layer), h.taps(layer));
+            let padded = dim.div_ceil(FGEMM_NR) * FGEMM_NR;
+            for o in dim..padded {
+                for i in 0..taps {
+                    let at = fgemm_index(o, i, taps) * wbytes;
+                    if w[at..at + wbytes].iter().any(|&v| v != 0) {
+                        return Err(Error::Malformed("non-zero padding in packed GEMM weights"));
+                    }
+                }
+            }
+        }
         return Ok(());
     }
     let zp_ok = |z: i32| (-128..=127).contains(&z);

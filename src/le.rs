@@ -13,9 +13,13 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 /// let bytes = 1.5f32.to_le_bytes();
 /// assert_eq!(F32Le(&bytes).at(0), 1.5);
 /// ```
-pub trait FloatWeights {
+pub trait FloatWeights: Copy {
+    /// Whether elements are f16 (else f32).
+    const HALF: bool;
     /// Element `i` as f32.
     fn at(&self, i: usize) -> f32;
+    /// The raw little-endian bytes.
+    fn bytes(&self) -> &[u8];
 }
 
 /// Little-endian f32 array.
@@ -29,6 +33,10 @@ pub trait FloatWeights {
 pub struct F32Le<'a>(pub &'a [u8]);
 
 impl FloatWeights for F32Le<'_> {
+    const HALF: bool = false;
+    fn bytes(&self) -> &[u8] {
+        self.0
+    }
     #[inline(always)]
     fn at(&self, i: usize) -> f32 {
         LE::read_f32(&self.0[4 * i..4 * i + 4])
@@ -46,6 +54,10 @@ impl FloatWeights for F32Le<'_> {
 pub struct F16Le<'a>(pub &'a [u8]);
 
 impl FloatWeights for F16Le<'_> {
+    const HALF: bool = true;
+    fn bytes(&self) -> &[u8] {
+        self.0
+    }
     #[inline(always)]
     fn at(&self, i: usize) -> f32 {
         half::f16::from_bits(LE::read_u16(&self.0[2 * i..2 * i + 2])).to_f32()

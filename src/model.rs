@@ -1,7 +1,8 @@
 //! [`Model`]: a validated blob plus the inference driver.
 
 use crate::blob::{self, Blob, Header, SectionKind};
-use crate::kernels::{inplace, reference as k, EmbedGeom, Grid, Isa};
+use crate::kernels::reference::{F16Arith, F32Arith, FloatArith};
+use crate::kernels::{float, inplace, reference as k, EmbedGeom, Grid, Isa};
 use crate::le::{F16Le, F32Le, FloatWeights, I32Le};
 use crate::{Error, Precision};
 
@@ -19,6 +20,7 @@ use crate::{Error, Precision};
 pub struct Model<'a> {
     blob: Blob<'a>,
     isa: Isa,
+    f16_arith: bool,
 }
 
 /// Where each buffer lives inside the arena (byte offsets from the aligned start).
@@ -47,6 +49,7 @@ impl<'a> Model<'a> {
         Ok(Model {
             blob: blob::parse(bytes)?,
             isa: Isa::detect(),
+            f16_arith: crate::kernels::fp16_available(),
         })
     }
 
@@ -65,6 +68,36 @@ impl<'a> Model<'a> {
             return Err(Error::IsaUnavailable);
         }
         Ok(Model { isa, ..self })
+    }
+
+    /// The same model computing f16 blobs in binary16 (`true`, [`F16Arith`]: `FMLA .8h` on
+    /// FEAT_FP16 CPUs, exact scalar emulation elsewhere) or in f32 (`false`, [`F32Arith`]).
+    /// The default is `true` exactly when the CPU has FEAT_FP16
+    /// ([`fp16_available`](crate::kernels::fp16_available)). No effect on other blobs.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let m = convmixer_edge::Model::from_bytes(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-fp16.cmx"))?;
+    /// assert!(!m.with_f16_arithmetic(false).f16_arithmetic());
+    /// # Ok(()) }
+    /// ```
+    pub fn with_f16_arithmetic(self, on: bool) -> Self {
+        Model {
+            f16_arith: on,
+            ..self
+        }
+    }
+
+    /// Whether an f16 blob computes in binary16 (see [`Model::with_f16_arithmetic`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let m = convmixer_edge::Model::from_bytes(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-fp16.cmx"))?;
+    /// assert_eq!(m.f16_arithmetic(), convmixer_edge::kernels::fp16_available());
+    /// # Ok(()) }
+    /// ```
+    pub fn f16_arithmetic(&self) -> bool {
+        self.f16_arith
     }
 
     /// The kernel family in use.
@@ -239,17 +272,18 @@ impl<'a> Model<'a> {
                 self.run_int8(pixels, a, b, &mut mean[..usize::from(h.dim)], logits);
             }
             p => {
-                let a: &mut [f32] = bytemuck::try_cast_slice_mut(&mut a[..4 * act_len])
-                    .map_err(|_| Error::Malformed("arena alignment"))?;
-                let b: &mut [f32] = bytemuck::try_cast_slice_mut(&mut b[..4 * act_len])
-                    .map_err(|_| Error::Malformed("arena alignment"))?;
+                let (a, b) = (&mut a[..4 * act_len], &mut b[..4 * act_len]);
                 let mean: &mut [f32] = bytemuck::try_cast_slice_mut(mean)
                     .map_err(|_| Error::Malformed("arena alignment"))?;
                 let mean = &mut mean[..usize::from(h.dim)];
-                if p == Precision::F16 {
-                    self.run_float(pixels, a, b, mean, logits, F16Le);
-                } else {
-                    self.run_float(pixels, a, b, mean, logits, F32Le);
+                match (p, self.f16_arith) {
+                    (Precision::F16, true) => {
+                        self.run_float::<_, F16Arith>(pixels, a, b, mean, logits, F16Le)?
+                    }
+                    (Precision::F16, false) => {
+                        self.run_float::<_, F32Arith>(pixels, a, b, mean, logits, F16Le)?
+                    }
+                    _ => self.run_float::<_, F32Arith>(pixels, a, b, mean, logits, F32Le)?,
                 }
             }
         }
@@ -288,34 +322,51 @@ impl<'a> Model<'a> {
         }
     }
 
-    fn run_float<W: FloatWeights>(
+    /// The float network over the two activation buffers `a`, `b` (bytes, 16-aligned,
+    /// `4 · tokens · dim` each: f32, or f16 in the first half).
+    fn run_float<W: FloatWeights, M: FloatArith>(
         &self,
         px: &[u8],
-        a: &mut [f32],
-        b: &mut [f32],
+        a: &mut [u8],
+        b: &mut [u8],
         mean: &mut [f32],
         logits: &mut [f32],
         wrap: fn(&'a [u8]) -> W,
-    ) {
+    ) -> Result<(), Error> {
         let h = self.header();
         let act = h.activation;
         let (eg, g) = self.geometry();
-        k::embed_f32(px, eg, g.dim, &self.float_layer(0, wrap), act, a);
-        for i in 0..usize::from(h.depth) {
-            k::dw_f32(a, g, &self.float_layer(1 + 2 * i, wrap), act, b);
-            k::pw_f32(
-                b,
-                g.tokens(),
+        let n = g.tokens() * g.dim;
+        let esz = core::mem::size_of::<M::Act>();
+        let align = |_| Error::Malformed("arena alignment");
+        {
+            // The embedding gathers patches into `b` (as f32) while writing `a`.
+            let scratch: &mut [f32] = bytemuck::try_cast_slice_mut(&mut *b).map_err(align)?;
+            let a: &mut [M::Act] =
+                bytemuck::try_cast_slice_mut(&mut a[..n * esz]).map_err(align)?;
+            float::embed::<W, M>(
+                px,
+                eg,
                 g.dim,
-                &self.float_layer(2 + 2 * i, wrap),
+                &self.float_layer(0, wrap),
                 act,
                 a,
+                scratch,
+                self.isa,
             );
+        }
+        let a: &mut [M::Act] = bytemuck::try_cast_slice_mut(&mut a[..n * esz]).map_err(align)?;
+        let b: &mut [M::Act] = bytemuck::try_cast_slice_mut(&mut b[..n * esz]).map_err(align)?;
+        for i in 0..usize::from(h.depth) {
+            float::dw::<W, M>(a, g, &self.float_layer(1 + 2 * i, wrap), act, b, self.isa);
+            let pw = self.float_layer(2 + 2 * i, wrap);
+            float::pw::<W, M>(b, g.tokens(), g.dim, &pw, act, a, self.isa);
         }
         let hl = h.head_layer();
         let w = wrap(self.blob.section(SectionKind::Weights, hl));
         let bias = F32Le(self.blob.section(SectionKind::Bias, hl));
-        k::head_f32(a, g.tokens(), g.dim, &w, bias, mean, logits);
+        k::head_f::<W, M>(a, g.tokens(), g.dim, &w, bias, mean, logits);
+        Ok(())
     }
 
     fn quant_layer(&self, layer: usize) -> k::QuantLayer<'a> {

@@ -10,7 +10,7 @@
 
 use anyhow::{bail, Result};
 use convmixer_edge::blob::{limits, Header, SectionKind};
-use convmixer_edge::kernels::{gemm_index, gemm_packed_len};
+use convmixer_edge::kernels::{fgemm_index, fgemm_packed_len, gemm_index, gemm_packed_len};
 use convmixer_edge::{Activation, Precision};
 use half::f16;
 
@@ -56,7 +56,20 @@ pub fn lower(
                 }
             };
             for (i, l) in layers.iter().enumerate() {
-                w.push(SectionKind::Weights, i, wb(&l.w))?;
+                // Embedding and pointwise are GEMMs, packed for the SIMD kernels.
+                let wv = if i % 2 == 0 {
+                    let (n, k) = (l.b.len(), l.w.len() / l.b.len());
+                    let mut packed = vec![0.0f32; fgemm_packed_len(n, k)];
+                    for o in 0..n {
+                        for t in 0..k {
+                            packed[fgemm_index(o, t, k)] = l.w[o * k + t];
+                        }
+                    }
+                    packed
+                } else {
+                    l.w.clone()
+                };
+                w.push(SectionKind::Weights, i, wb(&wv))?;
                 w.push(SectionKind::Bias, i, f32_bytes(&l.b))?;
                 w.push(
                     SectionKind::Affine,

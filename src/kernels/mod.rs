@@ -2,6 +2,8 @@
 //! variants live beside it, are named by ISA and tile shape, and are tested bit-for-bit
 //! against it.
 
+#[allow(unsafe_code)]
+pub mod float;
 pub mod inplace;
 pub mod reference;
 
@@ -9,10 +11,14 @@ pub mod reference;
 #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
 #[allow(unsafe_code)]
 pub mod neon;
+#[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+#[allow(unsafe_code)]
+mod neon_float;
 
-/// Which family of kernels runs the int8 layers.
+/// Which family of kernels runs the layers.
 ///
-/// [`Isa::detect`] picks the best the CPU offers; every level gives bit-identical results.
+/// [`Isa::detect`] picks the best the CPU offers; every level gives bit-identical results
+/// (for float blobs, for a given [`FloatArith`](reference::FloatArith)).
 ///
 /// ```
 /// use convmixer_edge::kernels::Isa;
@@ -54,8 +60,51 @@ impl Isa {
     }
 }
 
+/// Whether this CPU has FEAT_FP16 half-precision arithmetic (`FMLA .8h`; Cortex-A55/A76,
+/// Raspberry Pi 5): f16 blobs then compute in f16 ([`reference::F16Arith`]) by default.
+///
+/// ```
+/// // Never on targets other than aarch64.
+/// if !cfg!(target_arch = "aarch64") {
+///     assert!(!convmixer_edge::kernels::fp16_available());
+/// }
+/// ```
+pub fn fp16_available() -> bool {
+    Isa::Neon.available() && (cfg!(target_feature = "fp16") || cpu::fp16())
+}
+
 #[allow(unsafe_code)]
 mod cpu {
+    /// FEAT_FP16 (scalar and vector) from the Linux auxiliary vector (`HWCAP_FPHP` bit 9,
+    /// `HWCAP_ASIMDHP` bit 10).
+    #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
+    pub fn fp16() -> bool {
+        const AT_HWCAP: core::ffi::c_ulong = 16;
+        const BOTH: core::ffi::c_ulong = (1 << 9) | (1 << 10);
+        extern "C" {
+            fn getauxval(kind: core::ffi::c_ulong) -> core::ffi::c_ulong;
+        }
+        // SAFETY: getauxval (glibc, musl, bionic) only reads the process's auxiliary vector.
+        (unsafe { getauxval(AT_HWCAP) } & BOTH) == BOTH
+    }
+
+    /// FEAT_FP16 from `ID_AA64PFR0_EL1.AdvSIMD` (bits 23:20) = 1 on bare metal (EL1+).
+    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+    pub fn fp16() -> bool {
+        let pfr0: u64;
+        // SAFETY: reading an ID register has no side effects and is allowed at EL1+.
+        unsafe {
+            core::arch::asm!("mrs {}, ID_AA64PFR0_EL1", out(reg) pfr0, options(nomem, nostack, preserves_flags))
+        };
+        (pfr0 >> 20) & 0xf == 1
+    }
+
+    /// No run-time detection elsewhere.
+    #[cfg(not(all(target_arch = "aarch64", any(target_os = "linux", target_os = "none"))))]
+    pub fn fp16() -> bool {
+        false
+    }
+
     /// FEAT_DotProd from the Linux auxiliary vector (`HWCAP_ASIMDDP`, bit 20).
     #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
     pub fn dotprod() -> bool {
@@ -119,6 +168,36 @@ pub const fn gemm_packed_len(n: usize, k: usize) -> usize {
 pub const fn gemm_index(o: usize, i: usize, k: usize) -> usize {
     let kp = k.div_ceil(PW_KR) * PW_KR;
     (o / PW_NR) * PW_NR * kp + (i / PW_KR) * PW_NR * PW_KR + (o % PW_NR) * PW_KR + i % PW_KR
+}
+
+/// Output channels per packed block of float GEMM weights (4 `f32x4` or 2 `f16x8`
+/// registers).
+pub const FGEMM_NR: usize = 16;
+
+/// Elements of packed float GEMM weights for `n` outputs × `k` inputs (outputs padded to
+/// [`FGEMM_NR`] with zeros).
+///
+/// ```
+/// use convmixer_edge::kernels::fgemm_packed_len;
+/// assert_eq!(fgemm_packed_len(32, 12), 32 * 12);
+/// assert_eq!(fgemm_packed_len(10, 10), 16 * 10);
+/// ```
+pub const fn fgemm_packed_len(n: usize, k: usize) -> usize {
+    n.div_ceil(FGEMM_NR) * FGEMM_NR * k
+}
+
+/// Element index of weight `(out o, in i)` in packed float GEMM weights with `k` inputs:
+/// layout `[o / 16][i][o % 16]`, so one input's 16 outputs are contiguous (what a
+/// multiply-accumulate by element over output lanes consumes).
+///
+/// ```
+/// use convmixer_edge::kernels::fgemm_index;
+/// assert_eq!((fgemm_index(0, 0, 12), fgemm_index(1, 0, 12), fgemm_index(0, 1, 12)), (0, 1, 16));
+/// assert_eq!(fgemm_index(16, 0, 12), 16 * 12);
+/// ```
+#[inline]
+pub const fn fgemm_index(o: usize, i: usize, k: usize) -> usize {
+    (o / FGEMM_NR) * FGEMM_NR * k + i * FGEMM_NR + o % FGEMM_NR
 }
 
 /// Geometry of the token grid a mixer layer works on.

@@ -1,6 +1,6 @@
 //! Portable scalar reference kernels, one per op. They define the results: every SIMD
-//! kernel must match them bit for bit (int8) or to the last rounding of the same
-//! expression order (float).
+//! kernel must match them bit for bit, int8 and float alike (the float kernels fix the
+//! summation order, fuse every multiply-add and say where values are rounded).
 //!
 //! Activations are token-major (`token · dim + channel`); weight layouts are those of
 //! `docs/blob-format.md`. Callers pass slices of the documented lengths (the model checks
@@ -11,7 +11,7 @@ use crate::le::{F32Le, FloatWeights, I32Le};
 use crate::Activation;
 
 // ----------------------------------------------------------------------------------------
-// Float path (f32 blobs, and f16 blobs computed in f32)
+// Float path: f32 blobs, and f16 blobs computed in f32 (`F32Arith`) or in f16 (`F16Arith`)
 // ----------------------------------------------------------------------------------------
 
 /// The activation in f32: GELU (erf), its tanh approximation, or ReLU.
@@ -24,6 +24,7 @@ use crate::Activation;
 #[inline]
 pub fn act_f32(act: Activation, x: f32) -> f32 {
     match act {
+        // `x > 0 ? x : +0` (NaN → 0): exactly AArch64 `FMAXNM(x, +0)`.
         Activation::Relu => {
             if x > 0.0 {
                 x
@@ -36,6 +37,109 @@ pub fn act_f32(act: Activation, x: f32) -> f32 {
             const C: f32 = 0.797_884_6; // sqrt(2/pi)
             0.5 * x * (1.0 + libm::tanhf(C * (x + 0.044_715 * x * x * x)))
         }
+    }
+}
+
+/// `a·b + c` in IEEE binary16 with one rounding (AArch64 `FMLA .8h`), for f16 values held
+/// in f32. The product is exact in f32 (11 × 11 significand bits); the sum is made exact by
+/// TwoSum, rounded to odd at 24 bits, then rounded to nearest-even at 11 bits, which gives
+/// the correctly rounded result (24 ≥ 11 + 2).
+///
+/// ```
+/// use convmixer_edge::kernels::reference::fma_f16;
+/// // 1 + 2^-11 is a tie at f16 precision (rounds to even, 1.0); with a fused
+/// // 2^-24 more it must round up to 1 + 2^-10.
+/// let tiny = 2f32.powi(-12);
+/// assert_eq!(fma_f16(tiny, 2.0, 1.0), 1.0);
+/// assert_eq!(fma_f16(2f32.powi(-12) + 2f32.powi(-22), 2.0, 1.0), 1.0 + 2f32.powi(-10));
+/// ```
+#[inline]
+pub fn fma_f16(a: f32, b: f32, c: f32) -> f32 {
+    let p = a * b;
+    let s = p + c;
+    let mut r = s;
+    if s.is_finite() {
+        let bb = s - p;
+        let e = (p - (s - bb)) + (c - bb);
+        if e != 0.0 && r.to_bits() & 1 == 0 {
+            // Round to odd: step the even result one ulp toward the exact sum.
+            let bits = s.to_bits();
+            r = f32::from_bits(if (e > 0.0) == (s > 0.0) {
+                bits + 1
+            } else {
+                bits - 1
+            });
+        }
+    }
+    half::f16::from_f32(r).to_f32()
+}
+
+/// How a float layer computes and stores: f32 ([`F32Arith`], f32 blobs, and f16 blobs on
+/// CPUs without FEAT_FP16) or binary16 ([`F16Arith`], f16 blobs on FEAT_FP16 CPUs). The
+/// accumulator is carried as f32 either way (for `F16Arith` it always holds an f16 value).
+///
+/// ```
+/// use convmixer_edge::kernels::reference::{F16Arith, F32Arith, FloatArith};
+/// assert_eq!(F32Arith::mac(1.0, 3.0, 0.5), 2.5);
+/// assert_eq!(F16Arith::widen(F16Arith::narrow(1.0 / 3.0)), 0.333_251_95);
+/// ```
+pub trait FloatArith: Copy + 'static {
+    /// Activation storage: `f32`, or f16 bits.
+    type Act: Copy + Default + bytemuck::Pod;
+    /// Whether this is binary16 arithmetic.
+    const HALF: bool;
+    /// The stored activation as f32 (exact).
+    fn widen(a: Self::Act) -> f32;
+    /// Rounds to the storage type (to nearest, ties to even).
+    fn narrow(v: f32) -> Self::Act;
+    /// The accumulator's start value for a layer bias.
+    #[inline]
+    fn init(bias: f32) -> f32 {
+        Self::widen(Self::narrow(bias))
+    }
+    /// `acc + w·x` with one rounding.
+    fn mac(acc: f32, w: f32, x: f32) -> f32;
+}
+
+/// f32 arithmetic, f32 activations.
+#[derive(Clone, Copy, Debug)]
+pub struct F32Arith;
+
+impl FloatArith for F32Arith {
+    type Act = f32;
+    const HALF: bool = false;
+    #[inline(always)]
+    fn widen(a: f32) -> f32 {
+        a
+    }
+    #[inline(always)]
+    fn narrow(v: f32) -> f32 {
+        v
+    }
+    #[inline(always)]
+    fn mac(acc: f32, w: f32, x: f32) -> f32 {
+        libm::fmaf(w, x, acc)
+    }
+}
+
+/// IEEE binary16 arithmetic, f16 activations (stored as their bits).
+#[derive(Clone, Copy, Debug)]
+pub struct F16Arith;
+
+impl FloatArith for F16Arith {
+    type Act = u16;
+    const HALF: bool = true;
+    #[inline(always)]
+    fn widen(a: u16) -> f32 {
+        half::f16::from_bits(a).to_f32()
+    }
+    #[inline(always)]
+    fn narrow(v: f32) -> u16 {
+        half::f16::from_f32(v).to_bits()
+    }
+    #[inline(always)]
+    fn mac(acc: f32, w: f32, x: f32) -> f32 {
+        fma_f16(w, x, acc)
     }
 }
 
@@ -53,35 +157,53 @@ pub struct FloatLayer<'a, W> {
     pub shift: F32Le<'a>,
 }
 
+/// The float epilogue before the residual and the narrowing: `fma(scale, act(acc), shift)`
+/// in f32.
+///
+/// ```
+/// use convmixer_edge::{kernels::reference::finish_f32, Activation};
+/// assert_eq!(finish_f32(2.0, 0.5, Activation::Relu, -3.0), 0.5);
+/// assert_eq!(finish_f32(2.0, 0.5, Activation::Relu, 3.0), 6.5);
+/// ```
+#[inline]
+pub fn finish_f32(scale: f32, shift: f32, act: Activation, acc: f32) -> f32 {
+    libm::fmaf(scale, act_f32(act, acc), shift)
+}
+
 impl<W: FloatWeights> FloatLayer<'_, W> {
     #[inline]
     fn finish(&self, o: usize, act: Activation, acc: f32) -> f32 {
-        self.scale.at(o) * act_f32(act, acc) + self.shift.at(o)
+        finish_f32(self.scale.at(o), self.shift.at(o), act, acc)
     }
 }
 
-/// Patch embedding on raw pixels (HWC `u8`), writing `tokens × dim` f32.
+/// Patch embedding on raw pixels (HWC `u8`), writing `tokens × dim` activations. Weights
+/// are packed ([`fgemm_index`](super::fgemm_index), input `i = (ky·p + kx)·in_c + c`).
+/// Always computed in f32 (the pixel-unit weights make large, cancelling partial sums);
+/// the outputs are then narrowed to `M`'s storage.
 ///
 /// ```
 /// use convmixer_edge::{kernels::{reference::*, EmbedGeom}, le::F32Le, Activation};
 /// let one = 1.0f32.to_le_bytes();
 /// let zero = 0.0f32.to_le_bytes();
-/// // 1 channel, 2x2 image, patch 2, dim 1: sums the four pixels.
-/// let w: Vec<u8> = [1.0f32; 4].iter().flat_map(|v| v.to_le_bytes()).collect();
+/// // 1 channel, 2x2 image, patch 2, dim 1 (packed to 16 outputs): sums the four pixels.
+/// let mut w = vec![0u8; 4 * 16 * 4];
+/// for i in 0..4 { w[64 * i..64 * i + 4].copy_from_slice(&one); }
 /// let l = FloatLayer { w: F32Le(&w), bias: F32Le(&zero), scale: F32Le(&one), shift: F32Le(&zero) };
 /// let mut out = [0.0f32];
-/// embed_f32(&[1, 2, 3, 4], EmbedGeom { in_h: 2, in_w: 2, in_c: 1, patch: 2 }, 1, &l, Activation::Relu, &mut out);
+/// embed_f::<_, F32Arith>(&[1, 2, 3, 4], EmbedGeom { in_h: 2, in_w: 2, in_c: 1, patch: 2 }, 1, &l, Activation::Relu, &mut out);
 /// assert_eq!(out[0], 10.0);
 /// ```
-pub fn embed_f32<W: FloatWeights>(
+pub fn embed_f<W: FloatWeights, M: FloatArith>(
     px: &[u8],
     g: EmbedGeom,
     dim: usize,
     l: &FloatLayer<'_, W>,
     act: Activation,
-    out: &mut [f32],
+    out: &mut [M::Act],
 ) {
     let (p, c) = (g.patch, g.in_c);
+    let taps = g.taps();
     let wt = (g.in_w - p) / p + 1;
     let ht = (g.in_h - p) / p + 1;
     for ty in 0..ht {
@@ -89,35 +211,40 @@ pub fn embed_f32<W: FloatWeights>(
             let t = ty * wt + tx;
             for o in 0..dim {
                 let mut acc = l.bias.at(o);
-                let mut i = o * g.taps();
+                let mut i = 0;
                 for ky in 0..p {
                     let row = ((ty * p + ky) * g.in_w + tx * p) * c;
                     for v in &px[row..row + p * c] {
-                        acc += l.w.at(i) * f32::from(*v);
+                        acc = F32Arith::mac(
+                            acc,
+                            l.w.at(super::fgemm_index(o, i, taps)),
+                            f32::from(*v),
+                        );
                         i += 1;
                     }
                 }
-                out[t * dim + o] = l.finish(o, act, acc);
+                out[t * dim + o] = M::narrow(l.finish(o, act, acc));
             }
         }
     }
 }
 
 /// Depthwise k×k 'same' conv (zero padding) + activation + affine + residual:
-/// `out = affine(act(dw(x))) + x`.
-pub fn dw_f32<W: FloatWeights>(
-    x: &[f32],
+/// `out = narrow(affine(act(dw(x))) + x)`, the taps accumulated in `(ky, kx)` order, padding
+/// taps skipped.
+pub fn dw_f<W: FloatWeights, M: FloatArith>(
+    x: &[M::Act],
     g: Grid,
     l: &FloatLayer<'_, W>,
     act: Activation,
-    out: &mut [f32],
+    out: &mut [M::Act],
 ) {
     let (k, d) = (g.kernel, g.dim);
     for ty in 0..g.ht {
         for tx in 0..g.wt {
             let t = ty * g.wt + tx;
             for c in 0..d {
-                let mut acc = l.bias.at(c);
+                let mut acc = M::init(l.bias.at(c));
                 for ky in 0..k {
                     let y = (ty + ky).wrapping_sub(g.pad_top);
                     if y >= g.ht {
@@ -128,40 +255,42 @@ pub fn dw_f32<W: FloatWeights>(
                         if xx >= g.wt {
                             continue;
                         }
-                        acc += l.w.at((ky * k + kx) * d + c) * x[(y * g.wt + xx) * d + c];
+                        let v = M::widen(x[(y * g.wt + xx) * d + c]);
+                        acc = M::mac(acc, l.w.at((ky * k + kx) * d + c), v);
                     }
                 }
-                out[t * d + c] = l.finish(c, act, acc) + x[t * d + c];
+                out[t * d + c] = M::narrow(l.finish(c, act, acc) + M::widen(x[t * d + c]));
             }
         }
     }
 }
 
-/// Pointwise 1×1 conv + activation + affine: `out[t] = affine(act(W · x[t] + b))`.
-pub fn pw_f32<W: FloatWeights>(
-    x: &[f32],
+/// Pointwise 1×1 conv + activation + affine: `out[t] = narrow(affine(act(W · x[t] + b)))`,
+/// inputs accumulated in order. Weights are packed ([`fgemm_index`](super::fgemm_index)).
+pub fn pw_f<W: FloatWeights, M: FloatArith>(
+    x: &[M::Act],
     tokens: usize,
     dim: usize,
     l: &FloatLayer<'_, W>,
     act: Activation,
-    out: &mut [f32],
+    out: &mut [M::Act],
 ) {
     for t in 0..tokens {
         let row = &x[t * dim..(t + 1) * dim];
         for o in 0..dim {
-            let mut acc = l.bias.at(o);
+            let mut acc = M::init(l.bias.at(o));
             for (i, v) in row.iter().enumerate() {
-                acc += l.w.at(o * dim + i) * *v;
+                acc = M::mac(acc, l.w.at(super::fgemm_index(o, i, dim)), M::widen(*v));
             }
-            out[t * dim + o] = l.finish(o, act, acc);
+            out[t * dim + o] = M::narrow(l.finish(o, act, acc));
         }
     }
 }
 
-/// Global average pool + linear head: `logits = b + W · mean_t(x)`.
+/// Global average pool + linear head in f32: `logits = b + W · mean_t(x)`.
 /// `mean` is a `dim`-long scratch buffer.
-pub fn head_f32<W: FloatWeights>(
-    x: &[f32],
+pub fn head_f<W: FloatWeights, M: FloatArith>(
+    x: &[M::Act],
     tokens: usize,
     dim: usize,
     w: &W,
@@ -172,7 +301,7 @@ pub fn head_f32<W: FloatWeights>(
     mean.iter_mut().for_each(|m| *m = 0.0);
     for t in 0..tokens {
         for (m, v) in mean.iter_mut().zip(&x[t * dim..(t + 1) * dim]) {
-            *m += *v;
+            *m += M::widen(*v);
         }
     }
     let inv = 1.0 / tokens as f32;
