@@ -97,6 +97,10 @@ impl Macs {
     fn limit(&self, pw_per_insn: u64) -> u64 {
         self.pw / pw_per_insn + self.dw / 8
     }
+    /// The same for float: `lanes` MACs per `FMLA` (8 for `.8h`, 4 for `.4s`) in both.
+    fn limit_float(&self, lanes: u64) -> u64 {
+        (self.pw + self.dw) / lanes
+    }
 }
 
 /// `1234567` → `1,234,567`.
@@ -182,6 +186,8 @@ fn random_pixels(len: usize, seed: u64) -> Vec<u8> {
 struct Prepared {
     onnx: PathBuf,
     blob: PathBuf,
+    /// The f16 blob of the same model.
+    blob_fp16: PathBuf,
     raw: PathBuf,
     blob_bytes: Vec<u8>,
     pixels: Vec<u8>,
@@ -198,17 +204,21 @@ fn prepare(spec: &Spec, dir: &Path) -> Result<Prepared> {
     let blob_bytes =
         convmixer_quantize::quantize(&m, Precision::Int8, &calib, &Options::default(), || {})
             .with_context(|| format!("{}: quantising", spec.key))?;
+    let fp16 = convmixer_quantize::quantize(&m, Precision::F16, &[], &Options::default(), || {})
+        .with_context(|| format!("{}: writing the fp16 blob", spec.key))?;
     let pixels = random_pixels(len, 0xbe9c);
     let name = spec.key.to_lowercase();
     let p = Prepared {
         onnx: dir.join(format!("{name}.onnx")),
         blob: dir.join(format!("{name}-int8.cmx")),
+        blob_fp16: dir.join(format!("{name}-fp16.cmx")),
         raw: dir.join(format!("{name}-input.raw")),
         blob_bytes,
         pixels,
     };
     data::write_atomic(&p.onnx, &onnx_bytes)?;
     data::write_atomic(&p.blob, &p.blob_bytes)?;
+    data::write_atomic(&p.blob_fp16, &fp16)?;
     data::write_atomic(&p.raw, &p.pixels)?;
     eprintln!(
         "bench: {}: wrote {}, {} and {} in {:.1}s",
@@ -420,15 +430,16 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
 
     let pi = ctx.bin.join("convmixer-pi");
     let tr = ctx.bin.join("tract-runner");
-    let pi_args = |isa: &str| -> Vec<String> {
+    let pi_args_for = |blob: &Path, isa: &str| -> Vec<String> {
         vec![
-            p.blob.display().to_string(),
+            blob.display().to_string(),
             p.raw.display().to_string(),
             "--raw".into(),
             "--isa".into(),
             isa.into(),
         ]
     };
+    let pi_args = |isa: &str| pi_args_for(&p.blob, isa);
     let tr_args = vec![
         p.onnx.display().to_string(),
         "--shape".into(),
@@ -470,7 +481,10 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
             t0.elapsed().as_secs_f64()
         );
         if prog.ends_with("convmixer-pi") {
-            top.push((what.to_string(), top1(&run.stdout).unwrap_or_default()));
+            // Only the int8 paths must agree (fp16 rounds differently).
+            if what.starts_with("int8") {
+                top.push((what.to_string(), top1(&run.stdout).unwrap_or_default()));
+            }
             runs.push((what, run));
         }
         counts.push(Count {
@@ -538,6 +552,25 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
         why,
     )?;
     count("tract fp32", "max", &tr, tr_args, None, !slow, why)?;
+    // The f16 blob: binary16 arithmetic where FEAT_FP16 is (max), f32 elsewhere (A72).
+    count(
+        "fp16 FMLA .8h (f16 arith)",
+        "max",
+        &pi,
+        pi_args_for(&p.blob_fp16, "dot"),
+        Some(macs.limit_float(8)),
+        !slow,
+        why,
+    )?;
+    count(
+        "fp16 FMLA .4s (f32 arith)",
+        "cortex-a72",
+        &pi,
+        pi_args_for(&p.blob_fp16, "neon"),
+        Some(macs.limit_float(4)),
+        !slow,
+        why,
+    )?;
     // The kernels are bit-exact: every ISA must pick the same class.
     if let Some((_, first)) = top.first() {
         if let Some((what, other)) = top.iter().find(|(_, t)| t != first) {
@@ -618,6 +651,10 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
         "tract_fp32_instructions_max": insns("tract", "max"),
         "limit_v80": lim80,
         "limit_dotprod": limdot,
+        "instructions_fp16": insns("fp16 FMLA .8h", "max"),
+        "instructions_fp16_f32_arith": insns("fp16 FMLA .4s", "cortex-a72"),
+        "limit_fp16": macs.limit_float(8),
+        "limit_f32": macs.limit_float(4),
         "host_int8_ms": ours.as_secs_f64() * 1e3,
         "host_tract_ms": theirs.as_secs_f64() * 1e3,
         "host_int8_over_tract": ours.as_secs_f64() / theirs.as_secs_f64(),
@@ -671,7 +708,7 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
     }
     let _ = writeln!(
         t,
-        "    limit = pointwise MACs / (8 SMLAL | 16 SDOT) + depthwise MACs / 8 (embed and head not counted)"
+        "    limit = int8: pointwise MACs / (8 SMLAL | 16 SDOT) + depthwise MACs / 8; fp16: (pointwise + depthwise MACs) / (8 FMLA .8h | 4 FMLA .4s); embed and head not counted"
     );
     let _ = writeln!(
         t,

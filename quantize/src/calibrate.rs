@@ -2,9 +2,28 @@
 //! the range of the pre-activation accumulator, of the activation output and of the
 //! layer's output (for depthwise layers: the residual sum). Min/max for now.
 
-use convmixer_edge::kernels::reference::act_f32;
+use convmixer_edge::Activation;
 
 use crate::fold::{Folded, Layer};
+
+/// The activation with libm's `erff` / `tanhf`: calibration measures the true function's
+/// ranges, independent of the runtime's SIMD-friendly float GELU (`erf_f32`).
+fn act_f32(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::Relu => {
+            if x > 0.0 {
+                x
+            } else {
+                0.0
+            }
+        }
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+        Activation::GeluTanh => {
+            const C: f32 = 0.797_884_6; // sqrt(2/pi)
+            0.5 * x * (1.0 + libm::tanhf(C * (x + 0.044_715 * x * x * x)))
+        }
+    }
+}
 
 /// A closed value range.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -467,7 +467,7 @@ mod tests {
             let dim = 16 * (1 + (rng(&mut s) % 4) as usize);
             let (ht, wt) = (
                 1 + (rng(&mut s) % 10) as usize,
-                1 + (rng(&mut s) % 10) as usize,
+                1 + (rng(&mut s) % 16) as usize,
             );
             let pad = (kernel - 1) / 2;
             let g = Grid {

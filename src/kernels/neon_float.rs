@@ -10,8 +10,9 @@
 //! Every kernel accumulates each output in the reference's order with one rounding per
 //! step (fused multiply-add by element over 16 output lanes), and the epilogue is the
 //! reference's `fma(scale, act(acc), shift)` (+ residual) in f32, then the same narrowing.
-//! ReLU is `FMAXNM(x, +0)`, which is exactly the reference's `x > 0 ? x : +0`; GELU calls the
-//! reference's scalar `act_f32` per lane (4 of the `dim/4 + …` instructions per output).
+//! ReLU is `FMAXNM(x, +0)`, which is exactly the reference's `x > 0 ? x : +0`; GELU is the
+//! reference's rational `erf_f32` evaluated on 4 lanes with the same operations; only the
+//! tanh form of GELU calls the scalar `act_f32` per lane.
 //!
 //! Callers ([`super::float`]) check every length before calling; the kernels trust them.
 
@@ -91,11 +92,39 @@ unsafe fn load_w16<const HALF: bool>(w: *const u8, e: usize) -> [float32x4_t; 4]
     }
 }
 
+/// The reference's `gelu_f32` on 4 lanes, operation for operation.
+#[inline(always)]
+unsafe fn gelu4(x: float32x4_t) -> float32x4_t {
+    use super::reference::{ERF_P, ERF_Q, ERF_ZMAX};
+    let z = vmulq_f32(x, vdupq_n_f32(core::f32::consts::FRAC_1_SQRT_2));
+    let z = vminnmq_f32(
+        vmaxnmq_f32(z, vdupq_n_f32(-ERF_ZMAX)),
+        vdupq_n_f32(ERF_ZMAX),
+    );
+    let t = vmulq_f32(z, z);
+    let mut p = vdupq_n_f32(ERF_P[6]);
+    for c in ERF_P[..6].iter().rev() {
+        p = vfmaq_f32(vdupq_n_f32(*c), p, t);
+    }
+    let mut q = vdupq_n_f32(ERF_Q[5]);
+    for c in ERF_Q[..5].iter().rev() {
+        q = vfmaq_f32(vdupq_n_f32(*c), q, t);
+    }
+    let r = vdivq_f32(vmulq_f32(z, p), q);
+    let r = vminnmq_f32(vmaxnmq_f32(r, vdupq_n_f32(-1.0)), vdupq_n_f32(1.0));
+    vmulq_f32(
+        vmulq_f32(vdupq_n_f32(0.5), x),
+        vaddq_f32(vdupq_n_f32(1.0), r),
+    )
+}
+
 /// The reference's `fma(scale, act(acc), shift)` for 4 channels from `o` on.
 #[inline(always)]
 unsafe fn finish4(p: &Params, o: usize, act: Activation, acc: float32x4_t) -> float32x4_t {
     let a = if act == Activation::Relu {
         vmaxnmq_f32(acc, vdupq_n_f32(0.0))
+    } else if act == Activation::Gelu {
+        gelu4(acc)
     } else {
         let mut v = [0f32; 4];
         vst1q_f32(v.as_mut_ptr(), acc);
@@ -250,8 +279,65 @@ fn taps(pos: usize, pad: usize, k: usize, len: usize) -> (usize, usize) {
 
 use super::Grid;
 
-/// Depthwise 'same' conv + residual in f32 arithmetic, 16 channels per step
-/// (`dim % 16 == 0`): `out = fma(scale, act(acc), shift) + x`.
+/// 8 consecutive weights from element `e` on, as f32.
+#[inline(always)]
+unsafe fn load_w8<const HALF: bool>(w: *const u8, e: usize) -> [float32x4_t; 2] {
+    if HALF {
+        let a = vld1q_u16(w.add(2 * e).cast::<u16>());
+        [widen_lo(a), widen_hi(a)]
+    } else {
+        let p = w.add(4 * e).cast::<f32>();
+        [vld1q_f32(p), vld1q_f32(p.add(4))]
+    }
+}
+
+/// The f32 twin of `dw_f16_tile4`: four interior tokens `tx..tx+4` of row `ty`, 8
+/// channels (2 `.4s` registers) at a time, the `K + 3` input columns of each kernel row
+/// loaded once: `8·K` `FMLA .4s` per kernel row.
+#[target_feature(enable = "neon")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_f32_tile4<const K: usize, const HALF: bool>(
+    x: *const f32,
+    out: *mut f32,
+    g: Grid,
+    p: &Params,
+    act: Activation,
+    ty: usize,
+    tx: usize,
+    (ky0, ky1): (usize, usize),
+) {
+    let d = g.dim;
+    for c0 in (0..d).step_by(8) {
+        let b = p.bias.add(c0);
+        let mut acc = [[vld1q_f32(b), vld1q_f32(b.add(4))]; 4];
+        for ky in ky0..ky1 {
+            let row = x.add(((ty + ky - g.pad_top) * g.wt + tx - g.pad_left) * d + c0);
+            let mut col = [[vdupq_n_f32(0.0); 2]; 10];
+            for (c, v) in col.iter_mut().enumerate().take(K + 3) {
+                *v = [vld1q_f32(row.add(c * d)), vld1q_f32(row.add(c * d + 4))];
+            }
+            for kx in 0..K {
+                let wv = load_w8::<HALF>(p.w, (ky * K + kx) * d + c0);
+                for j in 0..4 {
+                    for r in 0..2 {
+                        acc[j][r] = vfmaq_f32(acc[j][r], wv[r], col[j + kx][r]);
+                    }
+                }
+            }
+        }
+        for (j, a) in acc.into_iter().enumerate() {
+            let t = (ty * g.wt + tx + j) * d + c0;
+            for (r, v) in a.into_iter().enumerate() {
+                let y = vaddq_f32(finish4(p, c0 + 4 * r, act, v), vld1q_f32(x.add(t + 4 * r)));
+                vst1q_f32(out.add(t + 4 * r), y);
+            }
+        }
+    }
+}
+
+/// Depthwise 'same' conv + residual in f32 arithmetic (`dim % 16 == 0`):
+/// `out = fma(scale, act(acc), shift) + x`. Interior runs of 4 tokens go through
+/// `dw_f32_tile4` for k = 3, 5, 7; the rest token by token, 16 channels per step.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn dw_neon_f32_c16<const HALF: bool>(
     x: *const f32,
@@ -261,9 +347,26 @@ pub(crate) unsafe fn dw_neon_f32_c16<const HALF: bool>(
     act: Activation,
 ) {
     let (k, d) = (g.kernel, g.dim);
+    type Tile =
+        unsafe fn(*const f32, *mut f32, Grid, &Params, Activation, usize, usize, (usize, usize));
+    let tile: Option<Tile> = match k {
+        3 => Some(dw_f32_tile4::<3, HALF>),
+        5 => Some(dw_f32_tile4::<5, HALF>),
+        7 => Some(dw_f32_tile4::<7, HALF>),
+        _ => None,
+    };
     for ty in 0..g.ht {
-        let (ky0, ky1) = taps(ty, g.pad_top, k, g.ht);
-        for tx in 0..g.wt {
+        let ky = taps(ty, g.pad_top, k, g.ht);
+        let mut tx = 0;
+        while tx < g.wt {
+            if let Some(f) = tile {
+                // All 4 tokens see every kernel column: tx ≥ pad_left, tx + 3 + k ≤ wt + pad_left.
+                if tx >= g.pad_left && tx + 3 + k <= g.wt + g.pad_left {
+                    f(x, out, g, p, act, ty, tx, ky);
+                    tx += 4;
+                    continue;
+                }
+            }
             let (kx0, kx1) = taps(tx, g.pad_left, k, g.wt);
             let t = ty * g.wt + tx;
             for c0 in (0..d).step_by(16) {
@@ -274,7 +377,7 @@ pub(crate) unsafe fn dw_neon_f32_c16<const HALF: bool>(
                     vld1q_f32(b.add(8)),
                     vld1q_f32(b.add(12)),
                 ];
-                for ky in ky0..ky1 {
+                for ky in ky.0..ky.1 {
                     let row = x.add(((ty + ky - g.pad_top) * g.wt) * d + c0);
                     for kx in kx0..kx1 {
                         let xp = row.add((tx + kx - g.pad_left) * d);
@@ -293,6 +396,7 @@ pub(crate) unsafe fn dw_neon_f32_c16<const HALF: bool>(
                 });
                 store16::<false>(out.add(t * d + c0).cast(), y);
             }
+            tx += 1;
         }
     }
 }
@@ -423,8 +527,51 @@ pub(crate) unsafe fn pw_f16(
     }
 }
 
+/// Four interior output tokens `tx..tx+4` of row `ty` (every kernel column inside the row),
+/// 16 channels at a time, for kernel size `K`: per kernel row, the `K + 3` input columns are
+/// loaded once and each weight pair once, for `8·K` `FMLA .8h` (each output's taps still in
+/// `(ky, kx)` order).
+#[target_feature(enable = "neon,fp16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_f16_tile4<const K: usize>(
+    x: *const u16,
+    out: *mut u16,
+    g: Grid,
+    p: &Params,
+    act: Activation,
+    ty: usize,
+    tx: usize,
+    (ky0, ky1): (usize, usize),
+) {
+    let d = g.dim;
+    let w = p.w.cast::<u16>();
+    for c0 in (0..d).step_by(16) {
+        let mut acc = [bias_h(p.bias.add(c0)); 4];
+        for ky in ky0..ky1 {
+            let row = x.add(((ty + ky - g.pad_top) * g.wt + tx - g.pad_left) * d + c0);
+            let mut col = [[vdupq_n_u16(0); 2]; 10];
+            for (c, v) in col.iter_mut().enumerate().take(K + 3) {
+                *v = [vld1q_u16(row.add(c * d)), vld1q_u16(row.add(c * d + 8))];
+            }
+            for kx in 0..K {
+                let wp = w.add((ky * K + kx) * d + c0);
+                let (w0, w1) = (vld1q_u16(wp), vld1q_u16(wp.add(8)));
+                for j in 0..4 {
+                    fmla_h!(acc[j][0], w0, col[j + kx][0]);
+                    fmla_h!(acc[j][1], w1, col[j + kx][1]);
+                }
+            }
+        }
+        for (j, a) in acc.into_iter().enumerate() {
+            let t = (ty * g.wt + tx + j) * d + c0;
+            finish16_h(p, c0, act, a, Some(x.add(t)), out.add(t));
+        }
+    }
+}
+
 /// Depthwise 'same' conv + residual in f16 arithmetic, 16 channels (2 `.8h` registers)
-/// per step (`dim % 16 == 0`), f16 weights.
+/// per step (`dim % 16 == 0`), f16 weights. Interior runs of 4 tokens go through
+/// `dw_f16_tile4` for k = 3, 5, 7; the rest token by token.
 #[target_feature(enable = "neon,fp16")]
 pub(crate) unsafe fn dw_neon_f16_c16(
     x: *const u16,
@@ -435,14 +582,31 @@ pub(crate) unsafe fn dw_neon_f16_c16(
 ) {
     let (k, d) = (g.kernel, g.dim);
     let w = p.w.cast::<u16>();
+    let tile: Option<
+        unsafe fn(*const u16, *mut u16, Grid, &Params, Activation, usize, usize, (usize, usize)),
+    > = match k {
+        3 => Some(dw_f16_tile4::<3>),
+        5 => Some(dw_f16_tile4::<5>),
+        7 => Some(dw_f16_tile4::<7>),
+        _ => None,
+    };
     for ty in 0..g.ht {
-        let (ky0, ky1) = taps(ty, g.pad_top, k, g.ht);
-        for tx in 0..g.wt {
+        let ky = taps(ty, g.pad_top, k, g.ht);
+        let mut tx = 0;
+        while tx < g.wt {
+            if let Some(f) = tile {
+                // All 4 tokens see every kernel column: tx ≥ pad_left, tx + 3 + k ≤ wt + pad_left.
+                if tx >= g.pad_left && tx + 3 + k <= g.wt + g.pad_left {
+                    f(x, out, g, p, act, ty, tx, ky);
+                    tx += 4;
+                    continue;
+                }
+            }
             let (kx0, kx1) = taps(tx, g.pad_left, k, g.wt);
             let t = ty * g.wt + tx;
             for c0 in (0..d).step_by(16) {
                 let mut acc = bias_h(p.bias.add(c0));
-                for ky in ky0..ky1 {
+                for ky in ky.0..ky.1 {
                     let row = x.add(((ty + ky - g.pad_top) * g.wt) * d + c0);
                     for kx in kx0..kx1 {
                         let xp = row.add((tx + kx - g.pad_left) * d);
@@ -451,13 +615,48 @@ pub(crate) unsafe fn dw_neon_f16_c16(
                         fmla_h!(acc[1], vld1q_u16(wp.add(8)), vld1q_u16(xp.add(8)));
                     }
                 }
-                finish16_h(
-                    p,
-                    c0,
-                    act,
-                    acc,
-                    Some(x.add(t * d + c0)),
-                    out.add(t * d + c0),
+                let at = t * d + c0;
+                finish16_h(p, c0, act, acc, Some(x.add(at)), out.add(at));
+            }
+            tx += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::reference::gelu_f32;
+
+    /// The 4-lane GELU gives the reference's bits on a dense grid over both clamps, and on
+    /// infinities, zeros and NaN (both NaN).
+    #[test]
+    fn gelu4_matches_reference() {
+        let mut xs: std::vec::Vec<f32> = (-(12 << 10)..=(12 << 10))
+            .map(|i| i as f32 / 1024.0)
+            .collect();
+        xs.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            f32::NAN,
+            1e-30,
+            -1e-30,
+            3e38,
+            -3e38,
+        ]);
+        xs.extend((0..4000u32).map(|i| f32::from_bits(i.wrapping_mul(0x9e37_79b9))));
+        for c in xs.chunks(4) {
+            let mut v = [0f32; 4];
+            v[..c.len()].copy_from_slice(c);
+            let mut out = [0f32; 4];
+            // SAFETY: NEON is baseline on aarch64; the arrays hold 4 lanes.
+            unsafe { vst1q_f32(out.as_mut_ptr(), gelu4(vld1q_f32(v.as_ptr()))) };
+            for (x, y) in v.iter().zip(out) {
+                let r = gelu_f32(*x);
+                assert!(
+                    r.to_bits() == y.to_bits() || (r.is_nan() && y.is_nan()),
+                    "gelu({x}): {y} vs {r}"
                 );
             }
         }
