@@ -1,5 +1,5 @@
 //! Float layer drivers: each runs the NEON kernel (`kernels/neon_float.rs`) when
-//! the ISA, the arithmetic and the shapes allow it, else the [`reference`] kernel. Both give
+//! the ISA, the arithmetic and the shapes allow it, else the [`reference`](mod@super::reference) kernel. Both give
 //! the same bits (tested below and under qemu for both arithmetics).
 //!
 //! The NEON kernels need `dim % 16 == 0`; `F16Arith` kernels need FEAT_FP16 and f16
@@ -50,6 +50,7 @@ fn params<W: FloatWeights>(l: &FloatLayer<'_, W>) -> super::neon_float::Params {
         bias: l.bias.0.as_ptr().cast(),
         scale: l.scale.0.as_ptr().cast(),
         shift: l.shift.0.as_ptr().cast(),
+        gelu: super::neon_float::GeluConsts::load(),
     }
 }
 

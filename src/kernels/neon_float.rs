@@ -29,6 +29,19 @@ pub(crate) struct Params {
     pub bias: *const f32,
     pub scale: *const f32,
     pub shift: *const f32,
+    pub gelu: GeluConsts,
+}
+
+/// `[f(0), f(1), …]` for a const length, without `core::array::from_fn`'s closure call
+/// (which LLVM does not always inline into these kernels).
+macro_rules! arr {
+    ($n:expr, |$i:ident| $e:expr) => {{
+        let mut a = [unsafe { core::mem::zeroed() }; $n];
+        for $i in 0..$n {
+            a[$i] = $e;
+        }
+        a
+    }};
 }
 
 /// `FCVTL`: the low 4 f16 lanes as f32.
@@ -92,30 +105,54 @@ unsafe fn load_w16<const HALF: bool>(w: *const u8, e: usize) -> [float32x4_t; 4]
     }
 }
 
+/// GELU's constants, broadcast: `[1/√2, −zmax, zmax, −1, 1, 0.5, P0..P6, Q1..Q5]`.
+#[derive(Clone, Copy)]
+pub(crate) struct GeluConsts([float32x4_t; 18]);
+
+impl GeluConsts {
+    /// Loads the constants once per layer. The scalars are read volatile so that LLVM
+    /// keeps them as data (one load each where registers run out) instead of
+    /// re-materialising every one with `MOV`/`MOVK`/`DUP` inside the epilogue.
+    pub(crate) fn load() -> Self {
+        use super::reference::{ERF_P, ERF_Q, ERF_ZMAX};
+        let mut v = [0f32; 18];
+        v[..6].copy_from_slice(&[
+            core::f32::consts::FRAC_1_SQRT_2,
+            -ERF_ZMAX,
+            ERF_ZMAX,
+            -1.0,
+            1.0,
+            0.5,
+        ]);
+        v[6..13].copy_from_slice(&ERF_P);
+        v[13..].copy_from_slice(&ERF_Q[1..]);
+        // SAFETY: reading initialised locals; NEON is baseline on aarch64.
+        GeluConsts(core::array::from_fn(|i| unsafe {
+            vdupq_n_f32(core::ptr::read_volatile(&v[i]))
+        }))
+    }
+}
+
 /// The reference's `gelu_f32` on 4 lanes, operation for operation.
 #[inline(always)]
-unsafe fn gelu4(x: float32x4_t) -> float32x4_t {
-    use super::reference::{ERF_P, ERF_Q, ERF_ZMAX};
-    let z = vmulq_f32(x, vdupq_n_f32(core::f32::consts::FRAC_1_SQRT_2));
-    let z = vminnmq_f32(
-        vmaxnmq_f32(z, vdupq_n_f32(-ERF_ZMAX)),
-        vdupq_n_f32(ERF_ZMAX),
-    );
+unsafe fn gelu4(x: float32x4_t, k: &GeluConsts) -> float32x4_t {
+    let c = &k.0;
+    let z = vmulq_f32(x, c[0]);
+    let z = vminnmq_f32(vmaxnmq_f32(z, c[1]), c[2]);
     let t = vmulq_f32(z, z);
-    let mut p = vdupq_n_f32(ERF_P[6]);
-    for c in ERF_P[..6].iter().rev() {
-        p = vfmaq_f32(vdupq_n_f32(*c), p, t);
+    let mut p = c[12];
+    for i in (6..12).rev() {
+        p = vfmaq_f32(c[i], p, t);
     }
-    let mut q = vdupq_n_f32(ERF_Q[5]);
-    for c in ERF_Q[..5].iter().rev() {
-        q = vfmaq_f32(vdupq_n_f32(*c), q, t);
+    let mut q = c[17];
+    for i in (13..17).rev() {
+        q = vfmaq_f32(c[i], q, t);
     }
+    // Q0 = 1.
+    q = vfmaq_f32(c[4], q, t);
     let r = vdivq_f32(vmulq_f32(z, p), q);
-    let r = vminnmq_f32(vmaxnmq_f32(r, vdupq_n_f32(-1.0)), vdupq_n_f32(1.0));
-    vmulq_f32(
-        vmulq_f32(vdupq_n_f32(0.5), x),
-        vaddq_f32(vdupq_n_f32(1.0), r),
-    )
+    let r = vminnmq_f32(vmaxnmq_f32(r, c[3]), c[4]);
+    vmulq_f32(vmulq_f32(c[5], x), vaddq_f32(c[4], r))
 }
 
 /// The reference's `fma(scale, act(acc), shift)` for 4 channels from `o` on.
@@ -124,7 +161,7 @@ unsafe fn finish4(p: &Params, o: usize, act: Activation, acc: float32x4_t) -> fl
     let a = if act == Activation::Relu {
         vmaxnmq_f32(acc, vdupq_n_f32(0.0))
     } else if act == Activation::Gelu {
-        gelu4(acc)
+        gelu4(acc, &p.gelu)
     } else {
         let mut v = [0f32; 4];
         vst1q_f32(v.as_mut_ptr(), acc);
@@ -170,7 +207,7 @@ unsafe fn fgemm_neon_f32_4x16<const MR: usize, const HALF: bool>(
     let mut acc = [b; MR];
     let mut i = 0;
     while i + 4 <= k {
-        let xv: [float32x4_t; MR] = core::array::from_fn(|t| vld1q_f32(x[t].add(i)));
+        let xv: [float32x4_t; MR] = arr!(MR, |t| vld1q_f32(x[t].add(i)));
         macro_rules! step {
             ($j:literal) => {
                 let wv = load_w16::<HALF>(w, (i + $j) * 16);
@@ -217,8 +254,7 @@ unsafe fn fgemm_f32_tile<const MR: usize, const HALF: bool, const OUT_HALF: bool
         let o0 = 16 * ob;
         let acc = fgemm_neon_f32_4x16::<MR, HALF>(x, k, p.w.add(o0 * k * wsz), p.bias.add(o0));
         for t in 0..MR {
-            let y: [float32x4_t; 4] =
-                core::array::from_fn(|r| finish4(p, o0 + 4 * r, act, acc[t][r]));
+            let y: [float32x4_t; 4] = arr!(4, |r| finish4(p, o0 + 4 * r, act, acc[t][r]));
             store16::<OUT_HALF>(out[t].add(o0 * esz), y);
         }
     }
@@ -236,8 +272,8 @@ pub(crate) unsafe fn pw_f32<const HALF: bool>(
 ) {
     let mut t = 0;
     while t + 4 <= tokens {
-        let xs = core::array::from_fn(|j| x.add((t + j) * n));
-        let os = core::array::from_fn(|j| out.add((t + j) * n).cast::<u8>());
+        let xs = arr!(4, |j| x.add((t + j) * n));
+        let os = arr!(4, |j| out.add((t + j) * n).cast::<u8>());
         fgemm_f32_tile::<4, HALF, false>(xs, os, n, n, p, act);
         t += 4;
     }
@@ -260,7 +296,7 @@ pub(crate) unsafe fn embed_rows<const HALF: bool, const OUT_HALF: bool>(
     act: Activation,
 ) {
     if count == 4 {
-        let xs = core::array::from_fn(|j| rows.add(j * k));
+        let xs = arr!(4, |j| rows.add(j * k));
         fgemm_f32_tile::<4, HALF, OUT_HALF>(xs, out, k, n, p, act);
     } else {
         for (j, o) in out.iter().enumerate().take(count) {
@@ -388,7 +424,7 @@ pub(crate) unsafe fn dw_neon_f32_c16<const HALF: bool>(
                     }
                 }
                 let res = x.add(t * d + c0);
-                let y: [float32x4_t; 4] = core::array::from_fn(|r| {
+                let y: [float32x4_t; 4] = arr!(4, |r| {
                     vaddq_f32(
                         finish4(p, c0 + 4 * r, act, acc[r]),
                         vld1q_f32(res.add(4 * r)),
@@ -427,7 +463,7 @@ unsafe fn finish16_h(
         widen_lo(acc[1]),
         widen_hi(acc[1]),
     ];
-    let mut y: [float32x4_t; 4] = core::array::from_fn(|r| finish4(p, o + 4 * r, act, a[r]));
+    let mut y: [float32x4_t; 4] = arr!(4, |r| finish4(p, o + 4 * r, act, a[r]));
     if let Some(res) = res {
         let (r0, r1) = (vld1q_u16(res), vld1q_u16(res.add(8)));
         let rv = [widen_lo(r0), widen_hi(r0), widen_lo(r1), widen_hi(r1)];
@@ -450,7 +486,7 @@ unsafe fn fgemm_neon_f16_4x16<const MR: usize>(
     let mut acc = [bias; MR];
     let mut i = 0;
     while i + 8 <= k {
-        let xv: [uint16x8_t; MR] = core::array::from_fn(|t| vld1q_u16(x[t].add(i)));
+        let xv: [uint16x8_t; MR] = arr!(MR, |t| vld1q_u16(x[t].add(i)));
         macro_rules! step {
             ($j:literal) => {
                 let wp = w.add((i + $j) * 16);
@@ -494,7 +530,7 @@ unsafe fn pw_f16_tile<const MR: usize>(
     p: &Params,
     act: Activation,
 ) {
-    let xs = core::array::from_fn(|j| x.add((t + j) * n));
+    let xs: [*const u16; MR] = arr!(MR, |j| x.add((t + j) * n));
     for ob in 0..n / 16 {
         let o0 = 16 * ob;
         let w = p.w.cast::<u16>().add(o0 * n);
@@ -651,7 +687,12 @@ mod tests {
             v[..c.len()].copy_from_slice(c);
             let mut out = [0f32; 4];
             // SAFETY: NEON is baseline on aarch64; the arrays hold 4 lanes.
-            unsafe { vst1q_f32(out.as_mut_ptr(), gelu4(vld1q_f32(v.as_ptr()))) };
+            unsafe {
+                vst1q_f32(
+                    out.as_mut_ptr(),
+                    gelu4(vld1q_f32(v.as_ptr()), &GeluConsts::load()),
+                )
+            };
             for (x, y) in v.iter().zip(out) {
                 let r = gelu_f32(*x);
                 assert!(
