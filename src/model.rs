@@ -401,7 +401,7 @@ impl<'a> Model<'a> {
         }
         let hl = h.head_layer();
         let zp_in = I32Le(self.blob.section(SectionKind::QParams, hl)).at(0);
-        k::head_i8(
+        inplace::head_i8(
             a,
             g.tokens(),
             g.dim,
@@ -412,6 +412,7 @@ impl<'a> Model<'a> {
             F32Le(self.blob.section(SectionKind::Bias, hl)),
             mean,
             logits,
+            self.isa,
         );
     }
 }

@@ -302,6 +302,34 @@ pub fn pw_i8_inplace(
     }
 }
 
+/// int8 global average pool + head ([`reference::head_i8`]; `neon::head_i8_neon` when
+/// `isa` is a NEON level): the same bits either way.
+#[allow(clippy::too_many_arguments)]
+pub fn head_i8(
+    x: &[i8],
+    tokens: usize,
+    dim: usize,
+    zp_in: i32,
+    frac_bits: u32,
+    w: &[i8],
+    scale: crate::le::F32Le<'_>,
+    bias: crate::le::F32Le<'_>,
+    mean: &mut [i32],
+    logits: &mut [f32],
+    isa: Isa,
+) {
+    #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+    if isa != Isa::Scalar {
+        return super::neon::head_i8_neon(
+            x, tokens, dim, zp_in, frac_bits, w, scale, bias, mean, logits,
+        );
+    }
+    let _ = isa;
+    reference::head_i8(
+        x, tokens, dim, zp_in, frac_bits, w, scale, bias, mean, logits,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use std::vec;

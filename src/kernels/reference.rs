@@ -663,6 +663,19 @@ pub fn gemm_i8(
     }
 }
 
+/// The pooled value of one channel: `round_half_up(2^f · sum / T)`, computed in i64 with
+/// floor division (`sum = Σ_t (x − zp_in)`).
+///
+/// ```
+/// use convmixer_edge::kernels::reference::gap_mean;
+/// assert_eq!((gap_mean(5, 2, 0), gap_mean(-5, 2, 0), gap_mean(5, 2, 1)), (3, -2, 5));
+/// ```
+#[inline]
+pub fn gap_mean(sum: i32, tokens: usize, frac_bits: u32) -> i32 {
+    let n = tokens as i64;
+    ((2 * (i64::from(sum) << frac_bits) + n).div_euclid(2 * n)) as i32
+}
+
 /// int8 global average pool (to `frac_bits` fixed point) + linear head, dequantised to f32
 /// logits: `logit_c = scale_c · Σ_d W_cd · m_d + bias_c`. `mean` is `dim` i32 scratch.
 #[allow(clippy::too_many_arguments)]
@@ -684,10 +697,8 @@ pub fn head_i8(
             *m += i32::from(*v) - zp_in;
         }
     }
-    let n = tokens as i64;
     for m in mean.iter_mut() {
-        // round_half_up(2^f · sum / T) with floor division.
-        *m = ((2 * (i64::from(*m) << frac_bits) + n).div_euclid(2 * n)) as i32;
+        *m = gap_mean(*m, tokens, frac_bits);
     }
     for (c, out) in logits.iter_mut().enumerate() {
         let wc = &w[c * dim..(c + 1) * dim];
