@@ -6,14 +6,15 @@
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 
-/// A source of float weights: f32 or f16 storage, read as f32.
+/// A source of float weights: f32 or f16 storage, read as f32. Sealed: the NEON kernels
+/// trust `HALF` and `bytes`.
 ///
 /// ```
 /// use convmixer_edge::le::{F32Le, FloatWeights};
 /// let bytes = 1.5f32.to_le_bytes();
 /// assert_eq!(F32Le(&bytes).at(0), 1.5);
 /// ```
-pub trait FloatWeights: Copy {
+pub trait FloatWeights: Copy + crate::sealed::Sealed {
     /// Whether elements are f16 (else f32).
     const HALF: bool;
     /// Element `i` as f32.
@@ -32,6 +33,7 @@ pub trait FloatWeights: Copy {
 #[derive(Clone, Copy, Debug)]
 pub struct F32Le<'a>(pub &'a [u8]);
 
+impl crate::sealed::Sealed for F32Le<'_> {}
 impl FloatWeights for F32Le<'_> {
     const HALF: bool = false;
     fn bytes(&self) -> &[u8] {
@@ -53,6 +55,7 @@ impl FloatWeights for F32Le<'_> {
 #[derive(Clone, Copy, Debug)]
 pub struct F16Le<'a>(pub &'a [u8]);
 
+impl crate::sealed::Sealed for F16Le<'_> {}
 impl FloatWeights for F16Le<'_> {
     const HALF: bool = true;
     fn bytes(&self) -> &[u8] {

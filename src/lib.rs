@@ -31,6 +31,12 @@
 #[cfg(test)]
 extern crate std;
 
+/// Seals traits whose implementations the unsafe kernels rely on (`FloatWeights`,
+/// `FloatArith`): only this crate implements them.
+mod sealed {
+    pub trait Sealed {}
+}
+
 pub mod blob;
 pub mod kernels;
 pub mod le;

@@ -1,8 +1,9 @@
 //! `host-tools bench`: deterministic figures for two random-weight ConvMixers (issue 3).
 //!
 //! For each model: MACs per inference; aarch64 guest instructions per inference under
-//! qemu-user (our int8 runtime with the SMLAL, SDOT and scalar kernels, tract fp32 on the
-//! same model) next to the MAC-throughput limit; llvm-mca cycle estimates of the kernels'
+//! qemu-user (our int8 runtime with the SMLAL, SDOT and scalar kernels; the f16 blob in
+//! binary16 (`FMLA .8h`, `-cpu max`) and in f32 (`FMLA .4s`, `-cpu cortex-a72`); tract fp32
+//! on the same model) next to the MAC-throughput limit; llvm-mca cycle estimates of the kernels'
 //! hot loops; x86_64 host wall time (int8 vs tract fp32); blob and arena sizes.
 //!
 //! Instruction counts are exact and repeatable (see [`host_tools::qemu_count`]); per

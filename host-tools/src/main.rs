@@ -116,7 +116,7 @@ enum Cmd {
     },
     /// Benchmark figures for two random-weight ConvMixers (B1: 256/8 on 32x32, B2: 768/32
     /// on 112x112): MACs, aarch64 instructions per inference under qemu-user (int8 SMLAL,
-    /// SDOT, scalar; tract fp32) against the MAC limit, llvm-mca estimates of the kernels'
+    /// SDOT, scalar; fp16 in binary16 and in f32; tract fp32) against the MAC limit, llvm-mca estimates of the kernels'
     /// hot loops, host wall time against tract, blob and arena bytes. Needs the aarch64
     /// toolchain, qemu-user and llvm-14; builds what it runs; takes tens of minutes.
     Bench {

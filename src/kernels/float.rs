@@ -38,9 +38,9 @@ fn neon_ok<W: FloatWeights, M: FloatArith>(
         && w_elems
             .and_then(|e| e.checked_mul(wsz))
             .is_some_and(|b| l.w.bytes().len() >= b)
-        && l.bias.0.len() >= 4 * dim
-        && l.scale.0.len() >= 4 * dim
-        && l.shift.0.len() >= 4 * dim
+        && dim
+            .checked_mul(4)
+            .is_some_and(|b| l.bias.0.len() >= b && l.scale.0.len() >= b && l.shift.0.len() >= b)
 }
 
 #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
@@ -85,19 +85,32 @@ pub fn embed<W: FloatWeights, M: FloatArith>(
 ) {
     #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
     {
-        let (p, c, k) = (g.patch, g.in_c, g.taps());
-        let wt = (g.in_w - p) / p + 1;
-        let ht = (g.in_h - p) / p + 1;
-        let fits = k > 0
-            && scratch.len() >= 4 * k
-            && px.len() >= g.in_h * g.in_w * c
-            && out.len() >= ht * wt * dim
-            && neon_ok::<W, M>(isa, dim, l, Some(super::fgemm_packed_len(dim, k)), false);
-        if fits {
+        // Every size in checked arithmetic: a wrapped product must not pass a length check.
+        let (p, c) = (g.patch, g.in_c);
+        let geom = (|| {
+            if p == 0 || g.in_h < p || g.in_w < p {
+                return None;
+            }
+            let k = p.checked_mul(p)?.checked_mul(c)?;
+            let (wt, ht) = ((g.in_w - p) / p + 1, (g.in_h - p) / p + 1);
+            let tokens = ht.checked_mul(wt)?;
+            let ok = k > 0
+                && scratch.len() >= k.checked_mul(4)?
+                && px.len() >= g.in_h.checked_mul(g.in_w)?.checked_mul(c)?
+                && out.len() >= tokens.checked_mul(dim)?
+                && neon_ok::<W, M>(
+                    isa,
+                    dim,
+                    l,
+                    dim.div_ceil(16).checked_mul(16)?.checked_mul(k),
+                    false,
+                );
+            ok.then_some((k, wt, tokens))
+        })();
+        if let Some((k, wt, tokens)) = geom {
             let prm = params(l);
             let out_b: &mut [u8] = bytemuck::cast_slice_mut(out);
             let esz = core::mem::size_of::<M::Act>();
-            let tokens = ht * wt;
             let mut t = 0;
             while t < tokens {
                 let count = (tokens - t).min(4);
@@ -540,5 +553,42 @@ mod tests {
             embed::<_, F16Arith>(&px, g, dim, &l16, act, &mut b, &mut scratch, isa);
             assert!(same_f16(&a, &b), "f16 {g:?} dim {dim} {act:?}");
         }
+    }
+
+    /// Geometry whose sizes wrap in usize must not pass the NEON path's length checks: the
+    /// driver may panic (as the reference does on such shapes) but never write past `out`.
+    #[test]
+    fn wrapping_embed_geometry_never_writes_out_of_bounds() {
+        let g = EmbedGeom {
+            in_h: 1,
+            in_w: (1 << 60) + 1,
+            in_c: 16,
+            patch: 1,
+        };
+        let w = f32_bytes(&[0.5; 16 * 16]);
+        let ones = f32_bytes(&[1.0; 16]);
+        let l = FloatLayer {
+            w: F32Le(&w),
+            bias: F32Le(&ones),
+            scale: F32Le(&ones),
+            shift: F32Le(&ones),
+        };
+        let px = [1u8; 64];
+        let mut buf = vec![7.0f32; 16 + 64];
+        let mut scratch = vec![0f32; 64];
+        let (out, guard) = buf.split_at_mut(16);
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            embed::<_, F32Arith>(
+                &px,
+                g,
+                16,
+                &l,
+                Activation::Relu,
+                out,
+                &mut scratch,
+                Isa::detect(),
+            )
+        }));
+        assert!(guard.iter().all(|&v| v == 7.0));
     }
 }

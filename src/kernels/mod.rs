@@ -52,7 +52,11 @@ impl Isa {
     pub fn available(self) -> bool {
         match self {
             Isa::Scalar => true,
-            Isa::Neon => cfg!(all(target_arch = "aarch64", target_endian = "little")),
+            Isa::Neon => cfg!(all(
+                target_arch = "aarch64",
+                target_endian = "little",
+                target_feature = "neon"
+            )),
             Isa::NeonDot => {
                 Isa::Neon.available() && (cfg!(target_feature = "dotprod") || cpu::dotprod())
             }

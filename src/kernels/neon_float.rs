@@ -15,6 +15,7 @@
 //! tanh form of GELU calls the scalar `act_f32` per lane.
 //!
 //! Callers ([`super::float`]) check every length before calling; the kernels trust them.
+//! (No `preserves_flags` on the asm: FMLA and FCVT set FPSR's cumulative exception bits.)
 
 use super::reference::act_f32;
 use crate::Activation;
@@ -49,7 +50,7 @@ macro_rules! arr {
 unsafe fn widen_lo(h: uint16x8_t) -> float32x4_t {
     let r: float32x4_t;
     asm!("fcvtl {r:v}.4s, {h:v}.4h", r = lateout(vreg) r, h = in(vreg) h,
-        options(pure, nomem, nostack, preserves_flags));
+        options(pure, nomem, nostack));
     r
 }
 
@@ -58,7 +59,7 @@ unsafe fn widen_lo(h: uint16x8_t) -> float32x4_t {
 unsafe fn widen_hi(h: uint16x8_t) -> float32x4_t {
     let r: float32x4_t;
     asm!("fcvtl2 {r:v}.4s, {h:v}.8h", r = lateout(vreg) r, h = in(vreg) h,
-        options(pure, nomem, nostack, preserves_flags));
+        options(pure, nomem, nostack));
     r
 }
 
@@ -67,7 +68,7 @@ unsafe fn widen_hi(h: uint16x8_t) -> float32x4_t {
 unsafe fn narrow(lo: float32x4_t, hi: float32x4_t) -> uint16x8_t {
     let r: uint16x8_t;
     asm!("fcvtn {r:v}.4h, {lo:v}.4s", "fcvtn2 {r:v}.8h, {hi:v}.4s", r = out(vreg) r,
-        lo = in(vreg) lo, hi = in(vreg) hi, options(pure, nomem, nostack, preserves_flags));
+        lo = in(vreg) lo, hi = in(vreg) hi, options(pure, nomem, nostack));
     r
 }
 
@@ -75,7 +76,7 @@ unsafe fn narrow(lo: float32x4_t, hi: float32x4_t) -> uint16x8_t {
 macro_rules! fmla_h_lane {
     ($acc:expr, $w:expr, $x:expr, $l:literal) => {
         asm!(concat!("fmla {a:v}.8h, {w:v}.8h, {x:v}.h[", $l, "]"), a = inout(vreg) $acc,
-            w = in(vreg) $w, x = in(vreg_low16) $x, options(pure, nomem, nostack, preserves_flags))
+            w = in(vreg) $w, x = in(vreg_low16) $x, options(pure, nomem, nostack))
     };
 }
 
@@ -83,7 +84,7 @@ macro_rules! fmla_h_lane {
 macro_rules! fmla_h {
     ($acc:expr, $w:expr, $x:expr) => {
         asm!("fmla {a:v}.8h, {w:v}.8h, {x:v}.8h", a = inout(vreg) $acc, w = in(vreg) $w,
-            x = in(vreg) $x, options(pure, nomem, nostack, preserves_flags))
+            x = in(vreg) $x, options(pure, nomem, nostack))
     };
 }
 

@@ -143,13 +143,15 @@ pub fn fma_f16(a: f32, b: f32, c: f32) -> f32 {
 /// How a float layer computes and stores: f32 ([`F32Arith`], f32 blobs, and f16 blobs on
 /// CPUs without FEAT_FP16) or binary16 ([`F16Arith`], f16 blobs on FEAT_FP16 CPUs). The
 /// accumulator is carried as f32 either way (for `F16Arith` it always holds an f16 value).
+/// Sealed: the NEON kernels rely on `Act` being `f32` / `u16` as `HALF` says. `F16Arith`
+/// expects f16 weights (an f16 blob).
 ///
 /// ```
 /// use convmixer_edge::kernels::reference::{F16Arith, F32Arith, FloatArith};
 /// assert_eq!(F32Arith::mac(1.0, 3.0, 0.5), 2.5);
 /// assert_eq!(F16Arith::widen(F16Arith::narrow(1.0 / 3.0)), 0.333_251_95);
 /// ```
-pub trait FloatArith: Copy + 'static {
+pub trait FloatArith: Copy + 'static + crate::sealed::Sealed {
     /// Activation storage: `f32`, or f16 bits.
     type Act: Copy + Default + bytemuck::Pod;
     /// Whether this is binary16 arithmetic.
@@ -171,6 +173,7 @@ pub trait FloatArith: Copy + 'static {
 #[derive(Clone, Copy, Debug)]
 pub struct F32Arith;
 
+impl crate::sealed::Sealed for F32Arith {}
 impl FloatArith for F32Arith {
     type Act = f32;
     const HALF: bool = false;
@@ -192,6 +195,7 @@ impl FloatArith for F32Arith {
 #[derive(Clone, Copy, Debug)]
 pub struct F16Arith;
 
+impl crate::sealed::Sealed for F16Arith {}
 impl FloatArith for F16Arith {
     type Act = u16;
     const HALF: bool = true;
