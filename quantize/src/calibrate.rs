@@ -6,9 +6,17 @@ use convmixer_edge::Activation;
 
 use crate::fold::{Folded, Layer};
 
-/// The activation with libm's `erff` / `tanhf`: calibration measures the true function's
-/// ranges, independent of the runtime's SIMD-friendly float GELU (`erf_f32`).
-fn act_f32(act: Activation, x: f32) -> f32 {
+/// The activation with libm's `erff` / `tanhf`: calibration (and the fixture exporter's
+/// probe statistics) use the true function, independent of the runtime's SIMD-friendly
+/// float GELU (`erf_f32`).
+///
+/// ```
+/// use convmixer_edge::Activation;
+/// use convmixer_quantize::calibrate::act_f32;
+/// assert_eq!(act_f32(Activation::Relu, -2.0), 0.0);
+/// assert!((act_f32(Activation::Gelu, 1.0) - 0.841_344_7).abs() < 1e-6);
+/// ```
+pub fn act_f32(act: Activation, x: f32) -> f32 {
     match act {
         Activation::Relu => {
             if x > 0.0 {

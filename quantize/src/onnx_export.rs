@@ -410,17 +410,6 @@ impl Rng {
     }
 }
 
-fn act_f32(act: Activation, z: f32) -> f32 {
-    match act {
-        Activation::Relu => z.max(0.0),
-        Activation::Gelu => 0.5 * z * (1.0 + libm::erff(z * std::f32::consts::FRAC_1_SQRT_2)),
-        Activation::GeluTanh => {
-            let c = 0.797_884_6_f32; // √(2/π)
-            0.5 * z * (1.0 + libm::tanhf(c * (z + 0.044715 * z * z * z)))
-        }
-    }
-}
-
 /// The token grid and width of the probe activations (token-major `[tokens][dim]`).
 #[derive(Clone, Copy)]
 struct Geometry {
@@ -611,7 +600,7 @@ fn finish_unit(
         for (t, row) in r.chunks_exact_mut(o).enumerate() {
             for (c, v) in row.iter_mut().enumerate() {
                 let z = (f64::from(*v) * alpha[c]) as f32 + b[c];
-                let mut y = s[c] * (act_f32(act, z) - bn.mean[c]) + bn.beta[c];
+                let mut y = s[c] * (crate::calibrate::act_f32(act, z) - bn.mean[c]) + bn.beta[c];
                 if let Some(res) = residual {
                     y += res[img][t * o + c];
                 }

@@ -54,6 +54,27 @@ fn params<W: FloatWeights>(l: &FloatLayer<'_, W>) -> super::neon_float::Params {
     }
 }
 
+/// Runs the kernel for `M`'s activation type on `x` → `out`: `f16` with f16 bits (`F16Arith`),
+/// `f32` with f32 (`F32Arith`). The one place that relies on the sealed `FloatArith`
+/// pairing `HALF` with `Act = u16`, else `f32`.
+#[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+fn by_arith<M: FloatArith>(
+    x: &[M::Act],
+    out: &mut [M::Act],
+    f16: impl FnOnce(*const u16, *mut u16),
+    f32: impl FnOnce(*const f32, *mut f32),
+) {
+    if M::HALF {
+        let (x, out): (&[u16], &mut [u16]) =
+            (bytemuck::cast_slice(x), bytemuck::cast_slice_mut(out));
+        f16(x.as_ptr(), out.as_mut_ptr());
+    } else {
+        let (x, out): (&[f32], &mut [f32]) =
+            (bytemuck::cast_slice(x), bytemuck::cast_slice_mut(out));
+        f32(x.as_ptr(), out.as_mut_ptr());
+    }
+}
+
 /// Patch embedding: [`reference::embed_f`] (f32 arithmetic, outputs narrowed to `M`), with
 /// NEON when possible. `scratch` should hold [`embed_scratch_len`] f32 (else the reference
 /// runs).
@@ -192,19 +213,15 @@ pub fn dw<W: FloatWeights, M: FloatArith>(
             // SAFETY: lengths checked above (x and out hold the grid, weights k·k·dim).
             unsafe {
                 use super::neon_float::*;
-                if M::HALF {
-                    let (x, out): (&[u16], &mut [u16]) =
-                        (bytemuck::cast_slice(x), bytemuck::cast_slice_mut(out));
-                    dw_neon_f16_c16(x.as_ptr(), out.as_mut_ptr(), g, &prm, act);
-                } else {
-                    let (x, out): (&[f32], &mut [f32]) =
-                        (bytemuck::cast_slice(x), bytemuck::cast_slice_mut(out));
-                    if W::HALF {
-                        dw_neon_f32_c16::<true>(x.as_ptr(), out.as_mut_ptr(), g, &prm, act);
-                    } else {
-                        dw_neon_f32_c16::<false>(x.as_ptr(), out.as_mut_ptr(), g, &prm, act);
-                    }
-                }
+                by_arith::<M>(
+                    x,
+                    out,
+                    |x, o| dw_neon_f16_c16(x, o, g, &prm, act),
+                    |x, o| match W::HALF {
+                        true => dw_neon_f32_c16::<true>(x, o, g, &prm, act),
+                        false => dw_neon_f32_c16::<false>(x, o, g, &prm, act),
+                    },
+                )
             }
             return;
         }
@@ -246,19 +263,15 @@ pub fn pw<W: FloatWeights, M: FloatArith>(
             // SAFETY: lengths checked above (x and out hold tokens·dim, weights dim·dim).
             unsafe {
                 use super::neon_float::*;
-                if M::HALF {
-                    let (x, out): (&[u16], &mut [u16]) =
-                        (bytemuck::cast_slice(x), bytemuck::cast_slice_mut(out));
-                    pw_f16(x.as_ptr(), out.as_mut_ptr(), tokens, dim, &prm, act);
-                } else {
-                    let (x, out): (&[f32], &mut [f32]) =
-                        (bytemuck::cast_slice(x), bytemuck::cast_slice_mut(out));
-                    if W::HALF {
-                        pw_f32::<true>(x.as_ptr(), out.as_mut_ptr(), tokens, dim, &prm, act);
-                    } else {
-                        pw_f32::<false>(x.as_ptr(), out.as_mut_ptr(), tokens, dim, &prm, act);
-                    }
-                }
+                by_arith::<M>(
+                    x,
+                    out,
+                    |x, o| pw_f16(x, o, tokens, dim, &prm, act),
+                    |x, o| match W::HALF {
+                        true => pw_f32::<true>(x, o, tokens, dim, &prm, act),
+                        false => pw_f32::<false>(x, o, tokens, dim, &prm, act),
+                    },
+                )
             }
             return;
         }

@@ -316,6 +316,26 @@ fn taps(pos: usize, pad: usize, k: usize, len: usize) -> (usize, usize) {
 
 use super::Grid;
 
+/// The order in which the float depthwise kernels visit a grid: row by row, each run of 4
+/// interior tokens (every kernel column inside the row: `tx ≥ pad_left`,
+/// `tx + 3 + k ≤ wt + pad_left`) as one tile step when `tiles`, every other token alone.
+/// Yields `(ty, tx, valid kernel rows, is a tile)`.
+fn dw_steps(g: Grid, tiles: bool) -> impl Iterator<Item = (usize, usize, (usize, usize), bool)> {
+    (0..g.ht).flat_map(move |ty| {
+        let ky = taps(ty, g.pad_top, g.kernel, g.ht);
+        let mut tx = 0;
+        core::iter::from_fn(move || {
+            if tx >= g.wt {
+                return None;
+            }
+            let tile = tiles && tx >= g.pad_left && tx + 3 + g.kernel <= g.wt + g.pad_left;
+            let at = tx;
+            tx += if tile { 4 } else { 1 };
+            Some((ty, at, ky, tile))
+        })
+    })
+}
+
 /// 8 consecutive weights from element `e` on, as f32.
 #[inline(always)]
 unsafe fn load_w8<const HALF: bool>(w: *const u8, e: usize) -> [float32x4_t; 2] {
@@ -392,48 +412,39 @@ pub(crate) unsafe fn dw_neon_f32_c16<const HALF: bool>(
         7 => Some(dw_f32_tile4::<7, HALF>),
         _ => None,
     };
-    for ty in 0..g.ht {
-        let ky = taps(ty, g.pad_top, k, g.ht);
-        let mut tx = 0;
-        while tx < g.wt {
-            if let Some(f) = tile {
-                // All 4 tokens see every kernel column: tx ≥ pad_left, tx + 3 + k ≤ wt + pad_left.
-                if tx >= g.pad_left && tx + 3 + k <= g.wt + g.pad_left {
-                    f(x, out, g, p, act, ty, tx, ky);
-                    tx += 4;
-                    continue;
-                }
-            }
-            let (kx0, kx1) = taps(tx, g.pad_left, k, g.wt);
-            let t = ty * g.wt + tx;
-            for c0 in (0..d).step_by(16) {
-                let b = p.bias.add(c0);
-                let mut acc = [
-                    vld1q_f32(b),
-                    vld1q_f32(b.add(4)),
-                    vld1q_f32(b.add(8)),
-                    vld1q_f32(b.add(12)),
-                ];
-                for ky in ky.0..ky.1 {
-                    let row = x.add(((ty + ky - g.pad_top) * g.wt) * d + c0);
-                    for kx in kx0..kx1 {
-                        let xp = row.add((tx + kx - g.pad_left) * d);
-                        let wv = load_w16::<HALF>(p.w, (ky * k + kx) * d + c0);
-                        for r in 0..4 {
-                            acc[r] = vfmaq_f32(acc[r], wv[r], vld1q_f32(xp.add(4 * r)));
-                        }
+    for (ty, tx, ky, tiled) in dw_steps(g, tile.is_some()) {
+        if let (true, Some(f)) = (tiled, tile) {
+            f(x, out, g, p, act, ty, tx, ky);
+            continue;
+        }
+        let (kx0, kx1) = taps(tx, g.pad_left, k, g.wt);
+        let t = ty * g.wt + tx;
+        for c0 in (0..d).step_by(16) {
+            let b = p.bias.add(c0);
+            let mut acc = [
+                vld1q_f32(b),
+                vld1q_f32(b.add(4)),
+                vld1q_f32(b.add(8)),
+                vld1q_f32(b.add(12)),
+            ];
+            for ky in ky.0..ky.1 {
+                let row = x.add(((ty + ky - g.pad_top) * g.wt) * d + c0);
+                for kx in kx0..kx1 {
+                    let xp = row.add((tx + kx - g.pad_left) * d);
+                    let wv = load_w16::<HALF>(p.w, (ky * k + kx) * d + c0);
+                    for r in 0..4 {
+                        acc[r] = vfmaq_f32(acc[r], wv[r], vld1q_f32(xp.add(4 * r)));
                     }
                 }
-                let res = x.add(t * d + c0);
-                let y: [float32x4_t; 4] = arr!(4, |r| {
-                    vaddq_f32(
-                        finish4(p, c0 + 4 * r, act, acc[r]),
-                        vld1q_f32(res.add(4 * r)),
-                    )
-                });
-                store16::<false>(out.add(t * d + c0).cast(), y);
             }
-            tx += 1;
+            let res = x.add(t * d + c0);
+            let y: [float32x4_t; 4] = arr!(4, |r| {
+                vaddq_f32(
+                    finish4(p, c0 + 4 * r, act, acc[r]),
+                    vld1q_f32(res.add(4 * r)),
+                )
+            });
+            store16::<false>(out.add(t * d + c0).cast(), y);
         }
     }
 }
@@ -619,43 +630,34 @@ pub(crate) unsafe fn dw_neon_f16_c16(
 ) {
     let (k, d) = (g.kernel, g.dim);
     let w = p.w.cast::<u16>();
-    let tile: Option<
-        unsafe fn(*const u16, *mut u16, Grid, &Params, Activation, usize, usize, (usize, usize)),
-    > = match k {
+    type Tile =
+        unsafe fn(*const u16, *mut u16, Grid, &Params, Activation, usize, usize, (usize, usize));
+    let tile: Option<Tile> = match k {
         3 => Some(dw_f16_tile4::<3>),
         5 => Some(dw_f16_tile4::<5>),
         7 => Some(dw_f16_tile4::<7>),
         _ => None,
     };
-    for ty in 0..g.ht {
-        let ky = taps(ty, g.pad_top, k, g.ht);
-        let mut tx = 0;
-        while tx < g.wt {
-            if let Some(f) = tile {
-                // All 4 tokens see every kernel column: tx ≥ pad_left, tx + 3 + k ≤ wt + pad_left.
-                if tx >= g.pad_left && tx + 3 + k <= g.wt + g.pad_left {
-                    f(x, out, g, p, act, ty, tx, ky);
-                    tx += 4;
-                    continue;
+    for (ty, tx, ky, tiled) in dw_steps(g, tile.is_some()) {
+        if let (true, Some(f)) = (tiled, tile) {
+            f(x, out, g, p, act, ty, tx, ky);
+            continue;
+        }
+        let (kx0, kx1) = taps(tx, g.pad_left, k, g.wt);
+        let t = ty * g.wt + tx;
+        for c0 in (0..d).step_by(16) {
+            let mut acc = bias_h(p.bias.add(c0));
+            for ky in ky.0..ky.1 {
+                let row = x.add(((ty + ky - g.pad_top) * g.wt) * d + c0);
+                for kx in kx0..kx1 {
+                    let xp = row.add((tx + kx - g.pad_left) * d);
+                    let wp = w.add((ky * k + kx) * d + c0);
+                    fmla_h!(acc[0], vld1q_u16(wp), vld1q_u16(xp));
+                    fmla_h!(acc[1], vld1q_u16(wp.add(8)), vld1q_u16(xp.add(8)));
                 }
             }
-            let (kx0, kx1) = taps(tx, g.pad_left, k, g.wt);
-            let t = ty * g.wt + tx;
-            for c0 in (0..d).step_by(16) {
-                let mut acc = bias_h(p.bias.add(c0));
-                for ky in ky.0..ky.1 {
-                    let row = x.add(((ty + ky - g.pad_top) * g.wt) * d + c0);
-                    for kx in kx0..kx1 {
-                        let xp = row.add((tx + kx - g.pad_left) * d);
-                        let wp = w.add((ky * k + kx) * d + c0);
-                        fmla_h!(acc[0], vld1q_u16(wp), vld1q_u16(xp));
-                        fmla_h!(acc[1], vld1q_u16(wp.add(8)), vld1q_u16(xp.add(8)));
-                    }
-                }
-                let at = t * d + c0;
-                finish16_h(p, c0, act, acc, Some(x.add(at)), out.add(at));
-            }
-            tx += 1;
+            let at = t * d + c0;
+            finish16_h(p, c0, act, acc, Some(x.add(at)), out.add(at));
         }
     }
 }
