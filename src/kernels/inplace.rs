@@ -226,6 +226,7 @@ pub fn embed_i8(
     {
         return;
     }
+    let gemm = Gemm::new(l, taps, dim, act, isa);
     let mut t = 0;
     while t < tokens {
         let n = PW_TILE.min(tokens - t);
@@ -239,13 +240,7 @@ pub fn embed_i8(
             }
         }
         let (x, o) = (&scratch[..n * taps], &mut out[t * dim..(t + n) * dim]);
-        match isa {
-            #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-            Isa::Neon => super::neon::gemm_i8_neon_smlal_2x16c4(x, n, taps, dim, l, act, o),
-            #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-            Isa::NeonDot => super::neon::gemm_i8_neon_sdot_4x16c4(x, n, taps, dim, l, act, o),
-            _ => reference::gemm_i8(x, n, taps, dim, l, act, o),
-        }
+        gemm.run(x, n, o);
         t += n;
     }
 }
@@ -285,20 +280,49 @@ pub fn pw_i8_inplace(
     {
         return;
     }
+    let gemm = Gemm::new(l, dim, dim, act, isa);
     let mut t = 0;
     while t < tokens {
         let n = PW_TILE.min(tokens - t);
         let x = &mut scratch[..n * dim];
         x.copy_from_slice(&a[t * dim..(t + n) * dim]);
-        let out = &mut a[t * dim..(t + n) * dim];
-        match isa {
-            #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-            Isa::Neon => super::neon::gemm_i8_neon_smlal_2x16c4(x, n, dim, dim, l, act, out),
-            #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-            Isa::NeonDot => super::neon::gemm_i8_neon_sdot_4x16c4(x, n, dim, dim, l, act, out),
-            _ => reference::gemm_i8(x, n, dim, dim, l, act, out),
-        }
+        gemm.run(x, n, &mut a[t * dim..(t + n) * dim]);
         t += n;
+    }
+}
+
+/// The GEMM kernel of one layer, chosen (and, for NEON, prepared) once for all the token
+/// chunks a driver runs through it.
+enum Gemm<'l, 'a> {
+    #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+    Neon(super::neon::GemmI8<'a>),
+    Reference {
+        l: &'l QuantLayer<'a>,
+        k: usize,
+        n: usize,
+        act: Activation,
+    },
+}
+
+impl<'l, 'a> Gemm<'l, 'a> {
+    fn new(l: &'l QuantLayer<'a>, k: usize, n: usize, act: Activation, isa: Isa) -> Self {
+        #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+        if isa != Isa::Scalar {
+            if let Some(g) = super::neon::GemmI8::new(l, k, n, act, isa == Isa::NeonDot) {
+                return Gemm::Neon(g);
+            }
+        }
+        let _ = isa;
+        Gemm::Reference { l, k, n, act }
+    }
+
+    /// `out = ` the layer applied to `tokens` rows of `x` ([`reference::gemm_i8`]'s bytes).
+    fn run(&self, x: &[i8], tokens: usize, out: &mut [i8]) {
+        match *self {
+            #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+            Gemm::Neon(ref g) => g.run(x, tokens, out),
+            Gemm::Reference { l, k, n, act } => reference::gemm_i8(x, tokens, k, n, l, act, out),
+        }
     }
 }
 
@@ -349,11 +373,14 @@ mod tests {
     fn layer_bytes(s: &mut u64, dim: usize, depthwise: bool) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         let le = |v: Vec<i32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let bias = le((0..dim).map(|_| rng(s, -40_000, 40_000) as i32).collect());
+        // Half the layers shift no channel left (the NEON kernels skip the SQSHLs there).
+        let no_left = rng(s, 0, 1) == 0;
         let recs: Vec<[i32; 6]> = (0..dim)
             .map(|_| {
+                let sh_pre = rng(s, -2, 10) as i32;
                 [
                     rng(s, 1 << 30, (1 << 31) - 1) as i32,
-                    rng(s, -2, 10) as i32,
+                    if no_left { sh_pre.max(0) } else { sh_pre },
                     rng(s, -(1 << 14), 1 << 14) as i32,
                     rng(s, -(1 << 20), 1 << 20) as i32,
                     rng(s, 0, 18) as i32,

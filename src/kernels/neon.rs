@@ -18,7 +18,7 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 
 use super::reference::{self, epilogue_i8, QuantLayer};
-use super::{gemm_packed_len, Grid, PW_KR, PW_NR};
+use super::{Grid, PW_KR, PW_NR};
 use crate::Activation;
 
 /// One `LD1 {vA.16b-vD.16b}, [p], #64`: 64 bytes into 4 consecutive registers (`$r0..$r3`
@@ -53,7 +53,13 @@ fn gemm_fits(
     layer_fits(l, act, n)
         && tokens.checked_mul(k).is_some_and(|len| x.len() >= len)
         && tokens.checked_mul(n).is_some_and(|len| out.len() >= len)
-        && l.w.len() >= gemm_packed_len(n, k)
+        && packed_len(n, k).is_some_and(|len| l.w.len() >= len)
+}
+
+/// [`super::gemm_packed_len`] where it does not overflow.
+fn packed_len(n: usize, k: usize) -> Option<usize> {
+    let rows = n.div_ceil(PW_NR).checked_mul(PW_NR)?;
+    rows.checked_mul(k.div_ceil(PW_KR).checked_mul(PW_KR)?)
 }
 
 /// Four bytes of `row` starting at input group `g` as one i32 lane pattern, zero-padded
@@ -84,13 +90,15 @@ unsafe fn group4(row: *const i8, g: usize, dim: usize) -> i32 {
 fn layer_fits(l: &QuantLayer<'_>, act: Activation, n: usize) -> bool {
     let zp = |z: i32| (-128..=127).contains(&z);
     (act == Activation::Relu || l.table.len() >= 512)
-        && l.bias.0.len() >= 4 * n
-        && l.requant.0.len() == 24 * n
+        && n.checked_mul(4).is_some_and(|len| l.bias.0.len() >= len)
+        && n.checked_mul(24) == Some(l.requant.0.len())
         && zp(l.zp_in)
         && zp(l.zp_out)
+        && zp(l.zp_z)
 }
 
-/// What the vector epilogue reads of one layer, as raw pointers (see [`epilogue_c16`]).
+/// What the vector epilogue reads of one layer, as raw pointers (see [`epilogue_c16`]),
+/// built once per kernel call.
 #[derive(Clone, Copy)]
 struct Epi {
     /// `dim` i32 biases (little-endian = native on aarch64 Linux and bare metal).
@@ -100,43 +108,122 @@ struct Epi {
     dim: usize,
     /// 512 bytes (low plane, high plane) for GELU (checked by `layer_fits`); unused for ReLU.
     table: *const u8,
-    gelu: bool,
+    /// Whether some channel has `sh_pre < 0` (a saturating left shift before `SQRDMULH`);
+    /// layers without one skip the `SQSHL`s.
+    lsh: bool,
     zp_in: i8,
-    zp_z: i32,
+    zp_z: i16,
     zp_out: i16,
 }
 
 impl Epi {
     /// Pointers into `l`; the callers' `*_fits` checks guarantee the lengths
-    /// (bias ≥ 4·dim bytes, requant ≥ 24·dim bytes, table ≥ 512 bytes when GELU).
-    fn new(l: &QuantLayer<'_>, dim: usize, act: Activation) -> Epi {
+    /// (bias ≥ 4·dim bytes, requant = 24·dim bytes, table ≥ 512 bytes when GELU) and the
+    /// zero points' range.
+    fn new(l: &QuantLayer<'_>, dim: usize) -> Epi {
         Epi {
             bias: l.bias.0.as_ptr().cast(),
             rq: l.requant.0.as_ptr().cast(),
             dim,
             table: l.table.as_ptr(),
-            gelu: act != Activation::Relu,
-            // In −128..=127 (layer_fits), so the narrowing is exact.
+            lsh: (0..dim).any(|o| l.requant.at(dim + o) < 0),
+            // In −128..=127 (layer_fits), so the narrowings are exact.
             zp_in: l.zp_in.clamp(-128, 127) as i8,
-            zp_z: l.zp_z,
+            zp_z: l.zp_z.clamp(-128, 127) as i16,
             zp_out: l.zp_out.clamp(-128, 127) as i16,
         }
     }
 
-    /// Field `k` of channels `o..o + 4`.
+    /// The biases of channels `o0..o0 + 16`: the accumulators' starting values.
     ///
     /// # Safety
-    /// `o + 4 ≤ dim`, `k < 6`.
+    /// `o0 + 16 ≤ dim`.
     #[inline(always)]
-    unsafe fn field(&self, k: usize, o: usize) -> int32x4_t {
-        // SAFETY: k·dim + o + 4 ≤ 6·dim i32 are readable (caller).
-        unsafe { vld1q_s32(self.rq.add(k * self.dim + o)) }
+    unsafe fn bias16(&self, o0: usize) -> [int32x4_t; 4] {
+        // SAFETY: o0 + 16 ≤ dim i32 are readable (caller).
+        core::array::from_fn(|q| unsafe { vld1q_s32(self.bias.add(o0 + 4 * q)) })
     }
 }
 
-/// 16 lanes of the GELU table, looked up for `MR` index vectors at once: each 64-byte
-/// quarter of a plane is loaded once and applied to every index with `TBL`/`TBX` (a `TBL`
-/// gives 0 and a `TBX` leaves the lane alone where the index is past its 64 bytes).
+/// Two `LDP q` of 16 i32 at `$p` (one field of 16 channels), issued only once `$dep` (any
+/// vector) has been computed: the epilogue loads each stage's parameters through this so
+/// that the compiler does not hoist them all to the top, where they would hold registers
+/// through the earlier stages (and spill the accumulators).
+macro_rules! ld4q_after {
+    ($p:expr, $dep:expr) => {{
+        let (a, b, c, d): (int32x4_t, int32x4_t, int32x4_t, int32x4_t);
+        asm!(
+            "ldp {a:q}, {b:q}, [{p}] // after {d:v}",
+            "ldp {c:q}, {e:q}, [{p}, #32]",
+            p = in(reg) $p,
+            d = in(vreg) $dep,
+            a = lateout(vreg) a,
+            b = lateout(vreg) b,
+            c = lateout(vreg) c,
+            e = lateout(vreg) d,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+        [a, b, c, d]
+    }};
+}
+
+/// `LD1 {v24.16b-v27.16b}` of 64 bytes at `$p` once `$dep` is computed (see
+/// [`ld4q_after`]).
+macro_rules! ld64_after {
+    ($p:expr, $dep:expr) => {{
+        let (a, b, c, d): (uint8x16_t, uint8x16_t, uint8x16_t, uint8x16_t);
+        asm!(
+            "ld1 {{v24.16b-v27.16b}}, [{p}] // after {d:v}",
+            p = in(reg) $p,
+            d = in(vreg) $dep,
+            out("v24") a,
+            out("v25") b,
+            out("v26") c,
+            out("v27") d,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+        uint8x16x4_t(a, b, c, d)
+    }};
+}
+
+/// `$p + $off` (a pointer plus a byte offset) computed where the compiler cannot see it:
+/// the epilogue steps from one requant field to the next with it, so that the compiler
+/// keeps one pointer per tile instead of one induction variable per field (which it would
+/// spill to the stack and update there on every tile).
+macro_rules! step {
+    ($p:expr, $off:expr) => {{
+        let mut p: *const i32 = $p;
+        asm!(
+            "add {p}, {p}, {o}",
+            p = inout(reg) p,
+            o = in(reg) $off,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        p
+    }};
+}
+
+/// `$acc + $x·$m` on the low (`SMLAL`) or high (`SMLAL2`) 4 i16 lanes, in `asm!` so that
+/// the compiler keeps the i16 multiply instead of widening both operands for an i32 `MLA`.
+macro_rules! smlal16 {
+    ($acc:expr, $x:expr, $m:expr, $op:literal, $arr:literal) => {{
+        let mut a: int32x4_t = $acc;
+        asm!(
+            concat!($op, " {a:v}.4s, {x:v}.", $arr, ", {m:v}.", $arr),
+            a = inout(vreg) a,
+            x = in(vreg) $x,
+            m = in(vreg) $m,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        a
+    }};
+}
+
+/// 16 lanes of the GELU table for `MR` index vectors at once, indexed by `z` itself (as
+/// `u8`, so `z + 128` needs no add): each 64-byte quarter of a plane is loaded once (after
+/// the indices exist), in the order `z` = 0..63, 64..127, −128..−65, −64..−1, and applied
+/// to every index with `TBL`/`TBX` (a `TBL` gives 0 and a `TBX` leaves the lane alone where
+/// the index is past its 64 bytes).
 ///
 /// # Safety
 /// `plane` points at 256 readable bytes.
@@ -144,11 +231,11 @@ impl Epi {
 unsafe fn lookup256<const MR: usize>(plane: *const u8, idx: &[uint8x16_t; MR]) -> [uint8x16_t; MR] {
     // SAFETY: four 64-byte loads inside the 256-byte plane; the rest is register-only.
     unsafe {
-        let q0 = vld1q_u8_x4(plane);
+        let q0 = ld64_after!(plane.add(128), idx[MR - 1]);
         let mut r: [uint8x16_t; MR] = core::array::from_fn(|m| vqtbl4q_u8(q0, idx[m]));
         let mut i = *idx;
-        for q in 1..4 {
-            let t = vld1q_u8_x4(plane.add(64 * q));
+        for q in [3, 0, 1] {
+            let t = ld64_after!(plane.add(64 * q), r[MR - 1]);
             for m in 0..MR {
                 i[m] = vsubq_u8(i[m], vdupq_n_u8(64));
                 r[m] = vqtbx4q_u8(r[m], t, i[m]);
@@ -159,141 +246,186 @@ unsafe fn lookup256<const MR: usize>(plane: *const u8, idx: &[uint8x16_t; MR]) -
 }
 
 /// The int8 epilogue ([`epilogue_i8`]) of 16 channels `o0..o0 + 16` for `MR` tokens, in
-/// NEON, bit-exact with the reference:
+/// NEON, bit-exact with the reference. `acc[m][q]` holds the accumulators (bias included)
+/// of channels `o0 + 4q..o0 + 4q + 4` of token `m`; `res[m]`, when given, the 16 residual
+/// input bytes of token `m`.
 ///
-/// * `rq(acc + bias, m_pre, sh_pre)`: `SQSHL` by `max(−sh, 0)`, `SQRDMULH`, `SRSHL` by
-///   `min(−sh, 0)` (a rounding right shift);
-/// * GELU: `SQADD zp_z` then two saturating narrows (= the clamp to −128..=127), `EOR 0x80`
-///   (= `z + 128`), `TBL` on the low and high byte planes, `ZIP` back into i16; ReLU: clamp
-///   to 0..=32767;
-/// * `a·m_post + (x_res − zp_in)·m_res + b_post` with `MLA` (no overflow: the reader bounds
-///   the fields so that the sum stays below 2^31), `SRSHL` by `−sh_post`;
-/// * `SQXTN` to i16, `SQADD zp_out`, `SQXTN` to i8: equal to `clamp(zp_out + v, −128, 127)`
-///   because an i16-saturated `v` stays saturated after adding a zero point.
-///
-/// `acc[m][q]` holds the sums of channels `o0 + 4q..o0 + 4q + 4` of token `m` (bias not yet
-/// added); `res[m]`, when given, the 16 residual input bytes of token `m`.
+/// * `rq(acc, m_pre, sh_pre)`: `SQSHL` by `max(−sh, 0)` (only in layers where some
+///   `sh < 0`), `SQRDMULH`, `SRSHL` by `min(−sh, 0)` (a rounding right shift);
+/// * GELU: two saturating narrows to i16, `SQADD zp_z`, a saturating narrow to i8 (together
+///   equal to `clamp(zp_z + v, −128, 127)`: an i16-saturated `v` stays out of i8 range after
+///   adding a zero point), `TBL` on the low and high byte planes by `z` as `u8`, `ZIP`
+///   into i16. ReLU: `SQXTN` to i16 (= `min(v, 32767)` … and `max(v, −32768)`), then `SMAX`
+///   with 0;
+/// * `b_post + a·m_post` by `SMLAL` of i16 lanes (`|m_post| ≤ 2^14`, the reader's rule, so
+///   it narrows exactly), `+ (x_res − zp_in)·m_res` by `MLA .4s` (no overflow: the reader
+///   bounds the fields so that the sum stays below 2^31), `SRSHL` by `−sh_post`;
+/// * `SQXTN` to i16, `SQADD zp_out`, `SQXTN` to i8: `clamp(zp_out + v, −128, 127)`, as
+///   above.
 ///
 /// # Safety
 /// `o0 + 16 ≤ e.dim`, `e`'s pointers as documented on [`Epi`], and each `out[m]` points at
 /// 16 writable bytes.
 #[inline(always)]
-unsafe fn epilogue_c16<const MR: usize>(
+unsafe fn epilogue_c16<const MR: usize, const GELU: bool>(
     e: &Epi,
     o0: usize,
-    acc: &mut [[int32x4_t; 4]; MR],
-    res: Option<&[int8x16_t; MR]>,
-    out: &[*mut i8; MR],
+    mut acc: [[int32x4_t; 4]; MR],
+    res: Option<[int8x16_t; MR]>,
+    out: [*mut i8; MR],
 ) {
     // SAFETY: every load below reads channels o0..o0 + 16 < dim of a dim-long field (or
     // the 512-byte table); every store writes out[m][0..16]; the rest is register-only.
     unsafe {
         let zero = vdupq_n_s32(0);
-        for q in 0..4 {
-            let bias = vld1q_s32(e.bias.add(o0 + 4 * q));
-            let m_pre = e.field(0, o0 + 4 * q);
-            let nsh = vnegq_s32(e.field(1, o0 + 4 * q));
-            let (left, right) = (vmaxq_s32(nsh, zero), vminq_s32(nsh, zero));
-            for a in acc.iter_mut() {
-                let x = vqshlq_s32(vaddq_s32(a[q], bias), left);
-                a[q] = vrshlq_s32(vqrdmulhq_s32(x, m_pre), right);
+        // Field k of channels o0..o0 + 16 is at f[k]: one pointer stepped by the field
+        // stride (see `step!`).
+        let stride = 4 * e.dim;
+        let f0 = e.rq.add(o0);
+        let f1 = step!(f0, stride);
+        let last = acc[MR - 1][3];
+        let sh_pre = ld4q_after!(f1, last);
+        if e.lsh {
+            for q in 0..4 {
+                let left = vmaxq_s32(vnegq_s32(sh_pre[q]), zero);
+                for a in acc.iter_mut() {
+                    a[q] = vqshlq_s32(a[q], left);
+                }
             }
         }
-        if e.gelu {
-            let zp_z = vdupq_n_s32(e.zp_z);
+        let m_pre = ld4q_after!(f0, last);
+        for q in 0..4 {
+            // −sh ≤ 0 unless some channel shifted left above.
+            let right = vminq_s32(vnegq_s32(sh_pre[q]), zero);
+            for a in acc.iter_mut() {
+                a[q] = vrshlq_s32(vqrdmulhq_s32(a[q], m_pre[q]), right);
+            }
+        }
+        // The activation a of each token as two i16 vectors (channels 0..8, 8..16).
+        let act: [[int16x8_t; 2]; MR] = if GELU {
+            let zp_z = vdupq_n_s16(e.zp_z);
             let idx: [uint8x16_t; MR] = core::array::from_fn(|m| {
-                let z = |q: usize| vqaddq_s32(acc[m][q], zp_z);
-                let lo = vqmovn_high_s32(vqmovn_s32(z(0)), z(1));
-                let hi = vqmovn_high_s32(vqmovn_s32(z(2)), z(3));
-                veorq_u8(
-                    vreinterpretq_u8_s8(vqmovn_high_s16(vqmovn_s16(lo), hi)),
-                    vdupq_n_u8(0x80),
-                )
+                let a = &acc[m];
+                let lo = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(a[0]), a[1]), zp_z);
+                let hi = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(a[2]), a[3]), zp_z);
+                vreinterpretq_u8_s8(vqmovn_high_s16(vqmovn_s16(lo), hi))
             });
             let lo = lookup256(e.table, &idx);
             let hi = lookup256(e.table.add(256), &idx);
-            for m in 0..MR {
-                let a0 = vreinterpretq_s16_u8(vzip1q_u8(lo[m], hi[m]));
-                let a1 = vreinterpretq_s16_u8(vzip2q_u8(lo[m], hi[m]));
-                acc[m] = [
-                    vmovl_s16(vget_low_s16(a0)),
-                    vmovl_high_s16(a0),
-                    vmovl_s16(vget_low_s16(a1)),
-                    vmovl_high_s16(a1),
-                ];
-            }
-        } else {
-            let top = vdupq_n_s32(i32::from(i16::MAX));
-            for a in acc.iter_mut() {
-                for v in a.iter_mut() {
-                    *v = vminq_s32(vmaxq_s32(*v, zero), top);
-                }
-            }
-        }
-        let r32: Option<[[int32x4_t; 4]; MR]> = res.map(|res| {
-            let zp = vdup_n_s8(e.zp_in);
             core::array::from_fn(|m| {
-                let lo = vsubl_s8(vget_low_s8(res[m]), zp);
-                let hi = vsubl_high_s8(res[m], vdupq_n_s8(e.zp_in));
                 [
-                    vmovl_s16(vget_low_s16(lo)),
-                    vmovl_high_s16(lo),
-                    vmovl_s16(vget_low_s16(hi)),
-                    vmovl_high_s16(hi),
+                    vreinterpretq_s16_u8(vzip1q_u8(lo[m], hi[m])),
+                    vreinterpretq_s16_u8(vzip2q_u8(lo[m], hi[m])),
                 ]
             })
-        });
-        for q in 0..4 {
-            let m_post = e.field(2, o0 + 4 * q);
-            let b_post = e.field(3, o0 + 4 * q);
-            let nsh = vnegq_s32(e.field(4, o0 + 4 * q));
-            let m_res = if r32.is_some() {
-                e.field(5, o0 + 4 * q)
-            } else {
-                zero
-            };
-            for m in 0..MR {
-                let mut v = vmlaq_s32(b_post, acc[m][q], m_post);
-                if let Some(r) = &r32 {
-                    v = vmlaq_s32(v, r[m][q], m_res);
+        } else {
+            let z16 = vdupq_n_s16(0);
+            core::array::from_fn(|m| {
+                let a = &acc[m];
+                [
+                    vmaxq_s16(vqmovn_high_s32(vqmovn_s32(a[0]), a[1]), z16),
+                    vmaxq_s16(vqmovn_high_s32(vqmovn_s32(a[2]), a[3]), z16),
+                ]
+            })
+        };
+        // The affine part, its parameters loaded once the activations exist.
+        let dep = act[MR - 1][1];
+        let f2 = step!(f1, stride);
+        let f3 = step!(f2, stride);
+        let f4 = step!(f3, stride);
+        let mp = ld4q_after!(f2, dep);
+        let m_post = [
+            vmovn_high_s32(vmovn_s32(mp[0]), mp[1]),
+            vmovn_high_s32(vmovn_s32(mp[2]), mp[3]),
+        ];
+        let b_post = ld4q_after!(f3, dep);
+        let nsh = ld4q_after!(f4, dep).map(|v| vnegq_s32(v));
+        let m_res = res.map(|_| ld4q_after!(step!(f4, stride), dep));
+        let zp_out = vdupq_n_s16(e.zp_out);
+        let mut half = [[vdupq_n_s16(0); 2]; MR];
+        for m in 0..MR {
+            for h in 0..2 {
+                let mut v0 = smlal16!(b_post[2 * h], act[m][h], m_post[h], "smlal", "4h");
+                let mut v1 = smlal16!(b_post[2 * h + 1], act[m][h], m_post[h], "smlal2", "8h");
+                if let (Some(res), Some(m_res)) = (res, m_res) {
+                    let d = if h == 0 {
+                        vsubl_s8(vget_low_s8(res[m]), vdup_n_s8(e.zp_in))
+                    } else {
+                        vsubl_high_s8(res[m], vdupq_n_s8(e.zp_in))
+                    };
+                    v0 = vmlaq_s32(v0, vmovl_s16(vget_low_s16(d)), m_res[2 * h]);
+                    v1 = vmlaq_s32(v1, vmovl_high_s16(d), m_res[2 * h + 1]);
                 }
-                acc[m][q] = vrshlq_s32(v, nsh);
+                v0 = vrshlq_s32(v0, nsh[2 * h]);
+                v1 = vrshlq_s32(v1, nsh[2 * h + 1]);
+                half[m][h] = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(v0), v1), zp_out);
             }
         }
-        let zp_out = vdupq_n_s16(e.zp_out);
         for m in 0..MR {
-            let a = &acc[m];
-            let lo = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(a[0]), a[1]), zp_out);
-            let hi = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(a[2]), a[3]), zp_out);
-            vst1q_s8(out[m], vqmovn_high_s16(vqmovn_s16(lo), hi));
+            vst1q_s8(out[m], vqmovn_high_s16(vqmovn_s16(half[m][0]), half[m][1]));
         }
     }
 }
 
-/// Applies the epilogue to one `MR` tokens × 16 outputs tile of a GEMM with `dim` outputs
-/// (tokens `t..t + MR`, outputs `o0..`): the vector epilogue when all 16 outputs exist, else
-/// the scalar one on the `dim − o0` that do. `gemm_fits` must hold and `t + MR ≤ tokens`.
+/// The accumulators' starting values for the 16-output block at `o0`: its biases when the
+/// block is whole (the vector epilogue expects them included), else zeros (the scalar
+/// epilogue of a partial block adds them).
 #[inline(always)]
-fn finish_tile<const MR: usize>(
-    acc: &mut [[int32x4_t; 4]; MR],
+fn acc_init(e: &Epi, o0: usize) -> [int32x4_t; 4] {
+    if o0 + PW_NR <= e.dim {
+        // SAFETY: o0 + 16 ≤ dim.
+        unsafe { e.bias16(o0) }
+    } else {
+        // SAFETY: register-only.
+        unsafe { [vdupq_n_s32(0); 4] }
+    }
+}
+
+/// Applies the epilogue to one `MR` tokens × 16 outputs tile of a GEMM with `e.dim` outputs
+/// (tokens `t..t + MR`, outputs `o0..`), whose accumulators started at [`acc_init`]: the
+/// vector epilogue when all 16 outputs exist, else the scalar one on the `dim − o0` that
+/// do. `gemm_fits` must hold, `e` be built from `l`, and `t + MR ≤ tokens`.
+#[inline(always)]
+fn finish_tile<const MR: usize, const GELU: bool>(
+    acc: [[int32x4_t; 4]; MR],
     o0: usize,
     t: usize,
-    dim: usize,
+    e: &Epi,
     l: &QuantLayer<'_>,
-    act: Activation,
     out: &mut [i8],
 ) {
+    let dim = e.dim;
     if o0 + PW_NR <= dim {
-        let e = Epi::new(l, dim, act);
         // All pointers derive from one borrow of `out`: (t + m)·dim + o0 + 16 ≤ tokens·dim ≤
         // out.len() (gemm_fits, t + MR ≤ tokens, o0 + 16 ≤ dim).
         let base = out.as_mut_ptr();
         let ptrs: [*mut i8; MR] = core::array::from_fn(|m| base.wrapping_add((t + m) * dim + o0));
         // SAFETY: o0 + 16 ≤ dim; gemm_fits checked the layer's lengths; each pointer heads 16
         // bytes of `out`.
-        unsafe { epilogue_c16(&e, o0, acc, None, &ptrs) };
+        unsafe { epilogue_c16::<MR, GELU>(e, o0, acc, None, ptrs) };
         return;
     }
+    finish_partial::<MR, GELU>(&acc, o0, t, l, out);
+}
+
+/// The scalar epilogue of a partial 16-output block (`dim − o0 < 16` outputs), out of line
+/// so that its address arithmetic stays out of the kernels' loops.
+#[cold]
+#[inline(never)]
+fn finish_partial<const MR: usize, const GELU: bool>(
+    acc: &[[int32x4_t; 4]; MR],
+    o0: usize,
+    t: usize,
+    l: &QuantLayer<'_>,
+    out: &mut [i8],
+) {
+    let dim = l.requant.0.len() / 24;
+    // The reference's epilogue treats both GELU variants alike (the table holds either).
+    let act = if GELU {
+        Activation::Gelu
+    } else {
+        Activation::Relu
+    };
     for (m, a) in acc.iter().enumerate() {
         let mut sums = [0i32; PW_NR];
         for (q, v) in a.iter().enumerate() {
@@ -359,24 +491,106 @@ pub fn gemm_i8_neon_smlal_2x16c4(
     act: Activation,
     out: &mut [i8],
 ) {
-    if !gemm_fits(x, tokens, k, n, l, act, out) {
-        return reference::gemm_i8(x, tokens, k, n, l, act, out);
+    match GemmI8::new(l, k, n, act, false) {
+        Some(g) if gemm_fits(x, tokens, k, n, l, act, out) => g.run(x, tokens, out),
+        _ => reference::gemm_i8(x, tokens, k, n, l, act, out),
     }
+}
+
+/// One int8 GEMM layer (`k` inputs, `n` outputs per token) prepared for the NEON kernels:
+/// its lengths checked and its epilogue parameters read once, for drivers that call the
+/// kernel on a few tokens at a time ([`super::inplace`]).
+///
+/// ```
+/// use convmixer_edge::kernels::{neon::GemmI8, gemm_packed_len, reference::{self, QuantLayer}};
+/// use convmixer_edge::{le::I32Le, Activation};
+/// let (k, n) = (8, 16);
+/// let w = vec![1i8; gemm_packed_len(n, k)];
+/// let bias = [0u8; 64];
+/// // Field-major [m_pre, sh_pre, m_post, b_post, sh_post, m_res] per channel: ReLU(acc / 2).
+/// let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 0, zp_z: 0, zp_out: 0, table: &[] };
+/// let g = GemmI8::new(&l, k, n, Activation::Relu, false).expect("the layer fits");
+/// let x = [3i8; 2 * 8];
+/// let mut out = [0i8; 2 * 16];
+/// g.run(&x, 2, &mut out);
+/// assert_eq!(out, [12i8; 32]); // (8 inputs · 3) / 2
+/// ```
+#[derive(Clone, Copy)]
+pub struct GemmI8<'a> {
+    l: QuantLayer<'a>,
+    e: Epi,
+    k: usize,
+    gelu: bool,
+    dot: bool,
+}
+
+impl<'a> GemmI8<'a> {
+    /// Prepares `l` for the `SDOT` kernel (`dot`, which needs FEAT_DotProd) or the `SMLAL`
+    /// one; `None` where the layer's lengths or zero points do not fit them (or `dot`
+    /// without the dot product).
+    pub fn new(l: &QuantLayer<'a>, k: usize, n: usize, act: Activation, dot: bool) -> Option<Self> {
+        let fits = layer_fits(l, act, n)
+            && packed_len(n, k).is_some_and(|len| l.w.len() >= len)
+            && (!dot || super::Isa::NeonDot.available());
+        fits.then(|| GemmI8 {
+            l: *l,
+            e: Epi::new(l, n),
+            k,
+            gelu: act != Activation::Relu,
+            dot,
+        })
+    }
+
+    /// `out[..tokens·n] = ` the layer applied to `x[..tokens·k]`, the bytes of
+    /// [`reference::gemm_i8`]; nothing is written if `x` or `out` is shorter than that.
+    pub fn run(&self, x: &[i8], tokens: usize, out: &mut [i8]) {
+        let (k, n, l, e) = (self.k, self.e.dim, &self.l, &self.e);
+        if tokens.checked_mul(k).is_none_or(|len| x.len() < len)
+            || tokens.checked_mul(n).is_none_or(|len| out.len() < len)
+        {
+            return;
+        }
+        // SAFETY: `new` checked the layer's lengths and (for `dot`) the dot product, so
+        // with the lengths above `gemm_fits` holds; `e` was built from `l`.
+        unsafe {
+            match (self.dot, self.gelu) {
+                (false, false) => gemm_smlal::<false>(x, tokens, k, l, e, out),
+                (false, true) => gemm_smlal::<true>(x, tokens, k, l, e, out),
+                (true, false) => gemm_sdot::<false>(x, tokens, k, l, e, out),
+                (true, true) => gemm_sdot::<true>(x, tokens, k, l, e, out),
+            }
+        }
+    }
+}
+
+/// [`gemm_i8_neon_smlal_2x16c4`] for one activation.
+///
+/// # Safety
+/// `gemm_fits` must hold for `e.dim` outputs and `e` be built from `l`.
+unsafe fn gemm_smlal<const GELU: bool>(
+    x: &[i8],
+    tokens: usize,
+    k: usize,
+    l: &QuantLayer<'_>,
+    e: &Epi,
+    out: &mut [i8],
+) {
     let mut t = 0;
     while t + 2 <= tokens {
-        // SAFETY: gemm_fits checked x ≥ tokens·k, out ≥ tokens·n and the weight length.
+        // SAFETY: the caller's conditions and t + 2 ≤ tokens.
         unsafe {
             if k % 16 == 0 {
-                gemm_smlal_tile2(x, t, k, n, l, act, out)
+                gemm_smlal_tile2::<GELU>(x, t, k, l, e, out)
             } else {
-                gemm_smlal_tile::<2>(x, t, k, n, l, act, out)
+                gemm_smlal_tile::<2, GELU>(x, t, k, l, e, out)
             }
         };
         t += 2;
     }
     while t < tokens {
         // SAFETY: as above.
-        unsafe { gemm_smlal_tile::<1>(x, t, k, n, l, act, out) };
+        unsafe { gemm_smlal_tile::<1, GELU>(x, t, k, l, e, out) };
         t += 1;
     }
 }
@@ -457,43 +671,44 @@ unsafe fn smlal_token(row: *const i8, wb: *const i8, dim: usize) -> [int32x4_t; 
 /// registers and spill) and share one epilogue, which loads each channel's parameters once.
 ///
 /// # Safety
-/// `gemm_fits` must hold, `k % 16 == 0` and `t + 2 ≤ tokens`.
-#[allow(clippy::too_many_arguments)]
+/// `gemm_fits` must hold, `e` be built from `l`, `k % 16 == 0` and `t + 2 ≤ tokens`.
 #[inline(always)]
-unsafe fn gemm_smlal_tile2(
+unsafe fn gemm_smlal_tile2<const GELU: bool>(
     x: &[i8],
     t: usize,
     k: usize,
-    n: usize,
     l: &QuantLayer<'_>,
-    act: Activation,
+    e: &Epi,
     out: &mut [i8],
 ) {
+    let n = e.dim;
     let (r0, r1) = (x[t * k..].as_ptr(), x[(t + 1) * k..].as_ptr());
     for ob in 0..n.div_ceil(PW_NR) {
+        let init = acc_init(e, ob * PW_NR);
         // SAFETY: block ob spans 16·k bytes inside the packed weights (no input padding
         // since k % 16 == 0); each row has k bytes (gemm_fits).
-        let mut acc = unsafe {
+        let sums = unsafe {
             let wb = l.w.as_ptr().add(ob * PW_NR * k);
             [smlal_token(r0, wb, k), smlal_token(r1, wb, k)]
         };
-        finish_tile(&mut acc, ob * PW_NR, t, n, l, act, out);
+        // SAFETY: register-only.
+        let acc = sums.map(|s| core::array::from_fn(|q| unsafe { vaddq_s32(s[q], init[q]) }));
+        finish_tile::<2, GELU>(acc, ob * PW_NR, t, e, l, out);
     }
 }
 
 /// # Safety
-/// `gemm_fits` must hold and `t + MR ≤ tokens`.
-#[allow(clippy::too_many_arguments)]
+/// `gemm_fits` must hold, `e` be built from `l`, and `t + MR ≤ tokens`.
 #[inline(always)]
-unsafe fn gemm_smlal_tile<const MR: usize>(
+unsafe fn gemm_smlal_tile<const MR: usize, const GELU: bool>(
     x: &[i8],
     t: usize,
     k: usize,
-    n: usize,
     l: &QuantLayer<'_>,
-    act: Activation,
+    e: &Epi,
     out: &mut [i8],
 ) {
+    let n = e.dim;
     let groups = k.div_ceil(PW_KR);
     let kp = groups * PW_KR;
     let rows: [*const i8; MR] = core::array::from_fn(|m| x[(t + m) * k..].as_ptr());
@@ -535,11 +750,14 @@ unsafe fn gemm_smlal_tile<const MR: usize>(
             }
             g += 2;
         }
+        let init = acc_init(e, ob * PW_NR);
         // SAFETY: register-only pairwise adds of the two partials of each output.
-        let mut sums: [[int32x4_t; 4]; MR] = core::array::from_fn(|m| {
-            core::array::from_fn(|r| unsafe { vpaddq_s32(acc[m][2 * r], acc[m][2 * r + 1]) })
+        let sums: [[int32x4_t; 4]; MR] = core::array::from_fn(|m| {
+            core::array::from_fn(|r| unsafe {
+                vaddq_s32(vpaddq_s32(acc[m][2 * r], acc[m][2 * r + 1]), init[r])
+            })
         });
-        finish_tile(&mut sums, ob * PW_NR, t, n, l, act, out);
+        finish_tile::<MR, GELU>(sums, ob * PW_NR, t, e, l, out);
     }
 }
 
@@ -589,18 +807,35 @@ pub fn gemm_i8_neon_sdot_4x16c4(
     act: Activation,
     out: &mut [i8],
 ) {
-    if !gemm_fits(x, tokens, k, n, l, act, out) || !super::Isa::NeonDot.available() {
-        return reference::gemm_i8(x, tokens, k, n, l, act, out);
+    match GemmI8::new(l, k, n, act, true) {
+        Some(g) if gemm_fits(x, tokens, k, n, l, act, out) => g.run(x, tokens, out),
+        _ => reference::gemm_i8(x, tokens, k, n, l, act, out),
     }
+}
+
+/// [`gemm_i8_neon_sdot_4x16c4`] for one activation.
+///
+/// # Safety
+/// `gemm_fits` must hold for `e.dim` outputs, `e` be built from `l`, and the CPU must
+/// implement FEAT_DotProd.
+#[target_feature(enable = "dotprod")]
+unsafe fn gemm_sdot<const GELU: bool>(
+    x: &[i8],
+    tokens: usize,
+    k: usize,
+    l: &QuantLayer<'_>,
+    e: &Epi,
+    out: &mut [i8],
+) {
     let mut t = 0;
     while t + 4 <= tokens {
-        // SAFETY: lengths checked by gemm_fits; dotprod is available.
-        unsafe { gemm_sdot_tile4(x, t, k, n, l, act, out) };
+        // SAFETY: the caller's conditions and t + 4 ≤ tokens.
+        unsafe { gemm_sdot_tile4::<GELU>(x, t, k, l, e, out) };
         t += 4;
     }
     while t < tokens {
         // SAFETY: as above.
-        unsafe { gemm_sdot_tile::<1>(x, t, k, n, l, act, out) };
+        unsafe { gemm_sdot_tile::<1, GELU>(x, t, k, l, e, out) };
         t += 1;
     }
 }
@@ -621,18 +856,18 @@ macro_rules! sdot_group {
 /// 4 inputs) per group — 4 + 4 loads for 64 `SDOT`s per 16 inputs.
 ///
 /// # Safety
-/// `gemm_fits` must hold, `t + 4 ≤ tokens`, and the CPU must implement FEAT_DotProd.
-#[allow(clippy::too_many_arguments)]
+/// `gemm_fits` must hold, `e` be built from `l`, `t + 4 ≤ tokens`, and the CPU must
+/// implement FEAT_DotProd.
 #[target_feature(enable = "dotprod")]
-unsafe fn gemm_sdot_tile4(
+unsafe fn gemm_sdot_tile4<const GELU: bool>(
     x: &[i8],
     t: usize,
     k: usize,
-    n: usize,
     l: &QuantLayer<'_>,
-    act: Activation,
+    e: &Epi,
     out: &mut [i8],
 ) {
+    let n = e.dim;
     let groups = k.div_ceil(PW_KR);
     let kp = groups * PW_KR;
     let full16 = k / 16; // input blocks of 16 that need no padding
@@ -642,12 +877,12 @@ unsafe fn gemm_sdot_tile4(
         x[(t + 2) * k..].as_ptr(),
         x[(t + 3) * k..].as_ptr(),
     );
-    let z = vdupq_n_s32(0);
     for ob in 0..n.div_ceil(PW_NR) {
         // SAFETY: block ob spans PW_NR·kp bytes inside the packed weights.
         let wb = unsafe { l.w.as_ptr().add(ob * PW_NR * kp) };
-        let (mut a0, mut a1, mut a2, mut a3) =
-            ((z, z, z, z), (z, z, z, z), (z, z, z, z), (z, z, z, z));
+        let [b0, b1, b2, b3] = acc_init(e, ob * PW_NR);
+        let z = (b0, b1, b2, b3);
+        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
         let mut wp = wb;
         for kb in 0..full16 {
             // SAFETY: 16kb + 16 ≤ k bytes of each row are readable; wp = wb + 256·kb and
@@ -682,37 +917,30 @@ unsafe fn gemm_sdot_tile4(
                 sdot_group!(a3, w, x3, "3");
             }
         }
-        for g in 4 * full16..groups {
-            // SAFETY: group g < groups lies inside block ob; each row has k bytes.
-            unsafe {
-                let w = vld1q_s8_x4(wb.add(g * 64));
-                let xg = |r| vreinterpretq_s8_s32(vdupq_n_s32(group4(r, g, k)));
-                let (x0, x1, x2, x3) = (xg(r0), xg(r1), xg(r2), xg(r3));
-                sdot_group!(a0, w, x0, "0");
-                sdot_group!(a1, w, x1, "0");
-                sdot_group!(a2, w, x2, "0");
-                sdot_group!(a3, w, x3, "0");
-            }
-        }
         let quad = |a: (int32x4_t, int32x4_t, int32x4_t, int32x4_t)| [a.0, a.1, a.2, a.3];
         let mut acc = [quad(a0), quad(a1), quad(a2), quad(a3)];
-        finish_tile(&mut acc, ob * PW_NR, t, n, l, act, out);
+        if 4 * full16 < groups {
+            // SAFETY: the groups past the 16-input blocks lie inside block ob; each row has
+            // k bytes.
+            unsafe { sdot_tail(&mut acc, wb, &[r0, r1, r2, r3], 4 * full16, groups, k) };
+        }
+        finish_tile::<4, GELU>(acc, ob * PW_NR, t, e, l, out);
     }
 }
 
 /// # Safety
-/// `gemm_fits` must hold, `t + MR ≤ tokens`, and the CPU must implement FEAT_DotProd.
-#[allow(clippy::too_many_arguments)]
+/// `gemm_fits` must hold, `e` be built from `l`, `t + MR ≤ tokens`, and the CPU must
+/// implement FEAT_DotProd.
 #[target_feature(enable = "dotprod")]
-unsafe fn gemm_sdot_tile<const MR: usize>(
+unsafe fn gemm_sdot_tile<const MR: usize, const GELU: bool>(
     x: &[i8],
     t: usize,
     k: usize,
-    n: usize,
     l: &QuantLayer<'_>,
-    act: Activation,
+    e: &Epi,
     out: &mut [i8],
 ) {
+    let n = e.dim;
     let groups = k.div_ceil(PW_KR);
     let kp = groups * PW_KR;
     let full16 = k / 16; // input blocks of 16 that need no padding
@@ -720,7 +948,7 @@ unsafe fn gemm_sdot_tile<const MR: usize>(
     for ob in 0..n.div_ceil(PW_NR) {
         // SAFETY: block ob spans PW_NR·kp bytes inside the packed weights.
         let wb = unsafe { l.w.as_ptr().add(ob * PW_NR * kp) };
-        let mut acc = [[vdupq_n_s32(0); 4]; MR];
+        let mut acc = [acc_init(e, ob * PW_NR); MR];
         for kb in 0..full16 {
             // SAFETY: (4kb + 4)·64 ≤ 16·kp since 16(kb+1) ≤ k ≤ kp.
             let w: [int8x16x4_t; 4] =
@@ -749,19 +977,42 @@ unsafe fn gemm_sdot_tile<const MR: usize>(
                 }
             }
         }
-        for g in 4 * full16..groups {
-            // SAFETY: group g < groups lies inside block ob.
-            let w: [int8x16_t; 4] =
-                core::array::from_fn(|r| unsafe { vld1q_s8(wb.add(g * 64 + r * 16)) });
-            for m in 0..MR {
-                // SAFETY: rows[m] points at k readable bytes.
-                let xv = unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g, k))) };
-                for r in 0..4 {
-                    unsafe { sdot_lane!(acc[m][r], w[r], xv, "0") };
-                }
+        if 4 * full16 < groups {
+            // SAFETY: as for the tile of 4.
+            unsafe { sdot_tail(&mut acc, wb, &rows, 4 * full16, groups, k) };
+        }
+        finish_tile::<MR, GELU>(acc, ob * PW_NR, t, e, l, out);
+    }
+}
+
+/// Input groups `from..groups` (those past the last whole 16-input block, zero-padded
+/// past `k`) of `MR` tokens into their accumulators, one `SDOT` by element per group and
+/// 4 outputs; out of line so that its address arithmetic stays out of the tiles' loops.
+///
+/// # Safety
+/// `wb` heads a packed weight block of `64·groups` bytes, each `rows[m]` points at `k`
+/// readable bytes, `groups = k.div_ceil(4)`, and the CPU must implement FEAT_DotProd.
+#[inline(never)]
+#[target_feature(enable = "dotprod")]
+unsafe fn sdot_tail<const MR: usize>(
+    acc: &mut [[int32x4_t; 4]; MR],
+    wb: *const i8,
+    rows: &[*const i8; MR],
+    from: usize,
+    groups: usize,
+    k: usize,
+) {
+    for g in from..groups {
+        // SAFETY: group g < groups lies inside the block.
+        let w: [int8x16_t; 4] =
+            core::array::from_fn(|r| unsafe { vld1q_s8(wb.add(g * 64 + r * 16)) });
+        for m in 0..MR {
+            // SAFETY: rows[m] points at k readable bytes.
+            let xv = unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g, k))) };
+            for r in 0..4 {
+                unsafe { sdot_lane!(acc[m][r], w[r], xv, "0") };
             }
         }
-        finish_tile(&mut acc, ob * PW_NR, t, n, l, act, out);
     }
 }
 
@@ -867,21 +1118,28 @@ pub fn dw_i8_inplace_sdot(
         && g.elements().is_some_and(|n| a.len() >= n)
         && scratch.len() >= super::inplace::dw_slice_scratch_len(g);
     if ok {
+        let e = Epi::new(l, g.dim);
         // SAFETY: dotprod is available; the lengths are checked above.
-        unsafe { dw_sdot_rows(a, scratch, g, l, act) };
+        unsafe {
+            if act == Activation::Relu {
+                dw_sdot_rows::<false>(a, scratch, g, l, &e)
+            } else {
+                dw_sdot_rows::<true>(a, scratch, g, l, &e)
+            }
+        };
     }
     ok
 }
 
 /// # Safety
-/// The conditions `dw_i8_inplace_sdot` checks.
+/// The conditions `dw_i8_inplace_sdot` checks; `e` built from `l`.
 #[target_feature(enable = "dotprod")]
-unsafe fn dw_sdot_rows(
+unsafe fn dw_sdot_rows<const GELU: bool>(
     a: &mut [i8],
     scratch: &mut [i8],
     g: Grid,
     l: &QuantLayer<'_>,
-    act: Activation,
+    e: &Epi,
 ) {
     let (d, k, ht, wt, pt, pl) = (g.dim, g.kernel, g.ht, g.wt, g.pad_top, g.pad_left);
     let groups = k.div_ceil(4);
@@ -898,7 +1156,6 @@ unsafe fn dw_sdot_rows(
     );
     let ap = a.as_mut_ptr();
     let w = l.w.as_ptr();
-    let e = Epi::new(l, d, act);
     let zp = vdupq_n_s8(e.zp_in);
     let zero = vdupq_n_s8(0);
     // The cache's padding columns (left of 0 and right of wt) are zp_in in every group, row
@@ -960,9 +1217,9 @@ unsafe fn dw_sdot_rows(
                     }
                 }
                 let mut x = 0;
+                let bias = e.bias16(c0);
                 while x + 4 <= wt {
-                    let z = vdupq_n_s32(0);
-                    let (mut a0, mut a1, mut a2, mut a3) = ([z; 4], [z; 4], [z; 4], [z; 4]);
+                    let (mut a0, mut a1, mut a2, mut a3) = (bias, bias, bias, bias);
                     for gi in 0..groups {
                         // Weights of (gi, kx) and the cache columns x + kx .. x + kx + 4 of
                         // the 4 outputs, by LD1 {4 regs} with post-increment: after the 4
@@ -979,12 +1236,11 @@ unsafe fn dw_sdot_rows(
                     let r: [int8x16_t; 4] =
                         core::array::from_fn(|m| vld1q_s8(ap.add((t + m) * d + c0)));
                     let o: [*mut i8; 4] = core::array::from_fn(|m| rowbuf.add((x + m) * 16));
-                    epilogue_c16(&e, c0, &mut [a0, a1, a2, a3], Some(&r), &o);
+                    epilogue_c16::<4, GELU>(e, c0, [a0, a1, a2, a3], Some(r), o);
                     x += 4;
                 }
                 while x < wt {
-                    let z = vdupq_n_s32(0);
-                    let mut a0 = [z; 4];
+                    let mut a0 = bias;
                     for gi in 0..groups {
                         for kx in 0..k {
                             let wv = vld1q_s8_x4(wpack.add((gi * k + kx) * 64));
@@ -994,7 +1250,7 @@ unsafe fn dw_sdot_rows(
                     }
                     let t = y * wt + x;
                     let r = [vld1q_s8(ap.add(t * d + c0))];
-                    epilogue_c16(&e, c0, &mut [a0], Some(&r), &[rowbuf.add(x * 16)]);
+                    epilogue_c16::<1, GELU>(e, c0, [a0], Some(r), [rowbuf.add(x * 16)]);
                     x += 1;
                 }
                 // Row y of this slice is done: its originals go to the ring (rows below
@@ -1038,29 +1294,52 @@ pub fn dw_i8_inplace_smlal(
         && g.elements().is_some_and(|n| a.len() >= n)
         && scratch.len() >= super::inplace::dw_slice_scratch_len(g);
     if ok {
+        let e = Epi::new(l, g.dim);
         // SAFETY: the lengths are checked above.
         unsafe {
-            match k {
-                3 => dw_smlal_rows::<3>(a, scratch, g, l, act),
-                5 => dw_smlal_rows::<5>(a, scratch, g, l, act),
-                7 => dw_smlal_rows::<7>(a, scratch, g, l, act),
-                9 => dw_smlal_rows::<9>(a, scratch, g, l, act),
-                _ => dw_smlal_rows::<0>(a, scratch, g, l, act),
+            if act == Activation::Relu {
+                dw_smlal_by_k::<false>(a, scratch, g, l, &e)
+            } else {
+                dw_smlal_by_k::<true>(a, scratch, g, l, &e)
             }
         }
     }
     ok
 }
 
+/// [`dw_smlal_rows`] specialised for k = 3, 5, 7, 9 (and generic otherwise).
+///
 /// # Safety
-/// The conditions `dw_i8_inplace_smlal` checks; `K` is 0 or `g.kernel`.
-#[inline(always)]
-unsafe fn dw_smlal_rows<const K: usize>(
+/// The conditions `dw_i8_inplace_smlal` checks; `e` built from `l`.
+unsafe fn dw_smlal_by_k<const GELU: bool>(
     a: &mut [i8],
     scratch: &mut [i8],
     g: Grid,
     l: &QuantLayer<'_>,
-    act: Activation,
+    e: &Epi,
+) {
+    // SAFETY: the caller's conditions; K is g.kernel or 0.
+    unsafe {
+        match g.kernel {
+            3 => dw_smlal_rows::<3, GELU>(a, scratch, g, l, e),
+            5 => dw_smlal_rows::<5, GELU>(a, scratch, g, l, e),
+            7 => dw_smlal_rows::<7, GELU>(a, scratch, g, l, e),
+            9 => dw_smlal_rows::<9, GELU>(a, scratch, g, l, e),
+            _ => dw_smlal_rows::<0, GELU>(a, scratch, g, l, e),
+        }
+    }
+}
+
+/// # Safety
+/// The conditions `dw_i8_inplace_smlal` checks; `e` built from `l`; `K` is 0 or
+/// `g.kernel`.
+#[inline(always)]
+unsafe fn dw_smlal_rows<const K: usize, const GELU: bool>(
+    a: &mut [i8],
+    scratch: &mut [i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    e: &Epi,
 ) {
     let k = if K > 0 { K } else { g.kernel };
     let (d, ht, wt, pt, pl) = (g.dim, g.ht, g.wt, g.pad_top, g.pad_left);
@@ -1072,7 +1351,6 @@ unsafe fn dw_smlal_rows<const K: usize>(
     let (cache, zrow, rowbuf) = (cache.as_mut_ptr(), zrow.as_mut_ptr(), rowbuf.as_mut_ptr());
     let ap = a.as_mut_ptr();
     let w = l.w.as_ptr();
-    let e = Epi::new(l, d, act);
     // SAFETY (whole function): offsets stay inside their buffers: cache (slot·cols + col)·16
     // + 16 ≤ k·cols·16 (slot < k, col < cols); zrow col·16 + 16 ≤ cols·16; rowbuf x·16 + 16
     // ≤ wt·16; activations (row·wt + x)·d + c0 + 16 ≤ tokens·d (row < ht, x < wt, c0 + 16 ≤
@@ -1112,11 +1390,11 @@ unsafe fn dw_smlal_rows<const K: usize>(
                         *r = cache.add((yy % k) * cols * 16).cast_const();
                     }
                 }
+                let bias = e.bias16(c0);
                 let mut x = 0;
                 while x < wt {
                     let two = x + 1 < wt;
-                    let z = vdupq_n_s32(0);
-                    let (mut a0, mut a1) = ([z; 4], [z; 4]);
+                    let (mut a0, mut a1) = (bias, bias);
                     for (ky, &row) in rows.iter().enumerate().take(k) {
                         let rp = row.add(x * 16);
                         let wr = w.add(ky * k * d + c0);
@@ -1154,11 +1432,11 @@ unsafe fn dw_smlal_rows<const K: usize>(
                             vld1q_s8(ap.add((t + 1) * d + c0)),
                         ];
                         let o = [rowbuf.add(x * 16), rowbuf.add((x + 1) * 16)];
-                        epilogue_c16(&e, c0, &mut [a0, a1], Some(&r), &o);
+                        epilogue_c16::<2, GELU>(e, c0, [a0, a1], Some(r), o);
                         x += 2;
                     } else {
                         let r = [vld1q_s8(ap.add(t * d + c0))];
-                        epilogue_c16(&e, c0, &mut [a0], Some(&r), &[rowbuf.add(x * 16)]);
+                        epilogue_c16::<1, GELU>(e, c0, [a0], Some(r), [rowbuf.add(x * 16)]);
                         x += 1;
                     }
                 }
@@ -1335,6 +1613,7 @@ mod tests {
     use std::vec::Vec;
 
     use super::*;
+    use crate::kernels::gemm_packed_len;
     use crate::le::I32Le;
 
     struct Rng(u64);
@@ -1363,11 +1642,14 @@ mod tests {
             let w: Vec<i8> = (0..wlen).map(|_| r.range(-127, 127) as i8).collect();
             let le = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
             let bias: Vec<i32> = (0..dim).map(|_| r.range(-50_000, 50_000) as i32).collect();
+            // Half the layers shift no channel left (the kernels skip the SQSHLs there).
+            let no_left = r.range(0, 1) == 0;
             let rq: Vec<[i32; 6]> = (0..dim)
                 .map(|_| {
+                    let sh_pre = r.range(-3, 12) as i32;
                     [
                         r.range(1 << 30, (1 << 31) - 1) as i32,
-                        r.range(-3, 12) as i32,
+                        if no_left { sh_pre.max(0) } else { sh_pre },
                         r.range(-(1 << 14), 1 << 14) as i32,
                         r.range(-(1 << 20), 1 << 20) as i32,
                         r.range(0, 20) as i32,
