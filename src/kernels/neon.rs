@@ -167,25 +167,6 @@ macro_rules! ld4q_after {
     }};
 }
 
-/// `LD1 {v24.16b-v27.16b}` of 64 bytes at `$p` once `$dep` is computed (see
-/// [`ld4q_after`]).
-macro_rules! ld64_after {
-    ($p:expr, $dep:expr) => {{
-        let (a, b, c, d): (uint8x16_t, uint8x16_t, uint8x16_t, uint8x16_t);
-        asm!(
-            "ld1 {{v24.16b-v27.16b}}, [{p}] // after {d:v}",
-            p = in(reg) $p,
-            d = in(vreg) $dep,
-            out("v24") a,
-            out("v25") b,
-            out("v26") c,
-            out("v27") d,
-            options(pure, readonly, nostack, preserves_flags)
-        );
-        uint8x16x4_t(a, b, c, d)
-    }};
-}
-
 /// `$p + $off` (a pointer plus a byte offset) computed where the compiler cannot see it:
 /// the epilogue steps from one requant field to the next with it, so that the compiler
 /// keeps one pointer per tile instead of one induction variable per field (which it would
@@ -219,26 +200,102 @@ macro_rules! smlal16 {
     }};
 }
 
-/// 16 lanes of the GELU table for `MR` index vectors at once, indexed by `z` itself (as
-/// `u8`, so `z + 128` needs no add): each 64-byte quarter of a plane is loaded once (after
-/// the indices exist), in the order `z` = 0..63, 64..127, −128..−65, −64..−1, and applied
-/// to every index with `TBL`/`TBX` (a `TBL` gives 0 and a `TBX` leaves the lane alone where
-/// the index is past its 64 bytes).
+/// The GELU table lookup of [`gelu_lookup`] for the index registers `$i` (one per token),
+/// giving the low-plane bytes `$lo` and high-plane bytes `$hi`, in one `asm!` block: the
+/// table's quarters go through the fixed registers v24–v27 (low plane) and v28–v31 (high
+/// plane), each loaded once for all tokens.
+macro_rules! gelu_tbl {
+    ($t:expr; $(($i:ident, $lo:ident, $hi:ident)),+) => {
+        asm!(
+            "add {pl}, {t}, #128",
+            "add {ph}, {t}, #384",
+            "movi {c1:v}.16b, #0x40",
+            "movi {c2:v}.16b, #0x80",
+            "movi {c3:v}.16b, #0xc0",
+            // z = 0..63: entries 128..191.
+            "ld1 {{v24.16b-v27.16b}}, [{pl}], #64",
+            "ld1 {{v28.16b-v31.16b}}, [{ph}], #64",
+            $(
+                concat!("tbl {", stringify!($lo), ":v}.16b, {{v24.16b-v27.16b}}, {", stringify!($i), ":v}.16b"),
+                concat!("tbl {", stringify!($hi), ":v}.16b, {{v28.16b-v31.16b}}, {", stringify!($i), ":v}.16b"),
+            )+
+            // z = 64..127: entries 192..255.
+            "ld1 {{v24.16b-v27.16b}}, [{pl}]",
+            "ld1 {{v28.16b-v31.16b}}, [{ph}]",
+            "sub {pl}, {pl}, #192",
+            "sub {ph}, {ph}, #192",
+            $(
+                concat!("sub {x:v}.16b, {", stringify!($i), ":v}.16b, {c1:v}.16b"),
+                concat!("tbx {", stringify!($lo), ":v}.16b, {{v24.16b-v27.16b}}, {x:v}.16b"),
+                concat!("tbx {", stringify!($hi), ":v}.16b, {{v28.16b-v31.16b}}, {x:v}.16b"),
+            )+
+            // z = −128..−65: entries 0..63.
+            "ld1 {{v24.16b-v27.16b}}, [{pl}], #64",
+            "ld1 {{v28.16b-v31.16b}}, [{ph}], #64",
+            $(
+                concat!("sub {x:v}.16b, {", stringify!($i), ":v}.16b, {c2:v}.16b"),
+                concat!("tbx {", stringify!($lo), ":v}.16b, {{v24.16b-v27.16b}}, {x:v}.16b"),
+                concat!("tbx {", stringify!($hi), ":v}.16b, {{v28.16b-v31.16b}}, {x:v}.16b"),
+            )+
+            // z = −64..−1: entries 64..127.
+            "ld1 {{v24.16b-v27.16b}}, [{pl}]",
+            "ld1 {{v28.16b-v31.16b}}, [{ph}]",
+            $(
+                concat!("sub {x:v}.16b, {", stringify!($i), ":v}.16b, {c3:v}.16b"),
+                concat!("tbx {", stringify!($lo), ":v}.16b, {{v24.16b-v27.16b}}, {x:v}.16b"),
+                concat!("tbx {", stringify!($hi), ":v}.16b, {{v28.16b-v31.16b}}, {x:v}.16b"),
+            )+
+            t = in(reg) $t,
+            pl = out(reg) _,
+            ph = out(reg) _,
+            c1 = out(vreg) _,
+            c2 = out(vreg) _,
+            c3 = out(vreg) _,
+            x = out(vreg) _,
+            $($i = in(vreg) $i, $lo = out(vreg) $lo, $hi = out(vreg) $hi,)+
+            out("v24") _, out("v25") _, out("v26") _, out("v27") _,
+            out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+            options(pure, readonly, nostack, preserves_flags)
+        )
+    };
+}
+
+/// 16 lanes of the GELU table (`[lo, hi]` byte planes) for `MR` index vectors, indexed by
+/// `z` itself (as `u8`, so `z + 128` needs no add): each 64-byte quarter of both planes is
+/// loaded once, in the order `z` = 0..63, 64..127, −128..−65, −64..−1, and applied to every
+/// index with `TBL`/`TBX` (a `TBL` gives 0 and a `TBX` leaves the lane alone where the index
+/// is past its 64 bytes). Tiles of 4 and 2 tokens share the loads; others go one by one.
 ///
 /// # Safety
-/// `plane` points at 256 readable bytes.
+/// `table` points at 512 readable bytes.
 #[inline(always)]
-unsafe fn lookup256<const MR: usize>(plane: *const u8, idx: &[uint8x16_t; MR]) -> [uint8x16_t; MR] {
-    // SAFETY: four 64-byte loads inside the 256-byte plane; the rest is register-only.
+unsafe fn gelu_lookup<const MR: usize>(
+    table: *const u8,
+    idx: &[uint8x16_t; MR],
+) -> [[uint8x16_t; 2]; MR] {
+    // SAFETY: eight 64-byte loads inside the 512-byte table; the rest is register-only.
     unsafe {
-        let q0 = ld64_after!(plane.add(128), idx[MR - 1]);
-        let mut r: [uint8x16_t; MR] = core::array::from_fn(|m| vqtbl4q_u8(q0, idx[m]));
-        let mut i = *idx;
-        for q in [3, 0, 1] {
-            let t = ld64_after!(plane.add(64 * q), r[MR - 1]);
+        let mut r = [[vdupq_n_u8(0); 2]; MR];
+        if MR == 4 {
+            let (i0, i1, i2, i3) = (idx[0], idx[1], idx[2], idx[3 % MR]);
+            let (l0, h0, l1, h1, l2, h2, l3, h3);
+            gelu_tbl!(table; (i0, l0, h0), (i1, l1, h1), (i2, l2, h2), (i3, l3, h3));
+            r[0] = [l0, h0];
+            r[1 % MR] = [l1, h1];
+            r[2 % MR] = [l2, h2];
+            r[3 % MR] = [l3, h3];
+        } else if MR == 2 {
+            let (i0, i1) = (idx[0], idx[1 % MR]);
+            let (l0, h0, l1, h1);
+            gelu_tbl!(table; (i0, l0, h0), (i1, l1, h1));
+            r[0] = [l0, h0];
+            r[1 % MR] = [l1, h1];
+        } else {
             for m in 0..MR {
-                i[m] = vsubq_u8(i[m], vdupq_n_u8(64));
-                r[m] = vqtbx4q_u8(r[m], t, i[m]);
+                let i0 = idx[m];
+                let (l0, h0);
+                gelu_tbl!(table; (i0, l0, h0));
+                r[m] = [l0, h0];
             }
         }
         r
@@ -310,12 +367,12 @@ unsafe fn epilogue_c16<const MR: usize, const GELU: bool>(
                 let hi = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(a[2]), a[3]), zp_z);
                 vreinterpretq_u8_s8(vqmovn_high_s16(vqmovn_s16(lo), hi))
             });
-            let lo = lookup256(e.table, &idx);
-            let hi = lookup256(e.table.add(256), &idx);
+            let t = gelu_lookup(e.table, &idx);
             core::array::from_fn(|m| {
+                let [lo, hi] = t[m];
                 [
-                    vreinterpretq_s16_u8(vzip1q_u8(lo[m], hi[m])),
-                    vreinterpretq_s16_u8(vzip2q_u8(lo[m], hi[m])),
+                    vreinterpretq_s16_u8(vzip1q_u8(lo, hi)),
+                    vreinterpretq_s16_u8(vzip2q_u8(lo, hi)),
                 ]
             })
         } else {
