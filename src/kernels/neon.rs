@@ -145,6 +145,22 @@ impl Epi {
     }
 }
 
+/// One `LDP q` of 8 i32 at `$p` once `$dep` is computed (see [`ld4q_after`]).
+macro_rules! ld2q_after {
+    ($p:expr, $dep:expr) => {{
+        let (a, b): (int32x4_t, int32x4_t);
+        asm!(
+            "ldp {a:q}, {b:q}, [{p}] // after {d:v}",
+            p = in(reg) $p,
+            d = in(vreg) $dep,
+            a = lateout(vreg) a,
+            b = lateout(vreg) b,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+        [a, b]
+    }};
+}
+
 /// Two `LDP q` of 16 i32 at `$p` (one field of 16 channels), issued only once `$dep` (any
 /// vector) has been computed: the epilogue loads each stage's parameters through this so
 /// that the compiler does not hoist them all to the top, where they would hold registers
@@ -304,8 +320,8 @@ unsafe fn gelu_lookup<const MR: usize>(
 
 /// The int8 epilogue ([`epilogue_i8`]) of 16 channels `o0..o0 + 16` for `MR` tokens, in
 /// NEON, bit-exact with the reference. `acc[m][q]` holds the accumulators (bias included)
-/// of channels `o0 + 4q..o0 + 4q + 4` of token `m`; `res[m]`, when given, the 16 residual
-/// input bytes of token `m`.
+/// of channels `o0 + 4q..o0 + 4q + 4` of token `m`; `res[m]`, when given, points at the 16
+/// residual input bytes of token `m`.
 ///
 /// * `rq(acc, m_pre, sh_pre)`: `SQSHL` by `max(−sh, 0)` (only in layers where some
 ///   `sh < 0`), `SQRDMULH`, `SRSHL` by `min(−sh, 0)` (a rounding right shift);
@@ -321,14 +337,14 @@ unsafe fn gelu_lookup<const MR: usize>(
 ///   above.
 ///
 /// # Safety
-/// `o0 + 16 ≤ e.dim`, `e`'s pointers as documented on [`Epi`], and each `out[m]` points at
-/// 16 writable bytes.
+/// `o0 + 16 ≤ e.dim`, `e`'s pointers as documented on [`Epi`], each `out[m]` points at 16
+/// writable bytes and each `res[m]` at 16 readable ones.
 #[inline(always)]
 unsafe fn epilogue_c16<const MR: usize, const GELU: bool>(
     e: &Epi,
     o0: usize,
     mut acc: [[int32x4_t; 4]; MR],
-    res: Option<[int8x16_t; MR]>,
+    res: Option<[*const i8; MR]>,
     out: [*mut i8; MR],
 ) {
     // SAFETY: every load below reads channels o0..o0 + 16 < dim of a dim-long field (or
@@ -385,36 +401,33 @@ unsafe fn epilogue_c16<const MR: usize, const GELU: bool>(
                 ]
             })
         };
-        // The affine part, its parameters loaded once the activations exist.
-        let dep = act[MR - 1][1];
+        // The affine part per half h (channels 8h..8h + 8), each loading its parameters
+        // (and residual bytes) only once its activations exist, which keeps the live
+        // registers below 32.
         let f2 = step!(f1, stride);
         let f3 = step!(f2, stride);
         let f4 = step!(f3, stride);
-        let mp = ld4q_after!(f2, dep);
-        let m_post = [
-            vmovn_high_s32(vmovn_s32(mp[0]), mp[1]),
-            vmovn_high_s32(vmovn_s32(mp[2]), mp[3]),
-        ];
-        let b_post = ld4q_after!(f3, dep);
-        let nsh = ld4q_after!(f4, dep).map(|v| vnegq_s32(v));
-        let m_res = res.map(|_| ld4q_after!(step!(f4, stride), dep));
+        let f5 = step!(f4, stride);
         let zp_out = vdupq_n_s16(e.zp_out);
+        let zp_in = vdup_n_s8(e.zp_in);
         let mut half = [[vdupq_n_s16(0); 2]; MR];
-        for m in 0..MR {
-            for h in 0..2 {
-                let mut v0 = smlal16!(b_post[2 * h], act[m][h], m_post[h], "smlal", "4h");
-                let mut v1 = smlal16!(b_post[2 * h + 1], act[m][h], m_post[h], "smlal2", "8h");
+        for h in 0..2 {
+            let dep = act[MR - 1][h];
+            let mp = ld2q_after!(f2.add(8 * h), dep);
+            let m_post = vmovn_high_s32(vmovn_s32(mp[0]), mp[1]);
+            let b_post = ld2q_after!(f3.add(8 * h), dep);
+            let nsh = ld2q_after!(f4.add(8 * h), dep).map(|v| vnegq_s32(v));
+            let m_res = res.map(|_| ld2q_after!(f5.add(8 * h), dep));
+            for m in 0..MR {
+                let mut v0 = smlal16!(b_post[0], act[m][h], m_post, "smlal", "4h");
+                let mut v1 = smlal16!(b_post[1], act[m][h], m_post, "smlal2", "8h");
                 if let (Some(res), Some(m_res)) = (res, m_res) {
-                    let d = if h == 0 {
-                        vsubl_s8(vget_low_s8(res[m]), vdup_n_s8(e.zp_in))
-                    } else {
-                        vsubl_high_s8(res[m], vdupq_n_s8(e.zp_in))
-                    };
-                    v0 = vmlaq_s32(v0, vmovl_s16(vget_low_s16(d)), m_res[2 * h]);
-                    v1 = vmlaq_s32(v1, vmovl_high_s16(d), m_res[2 * h + 1]);
+                    let d = vsubl_s8(vld1_s8(res[m].add(8 * h)), zp_in);
+                    v0 = vmlaq_s32(v0, vmovl_s16(vget_low_s16(d)), m_res[0]);
+                    v1 = vmlaq_s32(v1, vmovl_high_s16(d), m_res[1]);
                 }
-                v0 = vrshlq_s32(v0, nsh[2 * h]);
-                v1 = vrshlq_s32(v1, nsh[2 * h + 1]);
+                v0 = vrshlq_s32(v0, nsh[0]);
+                v1 = vrshlq_s32(v1, nsh[1]);
                 half[m][h] = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(v0), v1), zp_out);
             }
         }
@@ -1290,8 +1303,8 @@ unsafe fn dw_sdot_rows<const GELU: bool>(
                         }
                     }
                     let t = y * wt + x;
-                    let r: [int8x16_t; 4] =
-                        core::array::from_fn(|m| vld1q_s8(ap.add((t + m) * d + c0)));
+                    let r: [*const i8; 4] =
+                        core::array::from_fn(|m| ap.add((t + m) * d + c0).cast_const());
                     let o: [*mut i8; 4] = core::array::from_fn(|m| rowbuf.add((x + m) * 16));
                     epilogue_c16::<4, GELU>(e, c0, [a0, a1, a2, a3], Some(r), o);
                     x += 4;
@@ -1306,7 +1319,7 @@ unsafe fn dw_sdot_rows<const GELU: bool>(
                         }
                     }
                     let t = y * wt + x;
-                    let r = [vld1q_s8(ap.add(t * d + c0))];
+                    let r = [ap.add(t * d + c0).cast_const()];
                     epilogue_c16::<1, GELU>(e, c0, [a0], Some(r), [rowbuf.add(x * 16)]);
                     x += 1;
                 }
@@ -1485,14 +1498,14 @@ unsafe fn dw_smlal_rows<const K: usize, const GELU: bool>(
                     let t = y * wt + x;
                     if two {
                         let r = [
-                            vld1q_s8(ap.add(t * d + c0)),
-                            vld1q_s8(ap.add((t + 1) * d + c0)),
+                            ap.add(t * d + c0).cast_const(),
+                            ap.add((t + 1) * d + c0).cast_const(),
                         ];
                         let o = [rowbuf.add(x * 16), rowbuf.add((x + 1) * 16)];
                         epilogue_c16::<2, GELU>(e, c0, [a0, a1], Some(r), o);
                         x += 2;
                     } else {
-                        let r = [vld1q_s8(ap.add(t * d + c0))];
+                        let r = [ap.add(t * d + c0).cast_const()];
                         epilogue_c16::<1, GELU>(e, c0, [a0], Some(r), [rowbuf.add(x * 16)]);
                         x += 1;
                     }
