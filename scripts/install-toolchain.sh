@@ -4,7 +4,8 @@
 #  * Debian's own Rust 1.96 ("-web" packages) plus the prebuilt arm64 std, so we can
 #    cross-compile for aarch64-unknown-linux-gnu (rustup offers no extra targets here);
 #  * the aarch64 cross gcc (used as linker) and qemu-user (runs the aarch64 test binaries);
-#  * llvm-14 for llvm-mca (cycle estimates in `host-tools bench`).
+#  * llvm-14 for llvm-mca (cycle estimates in `host-tools bench`);
+#  * qemu-system-aarch64 10 (bookworm-backports) to boot the bare-metal firmware.
 # Idempotent: every step checks first and is skipped when already done.
 set -euo pipefail
 
@@ -63,8 +64,27 @@ else
     rustup component add --toolchain stable rustfmt clippy
 fi
 
-# 6. Sanity: the cross tools are callable.
-for t in aarch64-linux-gnu-gcc qemu-aarch64; do
+# 6. qemu-system-aarch64 10 from bookworm-backports (bookworm's 7.2 has no raspi4b machine):
+#    boots the bare-metal firmware (firmware/baremetal) in the tests.
+if qemu-system-aarch64 -machine help 2>/dev/null | grep -q '^raspi4b'; then
+    step "qemu-system-aarch64 with raspi4b: already installed"
+else
+    step "qemu-system-aarch64: installing from bookworm-backports"
+    BP=/etc/apt/sources.list.d/bookworm-backports.sources
+    if [ ! -f "$BP" ]; then
+        printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+            | "${SUDO[@]}" tee "$BP" >/dev/null
+    fi
+    "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 update -q
+    # Name the release per package: `-t bookworm-backports` would also upgrade qemu-user to
+    # the backport, whose qemu-aarch64 has no TCG plugins (host-tools bench counts with one).
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+        install -y -q --no-install-recommends qemu-system-arm/bookworm-backports \
+        qemu-system-common/bookworm-backports qemu-system-data/bookworm-backports
+fi
+
+# 7. Sanity: the cross tools are callable.
+for t in aarch64-linux-gnu-gcc aarch64-linux-gnu-ld aarch64-linux-gnu-objcopy qemu-aarch64 qemu-system-aarch64; do
     command -v "$t" >/dev/null 2>&1 || { step "ERROR: $t not found after install" >&2; exit 1; }
 done
 step "done"

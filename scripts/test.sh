@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, all crates on the x86_64 host, then the runtime
-# crate cross-compiled for aarch64 Linux and run under qemu-user with several CPU models.
+# The project's test command: formatting, all crates on the x86_64 host (including the
+# firmware tests: the bare-metal image booted under qemu-system-aarch64 on virt, Pi 3 and
+# Pi 4, and the Linux example under qemu-user), then the runtime crate cross-compiled for
+# aarch64 Linux and run under qemu-user with several CPU models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,8 @@ stage toolchain scripts/install-toolchain.sh
 [ ${#failed[@]} -eq 0 ] || { echo "toolchain install failed; stopping" >&2; exit 1; }
 
 stage fmt cargo fmt --all -- --check
+# The bare-metal firmware is a workspace of its own (aarch64-unknown-none only).
+stage fmt-firmware cargo fmt --manifest-path firmware/baremetal/Cargo.toml -- --check
 stage host-tests cargo test --workspace --release
 # Every public item documented, every intra-doc link resolving.
 stage docs env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace

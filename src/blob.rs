@@ -83,6 +83,7 @@ pub enum SectionKind {
 /// # }
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Header {
     /// Weight storage and arithmetic.
     pub precision: Precision,

@@ -49,6 +49,7 @@ pub use model::Model;
 
 /// Weight storage (and arithmetic) of a blob.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(u8)]
 pub enum Precision {
     /// f32 weights, f32 arithmetic (the exact folded graph; used to check BN removal).
@@ -61,6 +62,7 @@ pub enum Precision {
 
 /// The activation after every conv.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(u8)]
 pub enum Activation {
     /// GELU with the exact erf (PyTorch's default `nn.GELU()`).
@@ -78,6 +80,7 @@ pub enum Activation {
 /// assert_eq!(Model::from_bytes(b"not a model").unwrap_err(), Error::Truncated);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Error {
     /// The blob is shorter than its header or table of contents says.
     Truncated,

@@ -132,6 +132,33 @@ enum Cmd {
         #[arg(long)]
         log_counter: bool,
     },
+    /// Build the bare-metal firmware (firmware/baremetal) around a model blob and write
+    /// the files for the board's boot medium (kernel8.img + config.txt for a Raspberry Pi),
+    /// or boot it under qemu-system-aarch64 and print its decoded defmt log.
+    Flash {
+        /// The model blob (.cmx) to compile into the firmware.
+        model: PathBuf,
+        /// virt (qemu), pi3 or pi4.
+        #[arg(long, value_parser = ["virt", "pi3", "pi4"])]
+        board: String,
+        /// Where to write the files (default: firmware-BOARD).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Raw u8 images (HWC, the model's input size each, concatenated) to classify at
+        /// start-up; an IDX image file (MNIST format) is converted.
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Boot the firmware under qemu-system-aarch64 (with semihosting for the exit
+        /// status) instead of writing files; exits non-zero if the firmware reports failure.
+        #[arg(long)]
+        qemu: bool,
+        /// The CPU of qemu's virt machine (e.g. max for the dot product).
+        #[arg(long, default_value = "cortex-a72")]
+        cpu: String,
+        /// Seconds the qemu boot may take.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -161,6 +188,15 @@ fn main() -> ExitCode {
             quick,
             log_counter,
         } => bench::run(json, quick, log_counter),
+        Cmd::Flash {
+            model,
+            board,
+            out,
+            images,
+            qemu,
+            cpu,
+            timeout,
+        } => flash(&model, &board, out, images.as_deref(), qemu, &cpu, timeout),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -170,6 +206,81 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn flash(
+    model: &Path,
+    board: &str,
+    out: Option<PathBuf>,
+    images: Option<&Path>,
+    qemu: bool,
+    cpu: &str,
+    timeout: u64,
+) -> Result<()> {
+    use host_tools::flash::{self, Board};
+    let board = Board::parse(board)?;
+    let blob = std::fs::read(model).with_context(|| format!("{}: cannot read", model.display()))?;
+    // Images as one raw file of whole inputs (IDX files are converted).
+    let raw = match images {
+        Some(p) => {
+            let bytes =
+                std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?;
+            let model = convmixer_edge::Model::from_bytes(&blob).ok();
+            let bytes = match (&model, bytes.starts_with(&[0, 0, 8, 3])) {
+                (Some(m), true) => {
+                    let h = m.header();
+                    let shape = (
+                        usize::from(h.in_h),
+                        usize::from(h.in_w),
+                        usize::from(h.in_c),
+                    );
+                    convmixer_quantize::data::read_idx_images(p, shape)?.concat()
+                }
+                _ => bytes,
+            };
+            if let Some(m) = &model {
+                if bytes.len() % m.input_len() != 0 {
+                    bail!(
+                        "{}: {} bytes is not a whole number of {}-byte images",
+                        p.display(),
+                        bytes.len(),
+                        m.input_len()
+                    );
+                }
+            }
+            let tmp =
+                std::env::temp_dir().join(format!("cmx-flash-images-{}.raw", std::process::id()));
+            std::fs::write(&tmp, &bytes)
+                .with_context(|| format!("{}: cannot write", tmp.display()))?;
+            Some(tmp)
+        }
+        None => None,
+    };
+    let elf = flash::build(model, raw.as_deref(), board, qemu);
+    if let Some(tmp) = &raw {
+        let _ = std::fs::remove_file(tmp);
+    }
+    let elf = elf?;
+    if qemu {
+        let boot = flash::run_qemu(
+            &elf,
+            board,
+            Some(cpu),
+            std::time::Duration::from_secs(timeout),
+        )?;
+        for line in &boot.log {
+            println!("{line}");
+        }
+        if !boot.ok {
+            bail!("the firmware reported failure on {board} (see its log above)");
+        }
+        return Ok(());
+    }
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("firmware-{board}")));
+    for p in flash::write_outputs(&elf, board, &out)? {
+        println!("{}", p.display());
+    }
+    Ok(())
 }
 
 fn bar(len: usize, what: &str) -> ProgressBar {

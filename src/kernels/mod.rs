@@ -26,6 +26,7 @@ mod neon_float;
 /// assert!(isa.available() && Isa::Scalar.available());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Isa {
     /// Portable scalar Rust ([`reference`](mod@reference)), on every target.
     Scalar,

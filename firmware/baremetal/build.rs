@@ -1,0 +1,98 @@
+//! Build script of the bare-metal firmware: the board's memory map for the linker, and the
+//! model blob and test images chosen at build time.
+//!
+//! * `CMX_MODEL`: the model blob to embed (default: the repository's MNIST-digit int8
+//!   example). Copied into `OUT_DIR` and embedded with `include_blob!`; the arena is a static
+//!   array of `Model::arena_len()` bytes, computed here with the same runtime crate. A blob
+//!   the runtime rejects is still embedded (with an empty arena): the firmware then reports
+//!   the error over defmt at start-up, which the tests check.
+//! * `CMX_IMAGES`: optional file of raw `u8` images (HWC, `input_len` bytes each) to
+//!   classify at start-up. Without it the firmware classifies nothing compiled in.
+
+use std::env;
+use std::fs;
+use std::path::PathBuf;
+
+fn main() {
+    let boards: Vec<&str> = ["virt", "pi3", "pi4"]
+        .into_iter()
+        .filter(|b| env::var_os(format!("CARGO_FEATURE_{}", b.to_uppercase())).is_some())
+        .collect();
+    if boards.len() != 1 {
+        panic!(
+            "choose exactly one board feature (virt, pi3 or pi4); got {:?}",
+            boards
+        );
+    }
+    // Load address and size of the image region (code, data, .bss with the arena, stack).
+    // virt: RAM at 1 GiB, qemu loads the ELF at 0x4008_0000. Raspberry Pi: the GPU firmware
+    // loads kernel8.img at 0x8_0000; the region stops below the peripherals (Pi 3:
+    // 0x3F00_0000) or the Pi 4's low-memory limit (0x3B40_0000 on every Pi 4).
+    let (origin, length): (u64, u64) = match boards[0] {
+        "virt" => (0x4008_0000, 0x2000_0000 - 0x8_0000),
+        "pi3" => (0x8_0000, 0x3F00_0000 - 0x8_0000),
+        _ => (0x8_0000, 0x3B40_0000 - 0x8_0000),
+    };
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    fs::write(
+        out.join("memory.ld"),
+        format!("MEMORY\n{{\n    image : ORIGIN = {origin:#x}, LENGTH = {length:#x}\n}}\n"),
+    )
+    .expect("write memory.ld");
+    println!("cargo:rustc-link-search={}", out.display());
+    println!("cargo:rustc-link-arg=-Tmemory.ld");
+    println!("cargo:rustc-link-arg=-Timage.ld");
+    println!("cargo:rustc-link-arg=-Tdefmt.x");
+
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
+    println!("cargo:rerun-if-env-changed=CMX_MODEL");
+    println!("cargo:rerun-if-env-changed=CMX_IMAGES");
+    let model = env::var_os("CMX_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("../../examples/mnist/convmixer-mnist-int8.cmx"));
+    println!("cargo:rerun-if-changed={}", model.display());
+    let blob = fs::read(&model)
+        .unwrap_or_else(|e| panic!("CMX_MODEL {}: cannot read: {e}", model.display()));
+    fs::write(out.join("model.cmx"), &blob).expect("write model.cmx");
+    let (arena, input_len) = match convmixer_edge::Model::from_bytes(&blob) {
+        Ok(m) => (m.arena_len(), m.input_len()),
+        Err(e) => {
+            println!(
+                "cargo:warning=CMX_MODEL {}: {e} (embedded anyway: the firmware will report it)",
+                model.display()
+            );
+            (0, 0)
+        }
+    };
+    let images = match env::var_os("CMX_IMAGES") {
+        Some(p) => {
+            println!("cargo:rerun-if-changed={}", PathBuf::from(&p).display());
+            let b = fs::read(&p).unwrap_or_else(|e| {
+                panic!(
+                    "CMX_IMAGES {}: cannot read: {e}",
+                    PathBuf::from(&p).display()
+                )
+            });
+            if input_len > 0 && b.len() % input_len != 0 {
+                panic!(
+                    "CMX_IMAGES {}: {} bytes is not a whole number of {input_len}-byte images",
+                    PathBuf::from(&p).display(),
+                    b.len()
+                );
+            }
+            b
+        }
+        None => Vec::new(),
+    };
+    fs::write(out.join("images.bin"), &images).expect("write images.bin");
+    fs::write(
+        out.join("config.rs"),
+        format!(
+            "/// Bytes of scratch the embedded model needs (`Model::arena_len`), 0 if the blob is invalid.\n\
+             pub const ARENA_LEN: usize = {arena};\n\
+             /// Bytes of one input image (`Model::input_len`), 0 if the blob is invalid.\n\
+             pub const INPUT_LEN: usize = {input_len};\n"
+        ),
+    )
+    .expect("write config.rs");
+}

@@ -1,0 +1,330 @@
+//! What differs between boards: memory map, UART and LED addresses, exception level, and
+//! how the firmware ends.
+//!
+//! | board | load address | runs at | UART (PL011) | LED |
+//! | --- | --- | --- | --- | --- |
+//! | qemu `virt` | 0x4008_0000 (ELF) | EL1 | 0x0900_0000 | PL061 GPIO 0x0903_0000, line 0 |
+//! | Raspberry Pi 3 | 0x8_0000 (`kernel8.img`) | EL2 | 0x3F20_1000 | GPIO 29 (the Pi 3B+ ACT LED) |
+//! | Raspberry Pi 4 | 0x8_0000 (`kernel8.img`) | EL2 | 0xFE20_1000 | GPIO 42 (the ACT LED) |
+//!
+//! The GPU firmware of a Raspberry Pi starts only core 0 on a raw `kernel8.img` (the other
+//! cores wait in its spin table), and so does qemu; [`park_secondary_cores`] still stops
+//! any other core that gets here.
+
+use core::cell::UnsafeCell;
+use core::convert::Infallible;
+
+use aarch64_rt::{initial_pagetable, InitialPagetable};
+use embedded_hal::digital::{ErrorType, OutputPin};
+
+/// Block descriptor bits (level 1 or 2) for the attribute indices of aarch64-rt's
+/// `DEFAULT_MAIR`: index 0 = Device-nGnRE, index 1 = Normal write-back cacheable.
+const BLOCK: usize = 0b01;
+const ACCESSED: usize = 1 << 10;
+const INNER_SHAREABLE: usize = 0b11 << 8;
+/// Execute-never (UXN at EL1, XN at EL2).
+const XN: usize = 1 << 54;
+const DEVICE: usize = BLOCK | ACCESSED | XN;
+const NORMAL: usize = BLOCK | (1 << 2) | INNER_SHAREABLE | ACCESSED;
+#[cfg_attr(feature = "pi3", allow(dead_code))]
+const GIB: usize = 1 << 30;
+
+#[cfg(feature = "virt")]
+mod map {
+    pub const NAME: &str = "qemu virt";
+    pub const UART: usize = 0x0900_0000;
+    /// UART reference clock (qemu ignores the baud divisor).
+    pub const UART_CLOCK: u32 = 24_000_000;
+    pub const GPIO: usize = 0x0903_0000;
+    pub const LED: u8 = 0;
+}
+#[cfg(feature = "pi3")]
+mod map {
+    pub const NAME: &str = "Raspberry Pi 3";
+    pub const PERIPHERALS: usize = 0x3F00_0000;
+    pub const UART: usize = 0x3F20_1000;
+    /// `init_uart_clock=48000000` in config.txt (README).
+    pub const UART_CLOCK: u32 = 48_000_000;
+    pub const GPIO: usize = 0x3F20_0000;
+    pub const LED: u8 = 29;
+}
+#[cfg(feature = "pi4")]
+mod map {
+    pub const NAME: &str = "Raspberry Pi 4";
+    pub const UART: usize = 0xFE20_1000;
+    pub const UART_CLOCK: u32 = 48_000_000;
+    pub const GPIO: usize = 0xFE20_0000;
+    pub const LED: u8 = 42;
+}
+pub use map::{NAME, UART, UART_CLOCK};
+
+// The identity map aarch64-rt enables before any Rust code runs, in 1 GiB blocks.
+// virt: devices below 1 GiB, RAM from 1 GiB.
+#[cfg(feature = "virt")]
+initial_pagetable!({
+    let mut t = [0; 512];
+    t[0] = DEVICE;
+    t[1] = GIB | NORMAL;
+    InitialPagetable(t)
+});
+// Pi 3: RAM and (from 0x3F00_0000) the peripherals share the first GiB; it starts as normal
+// memory so that the start-up code runs cached, and `init` splits it into 2 MiB blocks
+// before any device access.
+#[cfg(feature = "pi3")]
+initial_pagetable!({
+    let mut t = [0; 512];
+    t[0] = NORMAL;
+    InitialPagetable(t)
+});
+// Pi 4: RAM in the first GiB, peripherals at 0xFC00_0000..0x1_0000_0000.
+#[cfg(feature = "pi4")]
+initial_pagetable!({
+    let mut t = [0; 512];
+    t[0] = NORMAL;
+    t[3] = 3 * GIB | DEVICE;
+    InitialPagetable(t)
+});
+
+/// A `static` the firmware hands out once, as `&mut` (one core, no interrupt handlers).
+pub struct Static<T>(UnsafeCell<T>);
+
+// SAFETY: the firmware runs on one core with interrupts masked; `get`'s contract keeps the
+// borrows unique.
+unsafe impl<T> Sync for Static<T> {}
+
+impl<T> Static<T> {
+    /// Wraps the initial value.
+    pub const fn new(v: T) -> Self {
+        Static(UnsafeCell::new(v))
+    }
+
+    /// The value, mutably.
+    ///
+    /// # Safety
+    /// At most one borrow obtained through `get` may be live at a time.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn get(&self) -> &mut T {
+        // SAFETY: the caller guarantees uniqueness.
+        unsafe { &mut *self.0.get() }
+    }
+}
+
+/// Stops every core but core 0 (MPIDR affinity 0 ≠ 0) in a `WFE` loop.
+pub fn park_secondary_cores() {
+    let mpidr: u64;
+    // SAFETY: reading MPIDR_EL1 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
+    if mpidr & 0xff != 0 {
+        loop {
+            // SAFETY: waits for an event; no memory effects.
+            unsafe { core::arch::asm!("wfe", options(nomem, nostack)) };
+        }
+    }
+}
+
+/// The current exception level (1 on virt, 2 on a Raspberry Pi).
+pub fn current_el() -> u8 {
+    let el: u64;
+    // SAFETY: reading CurrentEL has no side effects.
+    unsafe { core::arch::asm!("mrs {}, CurrentEL", out(reg) el, options(nomem, nostack)) };
+    ((el >> 2) & 3) as u8
+}
+
+/// The exception syndrome register of the current exception level.
+pub fn syndrome() -> u64 {
+    let esr: u64;
+    // SAFETY: reading ESR_ELx has no side effects.
+    unsafe {
+        #[cfg(feature = "virt")]
+        core::arch::asm!("mrs {}, esr_el1", out(reg) esr, options(nomem, nostack));
+        #[cfg(not(feature = "virt"))]
+        core::arch::asm!("mrs {}, esr_el2", out(reg) esr, options(nomem, nostack));
+    }
+    esr
+}
+
+/// Board set-up after aarch64-rt's start-up: the Pi 3's fine memory map, the Raspberry
+/// Pi's UART pins.
+pub fn init() {
+    #[cfg(feature = "pi3")]
+    split_first_gib();
+    #[cfg(any(feature = "pi3", feature = "pi4"))]
+    {
+        // GPIO 14/15 to ALT0 (TXD0/RXD0 of the PL011): GPFSEL1 bits 12..18.
+        let fsel1 = (map::GPIO + 4) as *mut u32;
+        // SAFETY: GPFSEL1 of the board's GPIO block, mapped as device memory.
+        unsafe {
+            let v = fsel1.read_volatile() & !(0o77 << 12);
+            fsel1.write_volatile(v | (0o44 << 12));
+        }
+    }
+}
+
+/// 4 KiB-aligned translation table.
+#[cfg(feature = "pi3")]
+#[repr(C, align(4096))]
+struct Table([usize; 512]);
+
+#[cfg(feature = "pi3")]
+static L1: Static<Table> = Static::new(Table([0; 512]));
+#[cfg(feature = "pi3")]
+static L2: Static<Table> = Static::new(Table([0; 512]));
+
+/// Pi 3: replaces the initial map's first 1 GiB block by 2 MiB blocks — normal memory below
+/// the peripherals at 0x3F00_0000, device memory from there — so that the UART and GPIO
+/// registers are never cached. RAM keeps its attributes, so the switch needs no
+/// break-before-make.
+#[cfg(feature = "pi3")]
+fn split_first_gib() {
+    // SAFETY: called once before anything else uses the tables; the new tables map the
+    // same RAM with the same attributes, and the TLB is invalidated after the switch.
+    unsafe {
+        let l2 = L2.get();
+        for (i, e) in l2.0.iter_mut().enumerate() {
+            let addr = i << 21;
+            *e = addr
+                | if addr >= map::PERIPHERALS {
+                    DEVICE
+                } else {
+                    NORMAL
+                };
+        }
+        let l1 = L1.get();
+        l1.0[0] = (l2 as *const Table as usize) | 0b11;
+        core::arch::asm!(
+            "dsb ishst",
+            "msr ttbr0_el2, {t}",
+            "isb",
+            "tlbi alle2",
+            "dsb ish",
+            "isb",
+            t = in(reg) l1 as *const Table as usize,
+            options(nostack)
+        );
+    }
+}
+
+/// The LED that blinks once per classification.
+pub fn led() -> impl OutputPin {
+    #[cfg(feature = "virt")]
+    return Pl061Pin::new(map::GPIO, map::LED);
+    #[cfg(not(feature = "virt"))]
+    return Bcm2835Pin::new(map::GPIO, map::LED);
+}
+
+/// One line of an Arm PL061 GPIO block as an output (qemu `virt`).
+#[cfg(feature = "virt")]
+struct Pl061Pin {
+    base: usize,
+    line: u8,
+}
+
+#[cfg(feature = "virt")]
+impl Pl061Pin {
+    fn new(base: usize, line: u8) -> Self {
+        let dir = (base + 0x400) as *mut u32;
+        // SAFETY: GPIODIR of the PL061 at `base`, mapped as device memory.
+        unsafe { dir.write_volatile(dir.read_volatile() | 1 << line) };
+        Pl061Pin { base, line }
+    }
+
+    fn write(&mut self, high: bool) {
+        // GPIODATA is addressed through a mask in address bits 2..10: only line `line`.
+        let data = (self.base + ((1usize << self.line) << 2)) as *mut u32;
+        // SAFETY: a GPIODATA alias of the PL061 at `base`.
+        unsafe { data.write_volatile(if high { 0xff } else { 0 }) };
+    }
+}
+
+#[cfg(feature = "virt")]
+impl ErrorType for Pl061Pin {
+    type Error = Infallible;
+}
+
+#[cfg(feature = "virt")]
+impl OutputPin for Pl061Pin {
+    fn set_high(&mut self) -> Result<(), Infallible> {
+        self.write(true);
+        Ok(())
+    }
+    fn set_low(&mut self) -> Result<(), Infallible> {
+        self.write(false);
+        Ok(())
+    }
+}
+
+/// One pin of the BCM2835/BCM2711 GPIO block as an output (Raspberry Pi).
+#[cfg(not(feature = "virt"))]
+struct Bcm2835Pin {
+    base: usize,
+    pin: u8,
+}
+
+#[cfg(not(feature = "virt"))]
+impl Bcm2835Pin {
+    fn new(base: usize, pin: u8) -> Self {
+        let fsel = (base + 4 * usize::from(pin / 10)) as *mut u32;
+        let shift = 3 * u32::from(pin % 10);
+        // SAFETY: GPFSELn of the GPIO block at `base`, mapped as device memory; function
+        // 0b001 = output.
+        unsafe { fsel.write_volatile((fsel.read_volatile() & !(7 << shift)) | 1 << shift) };
+        Bcm2835Pin { base, pin }
+    }
+
+    fn write(&mut self, high: bool) {
+        // GPSET0/1 at 0x1C/0x20, GPCLR0/1 at 0x28/0x2C.
+        let bank = 4 * usize::from(self.pin / 32);
+        let reg = self.base + if high { 0x1C } else { 0x28 } + bank;
+        // SAFETY: a set/clear register of the GPIO block (writes of 0 bits are ignored).
+        unsafe { (reg as *mut u32).write_volatile(1 << (self.pin % 32)) };
+    }
+}
+
+#[cfg(not(feature = "virt"))]
+impl ErrorType for Bcm2835Pin {
+    type Error = Infallible;
+}
+
+#[cfg(not(feature = "virt"))]
+impl OutputPin for Bcm2835Pin {
+    fn set_high(&mut self) -> Result<(), Infallible> {
+        self.write(true);
+        Ok(())
+    }
+    fn set_low(&mut self) -> Result<(), Infallible> {
+        self.write(false);
+        Ok(())
+    }
+}
+
+/// Ends the firmware: with `semihosting` (qemu `-semihosting`), SYS_EXIT with status 0
+/// (`ok`) or 1; otherwise PSCI SYSTEM_OFF on virt, and a `WFE` loop on a Raspberry Pi.
+pub fn exit(ok: bool) -> ! {
+    crate::serial::flush();
+    #[cfg(feature = "semihosting")]
+    {
+        // ADP_Stopped_ApplicationExit with the exit status (AArch64 SYS_EXIT block).
+        let block: [u64; 2] = [0x2_0026, if ok { 0 } else { 1 }];
+        // SAFETY: semihosting call 0x18 (SYS_EXIT) reads the two-word block; qemu exits.
+        unsafe {
+            core::arch::asm!(
+                "hlt #0xf000",
+                in("x0") 0x18u64,
+                in("x1") block.as_ptr(),
+                options(nostack)
+            )
+        };
+    }
+    #[cfg(all(feature = "virt", not(feature = "semihosting")))]
+    {
+        let _ = ok;
+        // SAFETY: PSCI SYSTEM_OFF through the hypervisor call of qemu virt's firmware
+        // interface; it does not return.
+        unsafe { core::arch::asm!("hvc #0", in("x0") 0x8400_0008u64, options(nostack)) };
+    }
+    let _ = ok;
+    loop {
+        // SAFETY: waits for an event; no memory effects.
+        unsafe { core::arch::asm!("wfe", options(nomem, nostack)) };
+    }
+}

@@ -1,0 +1,302 @@
+//! `host-tools flash`: builds the bare-metal firmware (`firmware/baremetal`) around a model
+//! blob, writes what goes on the board, and can boot it under qemu-system-aarch64 with its
+//! defmt log decoded on the host.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use convmixer_quantize::data::write_atomic;
+
+/// A board the firmware supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Board {
+    /// qemu's `virt` machine (ELF, EL1, PL011 at 0x0900_0000).
+    Virt,
+    /// Raspberry Pi 3 (`kernel8.img`, EL2, PL011 at 0x3F20_1000).
+    Pi3,
+    /// Raspberry Pi 4 (`kernel8.img`, EL2, PL011 at 0xFE20_1000).
+    Pi4,
+}
+
+impl Board {
+    /// The firmware crate's feature for this board.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Board::Virt => "virt",
+            Board::Pi3 => "pi3",
+            Board::Pi4 => "pi4",
+        }
+    }
+
+    /// Parses `virt`, `pi3` or `pi4`.
+    pub fn parse(s: &str) -> Result<Board> {
+        match s {
+            "virt" => Ok(Board::Virt),
+            "pi3" => Ok(Board::Pi3),
+            "pi4" => Ok(Board::Pi4),
+            _ => bail!("--board {s}: expected virt, pi3 or pi4"),
+        }
+    }
+}
+
+impl fmt::Display for Board {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.feature())
+    }
+}
+
+/// The repository's firmware crate.
+fn firmware_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware/baremetal")
+}
+
+/// Builds the firmware for `board` with `model` (and the raw `images`, `input_len` bytes
+/// each) compiled in; `semihosting` reports the exit status to qemu (never for a real
+/// board). Returns the ELF.
+pub fn build(
+    model: &Path,
+    images: Option<&Path>,
+    board: Board,
+    semihosting: bool,
+) -> Result<PathBuf> {
+    let abs = |p: &Path| {
+        std::fs::canonicalize(p).with_context(|| format!("{}: cannot read", p.display()))
+    };
+    let model = abs(model)?;
+    let dir = firmware_dir();
+    let mut features = board.feature().to_string();
+    if semihosting {
+        features.push_str(",semihosting");
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.args(["+debian", "build", "--release", "--features", &features])
+        .current_dir(&dir)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CMX_MODEL", &model)
+        .env_remove("CMX_IMAGES")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .stdout(Stdio::null());
+    if let Some(images) = images {
+        cmd.env("CMX_IMAGES", abs(images)?);
+    }
+    let status = cmd
+        .status()
+        .context("cannot run cargo +debian (scripts/install-toolchain.sh installs it)")?;
+    if !status.success() {
+        bail!("firmware build for {board} failed ({status}); see cargo's output above");
+    }
+    Ok(dir.join("target/aarch64-unknown-none/release/convmixer-fw"))
+}
+
+/// The raw image a Raspberry Pi's GPU firmware loads at 0x8_0000.
+fn kernel8(elf: &Path) -> Result<Vec<u8>> {
+    let tmp = elf.with_extension("img.tmp");
+    let status = Command::new("aarch64-linux-gnu-objcopy")
+        .args(["-O", "binary"])
+        .arg(elf)
+        .arg(&tmp)
+        .status()
+        .context("cannot run aarch64-linux-gnu-objcopy")?;
+    if !status.success() {
+        bail!("aarch64-linux-gnu-objcopy failed ({status})");
+    }
+    let img = std::fs::read(&tmp).with_context(|| format!("{}: cannot read", tmp.display()))?;
+    let _ = std::fs::remove_file(&tmp);
+    Ok(img)
+}
+
+/// config.txt for the boot partition: 64-bit, our kernel8.img, the PL011 on GPIO 14/15 at
+/// the clock the firmware assumes.
+const CONFIG_TXT: &str = "\
+# convmixer-edge firmware (written by host-tools flash)
+arm_64bit=1
+kernel=kernel8.img
+enable_uart=1
+# The PL011 (UART0) on GPIO 14/15 instead of Bluetooth, at 48 MHz (115200 8N1).
+dtoverlay=disable-bt
+init_uart_clock=48000000
+";
+
+/// Writes the files to copy to the board: `kernel8.img` + `config.txt` for a Raspberry Pi,
+/// the ELF for virt, and always `convmixer-fw.elf` (the defmt decoder needs it). Returns
+/// the written paths.
+pub fn write_outputs(elf: &Path, board: Board, out: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let elf_bytes =
+        std::fs::read(elf).with_context(|| format!("{}: cannot read", elf.display()))?;
+    let mut written = Vec::new();
+    let p = out.join("convmixer-fw.elf");
+    write_atomic(&p, &elf_bytes)?;
+    written.push(p);
+    if board != Board::Virt {
+        let p = out.join("kernel8.img");
+        write_atomic(&p, &kernel8(elf)?)?;
+        written.push(p);
+        let p = out.join("config.txt");
+        write_atomic(&p, CONFIG_TXT.as_bytes())?;
+        written.push(p);
+    }
+    Ok(written)
+}
+
+/// What a qemu boot gave: whether the firmware exited with status 0, and its decoded log.
+pub struct Boot {
+    /// The firmware reported success (semihosting exit status 0).
+    pub ok: bool,
+    /// The defmt log, one `LEVEL message` line per frame.
+    pub log: Vec<String>,
+}
+
+/// Boots the firmware under `qemu-system-aarch64` (built with `semihosting`), bounded by
+/// `timeout`, and decodes its defmt log with the ELF's table. `cpu` picks the virt CPU
+/// (default cortex-a72); a Raspberry Pi boots its raw `kernel8.img`.
+pub fn run_qemu(elf: &Path, board: Board, cpu: Option<&str>, timeout: Duration) -> Result<Boot> {
+    let mut cmd = Command::new("qemu-system-aarch64");
+    let img;
+    match board {
+        Board::Virt => {
+            cmd.args([
+                "-M",
+                "virt",
+                "-cpu",
+                cpu.unwrap_or("cortex-a72"),
+                "-m",
+                "1G",
+            ])
+            .arg("-kernel")
+            .arg(elf);
+        }
+        Board::Pi3 | Board::Pi4 => {
+            img = elf.with_extension("kernel8.img");
+            write_atomic(&img, &kernel8(elf)?)?;
+            let machine = if board == Board::Pi3 {
+                "raspi3b"
+            } else {
+                "raspi4b"
+            };
+            cmd.args(["-M", machine]).arg("-kernel").arg(&img);
+        }
+    }
+    cmd.args(["-nic", "none", "-display", "none", "-monitor", "none"])
+        .args(["-serial", "stdio", "-semihosting"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .context("cannot run qemu-system-aarch64 (scripts/install-toolchain.sh installs it)")?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no qemu stdout"))?;
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stdout.read_to_end(&mut bytes);
+        bytes
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{board}: the firmware did not finish within {} s under qemu",
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let bytes = reader
+        .join()
+        .map_err(|_| anyhow!("qemu output reader panicked"))?;
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let log = decode_defmt(elf, &bytes)?;
+    if !status.success() && status.code() != Some(1) {
+        bail!("{board}: qemu failed ({status}): {}", stderr.trim());
+    }
+    Ok(Boot {
+        ok: status.success(),
+        log,
+    })
+}
+
+/// Decodes a stream of defmt frames (rzCOBS, as the firmware's logger sends them) with
+/// the table in `elf`: one `LEVEL message` line per frame.
+pub fn decode_defmt(elf: &Path, bytes: &[u8]) -> Result<Vec<String>> {
+    let elf_bytes =
+        std::fs::read(elf).with_context(|| format!("{}: cannot read", elf.display()))?;
+    let table = defmt_decoder::Table::parse(&elf_bytes)
+        .with_context(|| format!("{}: cannot read its defmt table", elf.display()))?
+        .ok_or_else(|| anyhow!("{}: no defmt data in the ELF", elf.display()))?;
+    let mut decoder = table.new_stream_decoder();
+    decoder.received(bytes);
+    let mut lines = Vec::new();
+    loop {
+        match decoder.decode() {
+            Ok(frame) => {
+                let level = frame.level().map_or("LOG", |l| l.as_str());
+                lines.push(format!(
+                    "{} {}",
+                    level.to_uppercase(),
+                    frame.display_message()
+                ));
+            }
+            Err(defmt_decoder::DecodeError::UnexpectedEof) => break,
+            Err(defmt_decoder::DecodeError::Malformed) => {
+                if !table.encoding().can_recover() {
+                    bail!("malformed defmt frame in the firmware's output");
+                }
+            }
+        }
+    }
+    Ok(lines)
+}
+
+/// The `prediction image=I class=C` lines of a firmware log, as (image, class).
+pub fn predictions(log: &[String]) -> Vec<(usize, u16)> {
+    log.iter()
+        .filter_map(|l| {
+            let rest = l.split_once("prediction image=")?.1;
+            let (i, rest) = rest.split_once(' ')?;
+            let c = rest.strip_prefix("class=")?.split(' ').next()?;
+            Some((i.parse().ok()?, c.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predictions_are_parsed_from_log_lines() {
+        let log = [
+            "INFO convmixer-fw 0.1.0 on qemu virt, EL1".to_string(),
+            "INFO prediction image=0 class=7 label=7 score=0.99 ticks=10 us=1".to_string(),
+            "INFO prediction image=12 class=3 label=3 score=0.5 ticks=9 us=1".to_string(),
+        ];
+        assert_eq!(predictions(&log), vec![(0, 7), (12, 3)]);
+    }
+
+    #[test]
+    fn boards_parse_and_reject_unknown_names() {
+        assert_eq!(Board::parse("pi4").unwrap(), Board::Pi4);
+        let e = Board::parse("pi5").unwrap_err().to_string();
+        assert_eq!(e, "--board pi5: expected virt, pi3 or pi4");
+    }
+}
