@@ -28,7 +28,7 @@ use embedded_hal::digital::OutputPin;
 
 include!(concat!(env!("OUT_DIR"), "/config.rs"));
 
-aarch64_rt::entry!(main, 64);
+aarch64_rt::entry!(main, { board::STACK_PAGES });
 
 /// The compiled-in test images: raw HWC `u8`, [`INPUT_LEN`] bytes each.
 static IMAGES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/images.bin"));
@@ -100,7 +100,12 @@ fn run() -> bool {
         }
         count += 1;
     }
-    defmt::info!("done: {=usize} compiled-in images classified", count);
+    defmt::info!(
+        "done: {=usize} compiled-in images classified; stack high-water mark {=usize} of {=usize} B",
+        count,
+        board::stack_used(),
+        board::STACK_PAGES * 4096
+    );
     #[cfg(not(feature = "semihosting"))]
     {
         defmt::info!(
