@@ -1,44 +1,46 @@
-//! The Arm generic timer: ticks for measuring inferences, and `embedded_hal::DelayNs`.
+//! The Arm generic timer through the `arm-generic-timer` driver: the virtual counter for
+//! ticks per inference, and the virtual timer behind `embedded_hal::delay::DelayNs`.
 
+use arm_generic_timer::sysreg::{VirtualCounter, VirtualTimer};
+use arm_generic_timer::{CounterInterface, Timer};
 use embedded_hal::delay::DelayNs;
 
-/// The virtual counter `CNTVCT_EL0` at `CNTFRQ_EL0` ticks per second (62.5 MHz on qemu
-/// virt, 19.2 MHz on a Pi 3, 54 MHz on a Pi 4; set by the board's firmware).
+/// `CNTVCT_EL0` at `CNTFRQ_EL0` ticks per second (62.5 MHz under qemu; 19.2 MHz on a Pi 3,
+/// 54 MHz on a Pi 4, as their boot firmware sets it), and a delay on `CNTV_*`.
 pub struct GenericTimer {
-    freq: u64,
+    counter: VirtualCounter,
+    delay: Timer<VirtualTimer>,
 }
 
 impl GenericTimer {
-    /// Reads the counter frequency (1 MHz assumed if the boot firmware left it 0).
+    /// Takes the virtual timer (its interrupt stays masked: nothing unmasks IRQs).
     pub fn new() -> Self {
-        let freq: u64;
-        // SAFETY: reading CNTFRQ_EL0 has no side effects.
-        unsafe { core::arch::asm!("mrs {}, cntfrq_el0", out(reg) freq, options(nomem, nostack)) };
+        // SAFETY: the firmware creates one GenericTimer; nothing else touches CNTV_*.
+        let mut delay = Timer::new(unsafe { VirtualTimer::new() });
+        delay.enable();
         GenericTimer {
-            freq: if freq == 0 { 1_000_000 } else { freq },
+            counter: VirtualCounter,
+            delay,
         }
     }
 
-    /// The counter now (after an `ISB`, so earlier instructions have completed).
+    /// The counter now.
     pub fn ticks(&self) -> u64 {
-        let t: u64;
-        // SAFETY: reading CNTVCT_EL0 has no side effects.
-        unsafe {
-            core::arch::asm!("isb", "mrs {}, cntvct_el0", out(reg) t, options(nomem, nostack))
-        };
-        t
+        self.counter.counter_value()
     }
 
-    /// Ticks in microseconds.
+    /// Ticks in microseconds (1 MHz assumed if the boot firmware left `CNTFRQ_EL0` at 0).
     pub fn micros(&self, ticks: u64) -> u64 {
-        (u128::from(ticks) * 1_000_000 / u128::from(self.freq)) as u64
+        let freq = match self.counter.frequency() {
+            0 => 1_000_000,
+            f => u128::from(f),
+        };
+        (u128::from(ticks) * 1_000_000 / freq) as u64
     }
 }
 
 impl DelayNs for GenericTimer {
     fn delay_ns(&mut self, ns: u32) {
-        let wait = (u128::from(ns) * u128::from(self.freq)).div_ceil(1_000_000_000) as u64;
-        let start = self.ticks();
-        while self.ticks().wrapping_sub(start) < wait {}
+        self.delay.delay_ns(ns);
     }
 }
