@@ -156,41 +156,40 @@ pub struct Boot {
     pub log: Vec<String>,
 }
 
-/// Boots the firmware under `qemu-system-aarch64` (built with `semihosting`), bounded by
-/// `timeout`, and decodes its defmt log with the ELF's table. `cpu` picks the virt CPU
-/// (default cortex-a72); a Raspberry Pi boots its raw `kernel8.img`.
-pub fn run_qemu(elf: &Path, board: Board, cpu: Option<&str>, timeout: Duration) -> Result<Boot> {
+/// The qemu command line that boots `elf` on `board` with the UART on stdin/stdout
+/// (`cpu` picks the virt CPU, default cortex-a72; a Raspberry Pi boots its raw
+/// `kernel8.img`, written next to the ELF).
+fn qemu_command(elf: &Path, board: Board, cpu: Option<&str>) -> Result<Command> {
     let mut cmd = Command::new("qemu-system-aarch64");
-    let img;
     match board {
         Board::Virt => {
-            cmd.args([
-                "-M",
-                "virt",
-                "-cpu",
-                cpu.unwrap_or("cortex-a72"),
-                "-m",
-                "1G",
-            ])
-            .arg("-kernel")
-            .arg(elf);
+            let cpu = cpu.unwrap_or("cortex-a72");
+            cmd.args(["-M", "virt", "-cpu", cpu, "-m", "1G", "-kernel"])
+                .arg(elf);
         }
         Board::Pi3 | Board::Pi4 => {
-            img = elf.with_extension("kernel8.img");
+            let img = elf.with_extension("kernel8.img");
             write_atomic(&img, &kernel8(elf)?)?;
             let machine = if board == Board::Pi3 {
                 "raspi3b"
             } else {
                 "raspi4b"
             };
-            cmd.args(["-M", machine]).arg("-kernel").arg(&img);
+            cmd.args(["-M", machine, "-kernel"]).arg(&img);
         }
     }
     cmd.args(["-nic", "none", "-display", "none", "-monitor", "none"])
-        .args(["-serial", "stdio", "-semihosting"])
-        .stdin(Stdio::null())
+        .args(["-serial", "stdio"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    Ok(cmd)
+}
+
+/// Boots the firmware under `qemu-system-aarch64` (built with `semihosting`), bounded by
+/// `timeout`, and decodes its defmt log with the ELF's table.
+pub fn run_qemu(elf: &Path, board: Board, cpu: Option<&str>, timeout: Duration) -> Result<Boot> {
+    let mut cmd = qemu_command(elf, board, cpu)?;
+    cmd.arg("-semihosting").stdin(Stdio::null());
     let mut child = cmd
         .spawn()
         .context("cannot run qemu-system-aarch64 (scripts/install-toolchain.sh installs it)")?;
@@ -233,6 +232,84 @@ pub fn run_qemu(elf: &Path, board: Board, cpu: Option<&str>, timeout: Duration) 
         ok: status.success(),
         log,
     })
+}
+
+/// Boots a firmware built *without* `semihosting` (as for a real board), sends `input` on
+/// its UART once it announces that it listens, and returns its decoded log once it holds
+/// `predictions_wanted` prediction lines (the firmware never exits then: qemu is stopped).
+/// Errors after `timeout`.
+pub fn run_qemu_serial(
+    elf: &Path,
+    board: Board,
+    input: &[u8],
+    predictions_wanted: usize,
+    timeout: Duration,
+) -> Result<Vec<String>> {
+    use std::io::Write;
+    let mut cmd = qemu_command(elf, board, None)?;
+    cmd.stdin(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .context("cannot run qemu-system-aarch64 (scripts/install-toolchain.sh installs it)")?;
+    let mut stdin = Some(child.stdin.take().ok_or_else(|| anyhow!("no qemu stdin"))?);
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no qemu stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut bytes = Vec::new();
+    let mut writer = None;
+    let result = loop {
+        while let Ok(chunk) = rx.try_recv() {
+            bytes.extend_from_slice(&chunk);
+        }
+        let log = decode_defmt(elf, &bytes)?;
+        if predictions(&log).len() >= predictions_wanted {
+            break Ok(log);
+        }
+        // Send only once the firmware says it listens: bytes that reach the UART before
+        // the firmware has set it up are lost (on a board as under qemu).
+        if stdin.is_some()
+            && log
+                .iter()
+                .any(|l| l.contains("now send images on the UART"))
+        {
+            if let Some(mut s) = stdin.take() {
+                let data = input.to_vec();
+                writer = Some(std::thread::spawn(move || {
+                    let _ = s.write_all(&data);
+                }));
+            }
+        }
+        if let Some(s) = child.try_wait()? {
+            break Err(anyhow!(
+                "{board}: qemu stopped ({s}) before {predictions_wanted} predictions"
+            ));
+        }
+        if start.elapsed() > timeout {
+            break Err(anyhow!(
+                "{board}: no {predictions_wanted} predictions within {} s; log: {}",
+                timeout.as_secs(),
+                log.join(" | ")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    result
 }
 
 /// Decodes a stream of defmt frames (rzCOBS, as the firmware's logger sends them) with

@@ -244,3 +244,25 @@ fn linux_example_under_qemu_user_matches_host_classify() {
         );
     }
 }
+
+/// A firmware built for a real board (no semihosting, no compiled-in images) classifies the
+/// raw images it receives on its UART: the same classes as `host-tools classify`.
+#[test]
+fn firmware_classifies_images_received_on_the_uart() {
+    let _turn = FIRMWARE.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let model = root().join("examples/mnist/convmixer-mnist-int8.cmx");
+    let images = digits();
+    let want = host_predictions(&model, &images);
+    let raw = std::fs::read(raw_images(&images, tmp.path())).expect("raw images");
+    let elf = flash::build(&model, None, Board::Virt, false).expect("firmware build");
+    let log = flash::run_qemu_serial(&elf, Board::Virt, &raw, want.len(), BOOT_TIMEOUT)
+        .expect("qemu boot");
+    let joined = log.join("\n");
+    assert!(
+        joined.contains("now send images on the UART: 784 raw bytes each"),
+        "{joined}"
+    );
+    let want_pairs: Vec<(usize, u16)> = want.iter().copied().enumerate().collect();
+    assert_eq!(flash::predictions(&log), want_pairs, "{joined}");
+}
