@@ -50,9 +50,9 @@ fn expected() -> (f64, Vec<Sample>) {
         .iter()
         .map(|s| Sample {
             index: s["idx_position"].as_u64().expect("index") as usize,
-            torch: nums(&s["torch_logits"])
+            torch: nums(&s["torch_logits_bits"])
                 .into_iter()
-                .map(|v| v as f32)
+                .map(|v| f32::from_bits(v as u32))
                 .collect(),
             int8_bits: nums(&s["int8_logits_bits"])
                 .into_iter()

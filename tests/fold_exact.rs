@@ -16,6 +16,7 @@ fn check(path: &std::path::Path, images: &[Vec<u8>], mean: &[f32], std: &[f32]) 
         mean: mean.to_vec(),
         std: std.to_vec(),
         labels: vec![],
+        ..Default::default()
     };
     let blob =
         convmixer_quantize::quantize(&m, Precision::F32, &[], &opts, || {}).expect("fp32 blob");
@@ -120,6 +121,7 @@ fn mnist_fp32_blob_matches_pytorch() {
         mean: vec![MNIST_MEAN],
         std: vec![MNIST_STD],
         labels: vec![],
+        ..Default::default()
     };
     let blob = convmixer_quantize::quantize(&m, Precision::F32, &[], &opts, || {}).expect("blob");
     let samples = doc["samples"].as_array().expect("samples");

@@ -32,6 +32,7 @@ fn small_int8() -> (Vec<u8>, usize) {
         mean: vec![0.5],
         std: vec![0.25],
         labels: vec!["a".into(), "b".into(), "c".into()],
+        ..Default::default()
     };
     (
         convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, || {}).expect("blob"),

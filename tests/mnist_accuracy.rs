@@ -20,6 +20,7 @@ fn int8_and_fp16_keep_fp32_accuracy() {
         mean: vec![MNIST_MEAN],
         std: vec![MNIST_STD],
         labels: vec![],
+        ..Default::default()
     };
 
     let mut blobs = Vec::new();

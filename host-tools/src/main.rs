@@ -79,6 +79,10 @@ enum Cmd {
         /// Weight and arithmetic precision of the blob.
         #[arg(long, value_enum, default_value = "int8")]
         precision: PrecisionArg,
+        /// How int8 activation ranges are chosen: minmax, percentile[:P] (default P =
+        /// 99.99), mse or entropy (docs: README, "Calibration").
+        #[arg(long, default_value = "minmax")]
+        calibration: String,
         #[command(flatten)]
         prep: Prep,
         /// Output blob (default: MODEL with the extension replaced by `-PRECISION.cmx`).
@@ -168,9 +172,17 @@ fn main() -> ExitCode {
             model,
             calib,
             precision,
+            calibration,
             prep,
             output,
-        } => quantize(&model, calib.as_deref(), precision, &prep, output),
+        } => quantize(
+            &model,
+            calib.as_deref(),
+            precision,
+            &calibration,
+            &prep,
+            output,
+        ),
         Cmd::Classify {
             model,
             images,
@@ -312,14 +324,17 @@ fn quantize(
     model: &Path,
     calib: Option<&Path>,
     precision: PrecisionArg,
+    calibration: &str,
     prep: &Prep,
     output: Option<PathBuf>,
 ) -> Result<()> {
+    let method = convmixer_quantize::calibrate::Method::parse(calibration)?;
     let imported = onnx::import(model)?;
     let opts = Options {
         mean: prep.mean.clone(),
         std: prep.std.clone(),
         labels: read_labels(prep.labels.as_deref())?,
+        calibration: Some(method),
     };
     let shape = (imported.in_h, imported.in_w, imported.in_c);
     let images = match (calib, precision) {
@@ -329,9 +344,13 @@ fn quantize(
         }
         (None, _) => Vec::new(),
     };
+    let passes = match method {
+        convmixer_quantize::calibrate::Method::MinMax => 1,
+        _ => 2,
+    };
     let pb = bar(
         if precision.precision() == Precision::Int8 {
-            images.len()
+            passes * images.len()
         } else {
             0
         },

@@ -1,6 +1,12 @@
 //! Calibration: runs the folded fp32 graph on sample images and records, per conv layer,
 //! the range of the pre-activation accumulator, of the activation output and of the
-//! layer's output (for depthwise layers: the residual sum). Min/max for now.
+//! layer's output (for depthwise layers: the residual sum).
+//!
+//! The int8 tensors (every layer's output, and the GELU table's input) then get their
+//! clipping range by one of the [`Method`]s: min/max keeps everything; percentile, MSE and
+//! entropy clip rare outliers so that the common values get finer steps. Those three run a
+//! second pass that fills a 2048-bin histogram of each tensor over its min/max range, and
+//! pick the range from it; all of it is deterministic (same images, same blob).
 
 use convmixer_edge::Activation;
 
@@ -78,19 +84,29 @@ pub struct LayerStats {
 
 /// Runs `f` on raw HWC pixels; returns the logits. With `stats` (one entry per conv layer:
 /// embedding, then dw/pw per block) the ranges are widened by what this image produces.
-pub fn forward(f: &Folded, px: &[u8], mut stats: Option<&mut [LayerStats]>) -> Vec<f32> {
-    let (ht, wt) = f.grid();
-    let (dim, p, c, k) = (f.dim, f.patch, f.in_c, f.kernel);
-    let tokens = ht * wt;
-    let mut x = vec![0f32; tokens * dim];
-    let mut st = |layer: usize, pre: f32, a: f32, out: f32| {
-        if let Some(s) = stats.as_deref_mut() {
+pub fn forward(f: &Folded, px: &[u8], stats: Option<&mut [LayerStats]>) -> Vec<f32> {
+    match stats {
+        Some(s) => forward_with(f, px, |layer, pre, a, out| {
             let s = &mut s[layer];
             s.pre.add(pre);
             s.act.add(a);
             s.out.add(out);
-        }
-    };
+        }),
+        None => forward_with(f, px, |_, _, _, _| {}),
+    }
+}
+
+/// [`forward`], calling `observe(layer, pre, act, out)` for every value of every conv layer.
+pub fn forward_with(
+    f: &Folded,
+    px: &[u8],
+    mut observe: impl FnMut(usize, f32, f32, f32),
+) -> Vec<f32> {
+    let (ht, wt) = f.grid();
+    let (dim, p, c, k) = (f.dim, f.patch, f.in_c, f.kernel);
+    let tokens = ht * wt;
+    let mut x = vec![0f32; tokens * dim];
+    let mut st = |layer: usize, pre: f32, a: f32, out: f32| observe(layer, pre, a, out);
     let finish = |l: &Layer, o: usize, acc: f32| {
         let a = act_f32(f.act, acc);
         (a, l.scale[o] * a + l.shift[o])
@@ -162,6 +178,226 @@ pub fn forward(f: &Folded, px: &[u8], mut stats: Option<&mut [LayerStats]>) -> V
         .collect()
 }
 
+/// How the clipping range of each int8 tensor is chosen from the calibration set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Method {
+    /// The smallest and largest value seen (nothing clipped).
+    MinMax,
+    /// The `p`-th and `(100 − p)`-th percentiles (e.g. 99.99).
+    Percentile(f64),
+    /// The range that minimises the mean squared error of quantise → dequantise over the
+    /// histogram (clipping error plus rounding error), searched over shrunk min/max ends.
+    Mse,
+    /// TensorRT's entropy calibration: the magnitude threshold whose 128-level quantised
+    /// histogram is closest (KL divergence) to the clipped original.
+    Entropy,
+}
+
+impl Method {
+    /// Parses `minmax`, `percentile` (99.99), `percentile:P`, `mse` or `entropy`.
+    ///
+    /// ```
+    /// use convmixer_quantize::calibrate::Method;
+    /// assert_eq!(Method::parse("percentile:99.9").unwrap(), Method::Percentile(99.9));
+    /// assert!(Method::parse("kl").is_err());
+    /// ```
+    pub fn parse(s: &str) -> anyhow::Result<Method> {
+        let bad = || {
+            anyhow::anyhow!(
+                "--calibration {s}: expected minmax, percentile[:P] (50 < P ≤ 100), mse or entropy"
+            )
+        };
+        Ok(match s {
+            "minmax" => Method::MinMax,
+            "percentile" => Method::Percentile(99.99),
+            "mse" => Method::Mse,
+            "entropy" => Method::Entropy,
+            _ => {
+                let p: f64 = s
+                    .strip_prefix("percentile:")
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(bad)?;
+                if !(p > 50.0 && p <= 100.0) {
+                    return Err(bad());
+                }
+                Method::Percentile(p)
+            }
+        })
+    }
+}
+
+/// Bins of the second-pass histograms.
+const BINS: usize = 2048;
+
+/// A histogram of one tensor over its min/max range.
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    /// The range the bins cover (the tensor's min/max).
+    pub range: Range,
+    /// `BINS` counts, bin `j` covering `lo + j·w .. lo + (j + 1)·w`.
+    pub counts: Vec<u64>,
+}
+
+impl Histogram {
+    fn new(range: Range) -> Self {
+        Histogram {
+            range,
+            counts: vec![0; BINS],
+        }
+    }
+
+    fn width(&self) -> f64 {
+        (f64::from(self.range.hi) - f64::from(self.range.lo)) / BINS as f64
+    }
+
+    fn add(&mut self, v: f32) {
+        let w = self.width();
+        let j = if w > 0.0 {
+            ((f64::from(v) - f64::from(self.range.lo)) / w) as usize
+        } else {
+            0
+        };
+        self.counts[j.min(BINS - 1)] += 1;
+    }
+
+    /// Bin `j`'s centre.
+    fn centre(&self, j: usize) -> f64 {
+        f64::from(self.range.lo) + (j as f64 + 0.5) * self.width()
+    }
+
+    /// The smallest bin edge with at least a fraction `q` of the samples below it.
+    fn upper_quantile(&self, q: f64) -> f64 {
+        let target = q * self.counts.iter().sum::<u64>() as f64;
+        let mut seen = 0u64;
+        for (j, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if c > 0 && seen as f64 >= target {
+                return f64::from(self.range.lo) + (j + 1) as f64 * self.width();
+            }
+        }
+        f64::from(self.range.hi)
+    }
+
+    /// The largest bin edge with at most a fraction `q` of the samples below it.
+    fn lower_quantile(&self, q: f64) -> f64 {
+        let target = q * self.counts.iter().sum::<u64>() as f64;
+        let mut seen = 0u64;
+        for (j, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen as f64 > target {
+                return f64::from(self.range.lo) + j as f64 * self.width();
+            }
+        }
+        f64::from(self.range.lo)
+    }
+
+    /// Mean squared error of asymmetric uint8-grid quantisation with clip range `lo..hi`
+    /// (widened to contain 0, as the quantiser does), over the histogram's bin centres.
+    fn mse(&self, lo: f64, hi: f64) -> f64 {
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let (scale, zp) = crate::quant::asym(lo as f32, hi as f32);
+        let mut err = 0.0;
+        for (j, &c) in self.counts.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            let v = self.centre(j);
+            let q = ((v / scale).round() + f64::from(zp)).clamp(-128.0, 127.0);
+            let d = v - (q - f64::from(zp)) * scale;
+            err += c as f64 * d * d;
+        }
+        err
+    }
+}
+
+/// The clipping range `method` picks from a histogram.
+pub fn clip(h: &Histogram, method: Method) -> Range {
+    let (lo, hi) = (f64::from(h.range.lo), f64::from(h.range.hi));
+    if lo >= hi || method == Method::MinMax {
+        return h.range;
+    }
+    let (a, b) = match method {
+        Method::MinMax => (lo, hi),
+        Method::Percentile(p) => {
+            let tail = 1.0 - p / 100.0;
+            (h.lower_quantile(tail), h.upper_quantile(1.0 - tail))
+        }
+        Method::Mse => {
+            // Each end shrunk towards 0 by 1, 0.98, …, 0.02 of its extent: 50 × 50 pairs.
+            let mut best = (h.mse(lo, hi), lo, hi);
+            for i in 0..50 {
+                for k in 0..50 {
+                    let (fa, fb) = (1.0 - 0.02 * i as f64, 1.0 - 0.02 * k as f64);
+                    let (ca, cb) = (lo.min(0.0) * fa, hi.max(0.0) * fb);
+                    let e = h.mse(ca.max(lo), cb.min(hi));
+                    if e < best.0 {
+                        best = (e, ca.max(lo), cb.min(hi));
+                    }
+                }
+            }
+            (best.1, best.2)
+        }
+        Method::Entropy => {
+            let t = entropy_threshold(h);
+            (lo.max(-t), hi.min(t))
+        }
+    };
+    Range {
+        lo: a.min(0.0).max(lo) as f32,
+        hi: b.max(0.0).min(hi) as f32,
+    }
+}
+
+/// TensorRT's entropy calibration on the histogram of magnitudes `|x|`: among thresholds
+/// `T` = the edges of bins 128..=n, the one whose clipped distribution P (outliers added
+/// to the last bin) is best matched (least KL(P‖Q)) by Q, P requantised to 128 levels.
+fn entropy_threshold(h: &Histogram) -> f64 {
+    const LEVELS: usize = 128;
+    let (lo, hi) = (f64::from(h.range.lo), f64::from(h.range.hi));
+    let m = lo.abs().max(hi.abs());
+    let w = m / BINS as f64;
+    let mut mag = vec![0f64; BINS];
+    for (j, &c) in h.counts.iter().enumerate() {
+        let k = ((h.centre(j).abs() / w) as usize).min(BINS - 1);
+        mag[k] += c as f64;
+    }
+    let mut best = (f64::INFINITY, m);
+    for n in (LEVELS..=BINS).step_by(16) {
+        let mut p: Vec<f64> = mag[..n].to_vec();
+        p[n - 1] += mag[n..].iter().sum::<f64>();
+        // Q: the first n bins merged into LEVELS groups, each group's mass spread evenly
+        // over its non-empty bins.
+        let mut q = vec![0f64; n];
+        for g in 0..LEVELS {
+            let (s, e) = (g * n / LEVELS, (g + 1) * n / LEVELS);
+            let mass: f64 = mag[s..e].iter().sum();
+            let nonzero = mag[s..e].iter().filter(|&&v| v > 0.0).count();
+            if nonzero > 0 {
+                for k in s..e {
+                    if mag[k] > 0.0 {
+                        q[k] = mass / nonzero as f64;
+                    }
+                }
+            }
+        }
+        let (ps, qs): (f64, f64) = (p.iter().sum(), q.iter().sum());
+        if ps <= 0.0 || qs <= 0.0 {
+            continue;
+        }
+        let mut kl = 0.0;
+        for k in 0..n {
+            if p[k] > 0.0 {
+                let (pk, qk) = (p[k] / ps, (q[k] / qs).max(1e-12));
+                kl += pk * (pk / qk).ln();
+            }
+        }
+        if kl < best.0 {
+            best = (kl, n as f64 * w);
+        }
+    }
+    best.1
+}
+
 /// Min/max calibration over `images` (raw HWC pixels), calling `progress` after each.
 pub fn calibrate<'a>(
     f: &Folded,
@@ -174,4 +410,139 @@ pub fn calibrate<'a>(
         progress();
     }
     stats
+}
+
+/// Calibration over `images` with `method` choosing the clipping ranges of the int8
+/// tensors (each layer's `out`, and `pre` where it feeds the GELU table); `act` keeps its
+/// min/max (ReLU's output is i16 in the runtime). Methods other than min/max take a second
+/// pass over the images; `progress` is called after each image of each pass.
+pub fn calibrate_with<I: AsRef<[u8]>>(
+    f: &Folded,
+    images: &[I],
+    method: Method,
+    mut progress: impl FnMut(),
+) -> Vec<LayerStats> {
+    let mut stats = calibrate(f, images.iter().map(|i| i.as_ref()), &mut progress);
+    if method == Method::MinMax {
+        return stats;
+    }
+    let mut hists: Vec<[Histogram; 2]> = stats
+        .iter()
+        .map(|s| [Histogram::new(s.pre), Histogram::new(s.out)])
+        .collect();
+    for img in images {
+        forward_with(f, img.as_ref(), |layer, pre, _, out| {
+            hists[layer][0].add(pre);
+            hists[layer][1].add(out);
+        });
+        progress();
+    }
+    for (s, [pre, out]) in stats.iter_mut().zip(&hists) {
+        s.pre = clip(pre, method);
+        s.out = clip(out, method);
+    }
+    stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xorshift(seed: u64) -> impl FnMut() -> f64 {
+        let mut s = seed;
+        move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    fn histogram_of(v: &[f32]) -> Histogram {
+        let mut r = Range::default();
+        v.iter().for_each(|&x| r.add(x));
+        let mut h = Histogram::new(r);
+        v.iter().for_each(|&x| h.add(x));
+        h
+    }
+
+    /// 200,000 roughly normal samples (sum of 12 uniforms − 6) plus 20 far outliers at +40.
+    fn outlier_histogram() -> Histogram {
+        let mut uni = xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut v: Vec<f32> = (0..200_000)
+            .map(|_| ((0..12).map(|_| uni()).sum::<f64>() - 6.0) as f32)
+            .collect();
+        v.extend(std::iter::repeat_n(40.0f32, 20));
+        histogram_of(&v)
+    }
+
+    /// 200,000 Laplace samples (heavy exponential tails).
+    fn laplace_histogram() -> Histogram {
+        let mut uni = xorshift(0x2545_f491_4f6c_dd1d);
+        let v: Vec<f32> = (0..200_000)
+            .map(|_| {
+                let m = -(uni().max(1e-300)).ln();
+                (if uni() < 0.5 { -m } else { m }) as f32
+            })
+            .collect();
+        histogram_of(&v)
+    }
+
+    #[test]
+    fn minmax_and_full_percentile_keep_the_whole_range() {
+        let h = outlier_histogram();
+        assert_eq!(clip(&h, Method::MinMax), h.range);
+        let p = clip(&h, Method::Percentile(100.0));
+        assert!(
+            (p.lo - h.range.lo).abs() < 1e-4 && (p.hi - h.range.hi).abs() < 1e-4,
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn percentile_and_entropy_drop_rare_outliers_and_keep_the_bulk() {
+        let h = outlier_histogram();
+        assert_eq!(h.range.hi, 40.0);
+        for m in [Method::Percentile(99.99), Method::Entropy] {
+            let r = clip(&h, m);
+            assert!(r.hi > 2.5 && r.hi < 10.0, "{m:?}: {r:?}");
+            assert!(r.lo < -2.5 && r.lo >= h.range.lo, "{m:?}: {r:?}");
+        }
+        // 20 values at 40 cost more clipped than the whole bulk's rounding: MSE keeps them.
+        assert!(clip(&h, Method::Mse).hi > 39.0);
+    }
+
+    #[test]
+    fn mse_clips_heavy_tails_and_beats_minmax() {
+        let h = laplace_histogram();
+        let r = clip(&h, Method::Mse);
+        assert!(
+            r.hi < 0.9 * h.range.hi && r.lo > 0.9 * h.range.lo,
+            "{r:?} of {:?}",
+            h.range
+        );
+        let (e_mse, e_minmax) = (
+            h.mse(f64::from(r.lo), f64::from(r.hi)),
+            h.mse(f64::from(h.range.lo), f64::from(h.range.hi)),
+        );
+        assert!(e_mse < 0.8 * e_minmax, "mse {e_mse} vs minmax {e_minmax}");
+    }
+
+    #[test]
+    fn methods_parse_and_reject_nonsense() {
+        assert_eq!(Method::parse("minmax").unwrap(), Method::MinMax);
+        assert_eq!(
+            Method::parse("percentile").unwrap(),
+            Method::Percentile(99.99)
+        );
+        assert_eq!(Method::parse("entropy").unwrap(), Method::Entropy);
+        assert_eq!(Method::parse("mse").unwrap(), Method::Mse);
+        for bad in ["percentile:40", "percentile:abc", "percentile:101", "max"] {
+            let e = Method::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("--calibration {bad}: expected")),
+                "{e}"
+            );
+        }
+    }
 }

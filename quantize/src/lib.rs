@@ -30,6 +30,8 @@ pub struct Options {
     pub std: Vec<f32>,
     /// Class labels, empty or one per class.
     pub labels: Vec<String>,
+    /// How int8 activation ranges are chosen (default min/max).
+    pub calibration: Option<calibrate::Method>,
 }
 
 /// The whole path for an already imported model: fold, calibrate (int8), lower.
@@ -46,9 +48,10 @@ pub fn quantize(
             if calib.is_empty() {
                 anyhow::bail!("int8 quantisation needs calibration images (--calib DIR)");
             }
-            Some(calibrate::calibrate(
+            Some(calibrate::calibrate_with(
                 &folded,
-                calib.iter().map(|v| v.as_slice()),
+                calib,
+                opts.calibration.unwrap_or(calibrate::Method::MinMax),
                 progress,
             ))
         }
