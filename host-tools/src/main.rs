@@ -83,6 +83,10 @@ enum Cmd {
         /// 99.99), mse or entropy (docs: README, "Calibration").
         #[arg(long, default_value = "minmax")]
         calibration: String,
+        /// Shift each int8 channel's bias by minus the mean error its quantised weights
+        /// make on the calibration images (one more pass over them).
+        #[arg(long)]
+        bias_correction: bool,
         #[command(flatten)]
         prep: Prep,
         /// Output blob (default: MODEL with the extension replaced by `-PRECISION.cmx`).
@@ -173,13 +177,14 @@ fn main() -> ExitCode {
             calib,
             precision,
             calibration,
+            bias_correction,
             prep,
             output,
         } => quantize(
             &model,
             calib.as_deref(),
             precision,
-            &calibration,
+            (&calibration, bias_correction),
             &prep,
             output,
         ),
@@ -324,7 +329,7 @@ fn quantize(
     model: &Path,
     calib: Option<&Path>,
     precision: PrecisionArg,
-    calibration: &str,
+    (calibration, bias_correction): (&str, bool),
     prep: &Prep,
     output: Option<PathBuf>,
 ) -> Result<()> {
@@ -335,6 +340,7 @@ fn quantize(
         std: prep.std.clone(),
         labels: read_labels(prep.labels.as_deref())?,
         calibration: Some(method),
+        bias_correction,
     };
     let shape = (imported.in_h, imported.in_w, imported.in_c);
     let images = match (calib, precision) {

@@ -86,27 +86,29 @@ pub struct LayerStats {
 /// embedding, then dw/pw per block) the ranges are widened by what this image produces.
 pub fn forward(f: &Folded, px: &[u8], stats: Option<&mut [LayerStats]>) -> Vec<f32> {
     match stats {
-        Some(s) => forward_with(f, px, |layer, pre, a, out| {
+        Some(s) => forward_with(f, px, |layer, _, pre, a, out| {
             let s = &mut s[layer];
             s.pre.add(pre);
             s.act.add(a);
             s.out.add(out);
         }),
-        None => forward_with(f, px, |_, _, _, _| {}),
+        None => forward_with(f, px, |_, _, _, _, _| {}),
     }
 }
 
-/// [`forward`], calling `observe(layer, pre, act, out)` for every value of every conv layer.
+/// [`forward`], calling `observe(layer, index, pre, act, out)` for every value of every
+/// conv layer (`index` = token · dim + channel of the layer's output).
 pub fn forward_with(
     f: &Folded,
     px: &[u8],
-    mut observe: impl FnMut(usize, f32, f32, f32),
+    mut observe: impl FnMut(usize, usize, f32, f32, f32),
 ) -> Vec<f32> {
     let (ht, wt) = f.grid();
     let (dim, p, c, k) = (f.dim, f.patch, f.in_c, f.kernel);
     let tokens = ht * wt;
     let mut x = vec![0f32; tokens * dim];
-    let mut st = |layer: usize, pre: f32, a: f32, out: f32| observe(layer, pre, a, out);
+    let mut st =
+        |layer: usize, idx: usize, pre: f32, a: f32, out: f32| observe(layer, idx, pre, a, out);
     let finish = |l: &Layer, o: usize, acc: f32| {
         let a = act_f32(f.act, acc);
         (a, l.scale[o] * a + l.shift[o])
@@ -124,7 +126,7 @@ pub fn forward_with(
                     }
                 }
                 let (a, y) = finish(&f.embed, o, acc);
-                st(0, acc, a, y);
+                st(0, (ty * wt + tx) * dim + o, acc, a, y);
                 x[(ty * wt + tx) * dim + o] = y;
             }
         }
@@ -148,7 +150,7 @@ pub fn forward_with(
                     let t = ty * wt + tx;
                     let (a, y) = finish(dw, ch, acc);
                     let out = y + x[t * dim + ch];
-                    st(1 + 2 * i, acc, a, out);
+                    st(1 + 2 * i, t * dim + ch, acc, a, out);
                     r[t * dim + ch] = out;
                 }
             }
@@ -160,7 +162,7 @@ pub fn forward_with(
                         .map(|d| pw.w[o * dim + d] * r[t * dim + d])
                         .sum::<f32>();
                 let (a, y) = finish(pw, o, acc);
-                st(2 + 2 * i, acc, a, y);
+                st(2 + 2 * i, t * dim + o, acc, a, y);
                 x[t * dim + o] = y;
             }
         }
@@ -431,7 +433,7 @@ pub fn calibrate_with<I: AsRef<[u8]>>(
         .map(|s| [Histogram::new(s.pre), Histogram::new(s.out)])
         .collect();
     for img in images {
-        forward_with(f, img.as_ref(), |layer, pre, _, out| {
+        forward_with(f, img.as_ref(), |layer, _, pre, _, out| {
             hists[layer][0].add(pre);
             hists[layer][1].add(out);
         });
@@ -442,6 +444,81 @@ pub fn calibrate_with<I: AsRef<[u8]>>(
         s.out = clip(out, method);
     }
     stats
+}
+
+/// The mean (over the calibration images and every output position) of each input a
+/// layer's weights multiply, indexed like the weights' input index: embedding per patch tap
+/// `(ky·p + kx)·c + ci` (raw pixels), depthwise per `(ky·k + kx)·dim + ch` (zero outside the
+/// grid, like the padding), pointwise per input channel. Bias correction uses them.
+pub fn input_means<I: AsRef<[u8]>>(f: &Folded, images: &[I]) -> Vec<Vec<f64>> {
+    let (ht, wt) = f.grid();
+    let (dim, p, c, k) = (f.dim, f.patch, f.in_c, f.kernel);
+    let tokens = ht * wt;
+    let layers = 1 + 2 * f.blocks.len();
+    let mut px_sum = vec![0f64; f.in_h * f.in_w * c];
+    let mut out_sum = vec![vec![0f64; tokens * dim]; layers];
+    for img in images {
+        let img = img.as_ref();
+        for (s, &v) in px_sum.iter_mut().zip(img) {
+            *s += f64::from(v);
+        }
+        forward_with(f, img, |layer, idx, _, _, out| {
+            out_sum[layer][idx] += f64::from(out);
+        });
+    }
+    let n = (images.len().max(1) * tokens) as f64;
+    let mut means = Vec::with_capacity(layers);
+    // Embedding: tap (ky, kx, ci) of every patch.
+    let mut e = vec![0f64; p * p * c];
+    for ky in 0..p {
+        for kx in 0..p {
+            for ci in 0..c {
+                let mut s = 0.0;
+                for ty in 0..ht {
+                    for tx in 0..wt {
+                        s += px_sum[((ty * p + ky) * f.in_w + tx * p + kx) * c + ci];
+                    }
+                }
+                e[(ky * p + kx) * c + ci] = s / n;
+            }
+        }
+    }
+    means.push(e);
+    let pad = k.saturating_sub(1) / 2;
+    for i in 0..f.blocks.len() {
+        // Depthwise: the previous layer's output at each tap's offset (0 outside).
+        let prev = &out_sum[2 * i];
+        let mut d = vec![0f64; k * k * dim];
+        for ky in 0..k {
+            for kx in 0..k {
+                for ty in 0..ht {
+                    for tx in 0..wt {
+                        let (y, x) = ((ty + ky).wrapping_sub(pad), (tx + kx).wrapping_sub(pad));
+                        if y < ht && x < wt {
+                            let src = &prev[(y * wt + x) * dim..(y * wt + x + 1) * dim];
+                            let dst = &mut d[(ky * k + kx) * dim..(ky * k + kx + 1) * dim];
+                            for (a, b) in dst.iter_mut().zip(src) {
+                                *a += b;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        d.iter_mut().for_each(|v| *v /= n);
+        means.push(d);
+        // Pointwise: the depthwise layer's output (residual included) per channel.
+        let dw_out = &out_sum[2 * i + 1];
+        let mut m = vec![0f64; dim];
+        for t in 0..tokens {
+            for (a, b) in m.iter_mut().zip(&dw_out[t * dim..(t + 1) * dim]) {
+                *a += b;
+            }
+        }
+        m.iter_mut().for_each(|v| *v /= n);
+        means.push(m);
+    }
+    means
 }
 
 #[cfg(test)]

@@ -32,6 +32,9 @@ pub struct Options {
     pub labels: Vec<String>,
     /// How int8 activation ranges are chosen (default min/max).
     pub calibration: Option<calibrate::Method>,
+    /// Bias correction of the int8 weights' mean error on the calibration set (one more
+    /// pass over the images).
+    pub bias_correction: bool,
 }
 
 /// The whole path for an already imported model: fold, calibrate (int8), lower.
@@ -57,5 +60,13 @@ pub fn quantize(
         }
         _ => None,
     };
-    quant::lower(&folded, precision, stats.as_deref(), &opts.labels)
+    let means = (precision == Precision::Int8 && opts.bias_correction)
+        .then(|| calibrate::input_means(&folded, calib));
+    quant::lower(
+        &folded,
+        precision,
+        stats.as_deref(),
+        means.as_deref(),
+        &opts.labels,
+    )
 }

@@ -18,12 +18,15 @@ use crate::blob::{f32_bytes, i32_bytes, Writer};
 use crate::calibrate::LayerStats;
 use crate::fold::{Folded, Layer};
 
-/// Writes `f` as a blob. `stats` (one per conv layer) is required for int8. `labels` is
-/// empty or one per class.
+/// Writes `f` as a blob. `stats` (one per conv layer) is required for int8. With
+/// `input_means` ([`crate::calibrate::input_means`]) the int8 biases are bias-corrected:
+/// each channel's bias is shifted by minus the mean error its quantised weights make on the
+/// calibration inputs, `Σ_i (w_q,i − w_i) · E[x_i]`. `labels` is empty or one per class.
 pub fn lower(
     f: &Folded,
     precision: Precision,
     stats: Option<&[LayerStats]>,
+    input_means: Option<&[Vec<f64>]>,
     labels: &[String],
 ) -> Result<Vec<u8>> {
     let h = header(f, precision)?;
@@ -85,7 +88,7 @@ pub fn lower(
             let Some(stats) = stats else {
                 bail!("int8 needs calibration data (--calib)")
             };
-            lower_int8(f, &h, &layers, stats, &mut w)?;
+            lower_int8(f, &h, &layers, stats, input_means, &mut w)?;
         }
     }
     w.finish()
@@ -200,6 +203,7 @@ fn lower_int8(
     h: &Header,
     layers: &[&Layer],
     stats: &[LayerStats],
+    input_means: Option<&[Vec<f64>]>,
     w: &mut Writer,
 ) -> Result<()> {
     if stats.len() != layers.len() {
@@ -281,7 +285,25 @@ fn lower_int8(
         let mut rq: Vec<[i32; 6]> = Vec::with_capacity(dim);
         for o in 0..dim {
             let acc_scale = s_in * s_w[o];
-            let bq = (f64::from(l.b[o]) / acc_scale).round();
+            // Bias correction: minus the mean error of the quantised weights.
+            let correction: f64 = input_means.map_or(0.0, |m| {
+                (0..taps)
+                    .map(|t| {
+                        let q = f64::from(if tap_major {
+                            wq[t * dim + o]
+                        } else {
+                            wq[o * taps + t]
+                        });
+                        let mean = if depthwise {
+                            m[li][t * dim + o]
+                        } else {
+                            m[li][t]
+                        };
+                        (s_w[o] * q - f64::from(w_at(o, t))) * mean
+                    })
+                    .sum()
+            });
+            let bq = ((f64::from(l.b[o]) - correction) / acc_scale).round();
             let sum_abs: i64 = (0..taps)
                 .map(|t| {
                     i64::from(if tap_major {
