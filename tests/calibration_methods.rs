@@ -66,7 +66,7 @@ fn bias_correction_shrinks_the_mean_logit_error() {
     // ‖mean over images of (int8 logits − fp32 logits)‖: the systematic part of the error.
     let mean_error = |b: &[u8]| {
         let int8: Vec<Vec<f32>> = par_map(&set, |(px, _)| run_blob(b, px));
-        let mut e = vec![0f64; 10];
+        let mut e = [0f64; 10];
         for (q, f) in int8.iter().zip(&fp32) {
             for c in 0..10 {
                 e[c] += f64::from(q[c] - f[c]) / set.len() as f64;
