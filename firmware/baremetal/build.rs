@@ -26,11 +26,12 @@ fn main() {
     }
     // Load address and size of the image region (code, data, .bss with the arena, stack).
     // virt: RAM at 1 GiB, qemu loads the ELF at 0x4008_0000. Raspberry Pi: the GPU firmware
-    // loads kernel8.img at 0x8_0000; the region stops below the peripherals (Pi 3:
-    // 0x3F00_0000) or the Pi 4's low-memory limit (0x3B40_0000 on every Pi 4).
+    // loads kernel8.img at 0x8_0000; the region stops where the ARM's RAM ends with the
+    // default `gpu_mem` (Pi 3: 64 MiB for the GPU, so 0x3C00_0000; Pi 4: 0x3B40_0000). A
+    // larger `gpu_mem` shrinks it: keep the default for big models.
     let (origin, length): (u64, u64) = match boards[0] {
         "virt" => (0x4008_0000, 0x2000_0000 - 0x8_0000),
-        "pi3" => (0x8_0000, 0x3F00_0000 - 0x8_0000),
+        "pi3" => (0x8_0000, 0x3C00_0000 - 0x8_0000),
         _ => (0x8_0000, 0x3B40_0000 - 0x8_0000),
     };
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));

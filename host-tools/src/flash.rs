@@ -185,31 +185,56 @@ fn qemu_command(elf: &Path, board: Board, cpu: Option<&str>) -> Result<Command> 
     Ok(cmd)
 }
 
+/// A running qemu that is killed (and reaped) when dropped, whatever path returns.
+struct Qemu(std::process::Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads a child's pipe to the end on a thread (so a chatty qemu never blocks on it).
+fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = r.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
 /// Boots the firmware under `qemu-system-aarch64` (built with `semihosting`), bounded by
 /// `timeout`, and decodes its defmt log with the ELF's table.
 pub fn run_qemu(elf: &Path, board: Board, cpu: Option<&str>, timeout: Duration) -> Result<Boot> {
     let mut cmd = qemu_command(elf, board, cpu)?;
     cmd.arg("-semihosting").stdin(Stdio::null());
-    let mut child = cmd
-        .spawn()
-        .context("cannot run qemu-system-aarch64 (scripts/install-toolchain.sh installs it)")?;
-    let mut stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("no qemu stdout"))?;
-    let reader = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stdout.read_to_end(&mut bytes);
-        bytes
-    });
+    let mut child = Qemu(
+        cmd.spawn()
+            .context("cannot run qemu-system-aarch64 (scripts/install-toolchain.sh installs it)")?,
+    );
+    let stdout = drain(
+        child
+            .0
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("no qemu stdout"))?,
+    );
+    let stderr = drain(
+        child
+            .0
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow!("no qemu stderr"))?,
+    );
     let start = Instant::now();
     let status = loop {
-        if let Some(s) = child.try_wait()? {
+        if let Some(s) = child.0.try_wait()? {
             break s;
         }
         if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
             bail!(
                 "{board}: the firmware did not finish within {} s under qemu",
                 timeout.as_secs()
@@ -217,15 +242,19 @@ pub fn run_qemu(elf: &Path, board: Board, cpu: Option<&str>, timeout: Duration) 
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let bytes = reader
+    let bytes = stdout
         .join()
         .map_err(|_| anyhow!("qemu output reader panicked"))?;
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let stderr = stderr
+        .join()
+        .map_err(|_| anyhow!("qemu error reader panicked"))?;
+    let stderr = String::from_utf8_lossy(&stderr);
     let log = decode_defmt(elf, &bytes)?;
-    if !status.success() && status.code() != Some(1) {
+    // Status 1 is both the firmware's failure (semihosting) and qemu's own errors: only a
+    // firmware that started (its banner line) can have reported failure.
+    let started = log.iter().any(|l| l.contains("convmixer-fw"));
+    let firmware_status = status.success() || (status.code() == Some(1) && started);
+    if !firmware_status {
         bail!("{board}: qemu failed ({status}): {}", stderr.trim());
     }
     Ok(Boot {
@@ -248,11 +277,26 @@ pub fn run_qemu_serial(
     use std::io::Write;
     let mut cmd = qemu_command(elf, board, None)?;
     cmd.stdin(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .context("cannot run qemu-system-aarch64 (scripts/install-toolchain.sh installs it)")?;
-    let mut stdin = Some(child.stdin.take().ok_or_else(|| anyhow!("no qemu stdin"))?);
+    let mut child = Qemu(
+        cmd.spawn()
+            .context("cannot run qemu-system-aarch64 (scripts/install-toolchain.sh installs it)")?,
+    );
+    let _stderr = drain(
+        child
+            .0
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow!("no qemu stderr"))?,
+    );
+    let mut stdin = Some(
+        child
+            .0
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("no qemu stdin"))?,
+    );
     let mut stdout = child
+        .0
         .stdout
         .take()
         .ok_or_else(|| anyhow!("no qemu stdout"))?;
@@ -290,7 +334,7 @@ pub fn run_qemu_serial(
                 }));
             }
         }
-        if let Some(s) = child.try_wait()? {
+        if let Some(s) = child.0.try_wait()? {
             break Err(anyhow!(
                 "{board}: qemu stopped ({s}) before {predictions_wanted} predictions"
             ));
@@ -304,8 +348,7 @@ pub fn run_qemu_serial(
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child); // kills qemu: the firmware waits for images forever
     if let Some(w) = writer {
         let _ = w.join();
     }

@@ -164,6 +164,20 @@ fn firmware_boots_and_matches_host_classify_on_every_board() {
         stderr.contains("error: the firmware reported failure on virt"),
         "{stderr}"
     );
+
+    // qemu's own failure (status 1 as well) is not mistaken for the firmware's.
+    let out = Command::new(env!("CARGO_BIN_EXE_host-tools"))
+        .arg("flash")
+        .arg(&model)
+        .args(["--board", "virt", "--qemu", "--cpu", "no-such-cpu"])
+        .output()
+        .expect("run host-tools flash");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: virt: qemu failed") && stderr.contains("no-such-cpu"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -367,16 +367,16 @@ fn entropy_threshold(h: &Histogram) -> f64 {
     for n in (LEVELS..=BINS).step_by(16) {
         let mut p: Vec<f64> = mag[..n].to_vec();
         p[n - 1] += mag[n..].iter().sum::<f64>();
-        // Q: the first n bins merged into LEVELS groups, each group's mass spread evenly
-        // over its non-empty bins.
+        // Q: the first n bins (outliers not added) merged into LEVELS groups, each group's
+        // mass spread evenly over the bins where P is non-zero (as TensorRT and MXNet do).
         let mut q = vec![0f64; n];
         for g in 0..LEVELS {
             let (s, e) = (g * n / LEVELS, (g + 1) * n / LEVELS);
             let mass: f64 = mag[s..e].iter().sum();
-            let nonzero = mag[s..e].iter().filter(|&&v| v > 0.0).count();
+            let nonzero = p[s..e].iter().filter(|&&v| v > 0.0).count();
             if nonzero > 0 {
                 for k in s..e {
-                    if mag[k] > 0.0 {
+                    if p[k] > 0.0 {
                         q[k] = mass / nonzero as f64;
                     }
                 }

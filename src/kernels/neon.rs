@@ -10,7 +10,8 @@
 //!
 //! All accumulation is exact integer arithmetic bounded by the reader's accumulator check
 //! (`docs/blob-format.md`), so any summation order gives the reference's value; the
-//! epilogue is the reference's own [`epilogue_i8`]. Every kernel checks its slice lengths
+//! vector epilogue (`epilogue_c16`) computes [`epilogue_i8`]'s bits for 16 channels at once
+//! (partial blocks use [`epilogue_i8`] itself). Every kernel checks its slice lengths
 //! once on entry (falling back to the reference if they do not fit) and then reads only
 //! inside them; each `unsafe` block states the bound it relies on.
 

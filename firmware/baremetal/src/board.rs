@@ -22,10 +22,20 @@ use embedded_hal::digital::{ErrorType, OutputPin};
 const BLOCK: usize = 0b01;
 const ACCESSED: usize = 1 << 10;
 const INNER_SHAREABLE: usize = 0b11 << 8;
-/// Execute-never (UXN at EL1, XN at EL2).
+/// Execute-never: UXN | PXN at EL1 (both, so that no EL may fetch from device memory);
+/// XN at EL2, where bit 53 is RES0.
+#[cfg(feature = "virt")]
+const XN: usize = (1 << 54) | (1 << 53);
+#[cfg(not(feature = "virt"))]
 const XN: usize = 1 << 54;
-const DEVICE: usize = BLOCK | ACCESSED | XN;
-const NORMAL: usize = BLOCK | (1 << 2) | INNER_SHAREABLE | ACCESSED;
+/// AP[1] is RES1 in the single-VA-range EL2 regime (Raspberry Pi); 0 = EL1-only access at
+/// EL1 (virt).
+#[cfg(feature = "virt")]
+const AP: usize = 0;
+#[cfg(not(feature = "virt"))]
+const AP: usize = 1 << 6;
+const DEVICE: usize = BLOCK | AP | ACCESSED | XN;
+const NORMAL: usize = BLOCK | (1 << 2) | AP | INNER_SHAREABLE | ACCESSED;
 #[cfg_attr(feature = "pi3", allow(dead_code))]
 const GIB: usize = 1 << 30;
 
@@ -88,27 +98,51 @@ initial_pagetable!({
 /// Boot stack in 4 KiB pages. The runtime keeps every buffer in the arena, so the stack
 /// holds only call frames: the high-water mark is logged after the compiled-in images
 /// (about 5 KiB with the MNIST model); 16 KiB leaves room for larger models' frames.
+/// aarch64-rt puts the stack right above `.bss`, with no guard page.
 pub const STACK_PAGES: usize = 4;
 
-/// Bytes of the boot stack ever written, found as the lowest non-zero byte: the stack is
-/// not loaded from the image, so it starts as zeros on qemu (and usually on a board; a
-/// non-zero start would only make the figure an overestimate).
-pub fn stack_used() -> usize {
+/// The boot stack's bounds (aarch64-rt's linker script), as addresses.
+fn stack_bounds() -> (usize, usize) {
     extern "C" {
-        static boot_stack_begin: u8;
-        static boot_stack_end: u8;
+        static boot_stack_begin: [u8; 0];
+        static boot_stack_end: [u8; 0];
     }
-    // SAFETY: the linker script's bounds of the boot stack; reading below the current
-    // stack pointer reads memory no live frame uses.
+    // SAFETY: only the symbols' addresses are taken.
     unsafe {
-        let begin = core::ptr::addr_of!(boot_stack_begin);
-        let end = core::ptr::addr_of!(boot_stack_end);
-        let mut p = begin;
-        while p < end && p.read_volatile() == 0 {
-            p = p.add(1);
-        }
-        end as usize - p as usize
+        (
+            core::ptr::addr_of!(boot_stack_begin) as usize,
+            core::ptr::addr_of!(boot_stack_end) as usize,
+        )
     }
+}
+
+/// Zeroes the boot stack below the current stack pointer (the stack is not part of the
+/// image, so nothing else clears it), for [`stack_used`].
+pub fn clear_free_stack() {
+    let sp: usize;
+    // SAFETY: reads SP only.
+    unsafe { core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack)) };
+    let (begin, _) = stack_bounds();
+    let mut a = begin;
+    while a + 8 <= sp.saturating_sub(64) {
+        // SAFETY: below SP, inside the stack: memory no live frame uses; 8-aligned (the
+        // stack starts 4 KiB aligned).
+        unsafe { (a as *mut u64).write_volatile(0) };
+        a += 8;
+    }
+}
+
+/// Bytes of the boot stack ever written since [`clear_free_stack`]: from the lowest
+/// non-zero byte to the top.
+pub fn stack_used() -> usize {
+    let (begin, end) = stack_bounds();
+    let mut a = begin;
+    // SAFETY: reads inside the stack, below the current frames' live data or in it; the
+    // values are only compared with 0.
+    while a < end && unsafe { (a as *const u8).read_volatile() } == 0 {
+        a += 1;
+    }
+    end - a
 }
 
 /// A `static` the firmware hands out once, as `&mut` (one core, no interrupt handlers).
@@ -202,8 +236,11 @@ static L2: Static<Table> = Static::new(Table([0; 512]));
 
 /// Pi 3: replaces the initial map's first 1 GiB block by 2 MiB blocks — normal memory below
 /// the peripherals at 0x3F00_0000, device memory from there — so that the UART and GPIO
-/// registers are never cached. RAM keeps its attributes, so the switch needs no
-/// break-before-make.
+/// registers are never cached. The switch changes block sizes and the peripherals' memory
+/// type, so it is done with the MMU off (break-before-make for the whole regime): the code
+/// is identity-mapped and touches no data in between. (Until then the peripherals are
+/// normal memory: nothing accesses them, but a CPU could prefetch from them; the window is
+/// the few microseconds of start-up code before this runs.)
 #[cfg(feature = "pi3")]
 fn split_first_gib() {
     // SAFETY: called once before anything else uses the tables; the new tables map the
@@ -222,13 +259,21 @@ fn split_first_gib() {
         let l1 = L1.get();
         l1.0[0] = (l2 as *const Table as usize) | 0b11;
         core::arch::asm!(
-            "dsb ishst",
+            "dsb sy",
+            "mrs {s}, sctlr_el2",
+            "bic {s}, {s}, #1",
+            "msr sctlr_el2, {s}",
+            "isb",
             "msr ttbr0_el2, {t}",
             "isb",
             "tlbi alle2",
             "dsb ish",
             "isb",
+            "orr {s}, {s}, #1",
+            "msr sctlr_el2, {s}",
+            "isb",
             t = in(reg) l1 as *const Table as usize,
+            s = out(reg) _,
             options(nostack)
         );
     }
@@ -327,30 +372,43 @@ impl OutputPin for Bcm2835Pin {
     }
 }
 
+/// Set by the first [`exit`]: if its `HLT`/`HVC` faults (semihosting or PSCI missing),
+/// the fault handler's own `exit` must not try again (it would recurse until the stack
+/// overflows into `.bss`).
+static EXITING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 /// Ends the firmware: with `semihosting` (qemu `-semihosting`), SYS_EXIT with status 0
-/// (`ok`) or 1; otherwise PSCI SYSTEM_OFF on virt, and a `WFE` loop on a Raspberry Pi.
+/// (`ok`) or 1; otherwise PSCI SYSTEM_OFF on virt, and a `WFE` loop on a Raspberry Pi (and
+/// wherever those calls fail).
 pub fn exit(ok: bool) -> ! {
-    crate::serial::flush();
-    #[cfg(feature = "semihosting")]
-    {
-        // ADP_Stopped_ApplicationExit with the exit status (AArch64 SYS_EXIT block).
-        let block: [u64; 2] = [0x2_0026, if ok { 0 } else { 1 }];
-        // SAFETY: semihosting call 0x18 (SYS_EXIT) reads the two-word block; qemu exits.
+    if !EXITING.swap(true, core::sync::atomic::Ordering::Relaxed) {
+        crate::serial::flush();
+        #[cfg(feature = "semihosting")]
+        {
+            // ADP_Stopped_ApplicationExit with the exit status (AArch64 SYS_EXIT block).
+            let block: [u64; 2] = [0x2_0026, if ok { 0 } else { 1 }];
+            // SAFETY: semihosting call 0x18 (SYS_EXIT) reads the two-word block; qemu
+            // exits. A return value would come back in x0.
+            unsafe {
+                core::arch::asm!(
+                    "hlt #0xf000",
+                    inout("x0") 0x18u64 => _,
+                    in("x1") block.as_ptr(),
+                    options(nostack)
+                )
+            };
+        }
+        #[cfg(all(feature = "virt", not(feature = "semihosting")))]
+        // SAFETY: PSCI SYSTEM_OFF through qemu virt's hypervisor call (SMCCC: x0 returns
+        // a status, x1–x17 may be clobbered); it does not return when PSCI is present.
         unsafe {
             core::arch::asm!(
-                "hlt #0xf000",
-                in("x0") 0x18u64,
-                in("x1") block.as_ptr(),
+                "hvc #0",
+                inout("x0") 0x8400_0008u64 => _,
+                clobber_abi("C"),
                 options(nostack)
             )
         };
-    }
-    #[cfg(all(feature = "virt", not(feature = "semihosting")))]
-    {
-        let _ = ok;
-        // SAFETY: PSCI SYSTEM_OFF through the hypervisor call of qemu virt's firmware
-        // interface; it does not return.
-        unsafe { core::arch::asm!("hvc #0", in("x0") 0x8400_0008u64, options(nostack)) };
     }
     let _ = ok;
     loop {

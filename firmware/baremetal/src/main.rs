@@ -1,8 +1,10 @@
 //! `convmixer-fw`: bare-metal Cortex-A firmware that classifies images with a convmixer-edge
 //! model blob compiled into the image and reports over defmt on the PL011 UART.
 //!
-//! Start-up is `aarch64-rt`'s (stack, `.bss`, FP/SIMD, exception vectors, an identity map
-//! with the MMU and caches on: NEON needs normal, cacheable memory on real boards). Then:
+//! Start-up is `aarch64-rt`'s (stack, `.bss`, FP/SIMD at EL1, exception vectors, an identity
+//! map with the MMU and caches on: NEON needs normal, cacheable memory on real boards). At
+//! EL2 (Raspberry Pi) the FP trap `CPTR_EL2.TFP` is the boot firmware's: the Pi's armstub
+//! clears it before jumping to `kernel8.img` (aarch64-rt only writes `CPACR_EL1`). Then:
 //!
 //! 1. [`board::init`] finishes the memory map where 1 GiB blocks are too coarse (Pi 3) and
 //!    routes the UART pins (Raspberry Pi); [`serial::init`] brings up the PL011 behind
@@ -42,6 +44,7 @@ static INPUT: board::Static<[u8; INPUT_LEN]> = board::Static::new([0; INPUT_LEN]
 
 fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     board::park_secondary_cores();
+    board::clear_free_stack();
     board::init();
     serial::init();
     let ok = run();
