@@ -23,6 +23,9 @@ pub struct Model<'a> {
     f16_arith: bool,
 }
 
+/// A layer-output observer ([`Model::logits_traced`]).
+type Trace<'t> = dyn FnMut(usize, &[i8]) + 't;
+
 /// Where each buffer lives inside the arena (byte offsets from the aligned start).
 struct Plan {
     b: usize,
@@ -214,7 +217,43 @@ impl<'a> Model<'a> {
                 got: out.len(),
             });
         }
-        let logits = self.run(pixels, arena)?;
+        let logits = self.run(pixels, arena, None)?;
+        out.copy_from_slice(logits);
+        Ok(())
+    }
+
+    /// [`Model::logits`], calling `trace(layer, output)` after every conv layer of an int8
+    /// model (layer 0 = the patch embedding, then each block's depthwise and pointwise
+    /// layer) with that layer's int8 output (`tokens · dim`, token-major). Float models run
+    /// without calls. Quantisation diagnostics (`host-tools report`) compare these with the
+    /// fp32 graph's layer outputs.
+    ///
+    /// ```
+    /// # fn demo(m: &convmixer_edge::Model, px: &[u8]) -> Result<(), convmixer_edge::Error> {
+    /// let mut arena = vec![0u8; m.arena_len()];
+    /// let mut logits = vec![0.0f32; m.header().classes as usize];
+    /// let mut layers = 0;
+    /// m.logits_traced(px, &mut arena, &mut logits, &mut |_layer, out: &[i8]| {
+    ///     layers += 1;
+    ///     let _ = out;
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn logits_traced(
+        &self,
+        pixels: &[u8],
+        arena: &mut [u8],
+        out: &mut [f32],
+        trace: &mut dyn FnMut(usize, &[i8]),
+    ) -> Result<(), Error> {
+        let classes = usize::from(self.header().classes);
+        if out.len() != classes {
+            return Err(Error::OutputSize {
+                expected: classes,
+                got: out.len(),
+            });
+        }
+        let logits = self.run(pixels, arena, Some(trace))?;
         out.copy_from_slice(logits);
         Ok(())
     }
@@ -234,12 +273,17 @@ impl<'a> Model<'a> {
         pixels: &[u8],
         arena: &mut [u8],
     ) -> Result<heapless::Vec<(u16, f32), K>, Error> {
-        let logits = self.run(pixels, arena)?;
+        let logits = self.run(pixels, arena, None)?;
         Ok(top_k(logits))
     }
 
     /// Runs the network; returns the logits, which live in the arena.
-    fn run<'b>(&self, pixels: &[u8], arena: &'b mut [u8]) -> Result<&'b [f32], Error> {
+    fn run<'b>(
+        &self,
+        pixels: &[u8],
+        arena: &'b mut [u8],
+        trace: Option<&mut Trace<'_>>,
+    ) -> Result<&'b [f32], Error> {
         let h = *self.header();
         if pixels.len() != h.input_len() {
             return Err(Error::InputSize {
@@ -269,7 +313,9 @@ impl<'a> Model<'a> {
                 let b: &mut [i8] = bytemuck::cast_slice_mut(b);
                 let mean: &mut [i32] = bytemuck::try_cast_slice_mut(mean)
                     .map_err(|_| Error::Malformed("arena alignment"))?;
-                self.run_int8(pixels, a, b, &mut mean[..usize::from(h.dim)], logits);
+                let mut none = |_: usize, _: &[i8]| {};
+                let trace = trace.unwrap_or(&mut none);
+                self.run_int8(pixels, a, b, &mut mean[..usize::from(h.dim)], logits, trace);
             }
             p => {
                 let (a, b) = (&mut a[..4 * act_len], &mut b[..4 * act_len]);
@@ -389,15 +435,19 @@ impl<'a> Model<'a> {
         b: &mut [i8],
         mean: &mut [i32],
         logits: &mut [f32],
+        trace: &mut dyn FnMut(usize, &[i8]),
     ) {
         let h = self.header();
         let act = h.activation;
         let (eg, g) = self.geometry();
         inplace::embed_i8(px, eg, g.dim, &self.quant_layer(0), act, b, a, self.isa);
+        trace(0, a);
         for i in 0..usize::from(h.depth) {
             let (dw, pw) = (self.quant_layer(1 + 2 * i), self.quant_layer(2 + 2 * i));
             inplace::dw_i8_inplace(a, b, g, &dw, act, self.isa);
+            trace(1 + 2 * i, a);
             inplace::pw_i8_inplace(a, b, g.tokens(), g.dim, &pw, act, self.isa);
+            trace(2 + 2 * i, a);
         }
         let hl = h.head_layer();
         let zp_in = I32Le(self.blob.section(SectionKind::QParams, hl)).at(0);

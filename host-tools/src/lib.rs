@@ -2,3 +2,4 @@
 
 pub mod flash;
 pub mod qemu_count;
+pub mod report;

@@ -140,6 +140,29 @@ enum Cmd {
         #[arg(long)]
         log_counter: bool,
     },
+    /// Quantisation diagnosis of an ONNX ConvMixer: per-layer SQNR of the int8 model against
+    /// the fp32 folded graph, and top-1 of both on a labelled set (an ImageFolder tree).
+    Report {
+        /// The ONNX file.
+        model: PathBuf,
+        /// Calibration images (folder or IDX file).
+        #[arg(long)]
+        calib: PathBuf,
+        /// The labelled images (one sub-folder per class, named by class index or label).
+        #[arg(long)]
+        data: PathBuf,
+        /// Calibration method, as for `quantize`.
+        #[arg(long, default_value = "minmax")]
+        calibration: String,
+        /// Bias correction, as for `quantize`.
+        #[arg(long)]
+        bias_correction: bool,
+        #[command(flatten)]
+        prep: Prep,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Build the bare-metal firmware (firmware/baremetal) around a model blob and write
     /// the files for the board's boot medium (kernel8.img + config.txt for a Raspberry Pi),
     /// or boot it under qemu-system-aarch64 and print its decoded defmt log.
@@ -205,6 +228,22 @@ fn main() -> ExitCode {
             quick,
             log_counter,
         } => bench::run(json, quick, log_counter),
+        Cmd::Report {
+            model,
+            calib,
+            data,
+            calibration,
+            bias_correction,
+            prep,
+            json,
+        } => report(
+            &model,
+            &calib,
+            &data,
+            (&calibration, bias_correction),
+            &prep,
+            json,
+        ),
         Cmd::Flash {
             model,
             board,
@@ -223,6 +262,78 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn report(
+    model: &Path,
+    calib: &Path,
+    dir: &Path,
+    (calibration, bias_correction): (&str, bool),
+    prep: &Prep,
+    json: bool,
+) -> Result<()> {
+    let method = convmixer_quantize::calibrate::Method::parse(calibration)?;
+    let imported = onnx::import(model)?;
+    let labels = read_labels(prep.labels.as_deref())?;
+    let opts = Options {
+        mean: prep.mean.clone(),
+        std: prep.std.clone(),
+        labels: labels.clone(),
+        calibration: Some(method),
+        bias_correction,
+    };
+    let shape = (imported.in_h, imported.in_w, imported.in_c);
+    let calib = data::calibration_set(calib, shape)?;
+    let set = data::image_folder(dir, &labels, imported.classes())?;
+    let set: Vec<(Vec<u8>, usize)> = set
+        .iter()
+        .map(|(p, c)| Ok((data::load_image(p, shape)?, *c)))
+        .collect::<Result<_>>()?;
+    let d = host_tools::report::diagnose(&imported, &calib, &set, &opts)?;
+    if json {
+        let layers: Vec<serde_json::Value> = d
+            .layers
+            .iter()
+            .map(|l| serde_json::json!({"layer": l.layer, "name": l.name, "sqnr_db": l.sqnr_db}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": model.display().to_string(),
+                "n": d.n,
+                "top1_fp32": d.top1_fp32,
+                "top1_int8": d.top1_int8,
+                "agreement": d.agreement,
+                "blob_bytes": d.blob_bytes,
+                "arena_bytes": d.arena_bytes,
+                "layers": layers,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "{}: {} labelled images, calibration {calibration}{}",
+        model.display(),
+        d.n,
+        if bias_correction {
+            " + bias correction"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "top-1 fp32 {:.2}%, int8 {:.2}%, agreement {:.2}%; int8 blob {} bytes, arena {} bytes",
+        100.0 * d.top1_fp32,
+        100.0 * d.top1_int8,
+        100.0 * d.agreement,
+        d.blob_bytes,
+        d.arena_bytes
+    );
+    println!("{:<22} {:>9}", "layer", "SQNR dB");
+    for l in &d.layers {
+        println!("{:<22} {:>9.2}", l.name, l.sqnr_db);
+    }
+    Ok(())
 }
 
 fn flash(

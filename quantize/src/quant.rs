@@ -134,6 +134,18 @@ pub fn gap_frac_bits(dim: usize) -> u8 {
         .unwrap_or(0)
 }
 
+/// The int8 `(scale, zero point)` of every conv layer's output, as the blob quantises it:
+/// `q = round(x / scale) + zp`, so `x ≈ (q − zp) · scale`.
+pub fn output_quant(stats: &[LayerStats]) -> Vec<(f64, i32)> {
+    stats
+        .iter()
+        .map(|s| {
+            let (lo, hi) = s.out.with_zero();
+            asym(lo, hi)
+        })
+        .collect()
+}
+
 /// Asymmetric int8 `(scale, zero point)` covering `[lo, hi]` (which contains 0).
 pub fn asym(lo: f32, hi: f32) -> (f64, i32) {
     let (lo, hi) = (f64::from(lo.min(0.0)), f64::from(hi.max(0.0)));
@@ -214,14 +226,7 @@ fn lower_int8(
         );
     }
     let dim = f.dim;
-    // Output quantisation of every layer.
-    let outq: Vec<(f64, i32)> = stats
-        .iter()
-        .map(|s| {
-            let (lo, hi) = s.out.with_zero();
-            asym(lo, hi)
-        })
-        .collect();
+    let outq = output_quant(stats);
     for (li, l) in layers.iter().enumerate() {
         let taps = h.taps(li);
         // Input quantisation: the embedding's int8 input is pixel − 128 (scale 1 in pixel
