@@ -8,7 +8,7 @@
 
 use anyhow::{anyhow, Result};
 use convmixer_edge::{Model, Precision};
-use convmixer_quantize::{calibrate, fold, onnx::Imported, quant, Options};
+use convmixer_quantize::{calibrate, onnx::Imported, quant, Options};
 
 /// One conv layer's signal-to-quantisation-noise ratio over the labelled set.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,16 +66,14 @@ pub fn diagnose(
     data: &[(Vec<u8>, usize)],
     opts: &Options,
 ) -> Result<Diagnosis> {
-    let folded = fold::fold(model, &opts.mean, &opts.std)?;
-    let blob = convmixer_quantize::quantize(model, Precision::Int8, calib, opts, || {})?;
-    let stats = calibrate::calibrate_with(
-        &folded,
-        calib,
-        opts.calibration.unwrap_or(calibrate::Method::MinMax),
-        || {},
-    );
-    let outq = quant::output_quant(&stats);
-    let m = Model::from_bytes(&blob).map_err(|e| anyhow!("the int8 blob does not load: {e}"))?;
+    let q = convmixer_quantize::quantize_detailed(model, Precision::Int8, calib, opts, || {})?;
+    let (folded, blob) = (&q.folded, &q.blob);
+    let stats = q
+        .stats
+        .as_deref()
+        .ok_or_else(|| anyhow!("int8 quantisation gave no calibration ranges"))?;
+    let outq = quant::output_quant(stats);
+    let m = Model::from_bytes(blob).map_err(|e| anyhow!("the int8 blob does not load: {e}"))?;
     let layers = outq.len();
     let (ht, wt) = folded.grid();
     let size = ht * wt * folded.dim;
@@ -85,7 +83,7 @@ pub fn diagnose(
     let mut fp32_out = vec![vec![0f32; size]; layers];
     let (mut right32, mut right8, mut agree) = (0usize, 0usize, 0usize);
     for (px, label) in data {
-        let l32 = calibrate::forward_with(&folded, px, |layer, idx, _, _, out| {
+        let l32 = calibrate::forward_with(folded, px, |layer, idx, _, _, out| {
             fp32_out[layer][idx] = out;
         });
         m.logits_traced(px, &mut arena, &mut logits, &mut |layer, q: &[i8]| {

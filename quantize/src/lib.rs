@@ -37,6 +37,17 @@ pub struct Options {
     pub bias_correction: bool,
 }
 
+/// What [`quantize_detailed`] produced: the blob and what it was made from.
+#[derive(Clone, Debug)]
+pub struct Quantised {
+    /// The folded graph (no BatchNorm left).
+    pub folded: fold::Folded,
+    /// The calibrated ranges, one per conv layer (int8 only).
+    pub stats: Option<Vec<calibrate::LayerStats>>,
+    /// The model blob.
+    pub blob: Vec<u8>,
+}
+
 /// The whole path for an already imported model: fold, calibrate (int8), lower.
 pub fn quantize(
     model: &onnx::Imported,
@@ -45,6 +56,18 @@ pub fn quantize(
     opts: &Options,
     progress: impl FnMut(),
 ) -> anyhow::Result<Vec<u8>> {
+    Ok(quantize_detailed(model, precision, calib, opts, progress)?.blob)
+}
+
+/// [`quantize`], also returning the folded graph and the calibrated ranges (for
+/// diagnostics, which compare the blob with the graph it came from).
+pub fn quantize_detailed(
+    model: &onnx::Imported,
+    precision: Precision,
+    calib: &[Vec<u8>],
+    opts: &Options,
+    progress: impl FnMut(),
+) -> anyhow::Result<Quantised> {
     let folded = fold::fold(model, &opts.mean, &opts.std)?;
     let stats = match precision {
         Precision::Int8 => {
@@ -62,11 +85,16 @@ pub fn quantize(
     };
     let means = (precision == Precision::Int8 && opts.bias_correction)
         .then(|| calibrate::input_means(&folded, calib));
-    quant::lower(
+    let blob = quant::lower(
         &folded,
         precision,
         stats.as_deref(),
         means.as_deref(),
         &opts.labels,
-    )
+    )?;
+    Ok(Quantised {
+        folded,
+        stats,
+        blob,
+    })
 }
