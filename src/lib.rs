@@ -45,7 +45,7 @@ mod model;
 #[cfg(test)]
 mod example_tests;
 
-pub use model::Model;
+pub use model::{LayerOutput, Model};
 
 /// Weight storage (and arithmetic) of a blob.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -24,7 +24,66 @@ pub struct Model<'a> {
 }
 
 /// A layer-output observer ([`Model::logits_traced`]).
-type Trace<'t> = dyn FnMut(usize, &[i8]) + 't;
+type Trace<'t> = dyn FnMut(usize, LayerOutput<'_>) + 't;
+
+/// One conv layer's output as [`Model::logits_traced`] shows it: `tokens · dim` values,
+/// token-major, in the arena's storage type.
+///
+/// ```
+/// use convmixer_edge::LayerOutput;
+/// let q = [1i8, -2, 3];
+/// let out = LayerOutput::Int8(&q);
+/// assert_eq!(out.len(), 3);
+/// assert_eq!(LayerOutput::F16(&[0x3C00]).get_f32(0), Some(1.0));
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub enum LayerOutput<'x> {
+    /// int8 blobs: quantised values (dequantise with the tensor's scale and zero point).
+    Int8(&'x [i8]),
+    /// f32 blobs, and f16 blobs computed in f32 arithmetic.
+    F32(&'x [f32]),
+    /// f16 blobs computed in binary16 arithmetic: IEEE binary16 bit patterns.
+    F16(&'x [u16]),
+}
+
+impl LayerOutput<'_> {
+    /// Number of values (`tokens · dim`).
+    ///
+    /// ```
+    /// assert_eq!(convmixer_edge::LayerOutput::F32(&[0.5; 6]).len(), 6);
+    /// ```
+    pub fn len(&self) -> usize {
+        match self {
+            LayerOutput::Int8(v) => v.len(),
+            LayerOutput::F32(v) => v.len(),
+            LayerOutput::F16(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no values.
+    ///
+    /// ```
+    /// assert!(convmixer_edge::LayerOutput::Int8(&[]).is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Value `i` of a float output as f32 (exact); `None` for int8 outputs or past the end.
+    ///
+    /// ```
+    /// use convmixer_edge::LayerOutput;
+    /// assert_eq!(LayerOutput::F32(&[2.5]).get_f32(0), Some(2.5));
+    /// assert_eq!(LayerOutput::Int8(&[7]).get_f32(0), None);
+    /// ```
+    pub fn get_f32(&self, i: usize) -> Option<f32> {
+        match self {
+            LayerOutput::Int8(_) => None,
+            LayerOutput::F32(v) => v.get(i).copied(),
+            LayerOutput::F16(v) => v.get(i).map(|&b| half::f16::from_bits(b).to_f32()),
+        }
+    }
+}
 
 /// Where each buffer lives inside the arena (byte offsets from the aligned start).
 struct Plan {
@@ -222,20 +281,19 @@ impl<'a> Model<'a> {
         Ok(())
     }
 
-    /// [`Model::logits`], calling `trace(layer, output)` after every conv layer of an int8
-    /// model (layer 0 = the patch embedding, then each block's depthwise and pointwise
-    /// layer) with that layer's int8 output (`tokens · dim`, token-major). Float models run
-    /// without calls. Quantisation diagnostics (`host-tools report`) compare these with the
-    /// fp32 graph's layer outputs.
+    /// [`Model::logits`], calling `trace(layer, output)` after every conv layer (layer 0 =
+    /// the patch embedding, then each block's depthwise and pointwise layer) with that
+    /// layer's output (`tokens · dim`, token-major, [`LayerOutput`]). Quantisation
+    /// diagnostics (`host-tools report`) compare these with the fp32 graph's layer outputs.
     ///
     /// ```
     /// # fn demo(m: &convmixer_edge::Model, px: &[u8]) -> Result<(), convmixer_edge::Error> {
     /// let mut arena = vec![0u8; m.arena_len()];
     /// let mut logits = vec![0.0f32; m.header().classes as usize];
     /// let mut layers = 0;
-    /// m.logits_traced(px, &mut arena, &mut logits, &mut |_layer, out: &[i8]| {
+    /// m.logits_traced(px, &mut arena, &mut logits, &mut |_layer, out| {
     ///     layers += 1;
-    ///     let _ = out;
+    ///     assert_eq!(out.len(), m.header().tokens() * usize::from(m.header().dim));
     /// })?;
     /// # Ok(()) }
     /// ```
@@ -244,7 +302,7 @@ impl<'a> Model<'a> {
         pixels: &[u8],
         arena: &mut [u8],
         out: &mut [f32],
-        trace: &mut dyn FnMut(usize, &[i8]),
+        trace: &mut Trace<'_>,
     ) -> Result<(), Error> {
         let classes = usize::from(self.header().classes);
         if out.len() != classes {
@@ -307,14 +365,14 @@ impl<'a> Model<'a> {
         let act_len = h.tokens() * usize::from(h.dim);
         let logits: &mut [f32] = bytemuck::try_cast_slice_mut(logits)
             .map_err(|_| Error::Malformed("arena alignment"))?;
+        let mut none = |_: usize, _: LayerOutput<'_>| {};
+        let trace = trace.unwrap_or(&mut none);
         match h.precision {
             Precision::Int8 => {
                 let a: &mut [i8] = bytemuck::cast_slice_mut(&mut a[..act_len]);
                 let b: &mut [i8] = bytemuck::cast_slice_mut(b);
                 let mean: &mut [i32] = bytemuck::try_cast_slice_mut(mean)
                     .map_err(|_| Error::Malformed("arena alignment"))?;
-                let mut none = |_: usize, _: &[i8]| {};
-                let trace = trace.unwrap_or(&mut none);
                 self.run_int8(pixels, a, b, &mut mean[..usize::from(h.dim)], logits, trace);
             }
             p => {
@@ -324,12 +382,12 @@ impl<'a> Model<'a> {
                 let mean = &mut mean[..usize::from(h.dim)];
                 match (p, self.f16_arith) {
                     (Precision::F16, true) => {
-                        self.run_float::<_, F16Arith>(pixels, a, b, mean, logits, F16Le)?
+                        self.run_float::<_, F16Arith>(pixels, a, b, mean, logits, F16Le, trace)?
                     }
                     (Precision::F16, false) => {
-                        self.run_float::<_, F32Arith>(pixels, a, b, mean, logits, F16Le)?
+                        self.run_float::<_, F32Arith>(pixels, a, b, mean, logits, F16Le, trace)?
                     }
-                    _ => self.run_float::<_, F32Arith>(pixels, a, b, mean, logits, F32Le)?,
+                    _ => self.run_float::<_, F32Arith>(pixels, a, b, mean, logits, F32Le, trace)?,
                 }
             }
         }
@@ -378,6 +436,7 @@ impl<'a> Model<'a> {
         mean: &mut [f32],
         logits: &mut [f32],
         wrap: fn(&'a [u8]) -> W,
+        trace: &mut Trace<'_>,
     ) -> Result<(), Error> {
         let h = self.header();
         let act = h.activation;
@@ -403,10 +462,13 @@ impl<'a> Model<'a> {
         }
         let a: &mut [M::Act] = bytemuck::try_cast_slice_mut(&mut a[..n * esz]).map_err(align)?;
         let b: &mut [M::Act] = bytemuck::try_cast_slice_mut(&mut b[..n * esz]).map_err(align)?;
+        trace(0, M::trace(a));
         for i in 0..usize::from(h.depth) {
             float::dw::<W, M>(a, g, &self.float_layer(1 + 2 * i, wrap), act, b, self.isa);
+            trace(1 + 2 * i, M::trace(b));
             let pw = self.float_layer(2 + 2 * i, wrap);
             float::pw::<W, M>(b, g.tokens(), g.dim, &pw, act, a, self.isa);
+            trace(2 + 2 * i, M::trace(a));
         }
         let hl = h.head_layer();
         let w = wrap(self.blob.section(SectionKind::Weights, hl));
@@ -435,19 +497,19 @@ impl<'a> Model<'a> {
         b: &mut [i8],
         mean: &mut [i32],
         logits: &mut [f32],
-        trace: &mut dyn FnMut(usize, &[i8]),
+        trace: &mut Trace<'_>,
     ) {
         let h = self.header();
         let act = h.activation;
         let (eg, g) = self.geometry();
         inplace::embed_i8(px, eg, g.dim, &self.quant_layer(0), act, b, a, self.isa);
-        trace(0, a);
+        trace(0, LayerOutput::Int8(a));
         for i in 0..usize::from(h.depth) {
             let (dw, pw) = (self.quant_layer(1 + 2 * i), self.quant_layer(2 + 2 * i));
             inplace::dw_i8_inplace(a, b, g, &dw, act, self.isa);
-            trace(1 + 2 * i, a);
+            trace(1 + 2 * i, LayerOutput::Int8(a));
             inplace::pw_i8_inplace(a, b, g.tokens(), g.dim, &pw, act, self.isa);
-            trace(2 + 2 * i, a);
+            trace(2 + 2 * i, LayerOutput::Int8(a));
         }
         let hl = h.head_layer();
         let zp_in = I32Le(self.blob.section(SectionKind::QParams, hl)).at(0);

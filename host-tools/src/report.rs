@@ -7,7 +7,7 @@
 //! ([`quant::output_quant`]).
 
 use anyhow::{anyhow, Result};
-use convmixer_edge::{Model, Precision};
+use convmixer_edge::{LayerOutput, Model, Precision};
 use convmixer_quantize::{calibrate, onnx::Imported, quant, Options};
 
 /// One conv layer's signal-to-quantisation-noise ratio over the labelled set.
@@ -86,7 +86,8 @@ pub fn diagnose(
         let l32 = calibrate::forward_with(folded, px, |layer, idx, _, _, out| {
             fp32_out[layer][idx] = out;
         });
-        m.logits_traced(px, &mut arena, &mut logits, &mut |layer, q: &[i8]| {
+        m.logits_traced(px, &mut arena, &mut logits, &mut |layer, q| {
+            let LayerOutput::Int8(q) = q else { return };
             let (s, zp) = outq[layer];
             for (x, &v) in fp32_out[layer].iter().zip(q) {
                 let xh = (f64::from(v) - f64::from(zp)) * s;

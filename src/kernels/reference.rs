@@ -167,6 +167,9 @@ pub trait FloatArith: Copy + 'static + crate::sealed::Sealed {
     }
     /// `acc + w·x` with one rounding.
     fn mac(acc: f32, w: f32, x: f32) -> f32;
+    /// A stored activation tensor as [`Model::logits_traced`](crate::Model::logits_traced)
+    /// shows it.
+    fn trace(a: &[Self::Act]) -> crate::LayerOutput<'_>;
 }
 
 /// f32 arithmetic, f32 activations.
@@ -189,6 +192,9 @@ impl FloatArith for F32Arith {
     fn mac(acc: f32, w: f32, x: f32) -> f32 {
         libm::fmaf(w, x, acc)
     }
+    fn trace(a: &[f32]) -> crate::LayerOutput<'_> {
+        crate::LayerOutput::F32(a)
+    }
 }
 
 /// IEEE binary16 arithmetic, f16 activations (stored as their bits).
@@ -210,6 +216,9 @@ impl FloatArith for F16Arith {
     #[inline(always)]
     fn mac(acc: f32, w: f32, x: f32) -> f32 {
         fma_f16(w, x, acc)
+    }
+    fn trace(a: &[u16]) -> crate::LayerOutput<'_> {
+        crate::LayerOutput::F16(a)
     }
 }
 
