@@ -14,7 +14,7 @@ use crate::{Activation, Error, Precision};
 /// `CMXB`: the first four bytes of every blob.
 pub const MAGIC: [u8; 4] = *b"CMXB";
 /// The format version this reader understands.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// Length of the fixed header in bytes.
 pub const HEADER_LEN: usize = 64;
 /// Length of one table-of-contents entry in bytes.
@@ -70,6 +70,73 @@ pub enum SectionKind {
     Table = 8,
     /// Per-class dequantisation scale of the int8 head (f32).
     HeadScale = 9,
+    /// Input and output scale of an f16 layer in an int8 blob (4 × f32: `s_in, s_out, 0, 0`).
+    IoScale = 10,
+}
+
+/// Which conv layers of an int8 blob run in float with f16 weights ("mixed precision"),
+/// one bit per layer (bit `l % 8` of byte `l / 8`), stored in header bytes 36..64. At most
+/// [`LayerMask::CAPACITY`] layers can be marked, enough for depth 111.
+///
+/// ```
+/// use convmixer_edge::blob::LayerMask;
+/// let mut m = LayerMask::default();
+/// assert!(m.insert(3) && !m.insert(LayerMask::CAPACITY));
+/// assert!(m.contains(3) && !m.contains(2));
+/// assert_eq!(m.iter(9).collect::<Vec<_>>(), [3]);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct LayerMask(pub [u8; 28]);
+
+impl LayerMask {
+    /// Number of layers the mask can describe.
+    pub const CAPACITY: usize = 8 * 28;
+
+    /// Whether layer `l` is marked.
+    ///
+    /// ```
+    /// assert!(!convmixer_edge::blob::LayerMask::default().contains(0));
+    /// ```
+    pub fn contains(&self, l: usize) -> bool {
+        self.0.get(l / 8).is_some_and(|b| b >> (l % 8) & 1 == 1)
+    }
+
+    /// Marks layer `l`; `false` if `l` is past [`LayerMask::CAPACITY`].
+    ///
+    /// ```
+    /// let mut m = convmixer_edge::blob::LayerMask::default();
+    /// assert!(m.insert(0) && m.contains(0));
+    /// ```
+    pub fn insert(&mut self, l: usize) -> bool {
+        match self.0.get_mut(l / 8) {
+            Some(b) => {
+                *b |= 1 << (l % 8);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether no layer is marked.
+    ///
+    /// ```
+    /// assert!(convmixer_edge::blob::LayerMask::default().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&b| b == 0)
+    }
+
+    /// The marked layers below `layers`, ascending.
+    ///
+    /// ```
+    /// let mut m = convmixer_edge::blob::LayerMask::default();
+    /// m.insert(5);
+    /// assert_eq!(m.iter(4).count(), 0);
+    /// ```
+    pub fn iter(&self, layers: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..layers.min(Self::CAPACITY)).filter(|&l| self.contains(l))
+    }
 }
 
 /// The model's shape and encoding, as read from the header.
@@ -111,6 +178,8 @@ pub struct Header {
     pub gap_frac_bits: u8,
     /// Number of classes.
     pub classes: u16,
+    /// int8 blobs: the conv layers that run in float with f16 weights (empty otherwise).
+    pub f16_layers: LayerMask,
 }
 
 impl Header {
@@ -197,9 +266,27 @@ impl Header {
             _ => usize::from(self.dim),
         }
     }
+    /// Whether conv layer `layer` runs in float with f16 weights: every layer of an f16
+    /// blob, the [`Header::f16_layers`] of an int8 blob.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), convmixer_edge::Error> {
+    /// let b = convmixer_edge::blob::parse(convmixer_edge::include_blob!("../examples/mnist/convmixer-mnist-int8.cmx"))?;
+    /// assert!(!b.header().is_f16_layer(0));
+    /// # Ok(()) }
+    /// ```
+    pub fn is_f16_layer(&self, layer: usize) -> bool {
+        match self.precision {
+            Precision::F16 => true,
+            Precision::F32 => false,
+            Precision::Int8 => self.f16_layers.contains(layer),
+        }
+    }
     /// Sections per conv layer.
     fn per_conv(&self) -> usize {
         match self.precision {
+            // int8 layers: WEIGHTS BIAS REQUANT QPARAMS TABLE; f16 layers of an int8
+            // blob: WEIGHTS BIAS AFFINE QPARAMS IO_SCALE.
             Precision::Int8 => 5,
             _ => 3,
         }
@@ -253,6 +340,7 @@ impl Header {
         LE::write_u16(&mut b[24..26], self.classes);
         LE::write_u16(&mut b[26..28], n_sections);
         LE::write_u32(&mut b[32..36], blob_len);
+        b[36..HEADER_LEN].copy_from_slice(&self.f16_layers.0);
         b
     }
 }
@@ -292,7 +380,10 @@ pub fn section_at(h: &Header, index: usize) -> Option<(SectionKind, u16, Option<
         let slot = i % h.per_conv();
         let l16 = layer as u16;
         let taps = h.taps(layer);
-        let s = match (int8, slot) {
+        // An f16 layer of an int8 blob: float sections, then its int8 boundary.
+        let island = int8 && h.f16_layers.contains(layer);
+        let wbytes = if island { 2 } else { wbytes };
+        let s = match (int8 && !island, slot) {
             (true, 0) if layer % 2 == 0 => (Weights, l16, Some(gemm_packed_len(dim, taps))),
             (false, 0) if layer % 2 == 0 => {
                 (Weights, l16, Some(fgemm_packed_len(dim, taps) * wbytes))
@@ -301,7 +392,8 @@ pub fn section_at(h: &Header, index: usize) -> Option<(SectionKind, u16, Option<
             (_, 1) => (Bias, l16, Some(dim * 4)),
             (false, 2) => (Affine, l16, Some(dim * 8)),
             (true, 2) => (Requant, l16, Some(dim * 24)),
-            (true, 3) => (QParams, l16, Some(16)),
+            (_, 3) => (QParams, l16, Some(16)),
+            (false, _) => (IoScale, l16, Some(16)),
             _ => {
                 let n = if h.activation == Activation::Relu {
                     0
@@ -335,7 +427,7 @@ pub(crate) fn section_index(h: &Header, kind: SectionKind, layer: usize) -> usiz
             Bias => 1,
             Affine | Requant => 2,
             QParams => 3,
-            _ => 4,
+            _ => 4, // Table, IoScale
         };
         2 + layer * h.per_conv() + slot
     } else {
@@ -429,6 +521,14 @@ impl<'a> Blob<'a> {
     }
 }
 
+fn h_depth(b: &[u8]) -> u16 {
+    LE::read_u16(&b[18..20])
+}
+
+fn h_conv_layers(depth: u16) -> usize {
+    1 + 2 * usize::from(depth)
+}
+
 fn read_header(b: &[u8]) -> Result<Header, Error> {
     if b.len() < HEADER_LEN {
         return Err(Error::Truncated);
@@ -455,9 +555,8 @@ fn read_header(b: &[u8]) -> Result<Header, Error> {
         2 => Activation::GeluTanh,
         _ => return Err(Error::Malformed("activation code")),
     };
-    if b[36..HEADER_LEN].iter().any(|&x| x != 0) {
-        return Err(Error::Malformed("reserved header bytes are not zero"));
-    }
+    let mut f16_layers = LayerMask::default();
+    f16_layers.0.copy_from_slice(&b[36..HEADER_LEN]);
     let h = Header {
         precision,
         activation,
@@ -472,7 +571,14 @@ fn read_header(b: &[u8]) -> Result<Header, Error> {
         pad_left: b[22],
         gap_frac_bits: b[23],
         classes: LE::read_u16(&b[24..26]),
+        f16_layers,
     };
+    let marked = f16_layers.iter(LayerMask::CAPACITY).count();
+    if (precision != Precision::Int8 && marked != 0)
+        || f16_layers.iter(h_conv_layers(h_depth(b))).count() != marked
+    {
+        return Err(Error::Malformed("f16 layer mask"));
+    }
     if h.in_c != 1 && h.in_c != 3 {
         return Err(Error::Malformed("input channels must be 1 or 3"));
     }
@@ -567,6 +673,23 @@ pub fn parse(bytes: &[u8]) -> Result<Blob<'_>, Error> {
     Ok(blob)
 }
 
+/// Float GEMM layers (embedding, pointwise): the packing padding must be zero.
+fn check_float_padding(b: &Blob<'_>, layer: usize, wbytes: usize) -> Result<(), Error> {
+    let h = b.header;
+    let dim = usize::from(h.dim);
+    let (w, taps) = (b.section(SectionKind::Weights, layer), h.taps(layer));
+    let padded = dim.div_ceil(FGEMM_NR) * FGEMM_NR;
+    for o in dim..padded {
+        for i in 0..taps {
+            let at = fgemm_index(o, i, taps) * wbytes;
+            if w[at..at + wbytes].iter().any(|&v| v != 0) {
+                return Err(Error::Malformed("non-zero padding in packed GEMM weights"));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
     let h = b.header;
     let labels =
@@ -575,20 +698,9 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
         return Err(Error::Malformed("label count does not match classes"));
     }
     if h.precision != Precision::Int8 {
-        // Float GEMM layers (embedding, pointwise): the packing padding must be zero.
         let wbytes = if h.precision == Precision::F16 { 2 } else { 4 };
-        let dim = usize::from(h.dim);
         for layer in (0..h.conv_layers()).step_by(2) {
-            let (w, taps) = (b.section(SectionKind::Weights, layer), h.taps(layer));
-            let padded = dim.div_ceil(FGEMM_NR) * FGEMM_NR;
-            for o in dim..padded {
-                for i in 0..taps {
-                    let at = fgemm_index(o, i, taps) * wbytes;
-                    if w[at..at + wbytes].iter().any(|&v| v != 0) {
-                        return Err(Error::Malformed("non-zero padding in packed GEMM weights"));
-                    }
-                }
-            }
+            check_float_padding(b, layer, wbytes)?;
         }
         return Ok(());
     }
@@ -601,6 +713,19 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
         }
         if layer == 0 && zp_in != -128 {
             return Err(Error::Malformed("embedding input zero point must be -128"));
+        }
+        if h.f16_layers.contains(layer) {
+            // An f16 layer between int8 tensors: finite positive scales, float padding.
+            let s = b.section(SectionKind::IoScale, layer);
+            let (s_in, s_out) = (LE::read_f32(&s[0..]), LE::read_f32(&s[4..]));
+            let ok = |v: f32| v.is_finite() && v > 0.0;
+            if !(ok(s_in) && ok(s_out)) || s[8..].iter().any(|&v| v != 0) {
+                return Err(Error::Malformed("f16 layer scales"));
+            }
+            if layer % 2 == 0 {
+                check_float_padding(b, layer, 2)?;
+            }
+            continue;
         }
         let w = b.section(SectionKind::Weights, layer);
         let bias = b.section(SectionKind::Bias, layer);

@@ -1,6 +1,7 @@
 //! [`Model`]: a validated blob plus the inference driver.
 
 use crate::blob::{self, Blob, Header, SectionKind};
+use crate::kernels::mixed::{self, MixedLayer};
 use crate::kernels::reference::{F16Arith, F32Arith, FloatArith};
 use crate::kernels::{float, inplace, reference as k, EmbedGeom, Grid, Isa};
 use crate::le::{F16Le, F32Le, FloatWeights, I32Le};
@@ -490,6 +491,18 @@ impl<'a> Model<'a> {
         }
     }
 
+    fn mixed_layer(&self, layer: usize) -> MixedLayer<'a> {
+        let q = I32Le(self.blob.section(SectionKind::QParams, layer));
+        let s = F32Le(self.blob.section(SectionKind::IoScale, layer));
+        MixedLayer {
+            f: self.float_layer(layer, F16Le),
+            s_in: s.at(0),
+            zp_in: q.at(0),
+            s_out: s.at(1),
+            zp_out: q.at(2),
+        }
+    }
+
     fn run_int8(
         &self,
         px: &[u8],
@@ -502,14 +515,29 @@ impl<'a> Model<'a> {
         let h = self.header();
         let act = h.activation;
         let (eg, g) = self.geometry();
-        inplace::embed_i8(px, eg, g.dim, &self.quant_layer(0), act, b, a, self.isa);
+        // Layers marked in the header's f16 mask run in float between the int8 tensors.
+        let f16 = |l| h.f16_layers.contains(l);
+        if f16(0) {
+            mixed::embed(px, eg, g.dim, &self.mixed_layer(0), act, a);
+        } else {
+            inplace::embed_i8(px, eg, g.dim, &self.quant_layer(0), act, b, a, self.isa);
+        }
         trace(0, LayerOutput::Int8(a));
         for i in 0..usize::from(h.depth) {
-            let (dw, pw) = (self.quant_layer(1 + 2 * i), self.quant_layer(2 + 2 * i));
-            inplace::dw_i8_inplace(a, b, g, &dw, act, self.isa);
-            trace(1 + 2 * i, LayerOutput::Int8(a));
-            inplace::pw_i8_inplace(a, b, g.tokens(), g.dim, &pw, act, self.isa);
-            trace(2 + 2 * i, LayerOutput::Int8(a));
+            let (dw, pw) = (1 + 2 * i, 2 + 2 * i);
+            if f16(dw) {
+                mixed::dw_inplace(a, b, g, &self.mixed_layer(dw), act);
+            } else {
+                inplace::dw_i8_inplace(a, b, g, &self.quant_layer(dw), act, self.isa);
+            }
+            trace(dw, LayerOutput::Int8(a));
+            if f16(pw) {
+                mixed::pw_inplace(a, b, g.tokens(), g.dim, &self.mixed_layer(pw), act);
+            } else {
+                let l = self.quant_layer(pw);
+                inplace::pw_i8_inplace(a, b, g.tokens(), g.dim, &l, act, self.isa);
+            }
+            trace(pw, LayerOutput::Int8(a));
         }
         let hl = h.head_layer();
         let zp_in = I32Le(self.blob.section(SectionKind::QParams, hl)).at(0);

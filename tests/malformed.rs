@@ -128,6 +128,22 @@ fn header_fields_are_checked_even_with_a_valid_crc() {
             "field at {at}"
         );
     }
+    // The f16 layer mask (header bytes 36..64): a layer past the model's 3 conv layers
+    // (depth 1), or a mask on a float blob. A mask bit on a real layer changes the section
+    // plan, so the table of contents no longer matches.
+    for bit in [3usize, 100, 223] {
+        let mut mask = [0u8; 28];
+        mask[bit / 8] = 1 << (bit % 8);
+        assert_eq!(
+            with(36, &mask),
+            Some(Error::Malformed("f16 layer mask")),
+            "bit {bit}"
+        );
+    }
+    assert!(matches!(
+        with(36, &[1]),
+        Some(Error::Malformed(_) | Error::Truncated)
+    ));
     // Wrong inputs at run time.
     let m = Model::from_bytes(&b).expect("valid");
     let mut arena = vec![0u8; m.arena_len()];

@@ -1,7 +1,7 @@
 //! `host-tools`: the convmixer-edge command line.
 //!
 //! ```text
-//! host-tools quantize MODEL.onnx [--calib PATH] [--precision int8|fp16|fp32] [--mean M..] [--std S..] [--labels FILE] [-o OUT]
+//! host-tools quantize MODEL.onnx [--calib PATH] [--precision int8|fp16|fp32] [--accuracy-budget P --data DIR | --sqnr-min DB] [--mean M..] [--std S..] [--labels FILE] [-o OUT]
 //! host-tools classify MODEL.cmx IMAGE... [--top K] [--json]
 //! host-tools eval MODEL --data DIR [--json] [--mean M..] [--std S..] [--labels FILE]
 //! host-tools bench [--json] [--quick] [--log-counter]
@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use convmixer_edge::{Model, Precision};
-use convmixer_quantize::{data, onnx, reference::TractModel, Options};
+use convmixer_quantize::{data, mixed::Target, onnx, reference::TractModel, Options};
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod bench;
@@ -87,6 +87,22 @@ enum Cmd {
         /// make on the calibration images (one more pass over them).
         #[arg(long)]
         bias_correction: bool,
+        /// Mixed precision: keep the layers int8 hurts most in f16 until int8 top-1 on
+        /// `--data` is at most this many points below fp32 (int8 only).
+        #[arg(
+            long,
+            value_name = "POINTS",
+            requires = "data",
+            conflicts_with = "sqnr_min"
+        )]
+        accuracy_budget: Option<f64>,
+        /// Mixed precision: keep layers in f16 until every layer output's SQNR against fp32
+        /// on the calibration images is at least this many dB (int8 only).
+        #[arg(long, value_name = "DB")]
+        sqnr_min: Option<f64>,
+        /// Labelled images for `--accuracy-budget` (ImageFolder: one sub-folder per class).
+        #[arg(long)]
+        data: Option<PathBuf>,
         #[command(flatten)]
         prep: Prep,
         /// Output blob (default: MODEL with the extension replaced by `-PRECISION.cmx`).
@@ -201,16 +217,27 @@ fn main() -> ExitCode {
             precision,
             calibration,
             bias_correction,
+            accuracy_budget,
+            sqnr_min,
+            data,
             prep,
             output,
-        } => quantize(
-            &model,
-            calib.as_deref(),
-            precision,
-            (&calibration, bias_correction),
-            &prep,
-            output,
-        ),
+        } => {
+            let target = match (accuracy_budget, sqnr_min) {
+                (Some(b), _) => Some(Target::AccuracyBudget(b)),
+                (_, Some(db)) => Some(Target::SqnrMin(db)),
+                _ => None,
+            };
+            quantize(
+                &model,
+                calib.as_deref(),
+                precision,
+                (&calibration, bias_correction),
+                (target, data.as_deref()),
+                &prep,
+                output,
+            )
+        }
         Cmd::Classify {
             model,
             images,
@@ -281,14 +308,11 @@ fn report(
         labels: labels.clone(),
         calibration: Some(method),
         bias_correction,
+        ..Default::default()
     };
     let shape = (imported.in_h, imported.in_w, imported.in_c);
     let calib = data::calibration_set(calib, shape)?;
-    let set = data::image_folder(dir, &labels, imported.classes())?;
-    let set: Vec<(Vec<u8>, usize)> = set
-        .iter()
-        .map(|(p, c)| Ok((data::load_image(p, shape)?, *c)))
-        .collect::<Result<_>>()?;
+    let set = labelled_set(dir, &labels, &imported)?;
     let d = host_tools::report::diagnose(&imported, &calib, &set, &opts)?;
     if json {
         let layers: Vec<serde_json::Value> = d
@@ -441,17 +465,32 @@ fn quantize(
     calib: Option<&Path>,
     precision: PrecisionArg,
     (calibration, bias_correction): (&str, bool),
+    (target, data_dir): (Option<Target>, Option<&Path>),
     prep: &Prep,
     output: Option<PathBuf>,
 ) -> Result<()> {
     let method = convmixer_quantize::calibrate::Method::parse(calibration)?;
+    match target {
+        Some(Target::AccuracyBudget(b)) if !(b.is_finite() && b >= 0.0) => {
+            bail!("--accuracy-budget must be a number of points ≥ 0, got {b}")
+        }
+        Some(Target::SqnrMin(db)) if !db.is_finite() => {
+            bail!("--sqnr-min must be a finite number of dB, got {db}")
+        }
+        Some(_) if precision.precision() != Precision::Int8 => {
+            bail!("--accuracy-budget and --sqnr-min apply to --precision int8 only")
+        }
+        _ => {}
+    }
     let imported = onnx::import(model)?;
+    let labels = read_labels(prep.labels.as_deref())?;
     let opts = Options {
         mean: prep.mean.clone(),
         std: prep.std.clone(),
-        labels: read_labels(prep.labels.as_deref())?,
+        labels: labels.clone(),
         calibration: Some(method),
         bias_correction,
+        ..Default::default()
     };
     let shape = (imported.in_h, imported.in_w, imported.in_c);
     let images = match (calib, precision) {
@@ -473,11 +512,50 @@ fn quantize(
         },
         "calibrating",
     );
-    let bytes =
-        convmixer_quantize::quantize(&imported, precision.precision(), &images, &opts, || {
-            pb.inc(1)
-        })?;
-    pb.finish_and_clear();
+    let bytes = match target {
+        None => {
+            let p = precision.precision();
+            let b = convmixer_quantize::quantize(&imported, p, &images, &opts, || pb.inc(1))?;
+            pb.finish_and_clear();
+            b
+        }
+        Some(target) => {
+            let set = match data_dir {
+                Some(dir) => labelled_set(dir, &labels, &imported)?,
+                None => Vec::new(),
+            };
+            let (q, choice) = convmixer_quantize::quantize_mixed(
+                &imported,
+                &images,
+                &set,
+                &opts,
+                target,
+                || pb.inc(1),
+                &mut |line| pb.suspend(|| eprintln!("{line}")),
+            )?;
+            pb.finish_and_clear();
+            let layers = 1 + 2 * q.folded.blocks.len();
+            let f16: Vec<usize> = choice.f16_layers.iter(layers).collect();
+            eprintln!(
+                "mixed precision: {} of {layers} conv layers in f16 {f16:?}{}",
+                f16.len(),
+                match choice.top1 {
+                    Some((fp32, int8, mixed)) =>
+                        format!("; top-1 fp32 {fp32:.2}%, int8 {int8:.2}%, mixed {mixed:.2}%"),
+                    None => format!(
+                        "; lowest layer SQNR {:.1} dB",
+                        choice.sqnr_db.iter().copied().fold(f64::INFINITY, f64::min)
+                    ),
+                }
+            );
+            if !choice.met {
+                eprintln!(
+                    "warning: the target is not reached even with these layers in f16 (each f16 layer still writes an int8 tensor); writing the best mix found"
+                );
+            }
+            q.blob
+        }
+    };
     let out = output.unwrap_or_else(|| {
         let suffix = match precision {
             PrecisionArg::Int8 => "int8",
@@ -512,6 +590,19 @@ fn quantize(
         m.arena_len()
     );
     Ok(())
+}
+
+/// An ImageFolder tree, loaded at the model's input shape.
+fn labelled_set(
+    dir: &Path,
+    labels: &[String],
+    model: &onnx::Imported,
+) -> Result<Vec<(Vec<u8>, usize)>> {
+    let shape = (model.in_h, model.in_w, model.in_c);
+    data::image_folder(dir, labels, model.classes())?
+        .iter()
+        .map(|(p, c)| Ok((data::load_image(p, shape)?, *c)))
+        .collect()
 }
 
 fn load_blob(path: &Path) -> Result<Vec<u8>> {

@@ -7,6 +7,9 @@
 //! (ONNX file)      (no BN left)    (ranges, int8 only)      (int8/f16/f32)   (runtime reads)
 //! ```
 //!
+//! [`mixed::choose`] (`quantize_mixed`) sits between the last two: it lowers and measures
+//! candidate blobs to decide which int8 layers stay in f16.
+//!
 //! [`reference::TractModel`] runs the original ONNX in fp32 with tract: the independent
 //! reference every test compares against.
 
@@ -14,6 +17,7 @@ pub mod blob;
 pub mod calibrate;
 pub mod data;
 pub mod fold;
+pub mod mixed;
 pub mod onnx;
 pub mod onnx_export;
 pub mod quant;
@@ -35,6 +39,9 @@ pub struct Options {
     /// Bias correction of the int8 weights' mean error on the calibration set (one more
     /// pass over the images).
     pub bias_correction: bool,
+    /// int8 only: conv layers kept in float with f16 weights (mixed precision; chosen by
+    /// [`mixed::choose`] or given).
+    pub f16_layers: convmixer_edge::blob::LayerMask,
 }
 
 /// What [`quantize_detailed`] produced: the blob and what it was made from.
@@ -68,33 +75,100 @@ pub fn quantize_detailed(
     opts: &Options,
     progress: impl FnMut(),
 ) -> anyhow::Result<Quantised> {
-    let folded = fold::fold(model, &opts.mean, &opts.std)?;
-    let stats = match precision {
-        Precision::Int8 => {
-            if calib.is_empty() {
-                anyhow::bail!("int8 quantisation needs calibration images (--calib DIR)");
-            }
-            Some(calibrate::calibrate_with(
-                &folded,
-                calib,
-                opts.calibration.unwrap_or(calibrate::Method::MinMax),
-                progress,
-            ))
-        }
-        _ => None,
-    };
-    let means = (precision == Precision::Int8 && opts.bias_correction)
-        .then(|| calibrate::input_means(&folded, calib));
-    let blob = quant::lower(
-        &folded,
-        precision,
-        stats.as_deref(),
-        means.as_deref(),
-        &opts.labels,
-    )?;
-    Ok(Quantised {
-        folded,
+    let p = Prepared::new(model, precision, calib, opts, progress)?;
+    let blob = p.lower(&opts.f16_layers)?;
+    Ok(p.done(blob))
+}
+
+/// int8 with the layers that int8 hurts most kept in f16 until `target` is met
+/// ([`mixed::choose`]; `labelled` is the labelled set an accuracy budget is measured on).
+/// `log` gets one line per measurement.
+pub fn quantize_mixed(
+    model: &onnx::Imported,
+    calib: &[Vec<u8>],
+    labelled: &[(Vec<u8>, usize)],
+    opts: &Options,
+    target: mixed::Target,
+    progress: impl FnMut(),
+    log: &mut dyn FnMut(String),
+) -> anyhow::Result<(Quantised, mixed::Choice)> {
+    let p = Prepared::new(model, Precision::Int8, calib, opts, progress)?;
+    let stats = p
+        .stats
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("internal: int8 without ranges"))?;
+    let choice = mixed::choose(
+        &|mask| p.lower(mask),
+        &p.folded,
         stats,
-        blob,
-    })
+        calib,
+        labelled,
+        target,
+        log,
+    )?;
+    let blob = p.lower(&choice.f16_layers)?;
+    Ok((p.done(blob), choice))
+}
+
+/// Everything before the lowering: the folded graph, int8 ranges and bias-correction means.
+struct Prepared<'o> {
+    folded: fold::Folded,
+    precision: Precision,
+    stats: Option<Vec<calibrate::LayerStats>>,
+    means: Option<Vec<Vec<f64>>>,
+    opts: &'o Options,
+}
+
+impl<'o> Prepared<'o> {
+    fn new(
+        model: &onnx::Imported,
+        precision: Precision,
+        calib: &[Vec<u8>],
+        opts: &'o Options,
+        progress: impl FnMut(),
+    ) -> anyhow::Result<Self> {
+        let folded = fold::fold(model, &opts.mean, &opts.std)?;
+        let stats = match precision {
+            Precision::Int8 => {
+                if calib.is_empty() {
+                    anyhow::bail!("int8 quantisation needs calibration images (--calib DIR)");
+                }
+                Some(calibrate::calibrate_with(
+                    &folded,
+                    calib,
+                    opts.calibration.unwrap_or(calibrate::Method::MinMax),
+                    progress,
+                ))
+            }
+            _ => None,
+        };
+        let means = (precision == Precision::Int8 && opts.bias_correction)
+            .then(|| calibrate::input_means(&folded, calib));
+        Ok(Prepared {
+            folded,
+            precision,
+            stats,
+            means,
+            opts,
+        })
+    }
+
+    fn lower(&self, f16_layers: &convmixer_edge::blob::LayerMask) -> anyhow::Result<Vec<u8>> {
+        quant::lower(
+            &self.folded,
+            self.precision,
+            self.stats.as_deref(),
+            self.means.as_deref(),
+            &self.opts.labels,
+            f16_layers,
+        )
+    }
+
+    fn done(self, blob: Vec<u8>) -> Quantised {
+        Quantised {
+            folded: self.folded,
+            stats: self.stats,
+            blob,
+        }
+    }
 }

@@ -9,7 +9,7 @@
 //! channel, never to overflow i32 for any input, and the reader checks it again.
 
 use anyhow::{bail, Result};
-use convmixer_edge::blob::{limits, Header, SectionKind};
+use convmixer_edge::blob::{limits, Header, LayerMask, SectionKind};
 use convmixer_edge::kernels::{fgemm_index, fgemm_packed_len, gemm_index, gemm_packed_len};
 use convmixer_edge::{Activation, Precision};
 use half::f16;
@@ -18,7 +18,9 @@ use crate::blob::{f32_bytes, i32_bytes, Writer};
 use crate::calibrate::LayerStats;
 use crate::fold::{Folded, Layer};
 
-/// Writes `f` as a blob. `stats` (one per conv layer) is required for int8. With
+/// Writes `f` as a blob. `stats` (one per conv layer) is required for int8; the int8
+/// layers in `f16_layers` are written as f16 layers between int8 tensors (mixed
+/// precision; `docs/blob-format.md`). With
 /// `input_means` ([`crate::calibrate::input_means`]) the int8 biases are bias-corrected:
 /// each channel's bias is shifted by minus the mean error its quantised weights make on the
 /// calibration inputs, `Σ_i (w_q,i − w_i) · E[x_i]`. `labels` is empty or one per class.
@@ -28,8 +30,24 @@ pub fn lower(
     stats: Option<&[LayerStats]>,
     input_means: Option<&[Vec<f64>]>,
     labels: &[String],
+    f16_layers: &LayerMask,
 ) -> Result<Vec<u8>> {
-    let h = header(f, precision)?;
+    let mut h = header(f, precision)?;
+    if !f16_layers.is_empty() {
+        if precision != Precision::Int8 {
+            bail!("per-layer precision applies to int8 models only");
+        }
+        if let Some(l) = f16_layers
+            .iter(LayerMask::CAPACITY)
+            .find(|&l| l >= h.conv_layers())
+        {
+            bail!(
+                "layer {l} marked f16, but the model has {} conv layers",
+                h.conv_layers()
+            );
+        }
+        h.f16_layers = *f16_layers;
+    }
     let mut w = Writer::new(h);
     let norm: Vec<f32> = f.mean.iter().chain(&f.std).copied().collect();
     w.push(SectionKind::Norm, 0, f32_bytes(&norm))?;
@@ -49,39 +67,11 @@ pub fn lower(
         .collect();
     match precision {
         Precision::F32 | Precision::F16 => {
-            let wb = |v: &[f32]| -> Vec<u8> {
-                if precision == Precision::F16 {
-                    v.iter()
-                        .flat_map(|x| f16::from_f32(*x).to_bits().to_le_bytes())
-                        .collect()
-                } else {
-                    f32_bytes(v)
-                }
-            };
             for (i, l) in layers.iter().enumerate() {
-                // Embedding and pointwise are GEMMs, packed for the SIMD kernels.
-                let wv = if i % 2 == 0 {
-                    let (n, k) = (l.b.len(), l.w.len() / l.b.len());
-                    let mut packed = vec![0.0f32; fgemm_packed_len(n, k)];
-                    for o in 0..n {
-                        for t in 0..k {
-                            packed[fgemm_index(o, t, k)] = l.w[o * k + t];
-                        }
-                    }
-                    packed
-                } else {
-                    l.w.clone()
-                };
-                w.push(SectionKind::Weights, i, wb(&wv))?;
-                w.push(SectionKind::Bias, i, f32_bytes(&l.b))?;
-                w.push(
-                    SectionKind::Affine,
-                    i,
-                    f32_bytes(&[l.scale.clone(), l.shift.clone()].concat()),
-                )?;
+                push_float_layer(&mut w, i, l, precision)?;
             }
             let hl = layers.len();
-            w.push(SectionKind::Weights, hl, wb(&f.head_w))?;
+            w.push(SectionKind::Weights, hl, float_bytes(&f.head_w, precision))?;
             w.push(SectionKind::Bias, hl, f32_bytes(&f.head_b))?;
         }
         Precision::Int8 => {
@@ -92,6 +82,41 @@ pub fn lower(
         }
     }
     w.finish()
+}
+
+/// f32 or f16 little-endian bytes of `v`.
+fn float_bytes(v: &[f32], precision: Precision) -> Vec<u8> {
+    if precision == Precision::F16 {
+        v.iter()
+            .flat_map(|x| f16::from_f32(*x).to_bits().to_le_bytes())
+            .collect()
+    } else {
+        f32_bytes(v)
+    }
+}
+
+/// WEIGHTS, BIAS and AFFINE of float conv layer `i` (f32 or f16 weights).
+fn push_float_layer(w: &mut Writer, i: usize, l: &Layer, precision: Precision) -> Result<()> {
+    // Embedding and pointwise are GEMMs, packed for the SIMD kernels.
+    let wv = if i % 2 == 0 {
+        let (n, k) = (l.b.len(), l.w.len() / l.b.len());
+        let mut packed = vec![0.0f32; fgemm_packed_len(n, k)];
+        for o in 0..n {
+            for t in 0..k {
+                packed[fgemm_index(o, t, k)] = l.w[o * k + t];
+            }
+        }
+        packed
+    } else {
+        l.w.clone()
+    };
+    w.push(SectionKind::Weights, i, float_bytes(&wv, precision))?;
+    w.push(SectionKind::Bias, i, f32_bytes(&l.b))?;
+    w.push(
+        SectionKind::Affine,
+        i,
+        f32_bytes(&[l.scale.clone(), l.shift.clone()].concat()),
+    )
 }
 
 fn header(f: &Folded, precision: Precision) -> Result<Header> {
@@ -122,6 +147,7 @@ fn header(f: &Folded, precision: Precision) -> Result<Header> {
         pad_left: u8_of((k - 1) / 2, "padding")?,
         gap_frac_bits,
         classes: u16_of(f.classes(), "classes")?,
+        f16_layers: LayerMask::default(),
     })
 }
 
@@ -233,6 +259,17 @@ fn lower_int8(
         // units, zero point −128), else the previous layer's output.
         let (s_in, zp_in) = if li == 0 { (1.0, -128) } else { outq[li - 1] };
         let (s_out, zp_out) = outq[li];
+        if h.f16_layers.contains(li) {
+            // An f16 layer between int8 tensors: float parameters plus both boundaries.
+            push_float_layer(w, li, l, Precision::F16)?;
+            w.push(SectionKind::QParams, li, i32_bytes(&[zp_in, 0, zp_out, 0]))?;
+            w.push(
+                SectionKind::IoScale,
+                li,
+                f32_bytes(&[s_in as f32, s_out as f32, 0.0, 0.0]),
+            )?;
+            continue;
+        }
         let depthwise = li % 2 == 1;
         // Per-output-channel symmetric weights.
         let w_at = |o: usize, t: usize| {

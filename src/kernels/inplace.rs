@@ -102,6 +102,21 @@ pub fn dw_i8_inplace(
         Isa::Neon if super::neon::dw_i8_inplace_smlal(a, scratch, g, l, act) => return,
         _ => {}
     }
+    dw_inplace_by_token(a, scratch, g, |src, y, x, res, out| {
+        reference::dw_token_i8(src, y, x, res, g, l, act, out)
+    });
+}
+
+/// A depthwise input gatherer: the original (not yet overwritten) token at `(row, col)`.
+pub(crate) type Src<'s, 'x> = &'s dyn Fn(usize, usize) -> Option<&'x [i8]>;
+
+/// The ring-and-queue in-place driver described in the module header, computing each
+/// output token with `token(src, y, x, residual, out)` ([`reference::dw_token_i8`], or an
+/// f16 layer's token in a mixed model).
+pub(crate) fn dw_inplace_by_token<F>(a: &mut [i8], scratch: &mut [i8], g: Grid, mut token: F)
+where
+    F: for<'s, 'x> FnMut(Src<'s, 'x>, usize, usize, &'x [i8], &mut [i8]),
+{
     let (d, r, wt) = (g.dim, g.pad_top, g.wt);
     let lq = queue_len(g);
     let ring_len = r.checked_mul(wt).and_then(|n| n.checked_mul(d));
@@ -138,7 +153,7 @@ pub fn dw_i8_inplace(
                 let t = y * wt + x;
                 let res = &a_ro[t * d..(t + 1) * d];
                 let out = &mut queue[(x % lq) * d..(x % lq + 1) * d];
-                reference::dw_token_i8(&src, y, x, res, g, l, act, out);
+                token(&src, y, x, res, out);
             }
             // Column c may be written once token c + pad_left (its last reader) is done.
             if x >= g.pad_left {

@@ -5,6 +5,7 @@
 #[allow(unsafe_code)]
 pub mod float;
 pub mod inplace;
+pub mod mixed;
 pub mod reference;
 
 // The NEON kernels read little-endian blob fields as native integers.

@@ -610,7 +610,7 @@ pub fn dw_i8(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, out: &mut [
 /// ([`super::inplace`]) schedules.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-pub fn dw_token_i8<'x, S: Fn(usize, usize) -> Option<&'x [i8]>>(
+pub fn dw_token_i8<'x, S: Fn(usize, usize) -> Option<&'x [i8]> + ?Sized>(
     src: &S,
     ty: usize,
     tx: usize,

@@ -1,0 +1,235 @@
+//! Automatic mixed precision: which conv layers of an int8 model to keep in float (f16
+//! weights, f32 arithmetic, int8 tensors around them; `docs/blob-format.md`).
+//!
+//! Two targets, both measured with the runtime itself on the host (the blob that would be
+//! written, run by `convmixer_edge::Model`) against the fp32 folded graph:
+//!
+//! * [`Target::AccuracyBudget`]: top-1 on a labelled set may be at most this many points
+//!   below fp32. If pure int8 misses it, every layer's sensitivity is measured once (the
+//!   mean squared logit error against fp32 over the calibration images with only that layer
+//!   in f16: lower is more helpful), and layers are switched to f16 in that order until the
+//!   budget is met. Ranking on logit error rather than on top-1 keeps it meaningful on small
+//!   sets, where one layer rarely moves top-1 by a whole image.
+//! * [`Target::SqnrMin`]: every layer output's SQNR (dB, over the calibration images) must
+//!   reach this. Errors propagate forward, so the first layer below the target is switched
+//!   and everything is measured again, until all pass or every failing layer is already
+//!   f16 (an f16 layer still writes an int8 tensor, whose rounding bounds its SQNR).
+//!
+//! The search is deterministic (fixed order, ties broken by layer index): the same inputs
+//! give the same blob, byte for byte.
+
+use anyhow::{anyhow, bail, Result};
+use convmixer_edge::blob::LayerMask;
+use convmixer_edge::{LayerOutput, Model};
+
+use crate::calibrate::{self, LayerStats};
+use crate::fold::Folded;
+use crate::quant;
+
+/// What the search must achieve.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Target {
+    /// Top-1 at most this many percentage points below fp32 on the labelled set.
+    AccuracyBudget(f64),
+    /// Every conv layer's output SQNR at least this many dB on the calibration set.
+    SqnrMin(f64),
+}
+
+/// The outcome of [`choose`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Choice {
+    /// Layers kept in f16.
+    pub f16_layers: LayerMask,
+    /// Whether the target was reached.
+    pub met: bool,
+    /// Top-1 (%) of fp32, pure int8 and the chosen mix on the labelled set (accuracy
+    /// budget only).
+    pub top1: Option<(f64, f64, f64)>,
+    /// Per-layer output SQNR (dB) of the chosen mix on the calibration set.
+    pub sqnr_db: Vec<f64>,
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+        .map_or(0, |(i, _)| i)
+}
+
+fn load(blob: &[u8]) -> Result<Model<'_>> {
+    Model::from_bytes(blob).map_err(|e| anyhow!("internal: a mixed blob does not load: {e}"))
+}
+
+/// Per-layer output SQNR (dB) of `blob` against the fp32 graph `f` over `images`. int8
+/// outputs are dequantised with `outq` ([`quant::output_quant`]); float blobs' outputs are
+/// compared as they are.
+pub fn layer_sqnr(
+    f: &Folded,
+    outq: &[(f64, i32)],
+    blob: &[u8],
+    images: &[Vec<u8>],
+) -> Result<Vec<f64>> {
+    let m = load(blob)?;
+    let layers = 1 + 2 * f.blocks.len();
+    let (ht, wt) = f.grid();
+    let mut fp32 = vec![vec![0f32; ht * wt * f.dim]; layers];
+    let (mut signal, mut noise) = (vec![0f64; layers], vec![0f64; layers]);
+    let mut arena = vec![0u8; m.arena_len()];
+    let mut logits = vec![0f32; usize::from(m.header().classes)];
+    for px in images {
+        calibrate::forward_with(f, px, |layer, idx, _, _, out| fp32[layer][idx] = out);
+        m.logits_traced(px, &mut arena, &mut logits, &mut |layer, out| {
+            let Some(x) = fp32.get(layer) else { return };
+            for (i, &x) in x.iter().enumerate() {
+                let xh = match out {
+                    LayerOutput::Int8(q) => {
+                        let (s, zp) = outq.get(layer).copied().unwrap_or((1.0, 0));
+                        (f64::from(q[i]) - f64::from(zp)) * s
+                    }
+                    o => f64::from(o.get_f32(i).unwrap_or(f32::NAN)),
+                };
+                signal[layer] += f64::from(x) * f64::from(x);
+                noise[layer] += (f64::from(x) - xh) * (f64::from(x) - xh);
+            }
+        })
+        .map_err(|e| anyhow!("inference: {e}"))?;
+    }
+    Ok((0..layers)
+        .map(|l| 10.0 * (signal[l] / noise[l].max(f64::MIN_POSITIVE)).log10())
+        .collect())
+}
+
+/// Top-1 (%) of `blob` on `labelled`.
+fn top1(blob: &[u8], labelled: &[(Vec<u8>, usize)]) -> Result<f64> {
+    let m = load(blob)?;
+    let mut arena = vec![0u8; m.arena_len()];
+    let mut logits = vec![0f32; usize::from(m.header().classes)];
+    let mut right = 0usize;
+    for (px, label) in labelled {
+        m.logits(px, &mut arena, &mut logits)
+            .map_err(|e| anyhow!("inference: {e}"))?;
+        right += usize::from(argmax(&logits) == *label);
+    }
+    Ok(100.0 * right as f64 / labelled.len().max(1) as f64)
+}
+
+/// Mean squared logit error of `blob` against `want` (fp32 logits per image).
+fn logit_mse(blob: &[u8], images: &[Vec<u8>], want: &[Vec<f32>]) -> Result<f64> {
+    let m = load(blob)?;
+    let mut arena = vec![0u8; m.arena_len()];
+    let mut logits = vec![0f32; usize::from(m.header().classes)];
+    let (mut sum, mut n) = (0f64, 0usize);
+    for (px, w) in images.iter().zip(want) {
+        m.logits(px, &mut arena, &mut logits)
+            .map_err(|e| anyhow!("inference: {e}"))?;
+        for (a, b) in logits.iter().zip(w) {
+            sum += (f64::from(*a) - f64::from(*b)).powi(2);
+            n += 1;
+        }
+    }
+    Ok(sum / n.max(1) as f64)
+}
+
+/// Chooses the f16 layers for `target`. `lower(mask)` writes the int8 blob with those
+/// layers in f16 (the quantiser's own lowering, so what is measured is what is written);
+/// `f`/`stats` are the folded graph and its calibrated ranges, `calib` the calibration
+/// images, `labelled` the labelled set (needed for [`Target::AccuracyBudget`]). `log`
+/// receives one line per measurement.
+pub fn choose(
+    lower: &dyn Fn(&LayerMask) -> Result<Vec<u8>>,
+    f: &Folded,
+    stats: &[LayerStats],
+    calib: &[Vec<u8>],
+    labelled: &[(Vec<u8>, usize)],
+    target: Target,
+    log: &mut dyn FnMut(String),
+) -> Result<Choice> {
+    let layers = 1 + 2 * f.blocks.len();
+    if layers > LayerMask::CAPACITY {
+        bail!(
+            "mixed precision supports at most {} conv layers (depth {}), this model has {layers}",
+            LayerMask::CAPACITY,
+            (LayerMask::CAPACITY - 1) / 2
+        );
+    }
+    let outq = quant::output_quant(stats);
+    let mut mask = LayerMask::default();
+    let name = |l: usize| match l {
+        0 => "embed".to_string(),
+        l => format!(
+            "block {} {}",
+            (l - 1) / 2,
+            if l % 2 == 1 { "depthwise" } else { "pointwise" }
+        ),
+    };
+    match target {
+        Target::SqnrMin(min) => loop {
+            // Terminates: every round marks one more layer, and with all marked none is left.
+            let sq = layer_sqnr(f, &outq, &lower(&mask)?, calib)?;
+            let worst = sq.iter().copied().fold(f64::INFINITY, f64::min);
+            log(format!(
+                "f16 layers {:?}: lowest layer SQNR {worst:.1} dB",
+                mask.iter(layers).collect::<Vec<_>>()
+            ));
+            match (0..layers).find(|&l| sq[l] < min && !mask.contains(l)) {
+                Some(l) => {
+                    log(format!("{} ({:.1} dB < {min} dB) → f16", name(l), sq[l]));
+                    mask.insert(l);
+                }
+                None => {
+                    return Ok(Choice {
+                        f16_layers: mask,
+                        met: worst >= min,
+                        top1: None,
+                        sqnr_db: sq,
+                    })
+                }
+            }
+        },
+        Target::AccuracyBudget(budget) => {
+            if labelled.is_empty() {
+                bail!("--accuracy-budget needs a labelled set (--data DIR)");
+            }
+            let fp32_right = labelled
+                .iter()
+                .filter(|(px, label)| argmax(&calibrate::forward(f, px, None)) == *label)
+                .count();
+            let fp32 = 100.0 * fp32_right as f64 / labelled.len() as f64;
+            let int8 = top1(&lower(&mask)?, labelled)?;
+            log(format!(
+                "fp32 top-1 {fp32:.2}%, int8 {int8:.2}% (budget {budget} points)"
+            ));
+            let mut acc = int8;
+            if fp32 - acc > budget {
+                let want: Vec<Vec<f32>> = calib
+                    .iter()
+                    .map(|px| calibrate::forward(f, px, None))
+                    .collect();
+                let mut rank = Vec::with_capacity(layers);
+                for l in 0..layers {
+                    let mut one = LayerMask::default();
+                    one.insert(l);
+                    let e = logit_mse(&lower(&one)?, calib, &want)?;
+                    log(format!("{} alone in f16: logit MSE {e:.4}", name(l)));
+                    rank.push((e, l));
+                }
+                rank.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                for (_, l) in rank {
+                    mask.insert(l);
+                    acc = top1(&lower(&mask)?, labelled)?;
+                    log(format!("+ {} → f16: top-1 {acc:.2}%", name(l)));
+                    if fp32 - acc <= budget {
+                        break;
+                    }
+                }
+            }
+            let sq = layer_sqnr(f, &outq, &lower(&mask)?, calib)?;
+            Ok(Choice {
+                f16_layers: mask,
+                met: fp32 - acc <= budget,
+                top1: Some((fp32, int8, acc)),
+                sqnr_db: sq,
+            })
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! f16 layers inside an int8 model ("mixed precision", `docs/blob-format.md`).
+//!
+//! `host-tools quantize --accuracy-budget` / `--sqnr-min` keeps the layers that int8 hurts
+//! most in float. Such a layer reads the int8 tensor before it, computes exactly as an f16
+//! blob's layer does in f32 arithmetic (f16 weights widened to f32, one `fma` per tap in the
+//! documented order, activation, affine, residual), and writes its output back as int8 with
+//! the tensor's scale and zero point, so the arena and every int8 layer around it stay as
+//! they are. What it removes is the layer's own weight, requantisation and GELU-table
+//! error, which is where ill-conditioned BatchNorm statistics (tiny variances after the
+//! activation) break per-tensor int8.
+//!
+//! These are plain scalar kernels, used for the few layers a mixed model keeps in float;
+//! they run in place with the same scratch as the int8 drivers ([`super::inplace`]).
+
+use super::inplace::{self, Src};
+use super::reference::{finish_f32, FloatLayer};
+use super::{fgemm_index, EmbedGeom, Grid};
+use crate::le::{F16Le, FloatWeights};
+use crate::Activation;
+
+/// One f16 layer between int8 tensors: float parameters plus the int8 boundary.
+///
+/// ```
+/// use convmixer_edge::kernels::{mixed::MixedLayer, reference::FloatLayer};
+/// use convmixer_edge::le::{F16Le, F32Le};
+/// let l = MixedLayer {
+///     f: FloatLayer { w: F16Le(&[]), bias: F32Le(&[]), scale: F32Le(&[]), shift: F32Le(&[]) },
+///     s_in: 0.5, zp_in: -3, s_out: 0.25, zp_out: 10,
+/// };
+/// assert_eq!(l.dequantize(-1), 1.0);           // 0.5 · (−1 − (−3))
+/// assert_eq!(l.quantize(1.0), 14);             // 1.0 / 0.25 + 10
+/// assert_eq!(l.quantize(0.375), 12);           // 1.5 rounds to even
+/// assert_eq!(l.quantize(1e9), 127);
+/// assert_eq!(l.quantize(f32::NAN), 0);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct MixedLayer<'a> {
+    /// Weights (f16, laid out as in an f16 blob), bias and affine.
+    pub f: FloatLayer<'a, F16Le<'a>>,
+    /// Scale of the int8 input tensor (ignored by the embedding, which reads pixels).
+    pub s_in: f32,
+    /// Zero point of the int8 input tensor.
+    pub zp_in: i32,
+    /// Scale of the int8 output tensor.
+    pub s_out: f32,
+    /// Zero point of the int8 output tensor.
+    pub zp_out: i32,
+}
+
+impl MixedLayer<'_> {
+    /// An input value: `s_in · (q − zp_in)`, one f32 rounding.
+    ///
+    /// ```
+    /// # use convmixer_edge::kernels::{mixed::MixedLayer, reference::FloatLayer};
+    /// # use convmixer_edge::le::{F16Le, F32Le};
+    /// # let l = MixedLayer { f: FloatLayer { w: F16Le(&[]), bias: F32Le(&[]), scale: F32Le(&[]), shift: F32Le(&[]) }, s_in: 2.0, zp_in: 0, s_out: 1.0, zp_out: 0 };
+    /// assert_eq!(l.dequantize(-128), -256.0);
+    /// ```
+    #[inline]
+    pub fn dequantize(&self, q: i8) -> f32 {
+        self.s_in * (i32::from(q) - self.zp_in) as f32
+    }
+
+    /// An output value: `clamp(zp_out + rint(y / s_out), −128, 127)` (f32 division, ties to
+    /// even; NaN gives 0).
+    ///
+    /// ```
+    /// # use convmixer_edge::kernels::{mixed::MixedLayer, reference::FloatLayer};
+    /// # use convmixer_edge::le::{F16Le, F32Le};
+    /// # let l = MixedLayer { f: FloatLayer { w: F16Le(&[]), bias: F32Le(&[]), scale: F32Le(&[]), shift: F32Le(&[]) }, s_in: 1.0, zp_in: 0, s_out: 1.0, zp_out: -128 };
+    /// assert_eq!(l.quantize(-5.0), -128);
+    /// ```
+    #[inline]
+    pub fn quantize(&self, y: f32) -> i8 {
+        let q = libm::rintf(y / self.s_out) + self.zp_out as f32;
+        // `as` saturates and maps NaN to 0.
+        q.clamp(-128.0, 127.0) as i8
+    }
+
+    #[inline]
+    fn finish(&self, o: usize, act: Activation, acc: f32) -> f32 {
+        finish_f32(self.f.scale.at(o), self.f.shift.at(o), act, acc)
+    }
+}
+
+/// The patch embedding in float from raw HWC pixels (as [`super::reference::embed_f`]
+/// with f32 arithmetic), quantised into `out` (`tokens · dim` int8). Writes nothing if `px`
+/// or `out` is too short.
+///
+/// ```
+/// use convmixer_edge::kernels::{mixed::{self, MixedLayer}, reference::FloatLayer, EmbedGeom};
+/// use convmixer_edge::{le::{F16Le, F32Le}, Activation};
+/// // 1 channel, 2x2 image, patch 2, dim 1 (packed to 16 outputs): the sum of the pixels.
+/// let mut w = vec![0u8; 4 * 16 * 2];
+/// for i in 0..4 { w[32 * i..32 * i + 2].copy_from_slice(&half::f16::ONE.to_bits().to_le_bytes()); }
+/// let (zero, one) = (0f32.to_le_bytes(), 1f32.to_le_bytes());
+/// let f = FloatLayer { w: F16Le(&w), bias: F32Le(&zero), scale: F32Le(&one), shift: F32Le(&zero) };
+/// let l = MixedLayer { f, s_in: 1.0, zp_in: -128, s_out: 0.5, zp_out: -128 };
+/// let mut out = [0i8];
+/// mixed::embed(&[1, 2, 3, 4], EmbedGeom { in_h: 2, in_w: 2, in_c: 1, patch: 2 }, 1, &l, Activation::Relu, &mut out);
+/// assert_eq!(out[0], -128 + 20);
+/// ```
+pub fn embed(
+    px: &[u8],
+    e: EmbedGeom,
+    dim: usize,
+    l: &MixedLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
+    let (p, c, taps) = (e.patch, e.in_c, e.taps());
+    if p == 0 || e.in_h < p || e.in_w < p {
+        return;
+    }
+    let (ht, wt) = (e.in_h / p, e.in_w / p);
+    let px_len = e.in_h.checked_mul(e.in_w).and_then(|n| n.checked_mul(c));
+    let n_out = ht.checked_mul(wt).and_then(|n| n.checked_mul(dim));
+    if px_len.is_none_or(|n| px.len() < n) || n_out.is_none_or(|n| out.len() < n) {
+        return;
+    }
+    for ty in 0..ht {
+        for tx in 0..wt {
+            let t = ty * wt + tx;
+            for o in 0..dim {
+                let mut acc = l.f.bias.at(o);
+                let mut i = 0;
+                for ky in 0..p {
+                    let row = ((ty * p + ky) * e.in_w + tx * p) * c;
+                    for v in &px[row..row + p * c] {
+                        acc = libm::fmaf(l.f.w.at(fgemm_index(o, i, taps)), f32::from(*v), acc);
+                        i += 1;
+                    }
+                }
+                out[t * dim + o] = l.quantize(l.finish(o, act, acc));
+            }
+        }
+    }
+}
+
+/// One depthwise output token in float: taps in `(ky, kx)` order skipping the padding,
+/// then `quantize(affine(act(acc)) + dequantize(residual))`.
+#[allow(clippy::too_many_arguments)]
+fn dw_token(
+    src: Src<'_, '_>,
+    ty: usize,
+    tx: usize,
+    res: &[i8],
+    g: Grid,
+    l: &MixedLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+) {
+    let (k, d) = (g.kernel, g.dim);
+    for c in 0..d {
+        let mut acc = l.f.bias.at(c);
+        for ky in 0..k {
+            let y = (ty + ky).wrapping_sub(g.pad_top);
+            for kx in 0..k {
+                let xx = (tx + kx).wrapping_sub(g.pad_left);
+                if let Some(row) = (y < g.ht && xx < g.wt).then(|| src(y, xx)).flatten() {
+                    acc = libm::fmaf(l.f.w.at((ky * k + kx) * d + c), l.dequantize(row[c]), acc);
+                }
+            }
+        }
+        out[c] = l.quantize(l.finish(c, act, acc) + l.dequantize(res[c]));
+    }
+}
+
+/// Depthwise conv + residual in float, in place on the int8 tensor `a`, through the same
+/// ring and queue as the int8 driver ([`inplace::scratch_len`] bytes of `scratch`).
+///
+/// ```
+/// use convmixer_edge::kernels::{inplace, mixed::{self, MixedLayer}, reference::FloatLayer, Grid};
+/// use convmixer_edge::{le::{F16Le, F32Le}, Activation};
+/// let g = Grid { ht: 3, wt: 3, dim: 1, kernel: 3, pad_top: 1, pad_left: 1 };
+/// // All-zero weights and affine: the output is the residual, requantised.
+/// let w = vec![0u8; 9 * 2];
+/// let zero = 0f32.to_le_bytes();
+/// let aff = [0u8; 8];
+/// let f = FloatLayer { w: F16Le(&w), bias: F32Le(&zero), scale: F32Le(&aff[..4]), shift: F32Le(&aff[4..]) };
+/// let l = MixedLayer { f, s_in: 1.0, zp_in: 0, s_out: 2.0, zp_out: 0 };
+/// let mut a: Vec<i8> = (0..9).map(|i| 2 * i as i8).collect();
+/// let mut scratch = vec![0i8; inplace::scratch_len(g)];
+/// mixed::dw_inplace(&mut a, &mut scratch, g, &l, Activation::Relu);
+/// assert_eq!(a, (0..9).collect::<Vec<i8>>());
+/// ```
+pub fn dw_inplace(a: &mut [i8], scratch: &mut [i8], g: Grid, l: &MixedLayer<'_>, act: Activation) {
+    inplace::dw_inplace_by_token(a, scratch, g, |src, y, x, res, out| {
+        dw_token(src, y, x, res, g, l, act, out)
+    });
+}
+
+/// Pointwise conv in float, in place on the int8 tensor `a` (`tokens · dim`), one token at
+/// a time through `scratch` (at least `dim` bytes; the int8 drivers' scratch is larger).
+/// Inputs are accumulated in channel order, weights packed as in float blobs.
+///
+/// ```
+/// use convmixer_edge::kernels::{mixed::{self, MixedLayer}, reference::FloatLayer};
+/// use convmixer_edge::{le::{F16Le, F32Le}, Activation};
+/// // dim 1, weight 3, bias 1, identity affine: out = 3·x + 1.
+/// let mut w = vec![0u8; 16 * 2];
+/// w[..2].copy_from_slice(&half::f16::from_f32(3.0).to_bits().to_le_bytes());
+/// let (one, zero) = (1f32.to_le_bytes(), 0f32.to_le_bytes());
+/// let f = FloatLayer { w: F16Le(&w), bias: F32Le(&one), scale: F32Le(&one), shift: F32Le(&zero) };
+/// let l = MixedLayer { f, s_in: 1.0, zp_in: 0, s_out: 1.0, zp_out: 0 };
+/// let mut a = [0i8, 1, 2, -5];
+/// mixed::pw_inplace(&mut a, &mut [0i8; 4], 4, 1, &l, Activation::Relu);
+/// assert_eq!(a, [1, 4, 7, 0]);
+/// ```
+pub fn pw_inplace(
+    a: &mut [i8],
+    scratch: &mut [i8],
+    tokens: usize,
+    dim: usize,
+    l: &MixedLayer<'_>,
+    act: Activation,
+) {
+    if tokens.checked_mul(dim).is_none_or(|n| a.len() < n) || scratch.len() < dim {
+        return;
+    }
+    let y = &mut scratch[..dim];
+    for t in 0..tokens {
+        let x = &a[t * dim..(t + 1) * dim];
+        for (o, out) in y.iter_mut().enumerate() {
+            let mut acc = l.f.bias.at(o);
+            for (i, &v) in x.iter().enumerate() {
+                acc = libm::fmaf(l.f.w.at(fgemm_index(o, i, dim)), l.dequantize(v), acc);
+            }
+            *out = l.quantize(l.finish(o, act, acc));
+        }
+        a[t * dim..(t + 1) * dim].copy_from_slice(y);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The in-place drivers against plain out-of-place loops over a copy of the input.
+    use super::*;
+    use crate::kernels::{fgemm_packed_len, inplace};
+    use crate::le::F32Le;
+    use std::vec::Vec;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) as u32
+        }
+        fn f(&mut self, scale: f32) -> f32 {
+            (self.next() % 2001) as f32 / 1000.0 * scale - scale
+        }
+    }
+
+    fn f16s(v: &[f32]) -> Vec<u8> {
+        v.iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_bits().to_le_bytes())
+            .collect()
+    }
+    fn f32s(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// Random parameters: weights (`n_w` values), bias, scale, shift for `dim` channels.
+    fn params(r: &mut Rng, n_w: usize, dim: usize) -> [Vec<u8>; 4] {
+        let w: Vec<f32> = (0..n_w).map(|_| r.f(0.5)).collect();
+        let b: Vec<f32> = (0..dim).map(|_| r.f(1.0)).collect();
+        let s: Vec<f32> = (0..dim).map(|_| r.f(2.0)).collect();
+        let t: Vec<f32> = (0..dim).map(|_| r.f(1.0)).collect();
+        [f16s(&w), f32s(&b), f32s(&s), f32s(&t)]
+    }
+
+    fn layer<'a>(p: &'a [Vec<u8>; 4], r: &mut Rng) -> MixedLayer<'a> {
+        MixedLayer {
+            f: FloatLayer {
+                w: F16Le(&p[0]),
+                bias: F32Le(&p[1]),
+                scale: F32Le(&p[2]),
+                shift: F32Le(&p[3]),
+            },
+            s_in: 0.01 + (r.next() % 100) as f32 / 1000.0,
+            zp_in: (r.next() % 256) as i32 - 128,
+            s_out: 0.01 + (r.next() % 100) as f32 / 1000.0,
+            zp_out: (r.next() % 256) as i32 - 128,
+        }
+    }
+
+    #[test]
+    fn depthwise_in_place_equals_out_of_place() {
+        let mut r = Rng(7);
+        for (ht, wt, dim, k) in [(5, 7, 3, 3), (4, 4, 16, 5), (6, 3, 5, 1), (3, 9, 2, 7)] {
+            let g = Grid {
+                ht,
+                wt,
+                dim,
+                kernel: k,
+                pad_top: (k - 1) / 2,
+                pad_left: (k - 1) / 2,
+            };
+            let p = params(&mut r, k * k * dim, dim);
+            let l = layer(&p, &mut r);
+            let x: Vec<i8> = (0..ht * wt * dim).map(|_| r.next() as i8).collect();
+            for act in [Activation::Gelu, Activation::Relu] {
+                let mut want = std::vec![0i8; x.len()];
+                for ty in 0..ht {
+                    for tx in 0..wt {
+                        for c in 0..dim {
+                            let mut acc = l.f.bias.at(c);
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (y, xx) = (ty + ky, tx + kx);
+                                    if y < g.pad_top || xx < g.pad_left {
+                                        continue;
+                                    }
+                                    let (y, xx) = (y - g.pad_top, xx - g.pad_left);
+                                    if y >= ht || xx >= wt {
+                                        continue;
+                                    }
+                                    let v = l.dequantize(x[(y * wt + xx) * dim + c]);
+                                    acc = libm::fmaf(l.f.w.at((ky * k + kx) * dim + c), v, acc);
+                                }
+                            }
+                            let t = ty * wt + tx;
+                            let y = l.finish(c, act, acc) + l.dequantize(x[t * dim + c]);
+                            want[t * dim + c] = l.quantize(y);
+                        }
+                    }
+                }
+                let mut a = x.clone();
+                let mut scratch = std::vec![0i8; inplace::scratch_len(g)];
+                dw_inplace(&mut a, &mut scratch, g, &l, act);
+                assert_eq!(a, want, "{g:?} {act:?}");
+                assert!(want.iter().any(|&v| v != want[0]), "degenerate test layer");
+            }
+        }
+    }
+
+    #[test]
+    fn pointwise_and_embedding_equal_plain_loops() {
+        let mut r = Rng(11);
+        for dim in [1usize, 5, 16, 33] {
+            let tokens = 6;
+            let p = params(&mut r, fgemm_packed_len(dim, dim), dim);
+            let l = layer(&p, &mut r);
+            let x: Vec<i8> = (0..tokens * dim).map(|_| r.next() as i8).collect();
+            let mut want = std::vec![0i8; x.len()];
+            for t in 0..tokens {
+                for o in 0..dim {
+                    let mut acc = l.f.bias.at(o);
+                    for i in 0..dim {
+                        let w = l.f.w.at(fgemm_index(o, i, dim));
+                        acc = libm::fmaf(w, l.dequantize(x[t * dim + i]), acc);
+                    }
+                    want[t * dim + o] = l.quantize(l.finish(o, Activation::Gelu, acc));
+                }
+            }
+            let mut a = x.clone();
+            pw_inplace(
+                &mut a,
+                &mut std::vec![0i8; dim],
+                tokens,
+                dim,
+                &l,
+                Activation::Gelu,
+            );
+            assert_eq!(a, want, "dim {dim}");
+            // Too little scratch: nothing is written.
+            let mut b = x.clone();
+            pw_inplace(
+                &mut b,
+                &mut std::vec![0i8; dim - 1],
+                tokens,
+                dim,
+                &l,
+                Activation::Gelu,
+            );
+            assert_eq!(b, x);
+        }
+        // Embedding: 3 channels, 6×4 pixels, patch 2 → 3×2 tokens.
+        let e = EmbedGeom {
+            in_h: 6,
+            in_w: 4,
+            in_c: 3,
+            patch: 2,
+        };
+        let dim = 7;
+        let p = params(&mut r, fgemm_packed_len(dim, e.taps()), dim);
+        let l = layer(&p, &mut r);
+        let px: Vec<u8> = (0..6 * 4 * 3).map(|_| r.next() as u8).collect();
+        let mut out = std::vec![0i8; 6 * dim];
+        embed(&px, e, dim, &l, Activation::Relu, &mut out);
+        for t in 0..6 {
+            let (ty, tx) = (t / 2, t % 2);
+            for o in 0..dim {
+                let mut acc = l.f.bias.at(o);
+                for ky in 0..2 {
+                    for kx in 0..2 {
+                        for c in 0..3 {
+                            let i = (ky * 2 + kx) * 3 + c;
+                            let v = px[((ty * 2 + ky) * 4 + tx * 2 + kx) * 3 + c];
+                            acc = libm::fmaf(l.f.w.at(fgemm_index(o, i, 12)), f32::from(v), acc);
+                        }
+                    }
+                }
+                let want = l.quantize(l.finish(o, Activation::Relu, acc));
+                assert_eq!(out[t * dim + o], want, "token {t} channel {o}");
+            }
+        }
+    }
+}
