@@ -429,6 +429,7 @@ impl<'a> Model<'a> {
 
     /// The float network over the two activation buffers `a`, `b` (bytes, 16-aligned,
     /// `4 · tokens · dim` each: f32, or f16 in the first half).
+    #[allow(clippy::too_many_arguments)]
     fn run_float<W: FloatWeights, M: FloatArith>(
         &self,
         px: &[u8],
