@@ -237,3 +237,49 @@ fn fix_crc(b: &mut [u8]) {
     let c = d.finalize().to_le_bytes();
     b[blob::CRC_RANGE].copy_from_slice(&c);
 }
+
+/// The ill-conditioned fixture (`tests/fixtures/illcond/README.md`): a quarter of every
+/// layer's channels are scaled by 1e-3 and shifted by +6 before the GELU, so the BatchNorm
+/// after it has running variances below its epsilon and means near 6. Per-tensor int8
+/// collapses (about chance level). f16 layers remove the per-tensor pre-activation (GELU
+/// table) failure, which brings a large part back; the per-tensor int8 *tensors* between
+/// layers still lose those channels' small variation, so the budget is not met yet (what
+/// is left for issue 5: per-channel activation scales).
+#[test]
+fn mixed_precision_recovers_much_of_the_ill_conditioned_model() {
+    let s = setup();
+    let model = onnx::import(&root().join("tests/fixtures/illcond/model.onnx")).expect("import");
+    let calib: Vec<Vec<u8>> = s.calib.iter().step_by(4).cloned().collect();
+    let o = opts(&[]);
+    let mut lines = Vec::new();
+    let (q, c) = convmixer_quantize::quantize_mixed(
+        &model,
+        &calib,
+        &s.set,
+        &o,
+        Target::AccuracyBudget(2.0),
+        || {},
+        &mut |l| lines.push(l),
+    )
+    .expect("mixed");
+    let (fp32, int8, mixed) = c.top1.expect("top-1");
+    assert!(fp32 >= 90.0, "fp32 {fp32}");
+    assert!(
+        int8 < fp32 - 30.0,
+        "int8 {int8} vs fp32 {fp32}: not ill-conditioned"
+    );
+    assert!(mixed >= int8 + 20.0, "{lines:#?}");
+    assert!(!c.f16_layers.is_empty());
+    let h = *Model::from_bytes(&q.blob).expect("blob").header();
+    assert_eq!(h.f16_layers, c.f16_layers);
+    // The blob holds the best mix measured: it scores what the search says.
+    let right = s
+        .set
+        .iter()
+        .filter(|(px, label)| {
+            let l = logits(&q.blob, px);
+            (0..10).max_by(|&i, &j| l[i].total_cmp(&l[j])) == Some(*label)
+        })
+        .count();
+    assert_eq!(100.0 * right as f64 / s.set.len() as f64, mixed);
+}

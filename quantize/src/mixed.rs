@@ -5,11 +5,11 @@
 //! written, run by `convmixer_edge::Model`) against the fp32 folded graph:
 //!
 //! * [`Target::AccuracyBudget`]: top-1 on a labelled set may be at most this many points
-//!   below fp32. If pure int8 misses it, every layer's sensitivity is measured once (the
-//!   mean squared logit error against fp32 over the calibration images with only that layer
-//!   in f16: lower is more helpful), and layers are switched to f16 in that order until the
-//!   budget is met. Ranking on logit error rather than on top-1 keeps it meaningful on small
-//!   sets, where one layer rarely moves top-1 by a whole image.
+//!   below fp32. While it is missed, one more layer is switched to f16: the one that, with
+//!   those already switched, leaves the smallest mean squared logit error against fp32 over
+//!   the calibration images (greedy forward selection; the layers interact, so the ranking
+//!   is measured again every round). Ranking on logit error rather than on top-1 keeps it
+//!   meaningful on small sets, where one layer rarely moves top-1 by a whole image.
 //! * [`Target::SqnrMin`]: every layer output's SQNR (dB, over the calibration images) must
 //!   reach this. Errors propagate forward, so the first layer below the target is switched
 //!   and everything is measured again, until all pass or every failing layer is already
@@ -35,7 +35,9 @@ pub enum Target {
     SqnrMin(f64),
 }
 
-/// The outcome of [`choose`].
+/// The outcome of [`choose`]. When the target is not met: for an accuracy budget the mix
+/// with the best top-1 measured (the fewest layers on ties), for an SQNR target every layer
+/// that was below it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Choice {
     /// Layers kept in f16.
@@ -200,33 +202,45 @@ pub fn choose(
                 "fp32 top-1 {fp32:.2}%, int8 {int8:.2}% (budget {budget} points)"
             ));
             let mut acc = int8;
+            // The best mix measured, kept when the budget cannot be met.
+            let mut best_mix = (acc, mask);
             if fp32 - acc > budget {
                 let want: Vec<Vec<f32>> = calib
                     .iter()
                     .map(|px| calibrate::forward(f, px, None))
                     .collect();
-                let mut rank = Vec::with_capacity(layers);
-                for l in 0..layers {
-                    let mut one = LayerMask::default();
-                    one.insert(l);
-                    let e = logit_mse(&lower(&one)?, calib, &want)?;
-                    log(format!("{} alone in f16: logit MSE {e:.4}", name(l)));
-                    rank.push((e, l));
-                }
-                rank.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                for (_, l) in rank {
+                // Greedy forward selection: each round adds the layer that leaves the
+                // smallest logit error together with those already chosen.
+                while fp32 - acc > budget {
+                    let mut best: Option<(f64, usize)> = None;
+                    for l in (0..layers).filter(|&l| !mask.contains(l)) {
+                        let mut with = mask;
+                        with.insert(l);
+                        let e = logit_mse(&lower(&with)?, calib, &want)?;
+                        if best.is_none_or(|(b, _)| e < b) {
+                            best = Some((e, l));
+                        }
+                    }
+                    let Some((e, l)) = best else { break };
                     mask.insert(l);
                     acc = top1(&lower(&mask)?, labelled)?;
-                    log(format!("+ {} → f16: top-1 {acc:.2}%", name(l)));
-                    if fp32 - acc <= budget {
-                        break;
+                    log(format!(
+                        "+ {} → f16: logit MSE {e:.4}, top-1 {acc:.2}%",
+                        name(l)
+                    ));
+                    if acc > best_mix.0 {
+                        best_mix = (acc, mask);
                     }
                 }
+            }
+            let met = fp32 - acc <= budget;
+            if !met {
+                (acc, mask) = best_mix;
             }
             let sq = layer_sqnr(f, &outq, &lower(&mask)?, calib)?;
             Ok(Choice {
                 f16_layers: mask,
-                met: fp32 - acc <= budget,
+                met,
                 top1: Some((fp32, int8, acc)),
                 sqnr_db: sq,
             })
