@@ -5,7 +5,8 @@
 #    cross-compile for aarch64-unknown-linux-gnu (rustup offers no extra targets here);
 #  * the aarch64 cross gcc (used as linker) and qemu-user (runs the aarch64 test binaries);
 #  * llvm-14 for llvm-mca (cycle estimates in `host-tools bench`);
-#  * qemu-system-aarch64 10 (bookworm-backports) to boot the bare-metal firmware.
+#  * qemu-system-aarch64 10 (bookworm-backports) to boot the bare-metal firmware;
+#  * chromium: the `host-tools report` test renders the HTML page in headless Chromium.
 # Idempotent: every step checks first and is skipped when already done.
 set -euo pipefail
 
@@ -18,7 +19,8 @@ if [ "$(id -u)" -ne 0 ]; then
     fi
 fi
 
-PKGS=(rustc-web cargo-web rust-web-src libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu qemu-user llvm-14)
+PKGS=(rustc-web cargo-web rust-web-src libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu qemu-user llvm-14
+      chromium)
 
 # 1. arm64 as a foreign dpkg architecture (needed for libstd-rust-web-dev:arm64).
 if dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -84,7 +86,8 @@ else
 fi
 
 # 7. Sanity: the cross tools are callable.
-for t in aarch64-linux-gnu-gcc aarch64-linux-gnu-ld aarch64-linux-gnu-objcopy qemu-aarch64 qemu-system-aarch64; do
+for t in aarch64-linux-gnu-gcc aarch64-linux-gnu-ld aarch64-linux-gnu-objcopy qemu-aarch64 qemu-system-aarch64 \
+    chromium; do
     command -v "$t" >/dev/null 2>&1 || { step "ERROR: $t not found after install" >&2; exit 1; }
 done
 step "done"

@@ -5,6 +5,7 @@
 //! host-tools classify MODEL.cmx IMAGE... [--top K] [--json]
 //! host-tools eval MODEL --data DIR [--json] [--mean M..] [--std S..] [--labels FILE]
 //! host-tools bench [--json] [--quick] [--log-counter]
+//! host-tools report MODEL.onnx --calib PATH --data DIR [--calibration M] [--json] [-o DIR]
 //! ```
 //!
 //! Every failure prints one line `error: …` naming what is wrong and exits with status 1
@@ -156,8 +157,9 @@ enum Cmd {
         #[arg(long)]
         log_counter: bool,
     },
-    /// Quantisation diagnosis of an ONNX ConvMixer: per-layer SQNR of the int8 model against
-    /// the fp32 folded graph, and top-1 of both on a labelled set (an ImageFolder tree).
+    /// Quantisation diagnosis of an ONNX ConvMixer: per-layer SQNR of the int8 and fp16
+    /// models against the fp32 folded graph, and top-1 of each on a labelled set (an
+    /// ImageFolder tree); with -o also an HTML page with plots.
     Report {
         /// The ONNX file.
         model: PathBuf,
@@ -178,6 +180,10 @@ enum Cmd {
         /// One JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Also write an HTML page with plots to this folder (DIR/index.html and PNGs),
+        /// atomically; an existing DIR must be empty or a previous report.
+        #[arg(short, long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Build the bare-metal firmware (firmware/baremetal) around a model blob and write
     /// the files for the board's boot medium (kernel8.img + config.txt for a Raspberry Pi),
@@ -263,6 +269,7 @@ fn main() -> ExitCode {
             bias_correction,
             prep,
             json,
+            out,
         } => report(
             &model,
             &calib,
@@ -270,6 +277,7 @@ fn main() -> ExitCode {
             (&calibration, bias_correction),
             &prep,
             json,
+            out.as_deref(),
         ),
         Cmd::Flash {
             model,
@@ -298,8 +306,14 @@ fn report(
     (calibration, bias_correction): (&str, bool),
     prep: &Prep,
     json: bool,
+    out: Option<&Path>,
 ) -> Result<()> {
+    use host_tools::report::{self, page};
     let method = convmixer_quantize::calibrate::Method::parse(calibration)?;
+    // Before the slow part: a bad -o fails at once.
+    if let Some(out) = out {
+        page::check_out(out)?;
+    }
     let imported = onnx::import(model)?;
     let labels = read_labels(prep.labels.as_deref())?;
     let opts = Options {
@@ -313,49 +327,97 @@ fn report(
     let shape = (imported.in_h, imported.in_w, imported.in_c);
     let calib = data::calibration_set(calib, shape)?;
     let set = labelled_set(dir, &labels, &imported)?;
-    let d = host_tools::report::diagnose(&imported, &calib, &set, &opts)?;
+    let a = report::analyse(&imported, &calib, &set, &opts)?;
+    let e = &a.eval;
+    let int8 = a
+        .variant("int8")
+        .ok_or_else(|| anyhow!("internal error: no int8 variant"))?;
     if json {
-        let layers: Vec<serde_json::Value> = d
+        let layers: Vec<serde_json::Value> = int8
             .layers
             .iter()
             .map(|l| serde_json::json!({"layer": l.layer, "name": l.name, "sqnr_db": l.sqnr_db}))
+            .collect();
+        let variants: Vec<serde_json::Value> = e
+            .variants
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "name": v.name,
+                    "precision": format!("{:?}", v.precision).to_lowercase(),
+                    "top1": v.top1,
+                    "agreement": v.agreement,
+                    "blob_bytes": v.blob_bytes,
+                    "arena_bytes": v.arena_bytes,
+                    "sqnr_db": v.layers.iter().map(|l| l.sqnr_db).collect::<Vec<_>>(),
+                    "confusion": v.confusion,
+                })
+            })
             .collect();
         println!(
             "{}",
             serde_json::json!({
                 "model": model.display().to_string(),
-                "n": d.n,
-                "top1_fp32": d.top1_fp32,
-                "top1_int8": d.top1_int8,
-                "agreement": d.agreement,
-                "blob_bytes": d.blob_bytes,
-                "arena_bytes": d.arena_bytes,
+                "n": e.n,
+                "top1_fp32": e.top1_fp32,
+                "top1_int8": int8.top1,
+                "agreement": int8.agreement,
+                "blob_bytes": int8.blob_bytes,
+                "arena_bytes": int8.arena_bytes,
                 "layers": layers,
+                "variants": variants,
             })
         );
-        return Ok(());
-    }
-    println!(
-        "{}: {} labelled images, calibration {calibration}{}",
-        model.display(),
-        d.n,
-        if bias_correction {
-            " + bias correction"
-        } else {
-            ""
+    } else {
+        println!(
+            "{}: {} labelled images, calibration {calibration}{}",
+            model.display(),
+            e.n,
+            if bias_correction {
+                " + bias correction"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "top-1 fp32 {:.2}%, int8 {:.2}%, agreement {:.2}%; int8 blob {} bytes, arena {} bytes",
+            100.0 * e.top1_fp32,
+            100.0 * int8.top1,
+            100.0 * int8.agreement,
+            int8.blob_bytes,
+            int8.arena_bytes
+        );
+        for v in e.variants.iter().filter(|v| v.name != "int8") {
+            println!(
+                "top-1 {} {:.2}%, agreement {:.2}%; {} blob {} bytes, arena {} bytes",
+                v.name,
+                100.0 * v.top1,
+                100.0 * v.agreement,
+                v.name,
+                v.blob_bytes,
+                v.arena_bytes
+            );
         }
-    );
-    println!(
-        "top-1 fp32 {:.2}%, int8 {:.2}%, agreement {:.2}%; int8 blob {} bytes, arena {} bytes",
-        100.0 * d.top1_fp32,
-        100.0 * d.top1_int8,
-        100.0 * d.agreement,
-        d.blob_bytes,
-        d.arena_bytes
-    );
-    println!("{:<22} {:>9}", "layer", "SQNR dB");
-    for l in &d.layers {
-        println!("{:<22} {:>9.2}", l.name, l.sqnr_db);
+        print!("{:<22}", "layer");
+        for v in &e.variants {
+            print!(" {:>11}", format!("{} dB", v.name));
+        }
+        println!();
+        for (i, l) in int8.layers.iter().enumerate() {
+            print!("{:<22}", l.name);
+            for v in &e.variants {
+                print!(" {:>11.2}", v.layers.get(i).map_or(f64::NAN, |l| l.sqnr_db));
+            }
+            println!();
+        }
+    }
+    if let Some(out) = out {
+        let info = page::Info {
+            model: model.display().to_string(),
+            calibration: calibration.to_string(),
+        };
+        page::write(out, &a, &info)?;
+        eprintln!("wrote {}", out.join("index.html").display());
     }
     Ok(())
 }

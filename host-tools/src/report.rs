@@ -1,14 +1,21 @@
-//! Quantisation diagnosis (`host-tools report`): per-layer SQNR of the int8 model against
-//! the fp32 folded graph, and top-1 / agreement on a labelled set.
+//! Quantisation diagnosis (`host-tools report`): per-layer SQNR of every quantised variant
+//! (int8, fp16, …) against the fp32 folded graph, top-1 / agreement / confusion on a
+//! labelled set, and the calibration set's activation ranges with the chosen clipping.
 //!
-//! The int8 layer outputs come from the runtime itself ([`Model::logits_traced`]), the
-//! fp32 ones from the folded graph ([`calibrate::forward_with`]); each int8 output is
+//! The variants' layer outputs come from the runtime itself ([`Model::logits_traced`]), the
+//! fp32 ones from the folded graph ([`calibrate::forward_with`]); int8 outputs are
 //! dequantised with the scale and zero point the blob was quantised with
-//! ([`quant::output_quant`]).
+//! ([`quant::output_quant`]), float ones read as they are ([`LayerOutput::get_f32`]).
+//! [`page`] writes the HTML page with plots.
 
-use anyhow::{anyhow, Result};
-use convmixer_edge::{LayerOutput, Model, Precision};
-use convmixer_quantize::{calibrate, onnx::Imported, quant, Options};
+mod glyphs;
+pub mod page;
+
+use anyhow::{anyhow, bail, Result};
+use convmixer_edge::{Activation, LayerOutput, Model, Precision};
+use convmixer_quantize::calibrate::{self, Histogram, LayerStats, Range};
+use convmixer_quantize::fold::Folded;
+use convmixer_quantize::{onnx::Imported, quant, Options};
 
 /// One conv layer's signal-to-quantisation-noise ratio over the labelled set.
 #[derive(Clone, Debug, PartialEq)]
@@ -17,11 +24,12 @@ pub struct LayerSqnr {
     pub layer: usize,
     /// `embed`, `block I depthwise` or `block I pointwise`.
     pub name: String,
-    /// `10·log10(Σ x² / Σ (x − x̂)²)` in dB over every image and output value.
+    /// `10·log10(Σ x² / Σ (x − x̂)²)` in dB over every image and output value (infinite
+    /// where the variant reproduces the layer exactly).
     pub sqnr_db: f64,
 }
 
-/// What [`diagnose`] measured.
+/// What [`diagnose`] measured (the int8 variant only).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Diagnosis {
     /// Per-layer SQNR of int8 against fp32.
@@ -40,7 +48,139 @@ pub struct Diagnosis {
     pub arena_bytes: usize,
 }
 
-fn name(layer: usize) -> String {
+/// A blob to evaluate against the fp32 folded graph it was lowered from.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    /// Shown in the report (`int8`, `fp16`, `mixed`, …).
+    pub name: String,
+    /// The model blob.
+    pub blob: Vec<u8>,
+    /// `(scale, zero point)` per conv layer ([`quant::output_quant`] of the ranges the blob
+    /// was quantised with): dequantises the layers the runtime traces as
+    /// [`LayerOutput::Int8`]. Empty for a blob without int8 layers.
+    pub output_quant: Vec<(f64, i32)>,
+}
+
+/// How one [`Variant`] did on the labelled set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluated {
+    /// [`Variant::name`].
+    pub name: String,
+    /// The blob header's precision.
+    pub precision: Precision,
+    /// Per-layer SQNR against the fp32 folded graph.
+    pub layers: Vec<LayerSqnr>,
+    /// Share of images classified right.
+    pub top1: f64,
+    /// Images classified right.
+    pub correct: usize,
+    /// Share of images where the variant and the fp32 graph predict the same class.
+    pub agreement: f64,
+    /// `confusion[true class][predicted class]` image counts.
+    pub confusion: Vec<Vec<u32>>,
+    /// Blob size in bytes.
+    pub blob_bytes: usize,
+    /// [`Model::arena_len`].
+    pub arena_bytes: usize,
+}
+
+impl Evaluated {
+    /// Mean of the finite per-layer SQNRs (dB).
+    pub fn mean_sqnr_db(&self) -> f64 {
+        let v: Vec<f64> = self
+            .layers
+            .iter()
+            .map(|l| l.sqnr_db)
+            .filter(|s| s.is_finite())
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    }
+}
+
+/// The fp32 folded graph on the labelled set, and every variant against it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    /// Labelled images used.
+    pub n: usize,
+    /// Top-1 of the fp32 folded graph.
+    pub top1_fp32: f64,
+    /// Images the fp32 graph classified right.
+    pub correct_fp32: usize,
+    /// The variants, in the order given.
+    pub variants: Vec<Evaluated>,
+}
+
+/// One conv layer output's range on the calibration set.
+#[derive(Clone, Debug)]
+pub struct LayerRange {
+    /// Layer index (as [`LayerSqnr::layer`]).
+    pub layer: usize,
+    /// As [`LayerSqnr::name`].
+    pub name: String,
+    /// Smallest and largest value seen.
+    pub observed: Range,
+    /// The clipping range the calibration method chose (the int8 blob's).
+    pub clip: Range,
+    /// Share of the values outside `clip` (clipped by the int8 blob).
+    pub clipped: f64,
+    /// The int8 output scale and zero point derived from `clip`.
+    pub scale: f64,
+    /// See `scale`.
+    pub zero_point: i32,
+    /// 2048 bins over `observed`.
+    pub histogram: Histogram,
+}
+
+/// The model's shape, as the report's header shows it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shape {
+    /// Input height, width, channels.
+    pub input: (usize, usize, usize),
+    /// Mixer channels.
+    pub dim: usize,
+    /// Mixer blocks.
+    pub depth: usize,
+    /// Depthwise kernel size.
+    pub kernel: usize,
+    /// Patch size.
+    pub patch: usize,
+    /// Classes.
+    pub classes: usize,
+    /// The activation after every conv.
+    pub activation: Activation,
+}
+
+/// Everything [`analyse`] measured: what the report prints and the page shows.
+#[derive(Clone, Debug)]
+pub struct Analysis {
+    /// The model.
+    pub shape: Shape,
+    /// The calibration method.
+    pub method: calibrate::Method,
+    /// Whether the int8 biases were bias-corrected.
+    pub bias_correction: bool,
+    /// Calibration images.
+    pub n_calib: usize,
+    /// The labelled set's results.
+    pub eval: Evaluation,
+    /// Size and arena of the fp32 blob (the reference is the folded graph; its blob is
+    /// lowered only to show these).
+    pub fp32_blob: (usize, usize),
+    /// Per conv layer output: calibration range and clip.
+    pub ranges: Vec<LayerRange>,
+    /// Class labels (the blob's, else the class index).
+    pub labels: Vec<String>,
+}
+
+impl Analysis {
+    /// The variant named `name`.
+    pub fn variant(&self, name: &str) -> Option<&Evaluated> {
+        self.eval.variants.iter().find(|v| v.name == name)
+    }
+}
+
+/// `embed`, `block I depthwise` or `block I pointwise`.
+pub fn layer_name(layer: usize) -> String {
     match layer {
         0 => "embed".into(),
         l => format!(
@@ -58,6 +198,152 @@ fn argmax(v: &[f32]) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
+/// Runs the fp32 folded graph `folded` and every variant on each labelled image of `data`
+/// (raw HWC pixels, class), all measured the same way.
+pub fn evaluate(
+    folded: &Folded,
+    variants: &[Variant],
+    data: &[(Vec<u8>, usize)],
+) -> Result<Evaluation> {
+    let layers = 1 + 2 * folded.blocks.len();
+    let classes = folded.classes();
+    let (ht, wt) = folded.grid();
+    let size = ht * wt * folded.dim;
+    struct Run<'a> {
+        m: Model<'a>,
+        arena: Vec<u8>,
+        logits: Vec<f32>,
+        signal: Vec<f64>,
+        noise: Vec<f64>,
+        correct: usize,
+        agree: usize,
+        confusion: Vec<Vec<u32>>,
+    }
+    let mut runs = variants
+        .iter()
+        .map(|v| {
+            let m = Model::from_bytes(&v.blob)
+                .map_err(|e| anyhow!("the {} blob does not load: {e}", v.name))?;
+            if usize::from(m.header().classes) != classes {
+                bail!("the {} blob has another number of classes", v.name);
+            }
+            Ok(Run {
+                arena: vec![0u8; m.arena_len()],
+                logits: vec![0f32; classes],
+                m,
+                signal: vec![0f64; layers],
+                noise: vec![0f64; layers],
+                correct: 0,
+                agree: 0,
+                confusion: vec![vec![0; classes]; classes],
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut fp32_out = vec![vec![0f32; size]; layers];
+    let mut correct32 = 0usize;
+    for (px, label) in data {
+        let l32 = calibrate::forward_with(folded, px, |layer, idx, _, _, out| {
+            fp32_out[layer][idx] = out;
+        });
+        let p32 = argmax(&l32);
+        correct32 += usize::from(p32 == *label);
+        for (v, r) in variants.iter().zip(&mut runs) {
+            let mut missing = None;
+            let (signal, noise) = (&mut r.signal, &mut r.noise);
+            r.m.logits_traced(px, &mut r.arena, &mut r.logits, &mut |layer, out| {
+                let x = &fp32_out[layer];
+                let mut add = |xh: &mut dyn Iterator<Item = f64>| {
+                    for (&x, xh) in x.iter().zip(xh) {
+                        let x = f64::from(x);
+                        signal[layer] += x * x;
+                        noise[layer] += (x - xh) * (x - xh);
+                    }
+                };
+                match out {
+                    LayerOutput::Int8(q) => match v.output_quant.get(layer) {
+                        Some(&(s, zp)) => {
+                            add(&mut q.iter().map(|&q| (f64::from(q) - f64::from(zp)) * s))
+                        }
+                        None => missing = Some(layer),
+                    },
+                    _ => {
+                        add(&mut (0..out.len())
+                            .map(|i| f64::from(out.get_f32(i).unwrap_or(f32::NAN))))
+                    }
+                }
+            })
+            .map_err(|e| anyhow!("{} inference: {e}", v.name))?;
+            if let Some(l) = missing {
+                bail!(
+                    "variant {}: layer {l} is int8 but no output scale was given",
+                    v.name
+                );
+            }
+            let p = argmax(&r.logits);
+            r.correct += usize::from(p == *label);
+            r.agree += usize::from(p == p32);
+            if *label < classes {
+                r.confusion[*label][p] += 1;
+            }
+        }
+    }
+    let n = data.len().max(1) as f64;
+    Ok(Evaluation {
+        n: data.len(),
+        top1_fp32: correct32 as f64 / n,
+        correct_fp32: correct32,
+        variants: variants
+            .iter()
+            .zip(runs)
+            .map(|(v, r)| Evaluated {
+                name: v.name.clone(),
+                precision: r.m.header().precision,
+                layers: (0..layers)
+                    .map(|l| LayerSqnr {
+                        layer: l,
+                        name: layer_name(l),
+                        sqnr_db: 10.0 * (r.signal[l] / r.noise[l]).log10(),
+                    })
+                    .collect(),
+                top1: r.correct as f64 / n,
+                correct: r.correct,
+                agreement: r.agree as f64 / n,
+                confusion: r.confusion,
+                blob_bytes: v.blob.len(),
+                arena_bytes: r.m.arena_len(),
+            })
+            .collect(),
+    })
+}
+
+/// The int8 variant: quantised with `opts` and `calib`; also the folded graph and ranges.
+fn int8(
+    model: &Imported,
+    calib: &[Vec<u8>],
+    opts: &Options,
+) -> Result<(Folded, Vec<LayerStats>, Variant)> {
+    let q = convmixer_quantize::quantize_detailed(model, Precision::Int8, calib, opts, || {})?;
+    let stats = q
+        .stats
+        .ok_or_else(|| anyhow!("int8 quantisation gave no calibration ranges"))?;
+    let v = Variant {
+        name: "int8".into(),
+        blob: q.blob,
+        output_quant: quant::output_quant(&stats),
+    };
+    Ok((q.folded, stats, v))
+}
+
+/// A float variant (no calibration involved).
+fn float(model: &Imported, name: &str, precision: Precision, opts: &Options) -> Result<Variant> {
+    let q = convmixer_quantize::quantize_detailed(model, precision, &[], opts, || {})?;
+    Ok(Variant {
+        name: name.into(),
+        blob: q.blob,
+        output_quant: Vec::new(),
+    })
+}
+
 /// Quantises `model` to int8 with `opts` and `calib`, then runs the fp32 folded graph and
 /// the int8 blob on every labelled image of `data` (raw HWC pixels, class).
 pub fn diagnose(
@@ -66,55 +352,86 @@ pub fn diagnose(
     data: &[(Vec<u8>, usize)],
     opts: &Options,
 ) -> Result<Diagnosis> {
-    let q = convmixer_quantize::quantize_detailed(model, Precision::Int8, calib, opts, || {})?;
-    let (folded, blob) = (&q.folded, &q.blob);
-    let stats = q
-        .stats
-        .as_deref()
-        .ok_or_else(|| anyhow!("int8 quantisation gave no calibration ranges"))?;
-    let outq = quant::output_quant(stats);
-    let m = Model::from_bytes(blob).map_err(|e| anyhow!("the int8 blob does not load: {e}"))?;
-    let layers = outq.len();
-    let (ht, wt) = folded.grid();
-    let size = ht * wt * folded.dim;
-    let mut arena = vec![0u8; m.arena_len()];
-    let mut logits = vec![0f32; usize::from(m.header().classes)];
-    let (mut signal, mut noise) = (vec![0f64; layers], vec![0f64; layers]);
-    let mut fp32_out = vec![vec![0f32; size]; layers];
-    let (mut right32, mut right8, mut agree) = (0usize, 0usize, 0usize);
-    for (px, label) in data {
-        let l32 = calibrate::forward_with(folded, px, |layer, idx, _, _, out| {
-            fp32_out[layer][idx] = out;
-        });
-        m.logits_traced(px, &mut arena, &mut logits, &mut |layer, q| {
-            let LayerOutput::Int8(q) = q else { return };
-            let (s, zp) = outq[layer];
-            for (x, &v) in fp32_out[layer].iter().zip(q) {
-                let xh = (f64::from(v) - f64::from(zp)) * s;
-                signal[layer] += f64::from(*x) * f64::from(*x);
-                noise[layer] += (f64::from(*x) - xh) * (f64::from(*x) - xh);
-            }
-        })
-        .map_err(|e| anyhow!("int8 inference: {e}"))?;
-        let (p32, p8) = (argmax(&l32), argmax(&logits));
-        right32 += usize::from(p32 == *label);
-        right8 += usize::from(p8 == *label);
-        agree += usize::from(p32 == p8);
-    }
-    let n = data.len().max(1) as f64;
+    let (folded, _, v) = int8(model, calib, opts)?;
+    let e = evaluate(&folded, std::slice::from_ref(&v), data)?;
+    let d = &e.variants[0];
     Ok(Diagnosis {
-        layers: (0..layers)
-            .map(|l| LayerSqnr {
-                layer: l,
-                name: name(l),
-                sqnr_db: 10.0 * (signal[l] / noise[l].max(f64::MIN_POSITIVE)).log10(),
-            })
-            .collect(),
-        n: data.len(),
-        top1_fp32: right32 as f64 / n,
-        top1_int8: right8 as f64 / n,
-        agreement: agree as f64 / n,
-        blob_bytes: blob.len(),
-        arena_bytes: m.arena_len(),
+        layers: d.layers.clone(),
+        n: e.n,
+        top1_fp32: e.top1_fp32,
+        top1_int8: d.top1,
+        agreement: d.agreement,
+        blob_bytes: d.blob_bytes,
+        arena_bytes: d.arena_bytes,
+    })
+}
+
+/// The whole report: the int8 and fp16 variants (both from
+/// [`quantize_detailed`](convmixer_quantize::quantize_detailed) with `opts`) evaluated on
+/// `data`, and the calibration set's per-layer output histograms with the clip the int8
+/// blob uses.
+pub fn analyse(
+    model: &Imported,
+    calib: &[Vec<u8>],
+    data: &[(Vec<u8>, usize)],
+    opts: &Options,
+) -> Result<Analysis> {
+    let (folded, stats, int8) = int8(model, calib, opts)?;
+    let fp16 = float(model, "fp16", Precision::F16, opts)?;
+    let fp32 = float(model, "fp32", Precision::F32, opts)?;
+    let fp32_blob = (
+        fp32.blob.len(),
+        Model::from_bytes(&fp32.blob)
+            .map_err(|e| anyhow!("the fp32 blob does not load: {e}"))?
+            .arena_len(),
+    );
+    // Later variants (a mixed-precision blob) are appended to this list.
+    let variants = vec![int8, fp16];
+    let eval = evaluate(&folded, &variants, data)?;
+    let outq = quant::output_quant(&stats);
+    let ranges = calibrate::output_histograms(&folded, calib)
+        .into_iter()
+        .zip(&stats)
+        .zip(outq)
+        .enumerate()
+        .map(|(layer, ((h, s), (scale, zero_point)))| LayerRange {
+            layer,
+            name: layer_name(layer),
+            observed: h.range,
+            clip: s.out,
+            clipped: h.outside(s.out) as f64 / h.total().max(1) as f64,
+            scale,
+            zero_point,
+            histogram: h,
+        })
+        .collect();
+    let m = Model::from_bytes(&variants[0].blob)
+        .map_err(|e| anyhow!("the int8 blob does not load: {e}"))?;
+    let labels = (0..folded.classes())
+        .map(|c| {
+            u16::try_from(c)
+                .ok()
+                .and_then(|c| m.label(c))
+                .filter(|l| !l.is_empty())
+                .map_or_else(|| c.to_string(), String::from)
+        })
+        .collect();
+    Ok(Analysis {
+        shape: Shape {
+            input: (folded.in_h, folded.in_w, folded.in_c),
+            dim: folded.dim,
+            depth: folded.blocks.len(),
+            kernel: folded.kernel,
+            patch: folded.patch,
+            classes: folded.classes(),
+            activation: folded.act,
+        },
+        method: opts.calibration.unwrap_or(calibrate::Method::MinMax),
+        bias_correction: opts.bias_correction,
+        n_calib: calib.len(),
+        eval,
+        fp32_blob,
+        ranges,
+        labels,
     })
 }

@@ -446,6 +446,39 @@ pub fn calibrate_with<I: AsRef<[u8]>>(
     stats
 }
 
+/// Each conv layer output's histogram over `images`, as [`calibrate_with`] builds it before
+/// picking the `out` clipping range: a min/max pass, then a pass filling 2048 bins over that
+/// range. `clip(&h[layer], method)` is the range `calibrate_with` chooses for the layer's
+/// output; diagnostics (`host-tools report`) show both.
+pub fn output_histograms<I: AsRef<[u8]>>(f: &Folded, images: &[I]) -> Vec<Histogram> {
+    let stats = calibrate(f, images.iter().map(|i| i.as_ref()), || {});
+    let mut hists: Vec<Histogram> = stats.iter().map(|s| Histogram::new(s.out)).collect();
+    for img in images {
+        forward_with(f, img.as_ref(), |layer, _, _, _, out| hists[layer].add(out));
+    }
+    hists
+}
+
+impl Histogram {
+    /// Samples counted.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Samples in bins whose centre lies outside `r` (those a clip to `r` changes).
+    pub fn outside(&self, r: Range) -> u64 {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| {
+                let c = self.centre(j);
+                c < f64::from(r.lo) || c > f64::from(r.hi)
+            })
+            .map(|(_, &c)| c)
+            .sum()
+    }
+}
+
 /// The mean (over the calibration images and every output position) of each input a
 /// layer's weights multiply, indexed like the weights' input index: embedding per patch tap
 /// `(ky·p + kx)·c + ci` (raw pixels), depthwise per `(ky·k + kx)·dim + ch` (zero outside the
