@@ -70,7 +70,8 @@ pub enum SectionKind {
     Table = 8,
     /// Per-class dequantisation scale of the int8 head (f32).
     HeadScale = 9,
-    /// Input and output scale of an f16 layer in an int8 blob (4 × f32: `s_in, s_out, 0, 0`).
+    /// Per-channel input and output scales of an f16 layer in an int8 blob (`dim` f32 `s_in`,
+    /// then `dim` f32 `s_out`).
     IoScale = 10,
 }
 
@@ -178,7 +179,8 @@ pub struct Header {
     pub gap_frac_bits: u8,
     /// Number of classes.
     pub classes: u16,
-    /// int8 blobs: the conv layers that run in float with f16 weights (empty otherwise).
+    /// int8 blobs: the layers (conv layers, and the head as layer `1 + 2·depth`) that run
+    /// in float with f16 weights (empty otherwise).
     pub f16_layers: LayerMask,
 }
 
@@ -393,7 +395,7 @@ pub fn section_at(h: &Header, index: usize) -> Option<(SectionKind, u16, Option<
             (false, 2) => (Affine, l16, Some(dim * 8)),
             (true, 2) => (Requant, l16, Some(dim * 24)),
             (_, 3) => (QParams, l16, Some(16)),
-            (false, _) => (IoScale, l16, Some(16)),
+            (false, _) => (IoScale, l16, Some(dim * 8)),
             _ => {
                 let n = if h.activation == Activation::Relu {
                     0
@@ -407,9 +409,12 @@ pub fn section_at(h: &Header, index: usize) -> Option<(SectionKind, u16, Option<
     }
     let slot = i - conv_sections;
     let l16 = h.head_layer() as u16;
+    let f16_head = int8 && h.f16_layers.contains(h.head_layer());
     let s = match (int8, slot) {
+        (true, 0) if f16_head => (Weights, l16, Some(classes * dim * 2)),
         (_, 0) => (Weights, l16, Some(classes * dim * wbytes)),
         (false, 1) => (Bias, l16, Some(classes * 4)),
+        (true, 1) if f16_head => (IoScale, l16, Some(dim * 4)),
         (true, 1) => (HeadScale, l16, Some(classes * 4)),
         (true, 2) => (Bias, l16, Some(classes * 4)),
         (true, 3) => (QParams, l16, Some(16)),
@@ -433,7 +438,7 @@ pub(crate) fn section_index(h: &Header, kind: SectionKind, layer: usize) -> usiz
     } else {
         let slot = match (h.precision, kind) {
             (_, Weights) => 0,
-            (Precision::Int8, HeadScale) => 1,
+            (Precision::Int8, HeadScale | IoScale) => 1,
             (Precision::Int8, Bias) => 2,
             (Precision::Int8, _) => 3,
             _ => 1,
@@ -575,7 +580,7 @@ fn read_header(b: &[u8]) -> Result<Header, Error> {
     };
     let marked = f16_layers.iter(LayerMask::CAPACITY).count();
     if (precision != Precision::Int8 && marked != 0)
-        || f16_layers.iter(h_conv_layers(h_depth(b))).count() != marked
+        || f16_layers.iter(h_conv_layers(h_depth(b)) + 1).count() != marked
     {
         return Err(Error::Malformed("f16 layer mask"));
     }
@@ -717,9 +722,8 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
         if h.f16_layers.contains(layer) {
             // An f16 layer between int8 tensors: finite positive scales, float padding.
             let s = b.section(SectionKind::IoScale, layer);
-            let (s_in, s_out) = (LE::read_f32(&s[0..]), LE::read_f32(&s[4..]));
             let ok = |v: f32| v.is_finite() && v > 0.0;
-            if !(ok(s_in) && ok(s_out)) || s[8..].iter().any(|&v| v != 0) {
+            if !s.chunks_exact(4).all(|c| ok(LE::read_f32(c))) {
                 return Err(Error::Malformed("f16 layer scales"));
             }
             if layer % 2 == 0 {
@@ -788,6 +792,15 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
     let hq = b.section(SectionKind::QParams, h.head_layer());
     if !zp_ok(LE::read_i32(&hq[0..])) {
         return Err(Error::Malformed("zero point out of range"));
+    }
+    if h.f16_layers.contains(h.head_layer()) {
+        let s = b.section(SectionKind::IoScale, h.head_layer());
+        if !s
+            .chunks_exact(4)
+            .all(|c| LE::read_f32(c).is_finite() && LE::read_f32(c) > 0.0)
+        {
+            return Err(Error::Malformed("f16 layer scales"));
+        }
     }
     Ok(())
 }

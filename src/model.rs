@@ -494,12 +494,13 @@ impl<'a> Model<'a> {
 
     fn mixed_layer(&self, layer: usize) -> MixedLayer<'a> {
         let q = I32Le(self.blob.section(SectionKind::QParams, layer));
-        let s = F32Le(self.blob.section(SectionKind::IoScale, layer));
+        let s = self.blob.section(SectionKind::IoScale, layer);
+        let (s_in, s_out) = s.split_at(s.len() / 2);
         MixedLayer {
             f: self.float_layer(layer, F16Le),
-            s_in: s.at(0),
+            s_in: F32Le(s_in),
             zp_in: q.at(0),
-            s_out: s.at(1),
+            s_out: F32Le(s_out),
             zp_out: q.at(2),
         }
     }
@@ -542,6 +543,20 @@ impl<'a> Model<'a> {
         }
         let hl = h.head_layer();
         let zp_in = I32Le(self.blob.section(SectionKind::QParams, hl)).at(0);
+        if f16(hl) {
+            mixed::head(
+                a,
+                g.tokens(),
+                g.dim,
+                zp_in,
+                F32Le(self.blob.section(SectionKind::IoScale, hl)),
+                F16Le(self.blob.section(SectionKind::Weights, hl)),
+                F32Le(self.blob.section(SectionKind::Bias, hl)),
+                mean,
+                logits,
+            );
+            return;
+        }
         inplace::head_i8(
             a,
             g.tokens(),

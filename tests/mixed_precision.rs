@@ -114,7 +114,8 @@ fn f16_layers_keep_the_int8_layers_before_them_and_remove_their_own_error() {
 #[test]
 fn an_all_f16_mix_is_closer_to_fp32_than_int8() {
     let s = setup();
-    let all: Vec<usize> = (0..9).collect();
+    // The nine conv layers and the head.
+    let all: Vec<usize> = (0..10).collect();
     let blob = |f16: &[usize]| {
         convmixer_quantize::quantize(&s.model, Precision::Int8, &s.calib, &opts(f16), || {})
             .expect("quantize")
@@ -167,7 +168,8 @@ fn the_search_is_deterministic_and_meets_what_it_says() {
     // Unreachable: every layer below 60 dB goes f16, the blob says so, reruns agree.
     let (q, c) = run(Target::SqnrMin(60.0));
     assert!(!c.met);
-    assert_eq!(c.f16_layers.iter(9).count(), 9);
+    assert_eq!(c.f16_layers.iter(10).count(), 10); // 9 conv layers and the head
+    assert_eq!(c.sqnr_db.len(), 10);
     assert!(c.sqnr_db.iter().all(|&d| d < 60.0));
     let h = *Model::from_bytes(&q.blob).unwrap().header();
     assert_eq!(h.f16_layers, c.f16_layers);
@@ -178,7 +180,7 @@ fn the_search_is_deterministic_and_meets_what_it_says() {
     let (_, c) = run(Target::SqnrMin(mid));
     let first = c
         .f16_layers
-        .iter(9)
+        .iter(10)
         .next()
         .expect("at least one layer switched");
     assert!(c0.sqnr_db[first] < mid);
@@ -240,11 +242,12 @@ fn fix_crc(b: &mut [u8]) {
 
 /// The ill-conditioned fixture (`tests/fixtures/illcond/README.md`): a quarter of every
 /// layer's channels are scaled by 1e-3 and shifted by +6 before the GELU, so the BatchNorm
-/// after it has running variances below its epsilon and means near 6. Per-tensor int8
-/// collapses (about chance level). f16 layers remove the per-tensor pre-activation (GELU
-/// table) failure, which brings a large part back; the per-tensor int8 *tensors* between
-/// layers still lose those channels' small variation, so the budget is not met yet (what
-/// is left for issue 5: per-channel activation scales).
+/// after it has running variances below its epsilon and means near 6. int8 collapses to
+/// chance: the per-tensor GELU-table input cannot resolve those channels, and the head's
+/// large, cancelling weights do not survive int8. f16 layers (and an f16 head) remove both;
+/// what is left is the int8 tensors' own rounding, which this model's head amplifies (its
+/// logits' SQNR stays near 4 dB even with every layer in f16), so a 2-point budget is not
+/// met yet.
 #[test]
 fn mixed_precision_recovers_much_of_the_ill_conditioned_model() {
     let s = setup();
@@ -268,7 +271,7 @@ fn mixed_precision_recovers_much_of_the_ill_conditioned_model() {
         int8 < fp32 - 30.0,
         "int8 {int8} vs fp32 {fp32}: not ill-conditioned"
     );
-    assert!(mixed >= int8 + 20.0, "{lines:#?}");
+    assert!(mixed >= int8 + 50.0 && mixed >= fp32 - 15.0, "{lines:#?}");
     assert!(!c.f16_layers.is_empty());
     let h = *Model::from_bytes(&q.blob).expect("blob").header();
     assert_eq!(h.f16_layers, c.f16_layers);

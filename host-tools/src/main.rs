@@ -596,10 +596,10 @@ fn quantize(
                 &mut |line| pb.suspend(|| eprintln!("{line}")),
             )?;
             pb.finish_and_clear();
-            let layers = 1 + 2 * q.folded.blocks.len();
+            let layers = 2 + 2 * q.folded.blocks.len();
             let f16: Vec<usize> = choice.f16_layers.iter(layers).collect();
             eprintln!(
-                "mixed precision: {} of {layers} conv layers in f16 {f16:?}{}",
+                "mixed precision: {} of {layers} layers (conv layers, then the head) in f16 {f16:?}{}",
                 f16.len(),
                 match choice.top1 {
                     Some((fp32, int8, mixed)) =>

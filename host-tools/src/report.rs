@@ -55,10 +55,10 @@ pub struct Variant {
     pub name: String,
     /// The model blob.
     pub blob: Vec<u8>,
-    /// `(scale, zero point)` per conv layer ([`quant::output_quant`] of the ranges the blob
+    /// Zero point and per-channel scales per conv layer ([`quant::output_quant`] of the ranges the blob
     /// was quantised with): dequantises the layers the runtime traces as
     /// [`LayerOutput::Int8`]. Empty for a blob without int8 layers.
-    pub output_quant: Vec<(f64, i32)>,
+    pub output_quant: Vec<quant::TensorQuant>,
 }
 
 /// How one [`Variant`] did on the labelled set.
@@ -123,8 +123,10 @@ pub struct LayerRange {
     pub clip: Range,
     /// Share of the values outside `clip` (clipped by the int8 blob).
     pub clipped: f64,
-    /// The int8 output scale and zero point derived from `clip`.
+    /// The int8 output tensor's scale derived from `clip` (its coarsest channel scale).
     pub scale: f64,
+    /// The finest per-channel scale (channels with a narrower range than the tensor's).
+    pub finest_scale: f64,
     /// See `scale`.
     pub zero_point: i32,
     /// 2048 bins over `observed`.
@@ -261,9 +263,7 @@ pub fn evaluate(
                 };
                 match out {
                     LayerOutput::Int8(q) => match v.output_quant.get(layer) {
-                        Some(&(s, zp)) => {
-                            add(&mut q.iter().map(|&q| (f64::from(q) - f64::from(zp)) * s))
-                        }
+                        Some(t) => add(&mut q.iter().enumerate().map(|(i, &q)| t.dequantize(q, i))),
                         None => missing = Some(layer),
                     },
                     _ => {
@@ -394,14 +394,15 @@ pub fn analyse(
         .zip(&stats)
         .zip(outq)
         .enumerate()
-        .map(|(layer, ((h, s), (scale, zero_point)))| LayerRange {
+        .map(|(layer, ((h, s), t))| LayerRange {
             layer,
             name: layer_name(layer),
             observed: h.range,
             clip: s.out,
             clipped: h.outside(s.out) as f64 / h.total().max(1) as f64,
-            scale,
-            zero_point,
+            scale: t.scale.iter().copied().fold(0.0, f64::max),
+            finest_scale: t.scale.iter().copied().fold(f64::INFINITY, f64::min),
+            zero_point: t.zp,
             histogram: h,
         })
         .collect();

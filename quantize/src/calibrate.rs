@@ -72,26 +72,37 @@ impl Range {
 }
 
 /// Ranges seen at one conv layer.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct LayerStats {
     /// Pre-activation accumulator (bias included).
     pub pre: Range,
     /// Activation output.
     pub act: Range,
-    /// Layer output (post-BN; depthwise: after the residual add).
+    /// Layer output (post-BN; depthwise: after the residual add); the clipping range of
+    /// the calibration method.
     pub out: Range,
+    /// Layer output per channel (min/max; the int8 tensor's per-channel scales are these
+    /// ranges within `out`).
+    pub out_ch: Vec<Range>,
 }
 
 /// Runs `f` on raw HWC pixels; returns the logits. With `stats` (one entry per conv layer:
 /// embedding, then dw/pw per block) the ranges are widened by what this image produces.
 pub fn forward(f: &Folded, px: &[u8], stats: Option<&mut [LayerStats]>) -> Vec<f32> {
     match stats {
-        Some(s) => forward_with(f, px, |layer, _, pre, a, out| {
-            let s = &mut s[layer];
-            s.pre.add(pre);
-            s.act.add(a);
-            s.out.add(out);
-        }),
+        Some(s) => {
+            let dim = f.dim;
+            forward_with(f, px, |layer, idx, pre, a, out| {
+                let s = &mut s[layer];
+                s.pre.add(pre);
+                s.act.add(a);
+                s.out.add(out);
+                if s.out_ch.len() != dim {
+                    s.out_ch = vec![Range::default(); dim];
+                }
+                s.out_ch[idx % dim].add(out);
+            })
+        }
         None => forward_with(f, px, |_, _, _, _, _| {}),
     }
 }
@@ -439,7 +450,7 @@ pub fn calibrate_with<I: AsRef<[u8]>>(
         });
         progress();
     }
-    for (s, [pre, out]) in stats.iter_mut().zip(&hists) {
+    for (s, [pre, out]) in stats.iter_mut().zip(hists.iter()) {
         s.pre = clip(pre, method);
         s.out = clip(out, method);
     }

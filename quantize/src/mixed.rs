@@ -1,5 +1,6 @@
-//! Automatic mixed precision: which conv layers of an int8 model to keep in float (f16
-//! weights, f32 arithmetic, int8 tensors around them; `docs/blob-format.md`).
+//! Automatic mixed precision: which layers of an int8 model (conv layers and the head) to
+//! keep in float (f16 weights, f32 arithmetic, int8 tensors around them;
+//! `docs/blob-format.md`).
 //!
 //! Two targets, both measured with the runtime itself on the host (the blob that would be
 //! written, run by `convmixer_edge::Model`) against the fp32 folded graph:
@@ -10,8 +11,8 @@
 //!   the calibration images (greedy forward selection; the layers interact, so the ranking
 //!   is measured again every round). Ranking on logit error rather than on top-1 keeps it
 //!   meaningful on small sets, where one layer rarely moves top-1 by a whole image.
-//! * [`Target::SqnrMin`]: every layer output's SQNR (dB, over the calibration images) must
-//!   reach this. Errors propagate forward, so the first layer below the target is switched
+//! * [`Target::SqnrMin`]: every layer output's SQNR (dB, over the calibration images), and
+//!   the logits' (for the head), must reach this. Errors propagate forward, so the first layer below the target is switched
 //!   and everything is measured again, until all pass or every failing layer is already
 //!   f16 (an f16 layer still writes an int8 tensor, whose rounding bounds its SQNR).
 //!
@@ -47,7 +48,7 @@ pub struct Choice {
     /// Top-1 (%) of fp32, pure int8 and the chosen mix on the labelled set (accuracy
     /// budget only).
     pub top1: Option<(f64, f64, f64)>,
-    /// Per-layer output SQNR (dB) of the chosen mix on the calibration set.
+    /// Per-layer output SQNR (dB) of the chosen mix on the calibration set, then the logits'.
     pub sqnr_db: Vec<f64>,
 }
 
@@ -62,12 +63,12 @@ fn load(blob: &[u8]) -> Result<Model<'_>> {
     Model::from_bytes(blob).map_err(|e| anyhow!("internal: a mixed blob does not load: {e}"))
 }
 
-/// Per-layer output SQNR (dB) of `blob` against the fp32 graph `f` over `images`. int8
-/// outputs are dequantised with `outq` ([`quant::output_quant`]); float blobs' outputs are
-/// compared as they are.
+/// Per-layer output SQNR (dB) of `blob` against the fp32 graph `f` over `images`: one
+/// entry per conv layer, then one for the logits (the head). int8 outputs are dequantised
+/// with `outq` ([`quant::output_quant`]); float blobs' outputs are compared as they are.
 pub fn layer_sqnr(
     f: &Folded,
-    outq: &[(f64, i32)],
+    outq: &[quant::TensorQuant],
     blob: &[u8],
     images: &[Vec<u8>],
 ) -> Result<Vec<f64>> {
@@ -75,19 +76,19 @@ pub fn layer_sqnr(
     let layers = 1 + 2 * f.blocks.len();
     let (ht, wt) = f.grid();
     let mut fp32 = vec![vec![0f32; ht * wt * f.dim]; layers];
-    let (mut signal, mut noise) = (vec![0f64; layers], vec![0f64; layers]);
+    let (mut signal, mut noise) = (vec![0f64; layers + 1], vec![0f64; layers + 1]);
     let mut arena = vec![0u8; m.arena_len()];
     let mut logits = vec![0f32; usize::from(m.header().classes)];
     for px in images {
-        calibrate::forward_with(f, px, |layer, idx, _, _, out| fp32[layer][idx] = out);
+        let want = calibrate::forward_with(f, px, |layer, idx, _, _, out| fp32[layer][idx] = out);
         m.logits_traced(px, &mut arena, &mut logits, &mut |layer, out| {
             let Some(x) = fp32.get(layer) else { return };
             for (i, &x) in x.iter().enumerate() {
                 let xh = match out {
-                    LayerOutput::Int8(q) => {
-                        let (s, zp) = outq.get(layer).copied().unwrap_or((1.0, 0));
-                        (f64::from(q[i]) - f64::from(zp)) * s
-                    }
+                    LayerOutput::Int8(q) => match outq.get(layer) {
+                        Some(t) => t.dequantize(q[i], i),
+                        None => f64::NAN,
+                    },
                     o => f64::from(o.get_f32(i).unwrap_or(f32::NAN)),
                 };
                 signal[layer] += f64::from(x) * f64::from(x);
@@ -95,8 +96,12 @@ pub fn layer_sqnr(
             }
         })
         .map_err(|e| anyhow!("inference: {e}"))?;
+        for (x, xh) in want.iter().zip(&logits) {
+            signal[layers] += f64::from(*x) * f64::from(*x);
+            noise[layers] += f64::from(x - xh) * f64::from(x - xh);
+        }
     }
-    Ok((0..layers)
+    Ok((0..=layers)
         .map(|l| 10.0 * (signal[l] / noise[l].max(f64::MIN_POSITIVE)).log10())
         .collect())
 }
@@ -147,17 +152,18 @@ pub fn choose(
     log: &mut dyn FnMut(String),
 ) -> Result<Choice> {
     let layers = 1 + 2 * f.blocks.len();
-    if layers > LayerMask::CAPACITY {
+    if layers + 1 > LayerMask::CAPACITY {
         bail!(
             "mixed precision supports at most {} conv layers (depth {}), this model has {layers}",
-            LayerMask::CAPACITY,
-            (LayerMask::CAPACITY - 1) / 2
+            LayerMask::CAPACITY - 1,
+            (LayerMask::CAPACITY - 2) / 2
         );
     }
     let outq = quant::output_quant(stats);
     let mut mask = LayerMask::default();
     let name = |l: usize| match l {
         0 => "embed".to_string(),
+        l if l == layers => "head".to_string(),
         l => format!(
             "block {} {}",
             (l - 1) / 2,
@@ -169,11 +175,13 @@ pub fn choose(
             // Terminates: every round marks one more layer, and with all marked none is left.
             let sq = layer_sqnr(f, &outq, &lower(&mask)?, calib)?;
             let worst = sq.iter().copied().fold(f64::INFINITY, f64::min);
+            let dbs: Vec<String> = sq.iter().map(|d| format!("{d:.1}")).collect();
             log(format!(
-                "f16 layers {:?}: lowest layer SQNR {worst:.1} dB",
-                mask.iter(layers).collect::<Vec<_>>()
+                "f16 layers {:?}: layer SQNR [{}] dB",
+                mask.iter(layers + 1).collect::<Vec<_>>(),
+                dbs.join(", ")
             ));
-            match (0..layers).find(|&l| sq[l] < min && !mask.contains(l)) {
+            match (0..=layers).find(|&l| sq[l] < min && !mask.contains(l)) {
                 Some(l) => {
                     log(format!("{} ({:.1} dB < {min} dB) → f16", name(l), sq[l]));
                     mask.insert(l);
@@ -213,7 +221,8 @@ pub fn choose(
                 // smallest logit error together with those already chosen.
                 while fp32 - acc > budget {
                     let mut best: Option<(f64, usize)> = None;
-                    for l in (0..layers).filter(|&l| !mask.contains(l)) {
+                    // The conv layers and the head (layer `layers`).
+                    for l in (0..=layers).filter(|&l| !mask.contains(l)) {
                         let mut with = mask;
                         with.insert(l);
                         let e = logit_mse(&lower(&with)?, calib, &want)?;

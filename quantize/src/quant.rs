@@ -39,11 +39,12 @@ pub fn lower(
         }
         if let Some(l) = f16_layers
             .iter(LayerMask::CAPACITY)
-            .find(|&l| l >= h.conv_layers())
+            .find(|&l| l > h.head_layer())
         {
             bail!(
-                "layer {l} marked f16, but the model has {} conv layers",
-                h.conv_layers()
+                "layer {l} marked f16, but the model has {} conv layers and the head ({})",
+                h.conv_layers(),
+                h.head_layer()
             );
         }
         h.f16_layers = *f16_layers;
@@ -160,14 +161,65 @@ pub fn gap_frac_bits(dim: usize) -> u8 {
         .unwrap_or(0)
 }
 
-/// The int8 `(scale, zero point)` of every conv layer's output, as the blob quantises it:
-/// `q = round(x / scale) + zp`, so `x ≈ (q − zp) · scale`.
-pub fn output_quant(stats: &[LayerStats]) -> Vec<(f64, i32)> {
+/// How much finer than the tensor's scale a channel's may be (2^8): enough for channels
+/// whose range is hundreds of times smaller than the tensor's (ill-conditioned BatchNorm),
+/// while the requantisation multipliers stay far inside their limits.
+pub const CHANNEL_SCALE_RATIO: f64 = 256.0;
+
+/// The int8 quantisation of one activation tensor: one zero point (so that the depthwise
+/// padding, the quantised 0.0, is the same for every channel, as the kernels need) and one
+/// scale per channel: `x ≈ (q − zp) · scale[c]`.
+///
+/// Per-channel scales cost nothing at run time: the consumers fold them into what they
+/// already have per channel (the depthwise accumulator scale and residual multiplier, the
+/// pointwise and head weights, which are quantised after the fold), and the producer's
+/// output requantisation is per channel anyway.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorQuant {
+    /// Zero point, shared by all channels.
+    pub zp: i32,
+    /// Scale per channel.
+    pub scale: Vec<f64>,
+}
+
+impl TensorQuant {
+    /// The real value of `q` at flat index `i` (token-major, `i % channels` = channel).
+    pub fn dequantize(&self, q: i8, i: usize) -> f64 {
+        (f64::from(q) - f64::from(self.zp)) * self.scale[i % self.scale.len()]
+    }
+}
+
+/// The int8 quantisation of every conv layer's output, as the blob quantises it. The zero
+/// point and the coarsest scale come from the tensor's clipping range (`out`); each
+/// channel's scale is the finest that still covers the channel's own range (within the
+/// clip) with that zero point, at most [`CHANNEL_SCALE_RATIO`] times finer.
+pub fn output_quant(stats: &[LayerStats]) -> Vec<TensorQuant> {
     stats
         .iter()
         .map(|s| {
             let (lo, hi) = s.out.with_zero();
-            asym(lo, hi)
+            let (st, zp) = asym(lo, hi);
+            let (up, down) = (f64::from(127 - zp), f64::from(-128 - zp));
+            let scale = s
+                .out_ch
+                .iter()
+                .map(|r| {
+                    if r.lo > r.hi {
+                        return st;
+                    }
+                    let hi = f64::from(r.hi.min(s.out.hi).max(0.0));
+                    let lo = f64::from(r.lo.max(s.out.lo).min(0.0));
+                    let mut sc = 0f64;
+                    if up > 0.0 {
+                        sc = sc.max(hi / up);
+                    }
+                    if down < 0.0 {
+                        sc = sc.max(lo / down);
+                    }
+                    sc.clamp(st / CHANNEL_SCALE_RATIO, st)
+                })
+                .collect();
+            TensorQuant { zp, scale }
         })
         .collect()
 }
@@ -205,25 +257,20 @@ pub fn multiplier(r: f64) -> Result<(i32, i32)> {
 
 /// The post-activation fixed point `(m_post, b_post, sh_post, m_res)` for real factors
 /// `ms` (per activation LSB), `bs` (offset) and `rs` (per residual LSB), all in output LSBs.
-fn post_params(ms: f64, bs: f64, rs: f64) -> (i32, i32, i32, i32) {
+/// An error if they do not fit even without a shift.
+fn post_params(ms: f64, bs: f64, rs: f64) -> Result<(i32, i32, i32, i32)> {
     let fits = |sh: i32| {
         let p = 2f64.powi(sh);
         (ms * p).abs().round() <= f64::from(limits::M_POST_MAX)
             && (bs * p).abs().round() <= f64::from(limits::B_POST_MAX)
             && (rs * p).abs().round() <= f64::from(limits::M_RES_MAX)
     };
-    let sh = (0..=limits::SH_POST_MAX)
-        .rev()
-        .find(|&s| fits(s))
-        .unwrap_or(0);
+    let Some(sh) = (0..=limits::SH_POST_MAX).rev().find(|&s| fits(s)) else {
+        bail!("output requantisation out of range (scale {ms}, offset {bs}, residual {rs} output steps): the activation ranges are degenerate");
+    };
     let p = 2f64.powi(sh);
-    let c = |v: f64, lim: i32| (v * p).round().clamp(-f64::from(lim), f64::from(lim)) as i32;
-    (
-        c(ms, limits::M_POST_MAX),
-        c(bs, limits::B_POST_MAX),
-        sh,
-        c(rs, limits::M_RES_MAX),
-    )
+    let c = |v: f64| (v * p).round() as i32;
+    Ok((c(ms), c(bs), sh, c(rs)))
 }
 
 fn gelu(act: Activation, z: f64) -> f64 {
@@ -256,29 +303,38 @@ fn lower_int8(
     for (li, l) in layers.iter().enumerate() {
         let taps = h.taps(li);
         // Input quantisation: the embedding's int8 input is pixel − 128 (scale 1 in pixel
-        // units, zero point −128), else the previous layer's output.
-        let (s_in, zp_in) = if li == 0 { (1.0, -128) } else { outq[li - 1] };
-        let (s_out, zp_out) = outq[li];
+        // units, zero point −128), else the previous layer's output (a scale per channel).
+        let pixels = TensorQuant {
+            zp: -128,
+            scale: vec![1.0; dim],
+        };
+        let tin = if li == 0 { &pixels } else { &outq[li - 1] };
+        let (s_in, zp_in) = (&tin.scale, tin.zp);
+        let (s_out, zp_out) = (&outq[li].scale, outq[li].zp);
         if h.f16_layers.contains(li) {
             // An f16 layer between int8 tensors: float parameters plus both boundaries.
             push_float_layer(w, li, l, Precision::F16)?;
             w.push(SectionKind::QParams, li, i32_bytes(&[zp_in, 0, zp_out, 0]))?;
-            w.push(
-                SectionKind::IoScale,
-                li,
-                f32_bytes(&[s_in as f32, s_out as f32, 0.0, 0.0]),
-            )?;
+            let io: Vec<f32> = s_in.iter().chain(s_out).map(|&v| v as f32).collect();
+            w.push(SectionKind::IoScale, li, f32_bytes(&io))?;
             continue;
         }
         let depthwise = li % 2 == 1;
-        // Per-output-channel symmetric weights.
+        // Per-output-channel symmetric weights, in units of the int8 input: a pointwise
+        // layer folds its input's per-channel scales into the weights (then quantised per
+        // output channel); a depthwise channel has one input channel, whose scale goes into
+        // the accumulator scale below.
         let w_at = |o: usize, t: usize| {
             if depthwise {
                 l.w[t * dim + o]
-            } else {
+            } else if li == 0 {
                 l.w[o * taps + t]
+            } else {
+                (f64::from(l.w[o * taps + t]) * s_in[t]) as f32
             }
         };
+        // What `w_at` folded into tap t (the pointwise input scales), for the bias correction.
+        let folded_in = |t: usize| if depthwise || li == 0 { 1.0 } else { s_in[t] };
         // Depthwise weights are stored tap-major (`[tap][out]`), so the kernels load 16
         // channels of one tap at once; the GEMM layers' are packed below.
         let tap_major = depthwise;
@@ -326,7 +382,8 @@ fn lower_int8(
         let mut bias = vec![0i32; dim];
         let mut rq: Vec<[i32; 6]> = Vec::with_capacity(dim);
         for o in 0..dim {
-            let acc_scale = s_in * s_w[o];
+            // Accumulator units: weight step × input step (pointwise: folded, 1).
+            let acc_scale = if depthwise { s_in[o] * s_w[o] } else { s_w[o] };
             // Bias correction: minus the mean error of the quantised weights.
             let correction: f64 = input_means.map_or(0.0, |m| {
                 (0..taps)
@@ -341,7 +398,8 @@ fn lower_int8(
                         } else {
                             m[li][t]
                         };
-                        (s_w[o] * q - f64::from(w_at(o, t))) * mean
+                        // The quantised weight's error in real units, times E[x].
+                        (s_w[o] * q - f64::from(w_at(o, t))) / folded_in(t) * mean
                     })
                     .sum()
             });
@@ -375,10 +433,11 @@ fn lower_int8(
             bias[o] = bq as i32;
             let target = if f.act == Activation::Relu { s_a } else { s_z };
             let (m_pre, sh_pre) = multiplier(acc_scale / target)?;
-            let ms = f64::from(l.scale[o]) * s_a / s_out;
-            let bs = f64::from(l.shift[o]) / s_out;
-            let rs = if depthwise { s_in / s_out } else { 0.0 };
-            let (m_post, b_post, sh_post, m_res) = post_params(ms, bs, rs);
+            let ms = f64::from(l.scale[o]) * s_a / s_out[o];
+            let bs = f64::from(l.shift[o]) / s_out[o];
+            let rs = if depthwise { s_in[o] / s_out[o] } else { 0.0 };
+            let (m_post, b_post, sh_post, m_res) = post_params(ms, bs, rs)
+                .map_err(|e| anyhow::anyhow!("layer {li} channel {o}: {e}"))?;
             rq.push([m_pre, sh_pre, m_post, b_post, sh_post, m_res]);
         }
         let bytes = if !depthwise {
@@ -406,22 +465,38 @@ fn lower_int8(
         )?;
         w.push(SectionKind::Table, li, table)?;
     }
-    // Head: average pool to `f` fraction bits, per-class symmetric weights.
-    let (s_x, zp_x) = outq[layers.len() - 1];
+    // Head: average pool to `f` fraction bits, per-class symmetric weights with the input's
+    // per-channel scales folded in.
+    let (s_x, zp_x) = (&outq[layers.len() - 1].scale, outq[layers.len() - 1].zp);
+    let hl = layers.len();
+    if h.f16_layers.contains(hl) {
+        // The head in float: f16 weights, the input's per-channel scales.
+        w.push(
+            SectionKind::Weights,
+            hl,
+            float_bytes(&f.head_w, Precision::F16),
+        )?;
+        let s: Vec<f32> = s_x.iter().map(|&v| v as f32).collect();
+        w.push(SectionKind::IoScale, hl, f32_bytes(&s))?;
+        w.push(SectionKind::Bias, hl, f32_bytes(&f.head_b))?;
+        w.push(SectionKind::QParams, hl, i32_bytes(&[zp_x, 0, 0, 0]))?;
+        return Ok(());
+    }
     let fb = h.gap_frac_bits;
     let classes = f.classes();
     let mut hw = vec![0u8; classes * dim];
     let mut hs = vec![0f32; classes];
     for c in 0..classes {
-        let row = &f.head_w[c * dim..(c + 1) * dim];
-        let max = row.iter().fold(0f64, |m, v| m.max(f64::from(*v).abs()));
+        let row: Vec<f64> = (0..dim)
+            .map(|d| f64::from(f.head_w[c * dim + d]) * s_x[d])
+            .collect();
+        let max = row.iter().fold(0f64, |m, v| m.max(v.abs()));
         let s = if max > 0.0 { max / 127.0 } else { 1.0 };
         for (d, v) in row.iter().enumerate() {
-            hw[c * dim + d] = ((f64::from(*v) / s).round().clamp(-127.0, 127.0) as i8) as u8;
+            hw[c * dim + d] = ((v / s).round().clamp(-127.0, 127.0) as i8) as u8;
         }
-        hs[c] = (s * s_x / 2f64.powi(i32::from(fb))) as f32;
+        hs[c] = (s / 2f64.powi(i32::from(fb))) as f32;
     }
-    let hl = layers.len();
     w.push(SectionKind::Weights, hl, hw)?;
     w.push(SectionKind::HeadScale, hl, f32_bytes(&hs))?;
     w.push(SectionKind::Bias, hl, f32_bytes(&f.head_b))?;

@@ -15,7 +15,7 @@
 use super::inplace::{self, Src};
 use super::reference::{finish_f32, FloatLayer};
 use super::{fgemm_index, EmbedGeom, Grid};
-use crate::le::{F16Le, FloatWeights};
+use crate::le::{F16Le, F32Le, FloatWeights};
 use crate::Activation;
 
 /// One f16 layer between int8 tensors: float parameters plus the int8 boundary.
@@ -23,56 +23,60 @@ use crate::Activation;
 /// ```
 /// use convmixer_edge::kernels::{mixed::MixedLayer, reference::FloatLayer};
 /// use convmixer_edge::le::{F16Le, F32Le};
+/// let (s_in, s_out) = (0.5f32.to_le_bytes(), 0.25f32.to_le_bytes());
 /// let l = MixedLayer {
 ///     f: FloatLayer { w: F16Le(&[]), bias: F32Le(&[]), scale: F32Le(&[]), shift: F32Le(&[]) },
-///     s_in: 0.5, zp_in: -3, s_out: 0.25, zp_out: 10,
+///     s_in: F32Le(&s_in), zp_in: -3, s_out: F32Le(&s_out), zp_out: 10,
 /// };
-/// assert_eq!(l.dequantize(-1), 1.0);           // 0.5 · (−1 − (−3))
-/// assert_eq!(l.quantize(1.0), 14);             // 1.0 / 0.25 + 10
-/// assert_eq!(l.quantize(0.375), 12);           // 1.5 rounds to even
-/// assert_eq!(l.quantize(1e9), 127);
-/// assert_eq!(l.quantize(f32::NAN), 0);
+/// assert_eq!(l.dequantize(-1, 0), 1.0);           // 0.5 · (−1 − (−3))
+/// assert_eq!(l.quantize(1.0, 0), 14);             // 1.0 / 0.25 + 10
+/// assert_eq!(l.quantize(0.375, 0), 12);           // 1.5 rounds to even
+/// assert_eq!(l.quantize(1e9, 0), 127);
+/// assert_eq!(l.quantize(f32::NAN, 0), 0);
 /// ```
 #[derive(Clone, Copy, Debug)]
 pub struct MixedLayer<'a> {
     /// Weights (f16, laid out as in an f16 blob), bias and affine.
     pub f: FloatLayer<'a, F16Le<'a>>,
-    /// Scale of the int8 input tensor (ignored by the embedding, which reads pixels).
-    pub s_in: f32,
+    /// Per-channel scales of the int8 input tensor (ignored by the embedding, which reads
+    /// pixels).
+    pub s_in: F32Le<'a>,
     /// Zero point of the int8 input tensor.
     pub zp_in: i32,
-    /// Scale of the int8 output tensor.
-    pub s_out: f32,
+    /// Per-channel scales of the int8 output tensor.
+    pub s_out: F32Le<'a>,
     /// Zero point of the int8 output tensor.
     pub zp_out: i32,
 }
 
 impl MixedLayer<'_> {
-    /// An input value: `s_in · (q − zp_in)`, one f32 rounding.
+    /// Input channel `c`'s value: `s_in[c] · (q − zp_in)`, one f32 rounding.
     ///
     /// ```
     /// # use convmixer_edge::kernels::{mixed::MixedLayer, reference::FloatLayer};
     /// # use convmixer_edge::le::{F16Le, F32Le};
-    /// # let l = MixedLayer { f: FloatLayer { w: F16Le(&[]), bias: F32Le(&[]), scale: F32Le(&[]), shift: F32Le(&[]) }, s_in: 2.0, zp_in: 0, s_out: 1.0, zp_out: 0 };
-    /// assert_eq!(l.dequantize(-128), -256.0);
+    /// let s: Vec<u8> = [2f32, 0.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+    /// # let l = MixedLayer { f: FloatLayer { w: F16Le(&[]), bias: F32Le(&[]), scale: F32Le(&[]), shift: F32Le(&[]) }, s_in: F32Le(&s), zp_in: 0, s_out: F32Le(&s), zp_out: 0 };
+    /// assert_eq!((l.dequantize(-128, 0), l.dequantize(-128, 1)), (-256.0, -64.0));
     /// ```
     #[inline]
-    pub fn dequantize(&self, q: i8) -> f32 {
-        self.s_in * (i32::from(q) - self.zp_in) as f32
+    pub fn dequantize(&self, q: i8, c: usize) -> f32 {
+        self.s_in.at(c) * (i32::from(q) - self.zp_in) as f32
     }
 
-    /// An output value: `clamp(zp_out + rint(y / s_out), −128, 127)` (f32 division, ties to
-    /// even; NaN gives 0).
+    /// Output channel `o`'s int8 value: `clamp(zp_out + rint(y / s_out[o]), −128, 127)` (f32
+    /// division, ties to even; NaN gives 0).
     ///
     /// ```
     /// # use convmixer_edge::kernels::{mixed::MixedLayer, reference::FloatLayer};
     /// # use convmixer_edge::le::{F16Le, F32Le};
-    /// # let l = MixedLayer { f: FloatLayer { w: F16Le(&[]), bias: F32Le(&[]), scale: F32Le(&[]), shift: F32Le(&[]) }, s_in: 1.0, zp_in: 0, s_out: 1.0, zp_out: -128 };
-    /// assert_eq!(l.quantize(-5.0), -128);
+    /// # let one = 1f32.to_le_bytes();
+    /// # let l = MixedLayer { f: FloatLayer { w: F16Le(&[]), bias: F32Le(&[]), scale: F32Le(&[]), shift: F32Le(&[]) }, s_in: F32Le(&one), zp_in: 0, s_out: F32Le(&one), zp_out: -128 };
+    /// assert_eq!(l.quantize(-5.0, 0), -128);
     /// ```
     #[inline]
-    pub fn quantize(&self, y: f32) -> i8 {
-        let q = libm::rintf(y / self.s_out) + self.zp_out as f32;
+    pub fn quantize(&self, y: f32, o: usize) -> i8 {
+        let q = libm::rintf(y / self.s_out.at(o)) + self.zp_out as f32;
         // `as` saturates and maps NaN to 0.
         q.clamp(-128.0, 127.0) as i8
     }
@@ -95,7 +99,8 @@ impl MixedLayer<'_> {
 /// for i in 0..4 { w[32 * i..32 * i + 2].copy_from_slice(&half::f16::ONE.to_bits().to_le_bytes()); }
 /// let (zero, one) = (0f32.to_le_bytes(), 1f32.to_le_bytes());
 /// let f = FloatLayer { w: F16Le(&w), bias: F32Le(&zero), scale: F32Le(&one), shift: F32Le(&zero) };
-/// let l = MixedLayer { f, s_in: 1.0, zp_in: -128, s_out: 0.5, zp_out: -128 };
+/// let (one, half) = (1f32.to_le_bytes(), 0.5f32.to_le_bytes());
+/// let l = MixedLayer { f, s_in: F32Le(&one), zp_in: -128, s_out: F32Le(&half), zp_out: -128 };
 /// let mut out = [0i8];
 /// mixed::embed(&[1, 2, 3, 4], EmbedGeom { in_h: 2, in_w: 2, in_c: 1, patch: 2 }, 1, &l, Activation::Relu, &mut out);
 /// assert_eq!(out[0], -128 + 20);
@@ -131,7 +136,7 @@ pub fn embed(
                         i += 1;
                     }
                 }
-                out[t * dim + o] = l.quantize(l.finish(o, act, acc));
+                out[t * dim + o] = l.quantize(l.finish(o, act, acc), o);
             }
         }
     }
@@ -158,11 +163,15 @@ fn dw_token(
             for kx in 0..k {
                 let xx = (tx + kx).wrapping_sub(g.pad_left);
                 if let Some(row) = (y < g.ht && xx < g.wt).then(|| src(y, xx)).flatten() {
-                    acc = libm::fmaf(l.f.w.at((ky * k + kx) * d + c), l.dequantize(row[c]), acc);
+                    acc = libm::fmaf(
+                        l.f.w.at((ky * k + kx) * d + c),
+                        l.dequantize(row[c], c),
+                        acc,
+                    );
                 }
             }
         }
-        out[c] = l.quantize(l.finish(c, act, acc) + l.dequantize(res[c]));
+        out[c] = l.quantize(l.finish(c, act, acc) + l.dequantize(res[c], c), c);
     }
 }
 
@@ -178,7 +187,8 @@ fn dw_token(
 /// let zero = 0f32.to_le_bytes();
 /// let aff = [0u8; 8];
 /// let f = FloatLayer { w: F16Le(&w), bias: F32Le(&zero), scale: F32Le(&aff[..4]), shift: F32Le(&aff[4..]) };
-/// let l = MixedLayer { f, s_in: 1.0, zp_in: 0, s_out: 2.0, zp_out: 0 };
+/// let (one, two) = (1f32.to_le_bytes(), 2f32.to_le_bytes());
+/// let l = MixedLayer { f, s_in: F32Le(&one), zp_in: 0, s_out: F32Le(&two), zp_out: 0 };
 /// let mut a: Vec<i8> = (0..9).map(|i| 2 * i as i8).collect();
 /// let mut scratch = vec![0i8; inplace::scratch_len(g)];
 /// mixed::dw_inplace(&mut a, &mut scratch, g, &l, Activation::Relu);
@@ -202,7 +212,7 @@ pub fn dw_inplace(a: &mut [i8], scratch: &mut [i8], g: Grid, l: &MixedLayer<'_>,
 /// w[..2].copy_from_slice(&half::f16::from_f32(3.0).to_bits().to_le_bytes());
 /// let (one, zero) = (1f32.to_le_bytes(), 0f32.to_le_bytes());
 /// let f = FloatLayer { w: F16Le(&w), bias: F32Le(&one), scale: F32Le(&one), shift: F32Le(&zero) };
-/// let l = MixedLayer { f, s_in: 1.0, zp_in: 0, s_out: 1.0, zp_out: 0 };
+/// let l = MixedLayer { f, s_in: F32Le(&one), zp_in: 0, s_out: F32Le(&one), zp_out: 0 };
 /// let mut a = [0i8, 1, 2, -5];
 /// mixed::pw_inplace(&mut a, &mut [0i8; 4], 4, 1, &l, Activation::Relu);
 /// assert_eq!(a, [1, 4, 7, 0]);
@@ -224,11 +234,64 @@ pub fn pw_inplace(
         for (o, out) in y.iter_mut().enumerate() {
             let mut acc = l.f.bias.at(o);
             for (i, &v) in x.iter().enumerate() {
-                acc = libm::fmaf(l.f.w.at(fgemm_index(o, i, dim)), l.dequantize(v), acc);
+                acc = libm::fmaf(l.f.w.at(fgemm_index(o, i, dim)), l.dequantize(v, i), acc);
             }
-            *out = l.quantize(l.finish(o, act, acc));
+            *out = l.quantize(l.finish(o, act, acc), o);
         }
         a[t * dim..(t + 1) * dim].copy_from_slice(y);
+    }
+}
+
+/// The head in float after int8 layers: per channel `m_d = (s_in[d] · Σ_t (x_td − zp_in)) /
+/// T` (the sum exact in i32, then two f32 roundings), then `logit_c = bias_c + Σ_d W_cd·m_d`
+/// with one `fma` per channel in order; `w` is `[class][channel]` f16. `mean` is a
+/// `dim`-long scratch. Writes nothing if a slice is too short.
+///
+/// ```
+/// use convmixer_edge::kernels::mixed;
+/// use convmixer_edge::le::{F16Le, F32Le};
+/// // 2 tokens, 1 channel, scale 0.5, zero point −1; one class with weight 2, bias 1.
+/// let (s, b) = (0.5f32.to_le_bytes(), 1f32.to_le_bytes());
+/// let w = half::f16::from_f32(2.0).to_bits().to_le_bytes();
+/// let (mut mean, mut logits) = ([0i32], [0f32]);
+/// mixed::head(&[3, 5], 2, 1, -1, F32Le(&s), F16Le(&w), F32Le(&b), &mut mean, &mut logits);
+/// assert_eq!(logits[0], 1.0 + 2.0 * 0.5 * (4.0 + 6.0) / 2.0);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn head(
+    x: &[i8],
+    tokens: usize,
+    dim: usize,
+    zp_in: i32,
+    s_in: F32Le<'_>,
+    w: F16Le<'_>,
+    bias: F32Le<'_>,
+    mean: &mut [i32],
+    logits: &mut [f32],
+) {
+    let classes = logits.len();
+    if tokens.checked_mul(dim).is_none_or(|n| x.len() < n)
+        || mean.len() < dim
+        || s_in.0.len() < 4 * dim
+        || bias.0.len() < 4 * classes
+        || classes.checked_mul(dim).is_none_or(|n| w.0.len() < 2 * n)
+    {
+        return;
+    }
+    let mean = &mut mean[..dim];
+    mean.iter_mut().for_each(|m| *m = 0);
+    for t in 0..tokens {
+        for (m, v) in mean.iter_mut().zip(&x[t * dim..(t + 1) * dim]) {
+            *m += i32::from(*v) - zp_in;
+        }
+    }
+    for (c, out) in logits.iter_mut().enumerate() {
+        let mut acc = bias.at(c);
+        for (d, &m) in mean.iter().enumerate() {
+            let md = (s_in.at(d) * m as f32) / tokens as f32;
+            acc = libm::fmaf(w.at(c * dim + d), md, acc);
+        }
+        *out = acc;
     }
 }
 
@@ -272,7 +335,15 @@ mod tests {
         [f16s(&w), f32s(&b), f32s(&s), f32s(&t)]
     }
 
-    fn layer<'a>(p: &'a [Vec<u8>; 4], r: &mut Rng) -> MixedLayer<'a> {
+    /// Per-channel input and output scales for `dim` channels.
+    fn scales(r: &mut Rng, dim: usize) -> Vec<u8> {
+        (0..2 * dim)
+            .flat_map(|_| (0.01 + (r.next() % 100) as f32 / 1000.0).to_le_bytes())
+            .collect()
+    }
+
+    fn layer<'a>(p: &'a [Vec<u8>; 4], io: &'a [u8], r: &mut Rng) -> MixedLayer<'a> {
+        let (s_in, s_out) = io.split_at(io.len() / 2);
         MixedLayer {
             f: FloatLayer {
                 w: F16Le(&p[0]),
@@ -280,9 +351,9 @@ mod tests {
                 scale: F32Le(&p[2]),
                 shift: F32Le(&p[3]),
             },
-            s_in: 0.01 + (r.next() % 100) as f32 / 1000.0,
+            s_in: F32Le(s_in),
             zp_in: (r.next() % 256) as i32 - 128,
-            s_out: 0.01 + (r.next() % 100) as f32 / 1000.0,
+            s_out: F32Le(s_out),
             zp_out: (r.next() % 256) as i32 - 128,
         }
     }
@@ -300,7 +371,8 @@ mod tests {
                 pad_left: (k - 1) / 2,
             };
             let p = params(&mut r, k * k * dim, dim);
-            let l = layer(&p, &mut r);
+            let io = scales(&mut r, dim);
+            let l = layer(&p, &io, &mut r);
             let x: Vec<i8> = (0..ht * wt * dim).map(|_| r.next() as i8).collect();
             for act in [Activation::Gelu, Activation::Relu] {
                 let mut want = std::vec![0i8; x.len()];
@@ -318,13 +390,13 @@ mod tests {
                                     if y >= ht || xx >= wt {
                                         continue;
                                     }
-                                    let v = l.dequantize(x[(y * wt + xx) * dim + c]);
+                                    let v = l.dequantize(x[(y * wt + xx) * dim + c], c);
                                     acc = libm::fmaf(l.f.w.at((ky * k + kx) * dim + c), v, acc);
                                 }
                             }
                             let t = ty * wt + tx;
-                            let y = l.finish(c, act, acc) + l.dequantize(x[t * dim + c]);
-                            want[t * dim + c] = l.quantize(y);
+                            let y = l.finish(c, act, acc) + l.dequantize(x[t * dim + c], c);
+                            want[t * dim + c] = l.quantize(y, c);
                         }
                     }
                 }
@@ -343,7 +415,8 @@ mod tests {
         for dim in [1usize, 5, 16, 33] {
             let tokens = 6;
             let p = params(&mut r, fgemm_packed_len(dim, dim), dim);
-            let l = layer(&p, &mut r);
+            let io = scales(&mut r, dim);
+            let l = layer(&p, &io, &mut r);
             let x: Vec<i8> = (0..tokens * dim).map(|_| r.next() as i8).collect();
             let mut want = std::vec![0i8; x.len()];
             for t in 0..tokens {
@@ -351,9 +424,9 @@ mod tests {
                     let mut acc = l.f.bias.at(o);
                     for i in 0..dim {
                         let w = l.f.w.at(fgemm_index(o, i, dim));
-                        acc = libm::fmaf(w, l.dequantize(x[t * dim + i]), acc);
+                        acc = libm::fmaf(w, l.dequantize(x[t * dim + i], i), acc);
                     }
-                    want[t * dim + o] = l.quantize(l.finish(o, Activation::Gelu, acc));
+                    want[t * dim + o] = l.quantize(l.finish(o, Activation::Gelu, acc), o);
                 }
             }
             let mut a = x.clone();
@@ -387,7 +460,8 @@ mod tests {
         };
         let dim = 7;
         let p = params(&mut r, fgemm_packed_len(dim, e.taps()), dim);
-        let l = layer(&p, &mut r);
+        let io = scales(&mut r, dim);
+        let l = layer(&p, &io, &mut r);
         let px: Vec<u8> = (0..6 * 4 * 3).map(|_| r.next() as u8).collect();
         let mut out = std::vec![0i8; 6 * dim];
         embed(&px, e, dim, &l, Activation::Relu, &mut out);
@@ -404,9 +478,57 @@ mod tests {
                         }
                     }
                 }
-                let want = l.quantize(l.finish(o, Activation::Relu, acc));
+                let want = l.quantize(l.finish(o, Activation::Relu, acc), o);
                 assert_eq!(out[t * dim + o], want, "token {t} channel {o}");
             }
         }
+    }
+
+    #[test]
+    fn head_equals_a_plain_loop() {
+        let mut r = Rng(5);
+        let (tokens, dim, classes) = (7, 9, 4);
+        let x: Vec<i8> = (0..tokens * dim).map(|_| r.next() as i8).collect();
+        let w: Vec<f32> = (0..classes * dim).map(|_| r.f(3.0)).collect();
+        let b: Vec<f32> = (0..classes).map(|_| r.f(1.0)).collect();
+        let io = scales(&mut r, dim);
+        let (wb, bb) = (f16s(&w), f32s(&b));
+        let s_in = F32Le(&io[..4 * dim]);
+        let zp = 17;
+        let mut logits = std::vec![0f32; classes];
+        head(
+            &x,
+            tokens,
+            dim,
+            zp,
+            s_in,
+            F16Le(&wb),
+            F32Le(&bb),
+            &mut std::vec![0i32; dim],
+            &mut logits,
+        );
+        for c in 0..classes {
+            let mut acc = b[c];
+            for d in 0..dim {
+                let sum: i32 = (0..tokens).map(|t| i32::from(x[t * dim + d]) - zp).sum();
+                let m = s_in.at(d) * sum as f32 / tokens as f32;
+                acc = libm::fmaf(F16Le(&wb).at(c * dim + d), m, acc);
+            }
+            assert_eq!(logits[c], acc, "class {c}");
+        }
+        // A scratch too short: nothing written.
+        let mut untouched = std::vec![7f32; classes];
+        head(
+            &x,
+            tokens,
+            dim,
+            zp,
+            s_in,
+            F16Le(&wb),
+            F32Le(&bb),
+            &mut std::vec![0i32; dim - 1],
+            &mut untouched,
+        );
+        assert!(untouched.iter().all(|&v| v == 7.0));
     }
 }

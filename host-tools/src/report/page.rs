@@ -630,14 +630,14 @@ fn html(a: &Analysis, info: &Info) -> String {
         "<section id=\"ranges\">\n<h2>Activation ranges and clipping</h2>\n\
          <p class=\"note\">Each conv layer's output (after the activation and the folded BatchNorm; depthwise layers after the residual add) over the {nc} calibration images: the smallest and largest value seen, and the range the <b>{m}</b> calibration clips it to for int8 (widened to contain 0). Clipped: share of the values outside the clip; farthest clipped: how far the most extreme value lies beyond it, in int8 steps (scale).</p>\n\
          <img class=\"plot\" src=\"ranges.png\" alt=\"activation ranges plot\" width=\"1100\" height=\"440\">\n\
-         <table id=\"ranges-table\">\n<tr><th>layer</th><th class=\"l\">name</th><th>observed min</th><th>observed max</th><th>clip min</th><th>clip max</th><th>clipped</th><th>farthest clipped (steps)</th><th>int8 scale</th><th>zero point</th></tr>\n",
+         <table id=\"ranges-table\">\n<tr><th>layer</th><th class=\"l\">name</th><th>observed min</th><th>observed max</th><th>clip min</th><th>clip max</th><th>clipped</th><th>farthest clipped (steps)</th><th>int8 scale</th><th>finest channel scale</th><th>zero point</th></tr>\n",
         nc = a.n_calib,
         m = esc(&a.method_name()),
     );
     for r in &a.ranges {
         let _ = writeln!(
             s_,
-            "<tr class=\"layer\"><td>{}</td><td class=\"l\">{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.3}%</td><td>{:.1}</td><td>{:.5}</td><td>{}</td></tr>",
+            "<tr class=\"layer\"><td>{}</td><td class=\"l\">{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.3}%</td><td>{:.1}</td><td>{:.5}</td><td>{:.3e}</td><td>{}</td></tr>",
             r.layer,
             esc(&r.name),
             r.observed.lo,
@@ -647,6 +647,7 @@ fn html(a: &Analysis, info: &Info) -> String {
             100.0 * r.clipped,
             f64::from((r.clip.lo - r.observed.lo).max(r.observed.hi - r.clip.hi)) / r.scale,
             r.scale,
+            r.finest_scale,
             r.zero_point
         );
     }
