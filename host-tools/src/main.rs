@@ -182,6 +182,13 @@ enum Cmd {
         json: bool,
         /// Also write an HTML page with plots to this folder (DIR/index.html and PNGs),
         /// atomically; an existing DIR must be empty or a previous report.
+        /// Add a mixed-precision variant, chosen for this budget (points of top-1 below fp32
+        /// on `--data`), as `quantize --accuracy-budget` does.
+        #[arg(long, value_name = "POINTS", conflicts_with = "sqnr_min")]
+        accuracy_budget: Option<f64>,
+        /// Add a mixed-precision variant chosen for this per-layer SQNR (dB).
+        #[arg(long, value_name = "DB")]
+        sqnr_min: Option<f64>,
         #[arg(short, long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
@@ -229,11 +236,7 @@ fn main() -> ExitCode {
             prep,
             output,
         } => {
-            let target = match (accuracy_budget, sqnr_min) {
-                (Some(b), _) => Some(Target::AccuracyBudget(b)),
-                (_, Some(db)) => Some(Target::SqnrMin(db)),
-                _ => None,
-            };
+            let target = target(accuracy_budget, sqnr_min);
             quantize(
                 &model,
                 calib.as_deref(),
@@ -267,6 +270,8 @@ fn main() -> ExitCode {
             data,
             calibration,
             bias_correction,
+            accuracy_budget,
+            sqnr_min,
             prep,
             json,
             out,
@@ -275,6 +280,7 @@ fn main() -> ExitCode {
             &calib,
             &data,
             (&calibration, bias_correction),
+            target(accuracy_budget, sqnr_min),
             &prep,
             json,
             out.as_deref(),
@@ -299,17 +305,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// The mixed-precision target of `--accuracy-budget` / `--sqnr-min` (clap makes them
+/// exclusive).
+fn target(accuracy_budget: Option<f64>, sqnr_min: Option<f64>) -> Option<Target> {
+    match (accuracy_budget, sqnr_min) {
+        (Some(b), _) => Some(Target::AccuracyBudget(b)),
+        (_, Some(db)) => Some(Target::SqnrMin(db)),
+        _ => None,
+    }
+}
+
+/// Refuses targets that are not numbers of points ≥ 0 or finite dB.
+fn check_target(target: Option<Target>) -> Result<()> {
+    match target {
+        Some(Target::AccuracyBudget(b)) if !(b.is_finite() && b >= 0.0) => {
+            bail!("--accuracy-budget must be a number of points ≥ 0, got {b}")
+        }
+        Some(Target::SqnrMin(db)) if !db.is_finite() => {
+            bail!("--sqnr-min must be a finite number of dB, got {db}")
+        }
+        _ => Ok(()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn report(
     model: &Path,
     calib: &Path,
     dir: &Path,
     (calibration, bias_correction): (&str, bool),
+    mixed: Option<Target>,
     prep: &Prep,
     json: bool,
     out: Option<&Path>,
 ) -> Result<()> {
     use host_tools::report::{self, page};
     let method = convmixer_quantize::calibrate::Method::parse(calibration)?;
+    check_target(mixed)?;
     // Before the slow part: a bad -o fails at once.
     if let Some(out) = out {
         page::check_out(out)?;
@@ -327,7 +359,7 @@ fn report(
     let shape = (imported.in_h, imported.in_w, imported.in_c);
     let calib = data::calibration_set(calib, shape)?;
     let set = labelled_set(dir, &labels, &imported)?;
-    let a = report::analyse(&imported, &calib, &set, &opts)?;
+    let a = report::analyse(&imported, &calib, &set, &opts, mixed)?;
     let e = &a.eval;
     let int8 = a
         .variant("int8")
@@ -532,17 +564,9 @@ fn quantize(
     output: Option<PathBuf>,
 ) -> Result<()> {
     let method = convmixer_quantize::calibrate::Method::parse(calibration)?;
-    match target {
-        Some(Target::AccuracyBudget(b)) if !(b.is_finite() && b >= 0.0) => {
-            bail!("--accuracy-budget must be a number of points ≥ 0, got {b}")
-        }
-        Some(Target::SqnrMin(db)) if !db.is_finite() => {
-            bail!("--sqnr-min must be a finite number of dB, got {db}")
-        }
-        Some(_) if precision.precision() != Precision::Int8 => {
-            bail!("--accuracy-budget and --sqnr-min apply to --precision int8 only")
-        }
-        _ => {}
+    check_target(target)?;
+    if target.is_some() && precision.precision() != Precision::Int8 {
+        bail!("--accuracy-budget and --sqnr-min apply to --precision int8 only");
     }
     let imported = onnx::import(model)?;
     let labels = read_labels(prep.labels.as_deref())?;

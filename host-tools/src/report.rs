@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Result};
 use convmixer_edge::{Activation, LayerOutput, Model, Precision};
 use convmixer_quantize::calibrate::{self, Histogram, LayerStats, Range};
 use convmixer_quantize::fold::Folded;
+use convmixer_quantize::mixed::Target;
 use convmixer_quantize::{onnx::Imported, quant, Options};
 
 /// One conv layer's signal-to-quantisation-noise ratio over the labelled set.
@@ -367,14 +368,16 @@ pub fn diagnose(
 }
 
 /// The whole report: the int8 and fp16 variants (both from
-/// [`quantize_detailed`](convmixer_quantize::quantize_detailed) with `opts`) evaluated on
-/// `data`, and the calibration set's per-layer output histograms with the clip the int8
-/// blob uses.
+/// [`quantize_detailed`](convmixer_quantize::quantize_detailed) with `opts`), and with
+/// `mixed` a mixed-precision one ([`quantize_mixed`](convmixer_quantize::quantize_mixed),
+/// its accuracy budget measured on `data` itself), evaluated on `data`; and the
+/// calibration set's per-layer output histograms with the clip the int8 blob uses.
 pub fn analyse(
     model: &Imported,
     calib: &[Vec<u8>],
     data: &[(Vec<u8>, usize)],
     opts: &Options,
+    mixed: Option<Target>,
 ) -> Result<Analysis> {
     let (folded, stats, int8) = int8(model, calib, opts)?;
     let fp16 = float(model, "fp16", Precision::F16, opts)?;
@@ -385,8 +388,23 @@ pub fn analyse(
             .map_err(|e| anyhow!("the fp32 blob does not load: {e}"))?
             .arena_len(),
     );
-    // Later variants (a mixed-precision blob) are appended to this list.
-    let variants = vec![int8, fp16];
+    let mut variants = vec![int8, fp16];
+    if let Some(target) = mixed {
+        let (q, _) = convmixer_quantize::quantize_mixed(
+            model,
+            calib,
+            data,
+            opts,
+            target,
+            || {},
+            &mut |_| {},
+        )?;
+        variants.push(Variant {
+            name: "mixed".into(),
+            blob: q.blob,
+            output_quant: variants[0].output_quant.clone(),
+        });
+    }
     let eval = evaluate(&folded, &variants, data)?;
     let outq = quant::output_quant(&stats);
     let ranges = calibrate::output_histograms(&folded, calib)
