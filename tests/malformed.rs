@@ -129,9 +129,9 @@ fn header_fields_are_checked_even_with_a_valid_crc() {
         );
     }
     // The f16 layer mask (header bytes 36..64): a layer past the model's 3 conv layers
-    // (depth 1), or a mask on a float blob. A mask bit on a real layer changes the section
-    // plan, so the table of contents no longer matches.
-    for bit in [3usize, 100, 223] {
+    // and its head (layer 3; depth 1). A mask bit on a real layer (or the head) changes the
+    // section plan, so the table of contents no longer matches.
+    for bit in [4usize, 100, 223] {
         let mut mask = [0u8; 28];
         mask[bit / 8] = 1 << (bit % 8);
         assert_eq!(
@@ -140,10 +140,12 @@ fn header_fields_are_checked_even_with_a_valid_crc() {
             "bit {bit}"
         );
     }
-    assert!(matches!(
-        with(36, &[1]),
-        Some(Error::Malformed(_) | Error::Truncated)
-    ));
+    for byte in [1u8, 8] {
+        assert!(matches!(
+            with(36, &[byte]),
+            Some(Error::Malformed(_) | Error::Truncated)
+        ));
+    }
     // Wrong inputs at run time.
     let m = Model::from_bytes(&b).expect("valid");
     let mut arena = vec![0u8; m.arena_len()];

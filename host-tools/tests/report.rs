@@ -91,7 +91,11 @@ fn per_layer_sqnr_fp16_and_calibration_ranges_are_measured() {
     // clips the tensor's range, which only the widest channels use): why it is the default.
     let mean =
         |d: &Diagnosis| d.layers.iter().map(|l| l.sqnr_db).sum::<f64>() / d.layers.len() as f64;
-    eprintln!("mean SQNR: minmax {:.2} dB, mse {:.2} dB", mean(&minmax), mean(&mse));
+    eprintln!(
+        "mean SQNR: minmax {:.2} dB, mse {:.2} dB",
+        mean(&minmax),
+        mean(&mse)
+    );
 }
 
 /// The MNIST example's files.
