@@ -5,7 +5,9 @@
 
 use convmixer_edge::blob::SectionKind;
 use convmixer_edge::Precision;
-use convmixer_edge_tests::{mnist, mnist_heldout, par_map, run_blob, MNIST_MEAN, MNIST_STD};
+use convmixer_edge_tests::{
+    mnist, mnist_heldout, par_map, run_blob, section_range, MNIST_MEAN, MNIST_STD,
+};
 use convmixer_quantize::calibrate::{self, Method};
 use convmixer_quantize::{data, fold, onnx, quant, Options};
 
@@ -58,21 +60,6 @@ fn every_method_keeps_top1_and_is_deterministic() {
     }
 }
 
-/// The bytes of section `kind` of `layer`, found through the table of contents.
-fn section(blob: &[u8], kind: convmixer_edge::blob::SectionKind, layer: u16) -> &[u8] {
-    let n = usize::from(u16::from_le_bytes([blob[26], blob[27]]));
-    let e = (0..n)
-        .map(|i| &blob[64 + 16 * i..64 + 16 * (i + 1)])
-        .find(|e| {
-            u16::from_le_bytes([e[0], e[1]]) == kind as u16
-                && u16::from_le_bytes([e[2], e[3]]) == layer
-        })
-        .expect("section");
-    let off = u32::from_le_bytes([e[4], e[5], e[6], e[7]]) as usize;
-    let len = u32::from_le_bytes([e[8], e[9], e[10], e[11]]) as usize;
-    &blob[off..off + len]
-}
-
 /// Bias correction, checked against an independent computation on block 0's pointwise
 /// layer: its int8 bias moves by minus the mean error of its quantised weights,
 /// `Σ_t (ŵ_t − w_t)·E[x_t]`, in accumulator units (within the rounding of both biases).
@@ -100,8 +87,8 @@ fn bias_correction_moves_each_bias_by_the_weights_mean_error() {
     let w = &f.blocks[0].1.w;
     let bias = |b: &[u8], o: usize| i32::from_le_bytes(b[4 * o..4 * o + 4].try_into().unwrap());
     let (b0, b1) = (
-        section(&plain.blob, SectionKind::Bias, 2),
-        section(&corrected.blob, SectionKind::Bias, 2),
+        &plain.blob[section_range(&plain.blob, SectionKind::Bias, 2)],
+        &corrected.blob[section_range(&corrected.blob, SectionKind::Bias, 2)],
     );
     let mut moved = 0;
     for o in 0..dim {

@@ -2,7 +2,7 @@
 //! read), and every ONNX file that is not a ConvMixer gets an error naming the node, its
 //! op type and what was expected.
 
-use convmixer_edge::{blob, Error, Model, Precision};
+use convmixer_edge::{Error, Model, Precision};
 use convmixer_edge_tests::*;
 use convmixer_quantize::{onnx, Options};
 use prost::Message;
@@ -38,14 +38,6 @@ fn small_int8() -> (Vec<u8>, usize) {
         convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, || {}).expect("blob"),
         n,
     )
-}
-
-fn fix_crc(b: &mut [u8]) {
-    let mut d = blob::CRC.digest();
-    d.update(&b[..blob::CRC_RANGE.start]);
-    d.update(&b[blob::CRC_RANGE.end..]);
-    let c = d.finalize().to_le_bytes();
-    b[blob::CRC_RANGE].copy_from_slice(&c);
 }
 
 #[test]

@@ -193,16 +193,8 @@ fn broken_mixed_blobs_are_errors() {
     let mixed =
         convmixer_quantize::quantize(&s.model, Precision::Int8, &s.calib, &opts(&[2]), || {})
             .expect("quantize");
-    // Locate layer 2's IO_SCALE section through the table of contents.
-    let n = usize::from(u16::from_le_bytes([mixed[26], mixed[27]]));
-    let io = (0..n)
-        .map(|i| &mixed[64 + 16 * i..64 + 16 * (i + 1)])
-        .find(|e| {
-            u16::from_le_bytes([e[0], e[1]]) == blob::SectionKind::IoScale as u16
-                && u16::from_le_bytes([e[2], e[3]]) == 2
-        })
-        .map(|e| u32::from_le_bytes([e[4], e[5], e[6], e[7]]) as usize)
-        .expect("IO_SCALE of layer 2");
+    // Layer 2's IO_SCALE section, through the table of contents.
+    let io = section_range(&mixed, blob::SectionKind::IoScale, 2).start;
     for bad in [0f32, -1.0, f32::NAN, f32::INFINITY] {
         let mut b = mixed.clone();
         b[io + 4..io + 8].copy_from_slice(&bad.to_le_bytes());
@@ -232,14 +224,6 @@ fn broken_mixed_blobs_are_errors() {
         convmixer_quantize::quantize(&s.model, Precision::Int8, &s.calib, &opts(&[10]), || {})
             .unwrap_err();
     assert!(err.to_string().contains("layer 10 marked f16"), "{err}");
-}
-
-fn fix_crc(b: &mut [u8]) {
-    let mut d = blob::CRC.digest();
-    d.update(&b[..blob::CRC_RANGE.start]);
-    d.update(&b[blob::CRC_RANGE.end..]);
-    let c = d.finalize().to_le_bytes();
-    b[blob::CRC_RANGE].copy_from_slice(&c);
 }
 
 /// The ill-conditioned fixture (`tests/fixtures/illcond/README.md`): a quarter of every

@@ -158,3 +158,32 @@ pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec
             .collect()
     })
 }
+
+/// Byte range of section `kind` of `layer` in `blob`, read from its table of contents
+/// (independently of the runtime's reader).
+pub fn section_range(
+    blob: &[u8],
+    kind: convmixer_edge::blob::SectionKind,
+    layer: u16,
+) -> std::ops::Range<usize> {
+    let n = usize::from(u16::from_le_bytes([blob[26], blob[27]]));
+    let e = (0..n)
+        .map(|i| &blob[64 + 16 * i..64 + 16 * (i + 1)])
+        .find(|e| {
+            u16::from_le_bytes([e[0], e[1]]) == kind as u16
+                && u16::from_le_bytes([e[2], e[3]]) == layer
+        })
+        .expect("section in the table of contents");
+    let off = u32::from_le_bytes([e[4], e[5], e[6], e[7]]) as usize;
+    let len = u32::from_le_bytes([e[8], e[9], e[10], e[11]]) as usize;
+    off..off + len
+}
+
+/// Recomputes the header's CRC-32 after a test edited the blob.
+pub fn fix_crc(b: &mut [u8]) {
+    let mut d = convmixer_edge::blob::CRC.digest();
+    d.update(&b[..convmixer_edge::blob::CRC_RANGE.start]);
+    d.update(&b[convmixer_edge::blob::CRC_RANGE.end..]);
+    let c = d.finalize().to_le_bytes();
+    b[convmixer_edge::blob::CRC_RANGE].copy_from_slice(&c);
+}

@@ -9,6 +9,7 @@
 //! Instruction counts are exact and repeatable (see [`host_tools::qemu_count`]); per
 //! inference = (count(2N) − count(N)) / N with the same input, so start-up cancels.
 
+use host_tools::thousands;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -102,19 +103,6 @@ impl Macs {
     fn limit_float(&self, lanes: u64) -> u64 {
         (self.pw + self.dw) / lanes
     }
-}
-
-/// `1234567` → `1,234,567`.
-fn thousands(v: u64) -> String {
-    let s = v.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn millions(v: u64) -> String {

@@ -66,6 +66,25 @@ struct Prep {
     labels: Option<PathBuf>,
 }
 
+impl Prep {
+    /// The quantiser's options: this normalisation and these labels, int8 calibration by
+    /// `method`, with or without bias correction.
+    fn options(
+        &self,
+        method: convmixer_quantize::calibrate::Method,
+        bias_correction: bool,
+    ) -> Result<Options> {
+        Ok(Options {
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+            labels: read_labels(self.labels.as_deref())?,
+            calibration: Some(method),
+            bias_correction,
+            ..Default::default()
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Read a PyTorch-exported ConvMixer ONNX, remove every BatchNorm, calibrate and write
@@ -347,18 +366,11 @@ fn report(
         page::check_out(out)?;
     }
     let imported = onnx::import(model)?;
-    let labels = read_labels(prep.labels.as_deref())?;
-    let opts = Options {
-        mean: prep.mean.clone(),
-        std: prep.std.clone(),
-        labels: labels.clone(),
-        calibration: Some(method),
-        bias_correction,
-        ..Default::default()
-    };
+    let opts = prep.options(method, bias_correction)?;
+    let labels = &opts.labels;
     let shape = (imported.in_h, imported.in_w, imported.in_c);
     let calib = data::calibration_set(calib, shape)?;
-    let set = labelled_set(dir, &labels, &imported)?;
+    let set = labelled_set(dir, labels, &imported)?;
     let a = report::analyse(&imported, &calib, &set, &opts, mixed)?;
     let e = &a.eval;
     let int8 = a
@@ -569,15 +581,8 @@ fn quantize(
         bail!("--accuracy-budget and --sqnr-min apply to --precision int8 only");
     }
     let imported = onnx::import(model)?;
-    let labels = read_labels(prep.labels.as_deref())?;
-    let opts = Options {
-        mean: prep.mean.clone(),
-        std: prep.std.clone(),
-        labels: labels.clone(),
-        calibration: Some(method),
-        bias_correction,
-        ..Default::default()
-    };
+    let opts = prep.options(method, bias_correction)?;
+    let labels = &opts.labels;
     let shape = (imported.in_h, imported.in_w, imported.in_c);
     let images = match (calib, precision) {
         (Some(dir), _) => data::calibration_set(dir, shape)?,
@@ -607,7 +612,7 @@ fn quantize(
         }
         Some(target) => {
             let set = match data_dir {
-                Some(dir) => labelled_set(dir, &labels, &imported)?,
+                Some(dir) => labelled_set(dir, labels, &imported)?,
                 None => Vec::new(),
             };
             let (q, choice) = convmixer_quantize::quantize_mixed(

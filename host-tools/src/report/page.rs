@@ -489,15 +489,7 @@ fn pct(x: f64) -> String {
 
 /// `12345` as `12,345`.
 fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    crate::thousands(n as u64)
 }
 
 const STYLE: &str = r#"
