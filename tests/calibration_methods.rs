@@ -53,6 +53,11 @@ fn every_method_keeps_top1_and_is_deterministic() {
         assert_eq!(b, blob(method, false), "{method:?}: not deterministic");
         let pred: Vec<usize> = par_map(&set, |(px, _)| argmax(&run_blob(&b, px)));
         let t = top1(&pred);
+        println!(
+            "{method:?}: int8 top-1 {:.2}% (fp32 {:.2}%)",
+            100.0 * t,
+            100.0 * fp32_top1
+        );
         assert!(
             t >= fp32_top1 - 0.003,
             "{method:?}: int8 top-1 {t} vs fp32 {fp32_top1}"

@@ -226,39 +226,35 @@ fn broken_mixed_blobs_are_errors() {
     assert!(err.to_string().contains("layer 10 marked f16"), "{err}");
 }
 
-/// The ill-conditioned fixture (`tests/fixtures/illcond/README.md`): a quarter of every
-/// layer's channels are scaled by 1e-3 and shifted by +6 before the GELU, so the BatchNorm
-/// after it has running variances below its epsilon and means near 6. int8 collapses to
-/// chance: the per-tensor GELU-table input cannot resolve those channels, and the head's
-/// large, cancelling weights do not survive int8. f16 layers (and an f16 head) remove both;
-/// what is left is the int8 tensors' own rounding, which this model's head amplifies (its
-/// logits' SQNR stays near 4 dB even with every layer in f16), so a 2-point budget is not
-/// met yet.
+/// An accuracy budget no mix can meet (mixed top-1 above fp32 by 5 points on 100 images):
+/// the search goes through every round, adding one layer each, says it missed, and keeps
+/// the best mix it measured, which the written blob then scores. (The ill-conditioned
+/// fixture, which used to need mixed precision, is now within 0.3 points in plain int8:
+/// `tests/ill_conditioned.rs`.)
 #[test]
-fn mixed_precision_recovers_much_of_the_ill_conditioned_model() {
+fn an_unmet_budget_keeps_the_best_mix_measured() {
     let s = setup();
-    let model = onnx::import(&root().join("tests/fixtures/illcond/model.onnx")).expect("import");
     let calib: Vec<Vec<u8>> = s.calib.iter().step_by(4).cloned().collect();
-    let o = opts(&[]);
     let mut lines = Vec::new();
     let (q, c) = convmixer_quantize::quantize_mixed(
-        &model,
+        &s.model,
         &calib,
         &s.set,
-        &o,
-        Target::AccuracyBudget(2.0),
+        &opts(&[]),
+        Target::AccuracyBudget(-5.0),
         || {},
         &mut |l| lines.push(l),
     )
     .expect("mixed");
     let (fp32, int8, mixed) = c.top1.expect("top-1");
-    assert!(fp32 >= 90.0, "fp32 {fp32}");
-    assert!(
-        int8 < fp32 - 30.0,
-        "int8 {int8} vs fp32 {fp32}: not ill-conditioned"
+    assert!(!c.met);
+    // One line for the start, then one per round: all 9 conv layers and the head added.
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("+ ")).count(),
+        10,
+        "{lines:#?}"
     );
-    assert!(mixed >= int8 + 50.0 && mixed >= fp32 - 15.0, "{lines:#?}");
-    assert!(!c.f16_layers.is_empty());
+    assert!(mixed >= int8 && mixed <= fp32 + 5.0, "{lines:#?}");
     let h = *Model::from_bytes(&q.blob).expect("blob").header();
     assert_eq!(h.f16_layers, c.f16_layers);
     // The blob holds the best mix measured: it scores what the search says.

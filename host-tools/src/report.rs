@@ -5,18 +5,18 @@
 //! The variants' layer outputs come from the runtime itself ([`Model::logits_traced`]), the
 //! fp32 ones from the folded graph ([`calibrate::forward_with`]); int8 outputs are
 //! dequantised with the scale and zero point the blob was quantised with
-//! ([`quant::output_quant`]), float ones read as they are ([`LayerOutput::get_f32`]).
+//! ([`quant::output_quant`]), float ones read as they are ([`LayerOutput::get_f32`](convmixer_edge::LayerOutput::get_f32)).
 //! [`page`] writes the HTML page with plots.
 
 mod glyphs;
 pub mod page;
 
 use anyhow::{anyhow, bail, Result};
-use convmixer_edge::{Activation, LayerOutput, Model, Precision};
-use convmixer_quantize::calibrate::{self, Histogram, LayerStats, Range};
+use convmixer_edge::{Activation, Model, Precision};
+use convmixer_quantize::calibrate::{self, Histogram, Range};
 use convmixer_quantize::fold::Folded;
-use convmixer_quantize::mixed::Target;
-use convmixer_quantize::{onnx::Imported, quant, Options};
+use convmixer_quantize::mixed::{Sqnr, Target};
+use convmixer_quantize::{onnx::Imported, quant, Options, Prepared};
 
 /// One conv layer's signal-to-quantisation-noise ratio over the labelled set.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,7 +58,7 @@ pub struct Variant {
     pub blob: Vec<u8>,
     /// Zero point and per-channel scales per conv layer ([`quant::output_quant`] of the ranges the blob
     /// was quantised with): dequantises the layers the runtime traces as
-    /// [`LayerOutput::Int8`]. Empty for a blob without int8 layers.
+    /// [`LayerOutput::Int8`](convmixer_edge::LayerOutput::Int8). Empty for a blob without int8 layers.
     pub output_quant: Vec<quant::TensorQuant>,
 }
 
@@ -69,6 +69,8 @@ pub struct Evaluated {
     pub name: String,
     /// The blob header's precision.
     pub precision: Precision,
+    /// The layers the blob keeps in f16 between int8 tensors (mixed precision), by name.
+    pub f16_layers: Vec<String>,
     /// Per-layer SQNR against the fp32 folded graph.
     pub layers: Vec<LayerSqnr>,
     /// Share of images classified right.
@@ -182,18 +184,6 @@ impl Analysis {
     }
 }
 
-/// `embed`, `block I depthwise` or `block I pointwise`.
-pub fn layer_name(layer: usize) -> String {
-    match layer {
-        0 => "embed".into(),
-        l => format!(
-            "block {} {}",
-            (l - 1) / 2,
-            if l % 2 == 1 { "depthwise" } else { "pointwise" }
-        ),
-    }
-}
-
 fn argmax(v: &[f32]) -> usize {
     v.iter()
         .enumerate()
@@ -208,7 +198,7 @@ pub fn evaluate(
     variants: &[Variant],
     data: &[(Vec<u8>, usize)],
 ) -> Result<Evaluation> {
-    let layers = 1 + 2 * folded.blocks.len();
+    let layers = folded.conv_layers();
     let classes = folded.classes();
     let (ht, wt) = folded.grid();
     let size = ht * wt * folded.dim;
@@ -216,8 +206,7 @@ pub fn evaluate(
         m: Model<'a>,
         arena: Vec<u8>,
         logits: Vec<f32>,
-        signal: Vec<f64>,
-        noise: Vec<f64>,
+        sqnr: Sqnr,
         correct: usize,
         agree: usize,
         confusion: Vec<Vec<u32>>,
@@ -234,8 +223,7 @@ pub fn evaluate(
                 arena: vec![0u8; m.arena_len()],
                 logits: vec![0f32; classes],
                 m,
-                signal: vec![0f64; layers],
-                noise: vec![0f64; layers],
+                sqnr: Sqnr::new(layers),
                 correct: 0,
                 agree: 0,
                 confusion: vec![vec![0; classes]; classes],
@@ -251,30 +239,15 @@ pub fn evaluate(
         let p32 = argmax(&l32);
         correct32 += usize::from(p32 == *label);
         for (v, r) in variants.iter().zip(&mut runs) {
-            let mut missing = None;
-            let (signal, noise) = (&mut r.signal, &mut r.noise);
+            let mut missing = Ok(());
+            let sqnr = &mut r.sqnr;
             r.m.logits_traced(px, &mut r.arena, &mut r.logits, &mut |layer, out| {
-                let x = &fp32_out[layer];
-                let mut add = |xh: &mut dyn Iterator<Item = f64>| {
-                    for (&x, xh) in x.iter().zip(xh) {
-                        let x = f64::from(x);
-                        signal[layer] += x * x;
-                        noise[layer] += (x - xh) * (x - xh);
-                    }
-                };
-                match out {
-                    LayerOutput::Int8(q) => match v.output_quant.get(layer) {
-                        Some(t) => add(&mut q.iter().enumerate().map(|(i, &q)| t.dequantize(q, i))),
-                        None => missing = Some(layer),
-                    },
-                    _ => {
-                        add(&mut (0..out.len())
-                            .map(|i| f64::from(out.get_f32(i).unwrap_or(f32::NAN))))
-                    }
+                if let Some(x) = fp32_out.get(layer) {
+                    missing = missing.and(sqnr.add(layer, x, out, &v.output_quant));
                 }
             })
             .map_err(|e| anyhow!("{} inference: {e}", v.name))?;
-            if let Some(l) = missing {
+            if let Err(l) = missing {
                 bail!(
                     "variant {}: layer {l} is int8 but no output scale was given",
                     v.name
@@ -296,43 +269,57 @@ pub fn evaluate(
         variants: variants
             .iter()
             .zip(runs)
-            .map(|(v, r)| Evaluated {
-                name: v.name.clone(),
-                precision: r.m.header().precision,
-                layers: (0..layers)
-                    .map(|l| LayerSqnr {
-                        layer: l,
-                        name: layer_name(l),
-                        sqnr_db: 10.0 * (r.signal[l] / r.noise[l]).log10(),
-                    })
-                    .collect(),
-                top1: r.correct as f64 / n,
-                correct: r.correct,
-                agreement: r.agree as f64 / n,
-                confusion: r.confusion,
-                blob_bytes: v.blob.len(),
-                arena_bytes: r.m.arena_len(),
+            .map(|(v, r)| {
+                let h = r.m.header();
+                Evaluated {
+                    name: v.name.clone(),
+                    precision: h.precision,
+                    f16_layers: h
+                        .f16_layers
+                        .iter(h.head_layer() + 1)
+                        .map(|l| folded.layer_name(l))
+                        .collect(),
+                    layers: r
+                        .sqnr
+                        .db()
+                        .into_iter()
+                        .take(layers)
+                        .enumerate()
+                        .map(|(l, sqnr_db)| LayerSqnr {
+                            layer: l,
+                            name: folded.layer_name(l),
+                            sqnr_db,
+                        })
+                        .collect(),
+                    top1: r.correct as f64 / n,
+                    correct: r.correct,
+                    agreement: r.agree as f64 / n,
+                    confusion: r.confusion,
+                    blob_bytes: v.blob.len(),
+                    arena_bytes: r.m.arena_len(),
+                }
             })
             .collect(),
     })
 }
 
-/// The int8 variant: quantised with `opts` and `calib`; also the folded graph and ranges.
-fn int8(
+/// The int8 preparation (folded, calibrated once with `opts` and `calib`) and its blob.
+fn int8<'o>(
     model: &Imported,
     calib: &[Vec<u8>],
-    opts: &Options,
-) -> Result<(Folded, Vec<LayerStats>, Variant)> {
-    let q = convmixer_quantize::quantize_detailed(model, Precision::Int8, calib, opts, || {})?;
-    let stats = q
+    opts: &'o Options,
+) -> Result<(Prepared<'o>, Variant)> {
+    let p = Prepared::new(model, Precision::Int8, calib, opts, || {})?;
+    let stats = p
         .stats
+        .as_deref()
         .ok_or_else(|| anyhow!("int8 quantisation gave no calibration ranges"))?;
     let v = Variant {
         name: "int8".into(),
-        blob: q.blob,
-        output_quant: quant::output_quant(&stats),
+        output_quant: quant::output_quant(stats),
+        blob: p.lower(&opts.f16_layers)?,
     };
-    Ok((q.folded, stats, v))
+    Ok((p, v))
 }
 
 /// A float variant (no calibration involved).
@@ -353,8 +340,8 @@ pub fn diagnose(
     data: &[(Vec<u8>, usize)],
     opts: &Options,
 ) -> Result<Diagnosis> {
-    let (folded, _, v) = int8(model, calib, opts)?;
-    let e = evaluate(&folded, std::slice::from_ref(&v), data)?;
+    let (p, v) = int8(model, calib, opts)?;
+    let e = evaluate(&p.folded, std::slice::from_ref(&v), data)?;
     let d = &e.variants[0];
     Ok(Diagnosis {
         layers: d.layers.clone(),
@@ -367,10 +354,9 @@ pub fn diagnose(
     })
 }
 
-/// The whole report: the int8 and fp16 variants (both from
-/// [`quantize_detailed`](convmixer_quantize::quantize_detailed) with `opts`), and with
-/// `mixed` a mixed-precision one ([`quantize_mixed`](convmixer_quantize::quantize_mixed),
-/// its accuracy budget measured on `data` itself), evaluated on `data`; and the
+/// The whole report: the int8 and fp16 variants (quantised with `opts`), and with `mixed`
+/// a mixed-precision one ([`Prepared::choose`] on the int8 variant's calibration, its
+/// accuracy budget measured on `data` itself), evaluated on `data`; and the
 /// calibration set's per-layer output histograms with the clip the int8 blob uses.
 pub fn analyse(
     model: &Imported,
@@ -379,7 +365,7 @@ pub fn analyse(
     opts: &Options,
     mixed: Option<Target>,
 ) -> Result<Analysis> {
-    let (folded, stats, int8) = int8(model, calib, opts)?;
+    let (p, int8) = int8(model, calib, opts)?;
     let fp16 = float(model, "fp16", Precision::F16, opts)?;
     let fp32 = float(model, "fp32", Precision::F32, opts)?;
     let fp32_blob = (
@@ -390,31 +376,23 @@ pub fn analyse(
     );
     let mut variants = vec![int8, fp16];
     if let Some(target) = mixed {
-        let (q, _) = convmixer_quantize::quantize_mixed(
-            model,
-            calib,
-            data,
-            opts,
-            target,
-            || {},
-            &mut |_| {},
-        )?;
+        let (_, blob) = p.choose(calib, data, target, &mut |_| {})?;
         variants.push(Variant {
             name: "mixed".into(),
-            blob: q.blob,
+            blob,
             output_quant: variants[0].output_quant.clone(),
         });
     }
-    let eval = evaluate(&folded, &variants, data)?;
-    let outq = quant::output_quant(&stats);
-    let ranges = calibrate::output_histograms(&folded, calib)
+    let (folded, stats) = (&p.folded, p.stats.as_deref().unwrap_or_default());
+    let eval = evaluate(folded, &variants, data)?;
+    let ranges = calibrate::output_histograms(folded, calib)
         .into_iter()
-        .zip(&stats)
-        .zip(outq)
+        .zip(stats)
+        .zip(&variants[0].output_quant)
         .enumerate()
         .map(|(layer, ((h, s), t))| LayerRange {
             layer,
-            name: layer_name(layer),
+            name: folded.layer_name(layer),
             observed: h.range,
             clip: s.out,
             clipped: h.outside(s.out) as f64 / h.total().max(1) as f64,

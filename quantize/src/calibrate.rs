@@ -84,6 +84,10 @@ pub struct LayerStats {
     /// Layer output per channel (min/max; the int8 tensor's per-channel scales are these
     /// ranges within `out`).
     pub out_ch: Vec<Range>,
+    /// Pre-activation accumulator per channel (min/max; GELU channels whose range is too
+    /// narrow for the tensor's table are mapped onto its linear part, see
+    /// [`crate::quant`]).
+    pub pre_ch: Vec<Range>,
 }
 
 /// Runs `f` on raw HWC pixels; returns the logits. With `stats` (one entry per conv layer:
@@ -99,8 +103,10 @@ pub fn forward(f: &Folded, px: &[u8], stats: Option<&mut [LayerStats]>) -> Vec<f
                 s.out.add(out);
                 if s.out_ch.len() != dim {
                     s.out_ch = vec![Range::default(); dim];
+                    s.pre_ch = vec![Range::default(); dim];
                 }
                 s.out_ch[idx % dim].add(out);
+                s.pre_ch[idx % dim].add(pre);
             })
         }
         None => forward_with(f, px, |_, _, _, _, _| {}),
@@ -417,7 +423,7 @@ pub fn calibrate<'a>(
     images: impl IntoIterator<Item = &'a [u8]>,
     mut progress: impl FnMut(),
 ) -> Vec<LayerStats> {
-    let mut stats = vec![LayerStats::default(); 1 + 2 * f.blocks.len()];
+    let mut stats = vec![LayerStats::default(); f.conv_layers()];
     for img in images {
         forward(f, img, Some(&mut stats));
         progress();
@@ -498,7 +504,7 @@ pub fn input_means<I: AsRef<[u8]>>(f: &Folded, images: &[I]) -> Vec<Vec<f64>> {
     let (ht, wt) = f.grid();
     let (dim, p, c, k) = (f.dim, f.patch, f.in_c, f.kernel);
     let tokens = ht * wt;
-    let layers = 1 + 2 * f.blocks.len();
+    let layers = f.conv_layers();
     let mut px_sum = vec![0f64; f.in_h * f.in_w * c];
     let mut out_sum = vec![vec![0f64; tokens * dim]; layers];
     for img in images {

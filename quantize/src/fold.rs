@@ -9,8 +9,12 @@
 //!   fused epilogue, where it costs nothing extra (int8: it is part of the requantisation).
 //!   Because the stream then holds the true post-BN values, zero padding of the next
 //!   depthwise conv and the residual add keep their meaning without any correction.
-//! * The last BN (before the average pool): folded into the classifier, since
-//!   `W·mean(s·a + t) + b = (W·diag(s))·mean(a) + (W·t + b)`.
+//! * The last BN (before the average pool) too: it stays in the last conv's epilogue and
+//!   the classifier keeps its weights. Folding it into the classifier
+//!   (`W·mean(s·a + t) + b = (W·diag(s))·mean(a) + (W·t + b)`) is exact in real numbers but
+//!   ill-conditioned in practice: a BN with a tiny variance makes `s` huge and `W·t` a large
+//!   offset that cancels, so f16 head weights and the int8 tensor before the head lose
+//!   exactly the channels that matter (see `docs/batchnorm-folding.md`).
 //! * Input normalisation `(pixel/255 − mean)/std`: folded into the patch embedding, which has
 //!   no padding, so `classify()` takes raw `u8` pixels.
 //!
@@ -60,7 +64,7 @@ pub struct Folded {
     pub embed: Layer,
     /// `(depthwise, pointwise)` per block.
     pub blocks: Vec<(Layer, Layer)>,
-    /// Classifier `[classes][dim]`, last BN folded in.
+    /// Classifier `[classes][dim]`, as in the ONNX.
     pub head_w: Vec<f32>,
     /// Classifier bias.
     pub head_b: Vec<f32>,
@@ -70,6 +74,24 @@ impl Folded {
     /// Number of classes.
     pub fn classes(&self) -> usize {
         self.head_b.len()
+    }
+    /// Conv layers: the embedding, then a depthwise and a pointwise per block. Layer
+    /// `conv_layers()` is the head.
+    pub fn conv_layers(&self) -> usize {
+        1 + 2 * self.blocks.len()
+    }
+    /// `embed`, `block I depthwise`, `block I pointwise`, or `head` (past the conv layers):
+    /// how every report and log names layer `l`.
+    pub fn layer_name(&self, l: usize) -> String {
+        match l {
+            0 => "embed".into(),
+            l if l >= self.conv_layers() => "head".into(),
+            l => format!(
+                "block {} {}",
+                (l - 1) / 2,
+                if l % 2 == 1 { "depthwise" } else { "pointwise" }
+            ),
+        }
     }
     /// Token grid after the embedding.
     pub fn grid(&self) -> (usize, usize) {
@@ -184,20 +206,6 @@ pub fn fold(m: &Imported, mean: &[f32], std: &[f32]) -> Result<Folded> {
         layers.push((w, b, s, t));
     }
 
-    // The last BN goes into the classifier through the average pool.
-    let classes = m.classes();
-    let mut hw: Vec<f64> = m.head_w.iter().map(|&v| f64::from(v)).collect();
-    let mut hb: Vec<f64> = m.head_b.iter().map(|&v| f64::from(v)).collect();
-    if let Some(last) = layers.last_mut() {
-        for cl in 0..classes {
-            for d in 0..dim {
-                hb[cl] += hw[cl * dim + d] * last.3[d];
-                hw[cl * dim + d] *= last.2[d];
-            }
-        }
-        last.2 = vec![1.0; dim];
-        last.3 = vec![0.0; dim];
-    }
     let mut layers = layers.into_iter().map(|(w, b, s, t)| Layer {
         w: f32s(&w),
         b: f32s(&b),
@@ -223,8 +231,10 @@ pub fn fold(m: &Imported, mean: &[f32], std: &[f32]) -> Result<Folded> {
         std,
         embed,
         blocks,
-        head_w: f32s(&hw),
-        head_b: f32s(&hb),
+        // The classifier keeps its own weights: the last BN, like every other one, stays
+        // in the epilogue of the conv before it (module docs: why not into the head).
+        head_w: m.head_w.clone(),
+        head_b: m.head_b.clone(),
     };
     let all = [&f.head_w, &f.head_b].into_iter().chain(
         std::iter::once(&f.embed)

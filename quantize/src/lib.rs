@@ -7,7 +7,7 @@
 //! (ONNX file)      (no BN left)    (ranges, int8 only)      (int8/f16/f32)   (runtime reads)
 //! ```
 //!
-//! [`mixed::choose`] (`quantize_mixed`) sits between the last two: it lowers and measures
+//! [`mixed::choose`] (`Prepared::choose`, `quantize_mixed`) sits between the last two: it lowers and measures
 //! candidate blobs to decide which int8 layers stay in f16.
 //!
 //! [`reference::TractModel`] runs the original ONNX in fp32 with tract: the independent
@@ -81,8 +81,8 @@ pub fn quantize_detailed(
 }
 
 /// int8 with the layers that int8 hurts most kept in f16 until `target` is met
-/// ([`mixed::choose`]; `labelled` is the labelled set an accuracy budget is measured on).
-/// `log` gets one line per measurement.
+/// ([`Prepared::choose`]; `labelled` is the labelled set an accuracy budget is measured
+/// on). `log` gets one line per measurement.
 pub fn quantize_mixed(
     model: &onnx::Imported,
     calib: &[Vec<u8>],
@@ -93,34 +93,27 @@ pub fn quantize_mixed(
     log: &mut dyn FnMut(String),
 ) -> anyhow::Result<(Quantised, mixed::Choice)> {
     let p = Prepared::new(model, Precision::Int8, calib, opts, progress)?;
-    let stats = p
-        .stats
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("internal: int8 without ranges"))?;
-    let choice = mixed::choose(
-        &|mask| p.lower(mask),
-        &p.folded,
-        stats,
-        calib,
-        labelled,
-        target,
-        log,
-    )?;
-    let blob = p.lower(&choice.f16_layers)?;
+    let (choice, blob) = p.choose(calib, labelled, target, log)?;
     Ok((p.done(blob), choice))
 }
 
-/// Everything before the lowering: the folded graph, int8 ranges and bias-correction means.
-struct Prepared<'o> {
-    folded: fold::Folded,
+/// Everything before the lowering: the folded graph, int8 ranges and bias-correction
+/// means, computed once and lowered as often as needed (the int8 blob, mixed-precision
+/// candidates).
+pub struct Prepared<'o> {
+    /// The folded graph.
+    pub folded: fold::Folded,
     precision: Precision,
-    stats: Option<Vec<calibrate::LayerStats>>,
+    /// The calibrated ranges, one per conv layer (int8 only).
+    pub stats: Option<Vec<calibrate::LayerStats>>,
     means: Option<Vec<Vec<f64>>>,
     opts: &'o Options,
 }
 
 impl<'o> Prepared<'o> {
-    fn new(
+    /// Folds `model` and, for int8, calibrates it on `calib` (and takes the
+    /// bias-correction means when `opts` asks for them).
+    pub fn new(
         model: &onnx::Imported,
         precision: Precision,
         calib: &[Vec<u8>],
@@ -153,7 +146,8 @@ impl<'o> Prepared<'o> {
         })
     }
 
-    fn lower(&self, f16_layers: &convmixer_edge::blob::LayerMask) -> anyhow::Result<Vec<u8>> {
+    /// The blob, with the int8 layers in `f16_layers` kept in f16.
+    pub fn lower(&self, f16_layers: &convmixer_edge::blob::LayerMask) -> anyhow::Result<Vec<u8>> {
         quant::lower(
             &self.folded,
             self.precision,
@@ -164,7 +158,32 @@ impl<'o> Prepared<'o> {
         )
     }
 
-    fn done(self, blob: Vec<u8>) -> Quantised {
+    /// The mixed-precision choice for `target` and its blob ([`mixed::choose`] on this
+    /// preparation's lowering; int8 only).
+    pub fn choose(
+        &self,
+        calib: &[Vec<u8>],
+        labelled: &[(Vec<u8>, usize)],
+        target: mixed::Target,
+        log: &mut dyn FnMut(String),
+    ) -> anyhow::Result<(mixed::Choice, Vec<u8>)> {
+        let stats = self
+            .stats
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("mixed precision applies to int8 models only"))?;
+        mixed::choose(
+            &|mask| self.lower(mask),
+            &self.folded,
+            stats,
+            calib,
+            labelled,
+            target,
+            log,
+        )
+    }
+
+    /// The [`Quantised`] result with `blob`.
+    pub fn done(self, blob: Vec<u8>) -> Quantised {
         Quantised {
             folded: self.folded,
             stats: self.stats,

@@ -36,7 +36,7 @@ pub enum Target {
     SqnrMin(f64),
 }
 
-/// The outcome of [`choose`]. When the target is not met: for an accuracy budget the mix
+/// The outcome of [`choose`] (besides the blob). When the target is not met: for an accuracy budget the mix
 /// with the best top-1 measured (the fewest layers on ties), for an SQNR target every layer
 /// that was below it.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,9 +63,95 @@ fn load(blob: &[u8]) -> Result<Model<'_>> {
     Model::from_bytes(blob).map_err(|e| anyhow!("internal: a mixed blob does not load: {e}"))
 }
 
-/// Per-layer output SQNR (dB) of `blob` against the fp32 graph `f` over `images`: one
-/// entry per conv layer, then one for the logits (the head). int8 outputs are dequantised
-/// with `outq` ([`quant::output_quant`]); float blobs' outputs are compared as they are.
+/// Signal and quantisation-noise energy per layer output of one blob against the fp32
+/// graph, accumulated over images: what the mixed-precision search and `host-tools report`
+/// measure, the same way.
+///
+/// ```
+/// use convmixer_edge::LayerOutput;
+/// use convmixer_quantize::mixed::Sqnr;
+/// let mut s = Sqnr::new(1);
+/// s.add(0, &[1.0, -2.0], LayerOutput::F32(&[1.0, -1.9]), &[]).unwrap();
+/// s.add_logits(&[3.0], &[3.0]);
+/// let db = s.db();
+/// assert!((db[0] - 10.0 * (5.0f64 / 0.01).log10()).abs() < 1e-3);
+/// assert!(db[1].is_infinite());
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sqnr {
+    signal: Vec<f64>,
+    noise: Vec<f64>,
+}
+
+impl Sqnr {
+    /// An accumulator for `layers` conv layers, then the logits (index `layers`).
+    pub fn new(layers: usize) -> Self {
+        Sqnr {
+            signal: vec![0.0; layers + 1],
+            noise: vec![0.0; layers + 1],
+        }
+    }
+
+    fn acc(&mut self, layer: usize, pairs: impl Iterator<Item = (f64, f64)>) {
+        if let (Some(s), Some(n)) = (self.signal.get_mut(layer), self.noise.get_mut(layer)) {
+            for (x, xh) in pairs {
+                *s += x * x;
+                *n += (x - xh) * (x - xh);
+            }
+        }
+    }
+
+    /// Adds conv layer `layer`'s traced output `out` against the fp32 values `fp32`. int8
+    /// outputs are dequantised with `outq[layer]` ([`quant::output_quant`]); the error is
+    /// the layer index when that is missing.
+    pub fn add(
+        &mut self,
+        layer: usize,
+        fp32: &[f32],
+        out: LayerOutput<'_>,
+        outq: &[quant::TensorQuant],
+    ) -> std::result::Result<(), usize> {
+        let x = fp32.iter().map(|&x| f64::from(x));
+        match out {
+            LayerOutput::Int8(q) => {
+                let t = outq.get(layer).ok_or(layer)?;
+                let xh = q.iter().enumerate().map(|(i, &q)| t.dequantize(q, i));
+                self.acc(layer, x.zip(xh));
+            }
+            o => {
+                let xh = (0..o.len()).map(|i| f64::from(o.get_f32(i).unwrap_or(f32::NAN)));
+                self.acc(layer, x.zip(xh));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds one image's logits against the fp32 graph's.
+    pub fn add_logits(&mut self, fp32: &[f32], logits: &[f32]) {
+        let l = self.signal.len() - 1;
+        let pairs = fp32.iter().zip(logits);
+        self.acc(l, pairs.map(|(&a, &b)| (f64::from(a), f64::from(b))));
+    }
+
+    /// `10·log10(Σ x² / Σ (x − x̂)²)` per conv layer, then the logits'; infinite where the
+    /// blob reproduced the fp32 values exactly.
+    pub fn db(&self) -> Vec<f64> {
+        self.signal
+            .iter()
+            .zip(&self.noise)
+            .map(|(&s, &n)| {
+                if n == 0.0 {
+                    f64::INFINITY
+                } else {
+                    10.0 * (s / n).log10()
+                }
+            })
+            .collect()
+    }
+}
+
+/// Per-layer output SQNR (dB, [`Sqnr::db`]) of `blob` against the fp32 graph `f` over
+/// `images`: one entry per conv layer, then one for the logits (the head).
 pub fn layer_sqnr(
     f: &Folded,
     outq: &[quant::TensorQuant],
@@ -73,37 +159,27 @@ pub fn layer_sqnr(
     images: &[Vec<u8>],
 ) -> Result<Vec<f64>> {
     let m = load(blob)?;
-    let layers = 1 + 2 * f.blocks.len();
+    let layers = f.conv_layers();
     let (ht, wt) = f.grid();
     let mut fp32 = vec![vec![0f32; ht * wt * f.dim]; layers];
-    let (mut signal, mut noise) = (vec![0f64; layers + 1], vec![0f64; layers + 1]);
+    let mut sqnr = Sqnr::new(layers);
     let mut arena = vec![0u8; m.arena_len()];
     let mut logits = vec![0f32; usize::from(m.header().classes)];
     for px in images {
         let want = calibrate::forward_with(f, px, |layer, idx, _, _, out| fp32[layer][idx] = out);
+        let mut missing = Ok(());
         m.logits_traced(px, &mut arena, &mut logits, &mut |layer, out| {
-            let Some(x) = fp32.get(layer) else { return };
-            for (i, &x) in x.iter().enumerate() {
-                let xh = match out {
-                    LayerOutput::Int8(q) => match outq.get(layer) {
-                        Some(t) => t.dequantize(q[i], i),
-                        None => f64::NAN,
-                    },
-                    o => f64::from(o.get_f32(i).unwrap_or(f32::NAN)),
-                };
-                signal[layer] += f64::from(x) * f64::from(x);
-                noise[layer] += (f64::from(x) - xh) * (f64::from(x) - xh);
+            if let Some(x) = fp32.get(layer) {
+                missing = missing.and(sqnr.add(layer, x, out, outq));
             }
         })
         .map_err(|e| anyhow!("inference: {e}"))?;
-        for (x, xh) in want.iter().zip(&logits) {
-            signal[layers] += f64::from(*x) * f64::from(*x);
-            noise[layers] += f64::from(x - xh) * f64::from(x - xh);
+        if let Err(l) = missing {
+            bail!("internal: layer {l} is int8 but has no output scale");
         }
+        sqnr.add_logits(&want, &logits);
     }
-    Ok((0..=layers)
-        .map(|l| 10.0 * (signal[l] / noise[l].max(f64::MIN_POSITIVE)).log10())
-        .collect())
+    Ok(sqnr.db())
 }
 
 /// Top-1 (%) of `blob` on `labelled`.
@@ -141,7 +217,7 @@ fn logit_mse(blob: &[u8], images: &[Vec<u8>], want: &[Vec<f32>]) -> Result<f64> 
 /// layers in f16 (the quantiser's own lowering, so what is measured is what is written);
 /// `f`/`stats` are the folded graph and its calibrated ranges, `calib` the calibration
 /// images, `labelled` the labelled set (needed for [`Target::AccuracyBudget`]). `log`
-/// receives one line per measurement.
+/// receives one line per measurement. Returns the choice and its blob.
 pub fn choose(
     lower: &dyn Fn(&LayerMask) -> Result<Vec<u8>>,
     f: &Folded,
@@ -150,8 +226,8 @@ pub fn choose(
     labelled: &[(Vec<u8>, usize)],
     target: Target,
     log: &mut dyn FnMut(String),
-) -> Result<Choice> {
-    let layers = 1 + 2 * f.blocks.len();
+) -> Result<(Choice, Vec<u8>)> {
+    let layers = f.conv_layers();
     if layers + 1 > LayerMask::CAPACITY {
         bail!(
             "mixed precision supports at most {} conv layers (depth {}), this model has {layers}",
@@ -161,19 +237,12 @@ pub fn choose(
     }
     let outq = quant::output_quant(stats);
     let mut mask = LayerMask::default();
-    let name = |l: usize| match l {
-        0 => "embed".to_string(),
-        l if l == layers => "head".to_string(),
-        l => format!(
-            "block {} {}",
-            (l - 1) / 2,
-            if l % 2 == 1 { "depthwise" } else { "pointwise" }
-        ),
-    };
+    let name = |l: usize| f.layer_name(l);
     match target {
         Target::SqnrMin(min) => loop {
             // Terminates: every round marks one more layer, and with all marked none is left.
-            let sq = layer_sqnr(f, &outq, &lower(&mask)?, calib)?;
+            let blob = lower(&mask)?;
+            let sq = layer_sqnr(f, &outq, &blob, calib)?;
             let worst = sq.iter().copied().fold(f64::INFINITY, f64::min);
             let dbs: Vec<String> = sq.iter().map(|d| format!("{d:.1}")).collect();
             log(format!(
@@ -187,12 +256,13 @@ pub fn choose(
                     mask.insert(l);
                 }
                 None => {
-                    return Ok(Choice {
+                    let choice = Choice {
                         f16_layers: mask,
                         met: worst >= min,
                         top1: None,
                         sqnr_db: sq,
-                    })
+                    };
+                    return Ok((choice, blob));
                 }
             }
         },
@@ -246,13 +316,15 @@ pub fn choose(
             if !met {
                 (acc, mask) = best_mix;
             }
-            let sq = layer_sqnr(f, &outq, &lower(&mask)?, calib)?;
-            Ok(Choice {
+            let blob = lower(&mask)?;
+            let sq = layer_sqnr(f, &outq, &blob, calib)?;
+            let choice = Choice {
                 f16_layers: mask,
                 met,
                 top1: Some((fp32, int8, acc)),
                 sqnr_db: sq,
-            })
+            };
+            Ok((choice, blob))
         }
     }
 }

@@ -4,7 +4,9 @@
 //! int8 choices: weights symmetric per output channel (`max|w|/127`); activations
 //! asymmetric per tensor from the calibrated range (widened to contain 0, so zero padding
 //! is exact); biases i32 in accumulator units; GELU by a 256-entry table with i16 outputs
-//! (one rounding less than an int8 table); the BatchNorm affine and the residual add fused
+//! (one rounding less than an int8 table), one per layer, which a channel far narrower
+//! than the layer's range reads on its linear part, stretched over it (`TableMap`: e.g.
+//! a channel on a large offset with a tiny BatchNorm variance); the BatchNorm affine and the residual add fused
 //! into one requantisation per output. Every accumulator is checked here, per output
 //! channel, never to overflow i32 for any input, and the reader checks it again.
 
@@ -283,6 +285,108 @@ fn gelu(act: Activation, z: f64) -> f64 {
     }
 }
 
+/// Where GELU is linear: `|GELU(y) − y| = |y|·Φ(−y) < 1.3·10⁻⁴` for `y ≥ 4` (tanh form
+/// alike).
+const GELU_LINEAR_FROM: f64 = 4.0;
+
+/// How one GELU channel reaches its layer's shared table: the table index is
+/// `z = zp_z + rq(acc′)` with the accumulator scaled by `k` and offset by `off` (real
+/// units, through the bias and `m_pre`), i.e. the table is read at `y = k·(x + off)` for
+/// the real pre-activation `x`; the activation is then taken as `p·TABLE[z] + q` (through
+/// `m_post`, `b_post`). No runtime change: each channel has its own `m_pre`, bias, `m_post`
+/// and `b_post` anyway.
+///
+/// The identity map reads the table at `x` itself. A channel whose calibrated range is
+/// only a few table steps wide (BatchNorm statistics far from the tensor's, e.g. a channel
+/// that lives on a large offset) would be quantised to a handful of values that way; such a
+/// channel is instead stretched over the table's linear part (`y ≥ GELU_LINEAR_FROM`, where
+/// `TABLE[z]` is affine in `z`), with `p`, `q` the least-squares affine fit of `GELU(x)` on
+/// the channel's range by `GELU(y(x))`. GELU is smooth, so over a narrow range it is
+/// affine to far better than the table's step. A map is used only where it halves the
+/// worst error against `GELU(x)` over the channel's calibrated range (within the table's,
+/// i.e. the calibration method's clip), simulated with the table's own rounding; otherwise
+/// (most channels) the identity stays.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct TableMap {
+    k: f64,
+    off: f64,
+    p: f64,
+    q: f64,
+}
+
+impl TableMap {
+    const IDENTITY: TableMap = TableMap {
+        k: 1.0,
+        off: 0.0,
+        p: 1.0,
+        q: 0.0,
+    };
+
+    fn choose(
+        act: Activation,
+        range: Option<&crate::calibrate::Range>,
+        s_z: f64,
+        zp_z: i32,
+        s_a: f64,
+    ) -> TableMap {
+        let Some(r) = range else {
+            return Self::IDENTITY;
+        };
+        // The channel's range within the table's: what the calibration method clipped
+        // stays clipped (a map is for narrow channels, not for a channel's outliers).
+        let y_top = s_z * f64::from(127 - zp_z);
+        let y_bottom = s_z * f64::from(-128 - zp_z);
+        let (lo, hi) = (f64::from(r.lo).max(y_bottom), f64::from(r.hi).min(y_top));
+        if !(hi > lo && s_z > 0.0) || y_top - GELU_LINEAR_FROM < 16.0 * s_z {
+            return Self::IDENTITY;
+        }
+        // Room of an eighth of the range on each side for values past the calibration.
+        let (lo_m, w_m) = (lo - (hi - lo) / 8.0, (hi - lo) * 1.25);
+        let k = (y_top - GELU_LINEAR_FROM) / w_m;
+        let off = GELU_LINEAR_FROM / k - lo_m;
+        const N: usize = 129;
+        let xs: Vec<f64> = (0..N)
+            .map(|j| lo + (hi - lo) * j as f64 / (N - 1) as f64)
+            .collect();
+        let g: Vec<f64> = xs.iter().map(|&x| gelu(act, x)).collect();
+        let t: Vec<f64> = xs.iter().map(|&x| gelu(act, k * (x + off))).collect();
+        let (mg, mt) = (mean(&g), mean(&t));
+        let var: f64 = t.iter().map(|v| (v - mt) * (v - mt)).sum();
+        if var <= 0.0 {
+            return Self::IDENTITY;
+        }
+        let cov: f64 = t.iter().zip(&g).map(|(a, b)| (a - mt) * (b - mg)).sum();
+        let p = cov / var;
+        let map = TableMap {
+            k,
+            off,
+            p,
+            q: mg - p * mt,
+        };
+        // Worst error of each map over the range, with the table's index and entry rounding.
+        let err = |m: &TableMap| {
+            xs.iter()
+                .zip(&g)
+                .map(|(&x, &gx)| {
+                    let z =
+                        ((m.k * (x + m.off) / s_z).round() + f64::from(zp_z)).clamp(-128.0, 127.0);
+                    let entry = (gelu(act, s_z * (z - f64::from(zp_z))) / s_a).round() * s_a;
+                    (m.p * entry + m.q - gx).abs()
+                })
+                .fold(0.0, f64::max)
+        };
+        if err(&map) < 0.5 * err(&Self::IDENTITY) {
+            map
+        } else {
+            Self::IDENTITY
+        }
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
 fn lower_int8(
     f: &Folded,
     h: &Header,
@@ -403,42 +507,49 @@ fn lower_int8(
                     })
                     .sum()
             });
-            let bq = ((f64::from(l.b[o]) - correction) / acc_scale).round();
-            let sum_abs: i64 = (0..taps)
-                .map(|t| {
-                    i64::from(if tap_major {
-                        wq[t * dim + o]
-                    } else {
-                        wq[o * taps + t]
-                    })
-                    .abs()
+            let w_o = |t: usize| {
+                i64::from(if tap_major {
+                    wq[t * dim + o]
+                } else {
+                    wq[o * taps + t]
                 })
-                .sum();
-            // The stored bias absorbs the input zero point: bias′ = bias − zp_in·Σw, so
-            // the kernels multiply raw int8 inputs (docs/blob-format.md).
-            let sum_w: i64 = (0..taps)
-                .map(|t| {
-                    i64::from(if tap_major {
-                        wq[t * dim + o]
-                    } else {
-                        wq[o * taps + t]
-                    })
-                })
-                .sum();
-            let bq = bq - f64::from(zp_in) * sum_w as f64;
-            let x_range = 128.0; // every layer's input is int8 (the embedding's: pixel − 128)
-            if bq.abs() + x_range * sum_abs as f64 >= 2f64.powi(31) {
-                bail!("layer {li} channel {o}: the int32 accumulator could overflow (bias {bq}, Σ|w| = {sum_abs})");
-            }
-            bias[o] = bq as i32;
+            };
+            let sum_abs: i64 = (0..taps).map(|t| w_o(t).abs()).sum();
+            let sum_w: i64 = (0..taps).map(w_o).sum();
             let target = if f.act == Activation::Relu { s_a } else { s_z };
-            let (m_pre, sh_pre) = multiplier(acc_scale / target)?;
             let ms = f64::from(l.scale[o]) * s_a / s_out[o];
             let bs = f64::from(l.shift[o]) / s_out[o];
             let rs = if depthwise { s_in[o] / s_out[o] } else { 0.0 };
-            let (m_post, b_post, sh_post, m_res) = post_params(ms, bs, rs)
+            // The channel's way into the GELU table (the identity for ReLU and for most
+            // GELU channels), then the fixed point; a map that does not fit falls back to
+            // the identity, which must fit.
+            let map = match f.act {
+                Activation::Relu => TableMap::IDENTITY,
+                act => TableMap::choose(act, stats[li].pre_ch.get(o), s_z, zp_z, s_a),
+            };
+            let fixed = |map: &TableMap| -> Result<(i32, [i32; 6])> {
+                // The stored bias absorbs the input zero point, bias′ = bias − zp_in·Σw, so
+                // the kernels multiply raw int8 inputs (docs/blob-format.md), and the map's
+                // offset.
+                let bq = ((f64::from(l.b[o]) - correction + map.off) / acc_scale).round()
+                    - f64::from(zp_in) * sum_w as f64;
+                let x_range = 128.0; // every layer's input is int8 (the embedding's: pixel − 128)
+                if bq.abs() + x_range * sum_abs as f64 >= 2f64.powi(31) {
+                    bail!("the int32 accumulator could overflow (bias {bq}, Σ|w| = {sum_abs})");
+                }
+                let (m_pre, sh_pre) = multiplier(acc_scale * map.k / target)?;
+                let (m_post, b_post, sh_post, m_res) = post_params(
+                    ms * map.p,
+                    bs + f64::from(l.scale[o]) * map.q / s_out[o],
+                    rs,
+                )?;
+                Ok((bq as i32, [m_pre, sh_pre, m_post, b_post, sh_post, m_res]))
+            };
+            let (b, r) = fixed(&map)
+                .or_else(|_| fixed(&TableMap::IDENTITY))
                 .map_err(|e| anyhow::anyhow!("layer {li} channel {o}: {e}"))?;
-            rq.push([m_pre, sh_pre, m_post, b_post, sh_post, m_res]);
+            bias[o] = b;
+            rq.push(r);
         }
         let bytes = if !depthwise {
             // GEMM weights (embedding, pointwise) go into the blob packed for the SIMD
@@ -502,4 +613,72 @@ fn lower_int8(
     w.push(SectionKind::Bias, hl, f32_bytes(&f.head_b))?;
     w.push(SectionKind::QParams, hl, i32_bytes(&[zp_x, 0, 0, 0]))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calibrate::Range;
+
+    /// A GELU table over `[-4, 7]`, as a layer whose channels reach +6 gets.
+    fn table() -> (f64, i32, f64) {
+        let (s_z, zp_z) = asym(-4.0, 7.0);
+        let max = (0..256)
+            .map(|i| gelu(Activation::Gelu, s_z * f64::from(i - 128 - zp_z)).abs())
+            .fold(0.0, f64::max);
+        (s_z, zp_z, max / 32767.0)
+    }
+
+    /// The worst error of `m` against GELU on `[lo, hi]`, with the table's roundings.
+    fn worst(m: &TableMap, lo: f64, hi: f64) -> f64 {
+        let (s_z, zp_z, s_a) = table();
+        (0..=1000)
+            .map(|j| {
+                let x = lo + (hi - lo) * f64::from(j) / 1000.0;
+                let z = ((m.k * (x + m.off) / s_z).round() + f64::from(zp_z)).clamp(-128.0, 127.0);
+                let a = (gelu(Activation::Gelu, s_z * (z - f64::from(zp_z))) / s_a).round() * s_a;
+                (m.p * a + m.q - gelu(Activation::Gelu, x)).abs()
+            })
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn wide_channels_keep_the_table_as_it_is() {
+        let (s_z, zp_z, s_a) = table();
+        let r = Range { lo: -3.0, hi: 5.0 };
+        let m = TableMap::choose(Activation::Gelu, Some(&r), s_z, zp_z, s_a);
+        assert_eq!(m, TableMap::IDENTITY);
+        assert_eq!(
+            TableMap::choose(Activation::Gelu, None, s_z, zp_z, s_a),
+            TableMap::IDENTITY
+        );
+        // A constant channel has nothing to stretch.
+        let r = Range { lo: 6.0, hi: 6.0 };
+        let m = TableMap::choose(Activation::Gelu, Some(&r), s_z, zp_z, s_a);
+        assert_eq!(m, TableMap::IDENTITY);
+    }
+
+    #[test]
+    fn narrow_channels_are_read_on_the_linear_part() {
+        let (s_z, zp_z, s_a) = table();
+        // On a +6 offset (the ill-conditioned fixture's channels), and in GELU's curved
+        // part: both span less than one table step as they are.
+        for (lo, hi) in [(5.9995, 6.0005), (0.3, 0.31), (-0.61, -0.6)] {
+            assert!(hi - lo < s_z);
+            let r = Range {
+                lo: lo as f32,
+                hi: hi as f32,
+            };
+            let m = TableMap::choose(Activation::Gelu, Some(&r), s_z, zp_z, s_a);
+            assert_ne!(m, TableMap::IDENTITY, "{lo}..{hi}");
+            // The whole calibrated range lands on the linear part, inside the table.
+            for x in [f64::from(r.lo), f64::from(r.hi)] {
+                let y = m.k * (x + m.off);
+                assert!(y >= GELU_LINEAR_FROM - 1e-9 && y <= s_z * f64::from(127 - zp_z));
+            }
+            let (old, new) = (worst(&TableMap::IDENTITY, lo, hi), worst(&m, lo, hi));
+            // Dozens of levels instead of one or two: the error falls tenfold or more.
+            assert!(new < 0.1 * old, "{lo}..{hi}: {new} vs {old}");
+        }
+    }
 }

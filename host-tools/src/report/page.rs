@@ -209,6 +209,54 @@ fn layer_tick(x: f64, n: usize) -> String {
     }
 }
 
+type LayerChart<'a, 'b> = ChartContext<
+    'a,
+    Backend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// A chart with one x position per layer (`0 .. n`, labelled by [`layer_tick`]) and the
+/// value range `y`, its mesh drawn; `desc` is the (y, x) axis descriptions.
+fn layer_chart<'a, 'b>(
+    root: &'a DrawingArea<Backend<'b>, plotters::coord::Shift>,
+    caption: &str,
+    n: usize,
+    y: std::ops::Range<f64>,
+    desc: (&str, &str),
+) -> Result<LayerChart<'a, 'b>> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, (FONT, 22))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), y)
+        .map_err(pe)?;
+    chart
+        .configure_mesh()
+        .x_labels(n.min(24))
+        .x_label_formatter(&|x| layer_tick(*x, n))
+        .disable_x_mesh()
+        .y_desc(desc.0)
+        .x_desc(desc.1)
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 16))
+        .draw()
+        .map_err(pe)?;
+    Ok(chart)
+}
+
+/// The series legend in the upper right corner.
+fn legend<'a, 'b: 'a>(chart: &mut LayerChart<'a, 'b>) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 16))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.5))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(pe)
+}
+
 fn sqnr_plot(a: &Analysis) -> Result<Vec<u8>> {
     let n = a.ranges.len().max(1);
     let finite = |v: &Evaluated| -> Vec<(f64, f64)> {
@@ -229,24 +277,13 @@ fn sqnr_plot(a: &Analysis) -> Result<Vec<u8>> {
     // Headroom above the highest curve for the legend (upper right).
     let (lo, hi) = ((lo - 5.0).min(0.0), hi + 10.0f64.max(0.3 * (hi - lo)));
     plot(1100, 440, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption("Per-layer SQNR against the fp32 folded graph", (FONT, 22))
-            .margin(12)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), lo..hi)
-            .map_err(pe)?;
-        chart
-            .configure_mesh()
-            .x_labels(n.min(24))
-            .x_label_formatter(&|x| layer_tick(*x, n))
-            .disable_x_mesh()
-            .y_desc("SQNR (dB)")
-            .x_desc("layer (block, depthwise / pointwise)")
-            .label_style((FONT, 15))
-            .axis_desc_style((FONT, 16))
-            .draw()
-            .map_err(pe)?;
+        let mut chart = layer_chart(
+            root,
+            "Per-layer SQNR against the fp32 folded graph",
+            n,
+            lo..hi,
+            ("SQNR (dB)", "layer (block, depthwise / pointwise)"),
+        )?;
         for (i, v) in a.eval.variants.iter().enumerate() {
             let c = colour(i);
             let pts = finite(v);
@@ -261,15 +298,7 @@ fn sqnr_plot(a: &Analysis) -> Result<Vec<u8>> {
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
                 .map_err(pe)?;
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 16))
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK.mix(0.5))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(pe)?;
-        Ok(())
+        legend(&mut chart)
     })
 }
 
@@ -290,24 +319,13 @@ fn ranges_plot(a: &Analysis) -> Result<Vec<u8>> {
     let (lo, hi) = (f64::from(lo) - pad, f64::from(hi) + 4.0 * pad);
     let method = a.method_name();
     plot(1100, 440, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption("Layer output ranges on the calibration set", (FONT, 22))
-            .margin(12)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), lo..hi)
-            .map_err(pe)?;
-        chart
-            .configure_mesh()
-            .x_labels(n.min(24))
-            .x_label_formatter(&|x| layer_tick(*x, n))
-            .disable_x_mesh()
-            .y_desc("value")
-            .x_desc("layer output (block, depthwise / pointwise)")
-            .label_style((FONT, 15))
-            .axis_desc_style((FONT, 16))
-            .draw()
-            .map_err(pe)?;
+        let mut chart = layer_chart(
+            root,
+            "Layer output ranges on the calibration set",
+            n,
+            lo..hi,
+            ("value", "layer output (block, depthwise / pointwise)"),
+        )?;
         let grey = RGBColor(190, 190, 190);
         let blue = colour(0);
         chart
@@ -344,15 +362,7 @@ fn ranges_plot(a: &Analysis) -> Result<Vec<u8>> {
                 BLACK.mix(0.4),
             )))
             .map_err(pe)?;
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 16))
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK.mix(0.5))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(pe)?;
-        Ok(())
+        legend(&mut chart)
     })
 }
 
@@ -475,6 +485,19 @@ fn precision(p: convmixer_edge::Precision) -> &'static str {
     }
 }
 
+/// `int8`, `fp16`, …, or for mixed precision `int8, f16: embed, block 0 depthwise, …`.
+fn variant_precision(v: &Evaluated) -> String {
+    if v.f16_layers.is_empty() {
+        precision(v.precision).into()
+    } else {
+        format!(
+            "{}, f16: {}",
+            precision(v.precision),
+            v.f16_layers.join(", ")
+        )
+    }
+}
+
 fn activation(a: convmixer_edge::Activation) -> &'static str {
     match a {
         convmixer_edge::Activation::Relu => "ReLU",
@@ -562,7 +585,7 @@ fn html(a: &Analysis, info: &Info) -> String {
             s_,
             "<tr class=\"variant\"><td class=\"l\">{name}</td><td class=\"l\">{p}</td><td>{t}</td><td>{c}/{n}</td><td>{ag}</td><td>{sq}</td><td>{b}</td><td>{ar}</td></tr>",
             name = esc(&v.name),
-            p = precision(v.precision),
+            p = esc(&variant_precision(v)),
             t = pct(v.top1),
             c = v.correct,
             n = e.n,
