@@ -199,8 +199,6 @@ enum Cmd {
         /// One JSON object instead of the table.
         #[arg(long)]
         json: bool,
-        /// Also write an HTML page with plots to this folder (DIR/index.html and PNGs),
-        /// atomically; an existing DIR must be empty or a previous report.
         /// Add a mixed-precision variant, chosen for this budget (points of top-1 below fp32
         /// on `--data`), as `quantize --accuracy-budget` does.
         #[arg(long, value_name = "POINTS", conflicts_with = "sqnr_min")]
@@ -208,6 +206,8 @@ enum Cmd {
         /// Add a mixed-precision variant chosen for this per-layer SQNR (dB).
         #[arg(long, value_name = "DB")]
         sqnr_min: Option<f64>,
+        /// Also write an HTML page with plots to this folder (DIR/index.html and PNGs),
+        /// atomically; an existing DIR must be empty or a previous report.
         #[arg(short, long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
