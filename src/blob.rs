@@ -14,7 +14,7 @@ use crate::{Activation, Error, Precision};
 /// `CMXB`: the first four bytes of every blob.
 pub const MAGIC: [u8; 4] = *b"CMXB";
 /// The format version this reader understands.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// Length of the fixed header in bytes.
 pub const HEADER_LEN: usize = 64;
 /// Length of one table-of-contents entry in bytes.
@@ -392,7 +392,7 @@ pub fn section_at(h: &Header, index: usize) -> Option<(SectionKind, u16, Option<
             }
             (_, 0) => (Weights, l16, Some(dim * taps * wbytes)),
             (_, 1) => (Bias, l16, Some(dim * 4)),
-            (false, 2) => (Affine, l16, Some(dim * 8)),
+            (false, 2) => (Affine, l16, Some(dim * 12)),
             (true, 2) => (Requant, l16, Some(dim * 24)),
             (_, 3) => (QParams, l16, Some(16)),
             (false, _) => (IoScale, l16, Some(dim * 8)),
@@ -695,6 +695,23 @@ fn check_float_padding(b: &Blob<'_>, layer: usize, wbytes: usize) -> Result<(), 
     Ok(())
 }
 
+/// The third vector of a float layer's AFFINE, the accumulator's `unscale`: a power of two
+/// in `2^-24 ..= 1` (its weights and bias are stored multiplied by the inverse).
+fn check_unscale(b: &Blob<'_>, layer: usize) -> Result<(), Error> {
+    let aff = b.section(SectionKind::Affine, layer);
+    let third = aff.len() / 3;
+    let ok = |c: &[u8]| {
+        let bits = LE::read_u32(c);
+        // Sign 0, mantissa 0, biased exponent 127 − 24 ..= 127.
+        bits & 0x807f_ffff == 0 && ((127 - 24)..=127).contains(&(bits >> 23))
+    };
+    if aff[2 * third..].chunks_exact(4).all(ok) {
+        Ok(())
+    } else {
+        Err(Error::Malformed("float layer unscale"))
+    }
+}
+
 fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
     let h = b.header;
     let labels =
@@ -704,8 +721,11 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
     }
     if h.precision != Precision::Int8 {
         let wbytes = if h.precision == Precision::F16 { 2 } else { 4 };
-        for layer in (0..h.conv_layers()).step_by(2) {
-            check_float_padding(b, layer, wbytes)?;
+        for layer in 0..h.conv_layers() {
+            if layer % 2 == 0 {
+                check_float_padding(b, layer, wbytes)?;
+            }
+            check_unscale(b, layer)?;
         }
         return Ok(());
     }
@@ -729,6 +749,7 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
             if layer % 2 == 0 {
                 check_float_padding(b, layer, 2)?;
             }
+            check_unscale(b, layer)?;
             continue;
         }
         let w = b.section(SectionKind::Weights, layer);

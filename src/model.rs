@@ -418,12 +418,14 @@ impl<'a> Model<'a> {
 
     fn float_layer<W>(&self, layer: usize, wrap: fn(&'a [u8]) -> W) -> k::FloatLayer<'a, W> {
         let aff = self.blob.section(SectionKind::Affine, layer);
-        let (scale, shift) = aff.split_at(aff.len() / 2);
+        let (scale, rest) = aff.split_at(aff.len() / 3);
+        let (shift, unscale) = rest.split_at(rest.len() / 2);
         k::FloatLayer {
             w: wrap(self.blob.section(SectionKind::Weights, layer)),
             bias: F32Le(self.blob.section(SectionKind::Bias, layer)),
             scale: F32Le(scale),
             shift: F32Le(shift),
+            unscale: F32Le(unscale),
         }
     }
 

@@ -367,3 +367,37 @@ fn foreign_graphs_are_named_in_the_error() {
     let e = import_err(&m);
     assert!(e.contains("MatMulInteger") && !e.contains('\n'), "{e}");
 }
+
+/// A float layer's `unscale` (AFFINE's third vector) must be a power of two in
+/// `2^-24 ..= 1`; anything else is refused even with a valid CRC.
+#[test]
+fn float_unscales_are_checked() {
+    let blob = std::fs::read(mnist("convmixer-mnist-fp16.cmx")).expect("fp16 example");
+    let r = section_range(&blob, convmixer_edge::blob::SectionKind::Affine, 1);
+    let at = r.start + 2 * (r.len() / 3); // channel 0's unscale
+    let with = |v: f32| {
+        let mut b = blob.clone();
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        fix_crc(&mut b);
+        Model::from_bytes(&b).err()
+    };
+    for ok in [1.0f32, 0.5, 2f32.powi(-24)] {
+        assert_eq!(with(ok), None, "{ok}");
+    }
+    for bad in [
+        2.0f32,
+        3.0,
+        0.75,
+        0.0,
+        -0.5,
+        2f32.powi(-25),
+        f32::NAN,
+        f32::INFINITY,
+    ] {
+        assert_eq!(
+            with(bad),
+            Some(Error::Malformed("float layer unscale")),
+            "{bad}"
+        );
+    }
+}

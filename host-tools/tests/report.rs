@@ -256,7 +256,8 @@ fn html_report_renders_in_headless_chromium() {
         "fp32 (reference",   // top-1 rows
         ">int8</td>",
         ">fp16</td>",
-        "<td class=\"l\">mixed</td><td class=\"l\">int8</td>", // --sqnr-min: a mixed row
+        // --sqnr-min: a mixed row, naming its f16 layers.
+        "<td class=\"l\">mixed</td><td class=\"l\">int8, f16: ",
     ] {
         assert!(dom.contains(text), "{text:?} not in the DOM");
     }

@@ -98,27 +98,75 @@ fn float_bytes(v: &[f32], precision: Precision) -> Vec<u8> {
     }
 }
 
-/// WEIGHTS, BIAS and AFFINE of float conv layer `i` (f32 or f16 weights).
+/// Per output channel of a float layer, the power of two `2^e` its weights and bias are
+/// stored multiplied by (AFFINE's `unscale` is `2^−e`): f16 weights are brought up to
+/// `max |w| ∈ [0.5, 1)`, so a channel of small weights (a BatchNorm with a tiny variance
+/// folded before the activation, a quarter of the ill-conditioned fixture's) keeps them in
+/// binary16's normal range instead of its subnormals, whose relative error reaches 10⁻².
+/// `e ≤ 24`, and small enough that the bias stays below 2^14 (binary16 arithmetic starts
+/// the accumulator at `f16(bias)`). f32 weights are stored as they are (`e = 0`).
+fn weight_exponents(l: &Layer, precision: Precision, depthwise: bool) -> Vec<i32> {
+    let out = l.b.len();
+    if precision != Precision::F16 {
+        return vec![0; out];
+    }
+    let taps = l.w.len() / out.max(1);
+    (0..out)
+        .map(|o| {
+            let at = |t: usize| {
+                if depthwise {
+                    l.w[t * out + o]
+                } else {
+                    l.w[o * taps + t]
+                }
+            };
+            let max = (0..taps)
+                .map(|t| f64::from(at(t)).abs())
+                .fold(0.0, f64::max);
+            if !(max > 0.0) {
+                return 0;
+            }
+            let mut e = (-(max.log2().floor()) - 1.0).clamp(0.0, 24.0) as i32;
+            while e > 0 && f64::from(l.b[o]).abs() * 2f64.powi(e) >= 16384.0 {
+                e -= 1;
+            }
+            e
+        })
+        .collect()
+}
+
+/// WEIGHTS, BIAS and AFFINE (scale, shift, unscale) of float conv layer `i` (f32 or f16
+/// weights; see [`weight_exponents`]).
 fn push_float_layer(w: &mut Writer, i: usize, l: &Layer, precision: Precision) -> Result<()> {
+    let depthwise = i % 2 == 1;
+    let e = weight_exponents(l, precision, depthwise);
+    let up = |o: usize| 2f32.powi(e[o]);
+    let n = l.b.len();
     // Embedding and pointwise are GEMMs, packed for the SIMD kernels.
-    let wv = if i % 2 == 0 {
-        let (n, k) = (l.b.len(), l.w.len() / l.b.len());
+    let wv = if !depthwise {
+        let k = l.w.len() / n;
         let mut packed = vec![0.0f32; fgemm_packed_len(n, k)];
         for o in 0..n {
             for t in 0..k {
-                packed[fgemm_index(o, t, k)] = l.w[o * k + t];
+                packed[fgemm_index(o, t, k)] = l.w[o * k + t] * up(o);
             }
         }
         packed
     } else {
-        l.w.clone()
+        // Tap-major: channel `j % n`.
+        l.w.iter()
+            .enumerate()
+            .map(|(j, &v)| v * up(j % n))
+            .collect()
     };
+    let bias: Vec<f32> = l.b.iter().enumerate().map(|(o, &b)| b * up(o)).collect();
+    let unscale: Vec<f32> = e.iter().map(|&e| 2f32.powi(-e)).collect();
     w.push(SectionKind::Weights, i, float_bytes(&wv, precision))?;
-    w.push(SectionKind::Bias, i, f32_bytes(&l.b))?;
+    w.push(SectionKind::Bias, i, f32_bytes(&bias))?;
     w.push(
         SectionKind::Affine,
         i,
-        f32_bytes(&[l.scale.clone(), l.shift.clone()].concat()),
+        f32_bytes(&[l.scale.clone(), l.shift.clone(), unscale].concat()),
     )
 }
 

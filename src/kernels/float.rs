@@ -38,9 +38,11 @@ fn neon_ok<W: FloatWeights, M: FloatArith>(
         && w_elems
             .and_then(|e| e.checked_mul(wsz))
             .is_some_and(|b| l.w.bytes().len() >= b)
-        && dim
-            .checked_mul(4)
-            .is_some_and(|b| l.bias.0.len() >= b && l.scale.0.len() >= b && l.shift.0.len() >= b)
+        && dim.checked_mul(4).is_some_and(|b| {
+            [l.bias, l.scale, l.shift, l.unscale]
+                .iter()
+                .all(|v| v.0.len() >= b)
+        })
 }
 
 #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
@@ -50,6 +52,7 @@ fn params<W: FloatWeights>(l: &FloatLayer<'_, W>) -> super::neon_float::Params {
         bias: l.bias.0.as_ptr().cast(),
         scale: l.scale.0.as_ptr().cast(),
         shift: l.shift.0.as_ptr().cast(),
+        unscale: l.unscale.0.as_ptr().cast(),
         gelu: super::neon_float::GeluConsts::load(),
     }
 }
@@ -86,7 +89,7 @@ fn by_arith<M: FloatArith>(
 /// let w: Vec<u8> = (0..16 * 4).flat_map(|i| (i as f32 / 64.0).to_le_bytes()).collect();
 /// let ones: Vec<u8> = [1.0f32; 16].iter().flat_map(|v| v.to_le_bytes()).collect();
 /// let zeros = vec![0u8; 64];
-/// let l = FloatLayer { w: F32Le(&w), bias: F32Le(&zeros), scale: F32Le(&ones), shift: F32Le(&zeros) };
+/// let l = FloatLayer { w: F32Le(&w), bias: F32Le(&zeros), scale: F32Le(&ones), shift: F32Le(&zeros), unscale: F32Le(&ones) };
 /// let px: Vec<u8> = (0..16).collect();
 /// let (mut a, mut b) = ([0f32; 64], [0f32; 64]);
 /// embed_f::<_, F32Arith>(&px, g, 16, &l, Activation::Relu, &mut a);
@@ -186,7 +189,7 @@ pub fn embed<W: FloatWeights, M: FloatArith>(
 /// let g = Grid { ht: 3, wt: 3, dim: 16, kernel: 3, pad_top: 1, pad_left: 1 };
 /// let w: Vec<u8> = (0..9 * 16).flat_map(|i| (i as f32 / 100.0).to_le_bytes()).collect();
 /// let ones: Vec<u8> = [1.0f32; 16].iter().flat_map(|v| v.to_le_bytes()).collect();
-/// let l = FloatLayer { w: F32Le(&w), bias: F32Le(&ones), scale: F32Le(&ones), shift: F32Le(&ones) };
+/// let l = FloatLayer { w: F32Le(&w), bias: F32Le(&ones), scale: F32Le(&ones), shift: F32Le(&ones), unscale: F32Le(&ones) };
 /// let x: Vec<f32> = (0..9 * 16).map(|i| i as f32 / 7.0 - 5.0).collect();
 /// let (mut a, mut b) = (vec![0f32; 144], vec![0f32; 144]);
 /// dw_f::<_, F32Arith>(&x, g, &l, Activation::Gelu, &mut a);
@@ -237,7 +240,7 @@ pub fn dw<W: FloatWeights, M: FloatArith>(
 /// # use convmixer_edge::{le::F32Le, Activation};
 /// let w: Vec<u8> = (0..16 * 16).flat_map(|i| ((i % 7) as f32 / 9.0 - 0.3).to_le_bytes()).collect();
 /// let ones: Vec<u8> = [1.0f32; 16].iter().flat_map(|v| v.to_le_bytes()).collect();
-/// let l = FloatLayer { w: F32Le(&w), bias: F32Le(&ones), scale: F32Le(&ones), shift: F32Le(&ones) };
+/// let l = FloatLayer { w: F32Le(&w), bias: F32Le(&ones), scale: F32Le(&ones), shift: F32Le(&ones), unscale: F32Le(&ones) };
 /// let x: Vec<f32> = (0..5 * 16).map(|i| i as f32 / 3.0 - 9.0).collect();
 /// let (mut a, mut b) = (vec![0f32; 80], vec![0f32; 80]);
 /// pw_f::<_, F32Arith>(&x, 5, 16, &l, Activation::Relu, &mut a);
@@ -383,6 +386,7 @@ mod tests {
         bias: Vec<u8>,
         scale: Vec<u8>,
         shift: Vec<u8>,
+        unscale: Vec<u8>,
     }
 
     fn params(s: &mut u64, elems: usize, dim: usize, amp: f32) -> Params {
@@ -394,23 +398,32 @@ mod tests {
             bias: f32_bytes(&vec(s, -1.0, 1.0)),
             scale: f32_bytes(&vec(s, -2.0, 2.0)),
             shift: f32_bytes(&vec(s, -1.0, 1.0)),
+            // Powers of two 1 .. 2^-7, as the quantiser writes them.
+            unscale: f32_bytes(
+                &(0..dim)
+                    .map(|_| 0.5f32.powi((rng(s) % 8) as i32))
+                    .collect::<Vec<f32>>(),
+            ),
         }
     }
 
     fn layers(p: &Params) -> (FloatLayer<'_, F32Le<'_>>, FloatLayer<'_, F16Le<'_>>) {
         let (b, sc, sh) = (F32Le(&p.bias), F32Le(&p.scale), F32Le(&p.shift));
+        let u = F32Le(&p.unscale);
         (
             FloatLayer {
                 w: F32Le(&p.w32),
                 bias: b,
                 scale: sc,
                 shift: sh,
+                unscale: u,
             },
             FloatLayer {
                 w: F16Le(&p.w16),
                 bias: b,
                 scale: sc,
                 shift: sh,
+                unscale: u,
             },
         )
     }
@@ -585,6 +598,7 @@ mod tests {
             bias: F32Le(&ones),
             scale: F32Le(&ones),
             shift: F32Le(&ones),
+            unscale: F32Le(&ones),
         };
         let px = [1u8; 64];
         let mut buf = vec![7.0f32; 16 + 64];

@@ -25,7 +25,7 @@ use crate::Activation;
 /// use convmixer_edge::le::{F16Le, F32Le};
 /// let (s_in, s_out) = (0.5f32.to_le_bytes(), 0.25f32.to_le_bytes());
 /// let l = MixedLayer {
-///     f: FloatLayer { w: F16Le(&[]), bias: F32Le(&[]), scale: F32Le(&[]), shift: F32Le(&[]) },
+///     f: FloatLayer { w: F16Le(&[]), bias: F32Le(&[]), scale: F32Le(&[]), shift: F32Le(&[]), unscale: F32Le(&[]) },
 ///     s_in: F32Le(&s_in), zp_in: -3, s_out: F32Le(&s_out), zp_out: 10,
 /// };
 /// assert_eq!(l.dequantize(-1, 0), 1.0);           // 0.5 · (−1 − (−3))
@@ -56,7 +56,7 @@ impl MixedLayer<'_> {
     /// # use convmixer_edge::kernels::{mixed::MixedLayer, reference::FloatLayer};
     /// # use convmixer_edge::le::{F16Le, F32Le};
     /// let s: Vec<u8> = [2f32, 0.5].iter().flat_map(|v| v.to_le_bytes()).collect();
-    /// # let l = MixedLayer { f: FloatLayer { w: F16Le(&[]), bias: F32Le(&[]), scale: F32Le(&[]), shift: F32Le(&[]) }, s_in: F32Le(&s), zp_in: 0, s_out: F32Le(&s), zp_out: 0 };
+    /// # let l = MixedLayer { f: FloatLayer { w: F16Le(&[]), bias: F32Le(&[]), scale: F32Le(&[]), shift: F32Le(&[]), unscale: F32Le(&[]) }, s_in: F32Le(&s), zp_in: 0, s_out: F32Le(&s), zp_out: 0 };
     /// assert_eq!((l.dequantize(-128, 0), l.dequantize(-128, 1)), (-256.0, -64.0));
     /// ```
     #[inline]
@@ -71,7 +71,7 @@ impl MixedLayer<'_> {
     /// # use convmixer_edge::kernels::{mixed::MixedLayer, reference::FloatLayer};
     /// # use convmixer_edge::le::{F16Le, F32Le};
     /// # let one = 1f32.to_le_bytes();
-    /// # let l = MixedLayer { f: FloatLayer { w: F16Le(&[]), bias: F32Le(&[]), scale: F32Le(&[]), shift: F32Le(&[]) }, s_in: F32Le(&one), zp_in: 0, s_out: F32Le(&one), zp_out: -128 };
+    /// # let l = MixedLayer { f: FloatLayer { w: F16Le(&[]), bias: F32Le(&[]), scale: F32Le(&[]), shift: F32Le(&[]), unscale: F32Le(&[]) }, s_in: F32Le(&one), zp_in: 0, s_out: F32Le(&one), zp_out: -128 };
     /// assert_eq!(l.quantize(-5.0, 0), -128);
     /// ```
     #[inline]
@@ -83,6 +83,7 @@ impl MixedLayer<'_> {
 
     #[inline]
     fn finish(&self, o: usize, act: Activation, acc: f32) -> f32 {
+        let acc = acc * self.f.unscale.at(o);
         finish_f32(self.f.scale.at(o), self.f.shift.at(o), act, acc)
     }
 }
@@ -98,7 +99,7 @@ impl MixedLayer<'_> {
 /// let mut w = vec![0u8; 4 * 16 * 2];
 /// for i in 0..4 { w[32 * i..32 * i + 2].copy_from_slice(&half::f16::ONE.to_bits().to_le_bytes()); }
 /// let (zero, one) = (0f32.to_le_bytes(), 1f32.to_le_bytes());
-/// let f = FloatLayer { w: F16Le(&w), bias: F32Le(&zero), scale: F32Le(&one), shift: F32Le(&zero) };
+/// let f = FloatLayer { w: F16Le(&w), bias: F32Le(&zero), scale: F32Le(&one), shift: F32Le(&zero), unscale: F32Le(&one) };
 /// let (one, half) = (1f32.to_le_bytes(), 0.5f32.to_le_bytes());
 /// let l = MixedLayer { f, s_in: F32Le(&one), zp_in: -128, s_out: F32Le(&half), zp_out: -128 };
 /// let mut out = [0i8];
@@ -186,7 +187,8 @@ fn dw_token(
 /// let w = vec![0u8; 9 * 2];
 /// let zero = 0f32.to_le_bytes();
 /// let aff = [0u8; 8];
-/// let f = FloatLayer { w: F16Le(&w), bias: F32Le(&zero), scale: F32Le(&aff[..4]), shift: F32Le(&aff[4..]) };
+/// let one = 1f32.to_le_bytes();
+/// let f = FloatLayer { w: F16Le(&w), bias: F32Le(&zero), scale: F32Le(&aff[..4]), shift: F32Le(&aff[4..]), unscale: F32Le(&one) };
 /// let (one, two) = (1f32.to_le_bytes(), 2f32.to_le_bytes());
 /// let l = MixedLayer { f, s_in: F32Le(&one), zp_in: 0, s_out: F32Le(&two), zp_out: 0 };
 /// let mut a: Vec<i8> = (0..9).map(|i| 2 * i as i8).collect();
@@ -211,7 +213,7 @@ pub fn dw_inplace(a: &mut [i8], scratch: &mut [i8], g: Grid, l: &MixedLayer<'_>,
 /// let mut w = vec![0u8; 16 * 2];
 /// w[..2].copy_from_slice(&half::f16::from_f32(3.0).to_bits().to_le_bytes());
 /// let (one, zero) = (1f32.to_le_bytes(), 0f32.to_le_bytes());
-/// let f = FloatLayer { w: F16Le(&w), bias: F32Le(&one), scale: F32Le(&one), shift: F32Le(&zero) };
+/// let f = FloatLayer { w: F16Le(&w), bias: F32Le(&one), scale: F32Le(&one), shift: F32Le(&zero), unscale: F32Le(&one) };
 /// let l = MixedLayer { f, s_in: F32Le(&one), zp_in: 0, s_out: F32Le(&one), zp_out: 0 };
 /// let mut a = [0i8, 1, 2, -5];
 /// mixed::pw_inplace(&mut a, &mut [0i8; 4], 4, 1, &l, Activation::Relu);
@@ -326,13 +328,17 @@ mod tests {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()
     }
 
-    /// Random parameters: weights (`n_w` values), bias, scale, shift for `dim` channels.
-    fn params(r: &mut Rng, n_w: usize, dim: usize) -> [Vec<u8>; 4] {
+    /// Random parameters: weights (`n_w` values), bias, scale, shift and unscale (powers
+    /// of two) for `dim` channels.
+    fn params(r: &mut Rng, n_w: usize, dim: usize) -> [Vec<u8>; 5] {
         let w: Vec<f32> = (0..n_w).map(|_| r.f(0.5)).collect();
         let b: Vec<f32> = (0..dim).map(|_| r.f(1.0)).collect();
         let s: Vec<f32> = (0..dim).map(|_| r.f(2.0)).collect();
         let t: Vec<f32> = (0..dim).map(|_| r.f(1.0)).collect();
-        [f16s(&w), f32s(&b), f32s(&s), f32s(&t)]
+        let u: Vec<f32> = (0..dim)
+            .map(|_| 0.5f32.powi((r.next() % 8) as i32))
+            .collect();
+        [f16s(&w), f32s(&b), f32s(&s), f32s(&t), f32s(&u)]
     }
 
     /// Per-channel input and output scales for `dim` channels.
@@ -342,7 +348,7 @@ mod tests {
             .collect()
     }
 
-    fn layer<'a>(p: &'a [Vec<u8>; 4], io: &'a [u8], r: &mut Rng) -> MixedLayer<'a> {
+    fn layer<'a>(p: &'a [Vec<u8>; 5], io: &'a [u8], r: &mut Rng) -> MixedLayer<'a> {
         let (s_in, s_out) = io.split_at(io.len() / 2);
         MixedLayer {
             f: FloatLayer {
@@ -350,6 +356,7 @@ mod tests {
                 bias: F32Le(&p[1]),
                 scale: F32Le(&p[2]),
                 shift: F32Le(&p[3]),
+                unscale: F32Le(&p[4]),
             },
             s_in: F32Le(s_in),
             zp_in: (r.next() % 256) as i32 - 128,

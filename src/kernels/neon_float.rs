@@ -30,6 +30,7 @@ pub(crate) struct Params {
     pub bias: *const f32,
     pub scale: *const f32,
     pub shift: *const f32,
+    pub unscale: *const f32,
     pub gelu: GeluConsts,
 }
 
@@ -156,9 +157,10 @@ unsafe fn gelu4(x: float32x4_t, k: &GeluConsts) -> float32x4_t {
     vmulq_f32(vmulq_f32(c[5], x), vaddq_f32(c[4], r))
 }
 
-/// The reference's `fma(scale, act(acc), shift)` for 4 channels from `o` on.
+/// The reference's `fma(scale, act(unscale·acc), shift)` for 4 channels from `o` on.
 #[inline(always)]
 unsafe fn finish4(p: &Params, o: usize, act: Activation, acc: float32x4_t) -> float32x4_t {
+    let acc = vmulq_f32(acc, vld1q_f32(p.unscale.add(o)));
     let a = if act == Activation::Relu {
         vmaxnmq_f32(acc, vdupq_n_f32(0.0))
     } else if act == Activation::Gelu {

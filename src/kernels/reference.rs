@@ -234,10 +234,15 @@ pub struct FloatLayer<'a, W> {
     pub scale: F32Le<'a>,
     /// Affine shift per output channel.
     pub shift: F32Le<'a>,
+    /// Per output channel, the power of two (≤ 1) the accumulator is multiplied by before
+    /// the activation. The weights and bias are stored multiplied by its inverse, so that
+    /// a channel of small weights keeps them in binary16's normal range; in f32 the
+    /// product is exact, so the result is that of the unscaled weights.
+    pub unscale: F32Le<'a>,
 }
 
 /// The float epilogue before the residual and the narrowing: `fma(scale, act(acc), shift)`
-/// in f32.
+/// in f32 (`acc` already multiplied by the layer's `unscale`).
 ///
 /// ```
 /// use convmixer_edge::{kernels::reference::finish_f32, Activation};
@@ -252,7 +257,12 @@ pub fn finish_f32(scale: f32, shift: f32, act: Activation, acc: f32) -> f32 {
 impl<W: FloatWeights> FloatLayer<'_, W> {
     #[inline]
     fn finish(&self, o: usize, act: Activation, acc: f32) -> f32 {
-        finish_f32(self.scale.at(o), self.shift.at(o), act, acc)
+        finish_f32(
+            self.scale.at(o),
+            self.shift.at(o),
+            act,
+            acc * self.unscale.at(o),
+        )
     }
 }
 
@@ -268,7 +278,7 @@ impl<W: FloatWeights> FloatLayer<'_, W> {
 /// // 1 channel, 2x2 image, patch 2, dim 1 (packed to 16 outputs): sums the four pixels.
 /// let mut w = vec![0u8; 4 * 16 * 4];
 /// for i in 0..4 { w[64 * i..64 * i + 4].copy_from_slice(&one); }
-/// let l = FloatLayer { w: F32Le(&w), bias: F32Le(&zero), scale: F32Le(&one), shift: F32Le(&zero) };
+/// let l = FloatLayer { w: F32Le(&w), bias: F32Le(&zero), scale: F32Le(&one), shift: F32Le(&zero), unscale: F32Le(&one) };
 /// let mut out = [0.0f32];
 /// embed_f::<_, F32Arith>(&[1, 2, 3, 4], EmbedGeom { in_h: 2, in_w: 2, in_c: 1, patch: 2 }, 1, &l, Activation::Relu, &mut out);
 /// assert_eq!(out[0], 10.0);

@@ -275,7 +275,7 @@ fn sqnr_plot(a: &Analysis) -> Result<Vec<u8>> {
     let hi = all.iter().copied().fold(10.0f64, f64::max);
     let lo = all.iter().copied().fold(hi, f64::min);
     // Headroom above the highest curve for the legend (upper right).
-    let (lo, hi) = ((lo - 5.0).min(0.0), hi + 10.0f64.max(0.3 * (hi - lo)));
+    let (lo, hi) = ((lo - 5.0).min(0.0), hi + 10.0f64.max(0.5 * (hi - lo)));
     plot(1100, 440, |root| {
         let mut chart = layer_chart(
             root,
