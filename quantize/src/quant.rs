@@ -123,7 +123,7 @@ fn weight_exponents(l: &Layer, precision: Precision, depthwise: bool) -> Vec<i32
             let max = (0..taps)
                 .map(|t| f64::from(at(t)).abs())
                 .fold(0.0, f64::max);
-            if !(max > 0.0) {
+            if max.is_nan() || max <= 0.0 {
                 return 0;
             }
             let mut e = (-(max.log2().floor()) - 1.0).clamp(0.0, 24.0) as i32;
