@@ -337,6 +337,10 @@ fn gelu(act: Activation, z: f64) -> f64 {
 /// alike).
 const GELU_LINEAR_FROM: f64 = 4.0;
 
+/// A channel narrower than this many steps of its layer's GELU table may be read on the
+/// table's linear part ([`TableMap`]); the linear part must be at least this wide too.
+const NARROW_STEPS: f64 = 16.0;
+
 /// How one GELU channel reaches its layer's shared table: the table index is
 /// `z = zp_z + rq(acc′)` with the accumulator scaled by `k` and offset by `off` (real
 /// units, through the bias and `m_pre`), i.e. the table is read at `y = k·(x + off)` for
@@ -350,10 +354,10 @@ const GELU_LINEAR_FROM: f64 = 4.0;
 /// channel is instead stretched over the table's linear part (`y ≥ GELU_LINEAR_FROM`, where
 /// `TABLE[z]` is affine in `z`), with `p`, `q` the least-squares affine fit of `GELU(x)` on
 /// the channel's range by `GELU(y(x))`. GELU is smooth, so over a narrow range it is
-/// affine to far better than the table's step. A map is used only where it halves the
-/// worst error against `GELU(x)` over the channel's calibrated range (within the table's,
-/// i.e. the calibration method's clip), simulated with the table's own rounding; otherwise
-/// (most channels) the identity stays.
+/// affine to far better than the table's step. A map is considered only for a channel
+/// narrower than [`NARROW_STEPS`] table steps and used only where it halves the worst
+/// error against `GELU(x)` over the channel's calibrated range, simulated with the table's
+/// own rounding; otherwise (most channels) the identity stays.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct TableMap {
     k: f64,
@@ -380,12 +384,17 @@ impl TableMap {
         let Some(r) = range else {
             return Self::IDENTITY;
         };
-        // The channel's range within the table's: what the calibration method clipped
-        // stays clipped (a map is for narrow channels, not for a channel's outliers).
+        // Only narrow channels: a wide one has enough of the table's steps as it is, and
+        // the calibration method's clip applies to it (a map for a wide channel would
+        // be driven by the outliers the method chose to clip). A narrow channel is taken
+        // whole, even where the tensor's clip would cut it off entirely (a percentile of
+        // a tensor whose top quarter is such channels).
         let y_top = s_z * f64::from(127 - zp_z);
-        let y_bottom = s_z * f64::from(-128 - zp_z);
-        let (lo, hi) = (f64::from(r.lo).max(y_bottom), f64::from(r.hi).min(y_top));
-        if !(hi > lo && s_z > 0.0) || y_top - GELU_LINEAR_FROM < 16.0 * s_z {
+        let (lo, hi) = (f64::from(r.lo), f64::from(r.hi));
+        if !(hi > lo && s_z > 0.0)
+            || hi - lo >= NARROW_STEPS * s_z
+            || y_top - GELU_LINEAR_FROM < NARROW_STEPS * s_z
+        {
             return Self::IDENTITY;
         }
         // Room of an eighth of the range on each side for values past the calibration.
