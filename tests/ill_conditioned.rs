@@ -30,13 +30,32 @@ fn opts() -> Options {
     }
 }
 
+/// The fixture, the calibration images, the held-out digits and tract's plan of the ONNX.
+struct Setup {
+    model: onnx::Imported,
+    calib: Vec<Vec<u8>>,
+    set: Vec<(Vec<u8>, usize)>,
+    tract: TractModel,
+}
+
+fn setup() -> Setup {
+    let path = root().join("tests/fixtures/illcond/model.onnx");
+    Setup {
+        model: onnx::import(&path).expect("import"),
+        calib: data::calibration_set(&mnist("calib"), (28, 28, 1)).expect("calib"),
+        set: mnist_heldout(),
+        tract: TractModel::load(&path, 1, 28, 28).expect("tract"),
+    }
+}
+
 #[test]
 fn int8_and_fp16_keep_the_fp32_accuracy_of_the_ill_conditioned_model() {
-    let path = root().join("tests/fixtures/illcond/model.onnx");
-    let model = onnx::import(&path).expect("import");
-    let calib = data::calibration_set(&mnist("calib"), (28, 28, 1)).expect("calib");
-    let set = mnist_heldout();
-    let tract = TractModel::load(&path, 1, 28, 28).expect("tract");
+    let Setup {
+        model,
+        calib,
+        set,
+        tract,
+    } = setup();
     let q = convmixer_quantize::quantize_detailed(&model, Precision::Int8, &calib, &opts(), || {})
         .expect("int8");
     let fp16 =
@@ -106,11 +125,12 @@ fn int8_and_fp16_keep_the_fp32_accuracy_of_the_ill_conditioned_model() {
 #[test]
 fn every_calibration_method_keeps_the_ill_conditioned_model() {
     use convmixer_quantize::calibrate::Method;
-    let path = root().join("tests/fixtures/illcond/model.onnx");
-    let model = onnx::import(&path).expect("import");
-    let calib = data::calibration_set(&mnist("calib"), (28, 28, 1)).expect("calib");
-    let set = mnist_heldout();
-    let tract = TractModel::load(&path, 1, 28, 28).expect("tract");
+    let Setup {
+        model,
+        calib,
+        set,
+        tract,
+    } = setup();
     let want: Vec<usize> = par_map(&set, |(px, _)| {
         argmax(
             &tract

@@ -239,20 +239,17 @@ pub fn evaluate(
         let p32 = argmax(&l32);
         correct32 += usize::from(p32 == *label);
         for (v, r) in variants.iter().zip(&mut runs) {
-            let mut missing = Ok(());
-            let sqnr = &mut r.sqnr;
-            r.m.logits_traced(px, &mut r.arena, &mut r.logits, &mut |layer, out| {
-                if let Some(x) = fp32_out.get(layer) {
-                    missing = missing.and(sqnr.add(layer, x, out, &v.output_quant));
-                }
-            })
-            .map_err(|e| anyhow!("{} inference: {e}", v.name))?;
-            if let Err(l) = missing {
-                bail!(
-                    "variant {}: layer {l} is int8 but no output scale was given",
-                    v.name
-                );
-            }
+            r.sqnr
+                .run(
+                    &r.m,
+                    px,
+                    &mut r.arena,
+                    &mut r.logits,
+                    &fp32_out,
+                    &l32,
+                    &v.output_quant,
+                )
+                .map_err(|e| anyhow!("variant {}: {e}", v.name))?;
             let p = argmax(&r.logits);
             r.correct += usize::from(p == *label);
             r.agree += usize::from(p == p32);

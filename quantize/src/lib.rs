@@ -7,8 +7,8 @@
 //! (ONNX file)      (no BN left)    (ranges, int8 only)      (int8/f16/f32)   (runtime reads)
 //! ```
 //!
-//! [`mixed::choose`] (`Prepared::choose`, `quantize_mixed`) sits between the last two: it lowers and measures
-//! candidate blobs to decide which int8 layers stay in f16.
+//! [`mixed::choose`] (`Prepared::choose`, `quantize_mixed`) sits between the last two: it
+//! lowers and measures candidate blobs to decide which int8 layers stay in f16.
 //!
 //! [`reference::TractModel`] runs the original ONNX in fp32 with tract: the independent
 //! reference every test compares against.

@@ -36,9 +36,9 @@ pub enum Target {
     SqnrMin(f64),
 }
 
-/// The outcome of [`choose`] (besides the blob). When the target is not met: for an accuracy budget the mix
-/// with the best top-1 measured (the fewest layers on ties), for an SQNR target every layer
-/// that was below it.
+/// The outcome of [`choose`] (besides the blob). When the target is not met: for an
+/// accuracy budget the mix with the best top-1 measured (the fewest layers on ties), for an
+/// SQNR target every layer that was below it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Choice {
     /// Layers kept in f16.
@@ -77,6 +77,8 @@ fn load(blob: &[u8]) -> Result<Model<'_>> {
 /// assert!((db[0] - 10.0 * (5.0f64 / 0.01).log10()).abs() < 1e-3);
 /// assert!(db[1].is_infinite());
 /// ```
+///
+/// [`Sqnr::run`] does both for one image, running the blob itself.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sqnr {
     signal: Vec<f64>,
@@ -126,6 +128,35 @@ impl Sqnr {
         Ok(())
     }
 
+    /// Runs `m` on `px` (`arena` and `logits` sized for it) and adds every conv layer's
+    /// traced output against `fp32` (per layer, as [`calibrate::forward_with`] gives
+    /// them) and the logits against `fp32_logits`. An error if the blob fails or a layer
+    /// is int8 without an entry in `outq`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &mut self,
+        m: &Model<'_>,
+        px: &[u8],
+        arena: &mut [u8],
+        logits: &mut [f32],
+        fp32: &[Vec<f32>],
+        fp32_logits: &[f32],
+        outq: &[quant::TensorQuant],
+    ) -> Result<()> {
+        let mut missing = Ok(());
+        m.logits_traced(px, arena, logits, &mut |layer, out| {
+            if let Some(x) = fp32.get(layer) {
+                missing = missing.and(self.add(layer, x, out, outq));
+            }
+        })
+        .map_err(|e| anyhow!("inference: {e}"))?;
+        if let Err(l) = missing {
+            bail!("layer {l} is int8 but has no output scale");
+        }
+        self.add_logits(fp32_logits, logits);
+        Ok(())
+    }
+
     /// Adds one image's logits against the fp32 graph's.
     pub fn add_logits(&mut self, fp32: &[f32], logits: &[f32]) {
         let l = self.signal.len() - 1;
@@ -167,17 +198,8 @@ pub fn layer_sqnr(
     let mut logits = vec![0f32; usize::from(m.header().classes)];
     for px in images {
         let want = calibrate::forward_with(f, px, |layer, idx, _, _, out| fp32[layer][idx] = out);
-        let mut missing = Ok(());
-        m.logits_traced(px, &mut arena, &mut logits, &mut |layer, out| {
-            if let Some(x) = fp32.get(layer) {
-                missing = missing.and(sqnr.add(layer, x, out, outq));
-            }
-        })
-        .map_err(|e| anyhow!("inference: {e}"))?;
-        if let Err(l) = missing {
-            bail!("internal: layer {l} is int8 but has no output scale");
-        }
-        sqnr.add_logits(&want, &logits);
+        sqnr.run(&m, px, &mut arena, &mut logits, &fp32, &want, outq)
+            .map_err(|e| anyhow!("internal: {e}"))?;
     }
     Ok(sqnr.db())
 }

@@ -6,8 +6,8 @@
 //! is exact); biases i32 in accumulator units; GELU by a 256-entry table with i16 outputs
 //! (one rounding less than an int8 table), one per layer, which a channel far narrower
 //! than the layer's range reads on its linear part, stretched over it (`TableMap`: e.g.
-//! a channel on a large offset with a tiny BatchNorm variance); the BatchNorm affine and the residual add fused
-//! into one requantisation per output. Every accumulator is checked here, per output
+//! a channel on a large offset with a tiny BatchNorm variance); the BatchNorm affine and
+//! the residual add fused into one requantisation per output. Every accumulator is checked here, per output
 //! channel, never to overflow i32 for any input, and the reader checks it again.
 
 use anyhow::{bail, Result};
@@ -333,6 +333,54 @@ fn gelu(act: Activation, z: f64) -> f64 {
     }
 }
 
+/// One layer's GELU table: 256 i16 entries `round(GELU(s_z·(z − zp_z)) / s_a)` for the
+/// int8 index `z`, over the layer's pre-activation range (docs/blob-format.md).
+struct GeluTable {
+    act: Activation,
+    s_z: f64,
+    zp_z: i32,
+    s_a: f64,
+    entries: Vec<i16>,
+}
+
+impl GeluTable {
+    /// The table over `[lo, hi]` (which contains 0).
+    fn new(act: Activation, lo: f32, hi: f32) -> Self {
+        let (s_z, zp_z) = asym(lo, hi);
+        let g: Vec<f64> = (-128..128)
+            .map(|z| gelu(act, s_z * f64::from(z - zp_z)))
+            .collect();
+        let max = g.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let s_a = if max > 0.0 { max / 32767.0 } else { 1.0 };
+        let entries = g.iter().map(|v| (v / s_a).round() as i16).collect();
+        GeluTable {
+            act,
+            s_z,
+            zp_z,
+            s_a,
+            entries,
+        }
+    }
+
+    /// The TABLE section: two byte planes, low bytes then high bytes.
+    fn bytes(&self) -> Vec<u8> {
+        let q: Vec<[u8; 2]> = self.entries.iter().map(|v| v.to_le_bytes()).collect();
+        (0..2).flat_map(|b| q.iter().map(move |v| v[b])).collect()
+    }
+
+    /// Largest real input the table covers (`z = 127`).
+    fn top(&self) -> f64 {
+        self.s_z * f64::from(127 - self.zp_z)
+    }
+
+    /// What the table gives for the real input `y`: the nearest index (saturating), its
+    /// entry in real units.
+    fn read(&self, y: f64) -> f64 {
+        let z = ((y / self.s_z).round() + f64::from(self.zp_z)).clamp(-128.0, 127.0);
+        f64::from(self.entries[(z + 128.0) as usize]) * self.s_a
+    }
+}
+
 /// Where GELU is linear: `|GELU(y) − y| = |y|·Φ(−y) < 1.3·10⁻⁴` for `y ≥ 4` (tanh form
 /// alike).
 const GELU_LINEAR_FROM: f64 = 4.0;
@@ -374,22 +422,14 @@ impl TableMap {
         q: 0.0,
     };
 
-    fn choose(
-        act: Activation,
-        range: Option<&crate::calibrate::Range>,
-        s_z: f64,
-        zp_z: i32,
-        s_a: f64,
-    ) -> TableMap {
-        let Some(r) = range else {
-            return Self::IDENTITY;
-        };
+    /// The map for a channel whose calibrated pre-activation range is `r`.
+    fn choose(table: &GeluTable, r: &crate::calibrate::Range) -> TableMap {
         // Only narrow channels: a wide one has enough of the table's steps as it is, and
         // the calibration method's clip applies to it (a map for a wide channel would
         // be driven by the outliers the method chose to clip). A narrow channel is taken
         // whole, even where the tensor's clip would cut it off entirely (a percentile of
         // a tensor whose top quarter is such channels).
-        let y_top = s_z * f64::from(127 - zp_z);
+        let (s_z, y_top) = (table.s_z, table.top());
         let (lo, hi) = (f64::from(r.lo), f64::from(r.hi));
         if !(hi > lo && s_z > 0.0)
             || hi - lo >= NARROW_STEPS * s_z
@@ -405,8 +445,8 @@ impl TableMap {
         let xs: Vec<f64> = (0..N)
             .map(|j| lo + (hi - lo) * j as f64 / (N - 1) as f64)
             .collect();
-        let g: Vec<f64> = xs.iter().map(|&x| gelu(act, x)).collect();
-        let t: Vec<f64> = xs.iter().map(|&x| gelu(act, k * (x + off))).collect();
+        let g: Vec<f64> = xs.iter().map(|&x| gelu(table.act, x)).collect();
+        let t: Vec<f64> = xs.iter().map(|&x| gelu(table.act, k * (x + off))).collect();
         let (mg, mt) = (mean(&g), mean(&t));
         let var: f64 = t.iter().map(|v| (v - mt) * (v - mt)).sum();
         if var <= 0.0 {
@@ -420,23 +460,21 @@ impl TableMap {
             p,
             q: mg - p * mt,
         };
-        // Worst error of each map over the range, with the table's index and entry rounding.
-        let err = |m: &TableMap| {
-            xs.iter()
-                .zip(&g)
-                .map(|(&x, &gx)| {
-                    let z =
-                        ((m.k * (x + m.off) / s_z).round() + f64::from(zp_z)).clamp(-128.0, 127.0);
-                    let entry = (gelu(act, s_z * (z - f64::from(zp_z))) / s_a).round() * s_a;
-                    (m.p * entry + m.q - gx).abs()
-                })
-                .fold(0.0, f64::max)
-        };
-        if err(&map) < 0.5 * err(&Self::IDENTITY) {
+        if map.worst_error(table, &xs) < 0.5 * Self::IDENTITY.worst_error(table, &xs) {
             map
         } else {
             Self::IDENTITY
         }
+    }
+
+    /// The largest error against `GELU(x)` over `xs` of reading `table` through this map,
+    /// with the table's index and entry rounding.
+    fn worst_error(&self, table: &GeluTable, xs: &[f64]) -> f64 {
+        xs.iter()
+            .map(|&x| {
+                (self.p * table.read(self.k * (x + self.off)) + self.q - gelu(table.act, x)).abs()
+            })
+            .fold(0.0, f64::max)
     }
 }
 
@@ -517,28 +555,20 @@ fn lower_int8(
                 }
             }
         }
-        // Activation domain.
-        let (s_z, zp_z, table, s_a) = match f.act {
-            Activation::Relu => {
-                let hi = f64::from(stats[li].act.hi.max(0.0)).max(1e-6);
-                (0.0, 0, Vec::new(), hi / 32767.0)
-            }
+        // Activation domain: ReLU's i16 step, or the GELU table over the pre-activation.
+        let table = match f.act {
+            Activation::Relu => None,
             act => {
                 let (lo, hi) = stats[li].pre.with_zero();
-                let (s_z, zp_z) = asym(lo, hi);
-                let g: Vec<f64> = (0..256)
-                    .map(|i| gelu(act, s_z * f64::from(i - 128 - zp_z)))
-                    .collect();
-                let max = g.iter().fold(0f64, |m, v| m.max(v.abs()));
-                let s_a = if max > 0.0 { max / 32767.0 } else { 1.0 };
-                // Two byte planes, low bytes then high bytes (docs/blob-format.md).
-                let q: Vec<[u8; 2]> = g
-                    .iter()
-                    .map(|v| ((v / s_a).round() as i16).to_le_bytes())
-                    .collect();
-                let t: Vec<u8> = (0..2).flat_map(|b| q.iter().map(move |v| v[b])).collect();
-                (s_z, zp_z, t, s_a)
+                Some(GeluTable::new(act, lo, hi))
             }
+        };
+        let (target, s_a) = match &table {
+            None => {
+                let hi = f64::from(stats[li].act.hi.max(0.0)).max(1e-6);
+                (hi / 32767.0, hi / 32767.0)
+            }
+            Some(t) => (t.s_z, t.s_a),
         };
         let mut bias = vec![0i32; dim];
         let mut rq: Vec<[i32; 6]> = Vec::with_capacity(dim);
@@ -573,16 +603,15 @@ fn lower_int8(
             };
             let sum_abs: i64 = (0..taps).map(|t| w_o(t).abs()).sum();
             let sum_w: i64 = (0..taps).map(w_o).sum();
-            let target = if f.act == Activation::Relu { s_a } else { s_z };
             let ms = f64::from(l.scale[o]) * s_a / s_out[o];
             let bs = f64::from(l.shift[o]) / s_out[o];
             let rs = if depthwise { s_in[o] / s_out[o] } else { 0.0 };
             // The channel's way into the GELU table (the identity for ReLU and for most
             // GELU channels), then the fixed point; a map that does not fit falls back to
             // the identity, which must fit.
-            let map = match f.act {
-                Activation::Relu => TableMap::IDENTITY,
-                act => TableMap::choose(act, stats[li].pre_ch.get(o), s_z, zp_z, s_a),
+            let map = match (&table, stats[li].pre_ch.get(o)) {
+                (Some(t), Some(r)) => TableMap::choose(t, r),
+                _ => TableMap::IDENTITY,
             };
             let fixed = |map: &TableMap| -> Result<(i32, [i32; 6])> {
                 // The stored bias absorbs the input zero point, bias′ = bias − zp_in·Σw, so
@@ -629,9 +658,13 @@ fn lower_int8(
         w.push(
             SectionKind::QParams,
             li,
-            i32_bytes(&[zp_in, zp_z, zp_out, 0]),
+            i32_bytes(&[zp_in, table.as_ref().map_or(0, |t| t.zp_z), zp_out, 0]),
         )?;
-        w.push(SectionKind::Table, li, table)?;
+        w.push(
+            SectionKind::Table,
+            li,
+            table.as_ref().map_or_else(Vec::new, GeluTable::bytes),
+        )?;
     }
     // Head: average pool to `f` fraction bits, per-class symmetric weights with the input's
     // per-channel scales folded in.
@@ -678,60 +711,47 @@ mod tests {
     use crate::calibrate::Range;
 
     /// A GELU table over `[-4, 7]`, as a layer whose channels reach +6 gets.
-    fn table() -> (f64, i32, f64) {
-        let (s_z, zp_z) = asym(-4.0, 7.0);
-        let max = (0..256)
-            .map(|i| gelu(Activation::Gelu, s_z * f64::from(i - 128 - zp_z)).abs())
-            .fold(0.0, f64::max);
-        (s_z, zp_z, max / 32767.0)
+    fn table() -> GeluTable {
+        GeluTable::new(Activation::Gelu, -4.0, 7.0)
     }
 
-    /// The worst error of `m` against GELU on `[lo, hi]`, with the table's roundings.
+    /// The worst error of `m` against GELU on `[lo, hi]`, at 1001 points.
     fn worst(m: &TableMap, lo: f64, hi: f64) -> f64 {
-        let (s_z, zp_z, s_a) = table();
-        (0..=1000)
-            .map(|j| {
-                let x = lo + (hi - lo) * f64::from(j) / 1000.0;
-                let z = ((m.k * (x + m.off) / s_z).round() + f64::from(zp_z)).clamp(-128.0, 127.0);
-                let a = (gelu(Activation::Gelu, s_z * (z - f64::from(zp_z))) / s_a).round() * s_a;
-                (m.p * a + m.q - gelu(Activation::Gelu, x)).abs()
-            })
-            .fold(0.0, f64::max)
+        let xs: Vec<f64> = (0..=1000)
+            .map(|j| lo + (hi - lo) * f64::from(j) / 1000.0)
+            .collect();
+        m.worst_error(&table(), &xs)
     }
 
     #[test]
     fn wide_channels_keep_the_table_as_it_is() {
-        let (s_z, zp_z, s_a) = table();
+        let t = table();
         let r = Range { lo: -3.0, hi: 5.0 };
-        let m = TableMap::choose(Activation::Gelu, Some(&r), s_z, zp_z, s_a);
-        assert_eq!(m, TableMap::IDENTITY);
-        assert_eq!(
-            TableMap::choose(Activation::Gelu, None, s_z, zp_z, s_a),
-            TableMap::IDENTITY
-        );
-        // A constant channel has nothing to stretch.
+        assert_eq!(TableMap::choose(&t, &r), TableMap::IDENTITY);
+        // A constant channel has nothing to stretch, and a channel never seen (an empty
+        // range) neither.
         let r = Range { lo: 6.0, hi: 6.0 };
-        let m = TableMap::choose(Activation::Gelu, Some(&r), s_z, zp_z, s_a);
-        assert_eq!(m, TableMap::IDENTITY);
+        assert_eq!(TableMap::choose(&t, &r), TableMap::IDENTITY);
+        assert_eq!(TableMap::choose(&t, &Range::default()), TableMap::IDENTITY);
     }
 
     #[test]
     fn narrow_channels_are_read_on_the_linear_part() {
-        let (s_z, zp_z, s_a) = table();
+        let t = table();
         // On a +6 offset (the ill-conditioned fixture's channels), and in GELU's curved
         // part: both span less than one table step as they are.
         for (lo, hi) in [(5.9995, 6.0005), (0.3, 0.31), (-0.61, -0.6)] {
-            assert!(hi - lo < s_z);
+            assert!(hi - lo < t.s_z);
             let r = Range {
                 lo: lo as f32,
                 hi: hi as f32,
             };
-            let m = TableMap::choose(Activation::Gelu, Some(&r), s_z, zp_z, s_a);
+            let m = TableMap::choose(&t, &r);
             assert_ne!(m, TableMap::IDENTITY, "{lo}..{hi}");
             // The whole calibrated range lands on the linear part, inside the table.
             for x in [f64::from(r.lo), f64::from(r.hi)] {
                 let y = m.k * (x + m.off);
-                assert!(y >= GELU_LINEAR_FROM - 1e-9 && y <= s_z * f64::from(127 - zp_z));
+                assert!(y >= GELU_LINEAR_FROM - 1e-9 && y <= t.top());
             }
             let (old, new) = (worst(&TableMap::IDENTITY, lo, hi), worst(&m, lo, hi));
             // Dozens of levels instead of one or two: the error falls tenfold or more.
