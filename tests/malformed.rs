@@ -40,6 +40,15 @@ fn small_int8() -> (Vec<u8>, usize) {
     )
 }
 
+/// The same fixture as an fp16 blob.
+fn small_fp16() -> (Vec<u8>, usize) {
+    let m = onnx::import(&fixture(SMALL)).expect("import");
+    let n = m.in_c * m.in_h * m.in_w;
+    let blob = convmixer_quantize::quantize(&m, Precision::F16, &[], &Options::default(), || {})
+        .expect("fp16");
+    (blob, n)
+}
+
 #[test]
 fn the_good_blob_runs() {
     let (b, n) = small_int8();
@@ -71,19 +80,22 @@ fn every_truncation_is_an_error() {
 
 #[test]
 fn every_single_bit_flip_is_caught() {
-    let (b, _) = small_int8();
-    let mut crc_errors = 0;
-    for bit in 0..b.len() * 8 {
-        let mut c = b.clone();
-        c[bit / 8] ^= 1 << (bit % 8);
-        match Model::from_bytes(&c) {
-            Ok(_) => panic!("flip of bit {bit} not detected"),
-            Err(Error::BadCrc) => crc_errors += 1,
-            Err(_) => {}
+    // The CRC is checked before any header field is believed: a flip anywhere but in the
+    // magic (not a blob) or in blob_len (made longer: truncated) is a CRC mismatch.
+    for (b, _) in [small_int8(), small_fp16()] {
+        for bit in 0..b.len() * 8 {
+            let mut c = b.clone();
+            let at = bit / 8;
+            c[at] ^= 1 << (bit % 8);
+            let e = Model::from_bytes(&c).err();
+            let ok = match at {
+                0..4 => e == Some(Error::BadMagic),
+                32..36 => matches!(e, Some(Error::BadCrc | Error::Truncated)),
+                _ => e == Some(Error::BadCrc),
+            };
+            assert!(ok, "flip of bit {bit} (byte {at}) gave {e:?}");
         }
     }
-    // Flips past the header can only be caught by the CRC.
-    assert!(crc_errors >= (b.len() - 64) * 8, "{crc_errors} CRC errors");
 }
 
 #[test]
@@ -167,14 +179,7 @@ fn header_fields_are_checked_even_with_a_valid_crc() {
 /// runtime must return `Err` or run to completion, never panic.
 #[test]
 fn random_mutations_with_valid_crc_never_panic() {
-    for (b, n) in [small_int8(), {
-        let m = onnx::import(&fixture(SMALL)).expect("import");
-        let opts = Options::default();
-        (
-            convmixer_quantize::quantize(&m, Precision::F16, &[], &opts, || {}).expect("fp16"),
-            144,
-        )
-    }] {
+    for (b, n) in [small_int8(), small_fp16()] {
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut rand = move || {
             state ^= state << 13;

@@ -606,7 +606,8 @@ fn quantize(
     let bytes = match target {
         None => {
             let p = precision.precision();
-            let b = convmixer_quantize::quantize(&imported, p, &images, &opts, || pb.inc(1))?;
+            let b = convmixer_quantize::quantize(&imported, p, &images, &opts, || pb.inc(1))
+                .with_context(|| model.display().to_string())?;
             pb.finish_and_clear();
             b
         }
@@ -697,12 +698,11 @@ fn labelled_set(
 }
 
 fn load_blob(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("{}: cannot read model", path.display()))
+    std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))
 }
 
 fn parse_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Model<'a>> {
-    Model::from_bytes(bytes)
-        .map_err(|e| anyhow!("{}: not a usable model blob: {e}", path.display()))
+    Model::from_bytes(bytes).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 fn classify(model: &Path, images: &[PathBuf], top: usize, json: bool) -> Result<()> {

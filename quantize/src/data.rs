@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 /// Shape an image must have: `(height, width, channels)`.
 pub type Shape = (usize, usize, usize);
@@ -19,8 +19,14 @@ fn is_image(p: &Path) -> bool {
 /// Decodes one image into HWC `u8`, requiring exactly `shape` (gray = 1 channel, RGB = 3;
 /// an alpha channel is dropped).
 pub fn load_image(path: &Path, shape: Shape) -> Result<Vec<u8>> {
-    let img =
-        image::open(path).with_context(|| format!("{}: cannot decode image", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    // The format comes from the content, not the name. The image crate's errors repeat
+    // their cause in their source chain: print one level.
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(anyhow::Error::from)
+        .and_then(|r| Ok(r.decode()?))
+        .map_err(|e| anyhow!("{}: cannot decode image: {e}", path.display()))?;
     let (h, w, c) = shape;
     let channels = match img.color().channel_count() {
         1 | 2 => 1,
@@ -167,7 +173,9 @@ pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, then
-/// renamed over the target. A crash leaves the old file or the new one, never half of one.
+/// renamed over the target, then the folder synced. A crash leaves the old file or the new
+/// one, never half of one (`host-tools/tests/atomic.rs` kills writers to check it); a
+/// process killed mid-write may leave its hidden `.NAME.tmpPID` file behind, never `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path
@@ -182,6 +190,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+        // The rename itself reaches the disk when the folder is synced (a power cut right
+        // after a return could otherwise still show the old file). Not every platform can
+        // open a folder for syncing: best effort.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
         Ok(())
     })();
     if res.is_err() {

@@ -104,7 +104,10 @@ impl Imported {
 
 /// Reads an ONNX file and recognises a ConvMixer in it.
 pub fn import(path: &std::path::Path) -> Result<Imported> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if bytes.is_empty() {
+        bail!("{}: empty file (not an ONNX model)", path.display());
+    }
     import_bytes(&bytes).with_context(|| format!("{}", path.display()))
 }
 
@@ -514,8 +517,8 @@ impl<'g> Graph<'g> {
             act: Activation::Relu,
             bn_post: None,
         };
-        check_finite(&unit.name, &unit.w)?;
-        check_finite(&unit.name, &unit.b)?;
+        check_finite(&format!("{}: weight", unit.name), &unit.w)?;
+        check_finite(&format!("{}: bias", unit.name), &unit.b)?;
         // Encode stride and group into the shape checks done by the caller.
         if group != 1 && group != shape[0] {
             bail!(
@@ -639,7 +642,7 @@ impl<'g> Graph<'g> {
                 );
             }
             let v: Vec<f32> = t.data.iter().map(|&x| x as f32).collect();
-            check_finite(&n.name, &v)?;
+            check_finite(&format!("{}: {what}", n.name), &v)?;
             Ok(v)
         };
         let bn = BatchNorm {
@@ -649,8 +652,28 @@ impl<'g> Graph<'g> {
             var: get(4, "running variance")?,
             eps: attr(n, "epsilon").map_or(1e-5, |a| a.f),
         };
-        if let Some(v) = bn.var.iter().find(|&&v| v < 0.0) {
-            bail!("{}: running variance {v} is negative", describe(n));
+        if let Some(i) = bn.var.iter().position(|&v| v < 0.0) {
+            bail!(
+                "{}: running variance of channel {i} is {} (negative)",
+                describe(n),
+                bn.var[i]
+            );
+        }
+        if !(bn.eps.is_finite() && bn.eps >= 0.0) {
+            bail!(
+                "{}: epsilon {} is not a finite value ≥ 0",
+                describe(n),
+                bn.eps
+            );
+        }
+        // A zero-variance channel (a constant feature: every training input gave it the same
+        // value) is valid and folds exactly as long as ε > 0; with ε = 0 it would divide
+        // by zero.
+        if let Some(i) = bn.var.iter().position(|&v| v + bn.eps <= 0.0) {
+            bail!(
+                "{}: channel {i} has running variance 0 and epsilon 0 (division by zero)",
+                describe(n)
+            );
         }
         Ok(bn)
     }
@@ -763,10 +786,24 @@ impl<'g> Graph<'g> {
         match (is_erf, is_tanh) {
             (true, _) => Ok((Activation::Gelu, out)),
             (_, true) => Ok((Activation::GeluTanh, out)),
-            _ => bail!(
-                "{}: the element-wise subgraph after '{x}' is not GELU",
-                describe(n)
-            ),
+            _ => {
+                // Name an op of the subgraph that we do not take, if there is one (e.g. a
+                // Sigmoid put in place of the Erf): the likeliest cause.
+                let foreign = inside.iter().flat_map(|t| self.users(t)).find(|u| {
+                    !ELEMENTWISE.contains(&u.op_type.as_str())
+                        && !["Conv", "BatchNormalization"].contains(&u.op_type.as_str())
+                });
+                match foreign {
+                    Some(f) => bail!(
+                        "{}: unsupported op in the activation after '{x}' (ConvMixer takes Relu, Gelu or the Erf form of GELU)",
+                        describe(f)
+                    ),
+                    None => bail!(
+                        "{}: the element-wise subgraph after '{x}' is not GELU (neither the erf form nor the tanh approximation)",
+                        describe(n)
+                    ),
+                }
+            }
         }
     }
 
@@ -870,8 +907,8 @@ impl<'g> Graph<'g> {
         if !self.outputs.contains(&out) {
             bail!("tensor '{out}' after the classifier is not the graph output (expected nothing after the head)");
         }
-        check_finite("classifier", &w)?;
-        check_finite("classifier", &b)?;
+        check_finite("classifier weight", &w)?;
+        check_finite("classifier bias", &b)?;
         Ok((w, b))
     }
 }
@@ -909,7 +946,7 @@ fn linear_weight(t: &Tensor, trans_b: bool, dim: usize, n: &NodeProto) -> Result
 
 fn check_finite(what: &str, v: &[f32]) -> Result<()> {
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        bail!("{what}: parameter {i} is {} (expected finite values)", v[i]);
+        bail!("{what} element {i} is {} (expected finite values)", v[i]);
     }
     Ok(())
 }

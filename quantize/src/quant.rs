@@ -621,7 +621,11 @@ fn lower_int8(
                     - f64::from(zp_in) * sum_w as f64;
                 let x_range = 128.0; // every layer's input is int8 (the embedding's: pixel − 128)
                 if bq.abs() + x_range * sum_abs as f64 >= 2f64.powi(31) {
-                    bail!("the int32 accumulator could overflow (bias {bq}, Σ|w| = {sum_abs})");
+                    bail!(
+                        "the int32 accumulator could overflow: |bias| {:.3e} + 128·Σ|w| {} ≥ 2^31 (the bias is huge next to the channel's weights; quantise this model with --precision fp16)",
+                        bq.abs(),
+                        x_range as i64 * sum_abs
+                    );
                 }
                 let (m_pre, sh_pre) = multiplier(acc_scale * map.k / target)?;
                 let (m_post, b_post, sh_post, m_res) = post_params(
@@ -633,7 +637,7 @@ fn lower_int8(
             };
             let (b, r) = fixed(&map)
                 .or_else(|_| fixed(&TableMap::IDENTITY))
-                .map_err(|e| anyhow::anyhow!("layer {li} channel {o}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("{} channel {o}: {e}", f.layer_name(li)))?;
             bias[o] = b;
             rq.push(r);
         }

@@ -92,24 +92,37 @@ pub fn write(out: &Path, a: &Analysis, info: &Info) -> Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    let old = dir.join(format!(".{name}.old{pid}"));
-    let replacing = out.exists();
-    if replacing {
-        if let Err(e) = std::fs::rename(out, &old) {
-            let _ = std::fs::remove_dir_all(&tmp);
-            bail!("-o {}: cannot replace it: {e}", out.display());
-        }
-    }
-    if let Err(e) = std::fs::rename(&tmp, out) {
-        if replacing {
-            let _ = std::fs::rename(&old, out);
-        }
+    if let Err(e) = replace_dir(&tmp, out, &dir.join(format!(".{name}.old{pid}"))) {
         let _ = std::fs::remove_dir_all(&tmp);
         bail!("-o {}: cannot write it: {e}", out.display());
     }
-    if replacing {
-        let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Puts the finished folder `tmp` in place of `out`, so that at every moment `out` is the
+/// old report or the new one, complete. On Linux an existing `out` is swapped with `tmp`
+/// in one step (`renameat2(RENAME_EXCHANGE)`) and the old one, now at `tmp`, removed.
+/// Where the exchange is not available (another OS, or a file system without it) the old
+/// folder is first renamed to `old`: a crash between the two renames leaves the old report
+/// there, under the hidden name, and no `out`.
+fn replace_dir(tmp: &Path, out: &Path, old: &Path) -> std::io::Result<()> {
+    if !out.exists() {
+        return std::fs::rename(tmp, out);
     }
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        if renameat_with(CWD, tmp, CWD, out, RenameFlags::EXCHANGE).is_ok() {
+            let _ = std::fs::remove_dir_all(tmp);
+            return Ok(());
+        }
+    }
+    std::fs::rename(out, old)?;
+    if let Err(e) = std::fs::rename(tmp, out) {
+        let _ = std::fs::rename(old, out);
+        return Err(e);
+    }
+    let _ = std::fs::remove_dir_all(old);
     Ok(())
 }
 
