@@ -660,6 +660,15 @@ fn onnx_cases(cx: &mut Ctx) {
         "$T/zerovar.onnx: node '/3/3.3/BatchNormalization' (BatchNormalization): channel 4 has running variance 0 and epsilon 0 (division by zero)",
     );
     let mut m = base.clone();
+    set_init(&mut m, "2.weight", 0, 1e38);
+    set_init(&mut m, "2.running_var", 0, 1e-6);
+    cx.onnx(
+        "BatchNorm scale γ/√(var+ε) past f32 (γ = 1e38)",
+        "bn-overflow.onnx",
+        &m,
+        "$T/bn-overflow.onnx: embed: folding its BatchNorms gives a non-finite parameter (a scale γ/√(var + ε) times the weights overflows f32)",
+    );
+    let mut m = base.clone();
     attr(node(&mut m, "/2/BatchNormalization"), "training_mode").i = 1;
     cx.onnx(
         "BatchNorm in training mode",

@@ -236,14 +236,14 @@ pub fn fold(m: &Imported, mean: &[f32], std: &[f32]) -> Result<Folded> {
         head_w: m.head_w.clone(),
         head_b: m.head_b.clone(),
     };
-    let all = [&f.head_w, &f.head_b].into_iter().chain(
-        std::iter::once(&f.embed)
-            .chain(f.blocks.iter().flat_map(|(a, b)| [a, b]))
-            .flat_map(|l| [&l.w, &l.b, &l.scale, &l.shift]),
-    );
-    for v in all {
-        if v.iter().any(|x| !x.is_finite()) {
-            bail!("folding produced a non-finite parameter (a BatchNorm with zero variance and zero epsilon?)");
+    let conv = std::iter::once(&f.embed).chain(f.blocks.iter().flat_map(|(a, b)| [a, b]));
+    for (l, layer) in conv.enumerate() {
+        let params = [&layer.w, &layer.b, &layer.scale, &layer.shift];
+        if params.iter().any(|v| v.iter().any(|x| !x.is_finite())) {
+            bail!(
+                "{}: folding its BatchNorms gives a non-finite parameter (a scale γ/√(var + ε) times the weights overflows f32)",
+                f.layer_name(l)
+            );
         }
     }
     Ok(f)
