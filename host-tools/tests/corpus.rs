@@ -768,6 +768,14 @@ fn calib_cases(cx: &mut Ctx) {
         &d,
         "$T/calib-unreadable/b.png: cannot decode image: unexpected end of file",
     );
+    let d = mk(cx, "calib-dangling");
+    std::fs::write(d.join("a.png"), &digit).expect("write");
+    std::os::unix::fs::symlink("/nonexistent/b.png", d.join("b.png")).expect("symlink");
+    cx.calib(
+        "an unreadable file (a dangling link) among good ones",
+        &d,
+        "$T/calib-dangling/b.png: cannot read: No such file or directory (os error 2)",
+    );
     let d = mk(cx, "calib-sizes");
     std::fs::write(d.join("a.png"), &digit).expect("write");
     image::GrayImage::new(32, 32)
