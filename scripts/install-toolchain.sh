@@ -2,11 +2,13 @@
 # Install what the build and tests need on Debian 12 (x86_64 host):
 #  * rustup stable with rustfmt + clippy (host builds, fmt check);
 #  * Debian's own Rust 1.96 ("-web" packages) plus the prebuilt arm64 std, so we can
-#    cross-compile for aarch64-unknown-linux-gnu (rustup offers no extra targets here);
+#    cross-compile for aarch64-unknown-linux-gnu (rustup offers no extra targets here),
+#    and its clippy (`cargo +debian clippy --target aarch64-…` lints the NEON kernels);
 #  * the aarch64 cross gcc (used as linker) and qemu-user (runs the aarch64 test binaries);
 #  * llvm-14 for llvm-mca (cycle estimates in `host-tools bench`);
 #  * qemu-system-aarch64 10 (bookworm-backports) to boot the bare-metal firmware;
 #  * chromium: the `host-tools report` test renders the HTML page in headless Chromium.
+#  * cargo-fuzz 0.13.2 (needs rustup's nightly toolchain) for the fuzz targets in fuzz/.
 # Idempotent: every step checks first and is skipped when already done.
 set -euo pipefail
 
@@ -19,8 +21,8 @@ if [ "$(id -u)" -ne 0 ]; then
     fi
 fi
 
-PKGS=(rustc-web cargo-web rust-web-src libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu qemu-user llvm-14
-      chromium)
+PKGS=(rustc-web cargo-web rust-web-src rust-web-clippy libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu
+      qemu-user llvm-14 chromium)
 
 # 1. arm64 as a foreign dpkg architecture (needed for libstd-rust-web-dev:arm64).
 if dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -90,4 +92,16 @@ for t in aarch64-linux-gnu-gcc aarch64-linux-gnu-ld aarch64-linux-gnu-objcopy qe
     chromium; do
     command -v "$t" >/dev/null 2>&1 || { step "ERROR: $t not found after install" >&2; exit 1; }
 done
+# 8. cargo-fuzz, pinned (the fuzz-smoke stage runs fuzz/smoke.sh): libFuzzer needs nightly.
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    step "ERROR: the nightly toolchain is missing (cargo fuzz needs it: rustup toolchain install nightly)" >&2
+    exit 1
+fi
+if [ "$(cargo fuzz --version 2>/dev/null)" = "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+    step "cargo-fuzz $CARGO_FUZZ_VERSION: already installed"
+else
+    step "cargo-fuzz $CARGO_FUZZ_VERSION: installing"
+    cargo +stable install --locked --version "$CARGO_FUZZ_VERSION" cargo-fuzz
+fi
 step "done"

@@ -5,6 +5,12 @@
 //! index the sections without any further check and without any possibility of overflow.
 //! The blob writer in the `convmixer-quantize` crate lays out sections with the same
 //! [`section_at`] plan.
+//!
+//! The reader never panics on any bytes: the header is read as a fixed-size array
+//! (constant offsets), the table of contents and every section through checked `get`s, and
+//! a read that could fail is an [`Error`] (clippy's `indexing_slicing` is denied here as in
+//! the whole runtime).
+#![forbid(unsafe_code)]
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 
@@ -195,11 +201,11 @@ impl Header {
     /// # Ok(()) }
     /// ```
     pub fn grid(&self) -> (usize, usize) {
+        // ⌊in / p⌋ = (in − p) / p + 1 for in ≥ p ≥ 1 (a parsed header); no patches at all for
+        // a header that is not one (p = 0 or larger than the image), rather than a panic.
         let p = usize::from(self.patch);
-        (
-            (usize::from(self.in_h) - p) / p + 1,
-            (usize::from(self.in_w) - p) / p + 1,
-        )
+        let n = |side: u16| usize::from(side).checked_div(p).unwrap_or(0);
+        (n(self.in_h), n(self.in_w))
     }
     /// Number of tokens `Ht · Wt`.
     ///
@@ -467,15 +473,17 @@ impl<'a> Blob<'a> {
     pub fn header(&self) -> &Header {
         &self.header
     }
-    /// The raw bytes of plan entry `index` (validated at parse time).
-    pub(crate) fn section_by_index(&self, index: usize) -> &'a [u8] {
-        let e = HEADER_LEN + index * TOC_ENTRY_LEN;
-        let off = LE::read_u32(&self.bytes[e + 4..e + 8]) as usize;
-        let len = LE::read_u32(&self.bytes[e + 8..e + 12]) as usize;
-        &self.bytes[off..off + len]
+    /// The raw bytes of plan entry `index`. `parse` validated every entry of the plan, so
+    /// this fails only for an index past it (`Malformed`).
+    pub(crate) fn section_by_index(&self, index: usize) -> Result<&'a [u8], Error> {
+        TocEntry::read(self.bytes, index)
+            .filter(|_| index < self.header.section_count())
+            .and_then(|e| e.section(self.bytes))
+            .ok_or(Error::Malformed("section table"))
     }
-    /// The bytes of section `kind` of `layer` (head = `header().head_layer()`).
-    pub(crate) fn section(&self, kind: SectionKind, layer: usize) -> &'a [u8] {
+    /// The bytes of section `kind` of `layer` (head = `header().head_layer()`); fails only
+    /// for a layer or kind the header has no section for.
+    pub(crate) fn section(&self, kind: SectionKind, layer: usize) -> Result<&'a [u8], Error> {
         self.section_by_index(section_index(&self.header, kind, layer))
     }
     /// Labels section, validated UTF-8.
@@ -489,7 +497,10 @@ impl<'a> Blob<'a> {
     /// ```
     pub fn labels(&self) -> &'a str {
         // Validated in `parse`.
-        core::str::from_utf8(self.section_by_index(1)).unwrap_or("")
+        self.section_by_index(1)
+            .ok()
+            .and_then(|s| core::str::from_utf8(s).ok())
+            .unwrap_or("")
     }
     /// Label of class `class`, if the blob has labels.
     ///
@@ -521,12 +532,44 @@ impl<'a> Blob<'a> {
         if c >= n {
             return None;
         }
-        let s = self.section_by_index(0);
-        Some((LE::read_f32(&s[4 * c..]), LE::read_f32(&s[4 * (n + c)..])))
+        // NORM holds 2·in_c f32 (validated): means, then stds.
+        let s = crate::le::F32Le(self.section_by_index(0).ok()?);
+        use crate::le::FloatWeights;
+        Some((s.at(c), s.at(n + c)))
     }
 }
 
-fn h_depth(b: &[u8]) -> u16 {
+/// One table-of-contents entry, as stored.
+struct TocEntry {
+    kind: u16,
+    layer: u16,
+    off: usize,
+    len: usize,
+    reserved: u32,
+}
+
+impl TocEntry {
+    /// Entry `index` of the table in `bytes`, or `None` where it is past their end.
+    fn read(bytes: &[u8], index: usize) -> Option<TocEntry> {
+        let at = index.checked_mul(TOC_ENTRY_LEN)?.checked_add(HEADER_LEN)?;
+        let e: &[u8; TOC_ENTRY_LEN] = bytes.get(at..)?.first_chunk()?;
+        let [k0, k1, l0, l1, o0, o1, o2, o3, n0, n1, n2, n3, r0, r1, r2, r3] = *e;
+        Some(TocEntry {
+            kind: u16::from_le_bytes([k0, k1]),
+            layer: u16::from_le_bytes([l0, l1]),
+            off: u32::from_le_bytes([o0, o1, o2, o3]) as usize,
+            len: u32::from_le_bytes([n0, n1, n2, n3]) as usize,
+            reserved: u32::from_le_bytes([r0, r1, r2, r3]),
+        })
+    }
+
+    /// The entry's section inside `bytes`, or `None` where it is not inside them.
+    fn section<'a>(&self, bytes: &'a [u8]) -> Option<&'a [u8]> {
+        bytes.get(self.off..self.off.checked_add(self.len)?)
+    }
+}
+
+fn h_depth(b: &[u8; HEADER_LEN]) -> u16 {
     LE::read_u16(&b[18..20])
 }
 
@@ -534,13 +577,9 @@ fn h_conv_layers(depth: u16) -> usize {
     1 + 2 * usize::from(depth)
 }
 
-fn read_header(b: &[u8]) -> Result<Header, Error> {
-    if b.len() < HEADER_LEN {
-        return Err(Error::Truncated);
-    }
-    if b[0..4] != MAGIC {
-        return Err(Error::BadMagic);
-    }
+/// Reads and checks the header's fields (`parse` has checked the magic, the length and the
+/// CRC). An array, so that every field is at a constant offset inside it.
+fn read_header(b: &[u8; HEADER_LEN]) -> Result<Header, Error> {
     let version = LE::read_u16(&b[4..6]);
     if version != VERSION {
         return Err(Error::UnsupportedVersion(version));
@@ -623,22 +662,37 @@ fn read_header(b: &[u8]) -> Result<Header, Error> {
 /// assert!(convmixer_edge::blob::parse(&blob[..100]).is_err());
 /// ```
 pub fn parse(bytes: &[u8]) -> Result<Blob<'_>, Error> {
-    let h = read_header(bytes)?;
-    let blob_len = LE::read_u32(&bytes[32..36]) as usize;
+    // In this order: is it a blob at all (magic), is it whole (length), is it intact (the
+    // CRC, before any field is believed: a flipped bit anywhere past the magic and the
+    // length is reported as corruption, not as an odd version or shape), then what the
+    // header says.
+    if bytes.get(0..4).is_some_and(|m| m != MAGIC) {
+        return Err(Error::BadMagic);
+    }
+    // The header as an array: its fields are read at constant offsets, which cannot fail.
+    let Some(head) = bytes.first_chunk::<HEADER_LEN>() else {
+        return Err(Error::Truncated);
+    };
+    let blob_len = LE::read_u32(&head[32..36]) as usize;
     if blob_len > bytes.len() {
         return Err(Error::Truncated);
+    }
+    if blob_len < HEADER_LEN {
+        return Err(Error::BadCrc); // the CRC covers blob_len: it cannot be this small
+    }
+    let stored = LE::read_u32(&head[CRC_RANGE]);
+    let mut d = CRC.digest();
+    d.update(&head[..CRC_RANGE.start]);
+    // CRC_RANGE.end < HEADER_LEN ≤ blob_len ≤ bytes.len(), checked above.
+    d.update(bytes.get(CRC_RANGE.end..blob_len).ok_or(Error::Truncated)?);
+    if d.finalize() != stored {
+        return Err(Error::BadCrc);
     }
     if blob_len < bytes.len() {
         return Err(Error::Malformed("trailing bytes after the blob"));
     }
-    let stored = LE::read_u32(&bytes[CRC_RANGE]);
-    let mut d = CRC.digest();
-    d.update(&bytes[..CRC_RANGE.start]);
-    d.update(&bytes[CRC_RANGE.end..]);
-    if d.finalize() != stored {
-        return Err(Error::BadCrc);
-    }
-    let n = usize::from(LE::read_u16(&bytes[26..28]));
+    let h = read_header(head)?;
+    let n = usize::from(LE::read_u16(&head[26..28]));
     if n != h.section_count() {
         return Err(Error::Malformed("section count does not match the header"));
     }
@@ -648,11 +702,13 @@ pub fn parse(bytes: &[u8]) -> Result<Blob<'_>, Error> {
     }
     let mut prev_end = toc_end;
     for i in 0..n {
-        let e = &bytes[HEADER_LEN + i * TOC_ENTRY_LEN..HEADER_LEN + (i + 1) * TOC_ENTRY_LEN];
-        let kind = LE::read_u16(&e[0..2]);
-        let layer = LE::read_u16(&e[2..4]);
-        let off = LE::read_u32(&e[4..8]) as usize;
-        let len = LE::read_u32(&e[8..12]) as usize;
+        let TocEntry {
+            kind,
+            layer,
+            off,
+            len,
+            reserved,
+        } = TocEntry::read(bytes, i).ok_or(Error::Truncated)?;
         let (want_kind, want_layer, want_len) =
             section_at(&h, i).ok_or(Error::Malformed("section table"))?;
         if kind != want_kind as u16 || layer != want_layer {
@@ -661,7 +717,7 @@ pub fn parse(bytes: &[u8]) -> Result<Blob<'_>, Error> {
         if want_len.is_some_and(|w| w != len) {
             return Err(Error::Malformed("section length does not match the shapes"));
         }
-        if LE::read_u32(&e[12..16]) != 0 {
+        if reserved != 0 {
             return Err(Error::Malformed("reserved section bytes are not zero"));
         }
         if off % SECTION_ALIGN != 0 || off < prev_end {
@@ -678,16 +734,35 @@ pub fn parse(bytes: &[u8]) -> Result<Blob<'_>, Error> {
     Ok(blob)
 }
 
+/// What a read past the end of a section gives. `parse` checks every section's length
+/// against its shape before reading any, so this never happens; it stands in for the
+/// panic an index would have.
+const SHORT: Error = Error::Malformed("section shorter than its shape");
+
+/// Little-endian 4-byte element `i` of `b` (`SHORT` past its end).
+fn word(b: &[u8], i: usize) -> Result<[u8; 4], Error> {
+    let at = i.checked_mul(4).ok_or(SHORT)?;
+    b.get(at..)
+        .and_then(|s| s.first_chunk::<4>())
+        .copied()
+        .ok_or(SHORT)
+}
+
+/// Little-endian i32 element `i` of `b` (`SHORT` past its end).
+fn i32_at(b: &[u8], i: usize) -> Result<i32, Error> {
+    word(b, i).map(i32::from_le_bytes)
+}
+
 /// Float GEMM layers (embedding, pointwise): the packing padding must be zero.
 fn check_float_padding(b: &Blob<'_>, layer: usize, wbytes: usize) -> Result<(), Error> {
     let h = b.header;
     let dim = usize::from(h.dim);
-    let (w, taps) = (b.section(SectionKind::Weights, layer), h.taps(layer));
+    let (w, taps) = (b.section(SectionKind::Weights, layer)?, h.taps(layer));
     let padded = dim.div_ceil(FGEMM_NR) * FGEMM_NR;
     for o in dim..padded {
         for i in 0..taps {
             let at = fgemm_index(o, i, taps) * wbytes;
-            if w[at..at + wbytes].iter().any(|&v| v != 0) {
+            if w.get(at..at + wbytes).ok_or(SHORT)?.iter().any(|&v| v != 0) {
                 return Err(Error::Malformed("non-zero padding in packed GEMM weights"));
             }
         }
@@ -698,14 +773,14 @@ fn check_float_padding(b: &Blob<'_>, layer: usize, wbytes: usize) -> Result<(), 
 /// The third vector of a float layer's AFFINE, the accumulator's `unscale`: a power of two
 /// in `2^-24 ..= 1` (its weights and bias are stored multiplied by the inverse).
 fn check_unscale(b: &Blob<'_>, layer: usize) -> Result<(), Error> {
-    let aff = b.section(SectionKind::Affine, layer);
+    let aff = b.section(SectionKind::Affine, layer)?;
     let third = aff.len() / 3;
     let ok = |c: &[u8]| {
         let bits = LE::read_u32(c);
         // Sign 0, mantissa 0, biased exponent 127 − 24 ..= 127.
         bits & 0x807f_ffff == 0 && ((127 - 24)..=127).contains(&(bits >> 23))
     };
-    if aff[2 * third..].chunks_exact(4).all(ok) {
+    if aff.get(2 * third..).ok_or(SHORT)?.chunks_exact(4).all(ok) {
         Ok(())
     } else {
         Err(Error::Malformed("float layer unscale"))
@@ -715,7 +790,7 @@ fn check_unscale(b: &Blob<'_>, layer: usize) -> Result<(), Error> {
 fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
     let h = b.header;
     let labels =
-        core::str::from_utf8(b.section_by_index(1)).map_err(|_| Error::Malformed("labels"))?;
+        core::str::from_utf8(b.section_by_index(1)?).map_err(|_| Error::Malformed("labels"))?;
     if !labels.is_empty() && labels.split('\n').count() != usize::from(h.classes) {
         return Err(Error::Malformed("label count does not match classes"));
     }
@@ -731,9 +806,9 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
     }
     let zp_ok = |z: i32| (-128..=127).contains(&z);
     for layer in 0..h.conv_layers() {
-        let q = b.section(SectionKind::QParams, layer);
-        let zp_in = LE::read_i32(&q[0..]);
-        if !(zp_ok(zp_in) && zp_ok(LE::read_i32(&q[4..])) && zp_ok(LE::read_i32(&q[8..]))) {
+        let q = b.section(SectionKind::QParams, layer)?;
+        let zp_in = i32_at(q, 0)?;
+        if !(zp_ok(zp_in) && zp_ok(i32_at(q, 1)?) && zp_ok(i32_at(q, 2)?)) {
             return Err(Error::Malformed("zero point out of range"));
         }
         if layer == 0 && zp_in != -128 {
@@ -741,7 +816,7 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
         }
         if h.f16_layers.contains(layer) {
             // An f16 layer between int8 tensors: finite positive scales, float padding.
-            let s = b.section(SectionKind::IoScale, layer);
+            let s = b.section(SectionKind::IoScale, layer)?;
             let ok = |v: f32| v.is_finite() && v > 0.0;
             if !s.chunks_exact(4).all(|c| ok(LE::read_f32(c))) {
                 return Err(Error::Malformed("f16 layer scales"));
@@ -752,9 +827,9 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
             check_unscale(b, layer)?;
             continue;
         }
-        let w = b.section(SectionKind::Weights, layer);
-        let bias = b.section(SectionKind::Bias, layer);
-        let rq = b.section(SectionKind::Requant, layer);
+        let w = b.section(SectionKind::Weights, layer)?;
+        let bias = b.section(SectionKind::Bias, layer)?;
+        let rq = b.section(SectionKind::Requant, layer)?;
         let taps = h.taps(layer);
         let dim = usize::from(h.dim);
         // Weights are symmetric: −128 never occurs (the SIMD kernels sum two products in
@@ -769,7 +844,7 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
             let real: usize = (0..dim)
                 .map(|o| {
                     (0..taps)
-                        .filter(|&i| w[gemm_index(o, i, taps)] != 0)
+                        .filter(|&i| w.get(gemm_index(o, i, taps)).is_some_and(|&v| v != 0))
                         .count()
                 })
                 .sum();
@@ -781,9 +856,9 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
         // Inputs are int8 everywhere (the embedding's are pixel − 128): |x| ≤ 128.
         let x_range: i64 = 128;
         for o in 0..dim {
-            let r = |k: usize| LE::read_i32(&rq[4 * (k * dim + o)..]);
+            let r = |k: usize| i32_at(rq, k * dim + o);
             let (m_pre, sh_pre, m_post, b_post, sh_post, m_res) =
-                (r(0), r(1), r(2), r(3), r(4), r(5));
+                (r(0)?, r(1)?, r(2)?, r(3)?, r(4)?, r(5)?);
             use limits::*;
             let ok = m_pre >= 0
                 && (SH_PRE_MIN..=SH_PRE_MAX).contains(&sh_pre)
@@ -797,25 +872,28 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
             }
             // Accumulator bound: every partial sum of bias + Σ w·x stays below
             // |bias| + range · Σ|w| < 2^31, whatever the summation order.
-            let wabs = |v: u8| i64::from((v as i8).unsigned_abs());
-            let sum_abs: i64 = if gemm {
-                (0..taps).map(|i| wabs(w[gemm_index(o, i, taps)])).sum()
+            let wabs = |at: usize| w.get(at).map(|&v| i64::from((v as i8).unsigned_abs()));
+            let sum_abs: Result<i64, Error> = if gemm {
+                (0..taps)
+                    .map(|i| wabs(gemm_index(o, i, taps)).ok_or(SHORT))
+                    .sum()
             } else {
                 // Depthwise weights are tap-major: channel o at every `dim`-th byte.
-                (0..taps).map(|t| wabs(w[t * dim + o])).sum()
+                (0..taps).map(|t| wabs(t * dim + o).ok_or(SHORT)).sum()
             };
-            let bound = i64::from(LE::read_i32(&bias[4 * o..]).unsigned_abs()) + x_range * sum_abs;
+            let sum_abs = sum_abs?;
+            let bound = i64::from(i32_at(bias, o)?.unsigned_abs()) + x_range * sum_abs;
             if bound >= 1i64 << 31 {
                 return Err(Error::Malformed("accumulator could overflow i32"));
             }
         }
     }
-    let hq = b.section(SectionKind::QParams, h.head_layer());
-    if !zp_ok(LE::read_i32(&hq[0..])) {
+    let hq = b.section(SectionKind::QParams, h.head_layer())?;
+    if !zp_ok(i32_at(hq, 0)?) {
         return Err(Error::Malformed("zero point out of range"));
     }
     if h.f16_layers.contains(h.head_layer()) {
-        let s = b.section(SectionKind::IoScale, h.head_layer());
+        let s = b.section(SectionKind::IoScale, h.head_layer())?;
         if !s
             .chunks_exact(4)
             .all(|c| LE::read_f32(c).is_finite() && LE::read_f32(c) > 0.0)

@@ -2,6 +2,7 @@
 //! PyTorch's logits and the digits' labels. These run on every target the runtime is tested
 //! on — x86_64 and aarch64 under qemu — so they show that the portable kernels give the
 //! same answers everywhere: int8 bit for bit, floats within 1e-4 of PyTorch.
+#![forbid(unsafe_code)]
 
 use std::vec;
 use std::vec::Vec;

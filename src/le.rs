@@ -2,9 +2,20 @@
 //!
 //! The blob stays where it is (flash, `include_bytes!`, a file buffer); values are decoded on
 //! access with `byteorder`, so no alignment is required and big-endian hosts read the same
-//! numbers. Lengths are validated by [`crate::blob::parse`] before any view is made.
+//! numbers. Lengths are validated by [`crate::blob::parse`] before any view is made; an
+//! element past the end of a view (which the runtime never asks for) reads as 0, so that a
+//! view never panics.
+#![forbid(unsafe_code)]
 
-use byteorder::{ByteOrder, LittleEndian as LE};
+/// The `N` bytes of element `i` of an array of `N`-byte elements, or `None` past its end.
+/// (The same range check as `b[N·i..N·i + N]`, without the panic. `N·i` wraps only for an
+/// `i` no array of `N`-byte elements reaches; then some element or `None` comes back,
+/// never a read outside `b`.)
+#[inline(always)]
+fn element<const N: usize>(b: &[u8], i: usize) -> Option<[u8; N]> {
+    let at = i.wrapping_mul(N);
+    b.get(at..at.wrapping_add(N))?.try_into().ok()
+}
 
 /// A source of float weights: f32 or f16 storage, read as f32. Sealed: the NEON kernels
 /// trust `HALF` and `bytes`.
@@ -17,7 +28,7 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 pub trait FloatWeights: Copy + crate::sealed::Sealed {
     /// Whether elements are f16 (else f32).
     const HALF: bool;
-    /// Element `i` as f32.
+    /// Element `i` as f32 (0 past the end).
     fn at(&self, i: usize) -> f32;
     /// The raw little-endian bytes.
     fn bytes(&self) -> &[u8];
@@ -41,7 +52,7 @@ impl FloatWeights for F32Le<'_> {
     }
     #[inline(always)]
     fn at(&self, i: usize) -> f32 {
-        LE::read_f32(&self.0[4 * i..4 * i + 4])
+        element(self.0, i).map_or(0.0, f32::from_le_bytes)
     }
 }
 
@@ -63,7 +74,7 @@ impl FloatWeights for F16Le<'_> {
     }
     #[inline(always)]
     fn at(&self, i: usize) -> f32 {
-        half::f16::from_bits(LE::read_u16(&self.0[2 * i..2 * i + 2])).to_f32()
+        half::f16::from_bits(element(self.0, i).map_or(0, u16::from_le_bytes)).to_f32()
     }
 }
 
@@ -77,9 +88,9 @@ impl FloatWeights for F16Le<'_> {
 pub struct I32Le<'a>(pub &'a [u8]);
 
 impl I32Le<'_> {
-    /// Element `i`.
+    /// Element `i` (0 past the end).
     #[inline(always)]
     pub fn at(&self, i: usize) -> i32 {
-        LE::read_i32(&self.0[4 * i..4 * i + 4])
+        element(self.0, i).map_or(0, i32::from_le_bytes)
     }
 }

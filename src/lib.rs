@@ -24,8 +24,30 @@
 //! # Ok::<(), convmixer_edge::Error>(())
 //! ```
 #![no_std]
-// `unsafe` only in the SIMD kernels and CPU feature detection (`kernels::neon`, `kernels::cpu`).
-#![deny(unsafe_code)]
+// `unsafe` only in the SIMD kernels and CPU feature detection (`kernels::neon`,
+// `kernels::neon_float`, `kernels::cpu`: allowed in `kernels/mod.rs`); every other module
+// says `#![forbid(unsafe_code)]`. Inside `unsafe fn`s every unsafe operation still needs an
+// `unsafe` block, and every `unsafe` block a `// SAFETY:` comment with its bounds argument.
+#![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+// The runtime never panics, whatever the blob's bytes: no unwrap/expect/panic-like macros
+// and no panicking `[]` in non-test code. The blob reader and the model turn every failed
+// lookup into an `Error`; the kernels check their slice lengths once per call and then
+// index through `get`, chunks and iterators, or (SIMD register arrays, a few hot loops)
+// under a narrow `#[allow(clippy::indexing_slicing)]` that states which check bounds it.
+// Test code and doc tests may unwrap.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::indexing_slicing
+    )
+)]
 #![warn(missing_docs)]
 
 #[cfg(test)]
@@ -77,7 +99,8 @@ pub enum Activation {
 ///
 /// ```
 /// use convmixer_edge::{Error, Model};
-/// assert_eq!(Model::from_bytes(b"not a model").unwrap_err(), Error::Truncated);
+/// assert_eq!(Model::from_bytes(b"not a model").unwrap_err(), Error::BadMagic);
+/// assert_eq!(Model::from_bytes(b"CMXB").unwrap_err(), Error::Truncated);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

@@ -1,4 +1,9 @@
 //! [`Model`]: a validated blob plus the inference driver.
+//!
+//! Every buffer is carved out of the arena with checked `get`s and every section looked up
+//! through the blob reader's checked accessors, so that a failure is an [`Error`], never a
+//! panic (after `Blob` validation none of them can fail).
+#![forbid(unsafe_code)]
 
 use crate::blob::{self, Blob, Header, SectionKind};
 use crate::kernels::mixed::{self, MixedLayer};
@@ -106,7 +111,7 @@ impl<'a> Model<'a> {
     /// use convmixer_edge::{Error, Model};
     /// let mut junk = [0u8; 64];
     /// junk[..4].copy_from_slice(b"CMXB");
-    /// assert_eq!(Model::from_bytes(&junk).unwrap_err(), Error::UnsupportedVersion(0));
+    /// assert_eq!(Model::from_bytes(&junk).unwrap_err(), Error::BadCrc); // checked before any field
     /// ```
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, Error> {
         Ok(Model {
@@ -359,28 +364,41 @@ impl<'a> Model<'a> {
         }
         let start = arena.as_ptr().align_offset(16).min(15);
         let plan = self.plan();
-        let arena = &mut arena[start..start + plan.end];
-        let (acts, rest) = arena.split_at_mut(plan.mean);
-        let (mean, logits) = rest.split_at_mut(plan.logits - plan.mean);
-        let (a, b) = acts.split_at_mut(plan.b);
+        // The plan's offsets ascend (b ≤ mean ≤ logits ≤ end) and start + end ≤ needed ≤
+        // arena.len(): none of these fails.
+        let short = Error::ArenaTooSmall {
+            needed,
+            got: arena.len(),
+        };
+        let arena = arena.get_mut(start..start + plan.end).ok_or(short)?;
+        let (acts, rest) = arena.split_at_mut_checked(plan.mean).ok_or(short)?;
+        let (mean, logits) = rest
+            .split_at_mut_checked(plan.logits - plan.mean)
+            .ok_or(short)?;
+        let (a, b) = acts.split_at_mut_checked(plan.b).ok_or(short)?;
         let act_len = h.tokens() * usize::from(h.dim);
+        let dim = usize::from(h.dim);
         let logits: &mut [f32] = bytemuck::try_cast_slice_mut(logits)
             .map_err(|_| Error::Malformed("arena alignment"))?;
         let mut none = |_: usize, _: LayerOutput<'_>| {};
         let trace = trace.unwrap_or(&mut none);
         match h.precision {
             Precision::Int8 => {
-                let a: &mut [i8] = bytemuck::cast_slice_mut(&mut a[..act_len]);
+                let a: &mut [i8] = bytemuck::cast_slice_mut(a.get_mut(..act_len).ok_or(short)?);
                 let b: &mut [i8] = bytemuck::cast_slice_mut(b);
                 let mean: &mut [i32] = bytemuck::try_cast_slice_mut(mean)
                     .map_err(|_| Error::Malformed("arena alignment"))?;
-                self.run_int8(pixels, a, b, &mut mean[..usize::from(h.dim)], logits, trace);
+                let mean = mean.get_mut(..dim).ok_or(short)?;
+                self.run_int8(pixels, a, b, mean, logits, trace)?;
             }
             p => {
-                let (a, b) = (&mut a[..4 * act_len], &mut b[..4 * act_len]);
+                let (a, b) = (
+                    a.get_mut(..4 * act_len).ok_or(short)?,
+                    b.get_mut(..4 * act_len).ok_or(short)?,
+                );
                 let mean: &mut [f32] = bytemuck::try_cast_slice_mut(mean)
                     .map_err(|_| Error::Malformed("arena alignment"))?;
-                let mean = &mut mean[..usize::from(h.dim)];
+                let mean = mean.get_mut(..dim).ok_or(short)?;
                 match (p, self.f16_arith) {
                     (Precision::F16, true) => {
                         self.run_float::<_, F16Arith>(pixels, a, b, mean, logits, F16Le, trace)?
@@ -416,17 +434,22 @@ impl<'a> Model<'a> {
         )
     }
 
-    fn float_layer<W>(&self, layer: usize, wrap: fn(&'a [u8]) -> W) -> k::FloatLayer<'a, W> {
-        let aff = self.blob.section(SectionKind::Affine, layer);
+    fn float_layer<W>(
+        &self,
+        layer: usize,
+        wrap: fn(&'a [u8]) -> W,
+    ) -> Result<k::FloatLayer<'a, W>, Error> {
+        let aff = self.blob.section(SectionKind::Affine, layer)?;
+        // Thirds of the section (split_at at len / 3 and at the rest's half cannot fail).
         let (scale, rest) = aff.split_at(aff.len() / 3);
         let (shift, unscale) = rest.split_at(rest.len() / 2);
-        k::FloatLayer {
-            w: wrap(self.blob.section(SectionKind::Weights, layer)),
-            bias: F32Le(self.blob.section(SectionKind::Bias, layer)),
+        Ok(k::FloatLayer {
+            w: wrap(self.blob.section(SectionKind::Weights, layer)?),
+            bias: F32Le(self.blob.section(SectionKind::Bias, layer)?),
             scale: F32Le(scale),
             shift: F32Le(shift),
             unscale: F32Le(unscale),
-        }
+        })
     }
 
     /// The float network over the two activation buffers `a`, `b` (bytes, 16-aligned,
@@ -448,63 +471,67 @@ impl<'a> Model<'a> {
         let n = g.tokens() * g.dim;
         let esz = core::mem::size_of::<M::Act>();
         let align = |_| Error::Malformed("arena alignment");
+        // Both buffers hold 4·tokens·dim bytes (the plan); esz ≤ 4.
+        let short = Error::Malformed("arena plan");
         {
             // The embedding gathers patches into `b` (as f32) while writing `a`.
             let scratch: &mut [f32] = bytemuck::try_cast_slice_mut(&mut *b).map_err(align)?;
             let a: &mut [M::Act] =
-                bytemuck::try_cast_slice_mut(&mut a[..n * esz]).map_err(align)?;
+                bytemuck::try_cast_slice_mut(a.get_mut(..n * esz).ok_or(short)?).map_err(align)?;
             float::embed::<W, M>(
                 px,
                 eg,
                 g.dim,
-                &self.float_layer(0, wrap),
+                &self.float_layer(0, wrap)?,
                 act,
                 a,
                 scratch,
                 self.isa,
             );
         }
-        let a: &mut [M::Act] = bytemuck::try_cast_slice_mut(&mut a[..n * esz]).map_err(align)?;
-        let b: &mut [M::Act] = bytemuck::try_cast_slice_mut(&mut b[..n * esz]).map_err(align)?;
+        let a: &mut [M::Act] =
+            bytemuck::try_cast_slice_mut(a.get_mut(..n * esz).ok_or(short)?).map_err(align)?;
+        let b: &mut [M::Act] =
+            bytemuck::try_cast_slice_mut(b.get_mut(..n * esz).ok_or(short)?).map_err(align)?;
         trace(0, M::trace(a));
         for i in 0..usize::from(h.depth) {
-            float::dw::<W, M>(a, g, &self.float_layer(1 + 2 * i, wrap), act, b, self.isa);
+            float::dw::<W, M>(a, g, &self.float_layer(1 + 2 * i, wrap)?, act, b, self.isa);
             trace(1 + 2 * i, M::trace(b));
-            let pw = self.float_layer(2 + 2 * i, wrap);
+            let pw = self.float_layer(2 + 2 * i, wrap)?;
             float::pw::<W, M>(b, g.tokens(), g.dim, &pw, act, a, self.isa);
             trace(2 + 2 * i, M::trace(a));
         }
         let hl = h.head_layer();
-        let w = wrap(self.blob.section(SectionKind::Weights, hl));
-        let bias = F32Le(self.blob.section(SectionKind::Bias, hl));
+        let w = wrap(self.blob.section(SectionKind::Weights, hl)?);
+        let bias = F32Le(self.blob.section(SectionKind::Bias, hl)?);
         k::head_f::<W, M>(a, g.tokens(), g.dim, &w, bias, mean, logits);
         Ok(())
     }
 
-    fn quant_layer(&self, layer: usize) -> k::QuantLayer<'a> {
-        let q = I32Le(self.blob.section(SectionKind::QParams, layer));
-        k::QuantLayer {
-            w: bytemuck::cast_slice(self.blob.section(SectionKind::Weights, layer)),
-            bias: I32Le(self.blob.section(SectionKind::Bias, layer)),
-            requant: I32Le(self.blob.section(SectionKind::Requant, layer)),
+    fn quant_layer(&self, layer: usize) -> Result<k::QuantLayer<'a>, Error> {
+        let q = I32Le(self.blob.section(SectionKind::QParams, layer)?);
+        Ok(k::QuantLayer {
+            w: bytemuck::cast_slice(self.blob.section(SectionKind::Weights, layer)?),
+            bias: I32Le(self.blob.section(SectionKind::Bias, layer)?),
+            requant: I32Le(self.blob.section(SectionKind::Requant, layer)?),
             zp_in: q.at(0),
             zp_z: q.at(1),
             zp_out: q.at(2),
-            table: self.blob.section(SectionKind::Table, layer),
-        }
+            table: self.blob.section(SectionKind::Table, layer)?,
+        })
     }
 
-    fn mixed_layer(&self, layer: usize) -> MixedLayer<'a> {
-        let q = I32Le(self.blob.section(SectionKind::QParams, layer));
-        let s = self.blob.section(SectionKind::IoScale, layer);
+    fn mixed_layer(&self, layer: usize) -> Result<MixedLayer<'a>, Error> {
+        let q = I32Le(self.blob.section(SectionKind::QParams, layer)?);
+        let s = self.blob.section(SectionKind::IoScale, layer)?;
         let (s_in, s_out) = s.split_at(s.len() / 2);
-        MixedLayer {
-            f: self.float_layer(layer, F16Le),
+        Ok(MixedLayer {
+            f: self.float_layer(layer, F16Le)?,
             s_in: F32Le(s_in),
             zp_in: q.at(0),
             s_out: F32Le(s_out),
             zp_out: q.at(2),
-        }
+        })
     }
 
     fn run_int8(
@@ -515,49 +542,50 @@ impl<'a> Model<'a> {
         mean: &mut [i32],
         logits: &mut [f32],
         trace: &mut Trace<'_>,
-    ) {
+    ) -> Result<(), Error> {
         let h = self.header();
         let act = h.activation;
         let (eg, g) = self.geometry();
         // Layers marked in the header's f16 mask run in float between the int8 tensors.
         let f16 = |l| h.f16_layers.contains(l);
         if f16(0) {
-            mixed::embed(px, eg, g.dim, &self.mixed_layer(0), act, a);
+            mixed::embed(px, eg, g.dim, &self.mixed_layer(0)?, act, a);
         } else {
-            inplace::embed_i8(px, eg, g.dim, &self.quant_layer(0), act, b, a, self.isa);
+            inplace::embed_i8(px, eg, g.dim, &self.quant_layer(0)?, act, b, a, self.isa);
         }
         trace(0, LayerOutput::Int8(a));
         for i in 0..usize::from(h.depth) {
             let (dw, pw) = (1 + 2 * i, 2 + 2 * i);
             if f16(dw) {
-                mixed::dw_inplace(a, b, g, &self.mixed_layer(dw), act);
+                mixed::dw_inplace(a, b, g, &self.mixed_layer(dw)?, act);
             } else {
-                inplace::dw_i8_inplace(a, b, g, &self.quant_layer(dw), act, self.isa);
+                inplace::dw_i8_inplace(a, b, g, &self.quant_layer(dw)?, act, self.isa);
             }
             trace(dw, LayerOutput::Int8(a));
             if f16(pw) {
-                mixed::pw_inplace(a, b, g.tokens(), g.dim, &self.mixed_layer(pw), act);
+                mixed::pw_inplace(a, b, g.tokens(), g.dim, &self.mixed_layer(pw)?, act);
             } else {
-                let l = self.quant_layer(pw);
+                let l = self.quant_layer(pw)?;
                 inplace::pw_i8_inplace(a, b, g.tokens(), g.dim, &l, act, self.isa);
             }
             trace(pw, LayerOutput::Int8(a));
         }
         let hl = h.head_layer();
-        let zp_in = I32Le(self.blob.section(SectionKind::QParams, hl)).at(0);
+        let section = |kind| self.blob.section(kind, hl);
+        let zp_in = I32Le(section(SectionKind::QParams)?).at(0);
         if f16(hl) {
             mixed::head(
                 a,
                 g.tokens(),
                 g.dim,
                 zp_in,
-                F32Le(self.blob.section(SectionKind::IoScale, hl)),
-                F16Le(self.blob.section(SectionKind::Weights, hl)),
-                F32Le(self.blob.section(SectionKind::Bias, hl)),
+                F32Le(section(SectionKind::IoScale)?),
+                F16Le(section(SectionKind::Weights)?),
+                F32Le(section(SectionKind::Bias)?),
                 mean,
                 logits,
             );
-            return;
+            return Ok(());
         }
         inplace::head_i8(
             a,
@@ -565,13 +593,14 @@ impl<'a> Model<'a> {
             g.dim,
             zp_in,
             u32::from(h.gap_frac_bits),
-            bytemuck::cast_slice(self.blob.section(SectionKind::Weights, hl)),
-            F32Le(self.blob.section(SectionKind::HeadScale, hl)),
-            F32Le(self.blob.section(SectionKind::Bias, hl)),
+            bytemuck::cast_slice(section(SectionKind::Weights)?),
+            F32Le(section(SectionKind::HeadScale)?),
+            F32Le(section(SectionKind::Bias)?),
             mean,
             logits,
             self.isa,
         );
+        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn ex(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -301,7 +301,7 @@ fn blob_cases(cx: &mut Ctx) {
 
 fn image_cases(cx: &mut Ctx) {
     let blob = s(&mnist("convmixer-mnist-int8.cmx"));
-    let mut classify = |cx: &mut Ctx, input: &str, name: &str, bytes: Option<&[u8]>, expect| {
+    let classify = |cx: &mut Ctx, input: &str, name: &str, bytes: Option<&[u8]>, expect| {
         let p = match bytes {
             Some(b) => cx.write(name, b),
             None => name.to_string(),
@@ -528,8 +528,7 @@ fn resnet() -> pb::ModelProto {
     g.initializer.extend(bn("layer1.bn1"));
     g.initializer
         .push(f32_tensor("fc.weight", &[10, c as i64], &vec![0.1; 10 * c]));
-    g.initializer
-        .push(f32_tensor("fc.bias", &[10], &vec![0.0; 10]));
+    g.initializer.push(f32_tensor("fc.bias", &[10], &[0.0; 10]));
     m
 }
 

@@ -153,7 +153,10 @@ fn decode_tensor(t: &TensorProto) -> Result<Tensor> {
             usize::try_from(d).map_err(|_| anyhow!("tensor '{}' has a negative dimension", t.name))
         })
         .collect::<Result<_>>()?;
-    let n: usize = dims.iter().product();
+    let n = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| anyhow!("tensor '{}' has shape {dims:?}: too many elements", t.name))?;
     if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
         bail!(
             "tensor '{}' is stored in an external file; export with the weights inside the .onnx",
@@ -220,6 +223,10 @@ fn describe(node: &NodeProto) -> String {
     format!("node '{}' ({})", name, node.op_type)
 }
 
+/// Largest padding accepted on one side (far above any ConvMixer's; keeps the sums of pads
+/// in range).
+const MAX_PAD: i64 = 1 << 16;
+
 const ELEMENTWISE: [&str; 8] = ["Div", "Mul", "Add", "Sub", "Erf", "Tanh", "Pow", "Sqrt"];
 
 impl<'g> Graph<'g> {
@@ -229,6 +236,10 @@ impl<'g> Graph<'g> {
             consts.insert(t.name.as_str(), decode_tensor(t)?);
         }
         for n in &g.node {
+            // Every node read below has an output: `output[0]` is then always in bounds.
+            if n.output.is_empty() {
+                bail!("{}: the node has no output", describe(n));
+            }
             // The TorchScript exporter de-duplicates equal initializers by aliasing them
             // through `Identity` nodes (e.g. a default BN's running_var = another's weight).
             if n.op_type == "Identity" {
@@ -446,6 +457,12 @@ impl<'g> Graph<'g> {
                 w.dims.len()
             )
         })?;
+        if shape.contains(&0) {
+            bail!(
+                "{}: weight shape {shape:?} has a zero dimension",
+                describe(conv)
+            );
+        }
         let b = match conv.input.get(2).filter(|s| !s.is_empty()) {
             Some(name) => self
                 .constant(name, "Conv bias")?
@@ -476,9 +493,9 @@ impl<'g> Graph<'g> {
         let (kh, kw) = (shape[2], shape[3]);
         match auto.as_deref() {
             None | Some("NOTSET") | Some("") => {
-                if cp.len() != 4 || cp.iter().any(|&v| v < 0) {
+                if cp.len() != 4 || cp.iter().any(|v| !(0..=MAX_PAD).contains(v)) {
                     bail!(
-                        "{}: pads {:?} (expected 4 non-negative values)",
+                        "{}: pads {:?} (expected 4 values in 0..={MAX_PAD})",
                         describe(conv),
                         cp
                     );
@@ -601,14 +618,14 @@ impl<'g> Graph<'g> {
         }
         // [n0, c0, h0, w0, n1, c1, h1, w1]
         if pads.len() != 8
-            || pads.iter().any(|&p| p < 0)
+            || pads.iter().any(|p| !(0..=MAX_PAD).contains(p))
             || pads[0] != 0
             || pads[1] != 0
             || pads[4] != 0
             || pads[5] != 0
         {
             bail!(
-                "{}: pads {:?} (expected spatial zero padding of a 4-D tensor)",
+                "{}: pads {:?} (expected spatial zero padding of a 4-D tensor, at most {MAX_PAD})",
                 describe(n),
                 pads
             );
@@ -925,6 +942,9 @@ fn linear_weight(t: &Tensor, trans_b: bool, dim: usize, n: &NodeProto) -> Result
     // Gemm transB=1 and torch Linear store [classes][dim]; MatMul stores [dim][classes].
     let (classes, rows_are_classes) = if trans_b { (*r, true) } else { (*c, false) };
     let inner = if trans_b { *c } else { *r };
+    if classes == 0 {
+        bail!("{}: weight {:?} has no classes", describe(n), t.dims);
+    }
     if inner != dim {
         bail!(
             "{}: weight {:?} does not take {dim} features",

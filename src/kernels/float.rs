@@ -3,7 +3,9 @@
 //! the same bits (tested below and under qemu for both arithmetics).
 //!
 //! The NEON kernels need `dim % 16 == 0`; `F16Arith` kernels need FEAT_FP16 and f16
-//! weights (an f16 blob); everything else runs the reference.
+//! weights (an f16 blob); everything else runs the reference. The NEON side checks every
+//! length itself, so this module has no `unsafe` code.
+#![forbid(unsafe_code)]
 
 use super::reference::{self, FloatArith, FloatLayer};
 use super::{EmbedGeom, Grid, Isa};
@@ -18,64 +20,6 @@ use crate::Activation;
 /// ```
 pub fn embed_scratch_len(g: EmbedGeom) -> usize {
     4 * g.taps()
-}
-
-/// Whether the NEON float kernels take a layer of `dim` channels in arithmetic `M` with
-/// weights `W` on `isa`, given the parameter sections' lengths.
-#[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-fn neon_ok<W: FloatWeights, M: FloatArith>(
-    isa: Isa,
-    dim: usize,
-    l: &FloatLayer<'_, W>,
-    w_elems: Option<usize>,
-    half_math: bool,
-) -> bool {
-    let wsz = if W::HALF { 2 } else { 4 };
-    isa != Isa::Scalar
-        && dim > 0
-        && dim % 16 == 0
-        && (!(half_math && M::HALF) || (W::HALF && super::fp16_available()))
-        && w_elems
-            .and_then(|e| e.checked_mul(wsz))
-            .is_some_and(|b| l.w.bytes().len() >= b)
-        && dim.checked_mul(4).is_some_and(|b| {
-            [l.bias, l.scale, l.shift, l.unscale]
-                .iter()
-                .all(|v| v.0.len() >= b)
-        })
-}
-
-#[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-fn params<W: FloatWeights>(l: &FloatLayer<'_, W>) -> super::neon_float::Params {
-    super::neon_float::Params {
-        w: l.w.bytes().as_ptr(),
-        bias: l.bias.0.as_ptr().cast(),
-        scale: l.scale.0.as_ptr().cast(),
-        shift: l.shift.0.as_ptr().cast(),
-        unscale: l.unscale.0.as_ptr().cast(),
-        gelu: super::neon_float::GeluConsts::load(),
-    }
-}
-
-/// Runs the kernel for `M`'s activation type on `x` → `out`: `f16` with f16 bits (`F16Arith`),
-/// `f32` with f32 (`F32Arith`). The one place that relies on the sealed `FloatArith`
-/// pairing `HALF` with `Act = u16`, else `f32`.
-#[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-fn by_arith<M: FloatArith>(
-    x: &[M::Act],
-    out: &mut [M::Act],
-    f16: impl FnOnce(*const u16, *mut u16),
-    f32: impl FnOnce(*const f32, *mut f32),
-) {
-    if M::HALF {
-        let (x, out): (&[u16], &mut [u16]) =
-            (bytemuck::cast_slice(x), bytemuck::cast_slice_mut(out));
-        f16(x.as_ptr(), out.as_mut_ptr());
-    } else {
-        let (x, out): (&[f32], &mut [f32]) =
-            (bytemuck::cast_slice(x), bytemuck::cast_slice_mut(out));
-        f32(x.as_ptr(), out.as_mut_ptr());
-    }
 }
 
 /// Patch embedding: [`reference::embed_f`] (f32 arithmetic, outputs narrowed to `M`), with
@@ -107,75 +51,13 @@ pub fn embed<W: FloatWeights, M: FloatArith>(
     scratch: &mut [f32],
     isa: Isa,
 ) {
-    #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-    {
-        // Every size in checked arithmetic: a wrapped product must not pass a length check.
-        let (p, c) = (g.patch, g.in_c);
-        let geom = (|| {
-            if p == 0 || g.in_h < p || g.in_w < p {
-                return None;
-            }
-            let k = p.checked_mul(p)?.checked_mul(c)?;
-            let (wt, ht) = ((g.in_w - p) / p + 1, (g.in_h - p) / p + 1);
-            let tokens = ht.checked_mul(wt)?;
-            let ok = k > 0
-                && scratch.len() >= k.checked_mul(4)?
-                && px.len() >= g.in_h.checked_mul(g.in_w)?.checked_mul(c)?
-                && out.len() >= tokens.checked_mul(dim)?
-                && neon_ok::<W, M>(
-                    isa,
-                    dim,
-                    l,
-                    dim.div_ceil(16).checked_mul(16)?.checked_mul(k),
-                    false,
-                );
-            ok.then_some((k, wt, tokens))
-        })();
-        if let Some((k, wt, tokens)) = geom {
-            let prm = params(l);
-            let out_b: &mut [u8] = bytemuck::cast_slice_mut(out);
-            let esz = core::mem::size_of::<M::Act>();
-            let mut t = 0;
-            while t < tokens {
-                let count = (tokens - t).min(4);
-                for j in 0..count {
-                    let (ty, tx) = ((t + j) / wt, (t + j) % wt);
-                    let mut i = j * k;
-                    for ky in 0..p {
-                        let row = ((ty * p + ky) * g.in_w + tx * p) * c;
-                        for v in &px[row..row + p * c] {
-                            scratch[i] = f32::from(*v);
-                            i += 1;
-                        }
-                    }
-                }
-                let base = out_b.as_mut_ptr();
-                let outs = core::array::from_fn(|j| {
-                    // Rows past `count` are never written.
-                    base.wrapping_add((t + j.min(count - 1)) * dim * esz)
-                });
-                // SAFETY: lengths checked above: `count` rows of `k` f32 in scratch, outputs
-                // `t + j < tokens` rows of `dim` elements, weights/bias/affine of `dim`.
-                unsafe {
-                    use super::neon_float::embed_rows;
-                    let s = scratch.as_ptr();
-                    match (W::HALF, M::HALF) {
-                        (false, false) => {
-                            embed_rows::<false, false>(s, count, k, outs, dim, &prm, act)
-                        }
-                        (false, true) => {
-                            embed_rows::<false, true>(s, count, k, outs, dim, &prm, act)
-                        }
-                        (true, false) => {
-                            embed_rows::<true, false>(s, count, k, outs, dim, &prm, act)
-                        }
-                        (true, true) => embed_rows::<true, true>(s, count, k, outs, dim, &prm, act),
-                    }
-                }
-                t += count;
-            }
-            return;
-        }
+    #[cfg(all(
+        target_arch = "aarch64",
+        target_endian = "little",
+        target_feature = "neon"
+    ))]
+    if super::neon_float::embed::<W, M>(px, g, dim, l, act, out, scratch, isa) {
+        return;
     }
     let _ = (scratch, isa);
     reference::embed_f::<W, M>(px, g, dim, l, act, out);
@@ -204,30 +86,13 @@ pub fn dw<W: FloatWeights, M: FloatArith>(
     out: &mut [M::Act],
     isa: Isa,
 ) {
-    #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-    {
-        let taps = g.kernel.checked_mul(g.kernel);
-        let fits = g.elements().is_some_and(|n| x.len() >= n && out.len() >= n)
-            && g.pad_top < g.kernel
-            && g.pad_left < g.kernel
-            && neon_ok::<W, M>(isa, g.dim, l, taps.and_then(|t| t.checked_mul(g.dim)), true);
-        if fits {
-            let prm = params(l);
-            // SAFETY: lengths checked above (x and out hold the grid, weights k·k·dim).
-            unsafe {
-                use super::neon_float::*;
-                by_arith::<M>(
-                    x,
-                    out,
-                    |x, o| dw_neon_f16_c16(x, o, g, &prm, act),
-                    |x, o| match W::HALF {
-                        true => dw_neon_f32_c16::<true>(x, o, g, &prm, act),
-                        false => dw_neon_f32_c16::<false>(x, o, g, &prm, act),
-                    },
-                )
-            }
-            return;
-        }
+    #[cfg(all(
+        target_arch = "aarch64",
+        target_endian = "little",
+        target_feature = "neon"
+    ))]
+    if super::neon_float::dw::<W, M>(x, g, l, act, out, isa) {
+        return;
     }
     let _ = isa;
     reference::dw_f::<W, M>(x, g, l, act, out);
@@ -256,28 +121,13 @@ pub fn pw<W: FloatWeights, M: FloatArith>(
     out: &mut [M::Act],
     isa: Isa,
 ) {
-    #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-    {
-        let n = tokens.checked_mul(dim);
-        let fits = n.is_some_and(|n| x.len() >= n && out.len() >= n)
-            && neon_ok::<W, M>(isa, dim, l, dim.checked_mul(dim), true);
-        if fits {
-            let prm = params(l);
-            // SAFETY: lengths checked above (x and out hold tokens·dim, weights dim·dim).
-            unsafe {
-                use super::neon_float::*;
-                by_arith::<M>(
-                    x,
-                    out,
-                    |x, o| pw_f16(x, o, tokens, dim, &prm, act),
-                    |x, o| match W::HALF {
-                        true => pw_f32::<true>(x, o, tokens, dim, &prm, act),
-                        false => pw_f32::<false>(x, o, tokens, dim, &prm, act),
-                    },
-                )
-            }
-            return;
-        }
+    #[cfg(all(
+        target_arch = "aarch64",
+        target_endian = "little",
+        target_feature = "neon"
+    ))]
+    if super::neon_float::pw::<W, M>(x, tokens, dim, l, act, out, isa) {
+        return;
     }
     let _ = isa;
     reference::pw_f::<W, M>(x, tokens, dim, l, act, out);
@@ -581,8 +431,8 @@ mod tests {
         }
     }
 
-    /// Geometry whose sizes wrap in usize must not pass the NEON path's length checks: the
-    /// driver may panic (as the reference does on such shapes) but never write past `out`.
+    /// Geometry whose sizes wrap in usize must not pass the NEON path's length checks, nor
+    /// the reference's: the driver neither panics nor writes past `out` (it writes nothing).
     #[test]
     fn wrapping_embed_geometry_never_writes_out_of_bounds() {
         let g = EmbedGeom {
@@ -604,18 +454,154 @@ mod tests {
         let mut buf = vec![7.0f32; 16 + 64];
         let mut scratch = vec![0f32; 64];
         let (out, guard) = buf.split_at_mut(16);
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            embed::<_, F32Arith>(
-                &px,
-                g,
-                16,
-                &l,
-                Activation::Relu,
-                out,
-                &mut scratch,
-                Isa::detect(),
-            )
-        }));
-        assert!(guard.iter().all(|&v| v == 7.0));
+        embed::<_, F32Arith>(
+            &px,
+            g,
+            16,
+            &l,
+            Activation::Relu,
+            out,
+            &mut scratch,
+            Isa::detect(),
+        );
+        assert!(out.iter().chain(guard.iter()).all(|&v| v == 7.0));
+    }
+
+    /// The float drivers (NEON and reference) neither panic nor loop without end on any
+    /// shape: short, empty or mismatched buffers, zero and huge sizes, paddings past the
+    /// kernel.
+    #[test]
+    fn float_drivers_never_panic_on_any_shape() {
+        let w = f32_bytes(&[0.5; 16 * 9]);
+        let w16 = f16_bytes(&[0.5; 16 * 9]);
+        let ones = f32_bytes(&[1.0; 16]);
+        let l32 = FloatLayer {
+            w: F32Le(&w),
+            bias: F32Le(&ones),
+            scale: F32Le(&ones),
+            shift: F32Le(&ones),
+            unscale: F32Le(&ones),
+        };
+        let l16 = FloatLayer {
+            w: F16Le(&w16),
+            bias: F32Le(&ones),
+            scale: F32Le(&ones),
+            shift: F32Le(&ones),
+            unscale: F32Le(&ones),
+        };
+        let huge = usize::MAX / 3;
+        let grids = [
+            Grid {
+                ht: 2,
+                wt: 3,
+                dim: 16,
+                kernel: 3,
+                pad_top: 1,
+                pad_left: 1,
+            },
+            Grid {
+                ht: 2,
+                wt: 3,
+                dim: 16,
+                kernel: 3,
+                pad_top: 5,
+                pad_left: huge,
+            },
+            Grid {
+                ht: huge,
+                wt: huge,
+                dim: 16,
+                kernel: 3,
+                pad_top: 1,
+                pad_left: 1,
+            },
+            Grid {
+                ht: 1,
+                wt: 1,
+                dim: 16,
+                kernel: huge,
+                pad_top: 0,
+                pad_left: 0,
+            },
+            Grid {
+                ht: 3,
+                wt: 3,
+                dim: 0,
+                kernel: 0,
+                pad_top: 0,
+                pad_left: 0,
+            },
+        ];
+        let isa = Isa::detect();
+        for n in [0, 5, 96, 200] {
+            let x = vec![1.0f32; n];
+            let xh = vec![0x3c00u16; n];
+            for g in grids {
+                let (mut o, mut oh) = (vec![0f32; n], vec![0u16; n]);
+                dw::<_, F32Arith>(&x, g, &l32, Activation::Gelu, &mut o, isa);
+                dw::<_, F32Arith>(&x, g, &l16, Activation::Gelu, &mut o, isa);
+                dw::<_, F16Arith>(&xh, g, &l16, Activation::Relu, &mut oh, isa);
+                for tokens in [0, 1, 6, huge] {
+                    pw::<_, F32Arith>(&x, tokens, g.dim, &l32, Activation::Relu, &mut o, isa);
+                    pw::<_, F16Arith>(&xh, tokens, g.dim, &l16, Activation::Gelu, &mut oh, isa);
+                }
+            }
+            for e in [
+                EmbedGeom {
+                    in_h: 4,
+                    in_w: 4,
+                    in_c: 1,
+                    patch: 2,
+                },
+                EmbedGeom {
+                    in_h: 4,
+                    in_w: 4,
+                    in_c: 0,
+                    patch: 2,
+                },
+                EmbedGeom {
+                    in_h: 4,
+                    in_w: 4,
+                    in_c: 1,
+                    patch: 0,
+                },
+                EmbedGeom {
+                    in_h: 2,
+                    in_w: 2,
+                    in_c: 1,
+                    patch: 5,
+                },
+                EmbedGeom {
+                    in_h: 1,
+                    in_w: huge,
+                    in_c: huge,
+                    patch: 1,
+                },
+            ] {
+                let px = vec![9u8; n];
+                let (mut o, mut scratch) = (vec![0f32; n], vec![0f32; n]);
+                embed::<_, F32Arith>(
+                    &px,
+                    e,
+                    16,
+                    &l32,
+                    Activation::Relu,
+                    &mut o,
+                    &mut scratch,
+                    isa,
+                );
+                let mut oh = vec![0u16; n];
+                embed::<_, F16Arith>(
+                    &px,
+                    e,
+                    16,
+                    &l16,
+                    Activation::Relu,
+                    &mut oh,
+                    &mut scratch,
+                    isa,
+                );
+            }
+        }
     }
 }

@@ -13,7 +13,9 @@
 //!
 //! Scratch: `pad_top · wt · dim + max(pad_left + 1, PW_TILE) · dim` bytes ([`scratch_len`]).
 //! Each driver gives exactly the bytes the out-of-place [`super::reference`] kernels give,
-//! whatever [`Isa`] computes the tokens (tested below).
+//! whatever [`Isa`] computes the tokens (tested below). Each checks its buffers' lengths
+//! once, in checked arithmetic, and does nothing where they do not fit.
+#![forbid(unsafe_code)]
 
 use super::reference::{self, QuantLayer};
 use super::{EmbedGeom, Grid, Isa};
@@ -22,7 +24,8 @@ use crate::Activation;
 /// Tokens per pointwise step (the tallest micro-tile, SDOT's 4×16).
 pub const PW_TILE: usize = 4;
 
-/// Scratch bytes the drivers need for grid `g`.
+/// Scratch bytes the drivers need for grid `g` (saturating at `usize::MAX`, which no
+/// buffer can hold, for a grid whose sizes overflow).
 ///
 /// ```
 /// use convmixer_edge::kernels::{inplace::scratch_len, Grid};
@@ -31,7 +34,8 @@ pub const PW_TILE: usize = 4;
 /// assert_eq!(scratch_len(g), 2 * 16 * 256 + 4 * 256);
 /// ```
 pub fn scratch_len(g: Grid) -> usize {
-    let per_token = g.pad_top * g.wt * g.dim + queue_len(g).max(PW_TILE) * g.dim;
+    let ring = g.pad_top.saturating_mul(g.wt).saturating_mul(g.dim);
+    let per_token = ring.saturating_add(queue_len(g).max(PW_TILE).saturating_mul(g.dim));
     // The same on every target (the arena is sized on the host too), so it covers the
     // slice-wise dot-product driver as well, which needs less except on tiny grids.
     per_token.max(dw_slice_scratch_len(g))
@@ -40,7 +44,9 @@ pub fn scratch_len(g: Grid) -> usize {
 /// Scratch bytes of the slice-wise depthwise drivers: for `neon::dw_i8_inplace_sdot` a ring
 /// of `pad_top` rows of one 16-channel slice, the slice's packed weights and input cache (64
 /// bytes per tap group and kernel column / input column) and a row buffer; for
-/// `neon::dw_i8_inplace_smlal` `k` cached input rows, a padding row and a row buffer.
+/// `neon::dw_i8_inplace_smlal` `k` cached input rows, a padding row and a row buffer
+/// (saturating at `usize::MAX`, so that the NEON drivers' length check against it holds
+/// exactly when the real sum fits).
 ///
 /// ```
 /// use convmixer_edge::kernels::{inplace::dw_slice_scratch_len, Grid};
@@ -48,18 +54,27 @@ pub fn scratch_len(g: Grid) -> usize {
 /// assert_eq!(dw_slice_scratch_len(g), 3 * 16 * 16 + 2 * 7 * 64 + 2 * 22 * 64 + 16 * 16);
 /// ```
 pub fn dw_slice_scratch_len(g: Grid) -> usize {
+    let mul = usize::saturating_mul;
     let groups = g.kernel.div_ceil(4);
-    let cols = (g.wt + g.kernel).saturating_sub(1);
-    let sdot = g.pad_top * g.wt * 16 + groups * g.kernel * 64 + groups * cols * 64 + g.wt * 16;
+    let cols = g.wt.saturating_add(g.kernel).saturating_sub(1);
+    let row = mul(g.wt, 16);
+    let sdot = [
+        mul(mul(g.pad_top, g.wt), 16),
+        mul(mul(groups, g.kernel), 64),
+        mul(mul(groups, cols), 64),
+        row,
+    ]
+    .into_iter()
+    .fold(0, usize::saturating_add);
     // The ARMv8.0 driver: k cached rows and a padding row, then the row buffer.
-    let smlal = (g.kernel + 1) * cols * 16 + g.wt * 16;
+    let smlal = mul(mul(g.kernel.saturating_add(1), cols), 16).saturating_add(row);
     sdot.max(smlal)
 }
 
 /// Tokens in the depthwise output queue: the token computed and the `pad_left` outputs
 /// waiting for it.
 fn queue_len(g: Grid) -> usize {
-    g.pad_left + 1
+    g.pad_left.saturating_add(1)
 }
 
 /// Depthwise conv + residual in place on `a` (`tokens · dim` int8). With NEON (and `dim` a
@@ -96,7 +111,11 @@ pub fn dw_i8_inplace(
     isa: Isa,
 ) {
     let _ = isa; // only the NEON levels have slice-wise drivers
-    #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+    #[cfg(all(
+        target_arch = "aarch64",
+        target_endian = "little",
+        target_feature = "neon"
+    ))]
     match isa {
         Isa::NeonDot if super::neon::dw_i8_inplace_sdot(a, scratch, g, l, act) => return,
         Isa::Neon if super::neon::dw_i8_inplace_smlal(a, scratch, g, l, act) => return,
@@ -121,7 +140,9 @@ where
     let lq = queue_len(g);
     let ring_len = r.checked_mul(wt).and_then(|n| n.checked_mul(d));
     let queue_bytes = lq.checked_mul(d);
-    let fits = g.elements().is_some_and(|n| a.len() >= n)
+    // d > 0 also bounds the token loops by a.len().
+    let fits = d > 0
+        && g.elements().is_some_and(|n| a.len() >= n)
         && ring_len
             .zip(queue_bytes)
             .and_then(|(x, y)| x.checked_add(y))
@@ -129,8 +150,13 @@ where
     if !fits {
         return;
     }
-    let (ring, rest) = scratch.split_at_mut(r * wt * d);
-    let queue = &mut rest[..lq * d];
+    // Below the sizes checked above no index formed here overflows or leaves its slice.
+    let Some((ring, rest)) = scratch.split_at_mut_checked(r * wt * d) else {
+        return;
+    };
+    let Some(queue) = rest.get_mut(..lq * d) else {
+        return;
+    };
     for y in 0..g.ht {
         for x in 0..wt {
             {
@@ -151,8 +177,12 @@ where
                     }
                 };
                 let t = y * wt + x;
-                let res = &a_ro[t * d..(t + 1) * d];
-                let out = &mut queue[(x % lq) * d..(x % lq + 1) * d];
+                let (Some(res), Some(out)) = (
+                    a_ro.get(t * d..(t + 1) * d),
+                    queue.get_mut((x % lq) * d..(x % lq + 1) * d),
+                ) else {
+                    return;
+                };
                 token(&src, y, x, res, out);
             }
             // Column c may be written once token c + pad_left (its last reader) is done.
@@ -167,26 +197,32 @@ where
 }
 
 /// Column `c` of row `y` is no longer read by row `y`: move its original into the ring
-/// (for the rows below) and write its output from the queue.
+/// (for the rows below) and write its output from the queue. (Inside the buffers that
+/// `dw_inplace_by_token` checked; every copy is of two `d`-long ranges.)
 fn flush(a: &mut [i8], ring: &mut [i8], queue: &[i8], g: Grid, y: usize, c: usize) {
     let (d, r, wt) = (g.dim, g.pad_top, g.wt);
     let t = y * wt + c;
+    let tok = t * d..(t + 1) * d;
     if r > 0 {
         let slot = ((y % r) * wt + c) * d;
-        ring[slot..slot + d].copy_from_slice(&a[t * d..(t + 1) * d]);
+        if let (Some(dst), Some(src)) = (ring.get_mut(slot..slot + d), a.get(tok.clone())) {
+            dst.copy_from_slice(src);
+        }
     }
     let q = (c % queue_len(g)) * d;
-    a[t * d..(t + 1) * d].copy_from_slice(&queue[q..q + d]);
+    if let (Some(dst), Some(src)) = (a.get_mut(tok), queue.get(q..q + d)) {
+        dst.copy_from_slice(src);
+    }
 }
 
-/// Scratch bytes [`embed_i8`] needs: [`PW_TILE`] patches of `taps` bytes.
+/// Scratch bytes [`embed_i8`] needs: [`PW_TILE`] patches of `taps` bytes (saturating).
 ///
 /// ```
 /// use convmixer_edge::kernels::{inplace::embed_scratch_len, EmbedGeom};
 /// assert_eq!(embed_scratch_len(EmbedGeom { in_h: 28, in_w: 28, in_c: 1, patch: 2 }), 4 * 4);
 /// ```
 pub fn embed_scratch_len(e: EmbedGeom) -> usize {
-    PW_TILE * e.taps()
+    PW_TILE.saturating_mul(e.taps())
 }
 
 /// The patch embedding into `out` (`tokens · dim` int8) as a GEMM with the kernels of
@@ -227,34 +263,39 @@ pub fn embed_i8(
     isa: Isa,
 ) {
     let (p, c, taps) = (e.patch, e.in_c, e.taps());
-    if p == 0 || e.in_h < p || e.in_w < p {
-        return;
-    }
-    let (ht, wt) = (e.in_h / p, e.in_w / p);
-    let Some(tokens) = ht.checked_mul(wt) else {
+    // Below these sizes no index formed here overflows or leaves its slice.
+    let Some((ht, wt)) = reference::embed_grid(e, px.len(), dim, out.len()) else {
         return;
     };
-    let px_len = e.in_h.checked_mul(e.in_w).and_then(|n| n.checked_mul(c));
-    if PW_TILE.checked_mul(taps).is_none_or(|n| scratch.len() < n)
-        || px_len.is_none_or(|n| px.len() < n)
-        || tokens.checked_mul(dim).is_none_or(|n| out.len() < n)
-    {
+    if PW_TILE.checked_mul(taps).is_none_or(|n| scratch.len() < n) {
         return;
     }
+    let tokens = ht * wt;
     let gemm = Gemm::new(l, taps, dim, act, isa);
     let mut t = 0;
     while t < tokens {
         let n = PW_TILE.min(tokens - t);
-        for (i, patch) in scratch[..n * taps].chunks_exact_mut(taps).enumerate() {
-            let (ty, tx) = ((t + i) / wt, (t + i) % wt);
-            for (ky, dst) in patch.chunks_exact_mut(p * c).enumerate() {
-                let row = ((ty * p + ky) * e.in_w + tx * p) * c;
-                for (d, s) in dst.iter_mut().zip(&px[row..row + p * c]) {
-                    *d = (*s ^ 0x80) as i8; // pixel − 128
+        let (Some(x), Some(o)) = (
+            scratch.get_mut(..n * taps),
+            out.get_mut(t * dim..(t + n) * dim),
+        ) else {
+            return;
+        };
+        // taps = p·p·c: where it is 0 there is nothing to gather (and no chunk size 0).
+        if taps > 0 {
+            for (i, patch) in x.chunks_exact_mut(taps).enumerate() {
+                let (ty, tx) = ((t + i) / wt, (t + i) % wt);
+                for (ky, dst) in patch.chunks_exact_mut(p * c).enumerate() {
+                    let row = ((ty * p + ky) * e.in_w + tx * p) * c;
+                    for (d, s) in dst
+                        .iter_mut()
+                        .zip(px.get(row..row + p * c).unwrap_or_default())
+                    {
+                        *d = (*s ^ 0x80) as i8; // pixel − 128
+                    }
                 }
             }
         }
-        let (x, o) = (&scratch[..n * taps], &mut out[t * dim..(t + n) * dim]);
         gemm.run(x, n, o);
         t += n;
     }
@@ -290,7 +331,9 @@ pub fn pw_i8_inplace(
     act: Activation,
     isa: Isa,
 ) {
-    if tokens.checked_mul(dim).is_none_or(|n| a.len() < n)
+    // dim > 0 also bounds the token loop by a.len() (a zero-width layer has nothing to do).
+    if dim == 0
+        || tokens.checked_mul(dim).is_none_or(|n| a.len() < n)
         || PW_TILE.checked_mul(dim).is_none_or(|n| scratch.len() < n)
     {
         return;
@@ -299,9 +342,15 @@ pub fn pw_i8_inplace(
     let mut t = 0;
     while t < tokens {
         let n = PW_TILE.min(tokens - t);
-        let x = &mut scratch[..n * dim];
-        x.copy_from_slice(&a[t * dim..(t + n) * dim]);
-        gemm.run(x, n, &mut a[t * dim..(t + n) * dim]);
+        // Inside both (checked above); equal lengths, so the copy cannot fail.
+        let (Some(x), Some(at)) = (
+            scratch.get_mut(..n * dim),
+            a.get_mut(t * dim..(t + n) * dim),
+        ) else {
+            return;
+        };
+        x.copy_from_slice(at);
+        gemm.run(x, n, at);
         t += n;
     }
 }
@@ -309,7 +358,11 @@ pub fn pw_i8_inplace(
 /// The GEMM kernel of one layer, chosen (and, for NEON, prepared) once for all the token
 /// chunks a driver runs through it.
 enum Gemm<'l, 'a> {
-    #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+    #[cfg(all(
+        target_arch = "aarch64",
+        target_endian = "little",
+        target_feature = "neon"
+    ))]
     Neon(super::neon::GemmI8<'a>),
     Reference {
         l: &'l QuantLayer<'a>,
@@ -321,7 +374,11 @@ enum Gemm<'l, 'a> {
 
 impl<'l, 'a> Gemm<'l, 'a> {
     fn new(l: &'l QuantLayer<'a>, k: usize, n: usize, act: Activation, isa: Isa) -> Self {
-        #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+        #[cfg(all(
+            target_arch = "aarch64",
+            target_endian = "little",
+            target_feature = "neon"
+        ))]
         if isa != Isa::Scalar {
             if let Some(g) = super::neon::GemmI8::new(l, k, n, act, isa == Isa::NeonDot) {
                 return Gemm::Neon(g);
@@ -334,7 +391,11 @@ impl<'l, 'a> Gemm<'l, 'a> {
     /// `out = ` the layer applied to `tokens` rows of `x` ([`reference::gemm_i8`]'s bytes).
     fn run(&self, x: &[i8], tokens: usize, out: &mut [i8]) {
         match *self {
-            #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+            #[cfg(all(
+                target_arch = "aarch64",
+                target_endian = "little",
+                target_feature = "neon"
+            ))]
             Gemm::Neon(ref g) => g.run(x, tokens, out),
             Gemm::Reference { l, k, n, act } => reference::gemm_i8(x, tokens, k, n, l, act, out),
         }
@@ -357,7 +418,11 @@ pub fn head_i8(
     logits: &mut [f32],
     isa: Isa,
 ) {
-    #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+    #[cfg(all(
+        target_arch = "aarch64",
+        target_endian = "little",
+        target_feature = "neon"
+    ))]
     if isa != Isa::Scalar {
         return super::neon::head_i8_neon(
             x, tokens, dim, zp_in, frac_bits, w, scale, bias, mean, logits,
@@ -557,6 +622,178 @@ mod tests {
                 let mut scratch = vec![0i8; PW_TILE * dim];
                 pw_i8_inplace(&mut a, &mut scratch, tokens, dim, &l, Activation::Gelu, isa);
                 assert_eq!(a, want, "{isa:?} dim {dim} tokens {tokens}");
+            }
+        }
+    }
+
+    /// No driver (and no reference kernel below one) panics or overflows, whatever the
+    /// shapes and parameters: short or empty buffers, zero and huge sizes, paddings past the
+    /// kernel, extreme zero points and requantisation fields (run in debug builds too, where
+    /// an overflow would panic).
+    #[test]
+    fn drivers_never_panic_on_any_shape() {
+        use crate::kernels::reference::{epilogue_i8, Requant};
+        let extreme = [i32::MIN, -1, 0, 1, 31, 64, i32::MAX];
+        let rq: Vec<u8> = (0..6 * 16)
+            .flat_map(|i| extreme[i % extreme.len()].to_le_bytes())
+            .collect();
+        let bias: Vec<u8> = (0..16).flat_map(|i| extreme[i % 7].to_le_bytes()).collect();
+        let w = vec![-128i8; 64];
+        let table = [0xffu8; 512];
+        let layers = [
+            QuantLayer {
+                w: &w,
+                bias: I32Le(&bias),
+                requant: I32Le(&rq),
+                zp_in: i32::MIN,
+                zp_z: i32::MAX,
+                zp_out: i32::MIN,
+                table: &table,
+            },
+            QuantLayer {
+                w: &[],
+                bias: I32Le(&[]),
+                requant: I32Le(&[]),
+                zp_in: 0,
+                zp_z: 0,
+                zp_out: 0,
+                table: &[],
+            },
+        ];
+        let huge = usize::MAX / 3;
+        let grids = [
+            Grid {
+                ht: 2,
+                wt: 3,
+                dim: 16,
+                kernel: 3,
+                pad_top: 1,
+                pad_left: 1,
+            },
+            Grid {
+                ht: 2,
+                wt: 3,
+                dim: 16,
+                kernel: 3,
+                pad_top: 7,
+                pad_left: huge,
+            },
+            Grid {
+                ht: huge,
+                wt: huge,
+                dim: 16,
+                kernel: 3,
+                pad_top: 1,
+                pad_left: 1,
+            },
+            Grid {
+                ht: 1,
+                wt: 1,
+                dim: huge,
+                kernel: huge,
+                pad_top: 0,
+                pad_left: 0,
+            },
+            Grid {
+                ht: 3,
+                wt: 3,
+                dim: 0,
+                kernel: 0,
+                pad_top: 0,
+                pad_left: 0,
+            },
+        ];
+        let embeds = [
+            EmbedGeom {
+                in_h: 4,
+                in_w: 4,
+                in_c: 1,
+                patch: 2,
+            },
+            EmbedGeom {
+                in_h: 4,
+                in_w: 4,
+                in_c: 0,
+                patch: 2,
+            },
+            EmbedGeom {
+                in_h: 4,
+                in_w: 4,
+                in_c: 1,
+                patch: 0,
+            },
+            EmbedGeom {
+                in_h: 1,
+                in_w: huge,
+                in_c: huge,
+                patch: 1,
+            },
+            EmbedGeom {
+                in_h: 2,
+                in_w: 2,
+                in_c: 1,
+                patch: 5,
+            },
+        ];
+        for isa in isas() {
+            for l in &layers {
+                for act in [Activation::Relu, Activation::Gelu] {
+                    for g in grids {
+                        for (n, m) in [(0, 0), (8, 8), (96, 64), (96, 4096)] {
+                            let (mut a, mut scratch) = (vec![5i8; n], vec![0i8; m]);
+                            dw_i8_inplace(&mut a, &mut scratch, g, l, act, isa);
+                            let tokens = [0, 1, 6, huge];
+                            for t in tokens {
+                                pw_i8_inplace(&mut a, &mut scratch, t, g.dim, l, act, isa);
+                                let mut o = vec![0i8; n];
+                                reference::gemm_i8(&a, t, g.dim, g.dim, l, act, &mut o);
+                                let (mut mean, mut logits) = (vec![0i32; 16], vec![0f32; 3]);
+                                let s = crate::le::F32Le(&bias);
+                                for (zp, frac) in [(0, 0), (i32::MIN, 100), (127, u32::MAX)] {
+                                    head_i8(
+                                        &a,
+                                        t,
+                                        g.dim,
+                                        zp,
+                                        frac,
+                                        &w,
+                                        s,
+                                        s,
+                                        &mut mean,
+                                        &mut logits,
+                                        isa,
+                                    );
+                                }
+                            }
+                            let mut o = vec![0i8; n];
+                            reference::dw_i8(&a, g, l, act, &mut o);
+                        }
+                    }
+                    for e in embeds {
+                        for (n, m) in [(0, 0), (16, 64), (64, 4096)] {
+                            let px = vec![200u8; n];
+                            let (mut out, mut scratch) = (vec![0i8; m], vec![0i8; m]);
+                            embed_i8(&px, e, 16, l, act, &mut scratch, &mut out, isa);
+                            reference::embed_i8(&px, e, 16, l, act, &mut out);
+                        }
+                    }
+                }
+            }
+        }
+        for &m_pre in &extreme {
+            for &sh in &extreme {
+                let r = Requant {
+                    m_pre,
+                    sh_pre: sh,
+                    m_post: m_pre,
+                    b_post: sh,
+                    sh_post: sh,
+                    m_res: m_pre,
+                };
+                for act in [Activation::Relu, Activation::Gelu] {
+                    let _ = epilogue_i8(m_pre, sh, &r, &layers[0], act);
+                    let _ = epilogue_i8(sh, m_pre, &r, &layers[1], act);
+                }
             }
         }
     }

@@ -10,11 +10,13 @@
 //! activation) break per-tensor int8.
 //!
 //! These are plain scalar kernels, used for the few layers a mixed model keeps in float;
-//! they run in place with the same scratch as the int8 drivers ([`super::inplace`]).
+//! they run in place with the same scratch as the int8 drivers ([`super::inplace`]). Like
+//! those, they check their buffers once and do nothing where they do not fit.
+#![forbid(unsafe_code)]
 
 use super::inplace::{self, Src};
-use super::reference::{finish_f32, FloatLayer};
-use super::{fgemm_index, EmbedGeom, Grid};
+use super::reference::{embed_grid, finish_f32, FloatLayer};
+use super::{fgemm_index, fgemm_packed_len_checked, EmbedGeom, Grid};
 use crate::le::{F16Le, F32Le, FloatWeights};
 use crate::Activation;
 
@@ -115,29 +117,29 @@ pub fn embed(
     out: &mut [i8],
 ) {
     let (p, c, taps) = (e.patch, e.in_c, e.taps());
-    if p == 0 || e.in_h < p || e.in_w < p {
+    // Below these sizes no index formed here overflows or leaves its slice.
+    let grid = embed_grid(e, px.len(), dim, out.len())
+        .filter(|_| fgemm_packed_len_checked(dim, taps).is_some());
+    let Some((ht, wt)) = grid else {
         return;
-    }
-    let (ht, wt) = (e.in_h / p, e.in_w / p);
-    let px_len = e.in_h.checked_mul(e.in_w).and_then(|n| n.checked_mul(c));
-    let n_out = ht.checked_mul(wt).and_then(|n| n.checked_mul(dim));
-    if px_len.is_none_or(|n| px.len() < n) || n_out.is_none_or(|n| out.len() < n) {
-        return;
-    }
+    };
     for ty in 0..ht {
         for tx in 0..wt {
             let t = ty * wt + tx;
-            for o in 0..dim {
+            let Some(orow) = out.get_mut(t * dim..(t + 1) * dim) else {
+                return;
+            };
+            for (o, y) in orow.iter_mut().enumerate() {
                 let mut acc = l.f.bias.at(o);
                 let mut i = 0;
                 for ky in 0..p {
                     let row = ((ty * p + ky) * e.in_w + tx * p) * c;
-                    for v in &px[row..row + p * c] {
+                    for v in px.get(row..row + p * c).unwrap_or_default() {
                         acc = libm::fmaf(l.f.w.at(fgemm_index(o, i, taps)), f32::from(*v), acc);
                         i += 1;
                     }
                 }
-                out[t * dim + o] = l.quantize(l.finish(o, act, acc), o);
+                *y = l.quantize(l.finish(o, act, acc), o);
             }
         }
     }
@@ -157,22 +159,25 @@ fn dw_token(
     out: &mut [i8],
 ) {
     let (k, d) = (g.kernel, g.dim);
-    for c in 0..d {
+    // The k²·d f16 weights must be there (so no weight index overflows, and the tap loops
+    // are bounded by the section); one output per channel of `out` and `res`.
+    let taps = k.checked_mul(k).and_then(|kk| kk.checked_mul(d));
+    if taps.is_none_or(|n| l.f.w.0.len() / 2 < n) {
+        return;
+    }
+    for (c, (y, r)) in out.iter_mut().zip(res).take(d).enumerate() {
         let mut acc = l.f.bias.at(c);
         for ky in 0..k {
-            let y = (ty + ky).wrapping_sub(g.pad_top);
+            let yy = ty.wrapping_add(ky).wrapping_sub(g.pad_top);
             for kx in 0..k {
-                let xx = (tx + kx).wrapping_sub(g.pad_left);
-                if let Some(row) = (y < g.ht && xx < g.wt).then(|| src(y, xx)).flatten() {
-                    acc = libm::fmaf(
-                        l.f.w.at((ky * k + kx) * d + c),
-                        l.dequantize(row[c], c),
-                        acc,
-                    );
+                let xx = tx.wrapping_add(kx).wrapping_sub(g.pad_left);
+                let inside = (yy < g.ht && xx < g.wt).then(|| src(yy, xx)).flatten();
+                if let Some(v) = inside.and_then(|row| row.get(c)) {
+                    acc = libm::fmaf(l.f.w.at((ky * k + kx) * d + c), l.dequantize(*v, c), acc);
                 }
             }
         }
-        out[c] = l.quantize(l.finish(c, act, acc) + l.dequantize(res[c], c), c);
+        *y = l.quantize(l.finish(c, act, acc) + l.dequantize(*r, c), c);
     }
 }
 
@@ -227,12 +232,18 @@ pub fn pw_inplace(
     l: &MixedLayer<'_>,
     act: Activation,
 ) {
-    if tokens.checked_mul(dim).is_none_or(|n| a.len() < n) || scratch.len() < dim {
+    // dim > 0 also bounds the token loop by a.len().
+    let fits = dim > 0
+        && tokens.checked_mul(dim).is_some_and(|n| a.len() >= n)
+        && fgemm_packed_len_checked(dim, dim).is_some();
+    let Some(y) = scratch.get_mut(..dim).filter(|_| fits) else {
         return;
-    }
-    let y = &mut scratch[..dim];
+    };
     for t in 0..tokens {
-        let x = &a[t * dim..(t + 1) * dim];
+        // Inside `a` (checked above), dim long like `y`.
+        let Some(x) = a.get_mut(t * dim..(t + 1) * dim) else {
+            return;
+        };
         for (o, out) in y.iter_mut().enumerate() {
             let mut acc = l.f.bias.at(o);
             for (i, &v) in x.iter().enumerate() {
@@ -240,7 +251,7 @@ pub fn pw_inplace(
             }
             *out = l.quantize(l.finish(o, act, acc), o);
         }
-        a[t * dim..(t + 1) * dim].copy_from_slice(y);
+        x.copy_from_slice(y);
     }
 }
 
@@ -272,19 +283,28 @@ pub fn head(
     logits: &mut [f32],
 ) {
     let classes = logits.len();
+    let bytes = |n: usize, size: usize| n.checked_mul(size);
     if tokens.checked_mul(dim).is_none_or(|n| x.len() < n)
-        || mean.len() < dim
-        || s_in.0.len() < 4 * dim
-        || bias.0.len() < 4 * classes
-        || classes.checked_mul(dim).is_none_or(|n| w.0.len() < 2 * n)
+        || bytes(dim, 4).is_none_or(|n| s_in.0.len() < n)
+        || bytes(classes, 4).is_none_or(|n| bias.0.len() < n)
+        || classes
+            .checked_mul(dim)
+            .and_then(|n| bytes(n, 2))
+            .is_none_or(|n| w.0.len() < n)
     {
         return;
     }
-    let mean = &mut mean[..dim];
+    let Some(mean) = mean.get_mut(..dim) else {
+        return;
+    };
     mean.iter_mut().for_each(|m| *m = 0);
-    for t in 0..tokens {
-        for (m, v) in mean.iter_mut().zip(&x[t * dim..(t + 1) * dim]) {
-            *m += i32::from(*v) - zp_in;
+    // Token rows in order (none where dim = 0: the pool is empty).
+    for row in x
+        .chunks_exact(dim.max(1))
+        .take(if dim > 0 { tokens } else { 0 })
+    {
+        for (m, v) in mean.iter_mut().zip(row) {
+            *m = m.wrapping_add(i32::from(*v).wrapping_sub(zp_in));
         }
     }
     for (c, out) in logits.iter_mut().enumerate() {

@@ -1,18 +1,34 @@
 //! Compute kernels. [`reference`](mod@reference) holds one plain scalar implementation per op; SIMD
 //! variants live beside it, are named by ISA and tile shape, and are tested bit-for-bit
 //! against it.
+//!
+//! `unsafe` code lives only in the SIMD modules `neon` and `neon_float` and in `cpu`
+//! (feature detection): each of them is allowed it here, every other module forbids it.
+//! The SIMD modules' safe entry points check every slice length (and the CPU features)
+//! once per call and fall back to the reference, or do nothing, where they do not fit; each
+//! `unsafe` block below them says which of those checks bounds its pointer accesses.
 
 #[allow(unsafe_code)]
+mod cpu;
 pub mod float;
 pub mod inplace;
 pub mod mixed;
 pub mod reference;
 
-// The NEON kernels read little-endian blob fields as native integers.
-#[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+// The NEON kernels read little-endian blob fields as native integers, and exist only where
+// NEON is a compile-time target feature (so no run-time check is needed for it).
+#[cfg(all(
+    target_arch = "aarch64",
+    target_endian = "little",
+    target_feature = "neon"
+))]
 #[allow(unsafe_code)]
 pub mod neon;
-#[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+#[cfg(all(
+    target_arch = "aarch64",
+    target_endian = "little",
+    target_feature = "neon"
+))]
 #[allow(unsafe_code)]
 mod neon_float;
 
@@ -79,68 +95,6 @@ pub fn fp16_available() -> bool {
     Isa::Neon.available() && (cfg!(target_feature = "fp16") || cpu::fp16())
 }
 
-#[allow(unsafe_code)]
-mod cpu {
-    /// FEAT_FP16 (scalar and vector) from the Linux auxiliary vector (`HWCAP_FPHP` bit 9,
-    /// `HWCAP_ASIMDHP` bit 10).
-    #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
-    pub fn fp16() -> bool {
-        const AT_HWCAP: core::ffi::c_ulong = 16;
-        const BOTH: core::ffi::c_ulong = (1 << 9) | (1 << 10);
-        extern "C" {
-            fn getauxval(kind: core::ffi::c_ulong) -> core::ffi::c_ulong;
-        }
-        // SAFETY: getauxval (glibc, musl, bionic) only reads the process's auxiliary vector.
-        (unsafe { getauxval(AT_HWCAP) } & BOTH) == BOTH
-    }
-
-    /// FEAT_FP16 from `ID_AA64PFR0_EL1.AdvSIMD` (bits 23:20) = 1 on bare metal (EL1+).
-    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-    pub fn fp16() -> bool {
-        let pfr0: u64;
-        // SAFETY: reading an ID register has no side effects and is allowed at EL1+.
-        unsafe {
-            core::arch::asm!("mrs {}, ID_AA64PFR0_EL1", out(reg) pfr0, options(nomem, nostack, preserves_flags))
-        };
-        (pfr0 >> 20) & 0xf == 1
-    }
-
-    /// No run-time detection elsewhere.
-    #[cfg(not(all(target_arch = "aarch64", any(target_os = "linux", target_os = "none"))))]
-    pub fn fp16() -> bool {
-        false
-    }
-
-    /// FEAT_DotProd from the Linux auxiliary vector (`HWCAP_ASIMDDP`, bit 20).
-    #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
-    pub fn dotprod() -> bool {
-        const AT_HWCAP: core::ffi::c_ulong = 16;
-        const HWCAP_ASIMDDP: core::ffi::c_ulong = 1 << 20;
-        extern "C" {
-            fn getauxval(kind: core::ffi::c_ulong) -> core::ffi::c_ulong;
-        }
-        // SAFETY: getauxval (glibc, musl, bionic) only reads the process's auxiliary vector.
-        (unsafe { getauxval(AT_HWCAP) } & HWCAP_ASIMDDP) != 0
-    }
-
-    /// FEAT_DotProd from `ID_AA64ISAR0_EL1.DP` (bits 47:44) on bare metal (EL1 or higher).
-    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-    pub fn dotprod() -> bool {
-        let isar0: u64;
-        // SAFETY: reading an ID register has no side effects and is allowed at EL1+.
-        unsafe {
-            core::arch::asm!("mrs {}, ID_AA64ISAR0_EL1", out(reg) isar0, options(nomem, nostack, preserves_flags))
-        };
-        (isar0 >> 44) & 0xf >= 1
-    }
-
-    /// No run-time detection elsewhere.
-    #[cfg(not(all(target_arch = "aarch64", any(target_os = "linux", target_os = "none"))))]
-    pub fn dotprod() -> bool {
-        false
-    }
-}
-
 /// Output channels per packed block of int8 pointwise weights.
 pub const PW_NR: usize = 16;
 /// Input channels per packed group of int8 pointwise weights (one `SDOT` lane).
@@ -176,6 +130,13 @@ pub const fn gemm_index(o: usize, i: usize, k: usize) -> usize {
     (o / PW_NR) * PW_NR * kp + (i / PW_KR) * PW_NR * PW_KR + (o % PW_NR) * PW_KR + i % PW_KR
 }
 
+/// [`gemm_packed_len`] in checked arithmetic: `None` where it overflows (the kernels'
+/// length checks use this, so that a wrapped product never passes one).
+pub(crate) fn gemm_packed_len_checked(n: usize, k: usize) -> Option<usize> {
+    let rows = n.div_ceil(PW_NR).checked_mul(PW_NR)?;
+    rows.checked_mul(k.div_ceil(PW_KR).checked_mul(PW_KR)?)
+}
+
 /// Output channels per packed block of float GEMM weights (4 `f32x4` or 2 `f16x8`
 /// registers).
 pub const FGEMM_NR: usize = 16;
@@ -190,6 +151,11 @@ pub const FGEMM_NR: usize = 16;
 /// ```
 pub const fn fgemm_packed_len(n: usize, k: usize) -> usize {
     n.div_ceil(FGEMM_NR) * FGEMM_NR * k
+}
+
+/// [`fgemm_packed_len`] in checked arithmetic: `None` where it overflows.
+pub(crate) fn fgemm_packed_len_checked(n: usize, k: usize) -> Option<usize> {
+    n.div_ceil(FGEMM_NR).checked_mul(FGEMM_NR)?.checked_mul(k)
 }
 
 /// Element index of weight `(out o, in i)` in packed float GEMM weights with `k` inputs:
@@ -229,9 +195,9 @@ pub struct Grid {
 }
 
 impl Grid {
-    /// Number of tokens.
+    /// Number of tokens (saturating at `usize::MAX`, which no buffer can hold).
     pub fn tokens(&self) -> usize {
-        self.ht * self.wt
+        self.ht.saturating_mul(self.wt)
     }
 
     /// Bytes of one int8 activation tensor, `ht · wt · dim`, or `None` if that overflows
@@ -265,8 +231,11 @@ pub struct EmbedGeom {
 }
 
 impl EmbedGeom {
-    /// Taps per output channel: `p · p · in_c`.
+    /// Taps per output channel: `p · p · in_c` (saturating at `usize::MAX`, which no
+    /// buffer can hold, so a length check against it fails).
     pub fn taps(&self) -> usize {
-        self.patch * self.patch * self.in_c
+        self.patch
+            .saturating_mul(self.patch)
+            .saturating_mul(self.in_c)
     }
 }

@@ -11,9 +11,18 @@
 //! All accumulation is exact integer arithmetic bounded by the reader's accumulator check
 //! (`docs/blob-format.md`), so any summation order gives the reference's value; the
 //! vector epilogue (`epilogue_c16`) computes [`epilogue_i8`]'s bits for 16 channels at once
-//! (partial blocks use [`epilogue_i8`] itself). Every kernel checks its slice lengths
-//! once on entry (falling back to the reference if they do not fit) and then reads only
-//! inside them; each `unsafe` block states the bound it relies on.
+//! (partial blocks use [`epilogue_i8`] itself).
+//!
+//! Safety: every public kernel checks its slice lengths once on entry, in checked
+//! arithmetic (falling back to the reference, or doing nothing, where they do not fit), and
+//! then reads and writes only inside them: `Epi::new` and [`GemmI8::new`] check the layer's
+//! sections, the entry points the activations and scratch. The `unsafe fn`s below them say
+//! in `# Safety` which of those facts they rely on, and each `unsafe` block says which check
+//! bounds its pointer accesses. NEON is a compile-time target feature (this module exists
+//! only then); the `SDOT` kernels run only where FEAT_DotProd was detected
+//! ([`super::Isa::NeonDot`]). Indexing of the small fixed-size register arrays (`acc[m][q]`
+//! and the like) is by loop counters below the arrays' const lengths, allowed function by
+//! function with that proof.
 
 use core::arch::aarch64::*;
 use core::arch::asm;
@@ -41,7 +50,11 @@ macro_rules! ld1x4 {
     }};
 }
 
-/// Lengths a GEMM kernel (`k` inputs, `n` outputs per token) may rely on.
+/// Lengths a GEMM kernel (`k` inputs, `n` outputs per token) may rely on. The unsafe GEMM
+/// functions below say "`gemm_fits` holds" for: `x` holds `tokens·k` bytes, `out`
+/// `tokens·n`, `l.w` the `packed_len(n, k)` packed weights, and the `Epi` they get was built
+/// from `l` for `n = e.dim` outputs (so `layer_fits`) with their `GELU` equal to `e.gelu`.
+/// [`GemmI8::new`] and [`GemmI8::run`] check all of it.
 fn gemm_fits(
     x: &[i8],
     tokens: usize,
@@ -99,7 +112,8 @@ fn layer_fits(l: &QuantLayer<'_>, act: Activation, n: usize) -> bool {
 }
 
 /// What the vector epilogue reads of one layer, as raw pointers (see [`epilogue_c16`]),
-/// built once per kernel call.
+/// built once per kernel call, only by [`Epi::new`]: so `bias` always points at `dim` i32,
+/// `rq` at `6·dim` i32 and, where `gelu`, `table` at 512 bytes.
 #[derive(Clone, Copy)]
 struct Epi {
     /// `dim` i32 biases (little-endian = native on aarch64 Linux and bare metal).
@@ -109,6 +123,8 @@ struct Epi {
     dim: usize,
     /// 512 bytes (low plane, high plane) for GELU (checked by `layer_fits`); unused for ReLU.
     table: *const u8,
+    /// Whether the layer's activation is a GELU (whose table `layer_fits` checked).
+    gelu: bool,
     /// Whether some channel has `sh_pre < 0` (a saturating left shift before `SQRDMULH`);
     /// layers without one skip the `SQSHL`s.
     lsh: bool,
@@ -118,21 +134,22 @@ struct Epi {
 }
 
 impl Epi {
-    /// Pointers into `l`; the callers' `*_fits` checks guarantee the lengths
-    /// (bias ≥ 4·dim bytes, requant = 24·dim bytes, table ≥ 512 bytes when GELU) and the
-    /// zero points' range.
-    fn new(l: &QuantLayer<'_>, dim: usize) -> Epi {
-        Epi {
+    /// Pointers into `l` for `dim` outputs with activation `act`, or `None` where
+    /// [`layer_fits`] fails (it guarantees the lengths: bias ≥ 4·dim bytes, requant =
+    /// 24·dim bytes, table ≥ 512 bytes when GELU; and the zero points' range).
+    fn new(l: &QuantLayer<'_>, act: Activation, dim: usize) -> Option<Epi> {
+        layer_fits(l, act, dim).then(|| Epi {
             bias: l.bias.0.as_ptr().cast(),
             rq: l.requant.0.as_ptr().cast(),
             dim,
             table: l.table.as_ptr(),
+            gelu: act != Activation::Relu,
             lsh: (0..dim).any(|o| l.requant.at(dim + o) < 0),
             // In −128..=127 (layer_fits), so the narrowings are exact.
             zp_in: l.zp_in.clamp(-128, 127) as i8,
             zp_z: l.zp_z.clamp(-128, 127) as i16,
             zp_out: l.zp_out.clamp(-128, 127) as i16,
-        }
+        })
     }
 
     /// The biases of channels `o0..o0 + 16`: the accumulators' starting values.
@@ -187,7 +204,9 @@ macro_rules! ld4q_after {
 /// `$p + $off` (a pointer plus a byte offset) computed where the compiler cannot see it:
 /// the epilogue steps from one requant field to the next with it, so that the compiler
 /// keeps one pointer per tile instead of one induction variable per field (which it would
-/// spill to the stack and update there on every tile).
+/// spill to the stack and update there on every tile). The asm only adds two registers
+/// (no memory access, hence `nomem` with a pointer operand); the result is the pointer the
+/// same `wrapping_add` would give, and every use of it is bounded where it is loaded.
 macro_rules! step {
     ($p:expr, $off:expr) => {{
         let mut p: *const i32 = $p;
@@ -286,6 +305,10 @@ macro_rules! gelu_tbl {
 /// # Safety
 /// `table` points at 512 readable bytes.
 #[inline(always)]
+// Indices: in the MR == 4 branch 0..=3, in the MR == 2 branch 0 and 1, in the loop m < MR:
+// all below the const length MR of `idx` and `r` (`% MR` keeps the branches that a given
+// MR never takes in bounds too; every instantiation has MR ≥ 1).
+#[allow(clippy::indexing_slicing)]
 unsafe fn gelu_lookup<const MR: usize>(
     table: *const u8,
     idx: &[uint8x16_t; MR],
@@ -338,9 +361,15 @@ unsafe fn gelu_lookup<const MR: usize>(
 ///   above.
 ///
 /// # Safety
-/// `o0 + 16 ≤ e.dim`, `e`'s pointers as documented on [`Epi`], each `out[m]` points at 16
-/// writable bytes and each `res[m]` at 16 readable ones.
+/// `o0 + 16 ≤ e.dim`, `GELU` only where `e.gelu` (so that its table exists), each `out[m]`
+/// points at 16 writable bytes and each `res[m]` at 16 readable ones. (`e`'s other pointers
+/// hold `dim` channels by construction, see [`Epi`].)
 #[inline(always)]
+// Indices: q < 4, h < 2 and m < MR are loop counters over the const lengths of the arrays
+// they index (`sh_pre`, `m_pre`, `a`: 4; `act[m]`, `half[m]`: 2; `acc`, `act`, `half`,
+// `res`, `out`: MR), and MR − 1 < MR (every instantiation has MR ≥ 1). `step!` passes a
+// pointer to a `nomem` asm that only adds an offset to it (see there).
+#[allow(clippy::indexing_slicing, clippy::pointers_in_nomem_asm_block)]
 unsafe fn epilogue_c16<const MR: usize, const GELU: bool>(
     e: &Epi,
     o0: usize,
@@ -348,8 +377,9 @@ unsafe fn epilogue_c16<const MR: usize, const GELU: bool>(
     res: Option<[*const i8; MR]>,
     out: [*mut i8; MR],
 ) {
-    // SAFETY: every load below reads channels o0..o0 + 16 < dim of a dim-long field (or
-    // the 512-byte table); every store writes out[m][0..16]; the rest is register-only.
+    // SAFETY: every load below reads channels o0..o0 + 16 ≤ dim of a dim-long field f0..f5
+    // (fk = rq + k·dim + o0, inside the 6·dim fields), the 512-byte table (GELU, e.gelu),
+    // or res[m][0..16]; every store writes out[m][0..16]; the rest is register-only.
     unsafe {
         let zero = vdupq_n_s32(0);
         // Field k of channels o0..o0 + 16 is at f[k]: one pointer stepped by the field
@@ -444,10 +474,10 @@ unsafe fn epilogue_c16<const MR: usize, const GELU: bool>(
 #[inline(always)]
 fn acc_init(e: &Epi, o0: usize) -> [int32x4_t; 4] {
     if o0 + PW_NR <= e.dim {
-        // SAFETY: o0 + 16 ≤ dim.
+        // SAFETY: o0 + 16 ≤ dim, and `e.bias` holds dim i32 (Epi::new).
         unsafe { e.bias16(o0) }
     } else {
-        // SAFETY: register-only.
+        // SAFETY: register-only (NEON is a compile-time target feature here).
         unsafe { [vdupq_n_s32(0); 4] }
     }
 }
@@ -455,9 +485,13 @@ fn acc_init(e: &Epi, o0: usize) -> [int32x4_t; 4] {
 /// Applies the epilogue to one `MR` tokens × 16 outputs tile of a GEMM with `e.dim` outputs
 /// (tokens `t..t + MR`, outputs `o0..`), whose accumulators started at [`acc_init`]: the
 /// vector epilogue when all 16 outputs exist, else the scalar one on the `dim − o0` that
-/// do. `gemm_fits` must hold, `e` be built from `l`, and `t + MR ≤ tokens`.
+/// do.
+///
+/// # Safety
+/// `e` was built from `l` with `GELU` = `e.gelu`, `out` holds `tokens · e.dim` bytes
+/// (`gemm_fits`), and `t + MR ≤ tokens`.
 #[inline(always)]
-fn finish_tile<const MR: usize, const GELU: bool>(
+unsafe fn finish_tile<const MR: usize, const GELU: bool>(
     acc: [[int32x4_t; 4]; MR],
     o0: usize,
     t: usize,
@@ -471,8 +505,8 @@ fn finish_tile<const MR: usize, const GELU: bool>(
         // out.len() (gemm_fits, t + MR ≤ tokens, o0 + 16 ≤ dim).
         let base = out.as_mut_ptr();
         let ptrs: [*mut i8; MR] = core::array::from_fn(|m| base.wrapping_add((t + m) * dim + o0));
-        // SAFETY: o0 + 16 ≤ dim; gemm_fits checked the layer's lengths; each pointer heads 16
-        // bytes of `out`.
+        // SAFETY: o0 + 16 ≤ dim; GELU = e.gelu; each pointer heads 16 bytes of `out` (the
+        // caller's t + MR ≤ tokens and out.len() ≥ tokens·dim).
         unsafe { epilogue_c16::<MR, GELU>(e, o0, acc, None, ptrs) };
         return;
     }
@@ -500,34 +534,30 @@ fn finish_partial<const MR: usize, const GELU: bool>(
     for (m, a) in acc.iter().enumerate() {
         let mut sums = [0i32; PW_NR];
         for (q, v) in a.iter().enumerate() {
-            // SAFETY: 4q + 4 ≤ 16 lanes.
+            // SAFETY: 4q + 4 ≤ 16 lanes of the local array.
             unsafe { vst1q_s32(sums.as_mut_ptr().add(4 * q), *v) };
         }
-        finish_block(
-            &sums,
-            o0,
-            dim,
-            l,
-            act,
-            &mut out[(t + m) * dim..(t + m + 1) * dim],
-        );
+        // Row t + m of `out` (inside it for the tiles' callers; a row past the end would be
+        // skipped, not a panic).
+        let row = (t + m) * dim;
+        if let Some(out) = out.get_mut(row..row + dim) {
+            finish_block(&sums, o0, l, act, out);
+        }
     }
 }
 
-/// Applies the epilogue to one block of up to 16 output channels of one token.
+/// Applies the epilogue to the outputs `o0..` (at most 16) of one token's row `out`.
 #[inline(always)]
 fn finish_block(
     sums: &[i32; PW_NR],
     o0: usize,
-    dim: usize,
     l: &QuantLayer<'_>,
     act: Activation,
     out: &mut [i8],
 ) {
-    for (j, s) in sums.iter().enumerate().take(dim - o0) {
-        let o = o0 + j;
+    for (o, (s, y)) in (o0..).zip(sums.iter().zip(out.iter_mut().skip(o0))) {
         let acc = l.bias.at(o).wrapping_add(*s);
-        out[o] = epilogue_i8(acc, 0, &l.requant(o), l, act);
+        *y = epilogue_i8(acc, 0, &l.requant(o), l, act);
     }
 }
 
@@ -599,16 +629,18 @@ pub struct GemmI8<'a> {
 impl<'a> GemmI8<'a> {
     /// Prepares `l` for the `SDOT` kernel (`dot`, which needs FEAT_DotProd) or the `SMLAL`
     /// one; `None` where the layer's lengths or zero points do not fit them (or `dot`
-    /// without the dot product).
+    /// without the dot product, or no outputs).
     pub fn new(l: &QuantLayer<'a>, k: usize, n: usize, act: Activation, dot: bool) -> Option<Self> {
-        let fits = layer_fits(l, act, n)
+        // n > 0 also bounds `run`'s token loop by out.len().
+        let fits = n > 0
             && packed_len(n, k).is_some_and(|len| l.w.len() >= len)
             && (!dot || super::Isa::NeonDot.available());
-        fits.then(|| GemmI8 {
+        let e = Epi::new(l, act, n).filter(|_| fits)?;
+        Some(GemmI8 {
             l: *l,
-            e: Epi::new(l, n),
+            e,
             k,
-            gelu: act != Activation::Relu,
+            gelu: e.gelu,
             dot,
         })
     }
@@ -622,8 +654,9 @@ impl<'a> GemmI8<'a> {
         {
             return;
         }
-        // SAFETY: `new` checked the layer's lengths and (for `dot`) the dot product, so
-        // with the lengths above `gemm_fits` holds; `e` was built from `l`.
+        // SAFETY: `new` checked the weights' length, built `e` from `l` for n outputs (so
+        // layer_fits) and, for `dot`, found the dot product; with the lengths of x and out
+        // checked above, gemm_fits holds, and GELU = self.gelu = e.gelu.
         unsafe {
             match (self.dot, self.gelu) {
                 (false, false) => gemm_smlal::<false>(x, tokens, k, l, e, out),
@@ -638,7 +671,7 @@ impl<'a> GemmI8<'a> {
 /// [`gemm_i8_neon_smlal_2x16c4`] for one activation.
 ///
 /// # Safety
-/// `gemm_fits` must hold for `e.dim` outputs and `e` be built from `l`.
+/// `gemm_fits` holds (see there) for `e.dim` outputs.
 unsafe fn gemm_smlal<const GELU: bool>(
     x: &[i8],
     tokens: usize,
@@ -678,7 +711,7 @@ fn smlal_row(
     x0: int8x16_t,
     x1: int8x16_t,
 ) -> (int32x4_t, int32x4_t) {
-    // SAFETY: register-only NEON arithmetic.
+    // SAFETY: register-only NEON arithmetic (NEON is a compile-time target feature here).
     unsafe {
         let lo = vmlal_s8(
             vmull_s8(vget_low_s8(w0), vget_low_s8(x0)),
@@ -715,7 +748,7 @@ macro_rules! smlal_pair {
 /// `dim % 16 == 0`.
 #[inline(always)]
 unsafe fn smlal_token(row: *const i8, wb: *const i8, dim: usize) -> [int32x4_t; 4] {
-    // SAFETY: register-only.
+    // SAFETY: register-only (NEON is a compile-time target feature here).
     let z = unsafe { vdupq_n_s32(0) };
     let mut a0: Acc8 = [(z, z); 4];
     let mut wp = wb;
@@ -734,7 +767,7 @@ unsafe fn smlal_token(row: *const i8, wb: *const i8, dim: usize) -> [int32x4_t; 
         }
     }
     // SAFETY: register-only pairwise adds of the two partials of each output.
-    core::array::from_fn(|r| unsafe { vpaddq_s32(a0[r].0, a0[r].1) })
+    a0.map(|(p, q)| unsafe { vpaddq_s32(p, q) })
 }
 
 /// The ARMv8.0 micro-kernel for `k % 16 == 0`: 2 tokens × 16 outputs. The tokens' sums are
@@ -742,7 +775,7 @@ unsafe fn smlal_token(row: *const i8, wb: *const i8, dim: usize) -> [int32x4_t; 
 /// registers and spill) and share one epilogue, which loads each channel's parameters once.
 ///
 /// # Safety
-/// `gemm_fits` must hold, `e` be built from `l`, `k % 16 == 0` and `t + 2 ≤ tokens`.
+/// `gemm_fits` holds, `k % 16 == 0` and `t + 2 ≤ tokens`.
 #[inline(always)]
 unsafe fn gemm_smlal_tile2<const GELU: bool>(
     x: &[i8],
@@ -753,7 +786,9 @@ unsafe fn gemm_smlal_tile2<const GELU: bool>(
     out: &mut [i8],
 ) {
     let n = e.dim;
-    let (r0, r1) = (x[t * k..].as_ptr(), x[(t + 1) * k..].as_ptr());
+    // SAFETY: rows t and t + 1 < tokens start at most (tokens − 1)·k ≤ x.len() bytes in
+    // (gemm_fits).
+    let (r0, r1) = unsafe { (x.as_ptr().add(t * k), x.as_ptr().add((t + 1) * k)) };
     for ob in 0..n.div_ceil(PW_NR) {
         let init = acc_init(e, ob * PW_NR);
         // SAFETY: block ob spans 16·k bytes inside the packed weights (no input padding
@@ -762,15 +797,27 @@ unsafe fn gemm_smlal_tile2<const GELU: bool>(
             let wb = l.w.as_ptr().add(ob * PW_NR * k);
             [smlal_token(r0, wb, k), smlal_token(r1, wb, k)]
         };
-        // SAFETY: register-only.
-        let acc = sums.map(|s| core::array::from_fn(|q| unsafe { vaddq_s32(s[q], init[q]) }));
-        finish_tile::<2, GELU>(acc, ob * PW_NR, t, e, l, out);
+        let acc = sums.map(|mut s| {
+            for (v, i) in s.iter_mut().zip(init) {
+                // SAFETY: register-only.
+                *v = unsafe { vaddq_s32(*v, i) };
+            }
+            s
+        });
+        // SAFETY: the caller's gemm_fits and t + 2 ≤ tokens.
+        unsafe { finish_tile::<2, GELU>(acc, ob * PW_NR, t, e, l, out) };
     }
 }
 
+/// The ARMv8.0 micro-kernel for any `k`: `MR` tokens × 16 outputs, two input groups per
+/// step (the last one alone, its pair zero, where `groups` is odd).
+///
 /// # Safety
-/// `gemm_fits` must hold, `e` be built from `l`, and `t + MR ≤ tokens`.
+/// `gemm_fits` holds and `t + MR ≤ tokens`.
 #[inline(always)]
+// Indices: m < MR, r < 4 and 2r + 1 < 8 are loop counters over the const lengths of `rows`,
+// `acc` (MR × 8) and `init` (4).
+#[allow(clippy::indexing_slicing)]
 unsafe fn gemm_smlal_tile<const MR: usize, const GELU: bool>(
     x: &[i8],
     t: usize,
@@ -782,11 +829,14 @@ unsafe fn gemm_smlal_tile<const MR: usize, const GELU: bool>(
     let n = e.dim;
     let groups = k.div_ceil(PW_KR);
     let kp = groups * PW_KR;
-    let rows: [*const i8; MR] = core::array::from_fn(|m| x[(t + m) * k..].as_ptr());
+    // SAFETY: rows t + m < tokens start at most (tokens − 1)·k ≤ x.len() bytes in
+    // (gemm_fits, t + MR ≤ tokens).
+    let rows: [*const i8; MR] = core::array::from_fn(|m| unsafe { x.as_ptr().add((t + m) * k) });
     for ob in 0..n.div_ceil(PW_NR) {
         // SAFETY: block ob spans PW_NR·kp bytes inside the packed weights.
         let wb = unsafe { l.w.as_ptr().add(ob * PW_NR * kp) };
         // acc[m][2r]: outputs 4r, 4r+1 (two partials each); acc[m][2r+1]: 4r+2, 4r+3.
+        // SAFETY: register-only.
         let mut acc = [[unsafe { vdupq_n_s32(0) }; 8]; MR];
         let mut g = 0;
         while g < groups {
@@ -795,18 +845,23 @@ unsafe fn gemm_smlal_tile<const MR: usize, const GELU: bool>(
                 // SAFETY: group g (and g+1 when pair) lie inside block ob: (g+1)·64 ≤ 16·kp.
                 let w0 = unsafe { vld1q_s8(wb.add(g * 64 + r * 16)) };
                 let w1 = if pair {
+                    // SAFETY: as for w0 (g + 1 < groups).
                     unsafe { vld1q_s8(wb.add((g + 1) * 64 + r * 16)) }
                 } else {
+                    // SAFETY: register-only.
                     unsafe { vdupq_n_s8(0) }
                 };
                 for m in 0..MR {
                     // SAFETY: rows[m] points at k readable bytes.
                     let x0 = unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g, k))) };
                     let x1 = if pair {
+                        // SAFETY: as for x0.
                         unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g + 1, k))) }
                     } else {
+                        // SAFETY: register-only.
                         unsafe { vdupq_n_s8(0) }
                     };
+                    // SAFETY: register-only NEON arithmetic.
                     unsafe {
                         let lo = vmlal_s8(
                             vmull_s8(vget_low_s8(w0), vget_low_s8(x0)),
@@ -822,13 +877,14 @@ unsafe fn gemm_smlal_tile<const MR: usize, const GELU: bool>(
             g += 2;
         }
         let init = acc_init(e, ob * PW_NR);
-        // SAFETY: register-only pairwise adds of the two partials of each output.
         let sums: [[int32x4_t; 4]; MR] = core::array::from_fn(|m| {
+            // SAFETY: register-only pairwise adds of the two partials of each output.
             core::array::from_fn(|r| unsafe {
                 vaddq_s32(vpaddq_s32(acc[m][2 * r], acc[m][2 * r + 1]), init[r])
             })
         });
-        finish_tile::<MR, GELU>(sums, ob * PW_NR, t, e, l, out);
+        // SAFETY: the caller's gemm_fits and t + MR ≤ tokens.
+        unsafe { finish_tile::<MR, GELU>(sums, ob * PW_NR, t, e, l, out) };
     }
 }
 
@@ -887,8 +943,7 @@ pub fn gemm_i8_neon_sdot_4x16c4(
 /// [`gemm_i8_neon_sdot_4x16c4`] for one activation.
 ///
 /// # Safety
-/// `gemm_fits` must hold for `e.dim` outputs, `e` be built from `l`, and the CPU must
-/// implement FEAT_DotProd.
+/// `gemm_fits` holds (see there) for `e.dim` outputs, and the CPU implements FEAT_DotProd.
 #[target_feature(enable = "dotprod")]
 unsafe fn gemm_sdot<const GELU: bool>(
     x: &[i8],
@@ -927,8 +982,7 @@ macro_rules! sdot_group {
 /// 4 inputs) per group — 4 + 4 loads for 64 `SDOT`s per 16 inputs.
 ///
 /// # Safety
-/// `gemm_fits` must hold, `e` be built from `l`, `t + 4 ≤ tokens`, and the CPU must
-/// implement FEAT_DotProd.
+/// `gemm_fits` holds, `t + 4 ≤ tokens`, and the CPU implements FEAT_DotProd.
 #[target_feature(enable = "dotprod")]
 unsafe fn gemm_sdot_tile4<const GELU: bool>(
     x: &[i8],
@@ -942,12 +996,17 @@ unsafe fn gemm_sdot_tile4<const GELU: bool>(
     let groups = k.div_ceil(PW_KR);
     let kp = groups * PW_KR;
     let full16 = k / 16; // input blocks of 16 that need no padding
-    let r0 = x[t * k..].as_ptr();
-    let (r1, r2, r3) = (
-        x[(t + 1) * k..].as_ptr(),
-        x[(t + 2) * k..].as_ptr(),
-        x[(t + 3) * k..].as_ptr(),
-    );
+                         // SAFETY: rows t..t + 4 ≤ tokens start at most (tokens − 1)·k ≤ x.len() bytes in
+                         // (gemm_fits).
+    let (r0, r1, r2, r3) = unsafe {
+        let x = x.as_ptr();
+        (
+            x.add(t * k),
+            x.add((t + 1) * k),
+            x.add((t + 2) * k),
+            x.add((t + 3) * k),
+        )
+    };
     for ob in 0..n.div_ceil(PW_NR) {
         // SAFETY: block ob spans PW_NR·kp bytes inside the packed weights.
         let wb = unsafe { l.w.as_ptr().add(ob * PW_NR * kp) };
@@ -995,13 +1054,15 @@ unsafe fn gemm_sdot_tile4<const GELU: bool>(
             // k bytes.
             unsafe { sdot_tail(&mut acc, wb, &[r0, r1, r2, r3], 4 * full16, groups, k) };
         }
-        finish_tile::<4, GELU>(acc, ob * PW_NR, t, e, l, out);
+        // SAFETY: the caller's gemm_fits and t + 4 ≤ tokens.
+        unsafe { finish_tile::<4, GELU>(acc, ob * PW_NR, t, e, l, out) };
     }
 }
 
+/// The dot-product micro-kernel for `MR` tokens × 16 outputs (the last tokens of a layer).
+///
 /// # Safety
-/// `gemm_fits` must hold, `e` be built from `l`, `t + MR ≤ tokens`, and the CPU must
-/// implement FEAT_DotProd.
+/// `gemm_fits` holds, `t + MR ≤ tokens`, and the CPU implements FEAT_DotProd.
 #[target_feature(enable = "dotprod")]
 unsafe fn gemm_sdot_tile<const MR: usize, const GELU: bool>(
     x: &[i8],
@@ -1015,7 +1076,9 @@ unsafe fn gemm_sdot_tile<const MR: usize, const GELU: bool>(
     let groups = k.div_ceil(PW_KR);
     let kp = groups * PW_KR;
     let full16 = k / 16; // input blocks of 16 that need no padding
-    let rows: [*const i8; MR] = core::array::from_fn(|m| x[(t + m) * k..].as_ptr());
+                         // SAFETY: rows t + m < tokens start at most (tokens − 1)·k ≤ x.len() bytes in
+                         // (gemm_fits, t + MR ≤ tokens).
+    let rows: [*const i8; MR] = core::array::from_fn(|m| unsafe { x.as_ptr().add((t + m) * k) });
     for ob in 0..n.div_ceil(PW_NR) {
         // SAFETY: block ob spans PW_NR·kp bytes inside the packed weights.
         let wb = unsafe { l.w.as_ptr().add(ob * PW_NR * kp) };
@@ -1024,10 +1087,10 @@ unsafe fn gemm_sdot_tile<const MR: usize, const GELU: bool>(
             // SAFETY: (4kb + 4)·64 ≤ 16·kp since 16(kb+1) ≤ k ≤ kp.
             let w: [int8x16x4_t; 4] =
                 core::array::from_fn(|q| unsafe { vld1q_s8_x4(wb.add((4 * kb + q) * 64)) });
-            for m in 0..MR {
+            for (row, a) in rows.iter().zip(acc.iter_mut()) {
                 // SAFETY: 16kb + 16 ≤ k bytes of the row are readable.
-                let xv = unsafe { vld1q_s8(rows[m].add(16 * kb)) };
-                let a = &mut acc[m];
+                let xv = unsafe { vld1q_s8(row.add(16 * kb)) };
+                // SAFETY: register-only SDOTs (FEAT_DotProd: the caller's).
                 unsafe {
                     sdot_lane!(a[0], w[0].0, xv, "0");
                     sdot_lane!(a[1], w[0].1, xv, "0");
@@ -1052,7 +1115,8 @@ unsafe fn gemm_sdot_tile<const MR: usize, const GELU: bool>(
             // SAFETY: as for the tile of 4.
             unsafe { sdot_tail(&mut acc, wb, &rows, 4 * full16, groups, k) };
         }
-        finish_tile::<MR, GELU>(acc, ob * PW_NR, t, e, l, out);
+        // SAFETY: the caller's gemm_fits and t + MR ≤ tokens.
+        unsafe { finish_tile::<MR, GELU>(acc, ob * PW_NR, t, e, l, out) };
     }
 }
 
@@ -1077,11 +1141,12 @@ unsafe fn sdot_tail<const MR: usize>(
         // SAFETY: group g < groups lies inside the block.
         let w: [int8x16_t; 4] =
             core::array::from_fn(|r| unsafe { vld1q_s8(wb.add(g * 64 + r * 16)) });
-        for m in 0..MR {
-            // SAFETY: rows[m] points at k readable bytes.
-            let xv = unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g, k))) };
-            for r in 0..4 {
-                unsafe { sdot_lane!(acc[m][r], w[r], xv, "0") };
+        for (a, row) in acc.iter_mut().zip(rows) {
+            // SAFETY: each row points at k readable bytes.
+            let xv = unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(*row, g, k))) };
+            for (ar, wr) in a.iter_mut().zip(w) {
+                // SAFETY: register-only SDOT (FEAT_DotProd: the caller's).
+                unsafe { sdot_lane!(*ar, wr, xv, "0") };
             }
         }
     }
@@ -1185,25 +1250,27 @@ pub fn dw_i8_inplace_sdot(
         && (1..=DW_MAX_K).contains(&k)
         && g.pad_top < k
         && g.pad_left < k
-        && dw_fits(g, l, act)
+        && dw_fits(g, l)
         && g.elements().is_some_and(|n| a.len() >= n)
         && scratch.len() >= super::inplace::dw_slice_scratch_len(g);
-    if ok {
-        let e = Epi::new(l, g.dim);
-        // SAFETY: dotprod is available; the lengths are checked above.
+    let e = Epi::new(l, act, g.dim).filter(|_| ok);
+    if let Some(e) = &e {
+        // SAFETY: dotprod is available; the lengths are checked above and by Epi::new, which
+        // built e from l; GELU = e.gelu.
         unsafe {
-            if act == Activation::Relu {
-                dw_sdot_rows::<false>(a, scratch, g, l, &e)
+            if e.gelu {
+                dw_sdot_rows::<true>(a, scratch, g, l, e)
             } else {
-                dw_sdot_rows::<true>(a, scratch, g, l, &e)
+                dw_sdot_rows::<false>(a, scratch, g, l, e)
             }
         };
     }
-    ok
+    e.is_some()
 }
 
 /// # Safety
-/// The conditions `dw_i8_inplace_sdot` checks; `e` built from `l`.
+/// The conditions `dw_i8_inplace_sdot` checks, `e` built from `l` (`Epi::new`) with `GELU`
+/// = `e.gelu`; the CPU implements FEAT_DotProd.
 #[target_feature(enable = "dotprod")]
 unsafe fn dw_sdot_rows<const GELU: bool>(
     a: &mut [i8],
@@ -1215,16 +1282,15 @@ unsafe fn dw_sdot_rows<const GELU: bool>(
     let (d, k, ht, wt, pt, pl) = (g.dim, g.kernel, g.ht, g.wt, g.pad_top, g.pad_left);
     let groups = k.div_ceil(4);
     let cols = wt + k - 1;
-    let (ring, rest) = scratch.split_at_mut(pt * wt * 16);
-    let (wpack, rest) = rest.split_at_mut(groups * k * 64);
-    let (cache, rest) = rest.split_at_mut(groups * cols * 64);
-    let rowbuf = &mut rest[..wt * 16];
-    let (ring, wpack, cache, rowbuf) = (
-        ring.as_mut_ptr(),
-        wpack.as_mut_ptr(),
-        cache.as_mut_ptr(),
-        rowbuf.as_mut_ptr(),
-    );
+    // SAFETY: the four buffers ring (pt·wt·16 bytes), wpack (groups·k·64), cache
+    // (groups·cols·64) and rowbuf (wt·16) lie one after the other inside scratch, whose
+    // length is at least their sum (dw_slice_scratch_len, checked by the caller).
+    let (ring, wpack, cache, rowbuf) = unsafe {
+        let ring = scratch.as_mut_ptr();
+        let wpack = ring.add(pt * wt * 16);
+        let cache = wpack.add(groups * k * 64);
+        (ring, wpack, cache, cache.add(groups * cols * 64))
+    };
     let ap = a.as_mut_ptr();
     let w = l.w.as_ptr();
     let zp = vdupq_n_s8(e.zp_in);
@@ -1243,7 +1309,7 @@ unsafe fn dw_sdot_rows<const GELU: bool>(
         }
     }
     for c0 in (0..d).step_by(16) {
-        // SAFETY (whole slice c0): every offset below is inside its buffer: weights
+        // SAFETY: for the whole slice c0, every offset below is inside its buffer: weights
         // (ky·k + kx)·d + c0 + 16 ≤ k²·d (dw_fits); activations (t·d + c0 + 16 ≤ tokens·d);
         // ring (slot·wt + x)·16 + 16 ≤ pt·wt·16; wpack (gi·k + kx)·64 + 64 ≤ groups·k·64;
         // cache (gi·cols + col)·64 + 64 ≤ groups·cols·64; rowbuf x·16 + 16 ≤ wt·16.
@@ -1361,27 +1427,29 @@ pub fn dw_i8_inplace_smlal(
         && (1..=DW_MAX_K).contains(&k)
         && g.pad_top < k
         && g.pad_left < k
-        && dw_fits(g, l, act)
+        && dw_fits(g, l)
         && g.elements().is_some_and(|n| a.len() >= n)
         && scratch.len() >= super::inplace::dw_slice_scratch_len(g);
-    if ok {
-        let e = Epi::new(l, g.dim);
-        // SAFETY: the lengths are checked above.
+    let e = Epi::new(l, act, g.dim).filter(|_| ok);
+    if let Some(e) = &e {
+        // SAFETY: the lengths are checked above and by Epi::new, which built e from l;
+        // GELU = e.gelu.
         unsafe {
-            if act == Activation::Relu {
-                dw_smlal_by_k::<false>(a, scratch, g, l, &e)
+            if e.gelu {
+                dw_smlal_by_k::<true>(a, scratch, g, l, e)
             } else {
-                dw_smlal_by_k::<true>(a, scratch, g, l, &e)
+                dw_smlal_by_k::<false>(a, scratch, g, l, e)
             }
         }
     }
-    ok
+    e.is_some()
 }
 
 /// [`dw_smlal_rows`] specialised for k = 3, 5, 7, 9 (and generic otherwise).
 ///
 /// # Safety
-/// The conditions `dw_i8_inplace_smlal` checks; `e` built from `l`.
+/// The conditions `dw_i8_inplace_smlal` checks, `e` built from `l` (`Epi::new`) with `GELU`
+/// = `e.gelu`.
 unsafe fn dw_smlal_by_k<const GELU: bool>(
     a: &mut [i8],
     scratch: &mut [i8],
@@ -1402,8 +1470,8 @@ unsafe fn dw_smlal_by_k<const GELU: bool>(
 }
 
 /// # Safety
-/// The conditions `dw_i8_inplace_smlal` checks; `e` built from `l`; `K` is 0 or
-/// `g.kernel`.
+/// The conditions `dw_i8_inplace_smlal` checks, `e` built from `l` (`Epi::new`) with `GELU`
+/// = `e.gelu`; `K` is 0 or `g.kernel`.
 #[inline(always)]
 unsafe fn dw_smlal_rows<const K: usize, const GELU: bool>(
     a: &mut [i8],
@@ -1416,13 +1484,17 @@ unsafe fn dw_smlal_rows<const K: usize, const GELU: bool>(
     let (d, ht, wt, pt, pl) = (g.dim, g.ht, g.wt, g.pad_top, g.pad_left);
     let below = k - 1 - pt; // input rows below the output row
     let cols = wt + k - 1;
-    let (cache, rest) = scratch.split_at_mut(k * cols * 16);
-    let (zrow, rest) = rest.split_at_mut(cols * 16);
-    let rowbuf = &mut rest[..wt * 16];
-    let (cache, zrow, rowbuf) = (cache.as_mut_ptr(), zrow.as_mut_ptr(), rowbuf.as_mut_ptr());
+    // SAFETY: cache (k·cols·16 bytes), zrow (cols·16) and rowbuf (wt·16) lie one after the
+    // other inside scratch: (k + 1)·cols·16 + wt·16 ≤ dw_slice_scratch_len ≤ scratch.len()
+    // (checked by the caller).
+    let (cache, zrow, rowbuf) = unsafe {
+        let cache = scratch.as_mut_ptr();
+        let zrow = cache.add(k * cols * 16);
+        (cache, zrow, zrow.add(cols * 16))
+    };
     let ap = a.as_mut_ptr();
     let w = l.w.as_ptr();
-    // SAFETY (whole function): offsets stay inside their buffers: cache (slot·cols + col)·16
+    // SAFETY: in the whole function, offsets stay inside their buffers: cache (slot·cols + col)·16
     // + 16 ≤ k·cols·16 (slot < k, col < cols); zrow col·16 + 16 ≤ cols·16; rowbuf x·16 + 16
     // ≤ wt·16; activations (row·wt + x)·d + c0 + 16 ≤ tokens·d (row < ht, x < wt, c0 + 16 ≤
     // d); weights (ky·k + kx)·d + c0 + 16 ≤ k²·d (dw_fits). Cache columns read: x + kx ≤
@@ -1546,7 +1618,7 @@ fn mac_pair(
 
 #[inline(always)]
 fn widen_add(acc: [int32x4_t; 4], lo: int16x8_t, hi: int16x8_t) -> [int32x4_t; 4] {
-    // SAFETY: register-only NEON arithmetic (NEON is baseline on aarch64).
+    // SAFETY: register-only NEON arithmetic (NEON is a compile-time target feature here).
     unsafe {
         [
             vaddw_s16(acc[0], vget_low_s16(lo)),
@@ -1557,13 +1629,13 @@ fn widen_add(acc: [int32x4_t; 4], lo: int16x8_t, hi: int16x8_t) -> [int32x4_t; 4
     }
 }
 
-/// Whether a depthwise layer's parameters are long enough for the NEON kernels.
-fn dw_fits(g: Grid, l: &QuantLayer<'_>, act: Activation) -> bool {
-    layer_fits(l, act, g.dim)
-        && g.kernel
-            .checked_mul(g.kernel)
-            .and_then(|kk| kk.checked_mul(g.dim))
-            .is_some_and(|n| l.w.len() >= n)
+/// Whether a depthwise layer's weights are long enough for the NEON kernels (`Epi::new`
+/// checks the other sections).
+fn dw_fits(g: Grid, l: &QuantLayer<'_>) -> bool {
+    g.kernel
+        .checked_mul(g.kernel)
+        .and_then(|kk| kk.checked_mul(g.dim))
+        .is_some_and(|n| l.w.len() >= n)
 }
 
 /// int8 global average pool + head with NEON, same arguments and bits as
@@ -1615,9 +1687,8 @@ pub fn head_i8_neon(
         return;
     }
     let d16 = dim / 16 * 16;
-    // SAFETY: every load reads x[u·dim + d0 .. +16] with u < tokens, d0 + 16 ≤ dim, or
-    // w[c·dim + d0 .. +16] with c < classes, or mean[d0 .. +16] (d0 + 16 ≤ dim ≤ len);
-    // every store writes mean[d0 .. +16]. Lengths checked above.
+    // SAFETY: every load reads x[u·dim + d0 .. +16] with u < tokens, d0 + 16 ≤ dim; every
+    // store writes mean[d0 .. +16] (d0 + 16 ≤ dim ≤ mean.len()). Lengths checked above.
     unsafe {
         for d0 in (0..d16).step_by(16) {
             let mut s = [vdupq_n_s32(0); 4];
@@ -1641,17 +1712,28 @@ pub fn head_i8_neon(
             }
         }
     }
-    for d in d16..dim {
-        mean[d] = (0..tokens).map(|t| i32::from(x[t * dim + d])).sum();
+    // The channels past the last 16-channel block (dim > 0 where there are any), summed
+    // token by token (exact, so in any order).
+    if let (true, Some(tail)) = (d16 < dim, mean.get_mut(d16..dim)) {
+        tail.iter_mut().for_each(|m| *m = 0);
+        for row in x.chunks_exact(dim).take(tokens) {
+            for (m, v) in tail.iter_mut().zip(row.iter().skip(d16)) {
+                *m += i32::from(*v);
+            }
+        }
     }
     // Σ(x − zp) = Σx − T·zp: both sides are below 2^30 in magnitude, so exact in i32.
     let tz = tokens as i32 * zp_in;
-    for m in mean[..dim].iter_mut() {
+    for m in mean.iter_mut().take(dim) {
         *m = reference::gap_mean(*m - tz, tokens, frac_bits);
     }
     for (c, out) in logits.iter_mut().enumerate() {
-        let row = &w[c * dim..(c + 1) * dim];
-        // SAFETY: as above (row and mean hold dim ≥ d0 + 16 elements).
+        // Inside w (classes·dim ≤ w.len(), checked above), and exactly dim long.
+        let Some(row) = w.get(c * dim..(c + 1) * dim) else {
+            continue;
+        };
+        // SAFETY: reads row[d0 .. +16] and mean[d0 .. +16] with d0 + 16 ≤ dim = row.len() ≤
+        // mean.len().
         let mut acc = unsafe {
             let mut a = [vdupq_n_s32(0); 4];
             for d0 in (0..d16).step_by(16) {
@@ -1663,14 +1745,14 @@ pub fn head_i8_neon(
                     vmovl_s16(vget_low_s16(hi)),
                     vmovl_high_s16(hi),
                 ];
-                for q in 0..4 {
-                    a[q] = vmlaq_s32(a[q], wq[q], vld1q_s32(mean.as_ptr().add(d0 + 4 * q)));
+                for (q, (aq, wv)) in a.iter_mut().zip(wq).enumerate() {
+                    *aq = vmlaq_s32(*aq, wv, vld1q_s32(mean.as_ptr().add(d0 + 4 * q)));
                 }
             }
             vaddvq_s32(vaddq_s32(vaddq_s32(a[0], a[1]), vaddq_s32(a[2], a[3])))
         };
-        for d in d16..dim {
-            acc = acc.wrapping_add(i32::from(row[d]).wrapping_mul(mean[d]));
+        for (wv, m) in row.iter().zip(mean.iter()).skip(d16) {
+            acc = acc.wrapping_add(i32::from(*wv).wrapping_mul(*m));
         }
         *out = scale.at(c) * acc as f32 + bias.at(c);
     }

@@ -5,8 +5,17 @@
 //! Activations are token-major (`token · dim + channel`); weight layouts are those of
 //! `docs/blob-format.md`. Callers pass slices of the documented lengths (the model checks
 //! them once, from the validated header).
+//!
+//! No kernel here panics or overflows on any arguments: each checks once, in checked
+//! arithmetic, that the slices it indexes hold the shape's elements (writing nothing where
+//! they do not), which also bounds every index it then forms, and reads through `get`;
+//! integer accumulation wraps where a validated blob keeps it from overflowing (the reader's
+//! accumulator bound), which is what the SIMD kernels' i32 lanes do.
+#![forbid(unsafe_code)]
 
-use super::{EmbedGeom, Grid};
+use super::{
+    fgemm_packed_len_checked, gemm_index, gemm_packed_len_checked, EmbedGeom, Grid, PW_KR, PW_NR,
+};
 use crate::le::{F32Le, FloatWeights, I32Le};
 use crate::Activation;
 
@@ -293,17 +302,23 @@ pub fn embed_f<W: FloatWeights, M: FloatArith>(
 ) {
     let (p, c) = (g.patch, g.in_c);
     let taps = g.taps();
-    let wt = (g.in_w - p) / p + 1;
-    let ht = (g.in_h - p) / p + 1;
+    let grid = embed_grid(g, px.len(), dim, out.len())
+        .filter(|_| fgemm_packed_len_checked(dim, taps).is_some());
+    let Some((ht, wt)) = grid else {
+        return;
+    };
     for ty in 0..ht {
         for tx in 0..wt {
             let t = ty * wt + tx;
-            for o in 0..dim {
+            let Some(orow) = out.get_mut(t * dim..(t + 1) * dim) else {
+                return;
+            };
+            for (o, y) in orow.iter_mut().enumerate() {
                 let mut acc = l.bias.at(o);
                 let mut i = 0;
                 for ky in 0..p {
                     let row = ((ty * p + ky) * g.in_w + tx * p) * c;
-                    for v in &px[row..row + p * c] {
+                    for v in px.get(row..row + p * c).unwrap_or_default() {
                         acc = F32Arith::mac(
                             acc,
                             l.w.at(super::fgemm_index(o, i, taps)),
@@ -312,10 +327,34 @@ pub fn embed_f<W: FloatWeights, M: FloatArith>(
                         i += 1;
                     }
                 }
-                out[t * dim + o] = M::narrow(l.finish(o, act, acc));
+                *y = M::narrow(l.finish(o, act, acc));
             }
         }
     }
+}
+
+/// The token grid `(ht, wt)` of a patch embedding, where the patch fits the image
+/// (`0 < p ≤ in_h, in_w`), `px_len` covers the image (`in_h · in_w · in_c`) and `out_len`
+/// the `ht · wt · dim` outputs, all in checked arithmetic: below these sizes no index an
+/// embedding forms (pixel `((ty·p + ky)·in_w + tx·p)·in_c + …`, output `t·dim + o`) can
+/// overflow or leave its slice, and with `dim > 0` the embedding's loops run at most
+/// `out_len` times. `None` otherwise.
+pub(crate) fn embed_grid(
+    g: EmbedGeom,
+    px_len: usize,
+    dim: usize,
+    out_len: usize,
+) -> Option<(usize, usize)> {
+    let p = g.patch;
+    // dim > 0 also bounds the token loops by out_len (no outputs: nothing to do).
+    if p == 0 || g.in_h < p || g.in_w < p || dim == 0 {
+        return None;
+    }
+    // (in − p) / p + 1 = in / p for in ≥ p ≥ 1.
+    let (ht, wt) = (g.in_h / p, g.in_w / p);
+    let image = g.in_h.checked_mul(g.in_w)?.checked_mul(g.in_c)?;
+    let outputs = ht.checked_mul(wt)?.checked_mul(dim)?;
+    (px_len >= image && out_len >= outputs).then_some((ht, wt))
 }
 
 /// Depthwise k×k 'same' conv (zero padding) + activation + affine + residual:
@@ -329,14 +368,30 @@ pub fn dw_f<W: FloatWeights, M: FloatArith>(
     out: &mut [M::Act],
 ) {
     let (k, d) = (g.kernel, g.dim);
+    // Below these sizes every index formed here is inside its slice (taps outside the
+    // grid are skipped) and computed without overflow; d > 0 and the k²·d weights also
+    // bound every loop by a buffer's length.
+    let wsz = if W::HALF { 2 } else { 4 };
+    let fits = d > 0
+        && g.elements().is_some_and(|n| x.len() >= n && out.len() >= n)
+        && k.checked_mul(k)
+            .and_then(|kk| kk.checked_mul(d))
+            .is_some_and(|n| l.w.bytes().len() / wsz >= n);
+    if !fits {
+        return;
+    }
     for ty in 0..g.ht {
         for tx in 0..g.wt {
             let t = ty * g.wt + tx;
-            for c in 0..d {
+            let range = t * d..(t + 1) * d;
+            let (Some(res), Some(orow)) = (x.get(range.clone()), out.get_mut(range)) else {
+                return;
+            };
+            for (c, (y, r)) in orow.iter_mut().zip(res).enumerate() {
                 let mut acc = M::init(l.bias.at(c));
                 for ky in 0..k {
-                    let y = (ty + ky).wrapping_sub(g.pad_top);
-                    if y >= g.ht {
+                    let yy = (ty + ky).wrapping_sub(g.pad_top);
+                    if yy >= g.ht {
                         continue;
                     }
                     for kx in 0..k {
@@ -344,11 +399,12 @@ pub fn dw_f<W: FloatWeights, M: FloatArith>(
                         if xx >= g.wt {
                             continue;
                         }
-                        let v = M::widen(x[(y * g.wt + xx) * d + c]);
-                        acc = M::mac(acc, l.w.at((ky * k + kx) * d + c), v);
+                        if let Some(v) = x.get((yy * g.wt + xx) * d + c) {
+                            acc = M::mac(acc, l.w.at((ky * k + kx) * d + c), M::widen(*v));
+                        }
                     }
                 }
-                out[t * d + c] = M::narrow(l.finish(c, act, acc) + M::widen(x[t * d + c]));
+                *y = M::narrow(l.finish(c, act, acc) + M::widen(*r));
             }
         }
     }
@@ -364,14 +420,26 @@ pub fn pw_f<W: FloatWeights, M: FloatArith>(
     act: Activation,
     out: &mut [M::Act],
 ) {
+    // dim > 0 also bounds the token loop by x.len().
+    let fits = dim > 0
+        && tokens
+            .checked_mul(dim)
+            .is_some_and(|n| x.len() >= n && out.len() >= n)
+        && fgemm_packed_len_checked(dim, dim).is_some();
+    if !fits {
+        return;
+    }
     for t in 0..tokens {
-        let row = &x[t * dim..(t + 1) * dim];
-        for o in 0..dim {
+        let range = t * dim..(t + 1) * dim;
+        let (Some(row), Some(orow)) = (x.get(range.clone()), out.get_mut(range)) else {
+            return;
+        };
+        for (o, y) in orow.iter_mut().enumerate() {
             let mut acc = M::init(l.bias.at(o));
             for (i, v) in row.iter().enumerate() {
                 acc = M::mac(acc, l.w.at(super::fgemm_index(o, i, dim)), M::widen(*v));
             }
-            out[t * dim + o] = M::narrow(l.finish(o, act, acc));
+            *y = M::narrow(l.finish(o, act, acc));
         }
     }
 }
@@ -387,9 +455,18 @@ pub fn head_f<W: FloatWeights, M: FloatArith>(
     mean: &mut [f32],
     logits: &mut [f32],
 ) {
+    let fits = tokens.checked_mul(dim).is_some_and(|n| x.len() >= n)
+        && logits.len().checked_mul(dim).is_some();
+    let Some(mean) = mean.get_mut(..dim).filter(|_| fits) else {
+        return;
+    };
     mean.iter_mut().for_each(|m| *m = 0.0);
-    for t in 0..tokens {
-        for (m, v) in mean.iter_mut().zip(&x[t * dim..(t + 1) * dim]) {
+    // Token rows in order (none where dim = 0: the pool is empty).
+    for row in x
+        .chunks_exact(dim.max(1))
+        .take(if dim > 0 { tokens } else { 0 })
+    {
+        for (m, v) in mean.iter_mut().zip(row) {
             *m += M::widen(*v);
         }
     }
@@ -433,6 +510,9 @@ pub fn rshr(v: i32, s: i32) -> i32 {
     if s <= 0 {
         v
     } else {
+        // Every shift s ≥ 32 gives 0 (|v + 2^(s−1)| < 2^s), so capping it at 32 changes no
+        // result and keeps the shifts below 64.
+        let s = s.min(32);
         ((i64::from(v) + (1i64 << (s - 1))) >> s) as i32
     }
 }
@@ -450,7 +530,10 @@ pub fn rshr(v: i32, s: i32) -> i32 {
 #[inline]
 pub fn rq(x: i32, m: i32, sh: i32) -> i32 {
     let x = if sh < 0 {
-        (i64::from(x) << (-sh)).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+        // A left shift by 32 already saturates every x ≠ 0, so capping it changes no result
+        // (and −i32::MIN cannot overflow).
+        let left = sh.unsigned_abs().min(32);
+        (i64::from(x) << left).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
     } else {
         x
     };
@@ -511,10 +594,15 @@ impl QuantLayer<'_> {
         }
     }
 
-    /// GELU table entry `i` (0..256): `lo[i] | hi[i] << 8` as i16.
+    /// GELU table entry `i` (0..256): `lo[i] | hi[i] << 8` as i16 (a byte past the table,
+    /// which a validated GELU layer never has, reads as 0).
     #[inline]
     pub fn gelu(&self, i: usize) -> i32 {
-        i32::from(i16::from_le_bytes([self.table[i], self.table[256 + i]]))
+        let byte = |j: Option<usize>| j.and_then(|j| self.table.get(j)).copied().unwrap_or(0);
+        i32::from(i16::from_le_bytes([
+            byte(Some(i)),
+            byte(i.checked_add(256)),
+        ]))
     }
 }
 
@@ -539,8 +627,16 @@ pub fn epilogue_i8(acc: i32, res: i32, r: &Requant, l: &QuantLayer<'_>, act: Act
             l.gelu((z + 128) as usize)
         }
     };
-    let v = rshr(a * r.m_post + res * r.m_res + r.b_post, r.sh_post);
-    (l.zp_out + v).clamp(-128, 127) as i8
+    // |a·m_post| ≤ 2^15·2^14, |res·m_res| < 2^8·2^20 and |b_post| ≤ 2^29 (the reader's
+    // bounds): the sum stays below 2^31 and the wrapping forms only keep other parameters
+    // from panicking. The saturating add matches the SIMD epilogue's saturating narrows.
+    let sum = a
+        .wrapping_mul(r.m_post)
+        .wrapping_add(res.wrapping_mul(r.m_res))
+        .wrapping_add(r.b_post);
+    l.zp_out
+        .saturating_add(rshr(sum, r.sh_post))
+        .clamp(-128, 127) as i8
 }
 
 /// int8 patch embedding on raw `u8` pixels: a GEMM over each token's patch (`[ky][kx][c]`,
@@ -569,23 +665,30 @@ pub fn embed_i8(
     out: &mut [i8],
 ) {
     let (p, c, taps) = (g.patch, g.in_c, g.taps());
-    let wt = (g.in_w - p) / p + 1;
-    let ht = (g.in_h - p) / p + 1;
+    let grid = embed_grid(g, px.len(), dim, out.len())
+        .filter(|_| gemm_packed_len_checked(dim, taps).is_some_and(|n| l.w.len() >= n));
+    let Some((ht, wt)) = grid else {
+        return;
+    };
     for ty in 0..ht {
         for tx in 0..wt {
             let t = ty * wt + tx;
-            for o in 0..dim {
+            let Some(orow) = out.get_mut(t * dim..(t + 1) * dim) else {
+                return;
+            };
+            for (o, y) in orow.iter_mut().enumerate() {
                 let mut acc = l.bias.at(o);
                 let mut tap = 0;
                 for ky in 0..p {
                     let row = ((ty * p + ky) * g.in_w + tx * p) * c;
-                    for v in &px[row..row + p * c] {
+                    for v in px.get(row..row + p * c).unwrap_or_default() {
                         let x = i32::from(*v) - 128;
-                        acc += i32::from(l.w[super::gemm_index(o, tap, taps)]) * x;
+                        let w = l.w.get(super::gemm_index(o, tap, taps)).copied();
+                        acc = acc.wrapping_add(i32::from(w.unwrap_or(0)) * x);
                         tap += 1;
                     }
                 }
-                out[t * dim + o] = epilogue_i8(acc, 0, &l.requant(o), l, act);
+                *y = epilogue_i8(acc, 0, &l.requant(o), l, act);
             }
         }
     }
@@ -596,20 +699,19 @@ pub fn embed_i8(
 /// (the quantised 0.0; `bias′` already holds `−zp_in·Σ w`, so padding adds exactly zero).
 pub fn dw_i8(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, out: &mut [i8]) {
     let d = g.dim;
+    // Below this size no token index overflows; d > 0 bounds the token loops by x.len().
+    if d == 0 || !g.elements().is_some_and(|n| x.len() >= n && out.len() >= n) {
+        return;
+    }
     for ty in 0..g.ht {
         for tx in 0..g.wt {
             let t = ty * g.wt + tx;
             let src = |y: usize, xx: usize| x.get((y * g.wt + xx) * d..(y * g.wt + xx + 1) * d);
-            dw_token_i8(
-                &src,
-                ty,
-                tx,
-                &x[t * d..(t + 1) * d],
-                g,
-                l,
-                act,
-                &mut out[t * d..(t + 1) * d],
-            );
+            let range = t * d..(t + 1) * d;
+            let (Some(res), Some(o)) = (x.get(range.clone()), out.get_mut(range)) else {
+                return;
+            };
+            dw_token_i8(&src, ty, tx, res, g, l, act, o);
         }
     }
 }
@@ -631,20 +733,34 @@ pub fn dw_token_i8<'x, S: Fn(usize, usize) -> Option<&'x [i8]> + ?Sized>(
     out: &mut [i8],
 ) {
     let (k, d) = (g.kernel, g.dim);
-    for c in 0..d {
+    // The k²·d weights must be there (so that no weight index below overflows or leaves
+    // `l.w`); one output per channel of `out` and `res`.
+    if k.checked_mul(k)
+        .and_then(|kk| kk.checked_mul(d))
+        .is_none_or(|n| l.w.len() < n)
+    {
+        return;
+    }
+    for (c, (y, r)) in out.iter_mut().zip(res).take(d).enumerate() {
         let mut acc = l.bias.at(c);
         for ky in 0..k {
-            let y = (ty + ky).wrapping_sub(g.pad_top);
+            let yy = ty.wrapping_add(ky).wrapping_sub(g.pad_top);
             for kx in 0..k {
-                let xx = (tx + kx).wrapping_sub(g.pad_left);
-                let v = match (y < g.ht && xx < g.wt).then(|| src(y, xx)).flatten() {
-                    Some(row) => i32::from(row[c]),
+                let xx = tx.wrapping_add(kx).wrapping_sub(g.pad_left);
+                let inside = (yy < g.ht && xx < g.wt).then(|| src(yy, xx)).flatten();
+                let v = match inside.and_then(|row| row.get(c)) {
+                    Some(v) => i32::from(*v),
                     None => l.zp_in,
                 };
-                acc += i32::from(l.w[(ky * k + kx) * d + c]) * v;
+                // In bounds: (ky·k + kx)·d + c < k²·d ≤ l.w.len(), checked on entry (this is
+                // the scalar depthwise's innermost loop, where `get` would cost a select).
+                #[allow(clippy::indexing_slicing)]
+                let w = l.w[(ky * k + kx) * d + c];
+                acc = acc.wrapping_add(i32::from(w).wrapping_mul(v));
             }
         }
-        out[c] = epilogue_i8(acc, i32::from(res[c]) - l.zp_in, &l.requant(c), l, act);
+        let res = i32::from(*r).wrapping_sub(l.zp_in);
+        *y = epilogue_i8(acc, res, &l.requant(c), l, act);
     }
 }
 
@@ -674,14 +790,33 @@ pub fn gemm_i8(
     act: Activation,
     out: &mut [i8],
 ) {
+    // Below these sizes every index formed here is inside its slice, without overflow;
+    // n > 0 bounds the token loop by out.len() (no outputs: nothing to do).
+    let fits = n > 0
+        && tokens.checked_mul(k).is_some_and(|len| x.len() >= len)
+        && tokens.checked_mul(n).is_some_and(|len| out.len() >= len)
+        && gemm_packed_len_checked(n, k).is_some_and(|len| l.w.len() >= len);
+    if !fits {
+        return;
+    }
     for t in 0..tokens {
-        let row = &x[t * k..(t + 1) * k];
-        for o in 0..n {
+        let (Some(row), Some(orow)) = (x.get(t * k..(t + 1) * k), out.get_mut(t * n..(t + 1) * n))
+        else {
+            return;
+        };
+        for (o, y) in orow.iter_mut().enumerate() {
+            // Output o's weights of input group j (inputs 4j..4j + 4) are the 4 bytes at
+            // gemm_index(o, 4j, k) = base + 64j: the first bytes of the 64-byte chunks of
+            // w[base..] (all inside w: the packed length was checked above).
+            let base = gemm_index(o, 0, k);
+            let wo = l.w.get(base..).unwrap_or_default();
             let mut acc = l.bias.at(o);
-            for (i, xv) in row.iter().enumerate() {
-                acc += i32::from(l.w[super::gemm_index(o, i, k)]) * i32::from(*xv);
+            for (xg, wg) in row.chunks(PW_KR).zip(wo.chunks(PW_NR * PW_KR)) {
+                for (xv, wv) in xg.iter().zip(wg) {
+                    acc = acc.wrapping_add(i32::from(*wv) * i32::from(*xv));
+                }
             }
-            out[t * n + o] = epilogue_i8(acc, 0, &l.requant(o), l, act);
+            *y = epilogue_i8(acc, 0, &l.requant(o), l, act);
         }
     }
 }
@@ -695,8 +830,11 @@ pub fn gemm_i8(
 /// ```
 #[inline]
 pub fn gap_mean(sum: i32, tokens: usize, frac_bits: u32) -> i32 {
-    let n = tokens as i64;
-    ((2 * (i64::from(sum) << frac_bits) + n).div_euclid(2 * n)) as i32
+    // A validated blob has 1 ≤ tokens ≤ 2^22 and frac_bits ≤ 16; the caps change nothing
+    // there and keep other arguments from dividing by zero or overflowing
+    // (|2·(sum << 30)| + 2^40 < 2^63).
+    let n = (tokens as u64).clamp(1, 1 << 40) as i64;
+    ((2 * (i64::from(sum) << frac_bits.min(30)) + n).div_euclid(2 * n)) as i32
 }
 
 /// int8 global average pool (to `frac_bits` fixed point) + linear head, dequantised to f32
@@ -714,22 +852,30 @@ pub fn head_i8(
     mean: &mut [i32],
     logits: &mut [f32],
 ) {
+    let fits = tokens.checked_mul(dim).is_some_and(|n| x.len() >= n)
+        && logits.len().checked_mul(dim).is_some_and(|n| w.len() >= n);
+    if !fits {
+        return;
+    }
     mean.iter_mut().for_each(|m| *m = 0);
-    for t in 0..tokens {
-        for (m, v) in mean.iter_mut().zip(&x[t * dim..(t + 1) * dim]) {
-            *m += i32::from(*v) - zp_in;
+    // Token rows in order (none where dim = 0: the pool is empty).
+    for row in x
+        .chunks_exact(dim.max(1))
+        .take(if dim > 0 { tokens } else { 0 })
+    {
+        for (m, v) in mean.iter_mut().zip(row) {
+            *m = m.wrapping_add(i32::from(*v).wrapping_sub(zp_in));
         }
     }
     for m in mean.iter_mut() {
         *m = gap_mean(*m, tokens, frac_bits);
     }
     for (c, out) in logits.iter_mut().enumerate() {
-        let wc = &w[c * dim..(c + 1) * dim];
-        let acc: i32 = wc
-            .iter()
-            .zip(mean.iter())
-            .map(|(a, b)| i32::from(*a) * *b)
-            .sum();
+        let wc = w.get(c * dim..(c + 1) * dim).unwrap_or_default();
+        // i32 arithmetic wraps (as the NEON head's lanes do), so the order is free.
+        let acc = wc.iter().zip(mean.iter()).fold(0i32, |s, (a, b)| {
+            s.wrapping_add(i32::from(*a).wrapping_mul(*b))
+        });
         *out = scale.at(c) * acc as f32 + bias.at(c);
     }
 }

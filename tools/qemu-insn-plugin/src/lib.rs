@@ -75,6 +75,10 @@ static OUT: Mutex<Option<String>> = Mutex::new(None);
 /// Address of the first block translated in `_start` (0: not yet seen).
 static START: AtomicU64 = AtomicU64::new(0);
 
+/// qemu's translation callback: gives the block `tb` its own inline execution counter.
+///
+/// # Safety
+/// Called by qemu only, with `tb` a block being translated (valid during the call).
 unsafe extern "C" fn on_translate(_id: PluginId, tb: *mut Tb) {
     // SAFETY: qemu hands us a valid block for the duration of the callback.
     let (pc, insns) = unsafe { (qemu_plugin_tb_vaddr(tb), qemu_plugin_tb_n_insns(tb)) };
@@ -99,6 +103,10 @@ unsafe extern "C" fn on_translate(_id: PluginId, tb: *mut Tb) {
     }
 }
 
+/// qemu's exit callback: writes the counts to the `out=` file.
+///
+/// # Safety
+/// Called by qemu only, once, at exit (no pointer argument is read).
 unsafe extern "C" fn on_exit(_id: PluginId, _data: *mut c_void) {
     let Some(path) = OUT.lock().ok().and_then(|o| o.clone()) else {
         return;
