@@ -13,7 +13,7 @@ RUNS=${FUZZ_SMOKE_RUNS:-2000}
 # No fake stacks: safe Rust cannot use a stack frame after return, and they cost a third of
 # the kernels' time.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_stack_use_after_return=0}
-declare -A MAX_LEN=([blob]=70000 [onnx]=140000)
+declare -A MAX_LEN=([blob]=70000 [onnx]=32768)
 
 cargo +nightly fuzz build
 tmp=$(mktemp -d)
