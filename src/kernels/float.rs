@@ -139,6 +139,7 @@ mod tests {
     use std::vec::Vec;
 
     use super::*;
+    use crate::kernels::awkward;
     use crate::kernels::reference::{fma_f16, F16Arith, F32Arith};
     use crate::le::{F16Le, F32Le};
     use half::f16;
@@ -489,49 +490,8 @@ mod tests {
             shift: F32Le(&ones),
             unscale: F32Le(&ones),
         };
-        let huge = usize::MAX / 3;
-        let grids = [
-            Grid {
-                ht: 2,
-                wt: 3,
-                dim: 16,
-                kernel: 3,
-                pad_top: 1,
-                pad_left: 1,
-            },
-            Grid {
-                ht: 2,
-                wt: 3,
-                dim: 16,
-                kernel: 3,
-                pad_top: 5,
-                pad_left: huge,
-            },
-            Grid {
-                ht: huge,
-                wt: huge,
-                dim: 16,
-                kernel: 3,
-                pad_top: 1,
-                pad_left: 1,
-            },
-            Grid {
-                ht: 1,
-                wt: 1,
-                dim: 16,
-                kernel: huge,
-                pad_top: 0,
-                pad_left: 0,
-            },
-            Grid {
-                ht: 3,
-                wt: 3,
-                dim: 0,
-                kernel: 0,
-                pad_top: 0,
-                pad_left: 0,
-            },
-        ];
+        let huge = awkward::HUGE;
+        let grids = awkward::grids();
         let isa = Isa::detect();
         for n in [0, 5, 96, 200] {
             let x = vec![1.0f32; n];
@@ -546,38 +506,7 @@ mod tests {
                     pw::<_, F16Arith>(&xh, tokens, g.dim, &l16, Activation::Gelu, &mut oh, isa);
                 }
             }
-            for e in [
-                EmbedGeom {
-                    in_h: 4,
-                    in_w: 4,
-                    in_c: 1,
-                    patch: 2,
-                },
-                EmbedGeom {
-                    in_h: 4,
-                    in_w: 4,
-                    in_c: 0,
-                    patch: 2,
-                },
-                EmbedGeom {
-                    in_h: 4,
-                    in_w: 4,
-                    in_c: 1,
-                    patch: 0,
-                },
-                EmbedGeom {
-                    in_h: 2,
-                    in_w: 2,
-                    in_c: 1,
-                    patch: 5,
-                },
-                EmbedGeom {
-                    in_h: 1,
-                    in_w: huge,
-                    in_c: huge,
-                    patch: 1,
-                },
-            ] {
+            for e in awkward::embeds() {
                 let px = vec![9u8; n];
                 let (mut o, mut scratch) = (vec![0f32; n], vec![0f32; n]);
                 embed::<_, F32Arith>(

@@ -440,7 +440,7 @@ mod tests {
     use std::vec::Vec;
 
     use super::*;
-    use crate::kernels::{gemm_index, gemm_packed_len};
+    use crate::kernels::{awkward, gemm_index, gemm_packed_len};
     use crate::le::I32Le;
 
     fn rng(state: &mut u64, lo: i64, hi: i64) -> i64 {
@@ -660,81 +660,9 @@ mod tests {
                 table: &[],
             },
         ];
-        let huge = usize::MAX / 3;
-        let grids = [
-            Grid {
-                ht: 2,
-                wt: 3,
-                dim: 16,
-                kernel: 3,
-                pad_top: 1,
-                pad_left: 1,
-            },
-            Grid {
-                ht: 2,
-                wt: 3,
-                dim: 16,
-                kernel: 3,
-                pad_top: 7,
-                pad_left: huge,
-            },
-            Grid {
-                ht: huge,
-                wt: huge,
-                dim: 16,
-                kernel: 3,
-                pad_top: 1,
-                pad_left: 1,
-            },
-            Grid {
-                ht: 1,
-                wt: 1,
-                dim: huge,
-                kernel: huge,
-                pad_top: 0,
-                pad_left: 0,
-            },
-            Grid {
-                ht: 3,
-                wt: 3,
-                dim: 0,
-                kernel: 0,
-                pad_top: 0,
-                pad_left: 0,
-            },
-        ];
-        let embeds = [
-            EmbedGeom {
-                in_h: 4,
-                in_w: 4,
-                in_c: 1,
-                patch: 2,
-            },
-            EmbedGeom {
-                in_h: 4,
-                in_w: 4,
-                in_c: 0,
-                patch: 2,
-            },
-            EmbedGeom {
-                in_h: 4,
-                in_w: 4,
-                in_c: 1,
-                patch: 0,
-            },
-            EmbedGeom {
-                in_h: 1,
-                in_w: huge,
-                in_c: huge,
-                patch: 1,
-            },
-            EmbedGeom {
-                in_h: 2,
-                in_w: 2,
-                in_c: 1,
-                patch: 5,
-            },
-        ];
+        let huge = awkward::HUGE;
+        let grids = awkward::grids();
+        let embeds = awkward::embeds();
         for isa in isas() {
             for l in &layers {
                 for act in [Activation::Relu, Activation::Gelu] {

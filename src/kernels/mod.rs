@@ -172,6 +172,55 @@ pub const fn fgemm_index(o: usize, i: usize, k: usize) -> usize {
     (o / FGEMM_NR) * FGEMM_NR * k + i * FGEMM_NR + o % FGEMM_NR
 }
 
+/// Shapes no blob can carry, for the drivers' never-panic tests (`float`, `inplace`): a
+/// padding past the kernel, grids and kernels of huge size, zero channels, zero input
+/// channels, a zero patch, a patch larger than the image.
+#[cfg(test)]
+pub(crate) mod awkward {
+    use super::{EmbedGeom, Grid};
+
+    /// Large enough that every product of two overflows.
+    pub const HUGE: usize = usize::MAX / 3;
+
+    /// Grids: the first is valid, the others are not.
+    pub fn grids() -> [Grid; 7] {
+        let g = |ht, wt, dim, kernel, pad_top, pad_left| Grid {
+            ht,
+            wt,
+            dim,
+            kernel,
+            pad_top,
+            pad_left,
+        };
+        [
+            g(2, 3, 16, 3, 1, 1),
+            g(2, 3, 16, 3, 5, HUGE),
+            g(2, 3, 16, 3, 7, HUGE),
+            g(HUGE, HUGE, 16, 3, 1, 1),
+            g(1, 1, 16, HUGE, 0, 0),
+            g(1, 1, HUGE, HUGE, 0, 0),
+            g(3, 3, 0, 0, 0, 0),
+        ]
+    }
+
+    /// Embedding geometries: the first is valid, the others are not.
+    pub fn embeds() -> [EmbedGeom; 5] {
+        let e = |in_h, in_w, in_c, patch| EmbedGeom {
+            in_h,
+            in_w,
+            in_c,
+            patch,
+        };
+        [
+            e(4, 4, 1, 2),
+            e(4, 4, 0, 2),
+            e(4, 4, 1, 0),
+            e(2, 2, 1, 5),
+            e(1, HUGE, HUGE, 1),
+        ]
+    }
+}
+
 /// Geometry of the token grid a mixer layer works on.
 ///
 /// ```
