@@ -3,6 +3,7 @@
 //! op type and what was expected.
 
 use convmixer_edge::{Error, Model, Precision};
+use convmixer_edge_tests::onnx_edit::{edit_f32, graph};
 use convmixer_edge_tests::*;
 use convmixer_quantize::{onnx, Options};
 use prost::Message;
@@ -101,12 +102,7 @@ fn every_single_bit_flip_is_caught() {
 #[test]
 fn header_fields_are_checked_even_with_a_valid_crc() {
     let (b, n) = small_int8();
-    let with = |at: usize, bytes: &[u8]| {
-        let mut c = b.clone();
-        c[at..at + bytes.len()].copy_from_slice(bytes);
-        fix_crc(&mut c);
-        Model::from_bytes(&c).err()
-    };
+    let with = |at: usize, bytes: &[u8]| Model::from_bytes(&patched(&b, at, bytes)).err();
     assert_eq!(with(0, b"CMXC"), Some(Error::BadMagic));
     assert_eq!(
         with(4, &1u16.to_le_bytes()),
@@ -235,10 +231,6 @@ fn import_err(m: &pb::ModelProto) -> String {
     }
 }
 
-fn graph(m: &mut pb::ModelProto) -> &mut pb::GraphProto {
-    m.graph.as_mut().expect("graph")
-}
-
 fn node_mut<'a>(m: &'a mut pb::ModelProto, op: &str, nth: usize) -> &'a mut pb::NodeProto {
     graph(m)
         .node
@@ -246,22 +238,6 @@ fn node_mut<'a>(m: &'a mut pb::ModelProto, op: &str, nth: usize) -> &'a mut pb::
         .filter(|n| n.op_type == op)
         .nth(nth)
         .expect("node")
-}
-
-fn init_mut<'a>(m: &'a mut pb::ModelProto, name: &str) -> &'a mut pb::TensorProto {
-    graph(m)
-        .initializer
-        .iter_mut()
-        .find(|t| t.name == name)
-        .expect("initializer")
-}
-
-fn set_float(t: &mut pb::TensorProto, i: usize, v: f32) {
-    if t.raw_data.is_empty() {
-        t.float_data[i] = v;
-    } else {
-        t.raw_data[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
-    }
 }
 
 #[test]
@@ -344,8 +320,7 @@ fn foreign_graphs_are_named_in_the_error() {
 
     // Training-mode BN, negative variance, NaN weights.
     let mut m = base.clone();
-    init_mut(&mut m, "3.0.fn.2.running_var").raw_data[0..4]
-        .copy_from_slice(&(-1.0f32).to_le_bytes());
+    edit_f32(&mut m, "3.0.fn.2.running_var", |v| v[0] = -1.0);
     let e = import_err(&m);
     assert!(
         e.contains("BatchNormalization") && e.contains("negative"),
@@ -353,7 +328,7 @@ fn foreign_graphs_are_named_in_the_error() {
     );
 
     let mut m = base.clone();
-    set_float(init_mut(&mut m, "3.1.weight"), 5, f32::NAN);
+    edit_f32(&mut m, "3.1.weight", |w| w[5] = f32::NAN);
     let e = import_err(&m);
     assert!(e.contains("not finite") || e.contains("NaN"), "{e}");
 
@@ -380,12 +355,7 @@ fn float_unscales_are_checked() {
     let blob = std::fs::read(mnist("convmixer-mnist-fp16.cmx")).expect("fp16 example");
     let r = section_range(&blob, convmixer_edge::blob::SectionKind::Affine, 1);
     let at = r.start + 2 * (r.len() / 3); // channel 0's unscale
-    let with = |v: f32| {
-        let mut b = blob.clone();
-        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-        fix_crc(&mut b);
-        Model::from_bytes(&b).err()
-    };
+    let with = |v: f32| Model::from_bytes(&patched(&blob, at, &v.to_le_bytes())).err();
     for ok in [1.0f32, 0.5, 2f32.powi(-24)] {
         assert_eq!(with(ok), None, "{ok}");
     }

@@ -5,6 +5,9 @@
 //! overflow (refused at quantise time with a clear error; fp16 takes it).
 
 use convmixer_edge::{LayerOutput, Model, Precision};
+use convmixer_edge_tests::onnx_edit::{
+    edit_f32, mnist_proto, mnist_with_overflowing_bias, set_input_hw,
+};
 use convmixer_edge_tests::*;
 use convmixer_quantize::{data, onnx, reference::TractModel, Options};
 use prost::Message;
@@ -16,30 +19,6 @@ fn opts() -> Options {
         std: vec![MNIST_STD],
         ..Default::default()
     }
-}
-
-fn base() -> pb::ModelProto {
-    let b = std::fs::read(mnist("convmixer-mnist.torchscript.onnx")).expect("onnx");
-    pb::ModelProto::decode(b.as_slice()).expect("decode")
-}
-
-/// Applies `f` to initializer `name` as f32 values.
-fn edit(m: &mut pb::ModelProto, name: &str, f: impl Fn(&mut [f32])) {
-    let t = m
-        .graph
-        .as_mut()
-        .expect("graph")
-        .initializer
-        .iter_mut()
-        .find(|t| t.name == name)
-        .unwrap_or_else(|| panic!("initializer {name}"));
-    let mut v: Vec<f32> = t
-        .raw_data
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    f(&mut v);
-    t.raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
 }
 
 /// The edited model on disk (tract reads a path), imported by us, and tract's plan.
@@ -107,22 +86,22 @@ fn traced_channel(blob: &[u8], px: &[u8], layer: usize, c: usize) -> Vec<i8> {
 
 #[test]
 fn constant_channels_and_zero_variance_batchnorm() {
-    let mut m = base();
+    let mut m = mnist_proto();
     // Dead channels, as training leaves them: zero weights and bias, so the channel is 0
     // for every token and every image (a calibrated range of width zero), and its
     // BatchNorm saw variance 0 around mean 0 (valid: ε = 1e-5 > 0; the BN output is β).
     // The embedding's channel 2 (BatchNorm "2") and block 0's pointwise channel 5
     // (BatchNorm "3.3").
-    edit(&mut m, "0.weight", |w| w[2 * 4..3 * 4].fill(0.0));
-    edit(&mut m, "0.bias", |b| b[2] = 0.0);
-    edit(&mut m, "2.running_mean", |v| v[2] = 0.0);
-    edit(&mut m, "2.running_var", |v| v[2] = 0.0);
-    edit(&mut m, "3.1.weight", |w| w[5 * 48..6 * 48].fill(0.0));
-    edit(&mut m, "3.1.bias", |b| b[5] = 0.0);
-    edit(&mut m, "3.3.running_mean", |v| v[5] = 0.0);
-    edit(&mut m, "3.3.running_var", |v| v[5] = 0.0);
+    edit_f32(&mut m, "0.weight", |w| w[2 * 4..3 * 4].fill(0.0));
+    edit_f32(&mut m, "0.bias", |b| b[2] = 0.0);
+    edit_f32(&mut m, "2.running_mean", |v| v[2] = 0.0);
+    edit_f32(&mut m, "2.running_var", |v| v[2] = 0.0);
+    edit_f32(&mut m, "3.1.weight", |w| w[5 * 48..6 * 48].fill(0.0));
+    edit_f32(&mut m, "3.1.bias", |b| b[5] = 0.0);
+    edit_f32(&mut m, "3.3.running_mean", |v| v[5] = 0.0);
+    edit_f32(&mut m, "3.3.running_var", |v| v[5] = 0.0);
     // A depthwise channel with zero weights (the residual keeps it alive).
-    edit(&mut m, "4.0.fn.0.weight", |w| w[7 * 25..8 * 25].fill(0.0));
+    edit_f32(&mut m, "4.0.fn.0.weight", |w| w[7 * 25..8 * 25].fill(0.0));
     let e = load(&m, 28);
     let set = digits();
 
@@ -220,16 +199,8 @@ fn activations_past_the_calibrated_range_saturate() {
 fn depthwise_kernel_larger_than_the_token_grid() {
     // 6×6 images, patch 2: a 3×3 token grid under the 5×5 depthwise kernel. PyTorch's
     // 'same' padding makes this well defined (the taps past the grid read zeros).
-    let mut m = base();
-    let input = &mut m.graph.as_mut().expect("graph").input[0];
-    let Some(pb::type_proto::Value::TensorType(t)) =
-        input.r#type.as_mut().and_then(|t| t.value.as_mut())
-    else {
-        panic!("input type")
-    };
-    for d in &mut t.shape.as_mut().expect("shape").dim[2..] {
-        d.value = Some(pb::tensor_shape_proto::dimension::Value::DimValue(6));
-    }
+    let mut m = mnist_proto();
+    set_input_hw(&mut m, 6, 6);
     let e = load(&m, 6);
     let images: Vec<Vec<u8>> = (0..16u32)
         .map(|s| {
@@ -261,13 +232,7 @@ fn depthwise_kernel_larger_than_the_token_grid() {
 
 #[test]
 fn an_accumulator_that_could_overflow_is_refused() {
-    // Pointwise output channel 0 of block 0 with weights 10^9 times smaller than its
-    // bias: in accumulator units (input scale × weight scale) the bias exceeds 2^31.
-    let mut m = base();
-    edit(&mut m, "3.1.weight", |w| {
-        w[..48].iter_mut().for_each(|x| *x *= 1e-9)
-    });
-    edit(&mut m, "3.1.bias", |b| b[0] = 1.0);
+    let m = mnist_with_overflowing_bias();
     let e = load(&m, 28);
     let err = convmixer_quantize::quantize(&e.imported, Precision::Int8, &calib(), &opts(), || {})
         .expect_err("int8 must refuse the model");

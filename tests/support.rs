@@ -187,3 +187,75 @@ pub fn fix_crc(b: &mut [u8]) {
     let c = d.finalize().to_le_bytes();
     b[convmixer_edge::blob::CRC_RANGE].copy_from_slice(&c);
 }
+
+/// `b` with `bytes` written at `at` and the CRC made valid again, so that the reader gets
+/// past the CRC to the field checks.
+pub fn patched(b: &[u8], at: usize, bytes: &[u8]) -> Vec<u8> {
+    let mut c = b.to_vec();
+    c[at..at + bytes.len()].copy_from_slice(bytes);
+    fix_crc(&mut c);
+    c
+}
+
+/// Editing ONNX models for the malformed-input and edge-case tests.
+pub mod onnx_edit {
+    use prost::Message;
+    use tract_onnx::pb;
+
+    /// The shipped MNIST model (TorchScript export) as a protobuf to edit.
+    pub fn mnist_proto() -> pb::ModelProto {
+        let b = std::fs::read(super::mnist("convmixer-mnist.torchscript.onnx")).expect("onnx");
+        pb::ModelProto::decode(b.as_slice()).expect("decode")
+    }
+
+    /// The model's graph.
+    pub fn graph(m: &mut pb::ModelProto) -> &mut pb::GraphProto {
+        m.graph.as_mut().expect("graph")
+    }
+
+    /// Applies `f` to the values of f32 initializer `name` (raw or `float_data`).
+    pub fn edit_f32(m: &mut pb::ModelProto, name: &str, f: impl FnOnce(&mut [f32])) {
+        let t = graph(m)
+            .initializer
+            .iter_mut()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("initializer {name}"));
+        if t.raw_data.is_empty() {
+            f(&mut t.float_data);
+        } else {
+            let mut v: Vec<f32> = t
+                .raw_data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            f(&mut v);
+            t.raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        }
+    }
+
+    /// Sets the graph input's height and width.
+    pub fn set_input_hw(m: &mut pb::ModelProto, h: i64, w: i64) {
+        let input = &mut graph(m).input[0];
+        let Some(pb::type_proto::Value::TensorType(t)) =
+            input.r#type.as_mut().and_then(|t| t.value.as_mut())
+        else {
+            panic!("input type")
+        };
+        let dims = &mut t.shape.as_mut().expect("shape").dim;
+        for (d, v) in dims[2..].iter_mut().zip([h, w]) {
+            d.value = Some(pb::tensor_shape_proto::dimension::Value::DimValue(v));
+        }
+    }
+
+    /// The MNIST model with block 0's pointwise channel 0 given weights 10^9 times smaller
+    /// than its bias (1.0): in int8 accumulator units the bias is past 2^31, so int8
+    /// quantisation must refuse it (fp16 takes it).
+    pub fn mnist_with_overflowing_bias() -> pb::ModelProto {
+        let mut m = mnist_proto();
+        edit_f32(&mut m, "3.1.weight", |w| {
+            w[..48].iter_mut().for_each(|x| *x *= 1e-9)
+        });
+        edit_f32(&mut m, "3.1.bias", |b| b[0] = 1.0);
+        m
+    }
+}

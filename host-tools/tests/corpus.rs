@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use convmixer_edge::blob::{SectionKind, CRC_RANGE};
-use convmixer_edge_tests::{fix_crc, mnist, section_range};
+use convmixer_edge_tests::onnx_edit::{
+    edit_f32, graph, mnist_proto, mnist_with_overflowing_bias, set_input_hw,
+};
+use convmixer_edge_tests::{mnist, patched, section_range};
 use prost::Message;
 use tract_onnx::pb;
 
@@ -103,14 +106,6 @@ fn s(p: &Path) -> String {
 
 fn int8_blob() -> Vec<u8> {
     std::fs::read(mnist("convmixer-mnist-int8.cmx")).expect("int8 example blob")
-}
-
-/// `b` with `bytes` at `at` and the CRC made valid again (so the field check is reached).
-fn patched(b: &[u8], at: usize, bytes: &[u8]) -> Vec<u8> {
-    let mut c = b.to_vec();
-    c[at..at + bytes.len()].copy_from_slice(bytes);
-    fix_crc(&mut c);
-    c
 }
 
 fn blob_cases(cx: &mut Ctx) {
@@ -362,15 +357,6 @@ fn image_cases(cx: &mut Ctx) {
 // ---------------------------------------------------------------------------------------
 // ONNX
 
-fn base_onnx() -> pb::ModelProto {
-    let bytes = std::fs::read(mnist("convmixer-mnist.torchscript.onnx")).expect("onnx");
-    pb::ModelProto::decode(bytes.as_slice()).expect("decode")
-}
-
-fn graph(m: &mut pb::ModelProto) -> &mut pb::GraphProto {
-    m.graph.as_mut().expect("graph")
-}
-
 fn node<'a>(m: &'a mut pb::ModelProto, name: &str) -> &'a mut pb::NodeProto {
     graph(m)
         .node
@@ -384,29 +370,6 @@ fn attr<'a>(n: &'a mut pb::NodeProto, name: &str) -> &'a mut pb::AttributeProto 
         .iter_mut()
         .find(|a| a.name == name)
         .unwrap_or_else(|| panic!("attribute {name}"))
-}
-
-fn set_init(m: &mut pb::ModelProto, name: &str, i: usize, v: f32) {
-    let t = graph(m)
-        .initializer
-        .iter_mut()
-        .find(|t| t.name == name)
-        .unwrap_or_else(|| panic!("initializer {name}"));
-    t.raw_data[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-/// Sets the graph input's H and W.
-fn set_input_hw(m: &mut pb::ModelProto, h: i64, w: i64) {
-    let input = &mut graph(m).input[0];
-    let Some(pb::type_proto::Value::TensorType(t)) =
-        input.r#type.as_mut().and_then(|t| t.value.as_mut())
-    else {
-        panic!("input type")
-    };
-    let dims = &mut t.shape.as_mut().expect("shape").dim;
-    for (d, v) in dims[2..].iter_mut().zip([h, w]) {
-        d.value = Some(pb::tensor_shape_proto::dimension::Value::DimValue(v));
-    }
 }
 
 fn f32_tensor(name: &str, dims: &[i64], v: &[f32]) -> pb::TensorProto {
@@ -442,7 +405,7 @@ fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
 /// A small ResNet (3×3 stem with padding, a basic residual block, global pool, linear) on
 /// the MNIST model's input, as `torch.onnx.export` writes one.
 fn resnet() -> pb::ModelProto {
-    let mut m = base_onnx();
+    let mut m = mnist_proto();
     let g = graph(&mut m);
     let c = 8usize;
     let w3 = |name: &str, cin: usize| {
@@ -533,7 +496,7 @@ fn resnet() -> pb::ModelProto {
 }
 
 fn onnx_cases(cx: &mut Ctx) {
-    let base = base_onnx();
+    let base = mnist_proto();
     let bytes = base.encode_to_vec();
     cx.onnx_bytes(
         "empty file",
@@ -626,7 +589,7 @@ fn onnx_cases(cx: &mut Ctx) {
         "$T/dilated.onnx: node '/3/3.0/fn/fn.0/Conv' (Conv): dilated convolutions are not part of ConvMixer",
     );
     let mut m = base.clone();
-    set_init(&mut m, "3.1.weight", 5, f32::NAN);
+    edit_f32(&mut m, "3.1.weight", |v| v[5] = f32::NAN);
     cx.onnx(
         "NaN weight",
         "nan.onnx",
@@ -634,7 +597,7 @@ fn onnx_cases(cx: &mut Ctx) {
         "$T/nan.onnx: /3/3.1/Conv: weight element 5 is NaN (expected finite values)",
     );
     let mut m = base.clone();
-    set_init(&mut m, "0.bias", 3, f32::INFINITY);
+    edit_f32(&mut m, "0.bias", |v| v[3] = f32::INFINITY);
     cx.onnx(
         "+Inf bias",
         "inf.onnx",
@@ -642,7 +605,7 @@ fn onnx_cases(cx: &mut Ctx) {
         "$T/inf.onnx: /0/Conv: bias element 3 is inf (expected finite values)",
     );
     let mut m = base.clone();
-    set_init(&mut m, "3.0.fn.2.running_var", 7, -0.5);
+    edit_f32(&mut m, "3.0.fn.2.running_var", |v| v[7] = -0.5);
     cx.onnx(
         "BatchNorm with a negative variance",
         "negvar.onnx",
@@ -650,7 +613,7 @@ fn onnx_cases(cx: &mut Ctx) {
         "$T/negvar.onnx: node '/3/3.0/fn/fn.2/BatchNormalization' (BatchNormalization): running variance of channel 7 is -0.5 (negative)",
     );
     let mut m = base.clone();
-    set_init(&mut m, "3.3.running_var", 4, 0.0);
+    edit_f32(&mut m, "3.3.running_var", |v| v[4] = 0.0);
     attr(node(&mut m, "/3/3.3/BatchNormalization"), "epsilon").f = 0.0;
     cx.onnx(
         "BatchNorm with a zero-variance channel and epsilon 0",
@@ -659,8 +622,8 @@ fn onnx_cases(cx: &mut Ctx) {
         "$T/zerovar.onnx: node '/3/3.3/BatchNormalization' (BatchNormalization): channel 4 has running variance 0 and epsilon 0 (division by zero)",
     );
     let mut m = base.clone();
-    set_init(&mut m, "2.weight", 0, 1e38);
-    set_init(&mut m, "2.running_var", 0, 1e-6);
+    edit_f32(&mut m, "2.weight", |v| v[0] = 1e38);
+    edit_f32(&mut m, "2.running_var", |v| v[0] = 1e-6);
     cx.onnx(
         "BatchNorm scale γ/√(var+ε) past f32 (γ = 1e38)",
         "bn-overflow.onnx",
@@ -675,19 +638,7 @@ fn onnx_cases(cx: &mut Ctx) {
         &m,
         "$T/training.onnx: node '/2/BatchNormalization' (BatchNormalization): BatchNormalization in training mode (export the model in eval mode)",
     );
-    // Pointwise channel 0 of block 0 with weights 10^9 times smaller than its bias: in
-    // accumulator units the bias is past 2^31 (int8 only; fp16 takes this model).
-    let mut m = base.clone();
-    for i in 0..48 {
-        let t = graph(&mut m)
-            .initializer
-            .iter()
-            .find(|t| t.name == "3.1.weight")
-            .expect("weight");
-        let w = f32::from_le_bytes(t.raw_data[4 * i..4 * i + 4].try_into().expect("4 bytes"));
-        set_init(&mut m, "3.1.weight", i, w * 1e-9);
-    }
-    set_init(&mut m, "3.1.bias", 0, 1.0);
+    let m = mnist_with_overflowing_bias();
     let p = cx.write("overflow.onnx", &m.encode_to_vec());
     let args = vec![
         "quantize".into(),
