@@ -624,7 +624,8 @@ fn quantize(
                 target,
                 || pb.inc(1),
                 &mut |line| pb.suspend(|| eprintln!("{line}")),
-            )?;
+            )
+            .with_context(|| model.display().to_string())?;
             pb.finish_and_clear();
             let layers = 2 + 2 * q.folded.blocks.len();
             let f16: Vec<usize> = choice.f16_layers.iter(layers).collect();
@@ -660,11 +661,11 @@ fn quantize(
             .unwrap_or("model");
         model.with_file_name(format!("{stem}-{suffix}.cmx"))
     });
-    data::write_atomic(&out, &bytes)?;
-    // Read back what we wrote with the runtime itself, so a blob we cannot run is never
-    // reported as a success.
+    // Load the blob with the runtime itself before writing it, so a blob we cannot run is
+    // never written nor reported as a success.
     let m = Model::from_bytes(&bytes)
-        .map_err(|e| anyhow!("internal error: the written blob does not load: {e}"))?;
+        .map_err(|e| anyhow!("internal error: the blob does not load: {e}"))?;
+    data::write_atomic(&out, &bytes)?;
     let h = m.header();
     eprintln!(
         "wrote {} ({} bytes): {:?}, dim {}, depth {}, kernel {}, patch {}, {} classes, input {}x{}x{}, arena {} bytes",
