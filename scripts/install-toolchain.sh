@@ -8,7 +8,8 @@
 #  * llvm-14 for llvm-mca (cycle estimates in `host-tools bench`);
 #  * qemu-system-aarch64 10 (bookworm-backports) to boot the bare-metal firmware;
 #  * chromium: the `host-tools report` test renders the HTML page in headless Chromium.
-#  * cargo-fuzz 0.13.2 (needs rustup's nightly toolchain) for the fuzz targets in fuzz/.
+#  * cargo-fuzz 0.13.2 (needs rustup's nightly toolchain) for the fuzz targets in fuzz/;
+#  * Python's onnx in target/onnx-venv (onnx.checker on the files `host-tools train` writes).
 # Idempotent: every step checks first and is skipped when already done.
 set -euo pipefail
 
@@ -103,5 +104,16 @@ if [ "$(cargo fuzz --version 2>/dev/null)" = "cargo-fuzz $CARGO_FUZZ_VERSION" ];
 else
     step "cargo-fuzz $CARGO_FUZZ_VERSION: installing"
     cargo +stable install --locked --version "$CARGO_FUZZ_VERSION" cargo-fuzz
+fi
+# 9. Python's onnx (pinned as tools/fixtures/requirements.txt pins it) in its own small
+#    venv: host-tools/tests/train.rs runs onnx.checker on the ONNX files `train` writes.
+ONNX_VERSION=1.23.2
+ONNX_VENV="$(cd "$(dirname "$0")/.." && pwd)/target/onnx-venv"
+if [ "$("$ONNX_VENV/bin/python" -c 'import onnx; print(onnx.__version__)' 2>/dev/null)" = "$ONNX_VERSION" ]; then
+    step "python onnx $ONNX_VERSION: already installed"
+else
+    step "python onnx $ONNX_VERSION: installing into $ONNX_VENV"
+    python3 -m venv "$ONNX_VENV"
+    "$ONNX_VENV/bin/python" -m pip install --disable-pip-version-check -q "onnx==$ONNX_VERSION"
 fi
 step "done"

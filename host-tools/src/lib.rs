@@ -3,6 +3,7 @@
 pub mod flash;
 pub mod qemu_count;
 pub mod report;
+pub mod train;
 
 /// `1234567` → `1,234,567` (the benchmark table and the report page).
 pub fn thousands(v: u64) -> String {

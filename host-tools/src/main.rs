@@ -1,6 +1,7 @@
 //! `host-tools`: the convmixer-edge command line.
 //!
 //! ```text
+//! host-tools train --data PATH [--val PATH] [--dim 256 --depth 8 --kernel 5 --patch 2 --act gelu|relu] [--epochs N] [--batch B] [--lr LR] [--device cpu|cuda|wgpu] [--resume CKPT] -o MODEL.onnx
 //! host-tools quantize MODEL.onnx [--calib PATH] [--precision int8|fp16|fp32] [--accuracy-budget P --data DIR | --sqnr-min DB] [--mean M..] [--std S..] [--labels FILE] [-o OUT]
 //! host-tools classify MODEL.cmx IMAGE... [--top K] [--json]
 //! host-tools eval MODEL --data DIR [--json] [--mean M..] [--std S..] [--labels FILE]
@@ -64,9 +65,38 @@ struct Prep {
     /// Class labels, one per line, in class order.
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// Class names from the ONNX file's metadata (used when there is no --labels).
+    #[arg(skip)]
+    names: Vec<String>,
 }
 
 impl Prep {
+    /// This preparation with what an ONNX file written by `host-tools train` records in its
+    /// metadata (normalisation, class names) filled in where no flag gave it. Flags win.
+    fn for_onnx(&self, model: &Path) -> Result<Prep> {
+        let bytes =
+            std::fs::read(model).with_context(|| format!("{}: cannot read", model.display()))?;
+        let mut p = Prep {
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+            labels: self.labels.clone(),
+            names: self.names.clone(),
+        };
+        if p.mean.is_empty() && p.std.is_empty() {
+            if let Ok(Some((m, s))) = onnx::normalisation(&bytes) {
+                eprintln!(
+                    "normalisation from {}: mean {m:?}, std {s:?}",
+                    model.display()
+                );
+                (p.mean, p.std) = (m, s);
+            }
+        }
+        if p.labels.is_none() && p.names.is_empty() {
+            p.names = onnx::labels(&bytes).unwrap_or_default();
+        }
+        Ok(p)
+    }
+
     /// The quantiser's options: this normalisation and these labels, int8 calibration by
     /// `method`, with or without bias correction.
     fn options(
@@ -77,7 +107,10 @@ impl Prep {
         Ok(Options {
             mean: self.mean.clone(),
             std: self.std.clone(),
-            labels: read_labels(self.labels.as_deref())?,
+            labels: match self.labels {
+                Some(_) => read_labels(self.labels.as_deref())?,
+                None => self.names.clone(),
+            },
             calibration: Some(method),
             bias_correction,
             ..Default::default()
@@ -85,8 +118,88 @@ impl Prep {
     }
 }
 
+/// Training activations (the runtime has these three).
+#[derive(Clone, Copy, ValueEnum)]
+enum ActArg {
+    Gelu,
+    GeluTanh,
+    Relu,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Train a full-precision ConvMixer (burn; CPU, or a GPU when built with the cuda/wgpu
+    /// feature) and write the ONNX file `quantize` takes. A checkpoint is written after
+    /// every epoch (atomically); --resume continues its run exactly. Unset flags take the
+    /// defaults shown, or the checkpoint's values when resuming.
+    Train {
+        /// Training set: an ImageFolder tree (one sub-folder per class), an IDX image file
+        /// (labels beside it: images→labels, idx3→idx1) or CIFAR-10 binary batches (a
+        /// .bin file, or a folder of data_batch_*.bin).
+        #[arg(long)]
+        data: PathBuf,
+        /// Validation set (same formats; accuracy reported every epoch).
+        #[arg(long)]
+        val: Option<PathBuf>,
+        /// Mixer width [256].
+        #[arg(long)]
+        dim: Option<usize>,
+        /// Number of blocks [8].
+        #[arg(long)]
+        depth: Option<usize>,
+        /// Depthwise kernel size, odd [5].
+        #[arg(long)]
+        kernel: Option<usize>,
+        /// Patch size [2].
+        #[arg(long)]
+        patch: Option<usize>,
+        /// Activation [gelu].
+        #[arg(long, value_enum)]
+        act: Option<ActArg>,
+        /// Epochs [25].
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Batch size [128].
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Peak learning rate of the one-cycle schedule [0.01].
+        #[arg(long)]
+        lr: Option<f64>,
+        /// AdamW weight decay [0.01].
+        #[arg(long)]
+        weight_decay: Option<f64>,
+        /// Label smoothing α [0].
+        #[arg(long)]
+        label_smoothing: Option<f64>,
+        /// Augmentation [auto: crop-flip for colour images, shift for grayscale].
+        #[arg(long, value_enum)]
+        augment: Option<host_tools::train::Augment>,
+        /// Seed of initialisation, shuffling and augmentation [0].
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Normalisation mean per channel, 0..1 scale [the training set's].
+        #[arg(long, num_args = 1.., value_delimiter = ',', allow_negative_numbers = true)]
+        mean: Option<Vec<f32>>,
+        /// Normalisation std per channel [the training set's].
+        #[arg(long, num_args = 1.., value_delimiter = ',')]
+        std: Option<Vec<f32>>,
+        /// Where to compute.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: host_tools::train::Device,
+        /// ONNX opset: 17 writes GELU as the Erf pattern (TorchScript exporter), 20 as the
+        /// Gelu op (dynamo exporter).
+        #[arg(long, default_value = "17", value_parser = ["17", "20"])]
+        opset: String,
+        /// Checkpoint file [OUT with extension .ckpt].
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Continue the run saved in this checkpoint.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// The ONNX file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Read a PyTorch-exported ConvMixer ONNX, remove every BatchNorm, calibrate and write
     /// a model blob (.cmx).
     Quantize {
@@ -243,6 +356,68 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
+        Cmd::Train {
+            data,
+            val,
+            dim,
+            depth,
+            kernel,
+            patch,
+            act,
+            epochs,
+            batch,
+            lr,
+            weight_decay,
+            label_smoothing,
+            augment,
+            seed,
+            mean,
+            std,
+            device,
+            opset,
+            checkpoint,
+            resume,
+            output,
+        } => {
+            use host_tools::train;
+            let opts = train::TrainOptions {
+                data,
+                val,
+                out: output,
+                checkpoint,
+                resume,
+                device,
+                gelu: if opset == "20" {
+                    convmixer_quantize::onnx_export::GeluForm::GeluOp
+                } else {
+                    convmixer_quantize::onnx_export::GeluForm::Erf
+                },
+                arch: train::ArchFlags {
+                    dim,
+                    depth,
+                    kernel,
+                    patch,
+                    act: act.map(|a| match a {
+                        ActArg::Gelu => convmixer_edge::Activation::Gelu,
+                        ActArg::GeluTanh => convmixer_edge::Activation::GeluTanh,
+                        ActArg::Relu => convmixer_edge::Activation::Relu,
+                    }),
+                },
+                hyper: train::HyperFlags {
+                    epochs,
+                    batch,
+                    lr,
+                    weight_decay,
+                    label_smoothing,
+                    seed,
+                    augment,
+                },
+                mean,
+                std,
+                progress: true,
+            };
+            train_cmd(&opts)
+        }
         Cmd::Quantize {
             model,
             calib,
@@ -324,6 +499,29 @@ fn main() -> ExitCode {
     }
 }
 
+fn train_cmd(opts: &host_tools::train::TrainOptions) -> Result<()> {
+    let s = host_tools::train::train(opts)?;
+    let last = s.history.last();
+    eprintln!(
+        "wrote {}: ConvMixer-{}/{}, {} parameters{}; tract vs trained model max |logit difference| {:.2e} over {} images",
+        opts.out.display(),
+        s.arch.dim,
+        s.arch.depth,
+        s.arch.params(),
+        last.and_then(|l| l.val_acc)
+            .map_or(String::new(), |a| format!(", validation accuracy {:.2}%", 100.0 * a)),
+        s.export_max_abs_diff,
+        s.export_checked
+    );
+    eprintln!(
+        "normalisation (recorded in the file): mean {:?}, std {:?}; next: host-tools quantize {} --calib DIR",
+        s.mean,
+        s.std,
+        opts.out.display()
+    );
+    Ok(())
+}
+
 /// The mixed-precision target of `--accuracy-budget` / `--sqnr-min` (clap makes them
 /// exclusive).
 fn target(accuracy_budget: Option<f64>, sqnr_min: Option<f64>) -> Option<Target> {
@@ -366,7 +564,7 @@ fn report(
         page::check_out(out)?;
     }
     let imported = onnx::import(model)?;
-    let opts = prep.options(method, bias_correction)?;
+    let opts = prep.for_onnx(model)?.options(method, bias_correction)?;
     let labels = &opts.labels;
     let shape = (imported.in_h, imported.in_w, imported.in_c);
     let calib = data::calibration_set(calib, shape)?;
@@ -581,7 +779,7 @@ fn quantize(
         bail!("--accuracy-budget and --sqnr-min apply to --precision int8 only");
     }
     let imported = onnx::import(model)?;
-    let opts = prep.options(method, bias_correction)?;
+    let opts = prep.for_onnx(model)?.options(method, bias_correction)?;
     let labels = &opts.labels;
     let shape = (imported.in_h, imported.in_w, imported.in_c);
     let images = match (calib, precision) {
@@ -798,11 +996,15 @@ fn eval(model: &Path, dir: &Path, json: bool, prep: &Prep) -> Result<()> {
         });
     } else {
         let imported = onnx::import(model)?;
+        let prep = prep.for_onnx(model)?;
         let fold_check = convmixer_quantize::fold::fold(&imported, &prep.mean, &prep.std)?;
         drop(fold_check); // validates --mean/--std against the model's channels
         shape = (imported.in_h, imported.in_w, imported.in_c);
         classes = imported.classes();
-        labels = read_labels(prep.labels.as_deref())?;
+        labels = match prep.labels {
+            Some(_) => read_labels(prep.labels.as_deref())?,
+            None => prep.names.clone(),
+        };
         kind = "fp32-onnx".into();
         let tract = TractModel::load(model, imported.in_c, imported.in_h, imported.in_w)?;
         let (mean, std) = (prep.mean.clone(), prep.std.clone());

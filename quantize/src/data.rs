@@ -1,5 +1,5 @@
-//! Image data for calibration and evaluation: folders of images (PNG, JPEG, BMP, PNM),
-//! ImageFolder trees for labelled sets, and MNIST IDX files.
+//! Image data for calibration, evaluation and training: folders of images (PNG, JPEG, BMP,
+//! PNM), ImageFolder trees for labelled sets, MNIST IDX files and CIFAR-10 binary batches.
 
 use std::path::{Path, PathBuf};
 
@@ -170,6 +170,291 @@ pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
         bail!("{}: IDX label file is truncated", path.display());
     }
     Ok(b[8..].to_vec())
+}
+
+/// A labelled image set in memory (for training): `n` HWC `u8` images of one shape, one
+/// class index each, and the class names (index → name).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelledSet {
+    /// `(height, width, channels)` of every image.
+    pub shape: Shape,
+    /// The images, concatenated: `n · h · w · c` bytes.
+    pub pixels: Vec<u8>,
+    /// Class index per image.
+    pub labels: Vec<usize>,
+    /// Class names; `labels` are below `classes.len()`.
+    pub classes: Vec<String>,
+}
+
+impl LabelledSet {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    /// True when the set holds no image.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    /// Image `i` (HWC bytes).
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.shape.0 * self.shape.1 * self.shape.2;
+        &self.pixels[i * n..(i + 1) * n]
+    }
+}
+
+/// CIFAR-10 binary record: 1 label byte, then 32×32 red, green and blue planes.
+const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
+
+/// Reads a labelled set, recognising the format from `path`:
+///
+/// - an IDX3 image file (MNIST format; magic `00 00 08 03`): the labels are the IDX1 file
+///   named like it with `images`→`labels` and `idx3`→`idx1` (`train-images-idx3-ubyte` →
+///   `train-labels-idx1-ubyte`); classes `0`..`9`, or up to the largest label;
+/// - a CIFAR-10 binary batch (`*.bin`, records of 3073 bytes), or a folder holding
+///   `data_batch_*.bin` (all of them, in order); class names from `batches.meta.txt`
+///   beside them when present;
+/// - otherwise an ImageFolder tree: one sub-folder per class. Folder names that are all
+///   numbers are class indices; otherwise classes are the sorted folder names (as
+///   torchvision's `ImageFolder`). Every image must have the shape of the first.
+///
+/// `classes`, when given (the training set's, for a validation set), fixes the class names
+/// of an ImageFolder tree, and every folder must be one of them.
+pub fn labelled_set(path: &Path, classes: Option<&[String]>) -> Result<LabelledSet> {
+    let set = if path.is_dir() {
+        let batches = cifar_batches(path)?;
+        if batches.is_empty() {
+            labelled_folder(path, classes)?
+        } else {
+            read_cifar(&batches)?
+        }
+    } else {
+        let head = read_head(path)?;
+        if head == [0, 0, 8, 3] {
+            read_idx_set(path)?
+        } else if path.extension().is_some_and(|e| e == "bin") {
+            read_cifar(&[path.to_path_buf()])?
+        } else {
+            bail!(
+                "{}: not a labelled set (expected an ImageFolder tree, an IDX3 image file or a CIFAR-10 .bin batch)",
+                path.display()
+            );
+        }
+    };
+    if let Some(names) = classes {
+        if let Some(&l) = set.labels.iter().find(|&&l| l >= names.len()) {
+            bail!(
+                "{}: label {l} is not below the training set's {} classes",
+                path.display(),
+                names.len()
+            );
+        }
+    }
+    Ok(set)
+}
+
+fn read_head(path: &Path) -> Result<[u8; 4]> {
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut head = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match f.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) => return Err(anyhow!("{}: cannot read: {e}", path.display())),
+        }
+    }
+    Ok(head)
+}
+
+fn read_idx_set(path: &Path) -> Result<LabelledSet> {
+    let b = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if b.len() < 16 {
+        bail!("{}: not an IDX3 u8 image file", path.display());
+    }
+    let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
+    let (h, w) = (be(8), be(12));
+    let images = read_idx_images(path, (h, w, 1))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let lname = name.replace("images", "labels").replace("idx3", "idx1");
+    if lname == name {
+        bail!(
+            "{}: cannot name its labels file (the name should contain 'images' and 'idx3')",
+            path.display()
+        );
+    }
+    let lpath = path.with_file_name(&lname);
+    let labels = read_idx_labels(&lpath)?;
+    if labels.len() != images.len() {
+        bail!(
+            "{}: {} labels for {} images in {}",
+            lpath.display(),
+            labels.len(),
+            images.len(),
+            path.display()
+        );
+    }
+    if images.is_empty() {
+        bail!("{}: no images", path.display());
+    }
+    let top = labels.iter().copied().max().unwrap_or(0) as usize;
+    Ok(LabelledSet {
+        shape: (h, w, 1),
+        pixels: images.concat(),
+        labels: labels.iter().map(|&l| usize::from(l)).collect(),
+        classes: (0..(top + 1).max(10)).map(|i| i.to_string()).collect(),
+    })
+}
+
+fn cifar_batches(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd =
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot read folder", dir.display()))?;
+    let mut out = Vec::new();
+    for e in rd {
+        let p = e
+            .with_context(|| format!("{}: cannot read folder", dir.display()))?
+            .path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if p.is_file() && name.starts_with("data_batch_") && name.ends_with(".bin") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn read_cifar(batches: &[PathBuf]) -> Result<LabelledSet> {
+    let (hw, c) = (32 * 32, 3);
+    let mut pixels = Vec::new();
+    let mut labels = Vec::new();
+    for p in batches {
+        let b = std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?;
+        if b.is_empty() || b.len() % CIFAR_RECORD != 0 {
+            bail!(
+                "{}: {} bytes is not a whole number of CIFAR-10 records ({CIFAR_RECORD} bytes each)",
+                p.display(),
+                b.len()
+            );
+        }
+        for r in b.chunks_exact(CIFAR_RECORD) {
+            if r[0] > 9 {
+                bail!("{}: CIFAR-10 label {} is not below 10", p.display(), r[0]);
+            }
+            labels.push(usize::from(r[0]));
+            // planes (CHW) → HWC
+            for i in 0..hw {
+                for ch in 0..c {
+                    pixels.push(r[1 + ch * hw + i]);
+                }
+            }
+        }
+    }
+    let meta = batches
+        .first()
+        .map(|p| p.with_file_name("batches.meta.txt"))
+        .and_then(|m| std::fs::read_to_string(m).ok());
+    let names: Vec<String> = meta
+        .map(|t| {
+            t.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .filter(|n: &Vec<String>| n.len() == 10)
+        .unwrap_or_else(|| (0..10).map(|i| i.to_string()).collect());
+    Ok(LabelledSet {
+        shape: (32, 32, 3),
+        pixels,
+        labels,
+        classes: names,
+    })
+}
+
+fn labelled_folder(dir: &Path, classes: Option<&[String]>) -> Result<LabelledSet> {
+    let rd =
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot read folder", dir.display()))?;
+    let mut folders = Vec::new();
+    for e in rd {
+        let p = e
+            .with_context(|| format!("{}: cannot read folder", dir.display()))?
+            .path();
+        if p.is_dir() {
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            folders.push((name, p));
+        }
+    }
+    folders.sort();
+    let names: Vec<String> = match classes {
+        Some(c) => c.to_vec(),
+        None if !folders.is_empty() && folders.iter().all(|(n, _)| n.parse::<usize>().is_ok()) => {
+            let top = folders
+                .iter()
+                .filter_map(|(n, _)| n.parse::<usize>().ok())
+                .max()
+                .unwrap_or(0);
+            (0..=top).map(|i| i.to_string()).collect()
+        }
+        None => folders.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    let mut files = Vec::new();
+    for (name, p) in &folders {
+        let class = names
+            .iter()
+            .position(|c| c == name)
+            .or_else(|| name.parse::<usize>().ok().filter(|&i| i < names.len()))
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: folder '{name}' is not one of the training set's classes",
+                    p.display()
+                )
+            })?;
+        for f in image_files(p)? {
+            files.push((f, class));
+        }
+    }
+    let Some((first, _)) = files.first() else {
+        bail!(
+            "{}: no labelled images (expected one sub-folder per class holding images)",
+            dir.display()
+        );
+    };
+    let shape = image_shape(first)?;
+    let mut pixels = Vec::with_capacity(files.len() * shape.0 * shape.1 * shape.2);
+    let mut labels = Vec::with_capacity(files.len());
+    for (f, class) in &files {
+        pixels.extend(load_image(f, shape)?);
+        labels.push(*class);
+    }
+    Ok(LabelledSet {
+        shape,
+        pixels,
+        labels,
+        classes: names,
+    })
+}
+
+/// `(height, width, channels)` of an image file (gray → 1 channel, colour → 3).
+pub fn image_shape(path: &Path) -> Result<Shape> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(anyhow::Error::from)
+        .and_then(|r| Ok(r.decode()?))
+        .map_err(|e| anyhow!("{}: cannot decode image: {e}", path.display()))?;
+    let c = match img.color().channel_count() {
+        1 | 2 => 1,
+        _ => 3,
+    };
+    Ok((img.height() as usize, img.width() as usize, c))
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, then

@@ -1002,3 +1002,44 @@ fn check_block(dw: &ConvUnit, pw: &ConvUnit, dim: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// The input normalisation `host-tools train` records in an ONNX file's metadata
+/// ([`onnx_export::with_normalisation`](crate::onnx_export::with_normalisation)):
+/// `Some((mean, std))`, or `None` when the file has none (PyTorch's exports).
+pub fn normalisation(bytes: &[u8]) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+    use crate::onnx_export::{MEAN_KEY, STD_KEY};
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &bytes[..])
+        .map_err(|e| anyhow!("not a valid ONNX protobuf ({e})"))?;
+    let get = |key: &str| -> Result<Option<Vec<f32>>> {
+        let Some(p) = proto.metadata_props.iter().find(|p| p.key == key) else {
+            return Ok(None);
+        };
+        let v = p
+            .value
+            .split(',')
+            .map(|s| s.trim().parse::<f32>())
+            .collect::<std::result::Result<Vec<f32>, _>>()
+            .map_err(|_| anyhow!("metadata {key} = '{}' is not a list of numbers", p.value))?;
+        Ok(Some(v))
+    };
+    match (get(MEAN_KEY)?, get(STD_KEY)?) {
+        (Some(m), Some(s)) => Ok(Some((m, s))),
+        (None, None) => Ok(None),
+        _ => bail!("metadata has only one of {MEAN_KEY} and {STD_KEY}"),
+    }
+}
+
+/// The class names `host-tools train` records in an ONNX file's metadata (empty when the
+/// file has none).
+pub fn labels(bytes: &[u8]) -> Result<Vec<String>> {
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &bytes[..])
+        .map_err(|e| anyhow!("not a valid ONNX protobuf ({e})"))?;
+    Ok(proto
+        .metadata_props
+        .iter()
+        .find(|p| p.key == crate::onnx_export::LABELS_KEY)
+        .map(|p| p.value.lines().map(String::from).collect())
+        .unwrap_or_default())
+}

@@ -1211,3 +1211,61 @@ fn finite(what: &str, v: &[f32]) -> Result<()> {
         None => Ok(()),
     }
 }
+
+/// Metadata key of the per-channel normalisation mean (`0.1307` or `0.4914,0.4822,0.4465`).
+pub const MEAN_KEY: &str = "convmixer_edge.normalize.mean";
+/// Metadata key of the per-channel normalisation standard deviation.
+pub const STD_KEY: &str = "convmixer_edge.normalize.std";
+/// Metadata key of the class names, one per line in class order.
+pub const LABELS_KEY: &str = "convmixer_edge.labels";
+
+/// Adds the input normalisation `(p/255 − mean_c)/std_c` and the class names to an ONNX
+/// file's `metadata_props` (what `host-tools train` writes: `quantize` and `eval` use them
+/// when no `--mean`/`--std`/`--labels` is given; [`crate::onnx::normalisation`] and
+/// [`crate::onnx::labels`] read them).
+///
+/// ```
+/// use convmixer_quantize::onnx::{self, normalisation};
+/// use convmixer_quantize::onnx_export::{random_convmixer, with_normalisation, write_onnx, GeluForm, RandomConfig};
+/// use convmixer_quantize::Activation;
+///
+/// let cfg = RandomConfig {
+///     dim: 8, depth: 1, kernel: 3, patch: 2, in_c: 1, in_h: 8, in_w: 8,
+///     classes: 3, act: Activation::Relu, seed: 1,
+/// };
+/// let bytes = write_onnx(&random_convmixer(&cfg)?, GeluForm::Erf)?;
+/// assert_eq!(normalisation(&bytes)?, None);
+/// let names = ["a".to_string(), "b".into(), "c".into()];
+/// let bytes = with_normalisation(&bytes, &[0.1307], &[0.3081], &names)?;
+/// assert_eq!(normalisation(&bytes)?, Some((vec![0.1307], vec![0.3081])));
+/// assert_eq!(onnx::labels(&bytes)?, names.to_vec());
+/// assert!(onnx::import_bytes(&bytes).is_ok());
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+pub fn with_normalisation(
+    onnx: &[u8],
+    mean: &[f32],
+    std: &[f32],
+    labels: &[String],
+) -> Result<Vec<u8>> {
+    let mut m = ModelProto::decode(onnx).map_err(|e| anyhow!("not a valid ONNX protobuf ({e})"))?;
+    let join = |v: &[f32]| {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    m.metadata_props
+        .retain(|p| ![MEAN_KEY, STD_KEY, LABELS_KEY].contains(&p.key.as_str()));
+    for (key, value) in [
+        (MEAN_KEY, join(mean)),
+        (STD_KEY, join(std)),
+        (LABELS_KEY, labels.join("\n")),
+    ] {
+        m.metadata_props.push(pb::StringStringEntryProto {
+            key: key.to_string(),
+            value,
+        });
+    }
+    Ok(m.encode_to_vec())
+}

@@ -12,9 +12,16 @@ pub struct TractModel {
 impl TractModel {
     /// Loads `path` with the batch dimension fixed to 1.
     pub fn load(path: &std::path::Path, c: usize, h: usize, w: usize) -> Result<Self> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        Self::from_bytes(&bytes, c, h, w).with_context(|| format!("{}", path.display()))
+    }
+
+    /// As [`TractModel::load`], from the bytes of an ONNX file.
+    pub fn from_bytes(bytes: &[u8], c: usize, h: usize, w: usize) -> Result<Self> {
         let onnx = tract_onnx::onnx();
         let plan = onnx
-            .proto_model_for_path(path)
+            .proto_model_for_read(&mut &bytes[..])
             .and_then(|mut proto| {
                 // The dynamo exporter annotates every intermediate tensor with the symbolic
                 // batch dimension, which tract then refuses to unify with the fixed batch of
@@ -30,7 +37,7 @@ impl TractModel {
             .and_then(|m| m.with_input_fact(0, f32::fact([1, c, h, w]).into()))
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
-            .map_err(|e| anyhow!("tract cannot run {}: {e:#}", path.display()))?;
+            .map_err(|e| anyhow!("tract cannot run the model: {e:#}"))?;
         Ok(TractModel {
             plan,
             shape: [1, c, h, w],
