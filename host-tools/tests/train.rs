@@ -94,9 +94,18 @@ fn tiny_opts(out: &Path) -> TrainOptions {
     }
 }
 
-fn accuracy_line(stdout: &[u8]) -> f64 {
-    // `eval --json` prints {"top1": …, …}
-    let v: serde_json::Value = serde_json::from_slice(stdout).expect("eval --json output");
+/// `host-tools eval MODEL --data heldout --json`'s top-1.
+fn eval_top1(model: &Path) -> f64 {
+    let out = host_tools(&[
+        "eval",
+        model.to_str().unwrap(),
+        "--data",
+        ex("heldout").to_str().unwrap(),
+        "--json",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("eval --json output");
     v["top1"].as_f64().expect("top1 field")
 }
 
@@ -150,19 +159,7 @@ fn trains_exports_quantizes_and_resumes_exactly() {
     onnx_checker(&a);
 
     // fp32 ONNX accuracy (tract) vs the int8 blob, both through the CLI.
-    let out = host_tools(&[
-        "eval",
-        a.to_str().unwrap(),
-        "--data",
-        ex("heldout").to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let fp32 = accuracy_line(&out.stdout);
+    let fp32 = eval_top1(&a);
     assert!(
         (fp32 - val).abs() < 1e-9,
         "tract's accuracy {fp32} vs burn's {val}"
@@ -182,19 +179,7 @@ fn trains_exports_quantizes_and_resumes_exactly() {
         err.contains("normalisation from"),
         "quantize did not use the recorded normalisation: {err}"
     );
-    let out = host_tools(&[
-        "eval",
-        cmx.to_str().unwrap(),
-        "--data",
-        ex("heldout").to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let int8 = accuracy_line(&out.stdout);
+    let int8 = eval_top1(&cmx);
     println!("fp32 {fp32:.4}, int8 {int8:.4}");
     assert!(int8 > fp32 - 0.03, "int8 {int8} vs fp32 {fp32}");
     // The blob carries the class names the ONNX file recorded (the IDX set's "0".."9").

@@ -19,20 +19,10 @@ fn is_image(p: &Path) -> bool {
 /// Decodes one image into HWC `u8`, requiring exactly `shape` (gray = 1 channel, RGB = 3;
 /// an alpha channel is dropped).
 pub fn load_image(path: &Path, shape: Shape) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    // The format comes from the content, not the name. The image crate's errors repeat
-    // their cause in their source chain: print one level.
-    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(anyhow::Error::from)
-        .and_then(|r| Ok(r.decode()?))
-        .map_err(|e| anyhow!("{}: cannot decode image: {e}", path.display()))?;
+    let img = decode(path)?;
     let (h, w, c) = shape;
-    let channels = match img.color().channel_count() {
-        1 | 2 => 1,
-        _ => 3,
-    };
-    if (img.height() as usize, img.width() as usize, channels) != (h, w, c) {
+    let (ih, iw, channels) = shape_of(&img);
+    if (ih, iw, channels) != (h, w, c) {
         bail!(
             "{}: image is {}x{} with {} channel(s), the model expects {h}x{w} with {c}",
             path.display(),
@@ -48,17 +38,32 @@ pub fn load_image(path: &Path, shape: Shape) -> Result<Vec<u8>> {
     })
 }
 
+/// The paths in folder `dir` (unsorted).
+fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let cannot = || format!("{}: cannot read folder", dir.display());
+    std::fs::read_dir(dir)
+        .with_context(cannot)?
+        .map(|e| Ok(e.with_context(cannot)?.path()))
+        .collect()
+}
+
+/// Decodes an image file; the format comes from the content, not the name.
+fn decode(path: &Path) -> Result<image::DynamicImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    // The image crate's errors repeat their cause in their source chain: print one level.
+    image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(anyhow::Error::from)
+        .and_then(|r| Ok(r.decode()?))
+        .map_err(|e| anyhow!("{}: cannot decode image: {e}", path.display()))
+}
+
 /// Image files directly in `dir` or below it, sorted by path (deterministic).
 pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d)
-            .with_context(|| format!("{}: cannot read folder", d.display()))?;
-        for e in rd {
-            let p = e
-                .with_context(|| format!("{}: cannot read folder", d.display()))?
-                .path();
+        for p in entries(&d)? {
             if p.is_dir() {
                 stack.push(p);
             } else if is_image(&p) {
@@ -93,13 +98,8 @@ pub fn image_folder(
     labels: &[String],
     classes: usize,
 ) -> Result<Vec<(PathBuf, usize)>> {
-    let rd =
-        std::fs::read_dir(dir).with_context(|| format!("{}: cannot read folder", dir.display()))?;
     let mut out = Vec::new();
-    for e in rd {
-        let p = e
-            .with_context(|| format!("{}: cannot read folder", dir.display()))?
-            .path();
+    for p in entries(dir)? {
         if !p.is_dir() {
             continue;
         }
@@ -311,13 +311,8 @@ fn read_idx_set(path: &Path) -> Result<LabelledSet> {
 }
 
 fn cifar_batches(dir: &Path) -> Result<Vec<PathBuf>> {
-    let rd =
-        std::fs::read_dir(dir).with_context(|| format!("{}: cannot read folder", dir.display()))?;
     let mut out = Vec::new();
-    for e in rd {
-        let p = e
-            .with_context(|| format!("{}: cannot read folder", dir.display()))?
-            .path();
+    for p in entries(dir)? {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if p.is_file() && name.starts_with("data_batch_") && name.ends_with(".bin") {
             out.push(p);
@@ -376,13 +371,8 @@ fn read_cifar(batches: &[PathBuf]) -> Result<LabelledSet> {
 }
 
 fn labelled_folder(dir: &Path, classes: Option<&[String]>) -> Result<LabelledSet> {
-    let rd =
-        std::fs::read_dir(dir).with_context(|| format!("{}: cannot read folder", dir.display()))?;
     let mut folders = Vec::new();
-    for e in rd {
-        let p = e
-            .with_context(|| format!("{}: cannot read folder", dir.display()))?
-            .path();
+    for p in entries(dir)? {
         if p.is_dir() {
             let name = p
                 .file_name()
@@ -444,17 +434,15 @@ fn labelled_folder(dir: &Path, classes: Option<&[String]>) -> Result<LabelledSet
 
 /// `(height, width, channels)` of an image file (gray → 1 channel, colour → 3).
 pub fn image_shape(path: &Path) -> Result<Shape> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(anyhow::Error::from)
-        .and_then(|r| Ok(r.decode()?))
-        .map_err(|e| anyhow!("{}: cannot decode image: {e}", path.display()))?;
+    Ok(shape_of(&decode(path)?))
+}
+
+fn shape_of(img: &image::DynamicImage) -> Shape {
     let c = match img.color().channel_count() {
         1 | 2 => 1,
         _ => 3,
     };
-    Ok((img.height() as usize, img.width() as usize, c))
+    (img.height() as usize, img.width() as usize, c)
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, then
@@ -487,4 +475,81 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cmx-data-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn cifar_batches_are_read_as_hwc_with_their_names() {
+        let d = tmp("cifar");
+        // Two records: label 3, R plane = 10, G = 20, B = 30 except pixel 5 (R 255);
+        // label 9, planes 0..
+        let mut b = Vec::new();
+        for (label, base) in [(3u8, [10u8, 20, 30]), (9, [1, 2, 3])] {
+            b.push(label);
+            for (ch, v) in base.iter().enumerate() {
+                for i in 0..1024 {
+                    b.push(if label == 3 && ch == 0 && i == 5 {
+                        255
+                    } else {
+                        *v
+                    });
+                }
+            }
+        }
+        std::fs::write(d.join("data_batch_1.bin"), &b).unwrap();
+        std::fs::write(d.join("data_batch_2.bin"), &b[..CIFAR_RECORD]).unwrap();
+        let names = "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n";
+        std::fs::write(d.join("batches.meta.txt"), names).unwrap();
+        let s = labelled_set(&d, None).unwrap();
+        assert_eq!(s.shape, (32, 32, 3));
+        assert_eq!(s.labels, vec![3, 9, 3]);
+        assert_eq!(s.classes[3], "cat");
+        assert_eq!(&s.image(0)[..6], &[10, 20, 30, 10, 20, 30]);
+        assert_eq!(&s.image(0)[15..18], &[255, 20, 30]);
+        assert_eq!(&s.image(1)[..3], &[1, 2, 3]);
+        // One file on its own; a torn file is refused with its size.
+        let one = labelled_set(&d.join("data_batch_2.bin"), None).unwrap();
+        assert_eq!(one.labels, vec![3]);
+        std::fs::write(d.join("data_batch_3.bin"), &b[..100]).unwrap();
+        let e = labelled_set(&d, None).unwrap_err().to_string();
+        assert!(
+            e.contains("100 bytes is not a whole number of CIFAR-10 records"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn image_folders_name_their_classes() {
+        let d = tmp("folder");
+        for (class, shade) in [("dog", 200u8), ("cat", 100)] {
+            std::fs::create_dir_all(d.join(class)).unwrap();
+            image::GrayImage::from_pixel(4, 3, image::Luma([shade]))
+                .save(d.join(class).join("a.png"))
+                .unwrap();
+        }
+        let s = labelled_set(&d, None).unwrap();
+        // Sorted names, as torchvision's ImageFolder.
+        assert_eq!(s.classes, vec!["cat".to_string(), "dog".into()]);
+        assert_eq!((s.shape, s.labels.clone()), ((3, 4, 1), vec![0, 1]));
+        assert_eq!(s.image(1), &[200; 12]);
+        // A validation set must use the training set's names.
+        let e = labelled_set(&d, Some(&["cat".to_string(), "cow".into()])).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("folder 'dog' is not one of the training set's classes"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }
