@@ -135,11 +135,7 @@ pub fn image_folder(
 /// Images of an IDX3 `u8` file (MNIST format, big-endian header).
 pub fn read_idx_images(path: &Path, shape: Shape) -> Result<Vec<Vec<u8>>> {
     let b = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    if b.len() < 16 || b[0..4] != [0, 0, 8, 3] {
-        bail!("{}: not an IDX3 u8 image file", path.display());
-    }
-    let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
-    let (n, h, w) = (be(4), be(8), be(12));
+    let (h, w) = idx_dims(&b, path)?;
     if (h, w, 1) != shape {
         bail!(
             "{}: IDX images are {h}x{w}x1, the model expects {}x{}x{}",
@@ -149,14 +145,40 @@ pub fn read_idx_images(path: &Path, shape: Shape) -> Result<Vec<Vec<u8>>> {
             shape.2
         );
     }
-    if b.len() != 16 + n * h * w {
+    Ok(idx_pixels(&b, path)?
+        .chunks_exact(h * w)
+        .map(|c| c.to_vec())
+        .collect())
+}
+
+/// `(height, width)` of an IDX3 `u8` image file's bytes (its magic checked).
+fn idx_dims(b: &[u8], path: &Path) -> Result<(usize, usize)> {
+    if b.len() < 16 || b[0..4] != [0, 0, 8, 3] {
+        bail!("{}: not an IDX3 u8 image file", path.display());
+    }
+    let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
+    let (h, w) = (be(8), be(12));
+    if h == 0 || w == 0 {
+        bail!(
+            "{}: IDX images are {h}x{w} (a zero dimension)",
+            path.display()
+        );
+    }
+    Ok((h, w))
+}
+
+/// The pixels of an IDX3 file's bytes (after [`idx_dims`]): exactly `n · h · w` of them.
+fn idx_pixels<'a>(b: &'a [u8], path: &Path) -> Result<&'a [u8]> {
+    let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
+    let n = be(4);
+    if b.len() != 16 + n * be(8) * be(12) {
         bail!(
             "{}: IDX file is truncated ({} bytes for {n} images)",
             path.display(),
             b.len()
         );
     }
-    Ok(b[16..].chunks_exact(h * w).map(|c| c.to_vec()).collect())
+    Ok(&b[16..])
 }
 
 /// Labels of an IDX1 `u8` file.
@@ -269,13 +291,11 @@ fn read_head(path: &Path) -> Result<[u8; 4]> {
 }
 
 fn read_idx_set(path: &Path) -> Result<LabelledSet> {
+    // One read of the file: the header, then the pixels as they lie.
     let b = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    if b.len() < 16 {
-        bail!("{}: not an IDX3 u8 image file", path.display());
-    }
-    let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
-    let (h, w) = (be(8), be(12));
-    let images = read_idx_images(path, (h, w, 1))?;
+    let (h, w) = idx_dims(&b, path)?;
+    let pixels = idx_pixels(&b, path)?;
+    let n = pixels.len() / (h * w);
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -289,22 +309,22 @@ fn read_idx_set(path: &Path) -> Result<LabelledSet> {
     }
     let lpath = path.with_file_name(&lname);
     let labels = read_idx_labels(&lpath)?;
-    if labels.len() != images.len() {
+    if labels.len() != n {
         bail!(
             "{}: {} labels for {} images in {}",
             lpath.display(),
             labels.len(),
-            images.len(),
+            n,
             path.display()
         );
     }
-    if images.is_empty() {
+    if n == 0 {
         bail!("{}: no images", path.display());
     }
     let top = labels.iter().copied().max().unwrap_or(0) as usize;
     Ok(LabelledSet {
         shape: (h, w, 1),
-        pixels: images.concat(),
+        pixels: pixels.to_vec(),
         labels: labels.iter().map(|&l| usize::from(l)).collect(),
         classes: (0..(top + 1).max(10)).map(|i| i.to_string()).collect(),
     })
