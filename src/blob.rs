@@ -20,7 +20,7 @@ use crate::{Activation, Error, Precision};
 /// `CMXB`: the first four bytes of every blob.
 pub const MAGIC: [u8; 4] = *b"CMXB";
 /// The format version this reader understands.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 /// Length of the fixed header in bytes.
 pub const HEADER_LEN: usize = 64;
 /// Length of one table-of-contents entry in bytes.
@@ -79,11 +79,97 @@ pub enum SectionKind {
     /// Per-channel input and output scales of an f16 layer in an int8 blob (`dim` f32 `s_in`,
     /// then `dim` f32 `s_out`).
     IoScale = 10,
+    /// MLP-Mixer: the fixed-point LayerNorm of one norm layer (`eps` term, shift, zero point,
+    /// `dim` i32 multipliers, `dim` i64 offsets).
+    LayerNorm = 11,
+    /// MLP-Mixer: how a GEMM layer's int8 output is added into the int16 residual stream
+    /// (4 i32: `m_add, sh_add, 0, 0`).
+    ResAdd = 12,
+}
+
+/// Which network a blob holds (header byte 36).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[repr(u8)]
+pub enum Arch {
+    /// ConvMixer ("Patches Are All You Need?"): depthwise and pointwise convs with
+    /// BatchNorm folded away.
+    ConvMixer = 0,
+    /// MLP-Mixer ("An all-MLP Architecture for Vision"): pre-LayerNorm token- and
+    /// channel-mixing MLPs around an int16 residual stream (int8 blobs only).
+    MlpMixer = 1,
+}
+
+/// The role of layer `l` of an MLP-Mixer blob ([`Header::mixer_layer`]).
+///
+/// ```
+/// use convmixer_edge::blob::MixerLayer;
+/// assert_ne!(MixerLayer::TokenFc1, MixerLayer::ChannelFc1);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum MixerLayer {
+    /// Layer 0: the patch embedding, a GEMM whose output is added into the (zero) residual.
+    Embed,
+    /// A LayerNorm of the residual stream (before each MLP, and the final one).
+    Norm,
+    /// The token-mixing MLP's first linear layer (`tokens → token_hidden`, GELU).
+    TokenFc1,
+    /// The token-mixing MLP's second linear layer (`token_hidden → tokens`), added into the
+    /// residual.
+    TokenFc2,
+    /// The channel-mixing MLP's first linear layer (`dim → channel_hidden`, GELU).
+    ChannelFc1,
+    /// The channel-mixing MLP's second linear layer (`channel_hidden → dim`), added into the
+    /// residual.
+    ChannelFc2,
+    /// The classifier head (average pool over tokens, then linear).
+    Head,
+}
+
+impl MixerLayer {
+    /// Whether the layer is a GEMM with the int8 epilogue (embedding and the four linear
+    /// layers of a block).
+    ///
+    /// ```
+    /// use convmixer_edge::blob::MixerLayer;
+    /// assert!(MixerLayer::TokenFc2.is_gemm() && !MixerLayer::Norm.is_gemm());
+    /// ```
+    pub fn is_gemm(self) -> bool {
+        !matches!(self, MixerLayer::Norm | MixerLayer::Head)
+    }
+    /// Whether the layer's output is added into the residual stream (it has a RES_ADD).
+    ///
+    /// ```
+    /// use convmixer_edge::blob::MixerLayer;
+    /// assert!(MixerLayer::Embed.adds_residual() && !MixerLayer::ChannelFc1.adds_residual());
+    /// ```
+    pub fn adds_residual(self) -> bool {
+        matches!(
+            self,
+            MixerLayer::Embed | MixerLayer::TokenFc2 | MixerLayer::ChannelFc2
+        )
+    }
+}
+
+/// Sections of one MLP-Mixer block (LN, fc1, fc2 twice).
+const MIXER_BLOCK_SECTIONS: usize = 24;
+/// Layer `i` (0..6) of an MLP-Mixer block and the plan offset of its first section,
+/// relative to the block's first section.
+fn mixer_block_layer(i: usize) -> (MixerLayer, usize) {
+    match i {
+        0 => (MixerLayer::Norm, 0),
+        1 => (MixerLayer::TokenFc1, 1),
+        2 => (MixerLayer::TokenFc2, 6),
+        3 => (MixerLayer::Norm, 12),
+        4 => (MixerLayer::ChannelFc1, 13),
+        _ => (MixerLayer::ChannelFc2, 18),
+    }
 }
 
 /// Which conv layers of an int8 blob run in float with f16 weights ("mixed precision"),
-/// one bit per layer (bit `l % 8` of byte `l / 8`), stored in header bytes 36..64. At most
-/// [`LayerMask::CAPACITY`] layers can be marked, enough for depth 111.
+/// one bit per layer (bit `l % 8` of byte `l / 8`), stored in header bytes 44..64. At most
+/// [`LayerMask::CAPACITY`] layers can be marked, enough for depth 79.
 ///
 /// ```
 /// use convmixer_edge::blob::LayerMask;
@@ -94,11 +180,11 @@ pub enum SectionKind {
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct LayerMask(pub [u8; 28]);
+pub struct LayerMask(pub [u8; 20]);
 
 impl LayerMask {
     /// Number of layers the mask can describe.
-    pub const CAPACITY: usize = 8 * 28;
+    pub const CAPACITY: usize = 8 * 20;
 
     /// Whether layer `l` is marked.
     ///
@@ -159,6 +245,8 @@ impl LayerMask {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Header {
+    /// The network: ConvMixer or MLP-Mixer.
+    pub arch: Arch,
     /// Weight storage and arithmetic.
     pub precision: Precision,
     /// Activation used after every conv.
@@ -175,7 +263,7 @@ pub struct Header {
     pub dim: u16,
     /// Mixer blocks.
     pub depth: u16,
-    /// Depthwise kernel size.
+    /// Depthwise kernel size (0 for an MLP-Mixer).
     pub kernel: u8,
     /// Depthwise padding above.
     pub pad_top: u8,
@@ -188,6 +276,10 @@ pub struct Header {
     /// int8 blobs: the layers (conv layers, and the head as layer `1 + 2·depth`) that run
     /// in float with f16 weights (empty otherwise).
     pub f16_layers: LayerMask,
+    /// MLP-Mixer: hidden width of the token-mixing MLP (0 for a ConvMixer).
+    pub token_hidden: u16,
+    /// MLP-Mixer: hidden width of the channel-mixing MLP (0 for a ConvMixer).
+    pub channel_hidden: u16,
 }
 
 impl Header {
@@ -254,7 +346,74 @@ impl Header {
     /// # Ok(()) }
     /// ```
     pub fn head_layer(&self) -> usize {
-        self.conv_layers()
+        match self.arch {
+            Arch::ConvMixer => self.conv_layers(),
+            Arch::MlpMixer => 2 + 6 * usize::from(self.depth),
+        }
+    }
+    /// The role of layer `l` of an MLP-Mixer: 0 = embedding; block `i` is layers
+    /// `1 + 6i ..= 6 + 6i` (token LayerNorm, token fc1, token fc2, channel LayerNorm,
+    /// channel fc1, channel fc2); then the final LayerNorm (`1 + 6·depth`) and the head
+    /// (`2 + 6·depth`). `None` for a ConvMixer or past the head.
+    ///
+    /// ```
+    /// use convmixer_edge::blob::{Arch, MixerLayer};
+    /// # fn show(h: &convmixer_edge::blob::Header) {
+    /// if h.arch == Arch::MlpMixer {
+    ///     assert_eq!(h.mixer_layer(0), Some(MixerLayer::Embed));
+    ///     assert_eq!(h.mixer_layer(3), Some(MixerLayer::TokenFc2));
+    ///     assert_eq!(h.mixer_layer(h.head_layer()), Some(MixerLayer::Head));
+    /// }
+    /// # }
+    /// ```
+    pub fn mixer_layer(&self, l: usize) -> Option<MixerLayer> {
+        let depth = usize::from(self.depth);
+        if self.arch != Arch::MlpMixer || l > 2 + 6 * depth {
+            return None;
+        }
+        Some(match l {
+            0 => MixerLayer::Embed,
+            l if l == 1 + 6 * depth => MixerLayer::Norm,
+            l if l == 2 + 6 * depth => MixerLayer::Head,
+            l => mixer_block_layer((l - 1) % 6).0,
+        })
+    }
+    /// MLP-Mixer GEMM layer `l` as `(rows, k inputs, n outputs)`: the embedding and the
+    /// channel MLP run over the `T` tokens, the token MLP over the `dim` channels (its
+    /// input is the transposed LayerNorm output). `None` for other layers.
+    ///
+    /// ```
+    /// # fn show(h: &convmixer_edge::blob::Header) {
+    /// if let Some((rows, k, n)) = h.mixer_gemm(2) {
+    ///     assert_eq!((rows, k, n), (usize::from(h.dim), h.tokens(), usize::from(h.token_hidden)));
+    /// }
+    /// # }
+    /// ```
+    pub fn mixer_gemm(&self, l: usize) -> Option<(usize, usize, usize)> {
+        let (t, d) = (self.tokens(), usize::from(self.dim));
+        let (ht, hc) = (
+            usize::from(self.token_hidden),
+            usize::from(self.channel_hidden),
+        );
+        Some(match self.mixer_layer(l)? {
+            MixerLayer::Embed => (t, self.taps(0), d),
+            MixerLayer::TokenFc1 => (d, t, ht),
+            MixerLayer::TokenFc2 => (d, ht, t),
+            MixerLayer::ChannelFc1 => (t, d, hc),
+            MixerLayer::ChannelFc2 => (t, hc, d),
+            MixerLayer::Norm | MixerLayer::Head => return None,
+        })
+    }
+    /// Plan index of the first section of MLP-Mixer layer `l` (≤ the head).
+    fn mixer_first_section(&self, l: usize) -> usize {
+        let depth = usize::from(self.depth);
+        match l {
+            0 => 2,
+            l if l <= 6 * depth => {
+                8 + MIXER_BLOCK_SECTIONS * ((l - 1) / 6) + mixer_block_layer((l - 1) % 6).1
+            }
+            l => 8 + MIXER_BLOCK_SECTIONS * depth + (l - 1 - 6 * depth),
+        }
     }
     /// Taps per output channel of conv layer `layer`.
     ///
@@ -316,7 +475,11 @@ impl Header {
     /// # Ok(()) }
     /// ```
     pub fn section_count(&self) -> usize {
-        2 + self.conv_layers() * self.per_conv() + self.per_head()
+        match self.arch {
+            Arch::ConvMixer => 2 + self.conv_layers() * self.per_conv() + self.per_head(),
+            // NORM, LABELS, embedding (6), the blocks, final LayerNorm (1), head (4).
+            Arch::MlpMixer => 2 + 6 + MIXER_BLOCK_SECTIONS * usize::from(self.depth) + 1 + 4,
+        }
     }
     /// Encodes the header (with a zero CRC and blob length) into 64 bytes.
     ///
@@ -348,7 +511,10 @@ impl Header {
         LE::write_u16(&mut b[24..26], self.classes);
         LE::write_u16(&mut b[26..28], n_sections);
         LE::write_u32(&mut b[32..36], blob_len);
-        b[36..HEADER_LEN].copy_from_slice(&self.f16_layers.0);
+        b[36] = self.arch as u8;
+        LE::write_u16(&mut b[38..40], self.token_hidden);
+        LE::write_u16(&mut b[40..42], self.channel_hidden);
+        b[44..HEADER_LEN].copy_from_slice(&self.f16_layers.0);
         b
     }
 }
@@ -380,6 +546,9 @@ pub fn section_at(h: &Header, index: usize) -> Option<(SectionKind, u16, Option<
     if index == 1 {
         // Labels have a data-dependent length.
         return Some((Labels, GLOBAL_LAYER, None));
+    }
+    if h.arch == Arch::MlpMixer {
+        return mixer_section_at(h, index);
     }
     let i = index - 2;
     let conv_sections = h.conv_layers() * h.per_conv();
@@ -429,9 +598,69 @@ pub fn section_at(h: &Header, index: usize) -> Option<(SectionKind, u16, Option<
     Some(s)
 }
 
+/// Slot of section `kind` in an MLP-Mixer GEMM layer (and the head, whose kinds differ).
+fn mixer_slot(kind: SectionKind, head: bool) -> usize {
+    use SectionKind::*;
+    match (head, kind) {
+        (true, Weights) => 0,
+        (true, HeadScale) => 1,
+        (true, Bias) => 2,
+        (true, _) => 3,
+        (false, Weights | LayerNorm) => 0,
+        (false, Bias) => 1,
+        (false, Requant) => 2,
+        (false, QParams) => 3,
+        (false, Table) => 4,
+        (false, _) => 5, // ResAdd
+    }
+}
+
+/// `section_at` for an MLP-Mixer (`index ≥ 2`). Every GEMM layer has the int8 conv
+/// layer's five sections (its TABLE is always 512 bytes: GELU, or the identity for the
+/// layers that feed the residual), then RES_ADD where it adds into the residual.
+fn mixer_section_at(h: &Header, index: usize) -> Option<(SectionKind, u16, Option<usize>)> {
+    use SectionKind::*;
+    let head = h.head_layer();
+    if index >= h.section_count() {
+        return None;
+    }
+    // The layer whose sections hold `index`: the last one starting at or before it.
+    let layer = (0..=head)
+        .rev()
+        .find(|&l| h.mixer_first_section(l) <= index)?;
+    let slot = index - h.mixer_first_section(layer);
+    let l16 = layer as u16;
+    let dim = usize::from(h.dim);
+    let role = h.mixer_layer(layer)?;
+    if role == MixerLayer::Norm {
+        return Some((LayerNorm, l16, Some(16 + 12 * dim)));
+    }
+    if role == MixerLayer::Head {
+        let classes = usize::from(h.classes);
+        return Some(match slot {
+            0 => (Weights, l16, Some(classes * dim)),
+            1 => (HeadScale, l16, Some(classes * 4)),
+            2 => (Bias, l16, Some(classes * 4)),
+            _ => (QParams, l16, Some(16)),
+        });
+    }
+    let (_, k, n) = h.mixer_gemm(layer)?;
+    Some(match slot {
+        0 => (Weights, l16, Some(gemm_packed_len(n, k))),
+        1 => (Bias, l16, Some(4 * n)),
+        2 => (Requant, l16, Some(24 * n)),
+        3 => (QParams, l16, Some(16)),
+        4 => (Table, l16, Some(512)),
+        _ => (ResAdd, l16, Some(16)),
+    })
+}
+
 /// Index in the plan of section `kind` of conv layer `layer` (or the head).
 pub(crate) fn section_index(h: &Header, kind: SectionKind, layer: usize) -> usize {
     use SectionKind::*;
+    if h.arch == Arch::MlpMixer {
+        return h.mixer_first_section(layer) + mixer_slot(kind, layer == h.head_layer());
+    }
     if layer < h.conv_layers() {
         let slot = match kind {
             Weights => 0,
@@ -599,9 +828,18 @@ fn read_header(b: &[u8; HEADER_LEN]) -> Result<Header, Error> {
         2 => Activation::GeluTanh,
         _ => return Err(Error::Malformed("activation code")),
     };
+    let arch = match b[36] {
+        0 => Arch::ConvMixer,
+        1 => Arch::MlpMixer,
+        _ => return Err(Error::Malformed("architecture code")),
+    };
+    if b[37] != 0 || b[42] != 0 || b[43] != 0 {
+        return Err(Error::Malformed("reserved header bytes are not zero"));
+    }
     let mut f16_layers = LayerMask::default();
-    f16_layers.0.copy_from_slice(&b[36..HEADER_LEN]);
+    f16_layers.0.copy_from_slice(&b[44..HEADER_LEN]);
     let h = Header {
+        arch,
         precision,
         activation,
         in_c: b[10],
@@ -616,7 +854,15 @@ fn read_header(b: &[u8; HEADER_LEN]) -> Result<Header, Error> {
         gap_frac_bits: b[23],
         classes: LE::read_u16(&b[24..26]),
         f16_layers,
+        token_hidden: LE::read_u16(&b[38..40]),
+        channel_hidden: LE::read_u16(&b[40..42]),
     };
+    if arch == Arch::MlpMixer {
+        return read_mixer_header(h);
+    }
+    if h.token_hidden != 0 || h.channel_hidden != 0 {
+        return Err(Error::Malformed("MLP hidden widths in a ConvMixer blob"));
+    }
     let marked = f16_layers.iter(LayerMask::CAPACITY).count();
     if (precision != Precision::Int8 && marked != 0)
         || f16_layers.iter(h_conv_layers(h_depth(b)) + 1).count() != marked
@@ -650,6 +896,34 @@ fn read_header(b: &[u8; HEADER_LEN]) -> Result<Header, Error> {
                 return Err(Error::Malformed("gap_frac_bits in a float blob"));
             }
         }
+    }
+    Ok(h)
+}
+
+/// The checks of an MLP-Mixer header (int8 only, no depthwise kernel, no f16 layers).
+fn read_mixer_header(h: Header) -> Result<Header, Error> {
+    if h.precision != Precision::Int8 {
+        return Err(Error::Malformed("MLP-Mixer blobs are int8 only"));
+    }
+    if h.kernel != 0 || h.pad_top != 0 || h.pad_left != 0 || !h.f16_layers.is_empty() {
+        return Err(Error::Malformed("conv fields in an MLP-Mixer blob"));
+    }
+    if h.in_c != 1 && h.in_c != 3 {
+        return Err(Error::Malformed("input channels must be 1 or 3"));
+    }
+    if h.patch == 0 || u16::from(h.patch) > h.in_h || u16::from(h.patch) > h.in_w {
+        return Err(Error::Malformed("patch size"));
+    }
+    if h.dim == 0 || h.classes == 0 || h.token_hidden == 0 || h.channel_hidden == 0 {
+        return Err(Error::Malformed("zero dim, classes or hidden width"));
+    }
+    // The token MLP's GEMMs have T outputs and inputs; keep T in u16 like the widths.
+    if h.tokens() > usize::from(u16::MAX) {
+        return Err(Error::Malformed("too many tokens"));
+    }
+    let bound = 127i64 * 255 * (1i64 << h.gap_frac_bits.min(40)) * i64::from(h.dim);
+    if h.gap_frac_bits > 16 || bound >= 1i64 << 31 {
+        return Err(Error::Malformed("gap_frac_bits could overflow the head"));
     }
     Ok(h)
 }
@@ -787,12 +1061,136 @@ fn check_unscale(b: &Blob<'_>, layer: usize) -> Result<(), Error> {
     }
 }
 
+/// Bounds of the MLP-Mixer's fixed-point LayerNorm and residual add (see the format
+/// document): `E ≤ LN_EPS_MAX`, `0 ≤ sh ≤ LN_SH_MAX`, `|B_c| ≤ LN_B_MAX`,
+/// `0 ≤ m_add ≤ RES_M_MAX`, `0 ≤ sh_add ≤ RES_SH_MAX`.
+pub mod mixer_limits {
+    /// Largest `eps` term of a LayerNorm.
+    pub const LN_EPS_MAX: u64 = 1 << 62;
+    /// Largest output shift of a LayerNorm.
+    pub const LN_SH_MAX: i32 = 62;
+    /// Largest `|B_c|` of a LayerNorm.
+    pub const LN_B_MAX: i64 = 1 << 55;
+    /// Largest residual-add multiplier.
+    pub const RES_M_MAX: i32 = 1 << 22;
+    /// Largest residual-add shift.
+    pub const RES_SH_MAX: i32 = 31;
+}
+
+/// The int8 GEMM rules of one layer with `k` inputs and `n` outputs (packed weights):
+/// no weight −128, zero packing padding, requantisation fields in range with `m_res = 0`,
+/// and the accumulator bound `|bias′| + 128·Σ|w| < 2^31` per output.
+fn check_int8_gemm(b: &Blob<'_>, layer: usize, k: usize, n: usize) -> Result<(), Error> {
+    let w = b.section(SectionKind::Weights, layer)?;
+    let bias = b.section(SectionKind::Bias, layer)?;
+    let rq = b.section(SectionKind::Requant, layer)?;
+    if w.contains(&0x80) {
+        return Err(Error::Malformed("int8 weight −128"));
+    }
+    let mut real_nonzero = 0usize;
+    for o in 0..n {
+        let r = |f: usize| i32_at(rq, f * n + o);
+        let (m_pre, sh_pre, m_post, b_post, sh_post, m_res) =
+            (r(0)?, r(1)?, r(2)?, r(3)?, r(4)?, r(5)?);
+        use limits::*;
+        let ok = m_pre >= 0
+            && (SH_PRE_MIN..=SH_PRE_MAX).contains(&sh_pre)
+            && m_post.unsigned_abs() <= M_POST_MAX as u32
+            && b_post.unsigned_abs() <= B_POST_MAX as u32
+            && (0..=SH_POST_MAX).contains(&sh_post)
+            && m_res == 0;
+        if !ok {
+            return Err(Error::Malformed("requantisation parameter out of range"));
+        }
+        let mut sum_abs = 0i64;
+        for i in 0..k {
+            let v = *w.get(gemm_index(o, i, k)).ok_or(SHORT)? as i8;
+            sum_abs += i64::from(v.unsigned_abs());
+            real_nonzero += usize::from(v != 0);
+        }
+        if i64::from(i32_at(bias, o)?.unsigned_abs()) + 128 * sum_abs >= 1i64 << 31 {
+            return Err(Error::Malformed("accumulator could overflow i32"));
+        }
+    }
+    if w.iter().filter(|&&v| v != 0).count() != real_nonzero {
+        return Err(Error::Malformed("non-zero padding in packed GEMM weights"));
+    }
+    Ok(())
+}
+
+/// The MLP-Mixer's sections: every GEMM layer's int8 rules, the zero points chained from
+/// each tensor's producer to its consumer, the LayerNorm and residual-add bounds.
+fn validate_mixer(b: &Blob<'_>) -> Result<(), Error> {
+    use mixer_limits::*;
+    let h = b.header;
+    let zp_ok = |z: i32| (-128..=127).contains(&z);
+    // The zero point of the int8 tensor the next layer reads (the pixels: −128).
+    let mut zp_prev = -128;
+    for layer in 0..=h.head_layer() {
+        let role = h.mixer_layer(layer).ok_or(Error::Malformed("layer plan"))?;
+        match role {
+            MixerLayer::Norm => {
+                let s = b.section(SectionKind::LayerNorm, layer)?;
+                let eps = u64::from_le_bytes(*s.first_chunk::<8>().ok_or(SHORT)?);
+                let (sh, zp) = (i32_at(s, 2)?, i32_at(s, 3)?);
+                let dim = usize::from(h.dim);
+                let offsets = s.get(16 + 4 * dim..).ok_or(SHORT)?;
+                let b_ok = offsets.chunks_exact(8).all(|c| {
+                    let v = i64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+                    v.unsigned_abs() <= LN_B_MAX as u64
+                });
+                if eps > LN_EPS_MAX || !(0..=LN_SH_MAX).contains(&sh) || !zp_ok(zp) || !b_ok {
+                    return Err(Error::Malformed("LayerNorm parameter out of range"));
+                }
+                zp_prev = zp;
+            }
+            MixerLayer::Head => {
+                let q = b.section(SectionKind::QParams, layer)?;
+                if i32_at(q, 0)? != zp_prev {
+                    return Err(Error::Malformed("zero point differs from its producer's"));
+                }
+            }
+            _ => {
+                let (_, k, n) = h.mixer_gemm(layer).ok_or(Error::Malformed("layer plan"))?;
+                let q = b.section(SectionKind::QParams, layer)?;
+                let (zp_in, zp_z, zp_out) = (i32_at(q, 0)?, i32_at(q, 1)?, i32_at(q, 2)?);
+                if !(zp_ok(zp_z) && zp_ok(zp_out)) || i32_at(q, 3)? != 0 {
+                    return Err(Error::Malformed("zero point out of range"));
+                }
+                if zp_in != zp_prev {
+                    return Err(Error::Malformed("zero point differs from its producer's"));
+                }
+                check_int8_gemm(b, layer, k, n)?;
+                if role.adds_residual() {
+                    let r = b.section(SectionKind::ResAdd, layer)?;
+                    let (m, sh) = (i32_at(r, 0)?, i32_at(r, 1)?);
+                    if !(0..=RES_M_MAX).contains(&m)
+                        || !(0..=RES_SH_MAX).contains(&sh)
+                        || i32_at(r, 2)? != 0
+                        || i32_at(r, 3)? != 0
+                    {
+                        return Err(Error::Malformed("residual-add parameter out of range"));
+                    }
+                    // The residual stream (int16, zero point 0) is what the next LayerNorm
+                    // reads; its int8 producer is the LayerNorm itself.
+                } else {
+                    zp_prev = zp_out;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
     let h = b.header;
     let labels =
         core::str::from_utf8(b.section_by_index(1)?).map_err(|_| Error::Malformed("labels"))?;
     if !labels.is_empty() && labels.split('\n').count() != usize::from(h.classes) {
         return Err(Error::Malformed("label count does not match classes"));
+    }
+    if h.arch == Arch::MlpMixer {
+        return validate_mixer(b);
     }
     if h.precision != Precision::Int8 {
         let wbytes = if h.precision == Precision::F16 { 2 } else { 4 };

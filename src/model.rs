@@ -5,10 +5,11 @@
 //! panic (after `Blob` validation none of them can fail).
 #![forbid(unsafe_code)]
 
-use crate::blob::{self, Blob, Header, SectionKind};
+use crate::blob::{self, Arch, Blob, Header, MixerLayer, SectionKind};
 use crate::kernels::mixed::{self, MixedLayer};
 use crate::kernels::reference::{F16Arith, F32Arith, FloatArith};
 use crate::kernels::{float, inplace, reference as k, EmbedGeom, Grid, Isa};
+use crate::kernels::inplace::ResAdd;
 use crate::le::{F16Le, F32Le, FloatWeights, I32Le};
 use crate::{Error, Precision};
 
@@ -50,6 +51,8 @@ pub enum LayerOutput<'x> {
     F32(&'x [f32]),
     /// f16 blobs computed in binary16 arithmetic: IEEE binary16 bit patterns.
     F16(&'x [u16]),
+    /// MLP-Mixer blobs: the int16 residual stream (zero point 0, one scale per tensor).
+    Int16(&'x [i16]),
 }
 
 impl LayerOutput<'_> {
@@ -63,6 +66,7 @@ impl LayerOutput<'_> {
             LayerOutput::Int8(v) => v.len(),
             LayerOutput::F32(v) => v.len(),
             LayerOutput::F16(v) => v.len(),
+            LayerOutput::Int16(v) => v.len(),
         }
     }
 
@@ -84,7 +88,7 @@ impl LayerOutput<'_> {
     /// ```
     pub fn get_f32(&self, i: usize) -> Option<f32> {
         match self {
-            LayerOutput::Int8(_) => None,
+            LayerOutput::Int8(_) | LayerOutput::Int16(_) => None,
             LayerOutput::F32(v) => v.get(i).copied(),
             LayerOutput::F16(v) => v.get(i).map(|&b| half::f16::from_bits(b).to_f32()),
         }
@@ -221,7 +225,16 @@ impl<'a> Model<'a> {
     fn plan(&self) -> Plan {
         let h = self.header();
         let (eg, g) = self.geometry();
-        let (act, second) = if h.precision == Precision::Int8 {
+        let (act, second) = if h.arch == Arch::MlpMixer {
+            // The int16 residual stream, then one int8 tensor (the LayerNorm output, and
+            // the embedding's before it is added in); scratch for one MLP's row tiles.
+            let (t, d) = (h.tokens(), usize::from(h.dim));
+            let (ht, hc) = (usize::from(h.token_hidden), usize::from(h.channel_hidden));
+            let scratch = inplace::mlp_scratch_len(ht, t)
+                .max(inplace::mlp_scratch_len(hc, d))
+                .max(inplace::embed_scratch_len(eg));
+            (align16(2 * t * d) + t * d, scratch)
+        } else if h.precision == Precision::Int8 {
             let scratch = inplace::scratch_len(g).max(inplace::embed_scratch_len(eg));
             (h.tokens() * usize::from(h.dim), scratch)
         } else {
@@ -383,6 +396,21 @@ impl<'a> Model<'a> {
         let mut none = |_: usize, _: LayerOutput<'_>| {};
         let trace = trace.unwrap_or(&mut none);
         match h.precision {
+            Precision::Int8 if h.arch == Arch::MlpMixer => {
+                let (x16, ln) = a
+                    .split_at_mut_checked(align16(2 * act_len))
+                    .ok_or(short)?;
+                let x16: &mut [i16] = bytemuck::try_cast_slice_mut(
+                    x16.get_mut(..2 * act_len).ok_or(short)?,
+                )
+                .map_err(|_| Error::Malformed("arena alignment"))?;
+                let ln: &mut [i8] = bytemuck::cast_slice_mut(ln.get_mut(..act_len).ok_or(short)?);
+                let b: &mut [i8] = bytemuck::cast_slice_mut(b);
+                let mean: &mut [i32] = bytemuck::try_cast_slice_mut(mean)
+                    .map_err(|_| Error::Malformed("arena alignment"))?;
+                let mean = mean.get_mut(..dim).ok_or(short)?;
+                self.run_mixer(pixels, x16, ln, b, mean, logits, trace)?;
+            }
             Precision::Int8 => {
                 let a: &mut [i8] = bytemuck::cast_slice_mut(a.get_mut(..act_len).ok_or(short)?);
                 let b: &mut [i8] = bytemuck::cast_slice_mut(b);
@@ -592,6 +620,82 @@ impl<'a> Model<'a> {
             g.tokens(),
             g.dim,
             zp_in,
+            u32::from(h.gap_frac_bits),
+            bytemuck::cast_slice(section(SectionKind::Weights)?),
+            F32Le(section(SectionKind::HeadScale)?),
+            F32Le(section(SectionKind::Bias)?),
+            mean,
+            logits,
+            self.isa,
+        );
+        Ok(())
+    }
+}
+
+impl<'a> Model<'a> {
+    /// The residual-add parameters of MLP-Mixer GEMM layer `layer`.
+    fn res_add(&self, layer: usize, l: &k::QuantLayer<'_>) -> Result<ResAdd, Error> {
+        let r = I32Le(self.blob.section(SectionKind::ResAdd, layer)?);
+        Ok(ResAdd {
+            zp: l.zp_out,
+            m: r.at(0),
+            sh: r.at(1),
+        })
+    }
+
+    /// The int8 MLP-Mixer: `x16` is the residual stream (`tokens · dim`), `ln` one int8
+    /// tensor, `scratch` the MLP row tiles (the plan's sizes).
+    #[allow(clippy::too_many_arguments)]
+    fn run_mixer(
+        &self,
+        px: &[u8],
+        x16: &mut [i16],
+        ln: &mut [i8],
+        scratch: &mut [i8],
+        mean: &mut [i32],
+        logits: &mut [f32],
+        trace: &mut Trace<'_>,
+    ) -> Result<(), Error> {
+        let h = self.header();
+        let (eg, _) = self.geometry();
+        let (t, d) = (h.tokens(), usize::from(h.dim));
+        let plan = Error::Malformed("layer plan");
+        // The embedding: a GEMM into `ln`, added into the zeroed residual stream.
+        let embed = self.quant_layer(0)?;
+        inplace::embed_i8(px, eg, d, &embed, crate::Activation::Gelu, scratch, ln, self.isa);
+        x16.iter_mut().for_each(|v| *v = 0);
+        inplace::add_residual(ln, t, d, self.res_add(0, &embed)?, x16, false);
+        trace(0, LayerOutput::Int16(x16));
+        let mut layer = 1;
+        while layer < h.head_layer() {
+            let norm = k::LayerNormI16::from_section(
+                self.blob.section(SectionKind::LayerNorm, layer)?,
+                d,
+            );
+            if layer + 1 == h.head_layer() {
+                k::layer_norm_i16(x16, t, d, &norm, ln, false);
+                break;
+            }
+            // LayerNorm, fc1, fc2: the token MLP works on the transposed LayerNorm output.
+            let token = h.mixer_layer(layer + 1) == Some(MixerLayer::TokenFc1);
+            k::layer_norm_i16(x16, t, d, &norm, ln, token);
+            let (rows, kin, hidden) = h.mixer_gemm(layer + 1).ok_or(plan)?;
+            let (_, _, n) = h.mixer_gemm(layer + 2).ok_or(plan)?;
+            let (fc1, fc2) = (self.quant_layer(layer + 1)?, self.quant_layer(layer + 2)?);
+            let add = self.res_add(layer + 2, &fc2)?;
+            inplace::mlp_i8(
+                ln, rows, kin, hidden, n, &fc1, &fc2, add, x16, token, scratch, self.isa,
+            );
+            trace(layer + 2, LayerOutput::Int16(x16));
+            layer += 3;
+        }
+        let hl = h.head_layer();
+        let section = |kind| self.blob.section(kind, hl);
+        inplace::head_i8(
+            ln,
+            t,
+            d,
+            I32Le(section(SectionKind::QParams)?).at(0),
             u32::from(h.gap_frac_bits),
             bytemuck::cast_slice(section(SectionKind::Weights)?),
             F32Le(section(SectionKind::HeadScale)?),

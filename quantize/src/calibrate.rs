@@ -58,7 +58,8 @@ impl Default for Range {
 }
 
 impl Range {
-    fn add(&mut self, v: f32) {
+    /// Widens the range to contain `v`.
+    pub fn add(&mut self, v: f32) {
         self.lo = self.lo.min(v);
         self.hi = self.hi.max(v);
     }

@@ -18,6 +18,7 @@ pub mod calibrate;
 pub mod data;
 pub mod fold;
 pub mod mixed;
+pub mod mixer;
 pub mod onnx;
 pub mod onnx_export;
 pub mod quant;

@@ -130,22 +130,22 @@ pub fn import_bytes(bytes: &[u8]) -> Result<Imported> {
 
 // ----------------------------------------------------------------------------------------
 
-struct Graph<'g> {
-    nodes: &'g [NodeProto],
-    consts: HashMap<&'g str, Tensor>,
+pub(crate) struct Graph<'g> {
+    pub(crate) nodes: &'g [NodeProto],
+    pub(crate) consts: HashMap<&'g str, Tensor>,
     consumers: HashMap<&'g str, Vec<usize>>,
-    outputs: Vec<&'g str>,
-    input: &'g pb::ValueInfoProto,
+    pub(crate) outputs: Vec<&'g str>,
+    pub(crate) input: &'g pb::ValueInfoProto,
 }
 
 /// A constant tensor, as f64 values.
 #[derive(Clone, Debug)]
-struct Tensor {
-    dims: Vec<usize>,
-    data: Vec<f64>,
+pub(crate) struct Tensor {
+    pub(crate) dims: Vec<usize>,
+    pub(crate) data: Vec<f64>,
 }
 
-fn decode_tensor(t: &TensorProto) -> Result<Tensor> {
+pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor> {
     let dims: Vec<usize> = t
         .dims
         .iter()
@@ -202,19 +202,19 @@ fn decode_tensor(t: &TensorProto) -> Result<Tensor> {
     Ok(Tensor { dims, data })
 }
 
-fn attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n pb::AttributeProto> {
+pub(crate) fn attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n pb::AttributeProto> {
     node.attribute.iter().find(|a| a.name == name)
 }
 
-fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
+pub(crate) fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
     attr(node, name).map(|a| a.ints.clone())
 }
 
-fn attr_int(node: &NodeProto, name: &str) -> Option<i64> {
+pub(crate) fn attr_int(node: &NodeProto, name: &str) -> Option<i64> {
     attr(node, name).map(|a| a.i)
 }
 
-fn describe(node: &NodeProto) -> String {
+pub(crate) fn describe(node: &NodeProto) -> String {
     let name = if node.name.is_empty() {
         node.output.first().map_or("?", |s| s.as_str())
     } else {
@@ -230,7 +230,7 @@ const MAX_PAD: i64 = 1 << 16;
 const ELEMENTWISE: [&str; 8] = ["Div", "Mul", "Add", "Sub", "Erf", "Tanh", "Pow", "Sqrt"];
 
 impl<'g> Graph<'g> {
-    fn new(g: &'g pb::GraphProto) -> Result<Self> {
+    pub(crate) fn new(g: &'g pb::GraphProto) -> Result<Self> {
         let mut consts = HashMap::new();
         for t in &g.initializer {
             consts.insert(t.name.as_str(), decode_tensor(t)?);
@@ -302,21 +302,21 @@ impl<'g> Graph<'g> {
         })
     }
 
-    fn constant(&self, name: &str, what: &str) -> Result<&Tensor> {
+    pub(crate) fn constant(&self, name: &str, what: &str) -> Result<&Tensor> {
         self.consts
             .get(name)
             .ok_or_else(|| anyhow!("{what} '{name}' is not a constant initializer"))
     }
 
     /// The nodes consuming tensor `t`, ignoring `Constant`s.
-    fn users(&self, t: &str) -> Vec<&'g NodeProto> {
+    pub(crate) fn users(&self, t: &str) -> Vec<&'g NodeProto> {
         self.consumers
             .get(t)
             .map_or(vec![], |v| v.iter().map(|&i| &self.nodes[i]).collect())
     }
 
     /// The single node consuming `t`.
-    fn single_user(&self, t: &str, expected: &str) -> Result<&'g NodeProto> {
+    pub(crate) fn single_user(&self, t: &str, expected: &str) -> Result<&'g NodeProto> {
         match self.users(t).as_slice() {
             [n] => Ok(n),
             [] => bail!("tensor '{t}' is not used, expected {expected} after it"),
@@ -331,7 +331,7 @@ impl<'g> Graph<'g> {
         }
     }
 
-    fn input_shape(&self) -> Result<(usize, usize, usize)> {
+    pub(crate) fn input_shape(&self) -> Result<(usize, usize, usize)> {
         let shape = self
             .input
             .r#type
@@ -577,7 +577,7 @@ impl<'g> Graph<'g> {
     /// The first node of what follows a conv: its single consumer, or — for the
     /// TorchScript GELU, where `x` feeds both `Div` and `Mul` — the first of several
     /// element-wise consumers (`activation` then checks the whole subgraph).
-    fn activation_start(&self, t: &str) -> Result<&'g NodeProto> {
+    pub(crate) fn activation_start(&self, t: &str) -> Result<&'g NodeProto> {
         let users = self.users(t);
         if users.len() > 1
             && users
@@ -696,7 +696,7 @@ impl<'g> Graph<'g> {
     }
 
     /// Recognises the activation starting at tensor `x` whose first consumer is `n`.
-    fn activation(&self, x: &'g str, n: &'g NodeProto) -> Result<(Activation, &'g str)> {
+    pub(crate) fn activation(&self, x: &'g str, n: &'g NodeProto) -> Result<(Activation, &'g str)> {
         match n.op_type.as_str() {
             "Relu" => return Ok((Activation::Relu, n.output[0].as_str())),
             "Gelu" => {
@@ -931,7 +931,7 @@ impl<'g> Graph<'g> {
 }
 
 /// Classifier weights as `[classes][dim]`.
-fn linear_weight(t: &Tensor, trans_b: bool, dim: usize, n: &NodeProto) -> Result<Vec<f64>> {
+pub(crate) fn linear_weight(t: &Tensor, trans_b: bool, dim: usize, n: &NodeProto) -> Result<Vec<f64>> {
     let [r, c] = t.dims.as_slice() else {
         bail!(
             "{}: weight has rank {} (expected 2)",
@@ -964,7 +964,7 @@ fn linear_weight(t: &Tensor, trans_b: bool, dim: usize, n: &NodeProto) -> Result
     Ok(w)
 }
 
-fn check_finite(what: &str, v: &[f32]) -> Result<()> {
+pub(crate) fn check_finite(what: &str, v: &[f32]) -> Result<()> {
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
         bail!("{what} element {i} is {} (expected finite values)", v[i]);
     }

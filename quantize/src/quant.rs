@@ -11,7 +11,7 @@
 //! channel, never to overflow i32 for any input, and the reader checks it again.
 
 use anyhow::{bail, Result};
-use convmixer_edge::blob::{limits, Header, LayerMask, SectionKind};
+use convmixer_edge::blob::{limits, Arch, Header, LayerMask, SectionKind};
 use convmixer_edge::kernels::{fgemm_index, fgemm_packed_len, gemm_index, gemm_packed_len};
 use convmixer_edge::{Activation, Precision};
 use half::f16;
@@ -185,6 +185,7 @@ fn header(f: &Folded, precision: Precision) -> Result<Header> {
         0
     };
     Ok(Header {
+        arch: Arch::ConvMixer,
         precision,
         activation: f.act,
         in_c: u8_of(f.in_c, "input channels")?,
@@ -199,6 +200,8 @@ fn header(f: &Folded, precision: Precision) -> Result<Header> {
         gap_frac_bits,
         classes: u16_of(f.classes(), "classes")?,
         f16_layers: LayerMask::default(),
+        token_hidden: 0,
+        channel_hidden: 0,
     })
 }
 
@@ -308,7 +311,7 @@ pub fn multiplier(r: f64) -> Result<(i32, i32)> {
 /// The post-activation fixed point `(m_post, b_post, sh_post, m_res)` for real factors
 /// `ms` (per activation LSB), `bs` (offset) and `rs` (per residual LSB), all in output LSBs.
 /// An error if they do not fit even without a shift.
-fn post_params(ms: f64, bs: f64, rs: f64) -> Result<(i32, i32, i32, i32)> {
+pub(crate) fn post_params(ms: f64, bs: f64, rs: f64) -> Result<(i32, i32, i32, i32)> {
     let fits = |sh: i32| {
         let p = 2f64.powi(sh);
         (ms * p).abs().round() <= f64::from(limits::M_POST_MAX)
@@ -323,7 +326,7 @@ fn post_params(ms: f64, bs: f64, rs: f64) -> Result<(i32, i32, i32, i32)> {
     Ok((c(ms), c(bs), sh, c(rs)))
 }
 
-fn gelu(act: Activation, z: f64) -> f64 {
+pub(crate) fn gelu(act: Activation, z: f64) -> f64 {
     match act {
         Activation::GeluTanh => {
             0.5 * z
@@ -335,17 +338,17 @@ fn gelu(act: Activation, z: f64) -> f64 {
 
 /// One layer's GELU table: 256 i16 entries `round(GELU(s_z·(z − zp_z)) / s_a)` for the
 /// int8 index `z`, over the layer's pre-activation range (docs/blob-format.md).
-struct GeluTable {
+pub(crate) struct GeluTable {
     act: Activation,
-    s_z: f64,
-    zp_z: i32,
-    s_a: f64,
+    pub(crate) s_z: f64,
+    pub(crate) zp_z: i32,
+    pub(crate) s_a: f64,
     entries: Vec<i16>,
 }
 
 impl GeluTable {
     /// The table over `[lo, hi]` (which contains 0).
-    fn new(act: Activation, lo: f32, hi: f32) -> Self {
+    pub(crate) fn new(act: Activation, lo: f32, hi: f32) -> Self {
         let (s_z, zp_z) = asym(lo, hi);
         let g: Vec<f64> = (-128..128)
             .map(|z| gelu(act, s_z * f64::from(z - zp_z)))
@@ -363,7 +366,7 @@ impl GeluTable {
     }
 
     /// The TABLE section: two byte planes, low bytes then high bytes.
-    fn bytes(&self) -> Vec<u8> {
+    pub(crate) fn bytes(&self) -> Vec<u8> {
         let q: Vec<[u8; 2]> = self.entries.iter().map(|v| v.to_le_bytes()).collect();
         (0..2).flat_map(|b| q.iter().map(move |v| v[b])).collect()
     }

@@ -355,6 +355,134 @@ pub fn pw_i8_inplace(
     }
 }
 
+/// How an int8 GEMM output is added into the MLP-Mixer's int16 residual stream (a
+/// RES_ADD section plus the GEMM's output zero point): [`reference::res_add_i16`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResAdd {
+    /// Zero point of the int8 GEMM output.
+    pub zp: i32,
+    /// Multiplier (`0 ..= 2^22`).
+    pub m: i32,
+    /// Rounding right shift (`0 ..= 31`).
+    pub sh: i32,
+}
+
+/// Adds `rows × n` int8 values `q` (row-major) into the residual stream `resid`
+/// (`tokens · dim` i16, token-major): element `(r, j)` goes to `resid[r·n + j]`, or, where
+/// `transposed` (the token MLP: rows are channels, `j` tokens), to `resid[j·rows + r]`.
+///
+/// ```
+/// use convmixer_edge::kernels::inplace::{add_residual, ResAdd};
+/// let mut x = [0i16; 4];
+/// add_residual(&[1, 2, 3, 4], 2, 2, ResAdd { zp: 0, m: 1, sh: 0 }, &mut x, true);
+/// assert_eq!(x, [1, 3, 2, 4]);
+/// ```
+pub fn add_residual(
+    q: &[i8],
+    rows: usize,
+    n: usize,
+    add: ResAdd,
+    resid: &mut [i16],
+    transposed: bool,
+) {
+    if n == 0 || rows.checked_mul(n).is_none_or(|len| q.len() < len || resid.len() < len) {
+        return;
+    }
+    for (r, row) in q.chunks_exact(n).take(rows).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            let at = if transposed { j * rows + r } else { r * n + j };
+            if let Some(x) = resid.get_mut(at) {
+                *x = reference::res_add_i16(*x, v, add.zp, add.m, add.sh);
+            }
+        }
+    }
+}
+
+/// Scratch bytes [`mlp_i8`] needs for an MLP with `hidden` hidden and `n` output units.
+///
+/// ```
+/// assert_eq!(convmixer_edge::kernels::inplace::mlp_scratch_len(32, 49), 4 * (32 + 49));
+/// ```
+pub fn mlp_scratch_len(hidden: usize, n: usize) -> usize {
+    PW_TILE.saturating_mul(hidden.saturating_add(n))
+}
+
+/// One MLP-Mixer MLP: `fc1` (GELU by table) then `fc2`, added into the residual stream
+/// ([`add_residual`]), [`PW_TILE`] rows of `x` (`rows × k` int8, the LayerNorm output) at a
+/// time, so that only `PW_TILE` rows of the hidden layer ever exist (`scratch`:
+/// [`mlp_scratch_len`] bytes). The GEMMs run on the kernels of `isa` (the same ones as the
+/// ConvMixer's pointwise convs); every level gives the bytes of
+/// [`reference::gemm_i8`] + [`add_residual`]. Nothing is written where a slice does not fit.
+///
+/// ```
+/// use convmixer_edge::kernels::{gemm_packed_len, inplace, reference::QuantLayer, Isa};
+/// use convmixer_edge::le::I32Le;
+/// // Identity tables: TABLE[i] = i − 128, so z passes through.
+/// let table: Vec<u8> = (0..256).map(|i| ((i - 128) as i16).to_le_bytes()[0])
+///     .chain((0..256).map(|i| ((i - 128) as i16).to_le_bytes()[1])).collect();
+/// let rq = |n: usize| -> Vec<u8> { [1 << 30, -1, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect() };
+/// let (k, h, n) = (4, 8, 4);
+/// let (w1, w2) = (vec![1i8; gemm_packed_len(h, k)], vec![1i8; gemm_packed_len(n, h)]);
+/// let (rq1, rq2, bias) = (rq(h), rq(n), vec![0u8; 4 * h]);
+/// let l = |w, rq| QuantLayer { w, bias: I32Le(&bias), requant: I32Le(rq), zp_in: 0, zp_z: 0, zp_out: 0, table: &table };
+/// let (fc1, fc2) = (l(&w1, &rq1), l(&w2, &rq2));
+/// let x = [1i8; 2 * 4];
+/// let mut resid = [5i16; 2 * 4];
+/// let mut scratch = vec![0i8; inplace::mlp_scratch_len(h, n)];
+/// let add = inplace::ResAdd { zp: 0, m: 1, sh: 0 };
+/// inplace::mlp_i8(&x, 2, k, h, n, &fc1, &fc2, add, &mut resid, false, &mut scratch, Isa::detect());
+/// assert_eq!(resid, [5 + 32; 8]); // fc1: 4 · 1 = 4 per hidden unit; fc2: 8 · 4
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn mlp_i8(
+    x: &[i8],
+    rows: usize,
+    k: usize,
+    hidden: usize,
+    n: usize,
+    fc1: &QuantLayer<'_>,
+    fc2: &QuantLayer<'_>,
+    add: ResAdd,
+    resid: &mut [i16],
+    transposed: bool,
+    scratch: &mut [i8],
+    isa: Isa,
+) {
+    let fits = k > 0
+        && rows.checked_mul(k).is_some_and(|len| x.len() >= len)
+        && rows.checked_mul(n).is_some_and(|len| resid.len() >= len)
+        && scratch.len() >= mlp_scratch_len(hidden, n);
+    if !fits {
+        return;
+    }
+    let (hbuf, obuf) = scratch.split_at_mut(PW_TILE * hidden);
+    // Both MLP layers look their activation up in the table (GELU, or the identity).
+    let g1 = Gemm::new(fc1, k, hidden, Activation::Gelu, isa);
+    let g2 = Gemm::new(fc2, hidden, n, Activation::Gelu, isa);
+    let mut r = 0;
+    while r < rows {
+        let m = PW_TILE.min(rows - r);
+        let (Some(xs), Some(hs), Some(os)) = (
+            x.get(r * k..(r + m) * k),
+            hbuf.get_mut(..m * hidden),
+            obuf.get_mut(..m * n),
+        ) else {
+            return;
+        };
+        g1.run(xs, m, hs);
+        g2.run(hs, m, os);
+        for (i, row) in os.chunks_exact(n.max(1)).take(m).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                let at = if transposed { j * rows + r + i } else { (r + i) * n + j };
+                if let Some(x) = resid.get_mut(at) {
+                    *x = reference::res_add_i16(*x, v, add.zp, add.m, add.sh);
+                }
+            }
+        }
+        r += m;
+    }
+}
+
 /// The GEMM kernel of one layer, chosen (and, for NEON, prepared) once for all the token
 /// chunks a driver runs through it.
 enum Gemm<'l, 'a> {

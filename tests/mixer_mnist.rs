@@ -1,0 +1,76 @@
+//! The MNIST MLP-Mixers of `examples/mixer-mnist` (two layouts, three exports each):
+//! the import against tract's fp32 run of the ONNX, the fold, and the int8 blob's top-1
+//! on the held-out digits within 1 point of fp32; every export of one model gives the same
+//! blob.
+
+use convmixer_edge::blob::{self, Arch};
+use convmixer_edge_tests::*;
+use convmixer_quantize::{data, mixer, reference::TractModel, Options};
+
+fn mixer_file(name: &str) -> std::path::PathBuf {
+    root().join("examples/mixer-mnist").join(name)
+}
+
+fn top1(correct: &[bool]) -> f64 {
+    100.0 * correct.iter().filter(|&&c| c).count() as f64 / correct.len() as f64
+}
+
+const EXPORTS: [&str; 3] = ["torchscript", "dynamo", "torchscript16"];
+
+#[test]
+fn float_import_and_fold_match_tract() {
+    let set = mnist_heldout();
+    for layout in ["lucid", "timm"] {
+        for export in EXPORTS {
+            let path = mixer_file(&format!("mixer-{layout}.{export}.onnx"));
+            let m = mixer::import(&path).expect("import");
+            assert_eq!((m.dim, m.blocks.len(), m.patch, m.tokens()), (64, 4, 4, 49), "{layout}/{export}");
+            let hidden = if layout == "lucid" { (256, 32) } else { (32, 256) };
+            assert_eq!(m.hidden(), hidden, "{layout}/{export}");
+            let f = mixer::fold(&m, &[MNIST_MEAN], &[MNIST_STD]).expect("fold");
+            let tract = TractModel::load(&path, 1, 28, 28).expect("tract");
+            let (mut worst_import, mut worst_fold) = (0f32, 0f32);
+            for (px, _) in set.iter().take(24) {
+                let nchw = convmixer_quantize::reference::normalise(px, 1, &[MNIST_MEAN], &[MNIST_STD]);
+                let want = tract.run(&nchw).expect("tract");
+                worst_import = worst_import.max(max_abs(&mixer::forward(&m, &nchw), &want));
+                worst_fold = worst_fold.max(max_abs(&mixer::forward_pixels(&f, px), &want));
+            }
+            eprintln!("{layout}/{export}: max |logit − tract| import {worst_import:.2e}, folded {worst_fold:.2e}");
+            assert!(worst_import < 1e-3, "{layout}/{export}: import differs from tract by {worst_import}");
+            assert!(worst_fold < 1e-3, "{layout}/{export}: folded model differs from tract by {worst_fold}");
+        }
+    }
+}
+
+#[test]
+fn int8_keeps_fp32_accuracy_and_exports_agree() {
+    let set = mnist_heldout();
+    let calib = data::calibration_set(&mnist("calib"), (28, 28, 1)).expect("calibration images");
+    let opts = Options {
+        mean: vec![MNIST_MEAN],
+        std: vec![MNIST_STD],
+        ..Default::default()
+    };
+    for layout in ["lucid", "timm"] {
+        let mut blobs = Vec::new();
+        for export in EXPORTS {
+            let path = mixer_file(&format!("mixer-{layout}.{export}.onnx"));
+            let m = mixer::import(&path).expect("import");
+            blobs.push(mixer::quantize(&m, &calib, &opts, || {}).expect("int8"));
+        }
+        for (b, export) in blobs.iter().zip(EXPORTS).skip(1) {
+            assert!(b == &blobs[0], "{layout}: the {export} export gives a different blob");
+        }
+        let int8 = &blobs[0];
+        assert_eq!(blob::parse(int8).expect("blob").header().arch, Arch::MlpMixer);
+        let tract = TractModel::load(&mixer_file(&format!("mixer-{layout}.torchscript.onnx")), 1, 28, 28).expect("tract");
+        let fp32 = top1(&par_map(&set, |(px, y)| {
+            argmax(&tract.run_pixels(px, &[MNIST_MEAN], &[MNIST_STD]).expect("tract")) == *y
+        }));
+        let acc8 = top1(&par_map(&set, |(px, y)| argmax(&run_blob(int8, px)) == *y));
+        eprintln!("{layout}: MNIST held-out ({} digits) fp32 {fp32:.2}%  int8 {acc8:.2}%  ({} blob bytes)", set.len(), int8.len());
+        assert!(fp32 > 95.0, "{layout}: fp32 reference accuracy {fp32}");
+        assert!((acc8 - fp32).abs() <= 1.0, "{layout}: int8 {acc8}% vs fp32 {fp32}%");
+    }
+}
