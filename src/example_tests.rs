@@ -242,3 +242,168 @@ fn arena_is_sized_before_running() {
     let b = m.classify::<1>(image(0), &mut big[..need]).expect("arena");
     assert_eq!(a, b);
 }
+
+// ----------------------------------------------------------------------------------------
+// The MLP-Mixer blobs (`examples/mixer-mnist/`): the same API, the same kernels.
+
+static MIXERS: [(&str, &[u8]); 2] = [
+    (
+        "lucid",
+        include_bytes!("../examples/mixer-mnist/mixer-lucid-int8.cmx"),
+    ),
+    (
+        "timm",
+        include_bytes!("../examples/mixer-mnist/mixer-timm-int8.cmx"),
+    ),
+];
+static MIXER_EXPECTED: &str = include_str!("../examples/mixer-mnist/expected.json");
+
+/// `(PyTorch top-1, samples)` of MLP-Mixer `layout` from its expected.json.
+fn mixer_expected(layout: &str) -> (f64, Vec<Sample>) {
+    let doc: serde_json::Value = serde_json::from_str(MIXER_EXPECTED).expect("expected.json");
+    let m = &doc["models"][layout];
+    let bits = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|x| x.as_u64().expect("bits") as u32)
+            .collect()
+    };
+    let samples = m["samples"]
+        .as_array()
+        .expect("samples")
+        .iter()
+        .map(|s| Sample {
+            index: s["idx_position"].as_u64().expect("index") as usize,
+            torch: bits(&s["torch_logits_bits"])
+                .into_iter()
+                .map(f32::from_bits)
+                .collect(),
+            int8_bits: bits(&s["int8_logits_bits"]),
+        })
+        .collect();
+    (
+        m["torch_fp32_heldout_top1"].as_f64().expect("top1"),
+        samples,
+    )
+}
+
+#[test]
+fn mixer_blobs_describe_the_models() {
+    use crate::blob::Arch;
+    for (layout, blob) in MIXERS {
+        let m = Model::from_bytes(blob).expect("blob");
+        let h = m.header();
+        assert_eq!(h.arch, Arch::MlpMixer, "{layout}");
+        assert_eq!(
+            (h.dim, h.depth, h.patch, h.tokens(), h.classes),
+            (64, 4, 4, 49, 10)
+        );
+        let hidden = if layout == "lucid" {
+            (256, 32)
+        } else {
+            (32, 256)
+        };
+        assert_eq!((h.token_hidden, h.channel_hidden), hidden, "{layout}");
+        assert_eq!(h.precision, Precision::Int8);
+        assert_eq!(m.label(3), Some("3"));
+    }
+}
+
+/// NEON (and dot-product NEON where the CPU has it) against the scalar reference: the
+/// logits and every residual-stream trace bit for bit, and the logits expected.json holds
+/// (computed on x86_64 by tests/examples_current.rs).
+#[test]
+fn mixer_int8_is_bit_exact_on_every_isa() {
+    use crate::LayerOutput;
+    for (layout, blob) in MIXERS {
+        let (_, samples) = mixer_expected(layout);
+        let trace_of = |m: &Model, px: &[u8]| -> (Vec<u32>, Vec<(usize, Vec<i16>)>) {
+            let mut arena = vec![0u8; m.arena_len()];
+            let mut out = vec![0f32; 10];
+            let mut layers = Vec::new();
+            m.logits_traced(px, &mut arena, &mut out, &mut |l, o| {
+                if let LayerOutput::Int16(v) = o {
+                    layers.push((l, v.to_vec()));
+                }
+            })
+            .expect("inference");
+            (out.iter().map(|v| v.to_bits()).collect(), layers)
+        };
+        let scalar = Model::from_bytes(blob)
+            .expect("blob")
+            .with_isa(Isa::Scalar)
+            .expect("scalar");
+        let mut levels = 0;
+        for isa in [Isa::Scalar, Isa::Neon, Isa::NeonDot] {
+            let Ok(m) = Model::from_bytes(blob).expect("blob").with_isa(isa) else {
+                continue;
+            };
+            levels += 1;
+            for s in &samples {
+                let (bits, layers) = trace_of(&m, image(s.index));
+                assert_eq!(bits, s.int8_bits, "{layout} {isa:?}, sample {}", s.index);
+                let (_, want) = trace_of(&scalar, image(s.index));
+                assert_eq!(
+                    layers.len(),
+                    1 + 2 * 4,
+                    "{layout}: embedding + two MLPs per block"
+                );
+                assert!(
+                    layers == want,
+                    "{layout} {isa:?}, sample {}: a residual stream differs from scalar",
+                    s.index
+                );
+            }
+        }
+        let want = if cfg!(target_arch = "aarch64") { 2 } else { 1 };
+        assert!(levels >= want, "{levels} kernel levels ran");
+    }
+}
+
+#[test]
+fn mixer_classifies_held_out_digits() {
+    for (layout, blob) in MIXERS {
+        let m = Model::from_bytes(blob).expect("blob");
+        let (torch_top1, samples) = mixer_expected(layout);
+        let mut arena = vec![0u8; m.arena_len()];
+        // PyTorch's top-1 on the reference samples (int8 may differ on a close call).
+        let agree = samples
+            .iter()
+            .filter(|s| {
+                let top = m
+                    .classify::<3>(image(s.index), &mut arena)
+                    .expect("classify");
+                let want = s
+                    .torch
+                    .iter()
+                    .enumerate()
+                    .fold(0, |b, (i, &v)| if v > s.torch[b] { i } else { b });
+                usize::from(top[0].0) == want
+            })
+            .count();
+        assert!(
+            agree + 1 >= samples.len(),
+            "{layout}: int8 agrees with PyTorch on {agree}/{}",
+            samples.len()
+        );
+        // Every 4th held-out digit, as for the ConvMixer (the full set: tests/mixer_mnist.rs).
+        let n = (IMAGES.len() - 16) / PIXELS;
+        let (mut seen, mut correct) = (0usize, 0usize);
+        for i in (0..n).step_by(4) {
+            let top = m.classify::<1>(image(i), &mut arena).expect("classify");
+            correct += usize::from(usize::from(top[0].0) == usize::from(LABELS[8 + i]));
+            seen += 1;
+        }
+        let top1 = correct as f64 / seen as f64;
+        assert!(
+            top1 >= torch_top1 - 0.015,
+            "{layout}: int8 top-1 {top1:.4} on {seen} digits vs PyTorch {torch_top1:.4}"
+        );
+        let mut small = vec![0u8; m.arena_len() - 1];
+        assert!(matches!(
+            m.classify::<1>(image(0), &mut small),
+            Err(Error::ArenaTooSmall { .. })
+        ));
+    }
+}

@@ -6,10 +6,10 @@
 #![forbid(unsafe_code)]
 
 use crate::blob::{self, Arch, Blob, Header, MixerLayer, SectionKind};
+use crate::kernels::inplace::ResAdd;
 use crate::kernels::mixed::{self, MixedLayer};
 use crate::kernels::reference::{F16Arith, F32Arith, FloatArith};
 use crate::kernels::{float, inplace, reference as k, EmbedGeom, Grid, Isa};
-use crate::kernels::inplace::ResAdd;
 use crate::le::{F16Le, F32Le, FloatWeights, I32Le};
 use crate::{Error, Precision};
 
@@ -397,13 +397,10 @@ impl<'a> Model<'a> {
         let trace = trace.unwrap_or(&mut none);
         match h.precision {
             Precision::Int8 if h.arch == Arch::MlpMixer => {
-                let (x16, ln) = a
-                    .split_at_mut_checked(align16(2 * act_len))
-                    .ok_or(short)?;
-                let x16: &mut [i16] = bytemuck::try_cast_slice_mut(
-                    x16.get_mut(..2 * act_len).ok_or(short)?,
-                )
-                .map_err(|_| Error::Malformed("arena alignment"))?;
+                let (x16, ln) = a.split_at_mut_checked(align16(2 * act_len)).ok_or(short)?;
+                let x16: &mut [i16] =
+                    bytemuck::try_cast_slice_mut(x16.get_mut(..2 * act_len).ok_or(short)?)
+                        .map_err(|_| Error::Malformed("arena alignment"))?;
                 let ln: &mut [i8] = bytemuck::cast_slice_mut(ln.get_mut(..act_len).ok_or(short)?);
                 let b: &mut [i8] = bytemuck::cast_slice_mut(b);
                 let mean: &mut [i32] = bytemuck::try_cast_slice_mut(mean)
@@ -662,16 +659,23 @@ impl<'a> Model<'a> {
         let plan = Error::Malformed("layer plan");
         // The embedding: a GEMM into `ln`, added into the zeroed residual stream.
         let embed = self.quant_layer(0)?;
-        inplace::embed_i8(px, eg, d, &embed, crate::Activation::Gelu, scratch, ln, self.isa);
+        inplace::embed_i8(
+            px,
+            eg,
+            d,
+            &embed,
+            crate::Activation::Gelu,
+            scratch,
+            ln,
+            self.isa,
+        );
         x16.iter_mut().for_each(|v| *v = 0);
         inplace::add_residual(ln, t, d, self.res_add(0, &embed)?, x16, false);
         trace(0, LayerOutput::Int16(x16));
         let mut layer = 1;
         while layer < h.head_layer() {
-            let norm = k::LayerNormI16::from_section(
-                self.blob.section(SectionKind::LayerNorm, layer)?,
-                d,
-            );
+            let norm =
+                k::LayerNormI16::from_section(self.blob.section(SectionKind::LayerNorm, layer)?, d);
             if layer + 1 == h.head_layer() {
                 k::layer_norm_i16(x16, t, d, &norm, ln, false);
                 break;

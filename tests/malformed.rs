@@ -128,21 +128,21 @@ fn header_fields_are_checked_even_with_a_valid_crc() {
             "field at {at}"
         );
     }
-    // The f16 layer mask (header bytes 36..64): a layer past the model's 3 conv layers
+    // The f16 layer mask (header bytes 44..64): a layer past the model's 3 conv layers
     // and its head (layer 3; depth 1). A mask bit on a real layer (or the head) changes the
     // section plan, so the table of contents no longer matches.
-    for bit in [4usize, 100, 223] {
-        let mut mask = [0u8; 28];
+    for bit in [4usize, 100, 159] {
+        let mut mask = [0u8; 20];
         mask[bit / 8] = 1 << (bit % 8);
         assert_eq!(
-            with(36, &mask),
+            with(44, &mask),
             Some(Error::Malformed("f16 layer mask")),
             "bit {bit}"
         );
     }
     for byte in [1u8, 8] {
         assert!(matches!(
-            with(36, &[byte]),
+            with(44, &[byte]),
             Some(Error::Malformed(_) | Error::Truncated)
         ));
     }

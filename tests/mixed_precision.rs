@@ -209,7 +209,7 @@ fn broken_mixed_blobs_are_errors() {
     let fp16 = convmixer_quantize::quantize(&s.model, Precision::F16, &[], &opts(&[]), || {})
         .expect("fp16");
     let mut b = fp16.clone();
-    b[36] = 1;
+    b[44] = 1;
     fix_crc(&mut b);
     assert_eq!(
         Model::from_bytes(&b).unwrap_err(),

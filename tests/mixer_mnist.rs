@@ -24,21 +24,36 @@ fn float_import_and_fold_match_tract() {
         for export in EXPORTS {
             let path = mixer_file(&format!("mixer-{layout}.{export}.onnx"));
             let m = mixer::import(&path).expect("import");
-            assert_eq!((m.dim, m.blocks.len(), m.patch, m.tokens()), (64, 4, 4, 49), "{layout}/{export}");
-            let hidden = if layout == "lucid" { (256, 32) } else { (32, 256) };
+            assert_eq!(
+                (m.dim, m.blocks.len(), m.patch, m.tokens()),
+                (64, 4, 4, 49),
+                "{layout}/{export}"
+            );
+            let hidden = if layout == "lucid" {
+                (256, 32)
+            } else {
+                (32, 256)
+            };
             assert_eq!(m.hidden(), hidden, "{layout}/{export}");
             let f = mixer::fold(&m, &[MNIST_MEAN], &[MNIST_STD]).expect("fold");
             let tract = TractModel::load(&path, 1, 28, 28).expect("tract");
             let (mut worst_import, mut worst_fold) = (0f32, 0f32);
             for (px, _) in set.iter().take(24) {
-                let nchw = convmixer_quantize::reference::normalise(px, 1, &[MNIST_MEAN], &[MNIST_STD]);
+                let nchw =
+                    convmixer_quantize::reference::normalise(px, 1, &[MNIST_MEAN], &[MNIST_STD]);
                 let want = tract.run(&nchw).expect("tract");
                 worst_import = worst_import.max(max_abs(&mixer::forward(&m, &nchw), &want));
                 worst_fold = worst_fold.max(max_abs(&mixer::forward_pixels(&f, px), &want));
             }
             eprintln!("{layout}/{export}: max |logit − tract| import {worst_import:.2e}, folded {worst_fold:.2e}");
-            assert!(worst_import < 1e-3, "{layout}/{export}: import differs from tract by {worst_import}");
-            assert!(worst_fold < 1e-3, "{layout}/{export}: folded model differs from tract by {worst_fold}");
+            assert!(
+                worst_import < 1e-3,
+                "{layout}/{export}: import differs from tract by {worst_import}"
+            );
+            assert!(
+                worst_fold < 1e-3,
+                "{layout}/{export}: folded model differs from tract by {worst_fold}"
+            );
         }
     }
 }
@@ -60,17 +75,36 @@ fn int8_keeps_fp32_accuracy_and_exports_agree() {
             blobs.push(mixer::quantize(&m, &calib, &opts, || {}).expect("int8"));
         }
         for (b, export) in blobs.iter().zip(EXPORTS).skip(1) {
-            assert!(b == &blobs[0], "{layout}: the {export} export gives a different blob");
+            assert!(
+                b == &blobs[0],
+                "{layout}: the {export} export gives a different blob"
+            );
         }
         let int8 = &blobs[0];
-        assert_eq!(blob::parse(int8).expect("blob").header().arch, Arch::MlpMixer);
-        let tract = TractModel::load(&mixer_file(&format!("mixer-{layout}.torchscript.onnx")), 1, 28, 28).expect("tract");
+        assert_eq!(
+            blob::parse(int8).expect("blob").header().arch,
+            Arch::MlpMixer
+        );
+        let tract = TractModel::load(
+            &mixer_file(&format!("mixer-{layout}.torchscript.onnx")),
+            1,
+            28,
+            28,
+        )
+        .expect("tract");
         let fp32 = top1(&par_map(&set, |(px, y)| {
-            argmax(&tract.run_pixels(px, &[MNIST_MEAN], &[MNIST_STD]).expect("tract")) == *y
+            argmax(
+                &tract
+                    .run_pixels(px, &[MNIST_MEAN], &[MNIST_STD])
+                    .expect("tract"),
+            ) == *y
         }));
         let acc8 = top1(&par_map(&set, |(px, y)| argmax(&run_blob(int8, px)) == *y));
         eprintln!("{layout}: MNIST held-out ({} digits) fp32 {fp32:.2}%  int8 {acc8:.2}%  ({} blob bytes)", set.len(), int8.len());
         assert!(fp32 > 95.0, "{layout}: fp32 reference accuracy {fp32}");
-        assert!((acc8 - fp32).abs() <= 1.0, "{layout}: int8 {acc8}% vs fp32 {fp32}%");
+        assert!(
+            (acc8 - fp32).abs() <= 1.0,
+            "{layout}: int8 {acc8}% vs fp32 {fp32}%"
+        );
     }
 }

@@ -221,7 +221,7 @@ fn prepare(spec: &Spec, dir: &Path) -> Result<Prepared> {
 }
 
 /// How guest instructions are counted.
-enum Method {
+pub(crate) enum Method {
     /// `tools/qemu-insn-plugin` (fast; checked against the log at the start of a run).
     Plugin(PathBuf),
     /// Parsing qemu's `-d in_asm,exec,nochain` log ([`run_counted`]; slow: about 1 µs
@@ -246,7 +246,7 @@ impl Method {
 
 /// Instructions per inference: (count(2N) − count(N)) / N, both runs at once.
 /// Returns the count and the 2N run (its stdout and profile).
-fn per_inference(
+pub(crate) fn per_inference(
     m: &Method,
     cpu: &str,
     prog: &Path,
@@ -392,16 +392,16 @@ fn host_times(p: &Prepared, c: &RandomConfig, reps: usize) -> Result<(Duration, 
 }
 
 /// Everything measured for one model.
-struct Report {
-    json: Value,
-    text: String,
+pub(crate) struct Report {
+    pub(crate) json: Value,
+    pub(crate) text: String,
 }
 
-struct Ctx<'a> {
-    bin: &'a Path,
+pub(crate) struct Ctx<'a> {
+    pub(crate) bin: &'a Path,
     out_dir: &'a Path,
     quick: bool,
-    method: &'a Method,
+    pub(crate) method: &'a Method,
     /// The disassembled aarch64 convmixer-pi and its ELF entry address.
     dis: &'a mca::Disasm,
     entry: u64,
@@ -785,8 +785,9 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
     Ok(Report { json, text: t })
 }
 
-/// `host-tools bench [--json] [--quick] [--log-counter]`.
-pub fn run(json_out: bool, quick: bool, log_counter: bool) -> Result<()> {
+/// `host-tools bench [B1|B2|MNIST]... [--json] [--quick] [--log-counter]` (no model: all).
+pub fn run(only: &[String], json_out: bool, quick: bool, log_counter: bool) -> Result<()> {
+    let wanted = |key: &str| only.is_empty() || only.iter().any(|o| o == key);
     if cfg!(debug_assertions) {
         bail!("bench needs a release build of host-tools (host timings): cargo run --release -p host-tools -- bench");
     }
@@ -860,8 +861,19 @@ pub fn run(json_out: bool, quick: bool, log_counter: bool) -> Result<()> {
         println!();
     }
     for spec in specs() {
+        if !wanted(spec.key) {
+            continue;
+        }
         let p = prepare(&spec, &dir)?;
         let r = bench_model(&spec, &p, &ctx)?;
+        if json_out {
+            println!("{}", r.json);
+        } else {
+            println!("{}", r.text);
+        }
+    }
+    if wanted("MNIST") {
+        let r = crate::bench_mnist::run(&ctx, &root)?;
         if json_out {
             println!("{}", r.json);
         } else {

@@ -5,7 +5,7 @@
 //! host-tools quantize MODEL.onnx [--calib PATH] [--precision int8|fp16|fp32] [--accuracy-budget P --data DIR | --sqnr-min DB] [--mean M..] [--std S..] [--labels FILE] [-o OUT]
 //! host-tools classify MODEL.cmx IMAGE... [--top K] [--json]
 //! host-tools eval MODEL --data DIR [--json] [--mean M..] [--std S..] [--labels FILE]
-//! host-tools bench [--json] [--quick] [--log-counter]
+//! host-tools bench [B1|B2|MNIST]... [--json] [--quick] [--log-counter]
 //! host-tools report MODEL.onnx --calib PATH --data DIR [--calibration M] [--json] [-o DIR]
 //! ```
 //!
@@ -22,6 +22,7 @@ use convmixer_quantize::{data, mixed::Target, onnx, reference::TractModel, Optio
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod bench;
+mod bench_mnist;
 mod mca;
 
 #[derive(Parser)]
@@ -274,9 +275,14 @@ enum Cmd {
     /// Benchmark figures for two random-weight ConvMixers (B1: 256/8 on 32x32, B2: 768/32
     /// on 112x112): MACs, aarch64 instructions per inference under qemu-user (int8 SMLAL,
     /// SDOT, scalar; fp16 in binary16 and in f32; tract fp32) against the MAC limit, llvm-mca estimates of the kernels'
-    /// hot loops, host wall time against tract, blob and arena bytes. Needs the aarch64
+    /// hot loops, host wall time against tract, blob and arena bytes; then the trained MNIST
+    /// MLP-Mixers (M1 lucidrains layout, M2 timm layout) next to a ConvMixer of their size
+    /// (C1): top-1, instructions (int8 and tract fp32), blob and arena. Needs the aarch64
     /// toolchain, qemu-user and llvm-14; builds what it runs; takes tens of minutes.
     Bench {
+        /// Only these models (B1, B2, MNIST: the M1/M2/C1 comparison); all by default.
+        #[arg(value_parser = ["B1", "B2", "MNIST"])]
+        models: Vec<String>,
         /// One JSON object per model instead of the table.
         #[arg(long)]
         json: bool,
@@ -454,10 +460,11 @@ fn main() -> ExitCode {
             prep,
         } => eval(&model, &data, json, &prep),
         Cmd::Bench {
+            models,
             json,
             quick,
             log_counter,
-        } => bench::run(json, quick, log_counter),
+        } => bench::run(&models, json, quick, log_counter),
         Cmd::Report {
             model,
             calib,
@@ -562,6 +569,9 @@ fn report(
     // Before the slow part: a bad -o fails at once.
     if let Some(out) = out {
         page::check_out(out)?;
+    }
+    if is_mlp_mixer(model)? {
+        bail!("{}: `report` analyses ConvMixer models only (for an MLP-Mixer: `quantize`, then `eval` on the blob and the ONNX)", model.display());
     }
     let imported = onnx::import(model)?;
     let opts = prep.for_onnx(model)?.options(method, bias_correction)?;
@@ -778,6 +788,17 @@ fn quantize(
     if target.is_some() && precision.precision() != Precision::Int8 {
         bail!("--accuracy-budget and --sqnr-min apply to --precision int8 only");
     }
+    if is_mlp_mixer(model)? {
+        return quantize_mixer(
+            model,
+            calib,
+            precision,
+            (method, bias_correction),
+            target,
+            prep,
+            output,
+        );
+    }
     let imported = onnx::import(model)?;
     let opts = prep.for_onnx(model)?.options(method, bias_correction)?;
     let labels = &opts.labels;
@@ -879,6 +900,73 @@ fn quantize(
         h.in_w,
         h.in_c,
         m.arena_len()
+    );
+    Ok(())
+}
+
+/// Whether the ONNX file `model` holds an MLP-Mixer (it has a LayerNorm;
+/// [`convmixer_quantize::mixer::is_mixer`]), which goes through `convmixer_quantize::mixer`.
+fn is_mlp_mixer(model: &Path) -> Result<bool> {
+    let bytes =
+        std::fs::read(model).with_context(|| format!("{}: cannot read", model.display()))?;
+    Ok(convmixer_quantize::mixer::is_mixer(&bytes))
+}
+
+/// `quantize` for an MLP-Mixer: int8 only, min/max calibration, no mixed precision (the
+/// options that are ConvMixer-only are refused with their name).
+fn quantize_mixer(
+    model: &Path,
+    calib: Option<&Path>,
+    precision: PrecisionArg,
+    (method, bias_correction): (convmixer_quantize::calibrate::Method, bool),
+    target: Option<Target>,
+    prep: &Prep,
+    output: Option<PathBuf>,
+) -> Result<()> {
+    let m = convmixer_quantize::mixer::import(model)?;
+    let name = model.display();
+    if precision.precision() != Precision::Int8 {
+        bail!("{name}: MLP-Mixer models quantise to int8 only (--precision fp16/fp32 are for ConvMixer)");
+    }
+    if target.is_some() {
+        bail!("{name}: --accuracy-budget and --sqnr-min (mixed precision) are for ConvMixer models only");
+    }
+    if method != convmixer_quantize::calibrate::Method::MinMax || bias_correction {
+        bail!("{name}: MLP-Mixer models are calibrated min/max (--calibration and --bias-correction are for ConvMixer)");
+    }
+    let opts = prep.for_onnx(model)?.options(method, false)?;
+    let Some(dir) = calib else {
+        bail!("int8 quantisation needs calibration images: pass --calib DIR")
+    };
+    let images = data::calibration_set(dir, (m.in_h, m.in_w, m.in_c))?;
+    let pb = bar(images.len(), "calibrating");
+    let bytes = convmixer_quantize::mixer::quantize(&m, &images, &opts, || pb.inc(1))
+        .with_context(|| name.to_string())?;
+    pb.finish_and_clear();
+    let out = output.unwrap_or_else(|| {
+        let stem = model
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model");
+        model.with_file_name(format!("{stem}-int8.cmx"))
+    });
+    let rt = Model::from_bytes(&bytes)
+        .map_err(|e| anyhow!("internal error: the blob does not load: {e}"))?;
+    data::write_atomic(&out, &bytes)?;
+    let h = rt.header();
+    let (ht, hc) = (h.token_hidden, h.channel_hidden);
+    eprintln!(
+        "wrote {} ({} bytes): MLP-Mixer int8, dim {}, depth {}, token/channel hidden {ht}/{hc}, patch {}, {} classes, input {}x{}x{}, arena {} bytes",
+        out.display(),
+        bytes.len(),
+        h.dim,
+        h.depth,
+        h.patch,
+        h.classes,
+        h.in_h,
+        h.in_w,
+        h.in_c,
+        rt.arena_len()
     );
     Ok(())
 }
@@ -994,6 +1082,20 @@ fn eval(model: &Path, dir: &Path, json: bool, prep: &Prep) -> Result<()> {
                 .map_err(|e| anyhow!("{e}"))?;
             Ok(top.first().map_or(0, |t| usize::from(t.0)))
         });
+    } else if is_mlp_mixer(model)? {
+        let m = convmixer_quantize::mixer::import(model)?;
+        let prep = prep.for_onnx(model)?;
+        convmixer_quantize::mixer::fold(&m, &prep.mean, &prep.std)?; // checks --mean/--std
+        shape = (m.in_h, m.in_w, m.in_c);
+        classes = m.classes();
+        labels = match prep.labels {
+            Some(_) => read_labels(prep.labels.as_deref())?,
+            None => prep.names.clone(),
+        };
+        kind = "fp32-onnx".into();
+        let tract = TractModel::load(model, m.in_c, m.in_h, m.in_w)?;
+        let (mean, std) = (prep.mean.clone(), prep.std.clone());
+        predict = Box::new(move |px| Ok(argmax(&tract.run_pixels(px, &mean, &std)?)));
     } else {
         let imported = onnx::import(model)?;
         let prep = prep.for_onnx(model)?;

@@ -178,16 +178,16 @@ fn blob_cases(cx: &mut Ctx) {
         "$T/magic.cmx: not a convmixer-edge model blob (bad magic)",
     );
     cx.blob(
-        "an older version, 5 (CRC valid)",
-        "v5.cmx",
-        &patched(&b, 4, &5u16.to_le_bytes()),
-        "$T/v5.cmx: unsupported blob version 5 (this runtime reads 6)",
+        "an older version, 6 (CRC valid)",
+        "v6.cmx",
+        &patched(&b, 4, &6u16.to_le_bytes()),
+        "$T/v6.cmx: unsupported blob version 6 (this runtime reads 7)",
     );
     cx.blob(
-        "a future version, 7 (CRC valid)",
-        "v7.cmx",
-        &patched(&b, 4, &7u16.to_le_bytes()),
-        "$T/v7.cmx: unsupported blob version 7 (this runtime reads 6)",
+        "a future version, 8 (CRC valid)",
+        "v8.cmx",
+        &patched(&b, 4, &8u16.to_le_bytes()),
+        "$T/v8.cmx: unsupported blob version 8 (this runtime reads 7)",
     );
     cx.blob(
         "unknown precision code 3 (CRC valid)",
@@ -246,7 +246,7 @@ fn blob_cases(cx: &mut Ctx) {
     cx.blob(
         "f16 layer bit for a layer the model does not have (CRC valid)",
         "mask.cmx",
-        &patched(&b, 36 + 100 / 8, &[1 << (100 % 8)]),
+        &patched(&b, 44 + 100 / 8, &[1 << (100 % 8)]),
         "$T/mask.cmx: malformed model blob: f16 layer mask",
     );
     cx.blob(

@@ -170,9 +170,9 @@ impl Mixer {
     }
     /// Hidden widths `(token, channel)` (0 without blocks).
     pub fn hidden(&self) -> (usize, usize) {
-        self.blocks.first().map_or((0, 0), |b| {
-            (b.token.fc1.n_out, b.channel.fc1.n_out)
-        })
+        self.blocks
+            .first()
+            .map_or((0, 0), |b| (b.token.fc1.n_out, b.channel.fc1.n_out))
     }
     /// How reports name blob layer `l` (`docs/blob-format.md`: embedding, six layers per
     /// block, final LayerNorm, head).
@@ -199,6 +199,31 @@ impl Mixer {
 
 // ----------------------------------------------------------------------------------------
 // Import
+
+/// Whether the ONNX model in `bytes` is meant as an MLP-Mixer: it has a LayerNorm (the
+/// LayerNormalization op, or a ReduceMean whose mean is subtracted: the decomposed form),
+/// which a ConvMixer never has. `host-tools` picks the importer by this, so that each
+/// importer's errors stay specific. Unreadable bytes are not a mixer (the ConvMixer importer
+/// then reports what is wrong with them).
+pub fn is_mixer(bytes: &[u8]) -> bool {
+    let Ok(proto) = tract_onnx::onnx().proto_model_for_read(&mut &bytes[..]) else {
+        return false;
+    };
+    let Some(g) = proto.graph.as_ref() else {
+        return false;
+    };
+    let subtracted: std::collections::HashSet<&str> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Sub")
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
+    g.node.iter().any(|n| {
+        n.op_type == "LayerNormalization"
+            || (n.op_type == "ReduceMean"
+                && n.output.iter().any(|o| subtracted.contains(o.as_str())))
+    })
+}
 
 /// Reads an ONNX file and recognises an MLP-Mixer in it.
 pub fn import(path: &std::path::Path) -> Result<Mixer> {
@@ -281,7 +306,10 @@ impl<'a, 'g> Walker<'a, 'g> {
             many => bail!(
                 "tensor '{t}' feeds {} nodes ({}), expected only {expected}",
                 many.len(),
-                many.iter().map(|n| describe(n)).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|n| describe(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -318,7 +346,12 @@ impl<'a, 'g> Walker<'a, 'g> {
             let (a, b) = (arg(0)?, arg(1)?);
             let len = a.len().max(b.len());
             if !(a.len() == len || a.len() == 1) || !(b.len() == len || b.len() == 1) {
-                bail!("{}: operand lengths {} and {}", describe(n), a.len(), b.len());
+                bail!(
+                    "{}: operand lengths {} and {}",
+                    describe(n),
+                    a.len(),
+                    b.len()
+                );
             }
             (0..len)
                 .map(|i| {
@@ -326,7 +359,9 @@ impl<'a, 'g> Walker<'a, 'g> {
                     if x == BATCH || y == BATCH {
                         bail!("{}: arithmetic on the batch size", describe(n));
                     }
-                    f(x, y).ok_or_else(|| anyhow!("{}: integer overflow or division by zero", describe(n)))
+                    f(x, y).ok_or_else(|| {
+                        anyhow!("{}: integer overflow or division by zero", describe(n))
+                    })
                 })
                 .collect()
         };
@@ -340,7 +375,9 @@ impl<'a, 'g> Walker<'a, 'g> {
                     self.shapes
                         .borrow()
                         .get(t)
-                        .ok_or_else(|| anyhow!("{}: shape of '{t}' is not known here", describe(n)))?
+                        .ok_or_else(|| {
+                            anyhow!("{}: shape of '{t}' is not known here", describe(n))
+                        })?
                         .iter()
                         .map(|&d| d as i64)
                         .collect()
@@ -355,7 +392,10 @@ impl<'a, 'g> Walker<'a, 'g> {
             "Constant" | "Identity" | "Cast" | "Unsqueeze" | "Squeeze" | "Floor" => arg(0),
             "Gather" => {
                 if attr_int(n, "axis").unwrap_or(0) != 0 {
-                    bail!("{}: Gather on an axis other than 0 in a shape computation", describe(n));
+                    bail!(
+                        "{}: Gather on an axis other than 0 in a shape computation",
+                        describe(n)
+                    );
                 }
                 let (data, idx) = (arg(0)?, arg(1)?);
                 idx.iter()
@@ -381,14 +421,27 @@ impl<'a, 'g> Walker<'a, 'g> {
             "Slice" => {
                 let data = arg(0)?;
                 let (starts, ends) = (arg(1)?, arg(2)?);
-                let axes = n.input.get(3).filter(|s| !s.is_empty()).map(|_| arg(3)).transpose()?;
-                let steps = n.input.get(4).filter(|s| !s.is_empty()).map(|_| arg(4)).transpose()?;
+                let axes = n
+                    .input
+                    .get(3)
+                    .filter(|s| !s.is_empty())
+                    .map(|_| arg(3))
+                    .transpose()?;
+                let steps = n
+                    .input
+                    .get(4)
+                    .filter(|s| !s.is_empty())
+                    .map(|_| arg(4))
+                    .transpose()?;
                 if starts.len() != 1
                     || ends.len() != 1
                     || axes.as_ref().is_some_and(|a| a != &[0])
                     || steps.as_ref().is_some_and(|s| s != &[1])
                 {
-                    bail!("{}: only a 1-D slice with step 1 in a shape computation", describe(n));
+                    bail!(
+                        "{}: only a 1-D slice with step 1 in a shape computation",
+                        describe(n)
+                    );
                 }
                 let len = data.len() as i64;
                 let c = |v: i64| (if v < 0 { v + len } else { v }).clamp(0, len) as usize;
@@ -421,21 +474,33 @@ impl<'a, 'g> Walker<'a, 'g> {
                     .get(i)
                     .ok_or_else(|| anyhow!("{}: 0 copies a missing input axis", describe(n)))?,
                 t if t > 0 => t as usize,
-                _ => bail!("{}: reshape target {target:?} is not supported", describe(n)),
+                _ => bail!(
+                    "{}: reshape target {target:?} is not supported",
+                    describe(n)
+                ),
             });
         }
         let known: usize = out.iter().product();
         if let Some(i) = infer {
             if known == 0 || total % known != 0 {
-                bail!("{}: cannot infer the -1 of {target:?} for {input:?}", describe(n));
+                bail!(
+                    "{}: cannot infer the -1 of {target:?} for {input:?}",
+                    describe(n)
+                );
             }
             out[i] = total / known;
         }
         if out.iter().product::<usize>() != total {
-            bail!("{}: reshape {input:?} to {target:?} changes the element count", describe(n));
+            bail!(
+                "{}: reshape {input:?} to {target:?} changes the element count",
+                describe(n)
+            );
         }
         if out.first() != Some(&1) {
-            bail!("{}: the reshape to {target:?} does not keep the batch axis first", describe(n));
+            bail!(
+                "{}: the reshape to {target:?} does not keep the batch axis first",
+                describe(n)
+            );
         }
         Ok(out)
     }
@@ -447,7 +512,10 @@ impl<'a, 'g> Walker<'a, 'g> {
     fn mixer(&self, opset: i64) -> Result<Mixer> {
         let (in_c, in_h, in_w) = self.g.input_shape()?;
         if in_c != 1 && in_c != 3 {
-            bail!("input '{}' has {in_c} channels (expected 1 or 3)", self.g.input.name);
+            bail!(
+                "input '{}' has {in_c} channels (expected 1 or 3)",
+                self.g.input.name
+            );
         }
         let (embed, patch, mut x) = self.embedding(in_c, in_h, in_w)?;
         let dim = embed.n_out;
@@ -479,7 +547,11 @@ impl<'a, 'g> Walker<'a, 'g> {
             let (ht, hc) = (b.token.fc1.n_out, b.channel.fc1.n_out);
             for (i, b) in blocks.iter().enumerate() {
                 if (b.token.fc1.n_out, b.channel.fc1.n_out) != (ht, hc) {
-                    bail!("block {i}: hidden widths ({}, {}) differ from block 0's ({ht}, {hc})", b.token.fc1.n_out, b.channel.fc1.n_out);
+                    bail!(
+                        "block {i}: hidden widths ({}, {}) differ from block 0's ({ht}, {hc})",
+                        b.token.fc1.n_out,
+                        b.channel.fc1.n_out
+                    );
                 }
             }
         }
@@ -488,8 +560,10 @@ impl<'a, 'g> Walker<'a, 'g> {
             .iter()
             .find(|u| matches!(u.op_type.as_str(), "LayerNormalization" | "ReduceMean"))
             .or(users.first())
-            .ok_or_else(|| anyhow!("tensor '{x}' is not used, expected the final LayerNorm after it"))?;
-        let (norm, y) = self.layer_norm(x, n, dim)?;
+            .ok_or_else(|| {
+                anyhow!("tensor '{x}' is not used, expected the final LayerNorm after it")
+            })?;
+        let (norm, y) = self.layer_norm(x, n, dim, false)?;
         let head = self.head(y, tokens, dim)?;
         Ok(Mixer {
             in_c,
@@ -518,10 +592,22 @@ impl<'a, 'g> Walker<'a, 'g> {
         }
     }
 
-    fn conv_stem(&self, conv: &'g NodeProto, c: usize, h: usize, w: usize) -> Result<(Linear, usize, &'g str)> {
-        let wt = self.g.constant(conv.input.get(1).map_or("", |s| s), "Conv weight")?;
+    fn conv_stem(
+        &self,
+        conv: &'g NodeProto,
+        c: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<(Linear, usize, &'g str)> {
+        let wt = self
+            .g
+            .constant(conv.input.get(1).map_or("", |s| s), "Conv weight")?;
         let [dim, ci, p, p2] = wt.dims.as_slice() else {
-            bail!("{}: weight has rank {} (expected 4)", describe(conv), wt.dims.len());
+            bail!(
+                "{}: weight has rank {} (expected 4)",
+                describe(conv),
+                wt.dims.len()
+            );
         };
         let (dim, p) = (*dim, *p);
         let strides = attr_ints(conv, "strides").unwrap_or_default();
@@ -533,7 +619,10 @@ impl<'a, 'g> Walker<'a, 'g> {
             || dim == 0
             || strides != [p as i64, p as i64]
             || pads.iter().any(|&v| v != 0)
-            || !matches!(auto.as_deref(), None | Some("NOTSET") | Some("VALID") | Some(""))
+            || !matches!(
+                auto.as_deref(),
+                None | Some("NOTSET") | Some("VALID") | Some("")
+            )
             || attr_int(conv, "group").unwrap_or(1) != 1
             || attr_ints(conv, "dilations").is_some_and(|d| d.iter().any(|&v| v != 1))
         {
@@ -541,7 +630,13 @@ impl<'a, 'g> Walker<'a, 'g> {
         }
         self.check_grid(h, w, p)?;
         let b = self.bias(conv, 2, dim)?;
-        let embed = linear(describe(conv), wt.data.iter().map(|&v| v as f32).collect(), b, c * p * p, dim)?;
+        let embed = linear(
+            describe(conv),
+            wt.data.iter().map(|&v| v as f32).collect(),
+            b,
+            c * p * p,
+            dim,
+        )?;
         let (gh, gw) = (h / p, w / p);
         let mut t = conv.output[0].as_str();
         self.set_shape(t, &[1, dim, gh, gw]);
@@ -550,15 +645,26 @@ impl<'a, 'g> Walker<'a, 'g> {
         let flat = match r.op_type.as_str() {
             "Reshape" => self.reshape(r, &[1, dim, gh, gw])?,
             "Flatten" if attr_int(r, "axis") == Some(2) => vec![1, dim, gh * gw],
-            _ => bail!("{}: expected the flatten of the patch grid (Reshape to [batch, {dim}, {}])", describe(r), gh * gw),
+            _ => bail!(
+                "{}: expected the flatten of the patch grid (Reshape to [batch, {dim}, {}])",
+                describe(r),
+                gh * gw
+            ),
         };
         if flat != [1, dim, gh * gw] {
-            bail!("{}: reshapes the patch grid to {flat:?} (expected [batch, {dim}, {}])", describe(r), gh * gw);
+            bail!(
+                "{}: reshapes the patch grid to {flat:?} (expected [batch, {dim}, {}])",
+                describe(r),
+                gh * gw
+            );
         }
         t = r.output[0].as_str();
         let tr = self.next(t, "the transpose to [batch, tokens, dim]")?;
         if tr.op_type != "Transpose" || Self::perm(tr) != [0, 2, 1] {
-            bail!("{}: expected Transpose(perm=[0, 2, 1]) to [batch, tokens, dim]", describe(tr));
+            bail!(
+                "{}: expected Transpose(perm=[0, 2, 1]) to [batch, tokens, dim]",
+                describe(tr)
+            );
         }
         let out = tr.output[0].as_str();
         self.set_shape(out, &[1, gh * gw, dim]);
@@ -567,14 +673,26 @@ impl<'a, 'g> Walker<'a, 'g> {
 
     /// einops `Rearrange('b c (h p1) (w p2) -> b (h w) (p1 p2 c)')` + Linear (or any order
     /// of `p1 p2 c`).
-    fn rearrange_stem(&self, r1: &'g NodeProto, c: usize, h: usize, w: usize) -> Result<(Linear, usize, &'g str)> {
+    fn rearrange_stem(
+        &self,
+        r1: &'g NodeProto,
+        c: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<(Linear, usize, &'g str)> {
         let s6 = self.reshape(r1, &[1, c, h, w])?;
         let [_, c6, gh, p, gw, p2] = s6.as_slice() else {
-            bail!("{}: reshapes the image to {s6:?} (expected [batch, C, H/p, p, W/p, p])", describe(r1));
+            bail!(
+                "{}: reshapes the image to {s6:?} (expected [batch, C, H/p, p, W/p, p])",
+                describe(r1)
+            );
         };
         let (gh, p, gw) = (*gh, *p, *gw);
         if *c6 != c || p != *p2 || gh * p != h || gw * p != w {
-            bail!("{}: reshapes the image to {s6:?} (expected [batch, {c}, H/p, p, W/p, p])", describe(r1));
+            bail!(
+                "{}: reshapes the image to {s6:?} (expected [batch, {c}, H/p, p, W/p, p])",
+                describe(r1)
+            );
         }
         self.set_shape(&r1.output[0], &s6);
         let tr = self.next(&r1.output[0], "the patch transpose")?;
@@ -582,7 +700,11 @@ impl<'a, 'g> Walker<'a, 'g> {
         // Output [B, gh, gw, a, b, c'] with {a, b, c'} the channel and the two patch axes.
         let mut inner: Vec<i64> = perm.get(3..).unwrap_or_default().to_vec();
         inner.sort_unstable();
-        if tr.op_type != "Transpose" || perm.len() != 6 || perm[..3] != [0, 2, 4] || inner != [1, 3, 5] {
+        if tr.op_type != "Transpose"
+            || perm.len() != 6
+            || perm[..3] != [0, 2, 4]
+            || inner != [1, 3, 5]
+        {
             bail!("{}: expected the patch Transpose (perm [0, 2, 4, …] with the channel and both patch axes last), found perm {perm:?}", describe(tr));
         }
         let t = tr.output[0].as_str();
@@ -590,12 +712,19 @@ impl<'a, 'g> Walker<'a, 'g> {
         self.set_shape(t, &ts);
         let r2 = self.next(t, "the reshape to [batch, tokens, patch]")?;
         if r2.op_type != "Reshape" {
-            bail!("{}: expected the Reshape to [batch, tokens, p·p·C]", describe(r2));
+            bail!(
+                "{}: expected the Reshape to [batch, tokens, p·p·C]",
+                describe(r2)
+            );
         }
         let k = p * p * c;
         let s3 = self.reshape(r2, &ts)?;
         if s3 != [1, gh * gw, k] {
-            bail!("{}: reshapes the patches to {s3:?} (expected [batch, {}, {k}])", describe(r2), gh * gw);
+            bail!(
+                "{}: reshapes the patches to {s3:?} (expected [batch, {}, {k}])",
+                describe(r2),
+                gh * gw
+            );
         }
         let t = r2.output[0].as_str();
         self.set_shape(t, &s3);
@@ -640,7 +769,11 @@ impl<'a, 'g> Walker<'a, 'g> {
             Some(name) => {
                 let t = self.g.constant(name, "bias")?;
                 if t.data.len() != len {
-                    bail!("{}: bias has {} values for {len} outputs", describe(n), t.data.len());
+                    bail!(
+                        "{}: bias has {} values for {len} outputs",
+                        describe(n),
+                        t.data.len()
+                    );
                 }
                 Ok(t.data.iter().map(|&v| v as f32).collect())
             }
@@ -651,44 +784,75 @@ impl<'a, 'g> Walker<'a, 'g> {
     /// tensor after it.
     fn matmul(&self, mm: &'g NodeProto, x: &str, k: usize) -> Result<(Linear, &'g str)> {
         if mm.op_type != "MatMul" || mm.input.first().map(String::as_str) != Some(x) {
-            bail!("{}: expected a MatMul of '{x}' by a constant weight", describe(mm));
+            bail!(
+                "{}: expected a MatMul of '{x}' by a constant weight",
+                describe(mm)
+            );
         }
-        let wt = self.g.constant(mm.input.get(1).map_or("", |s| s), "MatMul weight")?;
+        let wt = self
+            .g
+            .constant(mm.input.get(1).map_or("", |s| s), "MatMul weight")?;
         let w = linear_weight(wt, false, k, mm)?;
         let n = w.len() / k;
         let mut out = mm.output[0].as_str();
         let mut b = vec![0f32; n];
         if let [add] = self.data_users(out).as_slice() {
-            let other = add.input.iter().find(|i| i.as_str() != out).map_or("", |s| s.as_str());
+            let other = add
+                .input
+                .iter()
+                .find(|i| i.as_str() != out)
+                .map_or("", |s| s.as_str());
             if add.op_type == "Add" && add.input.len() == 2 {
                 if let Some(t) = self.g.consts.get(other) {
                     if t.data.len() != n || t.dims.iter().rev().skip(1).any(|&d| d != 1) {
-                        bail!("{}: bias of shape {:?} for {n} outputs", describe(add), t.dims);
+                        bail!(
+                            "{}: bias of shape {:?} for {n} outputs",
+                            describe(add),
+                            t.dims
+                        );
                     }
                     b = t.data.iter().map(|&v| v as f32).collect();
                     out = add.output[0].as_str();
                 }
             }
         }
-        Ok((linear(describe(mm), w.iter().map(|&v| v as f32).collect(), b, k, n)?, out))
+        Ok((
+            linear(describe(mm), w.iter().map(|&v| v as f32).collect(), b, k, n)?,
+            out,
+        ))
     }
 
     /// A Conv1d with kernel 1 over `[1, a, b]` (channels `a`): mixes axis 1.
     fn conv1d(&self, n: &'g NodeProto, a: usize) -> Result<(Linear, &'g str)> {
-        let wt = self.g.constant(n.input.get(1).map_or("", |s| s), "Conv weight")?;
+        let wt = self
+            .g
+            .constant(n.input.get(1).map_or("", |s| s), "Conv weight")?;
         let ok_attrs = attr_ints(n, "kernel_shape").is_none_or(|k| k == [1])
             && attr_ints(n, "strides").is_none_or(|s| s == [1])
             && attr_ints(n, "pads").is_none_or(|p| p.iter().all(|&v| v == 0))
             && attr_ints(n, "dilations").is_none_or(|d| d == [1])
             && attr_int(n, "group").unwrap_or(1) == 1;
         let [m, i, 1] = wt.dims.as_slice() else {
-            bail!("{}: expected a kernel-1 Conv1d (weights [out, in, 1]), found weights {:?}", describe(n), wt.dims);
+            bail!(
+                "{}: expected a kernel-1 Conv1d (weights [out, in, 1]), found weights {:?}",
+                describe(n),
+                wt.dims
+            );
         };
         if !ok_attrs || *i != a {
             bail!("{}: expected a kernel-1, stride-1, unpadded Conv1d over {a} channels (weights {:?})", describe(n), wt.dims);
         }
         let b = self.bias(n, 2, *m)?;
-        Ok((linear(describe(n), wt.data.iter().map(|&v| v as f32).collect(), b, a, *m)?, n.output[0].as_str()))
+        Ok((
+            linear(
+                describe(n),
+                wt.data.iter().map(|&v| v as f32).collect(),
+                b,
+                a,
+                *m,
+            )?,
+            n.output[0].as_str(),
+        ))
     }
 
     /// `x + MLP(LN(x))` starting at the residual stream `x` (`[1, T, D]`); returns the MLP,
@@ -699,19 +863,36 @@ impl<'a, 'g> Walker<'a, 'g> {
             .iter()
             .find(|u| u.op_type == "LayerNormalization" || u.op_type == "ReduceMean")
             .ok_or_else(|| {
-                anyhow!("tensor '{x}' feeds {}: expected a LayerNorm and the residual Add", users.iter().map(|u| describe(u)).collect::<Vec<_>>().join(", "))
+                anyhow!(
+                    "tensor '{x}' feeds {}: expected a LayerNorm and the residual Add",
+                    users
+                        .iter()
+                        .map(|u| describe(u))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             })?;
-        let (norm, y) = self.layer_norm(x, ln_start, dim)?;
+        let (norm, y) = self.layer_norm(x, ln_start, dim, true)?;
         // The branch, step by step, until it meets the residual Add.
         let mut steps = Vec::new();
         let (mut cur, mut shape, mut transposed) = (y, [tokens, dim], false);
         let add = loop {
             let n = self.g.activation_start(cur)?;
             match n.op_type.as_str() {
-                "Add" if n.input.len() == 2 && n.input.iter().any(|i| i == x) && n.input.iter().any(|i| i == cur) => break n,
+                "Add"
+                    if n.input.len() == 2
+                        && n.input.iter().any(|i| i == x)
+                        && n.input.iter().any(|i| i == cur) =>
+                {
+                    break n
+                }
                 "Transpose" => {
                     if Self::perm(n) != [0, 2, 1] {
-                        bail!("{}: perm {:?} (expected [0, 2, 1])", describe(n), Self::perm(n));
+                        bail!(
+                            "{}: perm {:?} (expected [0, 2, 1])",
+                            describe(n),
+                            Self::perm(n)
+                        );
                     }
                     steps.push(Step::Transpose);
                     shape = [shape[1], shape[0]];
@@ -742,26 +923,71 @@ impl<'a, 'g> Walker<'a, 'g> {
             }
         };
         if transposed || shape != [tokens, dim] {
-            bail!("{}: adds a [{}, {}] branch to the [{tokens}, {dim}] residual stream", describe(add), shape[0], shape[1]);
+            bail!(
+                "{}: adds a [{}, {}] branch to the [{tokens}, {dim}] residual stream",
+                describe(add),
+                shape[0],
+                shape[1]
+            );
         }
-        let lin: Vec<&Step> = steps.iter().filter(|s| !matches!(s, Step::Transpose)).collect();
+        let lin: Vec<&Step> = steps
+            .iter()
+            .filter(|s| !matches!(s, Step::Transpose))
+            .collect();
         let (fc1, act, fc2, token) = match lin.as_slice() {
             [Step::Linear(a, ta), Step::Act(act), Step::Linear(b, tb)] if ta == tb => (a.clone(), *act, b.clone(), *ta),
             _ => bail!("{}: the residual branch from '{y}' is {:?}; expected linear → activation → linear mixing one axis", describe(add), steps.iter().map(|s| match s { Step::Transpose => "Transpose", Step::Linear(_, true) => "linear(tokens)", Step::Linear(_, false) => "linear(channels)", Step::Act(_) => "activation" }).collect::<Vec<_>>()),
         };
         let out = add.output[0].as_str();
         self.set_shape(out, &[1, tokens, dim]);
-        Ok((Mlp { norm, fc1, act, fc2 }, token, out))
+        Ok((
+            Mlp {
+                norm,
+                fc1,
+                act,
+                fc2,
+            },
+            token,
+            out,
+        ))
     }
 
     /// A LayerNorm of `x` over its last axis (`dim` channels) starting at node `n`: the
-    /// LayerNormalization op, or the decomposed form. Returns it and its output.
-    fn layer_norm(&self, x: &'g str, n: &'g NodeProto, dim: usize) -> Result<(Ln, &'g str)> {
+    /// LayerNormalization op, or the decomposed form. Returns it and its output. `x` must
+    /// have no other reader than the LayerNorm and, where `residual`, one Add.
+    fn layer_norm(
+        &self,
+        x: &'g str,
+        n: &'g NodeProto,
+        dim: usize,
+        residual: bool,
+    ) -> Result<(Ln, &'g str)> {
+        let readers = self.data_users(x);
+        let want = usize::from(n.op_type != "LayerNormalization") + 1 + usize::from(residual);
+        if readers.len() != want {
+            bail!(
+                "tensor '{x}' feeds {} ({}); expected only {}",
+                readers.len(),
+                readers
+                    .iter()
+                    .map(|u| describe(u))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if residual {
+                    "a LayerNorm and the residual Add"
+                } else {
+                    "the final LayerNorm"
+                }
+            );
+        }
         let last_axis = |a: i64| a == -1 || a == 2;
         let vec_of = |name: &str, what: &str| -> Result<Vec<f32>> {
             let t = self.g.constant(name, what)?;
             if t.data.len() != dim {
-                bail!("LayerNorm {what} '{name}' has {} values for {dim} channels", t.data.len());
+                bail!(
+                    "LayerNorm {what} '{name}' has {} values for {dim} channels",
+                    t.data.len()
+                );
             }
             let v: Vec<f32> = t.data.iter().map(|&v| v as f32).collect();
             check_finite(&format!("LayerNorm {what} '{name}'"), &v)?;
@@ -770,7 +996,11 @@ impl<'a, 'g> Walker<'a, 'g> {
         let ln = match n.op_type.as_str() {
             "LayerNormalization" => {
                 if !last_axis(attr_int(n, "axis").unwrap_or(-1)) {
-                    bail!("{}: normalises axis {:?} (expected the channel axis, -1)", describe(n), attr_int(n, "axis"));
+                    bail!(
+                        "{}: normalises axis {:?} (expected the channel axis, -1)",
+                        describe(n),
+                        attr_int(n, "axis")
+                    );
                 }
                 let gamma = match n.input.get(1).filter(|s| !s.is_empty()) {
                     Some(g) => vec_of(g, "scale")?,
@@ -787,7 +1017,11 @@ impl<'a, 'g> Walker<'a, 'g> {
             _ => bail!("{}: expected a LayerNorm of '{x}'", describe(n)),
         };
         if !(ln.0.eps.is_finite() && ln.0.eps >= 0.0) {
-            bail!("{}: epsilon {} is not a finite value ≥ 0", describe(n), ln.0.eps);
+            bail!(
+                "{}: epsilon {} is not a finite value ≥ 0",
+                describe(n),
+                ln.0.eps
+            );
         }
         let shape = self.shapes.borrow().get(x).cloned().unwrap_or_default();
         self.set_shape(ln.1, &shape);
@@ -814,16 +1048,25 @@ impl<'a, 'g> Walker<'a, 'g> {
         dim: usize,
         vec_of: &dyn Fn(&str, &str) -> Result<Vec<f32>>,
     ) -> Result<(Ln, &'g str)> {
-        let bad = |n: &NodeProto, what: &str| anyhow!("{}: expected {what} of the decomposed LayerNorm of '{x}'", describe(n));
+        let bad = |n: &NodeProto, what: &str| {
+            anyhow!(
+                "{}: expected {what} of the decomposed LayerNorm of '{x}'",
+                describe(n)
+            )
+        };
         let over_channels = |n: &NodeProto| -> Result<bool> {
-            Ok(matches!(self.reduce_axes(n)?.as_slice(), [-1] | [2]) && attr_int(n, "keepdims").unwrap_or(1) == 1)
+            Ok(matches!(self.reduce_axes(n)?.as_slice(), [-1] | [2])
+                && attr_int(n, "keepdims").unwrap_or(1) == 1)
         };
         if !over_channels(mean)? {
             bail!("{}: ReduceMean of '{x}' over axes {:?} (a decomposed LayerNorm needs the channel axis, kept)", describe(mean), self.reduce_axes(mean)?);
         }
         let m = mean.output[0].as_str();
         let sub = self.next(m, "the Sub of the decomposed LayerNorm")?;
-        if sub.op_type != "Sub" || sub.input.first().map(String::as_str) != Some(x) || sub.input.get(1).map(String::as_str) != Some(m) {
+        if sub.op_type != "Sub"
+            || sub.input.first().map(String::as_str) != Some(x)
+            || sub.input.get(1).map(String::as_str) != Some(m)
+        {
             return Err(bad(sub, "Sub(x, mean)"));
         }
         let d = sub.output[0].as_str();
@@ -834,7 +1077,10 @@ impl<'a, 'g> Walker<'a, 'g> {
             _ => bail!("tensor '{d}' (x − mean) feeds {} nodes; expected the square and the division of a LayerNorm", users.len()),
         };
         let squares = match pow.op_type.as_str() {
-            "Pow" => self.ints(pow.input.get(1).map_or("", |s| s), 0).ok() == Some(vec![2]) && pow.input[0] == d,
+            "Pow" => {
+                self.ints(pow.input.get(1).map_or("", |s| s), 0).ok() == Some(vec![2])
+                    && pow.input[0] == d
+            }
             "Mul" => pow.input.len() == 2 && pow.input.iter().all(|i| i == d),
             _ => false,
         };
@@ -846,7 +1092,11 @@ impl<'a, 'g> Walker<'a, 'g> {
             return Err(bad(var, "the variance ReduceMean over channels"));
         }
         let add = self.next(&var.output[0], "the Add of ε")?;
-        let eps_name = add.input.iter().find(|i| **i != var.output[0]).map_or("", |s| s.as_str());
+        let eps_name = add
+            .input
+            .iter()
+            .find(|i| **i != var.output[0])
+            .map_or("", |s| s.as_str());
         let eps = match (add.op_type.as_str(), self.g.consts.get(eps_name)) {
             ("Add", Some(t)) if t.data.len() == 1 => t.data[0] as f32,
             _ => return Err(bad(add, "Add(variance, ε)")),
@@ -855,7 +1105,10 @@ impl<'a, 'g> Walker<'a, 'g> {
         if sqrt.op_type != "Sqrt" {
             return Err(bad(sqrt, "the Sqrt"));
         }
-        if div.op_type != "Div" || div.input.first().map(String::as_str) != Some(d) || div.input.get(1) != sqrt.output.first() {
+        if div.op_type != "Div"
+            || div.input.first().map(String::as_str) != Some(d)
+            || div.input.get(1) != sqrt.output.first()
+        {
             return Err(bad(div, "Div(x − mean, √(var + ε))"));
         }
         let mut out = div.output[0].as_str();
@@ -863,8 +1116,13 @@ impl<'a, 'g> Walker<'a, 'g> {
         // The affine: Mul by γ, then Add β (each optional), both constants per channel.
         let affine_operand = |n: &NodeProto, t: &str| -> Option<String> {
             let other = n.input.iter().find(|i| i.as_str() != t)?;
-            (n.input.len() == 2 && self.g.consts.get(other.as_str()).is_some_and(|c| c.data.len() == dim))
-                .then(|| other.clone())
+            (n.input.len() == 2
+                && self
+                    .g
+                    .consts
+                    .get(other.as_str())
+                    .is_some_and(|c| c.data.len() == dim))
+            .then(|| other.clone())
         };
         if let [mul] = self.data_users(out).as_slice() {
             if mul.op_type == "Mul" {
@@ -892,7 +1150,11 @@ impl<'a, 'g> Walker<'a, 'g> {
         let mut token_axis = 1;
         if n.op_type == "Transpose" {
             if Self::perm(n) != [0, 2, 1] {
-                bail!("{}: perm {:?} (expected [0, 2, 1])", describe(n), Self::perm(n));
+                bail!(
+                    "{}: perm {:?} (expected [0, 2, 1])",
+                    describe(n),
+                    Self::perm(n)
+                );
             }
             token_axis = 2;
             n = self.next(&n.output[0], "the mean over tokens")?;
@@ -900,9 +1162,17 @@ impl<'a, 'g> Walker<'a, 'g> {
         if n.op_type != "ReduceMean" {
             bail!("{}: expected the mean over the {tokens} tokens (ReduceMean) after the final LayerNorm", describe(n));
         }
-        let axes: Vec<i64> = self.reduce_axes(n)?.iter().map(|&a| if a < 0 { a + 3 } else { a }).collect();
+        let axes: Vec<i64> = self
+            .reduce_axes(n)?
+            .iter()
+            .map(|&a| if a < 0 { a + 3 } else { a })
+            .collect();
         if axes != [token_axis] {
-            bail!("{}: ReduceMean over axes {:?} (expected the token axis {token_axis})", describe(n), self.reduce_axes(n)?);
+            bail!(
+                "{}: ReduceMean over axes {:?} (expected the token axis {token_axis})",
+                describe(n),
+                self.reduce_axes(n)?
+            );
         }
         let mut cur = n.output[0].as_str();
         let mut n = self.next(cur, "the classifier")?;
@@ -918,12 +1188,17 @@ impl<'a, 'g> Walker<'a, 'g> {
                 let alpha = f64::from(attr(n, "alpha").map_or(1.0, |a| a.f));
                 let beta = attr(n, "beta").map_or(1.0, |a| a.f);
                 let trans_b = attr_int(n, "transB").unwrap_or(0) != 0;
-                let wt = self.g.constant(n.input.get(1).map_or("", |s| s), "Gemm weight")?;
+                let wt = self
+                    .g
+                    .constant(n.input.get(1).map_or("", |s| s), "Gemm weight")?;
                 let w = linear_weight(wt, trans_b, dim, n)?;
                 let classes = w.len() / dim;
                 let b = self.bias(n, 2, classes)?.iter().map(|v| v * beta).collect();
                 let w = w.iter().map(|&v| (v * alpha) as f32).collect();
-                (linear(describe(n), w, b, dim, classes)?, n.output[0].as_str())
+                (
+                    linear(describe(n), w, b, dim, classes)?,
+                    n.output[0].as_str(),
+                )
             }
             "MatMul" => self.matmul(n, cur, dim)?,
             _ => bail!("{}: expected the classifier (Gemm or MatMul)", describe(n)),
@@ -937,7 +1212,11 @@ impl<'a, 'g> Walker<'a, 'g> {
 
 fn linear(name: String, w: Vec<f32>, b: Vec<f32>, n_in: usize, n_out: usize) -> Result<Linear> {
     if n_in == 0 || n_out == 0 || w.len() != n_in * n_out || b.len() != n_out {
-        bail!("{name}: weights of {} values, bias of {} for {n_in} → {n_out}", w.len(), b.len());
+        bail!(
+            "{name}: weights of {} values, bias of {} for {n_in} → {n_out}",
+            w.len(),
+            b.len()
+        );
     }
     check_finite(&format!("{name}: weight"), &w)?;
     check_finite(&format!("{name}: bias"), &b)?;
@@ -960,7 +1239,11 @@ fn layer_norm(x: &[f64], ln: &Ln, out: &mut [f64]) {
 fn apply(l: &Linear, x: &[f64], out: &mut [f64]) {
     for (o, y) in out.iter_mut().enumerate().take(l.n_out) {
         let w = &l.w[o * l.n_in..(o + 1) * l.n_in];
-        *y = f64::from(l.b[o]) + w.iter().zip(x).map(|(&w, &v)| f64::from(w) * v).sum::<f64>();
+        *y = f64::from(l.b[o])
+            + w.iter()
+                .zip(x)
+                .map(|(&w, &v)| f64::from(w) * v)
+                .sum::<f64>();
     }
 }
 
@@ -981,7 +1264,12 @@ pub enum Seen {
 /// The logits of `m` for `x`, observing every intermediate value. `x` is the embedding's
 /// input: the normalised NCHW float image for an imported model, raw HWC pixels (as f64)
 /// for a folded one (the embedding's weight order says which).
-pub fn forward_with(m: &Mixer, x: &[f64], folded: bool, mut see: impl FnMut(usize, Seen)) -> Vec<f64> {
+pub fn forward_with(
+    m: &Mixer,
+    x: &[f64],
+    folded: bool,
+    mut see: impl FnMut(usize, Seen),
+) -> Vec<f64> {
     let (t, d, p, c) = (m.tokens(), m.dim, m.patch, m.in_c);
     let gw = m.in_w / p;
     let k = c * p * p;
@@ -1012,7 +1300,11 @@ pub fn forward_with(m: &Mixer, x: &[f64], folded: bool, mut see: impl FnMut(usiz
         for (j, mlp) in [&b.token, &b.channel].into_iter().enumerate() {
             let base = 1 + 6 * bi + 3 * j;
             for tok in 0..t {
-                layer_norm(&s[tok * d..(tok + 1) * d], &mlp.norm, &mut y[tok * d..(tok + 1) * d]);
+                layer_norm(
+                    &s[tok * d..(tok + 1) * d],
+                    &mlp.norm,
+                    &mut y[tok * d..(tok + 1) * d],
+                );
             }
             y.iter().for_each(|v| see(base, Seen::Norm(*v)));
             // Rows: channels for the token MLP (the transposed LayerNorm output), tokens
@@ -1044,7 +1336,11 @@ pub fn forward_with(m: &Mixer, x: &[f64], folded: bool, mut see: impl FnMut(usiz
     }
     let fl = 1 + 6 * m.blocks.len();
     for tok in 0..t {
-        layer_norm(&s[tok * d..(tok + 1) * d], &m.norm, &mut y[tok * d..(tok + 1) * d]);
+        layer_norm(
+            &s[tok * d..(tok + 1) * d],
+            &m.norm,
+            &mut y[tok * d..(tok + 1) * d],
+        );
     }
     y.iter().for_each(|v| see(fl, Seen::Norm(*v)));
     let mean: Vec<f64> = (0..d)
@@ -1058,13 +1354,19 @@ pub fn forward_with(m: &Mixer, x: &[f64], folded: bool, mut see: impl FnMut(usiz
 /// The logits of an imported (unfolded) model for a normalised NCHW image.
 pub fn forward(m: &Mixer, nchw: &[f32]) -> Vec<f32> {
     let x: Vec<f64> = nchw.iter().map(|&v| f64::from(v)).collect();
-    forward_with(m, &x, false, |_, _| {}).iter().map(|&v| v as f32).collect()
+    forward_with(m, &x, false, |_, _| {})
+        .iter()
+        .map(|&v| v as f32)
+        .collect()
 }
 
 /// The logits of a folded model for raw HWC pixels.
 pub fn forward_pixels(m: &Mixer, px: &[u8]) -> Vec<f32> {
     let x: Vec<f64> = px.iter().map(|&v| f64::from(v)).collect();
-    forward_with(m, &x, true, |_, _| {}).iter().map(|&v| v as f32).collect()
+    forward_with(m, &x, true, |_, _| {})
+        .iter()
+        .map(|&v| v as f32)
+        .collect()
 }
 
 // ----------------------------------------------------------------------------------------
@@ -1154,7 +1456,11 @@ pub fn fold(m: &Mixer, mean: &[f32], std: &[f32]) -> Result<Mixer> {
         ..m.clone()
     };
     let all = std::iter::once(&f.embed)
-        .chain(f.blocks.iter().flat_map(|b| [&b.token.fc1, &b.token.fc2, &b.channel.fc1, &b.channel.fc2]))
+        .chain(
+            f.blocks
+                .iter()
+                .flat_map(|b| [&b.token.fc1, &b.token.fc2, &b.channel.fc1, &b.channel.fc2]),
+        )
         .chain(std::iter::once(&f.head));
     for l in all {
         if l.w.iter().chain(&l.b).any(|v| !v.is_finite()) {
@@ -1218,7 +1524,10 @@ pub fn lower(f: &Mixer, s: &Stats, labels: &[String]) -> Result<Vec<u8>> {
         bail!("the MLP-Mixer has no blocks (depth 0)");
     }
     let act = f.blocks[0].token.act;
-    if f.blocks.iter().any(|b| b.token.act != act || b.channel.act != act) {
+    if f.blocks
+        .iter()
+        .any(|b| b.token.act != act || b.channel.act != act)
+    {
         bail!("the MLPs use different activations (one activation per model)");
     }
     let h = Header {
@@ -1245,7 +1554,11 @@ pub fn lower(f: &Mixer, s: &Stats, labels: &[String]) -> Result<Vec<u8>> {
     let norm: Vec<f32> = f.mean.iter().chain(&f.std).copied().collect();
     w.push(SectionKind::Norm, 0, f32_bytes(&norm))?;
     if !labels.is_empty() && labels.len() != f.classes() {
-        bail!("{} labels given for a model with {} classes", labels.len(), f.classes());
+        bail!(
+            "{} labels given for a model with {} classes",
+            labels.len(),
+            f.classes()
+        );
     }
     if let Some(l) = labels.iter().find(|l| l.contains('\n') || l.is_empty()) {
         bail!("label {l:?} is empty or contains a newline");
@@ -1263,8 +1576,17 @@ pub fn lower(f: &Mixer, s: &Stats, labels: &[String]) -> Result<Vec<u8>> {
     for b in &f.blocks {
         for mlp in [&b.token, &b.channel] {
             let q_ln = norm_layer(&mut w, l, &mlp.norm, s_x, &s.out[l], f.dim).map_err(err(l))?;
-            let q_h = gemm(&mut w, l + 1, &mlp.fc1, q_ln, &s.out[l + 1], Some((mlp.act, &s.act[l + 1]))).map_err(err(l + 1))?;
-            let q_o = gemm(&mut w, l + 2, &mlp.fc2, q_h, &s.out[l + 2], None).map_err(err(l + 2))?;
+            let q_h = gemm(
+                &mut w,
+                l + 1,
+                &mlp.fc1,
+                q_ln,
+                &s.out[l + 1],
+                Some((mlp.act, &s.act[l + 1])),
+            )
+            .map_err(err(l + 1))?;
+            let q_o =
+                gemm(&mut w, l + 2, &mlp.fc2, q_h, &s.out[l + 2], None).map_err(err(l + 2))?;
             res_add(&mut w, l + 2, q_o, s_x).map_err(err(l + 2))?;
             l += 3;
         }
@@ -1278,7 +1600,9 @@ pub fn lower(f: &Mixer, s: &Stats, labels: &[String]) -> Result<Vec<u8>> {
     let mut hw = vec![0u8; classes * d];
     let mut hs = vec![0f32; classes];
     for c in 0..classes {
-        let row: Vec<f64> = (0..d).map(|i| f64::from(f.head.w[c * d + i]) * s_y).collect();
+        let row: Vec<f64> = (0..d)
+            .map(|i| f64::from(f.head.w[c * d + i]) * s_y)
+            .collect();
         let max = row.iter().fold(0f64, |m, v| m.max(v.abs()));
         let sc = if max > 0.0 { max / 127.0 } else { 1.0 };
         for (i, v) in row.iter().enumerate() {
@@ -1340,7 +1664,11 @@ fn gemm(
         // The stored bias absorbs the input zero point: the kernels multiply raw int8.
         let bq = (f64::from(l.b[o]) / s_w).round() - f64::from(zp_in) * sum_w as f64;
         if bq.abs() + 128.0 * sum_abs as f64 >= 2f64.powi(31) {
-            bail!("output {o}: the int32 accumulator could overflow (|bias| {:.3e}, 128·Σ|w| {})", bq.abs(), 128 * sum_abs);
+            bail!(
+                "output {o}: the int32 accumulator could overflow (|bias| {:.3e}, 128·Σ|w| {})",
+                bq.abs(),
+                128 * sum_abs
+            );
         }
         let (m_pre, sh_pre) = multiplier(s_w / s_z)?;
         let post = match &table {
@@ -1363,7 +1691,11 @@ fn gemm(
     w.push(SectionKind::Bias, layer, i32_bytes(&bias))?;
     let planar: Vec<i32> = (0..6).flat_map(|f| rq.iter().map(move |r| r[f])).collect();
     w.push(SectionKind::Requant, layer, i32_bytes(&planar))?;
-    w.push(SectionKind::QParams, layer, i32_bytes(&[zp_in, zp_z, zp_out, 0]))?;
+    w.push(
+        SectionKind::QParams,
+        layer,
+        i32_bytes(&[zp_in, zp_z, zp_out, 0]),
+    )?;
     let table_bytes = match &table {
         Some(t) => t.bytes(),
         None => identity_table(zp_out),
@@ -1375,7 +1707,9 @@ fn gemm(
 /// The identity TABLE of a layer whose output zero point is `zp` (and whose table index
 /// is its output): `TABLE[z + 128] = z − zp`, so that `zp + TABLE[z + 128] = z`.
 fn identity_table(zp: i32) -> Vec<u8> {
-    let q: Vec<[u8; 2]> = (-128..128).map(|z: i32| ((z - zp) as i16).to_le_bytes()).collect();
+    let q: Vec<[u8; 2]> = (-128..128)
+        .map(|z: i32| ((z - zp) as i16).to_le_bytes())
+        .collect();
     (0..2).flat_map(|b| q.iter().map(move |v| v[b])).collect()
 }
 
@@ -1395,19 +1729,31 @@ fn res_add(w: &mut Writer, layer: usize, q: (f64, i32), s_x: f64) -> Result<()> 
 
 /// Writes a LAYER_NORM section: the stream (scale `s_x`) normalised per token, then `ln`'s
 /// affine, into int8 covering `out`. Returns the output's `(scale, zero point)`.
-fn norm_layer(w: &mut Writer, layer: usize, ln: &Ln, s_x: f64, out: &Range, dim: usize) -> Result<(f64, i32)> {
+fn norm_layer(
+    w: &mut Writer,
+    layer: usize,
+    ln: &Ln,
+    s_x: f64,
+    out: &Range,
+    dim: usize,
+) -> Result<(f64, i32)> {
     let (lo, hi) = out.with_zero();
     let (s_y, zp) = asym(lo, hi);
     // `V` is dim²·var in stream steps², so ε enters as ε·dim²/s_x².
     let eps = (f64::from(ln.eps) * (dim * dim) as f64 / (s_x * s_x)).round();
     if eps > mixer_limits::LN_EPS_MAX as f64 {
-        bail!("epsilon {} is too large for the residual scale {s_x:.3e}", ln.eps);
+        bail!(
+            "epsilon {} is too large for the residual scale {s_x:.3e}",
+            ln.eps
+        );
     }
     // y = zp + rshr(z·mul + off, shift) with z = 2^16·n: mul = γ/s_y·2^(shift−16),
     // off = β/s_y·2^shift; the finest shift that keeps |mul| < 2^30, |off| ≤ LN_B_MAX.
     let fits = |sh: i32| {
         (0..dim).all(|c| {
-            let m = (f64::from(ln.gamma[c]) / s_y * 2f64.powi(sh - 16)).round().abs();
+            let m = (f64::from(ln.gamma[c]) / s_y * 2f64.powi(sh - 16))
+                .round()
+                .abs();
             let o = (f64::from(ln.beta[c]) / s_y * 2f64.powi(sh)).round().abs();
             m < 2f64.powi(30) && o <= mixer_limits::LN_B_MAX as f64
         })

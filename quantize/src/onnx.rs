@@ -931,7 +931,12 @@ impl<'g> Graph<'g> {
 }
 
 /// Classifier weights as `[classes][dim]`.
-pub(crate) fn linear_weight(t: &Tensor, trans_b: bool, dim: usize, n: &NodeProto) -> Result<Vec<f64>> {
+pub(crate) fn linear_weight(
+    t: &Tensor,
+    trans_b: bool,
+    dim: usize,
+    n: &NodeProto,
+) -> Result<Vec<f64>> {
     let [r, c] = t.dims.as_slice() else {
         bail!(
             "{}: weight has rank {} (expected 2)",

@@ -385,7 +385,11 @@ pub fn add_residual(
     resid: &mut [i16],
     transposed: bool,
 ) {
-    if n == 0 || rows.checked_mul(n).is_none_or(|len| q.len() < len || resid.len() < len) {
+    if n == 0
+        || rows
+            .checked_mul(n)
+            .is_none_or(|len| q.len() < len || resid.len() < len)
+    {
         return;
     }
     for (r, row) in q.chunks_exact(n).take(rows).enumerate() {
@@ -473,7 +477,11 @@ pub fn mlp_i8(
         g2.run(hs, m, os);
         for (i, row) in os.chunks_exact(n.max(1)).take(m).enumerate() {
             for (j, &v) in row.iter().enumerate() {
-                let at = if transposed { j * rows + r + i } else { (r + i) * n + j };
+                let at = if transposed {
+                    j * rows + r + i
+                } else {
+                    (r + i) * n + j
+                };
                 if let Some(x) = resid.get_mut(at) {
                     *x = reference::res_add_i16(*x, v, add.zp, add.m, add.sh);
                 }

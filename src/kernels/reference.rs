@@ -938,9 +938,7 @@ impl<'a> LayerNormI16<'a> {
     /// Reads a LAYER_NORM section of a `dim`-channel model (missing bytes read as zero).
     pub fn from_section(s: &'a [u8], dim: usize) -> Self {
         let word = |i: usize| I32Le(s).at(i);
-        let eps = s
-            .first_chunk::<8>()
-            .map_or(0, |b| u64::from_le_bytes(*b));
+        let eps = s.first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b));
         let mul_end = dim.saturating_mul(4).saturating_add(16);
         LayerNormI16 {
             eps,
