@@ -163,6 +163,107 @@ fn quantize_then_classify_and_eval() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("top-1"));
 }
 
+/// An MLP-Mixer ONNX (the dynamo export, opset 20) through the same commands: quantize
+/// gives the committed example blob (made from the TorchScript export: the exporters agree),
+/// classify and eval work on it, and the ConvMixer-only options are refused by name.
+#[test]
+fn mlp_mixer_quantize_then_classify_and_eval() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mx = |n: &str| root().join("examples/mixer-mnist").join(n);
+    let blob = tmp.path().join("mixer.cmx");
+    let onnx = mx("mixer-lucid.dynamo.onnx");
+    let args = |extra: &[&str], out: &Path| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "quantize",
+            s(&onnx),
+            "--calib",
+            s(&ex("calib")),
+            "--mean",
+            "0.1307",
+            "--std",
+            "0.3081",
+            "--labels",
+            s(&ex("labels.txt")),
+            "-o",
+            s(out),
+        ]
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+        a.extend(extra.iter().map(|v| v.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| ht(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(args(&[], &blob));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("MLP-Mixer int8"), "{}", stderr(&o));
+    assert!(
+        std::fs::read(&blob).expect("blob")
+            == std::fs::read(mx("mixer-lucid-int8.cmx")).expect("example")
+    );
+    let mut img = std::fs::read_dir(ex("heldout/7"))
+        .expect("ls")
+        .map(|e| e.expect("e").path())
+        .collect::<Vec<_>>();
+    img.sort();
+    let o = ht(&["classify", s(&blob), s(&img[0]), "--json", "--top", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["top"][0]["label"].as_str(), Some("7"), "{v}");
+    let data = tmp.path().join("data");
+    let n = small_folder(&data, 10);
+    let o = ht(&["eval", s(&blob), "--data", s(&data), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["n"].as_u64(), Some(n as u64));
+    let int8 = v["top1"].as_f64().expect("top1");
+    let o = ht(&[
+        "eval",
+        s(&onnx),
+        "--data",
+        s(&data),
+        "--json",
+        "--mean",
+        "0.1307",
+        "--std",
+        "0.3081",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let fp32 = v["top1"].as_f64().expect("top1");
+    assert!(
+        fp32 >= 0.9 && (fp32 - int8).abs() <= 0.03,
+        "fp32 {fp32} int8 {int8}"
+    );
+    // ConvMixer-only options: one-line errors, nothing written.
+    let bad = tmp.path().join("bad.cmx");
+    for (extra, needle) in [
+        (&["--precision", "fp16"][..], "int8 only"),
+        (&["--calibration", "percentile"][..], "calibrated min/max"),
+        (
+            &["--accuracy-budget", "0.5", "--data", s(&data)][..],
+            "ConvMixer models only",
+        ),
+    ] {
+        fails_with(
+            &run(args(extra, &bad)),
+            &[needle, "mixer-lucid.dynamo.onnx"],
+        );
+        assert!(!bad.exists());
+    }
+    fails_with(
+        &ht(&[
+            "report",
+            s(&onnx),
+            "--calib",
+            s(&ex("calib")),
+            "--data",
+            s(&data),
+        ]),
+        &["ConvMixer models only"],
+    );
+}
+
 #[test]
 fn bad_input_gives_one_line_errors() {
     let tmp = tempfile::tempdir().expect("tmp");

@@ -206,12 +206,10 @@ fn flash_writes_the_sd_card_files_for_a_raspberry_pi() {
 
 /// The Linux example (`firmware/linux`, `convmixer-pi`) cross-built for aarch64 and run
 /// under qemu-user (ARMv8.0 and a dot-product CPU) predicts what `host-tools classify`
-/// predicts, with `--repeat`.
+/// predicts, with `--repeat`: the MNIST ConvMixer and both MLP-Mixers.
 #[test]
 fn linux_example_under_qemu_user_matches_host_classify() {
-    let model = root().join("examples/mnist/convmixer-mnist-int8.cmx");
     let images = digits();
-    let want = host_predictions(&model, &images);
     let target_dir = root().join("target/debian");
     let st = Command::new("cargo")
         .args(["+debian", "build", "--release", "-p", "convmixer-pi"])
@@ -226,36 +224,56 @@ fn linux_example_under_qemu_user_matches_host_classify() {
         .expect("run cargo +debian");
     assert!(st.success(), "cross build of convmixer-pi failed");
     let exe = target_dir.join("aarch64-unknown-linux-gnu/release/convmixer-pi");
-    for cpu in ["cortex-a72", "max"] {
-        let out = Command::new("qemu-aarch64")
-            .args(["-cpu", cpu])
-            .arg(&exe)
-            .arg(&model)
-            .args(&images)
-            .args(["--repeat", "2"])
-            .output()
-            .expect("run qemu-aarch64");
+    for model in [
+        "examples/mnist/convmixer-mnist-int8.cmx",
+        "examples/mixer-mnist/mixer-lucid-int8.cmx",
+        "examples/mixer-mnist/mixer-timm-int8.cmx",
+    ] {
+        let model = root().join(model);
+        let want = host_predictions(&model, &images);
+        let right = want
+            .iter()
+            .enumerate()
+            .filter(|&(i, &c)| usize::from(c) == i / 2)
+            .count();
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            right >= 18,
+            "{}: host-tools classify got only {right}/20 digits right",
+            model.display()
         );
-        let got: Vec<u16> = String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .lines()
-            .map(|l| {
-                // "PATH: LABEL P, LABEL P, …" with the MNIST labels "0".."9".
-                let best = l.rsplit_once(": ").expect("a result line").1;
-                best.split(' ')
-                    .next()
-                    .and_then(|c| c.parse().ok())
-                    .expect("a class")
-            })
-            .collect();
-        assert_eq!(
-            got, want,
-            "-cpu {cpu}: convmixer-pi differs from host-tools classify"
-        );
+        for cpu in ["cortex-a72", "max"] {
+            let out = Command::new("qemu-aarch64")
+                .args(["-cpu", cpu])
+                .arg(&exe)
+                .arg(&model)
+                .args(&images)
+                .args(["--repeat", "2"])
+                .output()
+                .expect("run qemu-aarch64");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let got: Vec<u16> = String::from_utf8(out.stdout)
+                .expect("utf-8")
+                .lines()
+                .map(|l| {
+                    // "PATH: LABEL P, LABEL P, …" with the MNIST labels "0".."9".
+                    let best = l.rsplit_once(": ").expect("a result line").1;
+                    best.split(' ')
+                        .next()
+                        .and_then(|c| c.parse().ok())
+                        .expect("a class")
+                })
+                .collect();
+            assert_eq!(
+                got,
+                want,
+                "{} -cpu {cpu}: convmixer-pi differs from host-tools classify",
+                model.display()
+            );
+        }
     }
 }
 

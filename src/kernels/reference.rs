@@ -980,10 +980,10 @@ fn rshr64(v: i64, s: i32) -> i64 {
 ///
 /// ```
 /// use convmixer_edge::kernels::reference::{layer_norm_token_i16, LayerNormI16};
-/// // dim 2, mul = 2^16 with shift 16 (z / 2^16 = the normalised value), no offset.
+/// // dim 2, mul = 1 with shift 16 (z / 2^16 = the normalised value), no offset.
 /// let mut s = vec![0u8; 16 + 24];
 /// s[8..12].copy_from_slice(&16i32.to_le_bytes());
-/// for c in 0..2 { s[16 + 4 * c..20 + 4 * c].copy_from_slice(&(1i32 << 16).to_le_bytes()); }
+/// for c in 0..2 { s[16 + 4 * c..20 + 4 * c].copy_from_slice(&1i32.to_le_bytes()); }
 /// let p = LayerNormI16::from_section(&s, 2);
 /// let mut out = [0i8; 2];
 /// layer_norm_token_i16(&[100, 300], 2, &p, &mut out, 1);
@@ -1036,7 +1036,7 @@ pub fn layer_norm_token_i16(
 /// use convmixer_edge::kernels::reference::{layer_norm_i16, LayerNormI16};
 /// let mut s = vec![0u8; 16 + 24];
 /// s[8..12].copy_from_slice(&16i32.to_le_bytes());
-/// for c in 0..2 { s[16 + 4 * c..20 + 4 * c].copy_from_slice(&(1i32 << 16).to_le_bytes()); }
+/// for c in 0..2 { s[16 + 4 * c..20 + 4 * c].copy_from_slice(&1i32.to_le_bytes()); }
 /// let p = LayerNormI16::from_section(&s, 2);
 /// let mut out = [0i8; 4];
 /// layer_norm_i16(&[100, 300, 5, -5], 2, 2, &p, &mut out, true);
