@@ -392,12 +392,50 @@ pub fn add_residual(
     {
         return;
     }
-    for (r, row) in q.chunks_exact(n).take(rows).enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            let at = if transposed { j * rows + r } else { r * n + j };
-            if let Some(x) = resid.get_mut(at) {
-                *x = reference::res_add_i16(*x, v, add.zp, add.m, add.sh);
+    add_rows(q, rows, n, 0, rows, add, resid, transposed);
+}
+
+/// Adds the `m × n` int8 tile `q` (rows `r .. r + m` of a `rows × n` output) into the
+/// residual stream as [`add_residual`] places it: [`reference::res_add_i16`] per element,
+/// with the per-layer constants hoisted.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn add_rows(
+    q: &[i8],
+    m: usize,
+    n: usize,
+    r: usize,
+    rows: usize,
+    add: ResAdd,
+    resid: &mut [i16],
+    transposed: bool,
+) {
+    // rshr(v, s) = (v + 2^(s−1)) >> s in i64, s capped at 32, as reference::rshr.
+    let sh = add.sh.clamp(0, 32);
+    let half = if sh > 0 { 1i64 << (sh - 1) } else { 0 };
+    let one = |x: &mut i16, v: i8| {
+        let d = i64::from(i32::from(v).wrapping_sub(add.zp).wrapping_mul(add.m));
+        let d = ((d + half) >> sh) as i32;
+        *x = i32::from(*x)
+            .saturating_add(d)
+            .clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16;
+    };
+    if transposed {
+        // Element (r + i, j) goes to resid[j·rows + r + i]: m contiguous values per j.
+        for j in 0..n {
+            let Some(dst) = resid.get_mut(j * rows + r..j * rows + r + m) else {
+                return;
+            };
+            for (i, x) in dst.iter_mut().enumerate() {
+                one(x, q.get(i * n + j).copied().unwrap_or(0));
             }
+        }
+    } else {
+        let Some(dst) = resid.get_mut(r * n..(r + m) * n) else {
+            return;
+        };
+        for (x, &v) in dst.iter_mut().zip(q) {
+            one(x, v);
         }
     }
 }
@@ -475,18 +513,7 @@ pub fn mlp_i8(
         };
         g1.run(xs, m, hs);
         g2.run(hs, m, os);
-        for (i, row) in os.chunks_exact(n.max(1)).take(m).enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                let at = if transposed {
-                    j * rows + r + i
-                } else {
-                    (r + i) * n + j
-                };
-                if let Some(x) = resid.get_mut(at) {
-                    *x = reference::res_add_i16(*x, v, add.zp, add.m, add.sh);
-                }
-            }
-        }
+        add_rows(os, m, n, r, rows, add, resid, transposed);
         r += m;
     }
 }

@@ -935,7 +935,9 @@ pub struct LayerNormI16<'a> {
 }
 
 impl<'a> LayerNormI16<'a> {
-    /// Reads a LAYER_NORM section of a `dim`-channel model (missing bytes read as zero).
+    /// Reads a LAYER_NORM section of a `dim`-channel model (a missing `eps`, shift or zero
+    /// point reads as zero; with fewer than `dim` multipliers or offsets the LayerNorm
+    /// writes nothing).
     pub fn from_section(s: &'a [u8], dim: usize) -> Self {
         let word = |i: usize| I32Le(s).at(i);
         let eps = s.first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b));
@@ -956,17 +958,6 @@ impl<'a> LayerNormI16<'a> {
             .and_then(|at| self.offset.get(at..))
             .and_then(|b| b.first_chunk::<8>())
             .map_or(0, |b| i64::from_le_bytes(*b))
-    }
-}
-
-/// Rounding arithmetic shift right of an i64 by `0 ≤ s ≤ 62` (round half up).
-#[inline]
-fn rshr64(v: i64, s: i32) -> i64 {
-    if s <= 0 {
-        v
-    } else {
-        let s = s.min(62);
-        (v.saturating_add(1i64 << (s - 1))) >> s
     }
 }
 
@@ -1009,20 +1000,30 @@ pub fn layer_norm_token_i16(
     // Cauchy–Schwarz: dim·S2 ≥ S1²; both are below 2^63.
     let var = (n * s2 - s1 * s1).max(0) as u64;
     let r = isqrt_u64(var.saturating_add(p.eps));
-    let inv = (1u64 << 62).checked_div(r).unwrap_or(0);
-    for (c, &v) in row.iter().enumerate() {
+    // inv ≤ 2^62 fits i64, so d·inv is a 64×64 → 128-bit product (`MUL` + `SMULH`).
+    let inv = (1u64 << 62).checked_div(r).unwrap_or(0) as i64;
+    let (Some(muls), Some(offsets)) = (p.mul.0.get(..4 * dim), p.offset.get(..8 * dim)) else {
+        return;
+    };
+    let shift = p.shift.clamp(0, 62);
+    let half = if shift > 0 { 1i64 << (shift - 1) } else { 0 };
+    let zp = i64::from(p.zp_out);
+    let step = stride.max(1);
+    let params = muls.chunks_exact(4).zip(offsets.chunks_exact(8));
+    for (c, (&v, (m, off))) in row.iter().zip(params).enumerate() {
+        let m = i64::from(i32::from_le_bytes([m[0], m[1], m[2], m[3]]));
+        let off = i64::from_le_bytes([
+            off[0], off[1], off[2], off[3], off[4], off[5], off[6], off[7],
+        ]);
         let d = n * i64::from(v) - s1;
-        let z = ((i128::from(d) * i128::from(inv) + (1i128 << 45)) >> 46)
-            .clamp(-(1i128 << 30), 1i128 << 30) as i64;
-        // |z · mul| ≤ 2^61 and |offset| ≤ 2^55 (the reader's bound): no overflow.
-        let y = z
-            .saturating_mul(i64::from(p.mul.at(c)))
-            .saturating_add(p.offset(c));
-        let q = rshr64(y, p.shift)
-            .saturating_add(i64::from(p.zp_out))
-            .clamp(-128, 127) as i8;
-        if let Some(o) = c.checked_mul(stride).and_then(|i| out.get_mut(i)) {
-            *o = q;
+        // |d·inv| < 2^33·2^62, so the shifted product is below 2^49: exact in i64.
+        let z = ((i128::from(d) * i128::from(inv) + (1i128 << 45)) >> 46) as i64;
+        let z = z.clamp(-(1i64 << 30), 1i64 << 30);
+        // |z·mul| ≤ 2^61 and |offset| ≤ 2^55 (the reader's bound): nothing below overflows
+        // (the wrapping forms only keep other parameters from panicking).
+        let y = z.wrapping_mul(m).wrapping_add(off).wrapping_add(half) >> shift;
+        if let Some(o) = out.get_mut(c * step) {
+            *o = y.wrapping_add(zp).clamp(-128, 127) as i8;
         }
     }
 }
