@@ -1011,10 +1011,10 @@ pub fn layer_norm_token_i16(
     let step = stride.max(1);
     let params = muls.chunks_exact(4).zip(offsets.chunks_exact(8));
     for (c, (&v, (m, off))) in row.iter().zip(params).enumerate() {
-        let m = i64::from(i32::from_le_bytes([m[0], m[1], m[2], m[3]]));
-        let off = i64::from_le_bytes([
-            off[0], off[1], off[2], off[3], off[4], off[5], off[6], off[7],
-        ]);
+        let m = m
+            .first_chunk::<4>()
+            .map_or(0, |b| i64::from(i32::from_le_bytes(*b)));
+        let off = off.first_chunk::<8>().map_or(0, |b| i64::from_le_bytes(*b));
         let d = n * i64::from(v) - s1;
         // |d·inv| < 2^33·2^62, so the shifted product is below 2^49: exact in i64.
         let z = ((i128::from(d) * i128::from(inv) + (1i128 << 45)) >> 46) as i64;
