@@ -1077,6 +1077,28 @@ pub mod mixer_limits {
     pub const RES_SH_MAX: i32 = 31;
 }
 
+/// The requantisation record of output `o` of an `n`-output int8 layer (REQUANT, field-major)
+/// within the format's bounds; `m_res` may be non-zero only where `residual` (a depthwise
+/// layer).
+fn check_requant(rq: &[u8], n: usize, o: usize, residual: bool) -> Result<(), Error> {
+    let r = |f: usize| i32_at(rq, f * n + o);
+    let (m_pre, sh_pre, m_post, b_post, sh_post, m_res) =
+        (r(0)?, r(1)?, r(2)?, r(3)?, r(4)?, r(5)?);
+    use limits::*;
+    let ok = m_pre >= 0
+        && (SH_PRE_MIN..=SH_PRE_MAX).contains(&sh_pre)
+        && m_post.unsigned_abs() <= M_POST_MAX as u32
+        && b_post.unsigned_abs() <= B_POST_MAX as u32
+        && (0..=SH_POST_MAX).contains(&sh_post)
+        && m_res.unsigned_abs() <= M_RES_MAX as u32
+        && (residual || m_res == 0);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Malformed("requantisation parameter out of range"))
+    }
+}
+
 /// The int8 GEMM rules of one layer with `k` inputs and `n` outputs (packed weights):
 /// no weight −128, zero packing padding, requantisation fields in range with `m_res = 0`,
 /// and the accumulator bound `|bias′| + 128·Σ|w| < 2^31` per output.
@@ -1089,19 +1111,7 @@ fn check_int8_gemm(b: &Blob<'_>, layer: usize, k: usize, n: usize) -> Result<(),
     }
     let mut real_nonzero = 0usize;
     for o in 0..n {
-        let r = |f: usize| i32_at(rq, f * n + o);
-        let (m_pre, sh_pre, m_post, b_post, sh_post, m_res) =
-            (r(0)?, r(1)?, r(2)?, r(3)?, r(4)?, r(5)?);
-        use limits::*;
-        let ok = m_pre >= 0
-            && (SH_PRE_MIN..=SH_PRE_MAX).contains(&sh_pre)
-            && m_post.unsigned_abs() <= M_POST_MAX as u32
-            && b_post.unsigned_abs() <= B_POST_MAX as u32
-            && (0..=SH_POST_MAX).contains(&sh_post)
-            && m_res == 0;
-        if !ok {
-            return Err(Error::Malformed("requantisation parameter out of range"));
-        }
+        check_requant(rq, n, o, false)?;
         let mut sum_abs = 0i64;
         for i in 0..k {
             let v = *w.get(gemm_index(o, i, k)).ok_or(SHORT)? as i8;
@@ -1254,20 +1264,7 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
         // Inputs are int8 everywhere (the embedding's are pixel − 128): |x| ≤ 128.
         let x_range: i64 = 128;
         for o in 0..dim {
-            let r = |k: usize| i32_at(rq, k * dim + o);
-            let (m_pre, sh_pre, m_post, b_post, sh_post, m_res) =
-                (r(0)?, r(1)?, r(2)?, r(3)?, r(4)?, r(5)?);
-            use limits::*;
-            let ok = m_pre >= 0
-                && (SH_PRE_MIN..=SH_PRE_MAX).contains(&sh_pre)
-                && m_post.unsigned_abs() <= M_POST_MAX as u32
-                && b_post.unsigned_abs() <= B_POST_MAX as u32
-                && (0..=SH_POST_MAX).contains(&sh_post)
-                && m_res.unsigned_abs() <= M_RES_MAX as u32
-                && (layer % 2 == 1 || m_res == 0);
-            if !ok {
-                return Err(Error::Malformed("requantisation parameter out of range"));
-            }
+            check_requant(rq, dim, o, layer % 2 == 1)?;
             // Accumulator bound: every partial sum of bias + Σ w·x stays below
             // |bias| + range · Σ|w| < 2^31, whatever the summation order.
             let wabs = |at: usize| w.get(at).map(|&v| i64::from((v as i8).unsigned_abs()));

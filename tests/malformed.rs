@@ -176,40 +176,7 @@ fn header_fields_are_checked_even_with_a_valid_crc() {
 #[test]
 fn random_mutations_with_valid_crc_never_panic() {
     for (b, n) in [small_int8(), small_fp16()] {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut rand = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let (mut ok, mut err) = (0, 0);
-        for _ in 0..3000 {
-            let mut c = b.clone();
-            for _ in 0..1 + rand() % 4 {
-                // Mostly the header and table of contents, sometimes the payload.
-                let at = if rand() % 2 == 0 {
-                    (rand() % 256) as usize
-                } else {
-                    (rand() as usize) % c.len()
-                };
-                let at = at.min(c.len() - 1);
-                c[at] = rand() as u8;
-            }
-            fix_crc(&mut c);
-            match Model::from_bytes(&c) {
-                Ok(m) => {
-                    let mut arena = vec![0u8; m.arena_len().min(1 << 24)];
-                    let px: Vec<u8> = (0..m.input_len().min(1 << 20))
-                        .map(|_| rand() as u8)
-                        .collect();
-                    let _ = m.classify::<3>(&px, &mut arena);
-                    let _ = m.classify::<3>(&vec![0; n], &mut arena);
-                    ok += 1;
-                }
-                Err(_) => err += 1,
-            }
-        }
+        let (ok, err) = mutate_and_run(&b, n, 3000, 256);
         assert!(
             err > 0 && ok > 0,
             "mutations: {ok} accepted, {err} rejected"

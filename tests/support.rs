@@ -197,6 +197,52 @@ pub fn patched(b: &[u8], at: usize, bytes: &[u8]) -> Vec<u8> {
     c
 }
 
+/// Runs `mutations` random edits of `blob` (1–4 bytes each, half of them in the first
+/// `head` bytes: header and table of contents), each with a valid CRC, through
+/// `Model::from_bytes` and, where accepted, `classify` on random and on zero pixels
+/// (`input_len` bytes). Returns `(accepted, rejected)`; a panic fails the calling test.
+pub fn mutate_and_run(
+    blob: &[u8],
+    input_len: usize,
+    mutations: usize,
+    head: u64,
+) -> (usize, usize) {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut ok, mut err) = (0, 0);
+    for _ in 0..mutations {
+        let mut c = blob.to_vec();
+        for _ in 0..1 + rand() % 4 {
+            let at = if rand() % 2 == 0 {
+                (rand() % head) as usize
+            } else {
+                (rand() as usize) % c.len()
+            };
+            let at = at.min(c.len() - 1);
+            c[at] = rand() as u8;
+        }
+        fix_crc(&mut c);
+        match Model::from_bytes(&c) {
+            Ok(m) => {
+                let mut arena = vec![0u8; m.arena_len().min(1 << 24)];
+                let px: Vec<u8> = (0..m.input_len().min(1 << 20))
+                    .map(|_| rand() as u8)
+                    .collect();
+                let _ = m.classify::<3>(&px, &mut arena);
+                let _ = m.classify::<3>(&vec![0; input_len], &mut arena);
+                ok += 1;
+            }
+            Err(_) => err += 1,
+        }
+    }
+    (ok, err)
+}
+
 /// Editing ONNX models for the malformed-input and edge-case tests.
 pub mod onnx_edit {
     use prost::Message;

@@ -204,6 +204,31 @@ fn flash_writes_the_sd_card_files_for_a_raspberry_pi() {
     assert!(out.join("convmixer-fw.elf").is_file());
 }
 
+/// The bare-metal firmware with an MLP-Mixer blob (qemu virt, a dot-product CPU): the same
+/// classes as `host-tools classify`.
+#[test]
+fn firmware_runs_an_mlp_mixer() {
+    let _turn = FIRMWARE.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let model = root().join("examples/mixer-mnist/mixer-timm-int8.cmx");
+    let images = digits();
+    let want = host_predictions(&model, &images);
+    let raw = raw_images(&images, tmp.path());
+    let b = boot(&model, &raw, Board::Virt, "max");
+    let log = b.log.join("\n");
+    assert!(b.ok, "the firmware reported failure:\n{log}");
+    assert!(
+        log.contains("dim 64, depth 4") && log.contains("kernels NeonDot;"),
+        "{log}"
+    );
+    let want_pairs: Vec<(usize, u16)> = want.iter().copied().enumerate().collect();
+    assert_eq!(
+        flash::predictions(&b.log),
+        want_pairs,
+        "predictions differ from host-tools classify"
+    );
+}
+
 /// The Linux example (`firmware/linux`, `convmixer-pi`) cross-built for aarch64 and run
 /// under qemu-user (ARMv8.0 and a dot-product CPU) predicts what `host-tools classify`
 /// predicts, with `--repeat`: the MNIST ConvMixer and both MLP-Mixers.

@@ -10,6 +10,10 @@
 //! [`mixed::choose`] (`Prepared::choose`, `quantize_mixed`) sits between the last two: it
 //! lowers and measures candidate blobs to decide which int8 layers stay in f16.
 //!
+//! An MLP-Mixer takes the same line through one module, [`mixer`]: `import → fold →
+//! calibrate → lower` ([`mixer::quantize`]), int8 only, into the same blob format and the
+//! same runtime ([`mixer::is_mixer`] tells which line an ONNX file is for).
+//!
 //! [`reference::TractModel`] runs the original ONNX in fp32 with tract: the independent
 //! reference every test compares against.
 

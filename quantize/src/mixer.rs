@@ -236,18 +236,8 @@ pub fn import_bytes(bytes: &[u8]) -> Result<Mixer> {
     if bytes.is_empty() {
         bail!("empty file (not an ONNX model)");
     }
-    let proto = tract_onnx::onnx()
-        .proto_model_for_read(&mut &bytes[..])
-        .map_err(|e| anyhow!("not a valid ONNX protobuf ({e})"))?;
-    let graph = proto
-        .graph
-        .as_ref()
-        .ok_or_else(|| anyhow!("ONNX model has no graph"))?;
-    let opset = proto
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map_or(0, |o| o.version);
+    let proto = crate::onnx::parse_model(bytes)?;
+    let (graph, opset) = crate::onnx::graph_and_opset(&proto)?;
     let g = Graph::new(graph)?;
     Walker::new(&g).mixer(opset)
 }
@@ -1263,13 +1253,9 @@ pub enum Seen {
 
 /// The logits of `m` for `x`, observing every intermediate value. `x` is the embedding's
 /// input: the normalised NCHW float image for an imported model, raw HWC pixels (as f64)
-/// for a folded one (the embedding's weight order says which).
-pub fn forward_with(
-    m: &Mixer,
-    x: &[f64],
-    folded: bool,
-    mut see: impl FnMut(usize, Seen),
-) -> Vec<f64> {
+/// for a folded one (one with its normalisation folded in, [`fold`]).
+pub fn forward_with(m: &Mixer, x: &[f64], mut see: impl FnMut(usize, Seen)) -> Vec<f64> {
+    let folded = !m.mean.is_empty();
     let (t, d, p, c) = (m.tokens(), m.dim, m.patch, m.in_c);
     let gw = m.in_w / p;
     let k = c * p * p;
@@ -1354,7 +1340,7 @@ pub fn forward_with(
 /// The logits of an imported (unfolded) model for a normalised NCHW image.
 pub fn forward(m: &Mixer, nchw: &[f32]) -> Vec<f32> {
     let x: Vec<f64> = nchw.iter().map(|&v| f64::from(v)).collect();
-    forward_with(m, &x, false, |_, _| {})
+    forward_with(m, &x, |_, _| {})
         .iter()
         .map(|&v| v as f32)
         .collect()
@@ -1363,7 +1349,7 @@ pub fn forward(m: &Mixer, nchw: &[f32]) -> Vec<f32> {
 /// The logits of a folded model for raw HWC pixels.
 pub fn forward_pixels(m: &Mixer, px: &[u8]) -> Vec<f32> {
     let x: Vec<f64> = px.iter().map(|&v| f64::from(v)).collect();
-    forward_with(m, &x, true, |_, _| {})
+    forward_with(m, &x, |_, _| {})
         .iter()
         .map(|&v| v as f32)
         .collect()
@@ -1494,7 +1480,7 @@ pub fn calibrate<I: AsRef<[u8]>>(f: &Mixer, images: &[I], mut progress: impl FnM
     };
     for img in images {
         let x: Vec<f64> = img.as_ref().iter().map(|&v| f64::from(v)).collect();
-        forward_with(f, &x, true, |l, seen| match seen {
+        forward_with(f, &x, |l, seen| match seen {
             Seen::Stream(v) => s.stream.add(v as f32),
             Seen::Norm(v) | Seen::Branch(v) => s.out[l].add(v as f32),
             Seen::Hidden(pre, a) => {
@@ -1551,19 +1537,7 @@ pub fn lower(f: &Mixer, s: &Stats, labels: &[String]) -> Result<Vec<u8>> {
     };
     u16_of(f.tokens(), "tokens")?;
     let mut w = Writer::new(h);
-    let norm: Vec<f32> = f.mean.iter().chain(&f.std).copied().collect();
-    w.push(SectionKind::Norm, 0, f32_bytes(&norm))?;
-    if !labels.is_empty() && labels.len() != f.classes() {
-        bail!(
-            "{} labels given for a model with {} classes",
-            labels.len(),
-            f.classes()
-        );
-    }
-    if let Some(l) = labels.iter().find(|l| l.contains('\n') || l.is_empty()) {
-        bail!("label {l:?} is empty or contains a newline");
-    }
-    w.push(SectionKind::Labels, 0, labels.join("\n").into_bytes())?;
+    crate::quant::push_norm_and_labels(&mut w, &f.mean, &f.std, labels, f.classes())?;
 
     // The residual stream: int16, zero point 0, one scale.
     let (lo, hi) = s.stream.with_zero();

@@ -113,9 +113,20 @@ pub fn import(path: &std::path::Path) -> Result<Imported> {
 
 /// As [`import`], from bytes.
 pub fn import_bytes(bytes: &[u8]) -> Result<Imported> {
-    let proto = tract_onnx::onnx()
+    let proto = parse_model(bytes)?;
+    let (graph, opset) = graph_and_opset(&proto)?;
+    Graph::new(graph)?.convmixer(opset)
+}
+
+/// The protobuf of an ONNX file.
+pub(crate) fn parse_model(bytes: &[u8]) -> Result<pb::ModelProto> {
+    tract_onnx::onnx()
         .proto_model_for_read(&mut &bytes[..])
-        .map_err(|e| anyhow!("not a valid ONNX protobuf ({e})"))?;
+        .map_err(|e| anyhow!("not a valid ONNX protobuf ({e})"))
+}
+
+/// The graph of `proto` and the opset of its default domain (0 when it names none).
+pub(crate) fn graph_and_opset(proto: &pb::ModelProto) -> Result<(&pb::GraphProto, i64)> {
     let graph = proto
         .graph
         .as_ref()
@@ -125,7 +136,7 @@ pub fn import_bytes(bytes: &[u8]) -> Result<Imported> {
         .iter()
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map_or(0, |o| o.version);
-    Graph::new(graph)?.convmixer(opset)
+    Ok((graph, opset))
 }
 
 // ----------------------------------------------------------------------------------------

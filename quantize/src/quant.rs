@@ -52,19 +52,7 @@ pub fn lower(
         h.f16_layers = *f16_layers;
     }
     let mut w = Writer::new(h);
-    let norm: Vec<f32> = f.mean.iter().chain(&f.std).copied().collect();
-    w.push(SectionKind::Norm, 0, f32_bytes(&norm))?;
-    if !labels.is_empty() && labels.len() != f.classes() {
-        bail!(
-            "{} labels given for a model with {} classes",
-            labels.len(),
-            f.classes()
-        );
-    }
-    if let Some(l) = labels.iter().find(|l| l.contains('\n') || l.is_empty()) {
-        bail!("label {l:?} is empty or contains a newline");
-    }
-    w.push(SectionKind::Labels, 0, labels.join("\n").into_bytes())?;
+    push_norm_and_labels(&mut w, &f.mean, &f.std, labels, f.classes())?;
     let layers: Vec<&Layer> = std::iter::once(&f.embed)
         .chain(f.blocks.iter().flat_map(|(a, b)| [a, b]))
         .collect();
@@ -85,6 +73,29 @@ pub fn lower(
         }
     }
     w.finish()
+}
+
+/// The two global sections every blob starts with: NORM (the input normalisation folded
+/// into the embedding, kept for reference) and LABELS (empty, or one per class).
+pub(crate) fn push_norm_and_labels(
+    w: &mut Writer,
+    mean: &[f32],
+    std: &[f32],
+    labels: &[String],
+    classes: usize,
+) -> Result<()> {
+    let norm: Vec<f32> = mean.iter().chain(std).copied().collect();
+    w.push(SectionKind::Norm, 0, f32_bytes(&norm))?;
+    if !labels.is_empty() && labels.len() != classes {
+        bail!(
+            "{} labels given for a model with {classes} classes",
+            labels.len()
+        );
+    }
+    if let Some(l) = labels.iter().find(|l| l.contains('\n') || l.is_empty()) {
+        bail!("label {l:?} is empty or contains a newline");
+    }
+    w.push(SectionKind::Labels, 0, labels.join("\n").into_bytes())
 }
 
 /// f32 or f16 little-endian bytes of `v`.
