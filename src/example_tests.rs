@@ -282,10 +282,9 @@ fn mixer_expected(layout: &str) -> (f64, Vec<Sample>) {
             int8_bits: bits(&s["int8_logits_bits"]),
         })
         .collect();
-    (
-        m["torch_fp32_heldout_top1"].as_f64().expect("top1"),
-        samples,
-    )
+    let correct = m["torch_fp32_heldout_correct"].as_u64().expect("correct");
+    let n = m["heldout"].as_u64().expect("heldout");
+    (correct as f64 / n as f64, samples)
 }
 
 #[test]

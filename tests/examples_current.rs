@@ -140,7 +140,10 @@ fn committed_mixer_blobs_and_expected_logits_are_current() {
         models.insert(
             layout.into(),
             serde_json::json!({
-                "torch_fp32_heldout_top1": r["heldout_accuracy"].as_f64().expect("accuracy"),
+                // Integers, not the accuracy as a float: how serde_json prints a float
+                // depends on the features the workspace unifies (see above).
+                "torch_fp32_heldout_correct": r["heldout_correct"].as_u64().expect("correct"),
+                "heldout": doc["n_heldout"].as_u64().expect("n_heldout"),
                 "samples": samples,
             }),
         );

@@ -683,19 +683,12 @@ unsafe fn gemm_smlal<const GELU: bool>(
     let mut t = 0;
     while t + 2 <= tokens {
         // SAFETY: the caller's conditions and t + 2 ≤ tokens.
-        unsafe {
-            if k % 16 == 0 {
-                gemm_smlal_tile2::<GELU>(x, t, k, l, e, out)
-            } else {
-                gemm_smlal_tile::<2, GELU>(x, t, k, l, e, out)
-            }
-        };
+        unsafe { gemm_smlal_tile::<2, GELU>(x, t, k, l, e, out) };
         t += 2;
     }
-    while t < tokens {
-        // SAFETY: as above.
+    if t < tokens {
+        // SAFETY: as above, t + 1 ≤ tokens.
         unsafe { gemm_smlal_tile::<1, GELU>(x, t, k, l, e, out) };
-        t += 1;
     }
 }
 
@@ -739,23 +732,24 @@ macro_rules! smlal_pair {
     }};
 }
 
-/// 16 inputs per step of one token into its 8 partial-sum registers over one 16-output
-/// block `wb` (one 16-byte input load, `DUP` by lane per group, four `LD1` of 64 bytes of
-/// weights): every operand stays in registers (8 sums, 8 weight rows, the inputs).
+/// One token's 16 sums over one 16-output block `wb` of packed weights with `k` inputs:
+/// 16 inputs per step (one 16-byte input load, `DUP` by lane per group, four `LD1` of 64
+/// bytes of weights; every operand stays in registers: 8 sums, 8 weight rows, the inputs),
+/// then the last `k % 16` inputs two groups of 4 at a time (the last group zero-padded, as
+/// its weights are, and alone, its pair zero, where the group count is odd).
 ///
 /// # Safety
-/// `row` has `dim` readable bytes, `wb` heads a packed block of `16·dim` bytes, and
-/// `dim % 16 == 0`.
+/// `row` has `k` readable bytes and `wb` heads a packed block of `16·⌈k/4⌉·4` bytes.
 #[inline(always)]
-unsafe fn smlal_token(row: *const i8, wb: *const i8, dim: usize) -> [int32x4_t; 4] {
+unsafe fn smlal_token(row: *const i8, wb: *const i8, k: usize) -> [int32x4_t; 4] {
     // SAFETY: register-only (NEON is a compile-time target feature here).
     let z = unsafe { vdupq_n_s32(0) };
     let mut a0: Acc8 = [(z, z); 4];
     let mut wp = wb;
-    for kb in 0..dim / 16 {
-        // SAFETY: 16kb + 16 ≤ dim bytes of the row are readable; wp = wb + 256·kb and its
+    for kb in 0..k / 16 {
+        // SAFETY: 16kb + 16 ≤ k bytes of the row are readable; wp = wb + 256·kb and its
         // four 64-byte loads are groups 4kb..4kb + 4, inside the block ((4kb + 4)·64 ≤
-        // 16·dim).
+        // 16·⌈k/4⌉·4).
         unsafe {
             let x0 = vreinterpretq_s32_s8(vld1q_s8(row.add(16 * kb)));
             let wg = ld1x4!(wp, "v16", "v17", "v18", "v19", "v16.16b-v19.16b");
@@ -766,58 +760,45 @@ unsafe fn smlal_token(row: *const i8, wb: *const i8, dim: usize) -> [int32x4_t; 
             smlal_pair!(a0, wg, wh, x0, 2, 3);
         }
     }
+    let groups = k.div_ceil(PW_KR);
+    let mut g = 4 * (k / 16);
+    while g < groups {
+        let pair = g + 1 < groups;
+        // SAFETY: row has k readable bytes (group4 zero-pads past k); groups g and g + 1
+        // (when pair) lie inside the block: (g + 2)·64 ≤ 16·⌈k/4⌉·4 when pair, else
+        // (g + 1)·64 ≤ it.
+        unsafe {
+            let zero = vdupq_n_s8(0);
+            let x0 = vreinterpretq_s8_s32(vdupq_n_s32(group4(row, g, k)));
+            let x1 = if pair {
+                vreinterpretq_s8_s32(vdupq_n_s32(group4(row, g + 1, k)))
+            } else {
+                zero
+            };
+            for (r, a) in a0.iter_mut().enumerate() {
+                let w0 = vld1q_s8(wb.add(g * 64 + r * 16));
+                let w1 = if pair {
+                    vld1q_s8(wb.add((g + 1) * 64 + r * 16))
+                } else {
+                    zero
+                };
+                *a = smlal_row(*a, w0, w1, x0, x1);
+            }
+        }
+        g += 2;
+    }
     // SAFETY: register-only pairwise adds of the two partials of each output.
     a0.map(|(p, q)| unsafe { vpaddq_s32(p, q) })
 }
 
-/// The ARMv8.0 micro-kernel for `k % 16 == 0`: 2 tokens × 16 outputs. The tokens' sums are
-/// computed one after the other ([`smlal_token`]: two tokens at once would need 30 of the 32
-/// registers and spill) and share one epilogue, which loads each channel's parameters once.
-///
-/// # Safety
-/// `gemm_fits` holds, `k % 16 == 0` and `t + 2 ≤ tokens`.
-#[inline(always)]
-unsafe fn gemm_smlal_tile2<const GELU: bool>(
-    x: &[i8],
-    t: usize,
-    k: usize,
-    l: &QuantLayer<'_>,
-    e: &Epi,
-    out: &mut [i8],
-) {
-    let n = e.dim;
-    // SAFETY: rows t and t + 1 < tokens start at most (tokens − 1)·k ≤ x.len() bytes in
-    // (gemm_fits).
-    let (r0, r1) = unsafe { (x.as_ptr().add(t * k), x.as_ptr().add((t + 1) * k)) };
-    for ob in 0..n.div_ceil(PW_NR) {
-        let init = acc_init(e, ob * PW_NR);
-        // SAFETY: block ob spans 16·k bytes inside the packed weights (no input padding
-        // since k % 16 == 0); each row has k bytes (gemm_fits).
-        let sums = unsafe {
-            let wb = l.w.as_ptr().add(ob * PW_NR * k);
-            [smlal_token(r0, wb, k), smlal_token(r1, wb, k)]
-        };
-        let acc = sums.map(|mut s| {
-            for (v, i) in s.iter_mut().zip(init) {
-                // SAFETY: register-only.
-                *v = unsafe { vaddq_s32(*v, i) };
-            }
-            s
-        });
-        // SAFETY: the caller's gemm_fits and t + 2 ≤ tokens.
-        unsafe { finish_tile::<2, GELU>(acc, ob * PW_NR, t, e, l, out) };
-    }
-}
-
-/// The ARMv8.0 micro-kernel for any `k`: `MR` tokens × 16 outputs, two input groups per
-/// step (the last one alone, its pair zero, where `groups` is odd).
+/// The ARMv8.0 micro-kernel: `MR` (1 or 2) tokens × 16 outputs. The tokens' sums are
+/// computed one after the other ([`smlal_token`]: two tokens at once would need 30 of the
+/// 32 registers and spill) and share one epilogue, which loads each channel's parameters
+/// once.
 ///
 /// # Safety
 /// `gemm_fits` holds and `t + MR ≤ tokens`.
 #[inline(always)]
-// Indices: m < MR, r < 4 and 2r + 1 < 8 are loop counters over the const lengths of `rows`,
-// `acc` (MR × 8) and `init` (4).
-#[allow(clippy::indexing_slicing)]
 unsafe fn gemm_smlal_tile<const MR: usize, const GELU: bool>(
     x: &[i8],
     t: usize,
@@ -827,62 +808,24 @@ unsafe fn gemm_smlal_tile<const MR: usize, const GELU: bool>(
     out: &mut [i8],
 ) {
     let n = e.dim;
-    let groups = k.div_ceil(PW_KR);
-    let kp = groups * PW_KR;
+    let kp = k.div_ceil(PW_KR) * PW_KR;
     // SAFETY: rows t + m < tokens start at most (tokens − 1)·k ≤ x.len() bytes in
     // (gemm_fits, t + MR ≤ tokens).
     let rows: [*const i8; MR] = core::array::from_fn(|m| unsafe { x.as_ptr().add((t + m) * k) });
     for ob in 0..n.div_ceil(PW_NR) {
-        // SAFETY: block ob spans PW_NR·kp bytes inside the packed weights.
-        let wb = unsafe { l.w.as_ptr().add(ob * PW_NR * kp) };
-        // acc[m][2r]: outputs 4r, 4r+1 (two partials each); acc[m][2r+1]: 4r+2, 4r+3.
-        // SAFETY: register-only.
-        let mut acc = [[unsafe { vdupq_n_s32(0) }; 8]; MR];
-        let mut g = 0;
-        while g < groups {
-            let pair = g + 1 < groups;
-            for r in 0..4 {
-                // SAFETY: group g (and g+1 when pair) lie inside block ob: (g+1)·64 ≤ 16·kp.
-                let w0 = unsafe { vld1q_s8(wb.add(g * 64 + r * 16)) };
-                let w1 = if pair {
-                    // SAFETY: as for w0 (g + 1 < groups).
-                    unsafe { vld1q_s8(wb.add((g + 1) * 64 + r * 16)) }
-                } else {
-                    // SAFETY: register-only.
-                    unsafe { vdupq_n_s8(0) }
-                };
-                for m in 0..MR {
-                    // SAFETY: rows[m] points at k readable bytes.
-                    let x0 = unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g, k))) };
-                    let x1 = if pair {
-                        // SAFETY: as for x0.
-                        unsafe { vreinterpretq_s8_s32(vdupq_n_s32(group4(rows[m], g + 1, k))) }
-                    } else {
-                        // SAFETY: register-only.
-                        unsafe { vdupq_n_s8(0) }
-                    };
-                    // SAFETY: register-only NEON arithmetic.
-                    unsafe {
-                        let lo = vmlal_s8(
-                            vmull_s8(vget_low_s8(w0), vget_low_s8(x0)),
-                            vget_low_s8(w1),
-                            vget_low_s8(x1),
-                        );
-                        let hi = vmlal_high_s8(vmull_high_s8(w0, x0), w1, x1);
-                        acc[m][2 * r] = vpadalq_s16(acc[m][2 * r], lo);
-                        acc[m][2 * r + 1] = vpadalq_s16(acc[m][2 * r + 1], hi);
-                    }
+        let init = acc_init(e, ob * PW_NR);
+        // Block ob spans 16·kp bytes inside the packed weights; each row has k bytes
+        // (gemm_fits).
+        let mut sums = [init; MR];
+        for (s, &row) in sums.iter_mut().zip(&rows) {
+            // SAFETY: as above; the rest is register-only.
+            unsafe {
+                let sum = smlal_token(row, l.w.as_ptr().add(ob * PW_NR * kp), k);
+                for (v, p) in s.iter_mut().zip(sum) {
+                    *v = vaddq_s32(*v, p);
                 }
             }
-            g += 2;
         }
-        let init = acc_init(e, ob * PW_NR);
-        let sums: [[int32x4_t; 4]; MR] = core::array::from_fn(|m| {
-            // SAFETY: register-only pairwise adds of the two partials of each output.
-            core::array::from_fn(|r| unsafe {
-                vaddq_s32(vpaddq_s32(acc[m][2 * r], acc[m][2 * r + 1]), init[r])
-            })
-        });
         // SAFETY: the caller's gemm_fits and t + MR ≤ tokens.
         unsafe { finish_tile::<MR, GELU>(sums, ob * PW_NR, t, e, l, out) };
     }
