@@ -677,12 +677,12 @@ impl<'a> Model<'a> {
             let norm =
                 k::LayerNormI16::from_section(self.blob.section(SectionKind::LayerNorm, layer)?, d);
             if layer + 1 == h.head_layer() {
-                k::layer_norm_i16(x16, t, d, &norm, ln, false);
+                inplace::layer_norm_i16(x16, t, d, &norm, ln, false, self.isa);
                 break;
             }
             // LayerNorm, fc1, fc2: the token MLP works on the transposed LayerNorm output.
             let token = h.mixer_layer(layer + 1) == Some(MixerLayer::TokenFc1);
-            k::layer_norm_i16(x16, t, d, &norm, ln, token);
+            inplace::layer_norm_i16(x16, t, d, &norm, ln, token, self.isa);
             let (rows, kin, hidden) = h.mixer_gemm(layer + 1).ok_or(plan)?;
             let (_, _, n) = h.mixer_gemm(layer + 2).ok_or(plan)?;
             let (fc1, fc2) = (self.quant_layer(layer + 1)?, self.quant_layer(layer + 2)?);

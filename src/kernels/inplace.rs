@@ -440,6 +440,48 @@ fn add_rows(
     }
 }
 
+/// The MLP-Mixer's fixed-point LayerNorm of the residual stream ([`reference::layer_norm_i16`];
+/// `neon::layer_norm_token_i16_neon` per token where `isa` has NEON): the same bits.
+///
+/// ```
+/// use convmixer_edge::kernels::{inplace, reference::LayerNormI16, Isa};
+/// let mut s = vec![0u8; 16 + 24];
+/// s[8..12].copy_from_slice(&16i32.to_le_bytes());
+/// for c in 0..2 { s[16 + 4 * c..20 + 4 * c].copy_from_slice(&1i32.to_le_bytes()); }
+/// let p = LayerNormI16::from_section(&s, 2);
+/// let mut out = [0i8; 4];
+/// inplace::layer_norm_i16(&[100, 300, 5, -5], 2, 2, &p, &mut out, false, Isa::detect());
+/// assert_eq!(out, [-1, 1, 1, -1]);
+/// ```
+pub fn layer_norm_i16(
+    x: &[i16],
+    tokens: usize,
+    dim: usize,
+    p: &reference::LayerNormI16<'_>,
+    out: &mut [i8],
+    transposed: bool,
+    isa: Isa,
+) {
+    #[cfg(all(
+        target_arch = "aarch64",
+        target_endian = "little",
+        target_feature = "neon"
+    ))]
+    if isa != Isa::Scalar {
+        return reference::layer_norm_rows(
+            x,
+            tokens,
+            dim,
+            p,
+            out,
+            transposed,
+            super::neon::layer_norm_token_i16_neon,
+        );
+    }
+    let _ = isa;
+    reference::layer_norm_i16(x, tokens, dim, p, out, transposed);
+}
+
 /// Scratch bytes [`mlp_i8`] needs for an MLP with `hidden` hidden and `n` output units.
 ///
 /// ```

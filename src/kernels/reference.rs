@@ -987,43 +987,81 @@ pub fn layer_norm_token_i16(
     out: &mut [i8],
     stride: usize,
 ) {
-    // dim ≤ 2^16 keeps every sum below in range (|x| ≤ 2^15): |S1| ≤ 2^31, S2 ≤ 2^46,
-    // dim·S2 ≤ 2^62, |d| ≤ 2^32.
-    let Some(row) = x.get(..dim).filter(|_| dim <= 1 << 16) else {
-        return;
-    };
-    let (s1, s2) = row.iter().fold((0i64, 0i64), |(a, b), &v| {
-        let v = i64::from(v);
-        (a + v, b + v * v)
-    });
-    let n = dim as i64;
-    // Cauchy–Schwarz: dim·S2 ≥ S1²; both are below 2^63.
-    let var = (n * s2 - s1 * s1).max(0) as u64;
-    let r = isqrt_u64(var.saturating_add(p.eps));
-    // inv ≤ 2^62 fits i64, so d·inv is a 64×64 → 128-bit product (`MUL` + `SMULH`).
-    let inv = (1u64 << 62).checked_div(r).unwrap_or(0) as i64;
-    let (Some(muls), Some(offsets)) = (p.mul.0.get(..4 * dim), p.offset.get(..8 * dim)) else {
-        return;
-    };
-    let shift = p.shift.clamp(0, 62);
-    let half = if shift > 0 { 1i64 << (shift - 1) } else { 0 };
-    let zp = i64::from(p.zp_out);
-    let step = stride.max(1);
-    let params = muls.chunks_exact(4).zip(offsets.chunks_exact(8));
-    for (c, (&v, (m, off))) in row.iter().zip(params).enumerate() {
-        let m = m
-            .first_chunk::<4>()
-            .map_or(0, |b| i64::from(i32::from_le_bytes(*b)));
-        let off = off.first_chunk::<8>().map_or(0, |b| i64::from_le_bytes(*b));
-        let d = n * i64::from(v) - s1;
-        // |d·inv| < 2^33·2^62, so the shifted product is below 2^49: exact in i64.
-        let z = ((i128::from(d) * i128::from(inv) + (1i128 << 45)) >> 46) as i64;
-        let z = z.clamp(-(1i64 << 30), 1i64 << 30);
-        // |z·mul| ≤ 2^61 and |offset| ≤ 2^55 (the reader's bound): nothing below overflows
-        // (the wrapping forms only keep other parameters from panicking).
-        let y = z.wrapping_mul(m).wrapping_add(off).wrapping_add(half) >> shift;
-        if let Some(o) = out.get_mut(c * step) {
-            *o = y.wrapping_add(zp).clamp(-128, 127) as i8;
+    if let Some(t) = LnToken::new(x, dim, p) {
+        t.scalar_from(0, out, stride.max(1));
+    }
+}
+
+/// One token's LayerNorm terms, shared by [`layer_norm_token_i16`] and its NEON variant:
+/// the row, `dim`, `S1`, `inv` and the affine's parameters.
+#[derive(Clone, Copy)]
+pub(crate) struct LnToken<'a> {
+    pub(crate) row: &'a [i16],
+    pub(crate) n: i64,
+    pub(crate) s1: i64,
+    pub(crate) inv: i64,
+    pub(crate) muls: &'a [u8],
+    pub(crate) offsets: &'a [u8],
+    pub(crate) shift: i32,
+    pub(crate) half: i64,
+    pub(crate) zp: i64,
+}
+
+impl<'a> LnToken<'a> {
+    /// The terms of the token `x[..dim]`; `None` (nothing to write) where `x` or the
+    /// parameters are shorter than `dim` or `dim > 2^16`.
+    pub(crate) fn new(x: &'a [i16], dim: usize, p: &LayerNormI16<'a>) -> Option<Self> {
+        // dim ≤ 2^16 keeps every sum below in range (|x| ≤ 2^15): |S1| ≤ 2^31, S2 ≤ 2^46,
+        // dim·S2 ≤ 2^62, |d| ≤ 2^32.
+        let row = x.get(..dim).filter(|_| dim <= 1 << 16)?;
+        let (muls, offsets) = (p.mul.0.get(..4 * dim)?, p.offset.get(..8 * dim)?);
+        let (s1, s2) = row.iter().fold((0i64, 0i64), |(a, b), &v| {
+            let v = i64::from(v);
+            (a + v, b + v * v)
+        });
+        let n = dim as i64;
+        // Cauchy–Schwarz: dim·S2 ≥ S1²; both are below 2^63.
+        let var = (n * s2 - s1 * s1).max(0) as u64;
+        let r = isqrt_u64(var.saturating_add(p.eps));
+        // inv ≤ 2^62 fits i64, so d·inv is a 64×64 → 128-bit product (`MUL` + `SMULH`).
+        let inv = (1u64 << 62).checked_div(r).unwrap_or(0) as i64;
+        let shift = p.shift.clamp(0, 62);
+        Some(LnToken {
+            row,
+            n,
+            s1,
+            inv,
+            muls,
+            offsets,
+            shift,
+            half: if shift > 0 { 1i64 << (shift - 1) } else { 0 },
+            zp: i64::from(p.zp_out),
+        })
+    }
+
+    /// Channels `c0..dim` into `out[c · step]` (where it is long enough).
+    #[inline]
+    pub(crate) fn scalar_from(&self, c0: usize, out: &mut [i8], step: usize) {
+        let params = self
+            .muls
+            .chunks_exact(4)
+            .zip(self.offsets.chunks_exact(8))
+            .skip(c0);
+        for ((c, &v), (m, off)) in self.row.iter().enumerate().skip(c0).zip(params) {
+            let m = m
+                .first_chunk::<4>()
+                .map_or(0, |b| i64::from(i32::from_le_bytes(*b)));
+            let off = off.first_chunk::<8>().map_or(0, |b| i64::from_le_bytes(*b));
+            let d = self.n * i64::from(v) - self.s1;
+            // |d·inv| < 2^33·2^62, so the shifted product is below 2^49: exact in i64.
+            let z = ((i128::from(d) * i128::from(self.inv) + (1i128 << 45)) >> 46) as i64;
+            let z = z.clamp(-(1i64 << 30), 1i64 << 30);
+            // |z·mul| ≤ 2^61 and |offset| ≤ 2^55 (the reader's bound): nothing below
+            // overflows (the wrapping forms only keep other parameters from panicking).
+            let y = z.wrapping_mul(m).wrapping_add(off).wrapping_add(self.half) >> self.shift;
+            if let Some(o) = out.get_mut(c * step) {
+                *o = y.wrapping_add(self.zp).clamp(-128, 127) as i8;
+            }
         }
     }
 }
@@ -1051,6 +1089,19 @@ pub fn layer_norm_i16(
     out: &mut [i8],
     transposed: bool,
 ) {
+    layer_norm_rows(x, tokens, dim, p, out, transposed, layer_norm_token_i16);
+}
+
+/// [`layer_norm_i16`] with `token` for each token (the reference's, or a SIMD variant).
+pub(crate) fn layer_norm_rows(
+    x: &[i16],
+    tokens: usize,
+    dim: usize,
+    p: &LayerNormI16<'_>,
+    out: &mut [i8],
+    transposed: bool,
+    token: impl Fn(&[i16], usize, &LayerNormI16<'_>, &mut [i8], usize),
+) {
     let fits = dim > 0
         && tokens
             .checked_mul(dim)
@@ -1064,7 +1115,7 @@ pub fn layer_norm_i16(
         } else {
             (out.get_mut(t * dim..).unwrap_or_default(), 1)
         };
-        layer_norm_token_i16(row, dim, p, o, stride);
+        token(row, dim, p, o, stride);
     }
 }
 
