@@ -326,6 +326,13 @@ fn mixer_detection_and_foreign_inputs() {
         let e = mixer::import_bytes(junk).expect_err("junk accepted");
         assert!(!format!("{e:#}").contains('\n'));
     }
+    // Truncated exports: an error (one line), never a panic.
+    let bytes = std::fs::read(root().join("examples/mixer-mnist/mixer-lucid.torchscript.onnx"))
+        .expect("read");
+    for len in (0..bytes.len()).step_by(4999) {
+        let e = mixer::import_bytes(&bytes[..len]).expect_err("truncated file accepted");
+        assert!(!format!("{e:#}").contains('\n'), "{e:#}");
+    }
 }
 
 #[test]

@@ -170,3 +170,38 @@ fn the_convmixer_baseline_keeps_fp32_accuracy() {
     assert!(fp32 > 97.0, "fp32 reference accuracy {fp32}");
     assert!((acc8 - fp32).abs() <= 1.0, "int8 {acc8}% vs fp32 {fp32}%");
 }
+
+/// The tiny random MLP-Mixers seeding the ONNX fuzzer (`tools/fixtures/tiny_mixers.py`):
+/// 3 input channels, so the patch-vector order of lucidrains' `Rearrange` (`p1 p2 c`) and
+/// the Conv stem's (`c kh kw`) both meet the runtime's pixel order; the import and the fold
+/// against tract, and the int8 blob's logits close to them.
+#[test]
+fn tiny_rgb_mixers_match_tract() {
+    let dir = root().join("fuzz/corpus/onnx");
+    let mut seen = 0;
+    for layout in ["lucid", "timm"] {
+        for export in EXPORTS {
+            let path = dir.join(format!("mixer-{layout}-tiny.{export}.onnx"));
+            let m = mixer::import(&path).expect("import");
+            assert_eq!((m.in_c, m.in_h, m.patch, m.dim, m.blocks.len()), (3, 8, 4, 8, 1));
+            let f = mixer::fold(&m, &[], &[]).expect("fold");
+            let tract = TractModel::load(&path, 3, 8, 8).expect("tract");
+            let images: Vec<Vec<u8>> = (0..16u32)
+                .map(|s| (0..192u32).map(|i| ((i * 73 + s * 151 + i * i * s) % 256) as u8).collect())
+                .collect();
+            let blob = mixer::quantize(&m, &images, &Options::default(), || {}).expect("int8");
+            let (mut worst_fold, mut worst_int8, mut span) = (0f32, 0f32, 0f32);
+            for px in &images {
+                let want = tract.run_pixels(px, &[], &[]).expect("tract");
+                worst_fold = worst_fold.max(max_abs(&mixer::forward_pixels(&f, px), &want));
+                worst_int8 = worst_int8.max(max_abs(&run_blob(&blob, px), &want));
+                span = span.max(want.iter().fold(0f32, |a, v| a.max(v.abs())));
+            }
+            eprintln!("{layout}/{export}: max |logit − tract| folded {worst_fold:.2e}, int8 {worst_int8:.3} (logits up to {span:.2})");
+            assert!(worst_fold < 1e-4, "{layout}/{export}: folded model differs from tract by {worst_fold}");
+            assert!(worst_int8 < 0.1 * span.max(0.1), "{layout}/{export}: int8 logits {worst_int8} off (span {span})");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 6);
+}

@@ -372,7 +372,9 @@ impl<'a, 'g> Walker<'a, 'g> {
                         .map(|&d| d as i64)
                         .collect()
                 };
-                s[0] = BATCH;
+                if let Some(b) = s.first_mut() {
+                    *b = BATCH;
+                }
                 let r = s.len() as i64;
                 let norm = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
                 let start = norm(attr_int(n, "start").unwrap_or(0));
