@@ -183,11 +183,18 @@ fn tiny_rgb_mixers_match_tract() {
         for export in EXPORTS {
             let path = dir.join(format!("mixer-{layout}-tiny.{export}.onnx"));
             let m = mixer::import(&path).expect("import");
-            assert_eq!((m.in_c, m.in_h, m.patch, m.dim, m.blocks.len()), (3, 8, 4, 8, 1));
+            assert_eq!(
+                (m.in_c, m.in_h, m.patch, m.dim, m.blocks.len()),
+                (3, 8, 4, 8, 1)
+            );
             let f = mixer::fold(&m, &[], &[]).expect("fold");
             let tract = TractModel::load(&path, 3, 8, 8).expect("tract");
             let images: Vec<Vec<u8>> = (0..16u32)
-                .map(|s| (0..192u32).map(|i| ((i * 73 + s * 151 + i * i * s) % 256) as u8).collect())
+                .map(|s| {
+                    (0..192u32)
+                        .map(|i| ((i * 73 + s * 151 + i * i * s) % 256) as u8)
+                        .collect()
+                })
                 .collect();
             let blob = mixer::quantize(&m, &images, &Options::default(), || {}).expect("int8");
             let (mut worst_fold, mut worst_int8, mut span) = (0f32, 0f32, 0f32);
@@ -198,8 +205,14 @@ fn tiny_rgb_mixers_match_tract() {
                 span = span.max(want.iter().fold(0f32, |a, v| a.max(v.abs())));
             }
             eprintln!("{layout}/{export}: max |logit − tract| folded {worst_fold:.2e}, int8 {worst_int8:.3} (logits up to {span:.2})");
-            assert!(worst_fold < 1e-4, "{layout}/{export}: folded model differs from tract by {worst_fold}");
-            assert!(worst_int8 < 0.1 * span.max(0.1), "{layout}/{export}: int8 logits {worst_int8} off (span {span})");
+            assert!(
+                worst_fold < 1e-4,
+                "{layout}/{export}: folded model differs from tract by {worst_fold}"
+            );
+            assert!(
+                worst_int8 < 0.1 * span.max(0.1),
+                "{layout}/{export}: int8 logits {worst_int8} off (span {span})"
+            );
             seen += 1;
         }
     }

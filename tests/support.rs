@@ -197,6 +197,25 @@ pub fn patched(b: &[u8], at: usize, bytes: &[u8]) -> Vec<u8> {
     c
 }
 
+/// Flips every bit of `blob` in turn and asserts the reader's verdict: the CRC is checked
+/// before any header field is believed, so a flip anywhere but in the magic (not a blob) or
+/// in `blob_len` (made longer: truncated) is a CRC mismatch.
+pub fn assert_every_bit_flip_is_caught(blob: &[u8]) {
+    use convmixer_edge::Error;
+    for bit in 0..blob.len() * 8 {
+        let mut c = blob.to_vec();
+        let at = bit / 8;
+        c[at] ^= 1 << (bit % 8);
+        let e = Model::from_bytes(&c).err();
+        let ok = match at {
+            0..4 => e == Some(Error::BadMagic),
+            32..36 => matches!(e, Some(Error::BadCrc | Error::Truncated)),
+            _ => e == Some(Error::BadCrc),
+        };
+        assert!(ok, "flip of bit {bit} (byte {at}) gave {e:?}");
+    }
+}
+
 /// Runs `mutations` random edits of `blob` (1–4 bytes each, half of them in the first
 /// `head` bytes: header and table of contents), each with a valid CRC, through
 /// `Model::from_bytes` and, where accepted, `classify` on random and on zero pixels

@@ -290,18 +290,7 @@ impl<'a, 'g> Walker<'a, 'g> {
 
     /// The single node reading the values of `t`.
     fn next(&self, t: &str, expected: &str) -> Result<&'g NodeProto> {
-        match self.data_users(t).as_slice() {
-            [n] => Ok(n),
-            [] => bail!("tensor '{t}' is not used, expected {expected} after it"),
-            many => bail!(
-                "tensor '{t}' feeds {} nodes ({}), expected only {expected}",
-                many.len(),
-                many.iter()
-                    .map(|n| describe(n))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
+        crate::onnx::only_user(self.data_users(t), t, expected)
     }
 
     fn set_shape(&self, t: &str, s: &[usize]) {

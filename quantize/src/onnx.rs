@@ -234,6 +234,27 @@ pub(crate) fn describe(node: &NodeProto) -> String {
     format!("node '{}' ({})", name, node.op_type)
 }
 
+/// The one node of `users` (the readers of tensor `t`), or an error naming what was
+/// expected after `t`.
+pub(crate) fn only_user<'g>(
+    users: Vec<&'g NodeProto>,
+    t: &str,
+    expected: &str,
+) -> Result<&'g NodeProto> {
+    match users.as_slice() {
+        [n] => Ok(n),
+        [] => bail!("tensor '{t}' is not used, expected {expected} after it"),
+        many => bail!(
+            "tensor '{t}' feeds {} nodes ({}), expected only {expected}",
+            many.len(),
+            many.iter()
+                .map(|n| describe(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 /// Largest padding accepted on one side (far above any ConvMixer's; keeps the sums of pads
 /// in range).
 const MAX_PAD: i64 = 1 << 16;
@@ -328,18 +349,7 @@ impl<'g> Graph<'g> {
 
     /// The single node consuming `t`.
     pub(crate) fn single_user(&self, t: &str, expected: &str) -> Result<&'g NodeProto> {
-        match self.users(t).as_slice() {
-            [n] => Ok(n),
-            [] => bail!("tensor '{t}' is not used, expected {expected} after it"),
-            many => bail!(
-                "tensor '{t}' feeds {} nodes ({}), expected only {expected}",
-                many.len(),
-                many.iter()
-                    .map(|n| describe(n))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
+        only_user(self.users(t), t, expected)
     }
 
     pub(crate) fn input_shape(&self) -> Result<(usize, usize, usize)> {
