@@ -57,12 +57,11 @@ use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 use convmixer_edge::blob::{mixer_limits, Arch, Header, LayerMask, SectionKind};
-use convmixer_edge::kernels::{gemm_index, gemm_packed_len};
 use convmixer_edge::{Activation, Precision};
 use tract_onnx::pb::NodeProto;
 use tract_onnx::prelude::Framework;
 
-use crate::blob::{f32_bytes, i32_bytes, Writer};
+use crate::blob::{i32_bytes, Writer};
 use crate::calibrate::Range;
 use crate::onnx::{attr, attr_int, attr_ints, check_finite, describe, linear_weight, Graph};
 use crate::quant::{asym, gap_frac_bits, multiplier, post_params, GeluTable};
@@ -1557,28 +1556,17 @@ pub fn lower(f: &Mixer, s: &Stats, labels: &[String]) -> Result<Vec<u8>> {
         }
     }
     let (s_y, zp_y) = norm_layer(&mut w, l, &f.norm, s_x, &s.out[l], f.dim).map_err(err(l))?;
-    // The head: mean over tokens to `fb` fraction bits, per-class symmetric weights with the
-    // input scale folded in (as ConvMixer's).
-    let hl = l + 1;
-    let fb = h.gap_frac_bits;
-    let (classes, d) = (f.classes(), f.dim);
-    let mut hw = vec![0u8; classes * d];
-    let mut hs = vec![0f32; classes];
-    for c in 0..classes {
-        let row: Vec<f64> = (0..d)
-            .map(|i| f64::from(f.head.w[c * d + i]) * s_y)
-            .collect();
-        let max = row.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let sc = if max > 0.0 { max / 127.0 } else { 1.0 };
-        for (i, v) in row.iter().enumerate() {
-            hw[c * d + i] = ((v / sc).round().clamp(-127.0, 127.0) as i8) as u8;
-        }
-        hs[c] = (sc / 2f64.powi(i32::from(fb))) as f32;
-    }
-    w.push(SectionKind::Weights, hl, hw)?;
-    w.push(SectionKind::HeadScale, hl, f32_bytes(&hs))?;
-    w.push(SectionKind::Bias, hl, f32_bytes(&f.head.b))?;
-    w.push(SectionKind::QParams, hl, i32_bytes(&[zp_y, 0, 0, 0]))?;
+    // The head as ConvMixer's, its input with one scale for every channel.
+    let s_y = vec![s_y; f.dim];
+    crate::quant::push_int8_head(
+        &mut w,
+        l + 1,
+        &f.head.w,
+        &f.head.b,
+        &s_y,
+        zp_y,
+        h.gap_frac_bits,
+    )?;
     w.finish()
 }
 
@@ -1646,26 +1634,20 @@ fn gemm(
         bias[o] = bq as i32;
         rq.push([m_pre, sh_pre, post[0], post[1], post[2], 0]);
     }
-    let mut packed = vec![0u8; gemm_packed_len(n, k)];
-    for o in 0..n {
-        for i in 0..k {
-            packed[gemm_index(o, i, k)] = wq[o * k + i] as u8;
-        }
-    }
-    w.push(SectionKind::Weights, layer, packed)?;
-    w.push(SectionKind::Bias, layer, i32_bytes(&bias))?;
-    let planar: Vec<i32> = (0..6).flat_map(|f| rq.iter().map(move |r| r[f])).collect();
-    w.push(SectionKind::Requant, layer, i32_bytes(&planar))?;
-    w.push(
-        SectionKind::QParams,
-        layer,
-        i32_bytes(&[zp_in, zp_z, zp_out, 0]),
-    )?;
     let table_bytes = match &table {
         Some(t) => t.bytes(),
         None => identity_table(zp_out),
     };
-    w.push(SectionKind::Table, layer, table_bytes)?;
+    let packed = crate::quant::pack_gemm(&wq, n, k);
+    crate::quant::push_int8_layer(
+        w,
+        layer,
+        packed,
+        &bias,
+        &rq,
+        [zp_in, zp_z, zp_out, 0],
+        table_bytes,
+    )?;
     Ok((s_out, zp_out))
 }
 

@@ -655,34 +655,15 @@ fn lower_int8(
             bias[o] = b;
             rq.push(r);
         }
-        let bytes = if !depthwise {
-            // GEMM weights (embedding, pointwise) go into the blob packed for the SIMD
-            // kernels.
-            let mut packed = vec![0u8; gemm_packed_len(dim, taps)];
-            for o in 0..dim {
-                for i in 0..taps {
-                    packed[gemm_index(o, i, taps)] = wq[o * taps + i] as u8;
-                }
-            }
-            packed
-        } else {
+        // GEMM weights (embedding, pointwise) go into the blob packed for the SIMD kernels.
+        let bytes = if depthwise {
             wq.iter().map(|&v| v as u8).collect()
+        } else {
+            pack_gemm(&wq, dim, taps)
         };
-        w.push(SectionKind::Weights, li, bytes)?;
-        w.push(SectionKind::Bias, li, i32_bytes(&bias))?;
-        // Field-major: all m_pre, then all sh_pre, … (docs/blob-format.md).
-        let planar: Vec<i32> = (0..6).flat_map(|k| rq.iter().map(move |r| r[k])).collect();
-        w.push(SectionKind::Requant, li, i32_bytes(&planar))?;
-        w.push(
-            SectionKind::QParams,
-            li,
-            i32_bytes(&[zp_in, table.as_ref().map_or(0, |t| t.zp_z), zp_out, 0]),
-        )?;
-        w.push(
-            SectionKind::Table,
-            li,
-            table.as_ref().map_or_else(Vec::new, GeluTable::bytes),
-        )?;
+        let zp_z = table.as_ref().map_or(0, |t| t.zp_z);
+        let table = table.as_ref().map_or_else(Vec::new, GeluTable::bytes);
+        push_int8_layer(w, li, bytes, &bias, &rq, [zp_in, zp_z, zp_out, 0], table)?;
     }
     // Head: average pool to `f` fraction bits, per-class symmetric weights with the input's
     // per-channel scales folded in.
@@ -701,13 +682,58 @@ fn lower_int8(
         w.push(SectionKind::QParams, hl, i32_bytes(&[zp_x, 0, 0, 0]))?;
         return Ok(());
     }
-    let fb = h.gap_frac_bits;
-    let classes = f.classes();
+    push_int8_head(w, hl, &f.head_w, &f.head_b, s_x, zp_x, h.gap_frac_bits)
+}
+
+/// `n × k` int8 weights (`[out][in]`) packed for the GEMM kernels ([`gemm_index`]).
+pub(crate) fn pack_gemm(wq: &[i8], n: usize, k: usize) -> Vec<u8> {
+    let mut packed = vec![0u8; gemm_packed_len(n, k)];
+    for o in 0..n {
+        for i in 0..k {
+            packed[gemm_index(o, i, k)] = wq[o * k + i] as u8;
+        }
+    }
+    packed
+}
+
+/// The five sections of one int8 layer of either network: WEIGHTS, BIAS, REQUANT (written
+/// field-major: all `m_pre`, then all `sh_pre`, …, docs/blob-format.md), QPARAMS, TABLE.
+pub(crate) fn push_int8_layer(
+    w: &mut Writer,
+    layer: usize,
+    weights: Vec<u8>,
+    bias: &[i32],
+    rq: &[[i32; 6]],
+    qparams: [i32; 4],
+    table: Vec<u8>,
+) -> Result<()> {
+    w.push(SectionKind::Weights, layer, weights)?;
+    w.push(SectionKind::Bias, layer, i32_bytes(bias))?;
+    let planar: Vec<i32> = (0..6).flat_map(|f| rq.iter().map(move |r| r[f])).collect();
+    w.push(SectionKind::Requant, layer, i32_bytes(&planar))?;
+    w.push(SectionKind::QParams, layer, i32_bytes(&qparams))?;
+    w.push(SectionKind::Table, layer, table)
+}
+
+/// The int8 head (layer `hl`) of both networks: the mean over tokens to `fb` fraction bits
+/// (the runtime's pool), per-class symmetric weights with the input's per-channel scales
+/// `s_x` folded in (`head_w` is `[classes][dim]`, `dim = s_x.len()`), the f32 bias, and the
+/// input's zero point `zp_x`.
+pub(crate) fn push_int8_head(
+    w: &mut Writer,
+    hl: usize,
+    head_w: &[f32],
+    head_b: &[f32],
+    s_x: &[f64],
+    zp_x: i32,
+    fb: u8,
+) -> Result<()> {
+    let (classes, dim) = (head_b.len(), s_x.len());
     let mut hw = vec![0u8; classes * dim];
     let mut hs = vec![0f32; classes];
     for c in 0..classes {
         let row: Vec<f64> = (0..dim)
-            .map(|d| f64::from(f.head_w[c * dim + d]) * s_x[d])
+            .map(|d| f64::from(head_w[c * dim + d]) * s_x[d])
             .collect();
         let max = row.iter().fold(0f64, |m, v| m.max(v.abs()));
         let s = if max > 0.0 { max / 127.0 } else { 1.0 };
@@ -718,9 +744,8 @@ fn lower_int8(
     }
     w.push(SectionKind::Weights, hl, hw)?;
     w.push(SectionKind::HeadScale, hl, f32_bytes(&hs))?;
-    w.push(SectionKind::Bias, hl, f32_bytes(&f.head_b))?;
-    w.push(SectionKind::QParams, hl, i32_bytes(&[zp_x, 0, 0, 0]))?;
-    Ok(())
+    w.push(SectionKind::Bias, hl, f32_bytes(head_b))?;
+    w.push(SectionKind::QParams, hl, i32_bytes(&[zp_x, 0, 0, 0]))
 }
 
 #[cfg(test)]
