@@ -789,15 +789,15 @@ fn quantize(
         bail!("--accuracy-budget and --sqnr-min apply to --precision int8 only");
     }
     if is_mlp_mixer(model)? {
-        return quantize_mixer(
+        let bytes = mixer_blob(
             model,
             calib,
             precision,
             (method, bias_correction),
             target,
             prep,
-            output,
-        );
+        )?;
+        return write_blob(model, precision, output, &bytes);
     }
     let imported = onnx::import(model)?;
     let opts = prep.for_onnx(model)?.options(method, bias_correction)?;
@@ -868,40 +868,7 @@ fn quantize(
             q.blob
         }
     };
-    let out = output.unwrap_or_else(|| {
-        let suffix = match precision {
-            PrecisionArg::Int8 => "int8",
-            PrecisionArg::Fp16 => "fp16",
-            PrecisionArg::Fp32 => "fp32",
-        };
-        let stem = model
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("model");
-        model.with_file_name(format!("{stem}-{suffix}.cmx"))
-    });
-    // Load the blob with the runtime itself before writing it, so a blob we cannot run is
-    // never written nor reported as a success.
-    let m = Model::from_bytes(&bytes)
-        .map_err(|e| anyhow!("internal error: the blob does not load: {e}"))?;
-    data::write_atomic(&out, &bytes)?;
-    let h = m.header();
-    eprintln!(
-        "wrote {} ({} bytes): {:?}, dim {}, depth {}, kernel {}, patch {}, {} classes, input {}x{}x{}, arena {} bytes",
-        out.display(),
-        bytes.len(),
-        h.precision,
-        h.dim,
-        h.depth,
-        h.kernel,
-        h.patch,
-        h.classes,
-        h.in_h,
-        h.in_w,
-        h.in_c,
-        m.arena_len()
-    );
-    Ok(())
+    write_blob(model, precision, output, &bytes)
 }
 
 /// Whether the ONNX file `model` holds an MLP-Mixer (it has a LayerNorm;
@@ -912,17 +879,16 @@ fn is_mlp_mixer(model: &Path) -> Result<bool> {
     Ok(convmixer_quantize::mixer::is_mixer(&bytes))
 }
 
-/// `quantize` for an MLP-Mixer: int8 only, min/max calibration, no mixed precision (the
-/// options that are ConvMixer-only are refused with their name).
-fn quantize_mixer(
+/// `quantize`'s blob for an MLP-Mixer: int8 only, min/max calibration, no mixed precision
+/// (the options that are ConvMixer-only are refused with their name).
+fn mixer_blob(
     model: &Path,
     calib: Option<&Path>,
     precision: PrecisionArg,
     (method, bias_correction): (convmixer_quantize::calibrate::Method, bool),
     target: Option<Target>,
     prep: &Prep,
-    output: Option<PathBuf>,
-) -> Result<()> {
+) -> Result<Vec<u8>> {
     let m = convmixer_quantize::mixer::import(model)?;
     let name = model.display();
     if precision.precision() != Precision::Int8 {
@@ -943,30 +909,54 @@ fn quantize_mixer(
     let bytes = convmixer_quantize::mixer::quantize(&m, &images, &opts, || pb.inc(1))
         .with_context(|| name.to_string())?;
     pb.finish_and_clear();
+    Ok(bytes)
+}
+
+/// Loads `bytes` with the runtime itself, then writes them to `output` (default: the
+/// model's name with the precision, `.cmx`) and reports what was written, so that a blob we
+/// cannot run is never written nor reported as a success.
+fn write_blob(
+    model: &Path,
+    precision: PrecisionArg,
+    output: Option<PathBuf>,
+    bytes: &[u8],
+) -> Result<()> {
     let out = output.unwrap_or_else(|| {
+        let suffix = match precision {
+            PrecisionArg::Int8 => "int8",
+            PrecisionArg::Fp16 => "fp16",
+            PrecisionArg::Fp32 => "fp32",
+        };
         let stem = model
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("model");
-        model.with_file_name(format!("{stem}-int8.cmx"))
+        model.with_file_name(format!("{stem}-{suffix}.cmx"))
     });
-    let rt = Model::from_bytes(&bytes)
+    let m = Model::from_bytes(bytes)
         .map_err(|e| anyhow!("internal error: the blob does not load: {e}"))?;
-    data::write_atomic(&out, &bytes)?;
-    let h = rt.header();
-    let (ht, hc) = (h.token_hidden, h.channel_hidden);
+    data::write_atomic(&out, bytes)?;
+    let h = m.header();
+    let net = match h.arch {
+        convmixer_edge::blob::Arch::ConvMixer => format!(
+            "{:?}, dim {}, depth {}, kernel {}",
+            h.precision, h.dim, h.depth, h.kernel
+        ),
+        convmixer_edge::blob::Arch::MlpMixer => format!(
+            "MLP-Mixer int8, dim {}, depth {}, token/channel hidden {}/{}",
+            h.dim, h.depth, h.token_hidden, h.channel_hidden
+        ),
+    };
     eprintln!(
-        "wrote {} ({} bytes): MLP-Mixer int8, dim {}, depth {}, token/channel hidden {ht}/{hc}, patch {}, {} classes, input {}x{}x{}, arena {} bytes",
+        "wrote {} ({} bytes): {net}, patch {}, {} classes, input {}x{}x{}, arena {} bytes",
         out.display(),
         bytes.len(),
-        h.dim,
-        h.depth,
         h.patch,
         h.classes,
         h.in_h,
         h.in_w,
         h.in_c,
-        rt.arena_len()
+        m.arena_len()
     );
     Ok(())
 }
