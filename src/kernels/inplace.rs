@@ -396,8 +396,7 @@ pub fn add_residual(
 }
 
 /// Adds the `m × n` int8 tile `q` (rows `r .. r + m` of a `rows × n` output) into the
-/// residual stream as [`add_residual`] places it: [`reference::res_add_i16`] per element,
-/// with the per-layer constants hoisted.
+/// residual stream as [`add_residual`] places it: [`reference::res_add_i16`] per element.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn add_rows(
@@ -410,16 +409,7 @@ fn add_rows(
     resid: &mut [i16],
     transposed: bool,
 ) {
-    // rshr(v, s) = (v + 2^(s−1)) >> s in i64, s capped at 32, as reference::rshr.
-    let sh = add.sh.clamp(0, 32);
-    let half = if sh > 0 { 1i64 << (sh - 1) } else { 0 };
-    let one = |x: &mut i16, v: i8| {
-        let d = i64::from(i32::from(v).wrapping_sub(add.zp).wrapping_mul(add.m));
-        let d = ((d + half) >> sh) as i32;
-        *x = i32::from(*x)
-            .saturating_add(d)
-            .clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16;
-    };
+    let one = |x: &mut i16, v: i8| *x = reference::res_add_i16(*x, v, add.zp, add.m, add.sh);
     if transposed {
         // Element (r + i, j) goes to resid[j·rows + r + i]: m contiguous values per j.
         for j in 0..n {
