@@ -153,37 +153,12 @@ fn f32s(v: &[f64]) -> Vec<f32> {
 /// channel, in the 0..1 pixel scale; empty slices mean none).
 pub fn fold(m: &Imported, mean: &[f32], std: &[f32]) -> Result<Folded> {
     let c = m.in_c;
-    let mean: Vec<f32> = if mean.is_empty() {
-        vec![0.0; c]
-    } else {
-        broadcast(mean, c, "--mean")?
-    };
-    let std: Vec<f32> = if std.is_empty() {
-        vec![1.0; c]
-    } else {
-        broadcast(std, c, "--std")?
-    };
-    if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-        bail!("--std {s}: standard deviations must be positive");
-    }
+    let (mean, std) = normalisation(mean, std, c)?;
     let dim = m.dim();
     let p = m.patch();
 
-    // Patch embedding: [o][c][ky][kx] → [o][ky][kx][c], in raw pixel units.
     let (w, mut b) = fold_pre(&m.embed);
-    let mut ew = vec![0f64; w.len()];
-    for o in 0..dim {
-        for ci in 0..c {
-            let s = 255.0 * f64::from(std[ci]);
-            for ky in 0..p {
-                for kx in 0..p {
-                    let v = w[((o * c + ci) * p + ky) * p + kx];
-                    ew[((o * p + ky) * p + kx) * c + ci] = v / s;
-                    b[o] -= v * f64::from(mean[ci]) / f64::from(std[ci]);
-                }
-            }
-        }
-    }
+    let ew = embed_in_pixels(&w, &mut b, (dim, c, p), &mean, &std);
     // (weights, bias, post scale, post shift) per conv layer, in f64.
     type F64Layer = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
     let mut layers: Vec<F64Layer> = Vec::new();
@@ -247,6 +222,52 @@ pub fn fold(m: &Imported, mean: &[f32], std: &[f32]) -> Result<Folded> {
         }
     }
     Ok(f)
+}
+
+/// Patch-embedding weights `w` (`[o][c][ky][kx]`, on the normalised input) in the runtime's
+/// layout `[o][ky][kx][c]` on raw pixels: `(pixel/255 − mean)/std` folded in, the mean's part
+/// subtracted from the bias `b` (`shape` = `(dim, c, p)`). Exact in f64: the embedding has
+/// no padding.
+pub(crate) fn embed_in_pixels(
+    w: &[f64],
+    b: &mut [f64],
+    (dim, c, p): (usize, usize, usize),
+    mean: &[f32],
+    std: &[f32],
+) -> Vec<f64> {
+    let mut ew = vec![0f64; w.len()];
+    for o in 0..dim {
+        for ci in 0..c {
+            let s = 255.0 * f64::from(std[ci]);
+            for ky in 0..p {
+                for kx in 0..p {
+                    let v = w[((o * c + ci) * p + ky) * p + kx];
+                    ew[((o * p + ky) * p + kx) * c + ci] = v / s;
+                    b[o] -= v * f64::from(mean[ci]) / f64::from(std[ci]);
+                }
+            }
+        }
+    }
+    ew
+}
+
+/// The input normalisation per channel of a `c`-channel model from `--mean`/`--std` (one
+/// value or one per channel; empty: none, i.e. mean 0 and std 1), checked.
+pub(crate) fn normalisation(mean: &[f32], std: &[f32], c: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let mean: Vec<f32> = if mean.is_empty() {
+        vec![0.0; c]
+    } else {
+        broadcast(mean, c, "--mean")?
+    };
+    let std: Vec<f32> = if std.is_empty() {
+        vec![1.0; c]
+    } else {
+        broadcast(std, c, "--std")?
+    };
+    if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+        bail!("--std {s}: standard deviations must be positive");
+    }
+    Ok((mean, std))
 }
 
 fn broadcast(v: &[f32], c: usize, what: &str) -> Result<Vec<f32>> {

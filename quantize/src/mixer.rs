@@ -1357,35 +1357,13 @@ pub fn fold(m: &Mixer, mean: &[f32], std: &[f32]) -> Result<Mixer> {
         bail!("internal: the model is folded already");
     }
     let c = m.in_c;
-    let bc = |v: &[f32], dflt: f32, what: &str| -> Result<Vec<f32>> {
-        match v.len() {
-            0 => Ok(vec![dflt; c]),
-            1 => Ok(vec![v[0]; c]),
-            n if n == c => Ok(v.to_vec()),
-            n => bail!("{what} has {n} values; the model has {c} input channels (give 1 or {c})"),
-        }
-    };
-    let (mean, std) = (bc(mean, 0.0, "--mean")?, bc(std, 1.0, "--std")?);
-    if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-        bail!("--std {s}: standard deviations must be positive");
-    }
-    let (p, d) = (m.patch, m.dim);
-    let k = c * p * p;
-    let mut ew = vec![0f32; m.embed.w.len()];
-    let mut eb = m.embed.b.clone();
-    for o in 0..d {
-        let mut b = f64::from(eb[o]);
-        for ci in 0..c {
-            for ky in 0..p {
-                for kx in 0..p {
-                    let v = f64::from(m.embed.w[o * k + (ci * p + ky) * p + kx]);
-                    ew[o * k + (ky * p + kx) * c + ci] = (v / (255.0 * f64::from(std[ci]))) as f32;
-                    b -= v * f64::from(mean[ci]) / f64::from(std[ci]);
-                }
-            }
-        }
-        eb[o] = b as f32;
-    }
+    let (mean, std) = crate::fold::normalisation(mean, std, c)?;
+    let d = m.dim;
+    let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let mut eb = f64s(&m.embed.b);
+    let ew = crate::fold::embed_in_pixels(&f64s(&m.embed.w), &mut eb, (d, c, m.patch), &mean, &std);
+    let (ew, eb) = (f32s(&ew), f32s(&eb));
     let identity = |ln: &Ln| Ln {
         gamma: vec![1.0; d],
         beta: vec![0.0; d],
