@@ -64,7 +64,7 @@ use tract_onnx::prelude::Framework;
 use crate::blob::{i32_bytes, Writer};
 use crate::calibrate::Range;
 use crate::onnx::{attr, attr_int, attr_ints, check_finite, describe, linear_weight, Graph};
-use crate::quant::{asym, gap_frac_bits, multiplier, post_params, GeluTable};
+use crate::quant::{asym, gap_frac_bits, multiplier, post_params, u16_of, u8_of, GeluTable};
 
 /// A LayerNorm over the channels of every token.
 #[derive(Clone, Debug, PartialEq)]
@@ -1467,12 +1467,6 @@ pub fn calibrate<I: AsRef<[u8]>>(f: &Mixer, images: &[I], mut progress: impl FnM
 /// The int8 blob of folded model `f` with calibrated ranges `s` (`labels`: empty or one
 /// per class).
 pub fn lower(f: &Mixer, s: &Stats, labels: &[String]) -> Result<Vec<u8>> {
-    let u16_of = |v: usize, what: &str| {
-        u16::try_from(v).map_err(|_| anyhow!("{what} {v} is too large for the blob format"))
-    };
-    let u8_of = |v: usize, what: &str| {
-        u8::try_from(v).map_err(|_| anyhow!("{what} {v} is too large for the blob format"))
-    };
     let (ht, hc) = f.hidden();
     if f.blocks.is_empty() {
         bail!("the MLP-Mixer has no blocks (depth 0)");
@@ -1632,10 +1626,8 @@ fn gemm(
 /// The identity TABLE of a layer whose output zero point is `zp` (and whose table index
 /// is its output): `TABLE[z + 128] = z − zp`, so that `zp + TABLE[z + 128] = z`.
 fn identity_table(zp: i32) -> Vec<u8> {
-    let q: Vec<[u8; 2]> = (-128..128)
-        .map(|z: i32| ((z - zp) as i16).to_le_bytes())
-        .collect();
-    (0..2).flat_map(|b| q.iter().map(move |v| v[b])).collect()
+    let entries: Vec<i16> = (-128..128).map(|z: i32| (z - zp) as i16).collect();
+    crate::quant::table_bytes(&entries)
 }
 
 /// The RES_ADD of `layer`, whose int8 output `(scale, zp)` is added into the stream of

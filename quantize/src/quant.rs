@@ -182,12 +182,6 @@ fn push_float_layer(w: &mut Writer, i: usize, l: &Layer, precision: Precision) -
 }
 
 fn header(f: &Folded, precision: Precision) -> Result<Header> {
-    let u16_of = |v: usize, what: &str| {
-        u16::try_from(v).map_err(|_| anyhow::anyhow!("{what} {v} is too large for the blob format"))
-    };
-    let u8_of = |v: usize, what: &str| {
-        u8::try_from(v).map_err(|_| anyhow::anyhow!("{what} {v} is too large for the blob format"))
-    };
     let k = f.kernel.max(1);
     let dim = u16_of(f.dim, "dim")?;
     let gap_frac_bits = if precision == Precision::Int8 {
@@ -214,6 +208,22 @@ fn header(f: &Folded, precision: Precision) -> Result<Header> {
         token_hidden: 0,
         channel_hidden: 0,
     })
+}
+
+/// A TABLE section from its 256 i16 entries: two byte planes, low bytes then high bytes.
+pub(crate) fn table_bytes(entries: &[i16]) -> Vec<u8> {
+    let q: Vec<[u8; 2]> = entries.iter().map(|v| v.to_le_bytes()).collect();
+    (0..2).flat_map(|b| q.iter().map(move |v| v[b])).collect()
+}
+
+/// `v` as a u16 header field, or an error naming `what` is too large.
+pub(crate) fn u16_of(v: usize, what: &str) -> Result<u16> {
+    u16::try_from(v).map_err(|_| anyhow::anyhow!("{what} {v} is too large for the blob format"))
+}
+
+/// `v` as a u8 header field, or an error naming `what` is too large.
+pub(crate) fn u8_of(v: usize, what: &str) -> Result<u8> {
+    u8::try_from(v).map_err(|_| anyhow::anyhow!("{what} {v} is too large for the blob format"))
 }
 
 /// Largest fraction-bit count (≤ 8) for the average pool such that the head's i32
@@ -378,8 +388,7 @@ impl GeluTable {
 
     /// The TABLE section: two byte planes, low bytes then high bytes.
     pub(crate) fn bytes(&self) -> Vec<u8> {
-        let q: Vec<[u8; 2]> = self.entries.iter().map(|v| v.to_le_bytes()).collect();
-        (0..2).flat_map(|b| q.iter().map(move |v| v[b])).collect()
+        table_bytes(&self.entries)
     }
 
     /// Largest real input the table covers (`z = 127`).
