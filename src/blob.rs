@@ -1099,9 +1099,12 @@ fn check_requant(rq: &[u8], n: usize, o: usize, residual: bool) -> Result<(), Er
     }
 }
 
-/// The int8 GEMM rules of one layer with `k` inputs and `n` outputs (packed weights):
-/// no weight −128, zero packing padding, requantisation fields in range with `m_res = 0`,
-/// and the accumulator bound `|bias′| + 128·Σ|w| < 2^31` per output.
+/// The int8 GEMM rules of one layer with `k` inputs and `n` outputs (packed weights; the
+/// ConvMixer's embedding and pointwise convs, every MLP-Mixer linear layer): no weight
+/// −128 (the SIMD kernels sum two products in i16, safe only for |w| ≤ 127), zero packing
+/// padding, requantisation fields in range with `m_res = 0`, and the accumulator bound
+/// `|bias′| + 128·Σ|w| < 2^31` per output (inputs are int8 everywhere, the embedding's
+/// pixel − 128: every partial sum stays below it, whatever the summation order).
 fn check_int8_gemm(b: &Blob<'_>, layer: usize, k: usize, n: usize) -> Result<(), Error> {
     let w = b.section(SectionKind::Weights, layer)?;
     let bias = b.section(SectionKind::Bias, layer)?;
@@ -1109,21 +1112,26 @@ fn check_int8_gemm(b: &Blob<'_>, layer: usize, k: usize, n: usize) -> Result<(),
     if w.contains(&0x80) {
         return Err(Error::Malformed("int8 weight −128"));
     }
-    let mut real_nonzero = 0usize;
+    let real: usize = (0..n)
+        .map(|o| {
+            (0..k)
+                .filter(|&i| w.get(gemm_index(o, i, k)).is_some_and(|&v| v != 0))
+                .count()
+        })
+        .sum();
+    if w.iter().filter(|&&v| v != 0).count() != real {
+        return Err(Error::Malformed("non-zero padding in packed GEMM weights"));
+    }
     for o in 0..n {
         check_requant(rq, n, o, false)?;
         let mut sum_abs = 0i64;
         for i in 0..k {
             let v = *w.get(gemm_index(o, i, k)).ok_or(SHORT)? as i8;
             sum_abs += i64::from(v.unsigned_abs());
-            real_nonzero += usize::from(v != 0);
         }
         if i64::from(i32_at(bias, o)?.unsigned_abs()) + 128 * sum_abs >= 1i64 << 31 {
             return Err(Error::Malformed("accumulator could overflow i32"));
         }
-    }
-    if w.iter().filter(|&&v| v != 0).count() != real_nonzero {
-        return Err(Error::Malformed("non-zero padding in packed GEMM weights"));
     }
     Ok(())
 }
@@ -1235,50 +1243,31 @@ fn validate_contents(b: &Blob<'_>) -> Result<(), Error> {
             check_unscale(b, layer)?;
             continue;
         }
+        let taps = h.taps(layer);
+        let dim = usize::from(h.dim);
+        // The embedding and the pointwise convs are GEMMs with packed weights.
+        if layer % 2 == 0 {
+            check_int8_gemm(b, layer, taps, dim)?;
+            continue;
+        }
+        // Depthwise: the same rules on tap-major weights (channel o at every `dim`-th
+        // byte), with the residual multiplier.
         let w = b.section(SectionKind::Weights, layer)?;
         let bias = b.section(SectionKind::Bias, layer)?;
         let rq = b.section(SectionKind::Requant, layer)?;
-        let taps = h.taps(layer);
-        let dim = usize::from(h.dim);
-        // Weights are symmetric: −128 never occurs (the SIMD kernels sum two products in
-        // i16, safe only for |w| ≤ 127).
         if w.contains(&0x80) {
             return Err(Error::Malformed("int8 weight −128"));
         }
-        // The embedding and the pointwise convs are GEMMs with packed weights.
-        let gemm = layer % 2 == 0;
-        if gemm {
-            // Packing padding must be zero.
-            let real: usize = (0..dim)
-                .map(|o| {
-                    (0..taps)
-                        .filter(|&i| w.get(gemm_index(o, i, taps)).is_some_and(|&v| v != 0))
-                        .count()
-                })
-                .sum();
-            let all = w.iter().filter(|&&v| v != 0).count();
-            if real != all {
-                return Err(Error::Malformed("non-zero padding in packed GEMM weights"));
-            }
-        }
-        // Inputs are int8 everywhere (the embedding's are pixel − 128): |x| ≤ 128.
-        let x_range: i64 = 128;
         for o in 0..dim {
-            check_requant(rq, dim, o, layer % 2 == 1)?;
-            // Accumulator bound: every partial sum of bias + Σ w·x stays below
-            // |bias| + range · Σ|w| < 2^31, whatever the summation order.
-            let wabs = |at: usize| w.get(at).map(|&v| i64::from((v as i8).unsigned_abs()));
-            let sum_abs: Result<i64, Error> = if gemm {
-                (0..taps)
-                    .map(|i| wabs(gemm_index(o, i, taps)).ok_or(SHORT))
-                    .sum()
-            } else {
-                // Depthwise weights are tap-major: channel o at every `dim`-th byte.
-                (0..taps).map(|t| wabs(t * dim + o).ok_or(SHORT)).sum()
-            };
-            let sum_abs = sum_abs?;
-            let bound = i64::from(i32_at(bias, o)?.unsigned_abs()) + x_range * sum_abs;
-            if bound >= 1i64 << 31 {
+            check_requant(rq, dim, o, true)?;
+            let sum_abs: i64 = (0..taps)
+                .map(|t| {
+                    w.get(t * dim + o)
+                        .map(|&v| i64::from((v as i8).unsigned_abs()))
+                        .ok_or(SHORT)
+                })
+                .sum::<Result<i64, Error>>()?;
+            if i64::from(i32_at(bias, o)?.unsigned_abs()) + 128 * sum_abs >= 1i64 << 31 {
                 return Err(Error::Malformed("accumulator could overflow i32"));
             }
         }
