@@ -950,15 +950,6 @@ impl<'a> LayerNormI16<'a> {
             offset: s.get(mul_end..).unwrap_or_default(),
         }
     }
-
-    /// Offset of channel `c` (0 past the end).
-    #[inline]
-    pub fn offset(&self, c: usize) -> i64 {
-        c.checked_mul(8)
-            .and_then(|at| self.offset.get(at..))
-            .and_then(|b| b.first_chunk::<8>())
-            .map_or(0, |b| i64::from_le_bytes(*b))
-    }
 }
 
 /// LayerNorm of one token's `dim` residual values `x` into `out` (int8, `out[c]` at
