@@ -77,7 +77,15 @@ else
     step "qemu-system-aarch64: installing from bookworm-backports"
     BP=/etc/apt/sources.list.d/bookworm-backports.sources
     if [ ! -f "$BP" ]; then
-        printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        # The mirror is the one this machine's own apt sources use for bookworm (whatever
+        # mirror or proxy it is configured with): no registry host is written here.
+        URI=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Created-By: Packages' \
+            | awk '$2 == "bookworm" { print $1; exit }')
+        if [ -z "$URI" ]; then
+            step "ERROR: no apt source for Debian bookworm found (needed for bookworm-backports)" >&2
+            exit 1
+        fi
+        printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$URI" \
             | "${SUDO[@]}" tee "$BP" >/dev/null
     fi
     "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 update -q

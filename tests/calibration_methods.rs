@@ -21,7 +21,7 @@ fn blob(method: Method, bias_correction: bool) -> Vec<u8> {
         bias_correction,
         ..Default::default()
     };
-    convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, || {}).expect("quantize")
+    convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, &|| {}).expect("quantize")
 }
 
 #[test]
@@ -37,7 +37,7 @@ fn every_method_keeps_top1_and_is_deterministic() {
             .expect("classes")
     };
     let fp32: Vec<usize> = par_map(&set, |(px, _)| {
-        argmax(&calibrate::forward(&folded, px, None))
+        argmax(&convmixer_quantize::forward::forward(&folded, px))
     });
     let top1 = |pred: &[usize]| {
         pred.iter().zip(&set).filter(|(p, (_, l))| *p == l).count() as f64 / set.len() as f64
@@ -79,7 +79,7 @@ fn bias_correction_moves_each_bias_by_the_weights_mean_error() {
             bias_correction,
             ..Default::default()
         };
-        convmixer_quantize::quantize_detailed(&m, Precision::Int8, &calib, &opts, || {})
+        convmixer_quantize::quantize_detailed(&m, Precision::Int8, &calib, &opts, &|| {})
             .expect("quantize")
     };
     let (plain, corrected) = (q(false), q(true));

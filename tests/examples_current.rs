@@ -48,7 +48,7 @@ fn committed_blobs_and_expected_logits_are_current() {
         (Precision::F16, "fp16"),
         (Precision::F32, "fp32"),
     ] {
-        let b = convmixer_quantize::quantize(&m, p, &calib, &opts, || {}).expect("quantize");
+        let b = convmixer_quantize::quantize(&m, p, &calib, &opts, &|| {}).expect("quantize");
         check_or_bless(&format!("convmixer-mnist-{name}.cmx"), &b);
         blobs.push(b);
     }
@@ -119,7 +119,7 @@ fn committed_mixer_blobs_and_expected_logits_are_current() {
     for layout in ["lucid", "timm"] {
         let m =
             mixer::import(&dir.join(format!("mixer-{layout}.torchscript.onnx"))).expect("import");
-        let b = mixer::quantize(&m, &calib, &opts, || {}).expect("quantize");
+        let b = mixer::quantize(&m, &calib, &opts, &|| {}).expect("quantize");
         check_or_bless_at(&dir.join(format!("mixer-{layout}-int8.cmx")), &b);
         let r = &doc["models"][layout];
         let samples: Vec<serde_json::Value> = r["samples"]

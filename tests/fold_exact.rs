@@ -5,7 +5,7 @@
 
 use convmixer_edge::Precision;
 use convmixer_edge_tests::*;
-use convmixer_quantize::{calibrate, fold, onnx, reference::TractModel, Options};
+use convmixer_quantize::{fold, onnx, reference::TractModel, Options};
 
 const TOL: f32 = 1e-4;
 
@@ -19,14 +19,14 @@ fn check(path: &std::path::Path, images: &[Vec<u8>], mean: &[f32], std: &[f32]) 
         ..Default::default()
     };
     let blob =
-        convmixer_quantize::quantize(&m, Precision::F32, &[], &opts, || {}).expect("fp32 blob");
+        convmixer_quantize::quantize(&m, Precision::F32, &[], &opts, &|| {}).expect("fp32 blob");
     let folded = fold::fold(&m, mean, std).expect("fold");
     let tract = TractModel::load(path, m.in_c, m.in_h, m.in_w).expect("tract");
     let mut worst = 0f32;
     for px in images {
         let want = tract.run_pixels(px, mean, std).expect("tract run");
         let got = run_blob(&blob, px);
-        let host = calibrate::forward(&folded, px, None);
+        let host = convmixer_quantize::forward::forward(&folded, px);
         let e = max_abs(&got, &want);
         assert!(
             e <= TOL,
@@ -123,7 +123,7 @@ fn mnist_fp32_blob_matches_pytorch() {
         labels: vec![],
         ..Default::default()
     };
-    let blob = convmixer_quantize::quantize(&m, Precision::F32, &[], &opts, || {}).expect("blob");
+    let blob = convmixer_quantize::quantize(&m, Precision::F32, &[], &opts, &|| {}).expect("blob");
     let samples = doc["samples"].as_array().expect("samples");
     assert!(samples.len() >= 30);
     for s in samples {

@@ -56,12 +56,12 @@ fn int8_and_fp16_keep_the_fp32_accuracy_of_the_ill_conditioned_model() {
         set,
         tract,
     } = setup();
-    let q = convmixer_quantize::quantize_detailed(&model, Precision::Int8, &calib, &opts(), || {})
+    let q = convmixer_quantize::quantize_detailed(&model, Precision::Int8, &calib, &opts(), &|| {})
         .expect("int8");
     let fp16 =
-        convmixer_quantize::quantize(&model, Precision::F16, &[], &opts(), || {}).expect("fp16");
+        convmixer_quantize::quantize(&model, Precision::F16, &[], &opts(), &|| {}).expect("fp16");
     let fp32_blob =
-        convmixer_quantize::quantize(&model, Precision::F32, &[], &opts(), || {}).expect("fp32");
+        convmixer_quantize::quantize(&model, Precision::F32, &[], &opts(), &|| {}).expect("fp32");
     // (tract fp32, int8, fp16, our fp32) logits per held-out image.
     let runs = par_map(&set, |(px, _)| {
         (
@@ -148,8 +148,8 @@ fn every_calibration_method_keeps_the_ill_conditioned_model() {
             calibration: Some(method),
             ..opts()
         };
-        let blob =
-            convmixer_quantize::quantize(&model, Precision::Int8, &calib, &o, || {}).expect("int8");
+        let blob = convmixer_quantize::quantize(&model, Precision::Int8, &calib, &o, &|| {})
+            .expect("int8");
         let pred: Vec<usize> = par_map(&set, |(px, _)| argmax(&run_blob(&blob, px)));
         let t = top1(&pred);
         println!("illcond {method:?}: int8 top-1 {t:.2}% (fp32 {fp32:.2}%)");

@@ -36,7 +36,7 @@ fn small_int8() -> (Vec<u8>, usize) {
         ..Default::default()
     };
     (
-        convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, || {}).expect("blob"),
+        convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, &|| {}).expect("blob"),
         n,
     )
 }
@@ -45,7 +45,7 @@ fn small_int8() -> (Vec<u8>, usize) {
 fn small_fp16() -> (Vec<u8>, usize) {
     let m = onnx::import(&fixture(SMALL)).expect("import");
     let n = m.in_c * m.in_h * m.in_w;
-    let blob = convmixer_quantize::quantize(&m, Precision::F16, &[], &Options::default(), || {})
+    let blob = convmixer_quantize::quantize(&m, Precision::F16, &[], &Options::default(), &|| {})
         .expect("fp16");
     (blob, n)
 }

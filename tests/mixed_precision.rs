@@ -5,7 +5,7 @@ use convmixer_edge::blob::{self, LayerMask};
 use convmixer_edge::{Error, LayerOutput, Model, Precision};
 use convmixer_edge_tests::*;
 use convmixer_quantize::mixed::{self, Target};
-use convmixer_quantize::{calibrate, data, onnx, quant, Options};
+use convmixer_quantize::{data, onnx, quant, Options};
 
 struct Setup {
     model: onnx::Imported,
@@ -70,7 +70,7 @@ fn f16_layers_keep_the_int8_layers_before_them_and_remove_their_own_error() {
             Precision::Int8,
             &s.calib,
             &opts(f16),
-            || {},
+            &|| {},
         )
         .expect("quantize")
     };
@@ -117,14 +117,14 @@ fn an_all_f16_mix_is_closer_to_fp32_than_int8() {
     // The nine conv layers and the head.
     let all: Vec<usize> = (0..10).collect();
     let blob = |f16: &[usize]| {
-        convmixer_quantize::quantize(&s.model, Precision::Int8, &s.calib, &opts(f16), || {})
+        convmixer_quantize::quantize(&s.model, Precision::Int8, &s.calib, &opts(f16), &|| {})
             .expect("quantize")
     };
     let (int8, mixed) = (blob(&[]), blob(&all));
     let folded = convmixer_quantize::fold::fold(&s.model, &[MNIST_MEAN], &[MNIST_STD]).unwrap();
     let (mut e8, mut em, mut agree) = (0f64, 0f64, 0usize);
     for (px, _) in &s.set {
-        let want = calibrate::forward(&folded, px, None);
+        let want = convmixer_quantize::forward::forward(&folded, px);
         let (a, b) = (logits(&int8, px), logits(&mixed, px));
         let err = |v: &[f32]| -> f64 {
             v.iter()
@@ -152,13 +152,14 @@ fn the_search_is_deterministic_and_meets_what_it_says() {
     // A quarter of the calibration images keeps the nine-round searches short.
     let calib: Vec<Vec<u8>> = s.calib.iter().step_by(4).cloned().collect();
     let run = |t| {
-        convmixer_quantize::quantize_mixed(&s.model, &calib, &s.set, &o, t, || {}, &mut |_| {})
+        convmixer_quantize::quantize_mixed(&s.model, &calib, &s.set, &o, t, &|| {}, &mut |_| {})
             .expect("mixed")
     };
     // A target int8 already meets: no f16 layer, the plain int8 blob.
     let (q, c) = run(Target::SqnrMin(5.0));
     assert!(c.met && c.f16_layers.is_empty());
-    let plain = convmixer_quantize::quantize(&s.model, Precision::Int8, &calib, &o, || {}).unwrap();
+    let plain =
+        convmixer_quantize::quantize(&s.model, Precision::Int8, &calib, &o, &|| {}).unwrap();
     assert_eq!(q.blob, plain);
     let (_, c) = run(Target::AccuracyBudget(100.0));
     assert!(c.met && c.f16_layers.is_empty());
@@ -191,7 +192,7 @@ fn the_search_is_deterministic_and_meets_what_it_says() {
 fn broken_mixed_blobs_are_errors() {
     let s = setup();
     let mixed =
-        convmixer_quantize::quantize(&s.model, Precision::Int8, &s.calib, &opts(&[2]), || {})
+        convmixer_quantize::quantize(&s.model, Precision::Int8, &s.calib, &opts(&[2]), &|| {})
             .expect("quantize");
     // Layer 2's IO_SCALE section, through the table of contents.
     let io = section_range(&mixed, blob::SectionKind::IoScale, 2).start;
@@ -206,7 +207,7 @@ fn broken_mixed_blobs_are_errors() {
         );
     }
     // A mask on a float blob.
-    let fp16 = convmixer_quantize::quantize(&s.model, Precision::F16, &[], &opts(&[]), || {})
+    let fp16 = convmixer_quantize::quantize(&s.model, Precision::F16, &[], &opts(&[]), &|| {})
         .expect("fp16");
     let mut b = fp16.clone();
     b[44] = 1;
@@ -216,12 +217,12 @@ fn broken_mixed_blobs_are_errors() {
         Error::Malformed("f16 layer mask")
     );
     // The quantiser refuses masks it cannot write.
-    let err = convmixer_quantize::quantize(&s.model, Precision::F16, &[], &opts(&[1]), || {})
+    let err = convmixer_quantize::quantize(&s.model, Precision::F16, &[], &opts(&[1]), &|| {})
         .unwrap_err();
     assert!(err.to_string().contains("int8 models only"), "{err}");
     // Layer 9 is the head (depth 4); 10 is past it.
     let err =
-        convmixer_quantize::quantize(&s.model, Precision::Int8, &s.calib, &opts(&[10]), || {})
+        convmixer_quantize::quantize(&s.model, Precision::Int8, &s.calib, &opts(&[10]), &|| {})
             .unwrap_err();
     assert!(err.to_string().contains("layer 10 marked f16"), "{err}");
 }
@@ -242,7 +243,7 @@ fn an_unmet_budget_keeps_the_best_mix_measured() {
         &s.set,
         &opts(&[]),
         Target::AccuracyBudget(-5.0),
-        || {},
+        &|| {},
         &mut |l| lines.push(l),
     )
     .expect("mixed");

@@ -85,7 +85,10 @@ fn small_mixer_blob() -> (Vec<u8>, usize) {
         labels: vec!["a".into(), "b".into(), "c".into()],
         ..Default::default()
     };
-    (mixer::quantize(&m, &calib, &opts, || {}).expect("blob"), 64)
+    (
+        mixer::quantize(&m, &calib, &opts, &|| {}).expect("blob"),
+        64,
+    )
 }
 
 /// The small mixer blob is in the blob fuzzer's corpus (`fuzz/corpus/blob/mixer-small`), so

@@ -73,7 +73,7 @@ fn int8_keeps_fp32_accuracy_and_exports_agree() {
         for export in EXPORTS {
             let path = mixer_file(&format!("mixer-{layout}.{export}.onnx"));
             let m = mixer::import(&path).expect("import");
-            blobs.push(mixer::quantize(&m, &calib, &opts, || {}).expect("int8"));
+            blobs.push(mixer::quantize(&m, &calib, &opts, &|| {}).expect("int8"));
         }
         for (b, export) in blobs.iter().zip(EXPORTS).skip(1) {
             assert!(
@@ -153,7 +153,7 @@ fn the_convmixer_baseline_keeps_fp32_accuracy() {
         (160, 4, 5, 4)
     );
     let int8 =
-        convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, || {}).expect("int8");
+        convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, &|| {}).expect("int8");
     let tract = TractModel::load(&path, 1, 28, 28).expect("tract");
     let fp32 = top1(&par_map(&set, |(px, y)| {
         argmax(
@@ -196,7 +196,7 @@ fn tiny_rgb_mixers_match_tract() {
                         .collect()
                 })
                 .collect();
-            let blob = mixer::quantize(&m, &images, &Options::default(), || {}).expect("int8");
+            let blob = mixer::quantize(&m, &images, &Options::default(), &|| {}).expect("int8");
             let (mut worst_fold, mut worst_int8, mut span) = (0f32, 0f32, 0f32);
             for px in &images {
                 let want = tract.run_pixels(px, &[], &[]).expect("tract");

@@ -36,9 +36,9 @@ fn int8_and_fp16_keep_fp32_accuracy() {
             ) == *y
         }));
         let int8 =
-            convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, || {}).expect("int8");
+            convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, &|| {}).expect("int8");
         let fp16 =
-            convmixer_quantize::quantize(&m, Precision::F16, &[], &opts, || {}).expect("fp16");
+            convmixer_quantize::quantize(&m, Precision::F16, &[], &opts, &|| {}).expect("fp16");
         blobs.push((exporter, fp32, int8, fp16));
     }
     let (_, fp32, int8, fp16) = &blobs[0];

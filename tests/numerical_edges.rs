@@ -106,7 +106,7 @@ fn constant_channels_and_zero_variance_batchnorm() {
     let set = digits();
 
     // fp32: BN removal is still exact.
-    let fp32 = convmixer_quantize::quantize(&e.imported, Precision::F32, &[], &opts(), || {})
+    let fp32 = convmixer_quantize::quantize(&e.imported, Precision::F32, &[], &opts(), &|| {})
         .expect("fp32");
     let mut worst = 0f32;
     for (px, _) in set.iter().take(50) {
@@ -118,8 +118,9 @@ fn constant_channels_and_zero_variance_batchnorm() {
     }
     assert!(worst < 1e-3, "fp32 blob vs tract: max |Δlogit| {worst}");
 
-    let int8 = convmixer_quantize::quantize(&e.imported, Precision::Int8, &calib(), &opts(), || {})
-        .expect("int8");
+    let int8 =
+        convmixer_quantize::quantize(&e.imported, Precision::Int8, &calib(), &opts(), &|| {})
+            .expect("int8");
     let (ours, fp, agree) = compare(&int8, &e.tract, &set);
     eprintln!("constant channels: int8 {ours:.2}%, fp32 {fp:.2}%, agreement {agree:.2}%");
     assert!(fp >= 90.0, "the edited model still works in fp32: {fp}%");
@@ -140,7 +141,7 @@ fn all_zero_calibration_images_give_a_working_blob() {
     let imported = onnx::import(&path).expect("import");
     let tract = TractModel::load(&path, 1, 28, 28).expect("tract");
     let zeros = vec![vec![0u8; 28 * 28]; 8];
-    let int8 = convmixer_quantize::quantize(&imported, Precision::Int8, &zeros, &opts(), || {})
+    let int8 = convmixer_quantize::quantize(&imported, Precision::Int8, &zeros, &opts(), &|| {})
         .expect("int8 from all-zero calibration images");
     // On what it was calibrated on, the blob is accurate.
     let t = tract
@@ -172,7 +173,7 @@ fn activations_past_the_calibrated_range_saturate() {
         .iter()
         .map(|im| im.iter().map(|&p| p / 4).collect())
         .collect();
-    let int8 = convmixer_quantize::quantize(&imported, Precision::Int8, &faint, &opts(), || {})
+    let int8 = convmixer_quantize::quantize(&imported, Precision::Int8, &faint, &opts(), &|| {})
         .expect("int8");
     let set = digits();
     let saturated: usize = set
@@ -209,9 +210,9 @@ fn depthwise_kernel_larger_than_the_token_grid() {
                 .collect()
         })
         .collect();
-    let fp32 = convmixer_quantize::quantize(&e.imported, Precision::F32, &[], &opts(), || {})
+    let fp32 = convmixer_quantize::quantize(&e.imported, Precision::F32, &[], &opts(), &|| {})
         .expect("fp32");
-    let int8 = convmixer_quantize::quantize(&e.imported, Precision::Int8, &images, &opts(), || {})
+    let int8 = convmixer_quantize::quantize(&e.imported, Precision::Int8, &images, &opts(), &|| {})
         .expect("int8");
     let (mut d32, mut d8, mut range) = (0f32, 0f32, 0f32);
     for px in &images {
@@ -234,7 +235,7 @@ fn depthwise_kernel_larger_than_the_token_grid() {
 fn an_accumulator_that_could_overflow_is_refused() {
     let m = mnist_with_overflowing_bias();
     let e = load(&m, 28);
-    let err = convmixer_quantize::quantize(&e.imported, Precision::Int8, &calib(), &opts(), || {})
+    let err = convmixer_quantize::quantize(&e.imported, Precision::Int8, &calib(), &opts(), &|| {})
         .expect_err("int8 must refuse the model");
     let msg = format!("{err:#}");
     assert!(
@@ -244,7 +245,7 @@ fn an_accumulator_that_could_overflow_is_refused() {
         "{msg}"
     );
     // The same model in fp16 is fine.
-    let fp16 = convmixer_quantize::quantize(&e.imported, Precision::F16, &[], &opts(), || {})
+    let fp16 = convmixer_quantize::quantize(&e.imported, Precision::F16, &[], &opts(), &|| {})
         .expect("fp16");
     let set: Vec<_> = digits().into_iter().take(100).collect();
     let (_, _, agree) = compare(&fp16, &e.tract, &set);

@@ -91,7 +91,7 @@ fn tract(m: &Imported, bytes: &[u8]) -> TractModel {
 }
 
 fn fp32_blob(m: &Imported) -> Vec<u8> {
-    convmixer_quantize::quantize(m, Precision::F32, &[], &Options::default(), || {})
+    convmixer_quantize::quantize(m, Precision::F32, &[], &Options::default(), &|| {})
         .expect("fp32 blob")
 }
 
@@ -504,7 +504,7 @@ fn benchmark_shapes_import_and_quantise() {
                 Precision::Int8,
                 &calib,
                 &Options::default(),
-                || {},
+                &|| {},
             )
             .expect("int8 quantisation");
             let model = Model::from_bytes(&blob).expect("int8 blob loads");

@@ -109,7 +109,7 @@ fn millions(v: u64) -> String {
     format!("{:.1}M", v as f64 / 1e6)
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("host-tools lives inside the workspace")
@@ -191,9 +191,9 @@ fn prepare(spec: &Spec, dir: &Path) -> Result<Prepared> {
     let len = c.in_h * c.in_w * c.in_c;
     let calib: Vec<Vec<u8>> = (0..4).map(|i| random_pixels(len, 0x5eed + i)).collect();
     let blob_bytes =
-        convmixer_quantize::quantize(&m, Precision::Int8, &calib, &Options::default(), || {})
+        convmixer_quantize::quantize(&m, Precision::Int8, &calib, &Options::default(), &|| {})
             .with_context(|| format!("{}: quantising", spec.key))?;
-    let fp16 = convmixer_quantize::quantize(&m, Precision::F16, &[], &Options::default(), || {})
+    let fp16 = convmixer_quantize::quantize(&m, Precision::F16, &[], &Options::default(), &|| {})
         .with_context(|| format!("{}: writing the fp16 blob", spec.key))?;
     let pixels = random_pixels(len, 0xbe9c);
     let name = spec.key.to_lowercase();
@@ -788,6 +788,9 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
 /// `host-tools bench [B1|B2|MNIST]... [--json] [--quick] [--log-counter]` (no model: all).
 pub fn run(only: &[String], json_out: bool, quick: bool, log_counter: bool) -> Result<()> {
     let wanted = |key: &str| only.is_empty() || only.iter().any(|o| o == key);
+    if only.iter().any(|o| o == "T768") {
+        bail!("T768 is a model of `bench --host` only");
+    }
     if cfg!(debug_assertions) {
         bail!("bench needs a release build of host-tools (host timings): cargo run --release -p host-tools -- bench");
     }

@@ -78,7 +78,7 @@ fn entries(root: &Path) -> Result<Vec<Entry>> {
                 m.dim,
                 m.blocks.len()
             ),
-            blob: mixer::quantize(&m, &calib, &opts, || {})?,
+            blob: mixer::quantize(&m, &calib, &opts, &|| {})?,
             params: n_params(&doc["models"][layout])?,
             macs: mixer_macs(&m),
             onnx: path,
@@ -95,7 +95,7 @@ fn entries(root: &Path) -> Result<Vec<Entry>> {
             m.kernel(),
             m.patch()
         ),
-        blob: convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, || {})?,
+        blob: convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, &|| {})?,
         params: n_params(&doc["baseline"])?,
         macs: convmixer_macs(&m),
         onnx: path,

@@ -18,10 +18,11 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use convmixer_edge::{Model, Precision};
-use convmixer_quantize::{data, mixed::Target, onnx, reference::TractModel, Options};
+use convmixer_quantize::{data, mixed::Target, onnx, par, reference::TractModel, Options};
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod bench;
+mod bench_host;
 mod bench_mnist;
 mod mca;
 
@@ -32,6 +33,10 @@ mod mca;
     about = "Quantize ConvMixer ONNX models to convmixer-edge blobs, and run them"
 )]
 struct Cli {
+    /// Threads for the work spread over images (calibration, eval, classify, report, the
+    /// mixed-precision search) [default: every core]. Results do not depend on it.
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -280,9 +285,15 @@ enum Cmd {
     /// (C1): top-1, instructions (int8 and tract fp32), blob and arena. Needs the aarch64
     /// toolchain, qemu-user and llvm-14; builds what it runs; takes tens of minutes.
     Bench {
-        /// Only these models (B1, B2, MNIST: the M1/M2/C1 comparison); all by default.
-        #[arg(value_parser = ["B1", "B2", "MNIST"])]
+        /// Only these models (B1, B2, MNIST: the M1/M2/C1 comparison; with --host: B1,
+        /// T768 = timm convmixer_768_32 at 224); all by default.
+        #[arg(value_parser = ["B1", "B2", "MNIST", "T768"])]
         models: Vec<String>,
+        /// The host side instead: quantize and eval times (1 thread and every core) next to
+        /// ONNX Runtime's quantize_static and its int8 and fp32 models, on the same machine,
+        /// model and images (module `bench_host`).
+        #[arg(long)]
+        host: bool,
         /// One JSON object per model instead of the table.
         #[arg(long)]
         json: bool,
@@ -359,8 +370,30 @@ enum Cmd {
     },
 }
 
+/// Sizes rayon's global pool (`--threads`, default every core). Outside `train`, the
+/// GEMMs of the host's fp32 forward run one per image on these threads, so
+/// matrixmultiply's own threads are turned off (`MATMUL_NUM_THREADS=1` unless set).
+fn init_threads(threads: Option<usize>, train: bool) -> Result<()> {
+    let n = match threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    if !train && std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+        std::env::set_var("MATMUL_NUM_THREADS", "1");
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| anyhow!("cannot start {n} threads: {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = init_threads(cli.threads, matches!(cli.cmd, Cmd::Train { .. })) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let res = match cli.cmd {
         Cmd::Train {
             data,
@@ -461,10 +494,17 @@ fn main() -> ExitCode {
         } => eval(&model, &data, json, &prep),
         Cmd::Bench {
             models,
+            host,
             json,
             quick,
             log_counter,
-        } => bench::run(&models, json, quick, log_counter),
+        } => {
+            if host {
+                bench_host::run(&models, json, &bench::root())
+            } else {
+                bench::run(&models, json, quick, log_counter)
+            }
+        }
         Cmd::Report {
             model,
             calib,
@@ -749,12 +789,23 @@ fn flash(
     Ok(())
 }
 
+/// A progress bar over `len` images: done/total, images per second and the time left.
 fn bar(len: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {pos}/{len} images, {rate} images/s, {eta} left",
+        )
+        .map(|s| {
+            s.with_key(
+                "rate",
+                |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1}", st.per_sec());
+                },
+            )
+        })
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb
@@ -825,7 +876,7 @@ fn quantize(
     let bytes = match target {
         None => {
             let p = precision.precision();
-            let b = convmixer_quantize::quantize(&imported, p, &images, &opts, || pb.inc(1))
+            let b = convmixer_quantize::quantize(&imported, p, &images, &opts, &|| pb.inc(1))
                 .with_context(|| model.display().to_string())?;
             pb.finish_and_clear();
             b
@@ -841,7 +892,7 @@ fn quantize(
                 &set,
                 &opts,
                 target,
-                || pb.inc(1),
+                &|| pb.inc(1),
                 &mut |line| pb.suspend(|| eprintln!("{line}")),
             )
             .with_context(|| model.display().to_string())?;
@@ -906,7 +957,7 @@ fn mixer_blob(
     };
     let images = data::calibration_set(dir, (m.in_h, m.in_w, m.in_c))?;
     let pb = bar(images.len(), "calibrating");
-    let bytes = convmixer_quantize::mixer::quantize(&m, &images, &opts, || pb.inc(1))
+    let bytes = convmixer_quantize::mixer::quantize(&m, &images, &opts, &|| pb.inc(1))
         .with_context(|| name.to_string())?;
     pb.finish_and_clear();
     Ok(bytes)
@@ -991,32 +1042,41 @@ fn classify(model: &Path, images: &[PathBuf], top: usize, json: bool) -> Result<
         usize::from(h.in_w),
         usize::from(h.in_c),
     );
-    let mut arena = vec![0u8; m.arena_len()];
-    for path in images {
+    let name = |c: u16| m.label(c).map_or_else(|| c.to_string(), String::from);
+    // Images in parallel, printed in the order given.
+    let one = |path: &PathBuf| -> Result<Vec<(u16, f32)>> {
         let px = data::load_image(path, shape)?;
+        let mut arena = vec![0u8; m.arena_len()];
         let best = m
             .classify::<32>(&px, &mut arena)
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        let best = &best[..top.min(best.len())];
-        let name = |c: u16| m.label(c).map_or_else(|| c.to_string(), String::from);
-        if json {
-            let top: Vec<_> = best
-                .iter()
-                .map(|&(c, p)| serde_json::json!({"class": c, "label": name(c), "score": p}))
-                .collect();
-            println!(
-                "{}",
-                serde_json::json!({"image": path.display().to_string(), "top": top})
-            );
-        } else {
-            let list: Vec<String> = best
-                .iter()
-                .map(|&(c, p)| format!("{} {:.4}", name(c), p))
-                .collect();
-            println!("{}: {}", path.display(), list.join(", "));
-        }
-    }
-    Ok(())
+        Ok(best.iter().take(top).copied().collect())
+    };
+    let mut paths = images.iter();
+    par::try_map_fold(
+        images,
+        (),
+        one,
+        |(), best| {
+            let path = paths
+                .next()
+                .map_or_else(String::new, |p| p.display().to_string());
+            if json {
+                let top: Vec<_> = best
+                    .iter()
+                    .map(|&(c, p)| serde_json::json!({"class": c, "label": name(c), "score": p}))
+                    .collect();
+                println!("{}", serde_json::json!({"image": path, "top": top}));
+            } else {
+                let list: Vec<String> = best
+                    .iter()
+                    .map(|&(c, p)| format!("{} {:.4}", name(c), p))
+                    .collect();
+                println!("{path}: {}", list.join(", "));
+            }
+        },
+        &|| {},
+    )
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -1030,21 +1090,15 @@ fn argmax(v: &[f32]) -> usize {
     best
 }
 
-/// Top-1 class of one HWC `u8` image.
-type Predictor<'a> = Box<dyn FnMut(&[u8]) -> Result<usize> + 'a>;
+/// Top-1 class of one HWC `u8` image (called from several threads at once).
+type Predictor<'a> = Box<dyn Fn(&[u8]) -> Result<usize> + Sync + 'a>;
 
 fn eval(model: &Path, dir: &Path, json: bool, prep: &Prep) -> Result<()> {
     let bytes = load_blob(model)?;
     let is_blob = bytes.starts_with(b"CMXB");
     let blob_model;
     // One predictor closure per model kind; both take HWC u8 pixels.
-    let (shape, classes, labels, kind, mut predict): (
-        _,
-        usize,
-        Vec<String>,
-        String,
-        Predictor<'_>,
-    );
+    let (shape, classes, labels, kind, predict): (_, usize, Vec<String>, String, Predictor<'_>);
     if is_blob {
         if !prep.mean.is_empty() || !prep.std.is_empty() || prep.labels.is_some() {
             bail!(
@@ -1065,8 +1119,8 @@ fn eval(model: &Path, dir: &Path, json: bool, prep: &Prep) -> Result<()> {
             .map(|c| m.label(c).unwrap_or_default().to_string())
             .collect();
         kind = format!("{:?}", h.precision).to_lowercase();
-        let mut arena = vec![0u8; m.arena_len()];
         predict = Box::new(move |px| {
+            let mut arena = vec![0u8; m.arena_len()];
             let top = m
                 .classify::<1>(px, &mut arena)
                 .map_err(|e| anyhow!("{e}"))?;
@@ -1104,13 +1158,18 @@ fn eval(model: &Path, dir: &Path, json: bool, prep: &Prep) -> Result<()> {
     }
     let set = data::image_folder(dir, &labels, classes)?;
     let pb = bar(set.len(), "evaluating");
-    let mut correct = 0usize;
-    for (path, class) in &set {
-        let px = data::load_image(path, shape)?;
-        let pred = predict(&px).with_context(|| format!("{}", path.display()))?;
-        correct += usize::from(pred == *class);
-        pb.inc(1);
-    }
+    // Images in parallel (`--threads`); a count, so the order does not matter.
+    let correct = par::try_map_fold(
+        &set,
+        0usize,
+        |(path, class)| -> Result<bool> {
+            let px = data::load_image(path, shape)?;
+            let pred = predict(&px).with_context(|| format!("{}", path.display()))?;
+            Ok(pred == *class)
+        },
+        |n, right| n + usize::from(right),
+        &|| pb.inc(1),
+    )?;
     pb.finish_and_clear();
     let n = set.len();
     let top1 = correct as f64 / n as f64;

@@ -3,7 +3,7 @@
 //! labelled set, and the calibration set's activation ranges with the chosen clipping.
 //!
 //! The variants' layer outputs come from the runtime itself ([`Model::logits_traced`]), the
-//! fp32 ones from the folded graph ([`calibrate::forward_with`]); int8 outputs are
+//! fp32 ones from the folded graph ([`forward_layers`]); int8 outputs are
 //! dequantised with the scale and zero point the blob was quantised with
 //! ([`quant::output_quant`]), float ones read as they are ([`LayerOutput::get_f32`](convmixer_edge::LayerOutput::get_f32)).
 //! [`page`] writes the HTML page with plots.
@@ -15,8 +15,9 @@ use anyhow::{anyhow, bail, Result};
 use convmixer_edge::{Activation, Model, Precision};
 use convmixer_quantize::calibrate::{self, Histogram, Range};
 use convmixer_quantize::fold::Folded;
+use convmixer_quantize::forward::forward_layers;
 use convmixer_quantize::mixed::{Sqnr, Target};
-use convmixer_quantize::{onnx::Imported, quant, Options, Prepared};
+use convmixer_quantize::{onnx::Imported, par, quant, Options, Prepared};
 
 /// One conv layer's signal-to-quantisation-noise ratio over the labelled set.
 #[derive(Clone, Debug, PartialEq)]
@@ -200,12 +201,8 @@ pub fn evaluate(
 ) -> Result<Evaluation> {
     let layers = folded.conv_layers();
     let classes = folded.classes();
-    let (ht, wt) = folded.grid();
-    let size = ht * wt * folded.dim;
     struct Run<'a> {
         m: Model<'a>,
-        arena: Vec<u8>,
-        logits: Vec<f32>,
         sqnr: Sqnr,
         correct: usize,
         agree: usize,
@@ -220,8 +217,6 @@ pub fn evaluate(
                 bail!("the {} blob has another number of classes", v.name);
             }
             Ok(Run {
-                arena: vec![0u8; m.arena_len()],
-                logits: vec![0f32; classes],
                 m,
                 sqnr: Sqnr::new(layers),
                 correct: 0,
@@ -230,34 +225,53 @@ pub fn evaluate(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut fp32_out = vec![vec![0f32; size]; layers];
-    let mut correct32 = 0usize;
-    for (px, label) in data {
-        let l32 = calibrate::forward_with(folded, px, |layer, idx, _, _, out| {
-            fp32_out[layer][idx] = out;
-        });
-        let p32 = argmax(&l32);
-        correct32 += usize::from(p32 == *label);
-        for (v, r) in variants.iter().zip(&mut runs) {
-            r.sqnr
-                .run(
-                    &r.m,
+    // Per image (in parallel): the fp32 prediction, and per variant its SQNR sums and
+    // prediction; summed in image order (`par`), so the figures do not depend on threads.
+    let models: Vec<Model<'_>> = runs.iter().map(|r| r.m).collect();
+    let one = |(px, _): &(Vec<u8>, usize)| -> Result<(usize, Vec<(Sqnr, usize)>)> {
+        let mut fp32_out = vec![Vec::new(); layers];
+        let l32 = forward_layers(folded, px, |layer, v| fp32_out[layer] = v.out.to_vec());
+        let per = variants
+            .iter()
+            .zip(&models)
+            .map(|(v, m)| {
+                let mut arena = vec![0u8; m.arena_len()];
+                let mut logits = vec![0f32; classes];
+                let mut sqnr = Sqnr::new(layers);
+                sqnr.run(
+                    m,
                     px,
-                    &mut r.arena,
-                    &mut r.logits,
+                    &mut arena,
+                    &mut logits,
                     &fp32_out,
                     &l32,
                     &v.output_quant,
                 )
                 .map_err(|e| anyhow!("variant {}: {e}", v.name))?;
-            let p = argmax(&r.logits);
-            r.correct += usize::from(p == *label);
-            r.agree += usize::from(p == p32);
-            if *label < classes {
-                r.confusion[*label][p] += 1;
+                Ok((sqnr, argmax(&logits)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((argmax(&l32), per))
+    };
+    let mut labels = data.iter().map(|(_, l)| *l);
+    let correct32 = par::try_map_fold(
+        data,
+        0usize,
+        one,
+        |correct32, (p32, per)| {
+            let label = labels.next().unwrap_or(usize::MAX);
+            for (r, (sqnr, p)) in runs.iter_mut().zip(per) {
+                r.sqnr = std::mem::replace(&mut r.sqnr, Sqnr::new(0)).merge(sqnr);
+                r.correct += usize::from(p == label);
+                r.agree += usize::from(p == p32);
+                if label < classes {
+                    r.confusion[label][p] += 1;
+                }
             }
-        }
-    }
+            correct32 + usize::from(p32 == label)
+        },
+        &|| {},
+    )?;
     let n = data.len().max(1) as f64;
     Ok(Evaluation {
         n: data.len(),
@@ -306,7 +320,7 @@ fn int8<'o>(
     calib: &[Vec<u8>],
     opts: &'o Options,
 ) -> Result<(Prepared<'o>, Variant)> {
-    let p = Prepared::new(model, Precision::Int8, calib, opts, || {})?;
+    let p = Prepared::new(model, Precision::Int8, calib, opts, &|| {})?;
     let stats = p
         .stats
         .as_deref()
@@ -321,7 +335,7 @@ fn int8<'o>(
 
 /// A float variant (no calibration involved).
 fn float(model: &Imported, name: &str, precision: Precision, opts: &Options) -> Result<Variant> {
-    let q = convmixer_quantize::quantize_detailed(model, precision, &[], opts, || {})?;
+    let q = convmixer_quantize::quantize_detailed(model, precision, &[], opts, &|| {})?;
     Ok(Variant {
         name: name.into(),
         blob: q.blob,

@@ -8,36 +8,9 @@
 //! second pass that fills a 2048-bin histogram of each tensor over its min/max range, and
 //! pick the range from it; all of it is deterministic (same images, same blob).
 
-use convmixer_edge::Activation;
-
-use crate::fold::{Folded, Layer};
-
-/// The activation with libm's `erff` / `tanhf`: calibration (and the fixture exporter's
-/// probe statistics) use the true function, independent of the runtime's SIMD-friendly
-/// float GELU (`erf_f32`).
-///
-/// ```
-/// use convmixer_edge::Activation;
-/// use convmixer_quantize::calibrate::act_f32;
-/// assert_eq!(act_f32(Activation::Relu, -2.0), 0.0);
-/// assert!((act_f32(Activation::Gelu, 1.0) - 0.841_344_7).abs() < 1e-6);
-/// ```
-pub fn act_f32(act: Activation, x: f32) -> f32 {
-    match act {
-        Activation::Relu => {
-            if x > 0.0 {
-                x
-            } else {
-                0.0
-            }
-        }
-        Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
-        Activation::GeluTanh => {
-            const C: f32 = 0.797_884_6; // sqrt(2/pi)
-            0.5 * x * (1.0 + libm::tanhf(C * (x + 0.044_715 * x * x * x)))
-        }
-    }
-}
+use crate::fold::Folded;
+use crate::forward::{forward_layers, LayerValues};
+use crate::par::map_fold;
 
 /// A closed value range.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -91,111 +64,61 @@ pub struct LayerStats {
     pub pre_ch: Vec<Range>,
 }
 
-/// Runs `f` on raw HWC pixels; returns the logits. With `stats` (one entry per conv layer:
-/// embedding, then dw/pw per block) the ranges are widened by what this image produces.
-pub fn forward(f: &Folded, px: &[u8], stats: Option<&mut [LayerStats]>) -> Vec<f32> {
-    match stats {
-        Some(s) => {
-            let dim = f.dim;
-            forward_with(f, px, |layer, idx, pre, a, out| {
-                let s = &mut s[layer];
-                s.pre.add(pre);
-                s.act.add(a);
-                s.out.add(out);
-                if s.out_ch.len() != dim {
-                    s.out_ch = vec![Range::default(); dim];
-                    s.pre_ch = vec![Range::default(); dim];
-                }
-                s.out_ch[idx % dim].add(out);
-                s.pre_ch[idx % dim].add(pre);
-            })
-        }
-        None => forward_with(f, px, |_, _, _, _, _| {}),
+impl Range {
+    /// The union of both ranges.
+    pub fn merge(&mut self, o: &Range) {
+        self.lo = self.lo.min(o.lo);
+        self.hi = self.hi.max(o.hi);
     }
 }
 
-/// [`forward`], calling `observe(layer, index, pre, act, out)` for every value of every
-/// conv layer (`index` = token · dim + channel of the layer's output).
-pub fn forward_with(
-    f: &Folded,
-    px: &[u8],
-    mut observe: impl FnMut(usize, usize, f32, f32, f32),
-) -> Vec<f32> {
-    let (ht, wt) = f.grid();
-    let (dim, p, c, k) = (f.dim, f.patch, f.in_c, f.kernel);
-    let tokens = ht * wt;
-    let mut x = vec![0f32; tokens * dim];
-    let mut st =
-        |layer: usize, idx: usize, pre: f32, a: f32, out: f32| observe(layer, idx, pre, a, out);
-    let finish = |l: &Layer, o: usize, acc: f32| {
-        let a = act_f32(f.act, acc);
-        (a, l.scale[o] * a + l.shift[o])
-    };
-    for ty in 0..ht {
-        for tx in 0..wt {
-            for o in 0..dim {
-                let mut acc = f.embed.b[o];
-                for ky in 0..p {
-                    for kx in 0..p {
-                        for ci in 0..c {
-                            let pix = px[((ty * p + ky) * f.in_w + tx * p + kx) * c + ci];
-                            acc += f.embed.w[((o * p + ky) * p + kx) * c + ci] * f32::from(pix);
-                        }
-                    }
-                }
-                let (a, y) = finish(&f.embed, o, acc);
-                st(0, (ty * wt + tx) * dim + o, acc, a, y);
-                x[(ty * wt + tx) * dim + o] = y;
+impl LayerStats {
+    /// Widens the ranges by one image's values of this layer (`dim` channels).
+    fn see(&mut self, v: &LayerValues<'_>, dim: usize) {
+        if dim == 0 {
+            return;
+        }
+        if self.out_ch.len() != dim {
+            self.out_ch = vec![Range::default(); dim];
+            self.pre_ch = vec![Range::default(); dim];
+        }
+        for (pre, out) in v.pre.chunks_exact(dim).zip(v.out.chunks_exact(dim)) {
+            for (r, &x) in self.pre_ch.iter_mut().zip(pre) {
+                r.add(x);
             }
+            for (r, &x) in self.out_ch.iter_mut().zip(out) {
+                r.add(x);
+            }
+        }
+        for &a in v.act {
+            self.act.add(a);
+        }
+        for r in &self.pre_ch {
+            self.pre.merge(r);
+        }
+        for r in &self.out_ch {
+            self.out.merge(r);
         }
     }
-    let mut r = vec![0f32; tokens * dim];
-    for (i, (dw, pw)) in f.blocks.iter().enumerate() {
-        let pad = (k - 1) / 2;
-        for ty in 0..ht {
-            for tx in 0..wt {
-                for ch in 0..dim {
-                    let mut acc = dw.b[ch];
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let (y, xx) =
-                                ((ty + ky).wrapping_sub(pad), (tx + kx).wrapping_sub(pad));
-                            if y < ht && xx < wt {
-                                acc += dw.w[(ky * k + kx) * dim + ch] * x[(y * wt + xx) * dim + ch];
-                            }
-                        }
-                    }
-                    let t = ty * wt + tx;
-                    let (a, y) = finish(dw, ch, acc);
-                    let out = y + x[t * dim + ch];
-                    st(1 + 2 * i, t * dim + ch, acc, a, out);
-                    r[t * dim + ch] = out;
-                }
+
+    /// The union of both images' (or image sets') ranges.
+    fn merge(mut self, o: LayerStats) -> LayerStats {
+        self.pre.merge(&o.pre);
+        self.act.merge(&o.act);
+        self.out.merge(&o.out);
+        if self.out_ch.is_empty() {
+            self.out_ch = o.out_ch;
+            self.pre_ch = o.pre_ch;
+        } else {
+            for (a, b) in self.out_ch.iter_mut().zip(&o.out_ch) {
+                a.merge(b);
+            }
+            for (a, b) in self.pre_ch.iter_mut().zip(&o.pre_ch) {
+                a.merge(b);
             }
         }
-        for t in 0..tokens {
-            for o in 0..dim {
-                let acc = pw.b[o]
-                    + (0..dim)
-                        .map(|d| pw.w[o * dim + d] * r[t * dim + d])
-                        .sum::<f32>();
-                let (a, y) = finish(pw, o, acc);
-                st(2 + 2 * i, t * dim + o, acc, a, y);
-                x[t * dim + o] = y;
-            }
-        }
+        self
     }
-    let mean: Vec<f32> = (0..dim)
-        .map(|d| (0..tokens).map(|t| x[t * dim + d]).sum::<f32>() / tokens as f32)
-        .collect();
-    (0..f.classes())
-        .map(|cl| {
-            f.head_b[cl]
-                + (0..dim)
-                    .map(|d| f.head_w[cl * dim + d] * mean[d])
-                    .sum::<f32>()
-        })
-        .collect()
 }
 
 /// How the clipping range of each int8 tensor is chosen from the calibration set.
@@ -282,6 +205,12 @@ impl Histogram {
             0
         };
         self.counts[j.min(BINS - 1)] += 1;
+    }
+
+    fn add_all(&mut self, v: &[f32]) {
+        for &x in v {
+            self.add(x);
+        }
     }
 
     /// Bin `j`'s centre.
@@ -441,63 +370,99 @@ fn entropy_threshold(h: &Histogram) -> f64 {
     best.1
 }
 
-/// Min/max calibration over `images` (raw HWC pixels), calling `progress` after each.
-pub fn calibrate<'a>(
+/// Min/max calibration over `images` (raw HWC pixels), in parallel over the images
+/// ([`crate::par`]: the same ranges from any number of threads), calling `progress` after
+/// each.
+pub fn calibrate<I: AsRef<[u8]> + Sync>(
     f: &Folded,
-    images: impl IntoIterator<Item = &'a [u8]>,
-    mut progress: impl FnMut(),
+    images: &[I],
+    progress: &(dyn Fn() + Sync),
 ) -> Vec<LayerStats> {
-    let mut stats = vec![LayerStats::default(); f.conv_layers()];
-    for img in images {
-        forward(f, img, Some(&mut stats));
-        progress();
-    }
-    stats
+    let empty = vec![LayerStats::default(); f.conv_layers()];
+    map_fold(
+        images,
+        empty.clone(),
+        |img| {
+            let mut s = empty.clone();
+            forward_layers(f, img.as_ref(), |l, v| s[l].see(v, f.dim));
+            s
+        },
+        |acc, s| acc.into_iter().zip(s).map(|(a, b)| a.merge(b)).collect(),
+        progress,
+    )
 }
 
 /// Calibration over `images` with `method` choosing the clipping ranges of the int8
 /// tensors (each layer's `out`, and `pre` where it feeds the GELU table); `act` keeps its
 /// min/max (ReLU's output is i16 in the runtime). Methods other than min/max take a second
 /// pass over the images; `progress` is called after each image of each pass.
-pub fn calibrate_with<I: AsRef<[u8]>>(
+pub fn calibrate_with<I: AsRef<[u8]> + Sync>(
     f: &Folded,
     images: &[I],
     method: Method,
-    mut progress: impl FnMut(),
+    progress: &(dyn Fn() + Sync),
 ) -> Vec<LayerStats> {
-    let mut stats = calibrate(f, images.iter().map(|i| i.as_ref()), &mut progress);
+    let mut stats = calibrate(f, images, progress);
     if method == Method::MinMax {
         return stats;
     }
-    let mut hists: Vec<[Histogram; 2]> = stats
-        .iter()
-        .map(|s| [Histogram::new(s.pre), Histogram::new(s.out)])
-        .collect();
-    for img in images {
-        forward_with(f, img.as_ref(), |layer, _, pre, _, out| {
-            hists[layer][0].add(pre);
-            hists[layer][1].add(out);
-        });
-        progress();
-    }
-    for (s, [pre, out]) in stats.iter_mut().zip(hists.iter()) {
-        s.pre = clip(pre, method);
-        s.out = clip(out, method);
+    let hists = histograms(f, images, &stats, true, progress);
+    for (s, h) in stats.iter_mut().zip(hists.chunks_exact(2)) {
+        s.pre = clip(&h[0], method);
+        s.out = clip(&h[1], method);
     }
     stats
+}
+
+/// The histograms of every conv layer's output (and, with `pre`, first its pre-activation:
+/// two per layer, `[pre, out]`) over the ranges in `stats`, in parallel over the images.
+fn histograms<I: AsRef<[u8]> + Sync>(
+    f: &Folded,
+    images: &[I],
+    stats: &[LayerStats],
+    pre: bool,
+    progress: &(dyn Fn() + Sync),
+) -> Vec<Histogram> {
+    let empty: Vec<Histogram> = stats
+        .iter()
+        .flat_map(|s| {
+            let p = pre.then(|| Histogram::new(s.pre));
+            p.into_iter().chain([Histogram::new(s.out)])
+        })
+        .collect();
+    let per = if pre { 2 } else { 1 };
+    map_fold(
+        images,
+        empty.clone(),
+        |img| {
+            let mut h = empty.clone();
+            forward_layers(f, img.as_ref(), |l, v| {
+                if pre {
+                    h[per * l].add_all(v.pre);
+                }
+                h[per * l + per - 1].add_all(v.out);
+            });
+            h
+        },
+        |mut acc, h| {
+            for (a, b) in acc.iter_mut().zip(&h) {
+                for (x, y) in a.counts.iter_mut().zip(&b.counts) {
+                    *x += y;
+                }
+            }
+            acc
+        },
+        progress,
+    )
 }
 
 /// Each conv layer output's histogram over `images`, as [`calibrate_with`] builds it before
 /// picking the `out` clipping range: a min/max pass, then a pass filling 2048 bins over that
 /// range. `clip(&h[layer], method)` is the range `calibrate_with` chooses for the layer's
 /// output; diagnostics (`host-tools report`) show both.
-pub fn output_histograms<I: AsRef<[u8]>>(f: &Folded, images: &[I]) -> Vec<Histogram> {
-    let stats = calibrate(f, images.iter().map(|i| i.as_ref()), || {});
-    let mut hists: Vec<Histogram> = stats.iter().map(|s| Histogram::new(s.out)).collect();
-    for img in images {
-        forward_with(f, img.as_ref(), |layer, _, _, _, out| hists[layer].add(out));
-    }
-    hists
+pub fn output_histograms<I: AsRef<[u8]> + Sync>(f: &Folded, images: &[I]) -> Vec<Histogram> {
+    let stats = calibrate(f, images, &|| {});
+    histograms(f, images, &stats, false, &|| {})
 }
 
 impl Histogram {
@@ -524,75 +489,109 @@ impl Histogram {
 /// layer's weights multiply, indexed like the weights' input index: embedding per patch tap
 /// `(ky·p + kx)·c + ci` (raw pixels), depthwise per `(ky·k + kx)·dim + ch` (zero outside the
 /// grid, like the padding), pointwise per input channel. Bias correction uses them.
-pub fn input_means<I: AsRef<[u8]>>(f: &Folded, images: &[I]) -> Vec<Vec<f64>> {
+///
+/// Each image's sums are taken in parallel and added in image order ([`crate::par`]), so
+/// the means do not depend on the number of threads.
+pub fn input_means<I: AsRef<[u8]> + Sync>(f: &Folded, images: &[I]) -> Vec<Vec<f64>> {
     let (ht, wt) = f.grid();
     let (dim, p, c, k) = (f.dim, f.patch, f.in_c, f.kernel);
     let tokens = ht * wt;
-    let layers = f.conv_layers();
-    let mut px_sum = vec![0f64; f.in_h * f.in_w * c];
-    let mut out_sum = vec![vec![0f64; tokens * dim]; layers];
-    for img in images {
+    let pad = k.saturating_sub(1) / 2;
+    // The sums a tap's input takes over every output position: a rectangle of the input
+    // grid (rows y0..y1, columns x0..x1) per tap offset.
+    let window = |kk: usize, len: usize| {
+        let lo = kk.saturating_sub(pad);
+        let hi = (len + kk).saturating_sub(pad).min(len);
+        (lo, hi.max(lo))
+    };
+    let one_image = |img: &I| -> Vec<Vec<f64>> {
         let img = img.as_ref();
-        for (s, &v) in px_sum.iter_mut().zip(img) {
-            *s += f64::from(v);
-        }
-        forward_with(f, img, |layer, idx, _, _, out| {
-            out_sum[layer][idx] += f64::from(out);
-        });
-    }
-    let n = (images.len().max(1) * tokens) as f64;
-    let mut means = Vec::with_capacity(layers);
-    // Embedding: tap (ky, kx, ci) of every patch.
-    let mut e = vec![0f64; p * p * c];
-    for ky in 0..p {
-        for kx in 0..p {
-            for ci in 0..c {
-                let mut s = 0.0;
-                for ty in 0..ht {
-                    for tx in 0..wt {
-                        s += px_sum[((ty * p + ky) * f.in_w + tx * p + kx) * c + ci];
+        let mut sums = Vec::with_capacity(f.conv_layers());
+        // Embedding: tap (ky, kx, ci) of every patch.
+        let mut e = vec![0f64; p * p * c];
+        for ty in 0..ht {
+            for tx in 0..wt {
+                for ky in 0..p {
+                    let row = ((ty * p + ky) * f.in_w + tx * p) * c;
+                    for (s, &v) in e[ky * p * c..(ky + 1) * p * c]
+                        .iter_mut()
+                        .zip(&img[row..row + p * c])
+                    {
+                        *s += f64::from(v);
                     }
                 }
-                e[(ky * p + kx) * c + ci] = s / n;
             }
         }
-    }
-    means.push(e);
-    let pad = k.saturating_sub(1) / 2;
-    for i in 0..f.blocks.len() {
-        // Depthwise: the previous layer's output at each tap's offset (0 outside).
-        let prev = &out_sum[2 * i];
-        let mut d = vec![0f64; k * k * dim];
-        for ky in 0..k {
-            for kx in 0..k {
-                for ty in 0..ht {
-                    for tx in 0..wt {
-                        let (y, x) = ((ty + ky).wrapping_sub(pad), (tx + kx).wrapping_sub(pad));
-                        if y < ht && x < wt {
-                            let src = &prev[(y * wt + x) * dim..(y * wt + x + 1) * dim];
-                            let dst = &mut d[(ky * k + kx) * dim..(ky * k + kx + 1) * dim];
-                            for (a, b) in dst.iter_mut().zip(src) {
-                                *a += b;
-                            }
+        sums.push(e);
+        let mut prev: Vec<f32> = Vec::new();
+        forward_layers(f, img, |l, v| {
+            if l % 2 == 0 && l + 1 < f.conv_layers() {
+                // The next depthwise layer's input: integral image of this output, so that
+                // each tap's rectangle sums in O(1) per channel.
+                prev = v.out.to_vec();
+            }
+            if l % 2 == 1 {
+                // Depthwise: the previous layer's output at each tap's offset (0 outside).
+                let mut integral = vec![0f64; (ht + 1) * (wt + 1) * dim];
+                for y in 0..ht {
+                    for x in 0..wt {
+                        for ch in 0..dim {
+                            let at = |yy: usize, xx: usize| (yy * (wt + 1) + xx) * dim + ch;
+                            integral[at(y + 1, x + 1)] = f64::from(prev[(y * wt + x) * dim + ch])
+                                + integral[at(y, x + 1)]
+                                + integral[at(y + 1, x)]
+                                - integral[at(y, x)];
                         }
                     }
                 }
+                let mut d = vec![0f64; k * k * dim];
+                for ky in 0..k {
+                    let (y0, y1) = window(ky, ht);
+                    for kx in 0..k {
+                        let (x0, x1) = window(kx, wt);
+                        for ch in 0..dim {
+                            let at =
+                                |yy: usize, xx: usize| integral[(yy * (wt + 1) + xx) * dim + ch];
+                            d[(ky * k + kx) * dim + ch] =
+                                at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0);
+                        }
+                    }
+                }
+                sums.push(d);
+                // Pointwise: this layer's output (residual included) per channel.
+                let mut m = vec![0f64; dim];
+                for row in v.out.chunks_exact(dim.max(1)) {
+                    for (a, b) in m.iter_mut().zip(row) {
+                        *a += f64::from(*b);
+                    }
+                }
+                sums.push(m);
             }
-        }
-        d.iter_mut().for_each(|v| *v /= n);
-        means.push(d);
-        // Pointwise: the depthwise layer's output (residual included) per channel.
-        let dw_out = &out_sum[2 * i + 1];
-        let mut m = vec![0f64; dim];
-        for t in 0..tokens {
-            for (a, b) in m.iter_mut().zip(&dw_out[t * dim..(t + 1) * dim]) {
-                *a += b;
+        });
+        sums
+    };
+    let n = (images.len().max(1) * tokens) as f64;
+    let total = map_fold(
+        images,
+        Vec::<Vec<f64>>::new(),
+        one_image,
+        |mut acc, s| {
+            if acc.is_empty() {
+                return s;
             }
-        }
-        m.iter_mut().for_each(|v| *v /= n);
-        means.push(m);
-    }
-    means
+            for (a, b) in acc.iter_mut().zip(&s) {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+            }
+            acc
+        },
+        &|| {},
+    );
+    total
+        .into_iter()
+        .map(|v| v.into_iter().map(|x| x / n).collect())
+        .collect()
 }
 
 #[cfg(test)]

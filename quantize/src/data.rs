@@ -88,7 +88,10 @@ pub fn calibration_set(path: &Path, shape: Shape) -> Result<Vec<Vec<u8>>> {
             path.display()
         );
     }
-    files.iter().map(|f| load_image(f, shape)).collect()
+    // Decoded in parallel ([`crate::par`]); the first failure in file order is the error.
+    crate::par::map(&files, |f| load_image(f, shape))
+        .into_iter()
+        .collect()
 }
 
 /// A labelled set as `(path, class index)`: an ImageFolder tree whose sub-folders are named

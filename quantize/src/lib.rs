@@ -21,10 +21,12 @@ pub mod blob;
 pub mod calibrate;
 pub mod data;
 pub mod fold;
+pub mod forward;
 pub mod mixed;
 pub mod mixer;
 pub mod onnx;
 pub mod onnx_export;
+pub mod par;
 pub mod quant;
 pub mod reference;
 
@@ -66,7 +68,7 @@ pub fn quantize(
     precision: Precision,
     calib: &[Vec<u8>],
     opts: &Options,
-    progress: impl FnMut(),
+    progress: &(dyn Fn() + Sync),
 ) -> anyhow::Result<Vec<u8>> {
     Ok(quantize_detailed(model, precision, calib, opts, progress)?.blob)
 }
@@ -78,7 +80,7 @@ pub fn quantize_detailed(
     precision: Precision,
     calib: &[Vec<u8>],
     opts: &Options,
-    progress: impl FnMut(),
+    progress: &(dyn Fn() + Sync),
 ) -> anyhow::Result<Quantised> {
     let p = Prepared::new(model, precision, calib, opts, progress)?;
     let blob = p.lower(&opts.f16_layers)?;
@@ -94,7 +96,7 @@ pub fn quantize_mixed(
     labelled: &[(Vec<u8>, usize)],
     opts: &Options,
     target: mixed::Target,
-    progress: impl FnMut(),
+    progress: &(dyn Fn() + Sync),
     log: &mut dyn FnMut(String),
 ) -> anyhow::Result<(Quantised, mixed::Choice)> {
     let p = Prepared::new(model, Precision::Int8, calib, opts, progress)?;
@@ -123,7 +125,7 @@ impl<'o> Prepared<'o> {
         precision: Precision,
         calib: &[Vec<u8>],
         opts: &'o Options,
-        progress: impl FnMut(),
+        progress: &(dyn Fn() + Sync),
     ) -> anyhow::Result<Self> {
         let folded = fold::fold(model, &opts.mean, &opts.std)?;
         let stats = match precision {

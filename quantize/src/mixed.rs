@@ -23,8 +23,10 @@ use anyhow::{anyhow, bail, Result};
 use convmixer_edge::blob::LayerMask;
 use convmixer_edge::{LayerOutput, Model};
 
-use crate::calibrate::{self, LayerStats};
+use crate::calibrate::LayerStats;
 use crate::fold::Folded;
+use crate::forward::{forward, forward_layers};
+use crate::par::{map, try_map_fold};
 use crate::quant;
 
 /// What the search must achieve.
@@ -129,7 +131,7 @@ impl Sqnr {
     }
 
     /// Runs `m` on `px` (`arena` and `logits` sized for it) and adds every conv layer's
-    /// traced output against `fp32` (per layer, as [`calibrate::forward_with`] gives
+    /// traced output against `fp32` (per layer, as [`forward_layers`] gives
     /// them) and the logits against `fp32_logits`. An error if the blob fails or a layer
     /// is int8 without an entry in `outq`.
     #[allow(clippy::too_many_arguments)]
@@ -157,6 +159,17 @@ impl Sqnr {
         Ok(())
     }
 
+    /// Adds another accumulator's sums (e.g. one image's) to these.
+    pub fn merge(mut self, o: Sqnr) -> Sqnr {
+        for (a, b) in self.signal.iter_mut().zip(&o.signal) {
+            *a += b;
+        }
+        for (a, b) in self.noise.iter_mut().zip(&o.noise) {
+            *a += b;
+        }
+        self
+    }
+
     /// Adds one image's logits against the fp32 graph's.
     pub fn add_logits(&mut self, fp32: &[f32], logits: &[f32]) {
         let l = self.signal.len() - 1;
@@ -182,7 +195,8 @@ impl Sqnr {
 }
 
 /// Per-layer output SQNR (dB, [`Sqnr::db`]) of `blob` against the fp32 graph `f` over
-/// `images`: one entry per conv layer, then one for the logits (the head).
+/// `images`: one entry per conv layer, then one for the logits (the head). In parallel
+/// over the images, summed in image order ([`crate::par`]).
 pub fn layer_sqnr(
     f: &Folded,
     outq: &[quant::TensorQuant],
@@ -191,43 +205,56 @@ pub fn layer_sqnr(
 ) -> Result<Vec<f64>> {
     let m = load(blob)?;
     let layers = f.conv_layers();
-    let (ht, wt) = f.grid();
-    let mut fp32 = vec![vec![0f32; ht * wt * f.dim]; layers];
-    let mut sqnr = Sqnr::new(layers);
-    let mut arena = vec![0u8; m.arena_len()];
-    let mut logits = vec![0f32; usize::from(m.header().classes)];
-    for px in images {
-        let want = calibrate::forward_with(f, px, |layer, idx, _, _, out| fp32[layer][idx] = out);
-        sqnr.run(&m, px, &mut arena, &mut logits, &fp32, &want, outq)
-            .map_err(|e| anyhow!("internal: {e}"))?;
-    }
-    Ok(sqnr.db())
+    let total = try_map_fold(
+        images,
+        Sqnr::new(layers),
+        |px| {
+            let mut fp32 = vec![Vec::new(); layers];
+            let want = forward_layers(f, px, |l, v| fp32[l] = v.out.to_vec());
+            let mut arena = vec![0u8; m.arena_len()];
+            let mut logits = vec![0f32; usize::from(m.header().classes)];
+            let mut sqnr = Sqnr::new(layers);
+            sqnr.run(&m, px, &mut arena, &mut logits, &fp32, &want, outq)
+                .map_err(|e| anyhow!("internal: {e}"))?;
+            Ok::<_, anyhow::Error>(sqnr)
+        },
+        Sqnr::merge,
+        &|| {},
+    )?;
+    Ok(total.db())
+}
+
+/// `blob`'s logits for each of `images`, in parallel, in image order.
+fn logits_of(blob: &[u8], images: &[&[u8]]) -> Result<Vec<Vec<f32>>> {
+    let m = load(blob)?;
+    map(images, |px| {
+        let mut arena = vec![0u8; m.arena_len()];
+        let mut logits = vec![0f32; usize::from(m.header().classes)];
+        m.logits(px, &mut arena, &mut logits)
+            .map_err(|e| anyhow!("inference: {e}"))?;
+        Ok(logits)
+    })
+    .into_iter()
+    .collect()
 }
 
 /// Top-1 (%) of `blob` on `labelled`.
 fn top1(blob: &[u8], labelled: &[(Vec<u8>, usize)]) -> Result<f64> {
-    let m = load(blob)?;
-    let mut arena = vec![0u8; m.arena_len()];
-    let mut logits = vec![0f32; usize::from(m.header().classes)];
-    let mut right = 0usize;
-    for (px, label) in labelled {
-        m.logits(px, &mut arena, &mut logits)
-            .map_err(|e| anyhow!("inference: {e}"))?;
-        right += usize::from(argmax(&logits) == *label);
-    }
+    let px: Vec<&[u8]> = labelled.iter().map(|(p, _)| p.as_slice()).collect();
+    let right = logits_of(blob, &px)?
+        .iter()
+        .zip(labelled)
+        .filter(|(l, (_, label))| argmax(l) == *label)
+        .count();
     Ok(100.0 * right as f64 / labelled.len().max(1) as f64)
 }
 
 /// Mean squared logit error of `blob` against `want` (fp32 logits per image).
 fn logit_mse(blob: &[u8], images: &[Vec<u8>], want: &[Vec<f32>]) -> Result<f64> {
-    let m = load(blob)?;
-    let mut arena = vec![0u8; m.arena_len()];
-    let mut logits = vec![0f32; usize::from(m.header().classes)];
+    let px: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
     let (mut sum, mut n) = (0f64, 0usize);
-    for (px, w) in images.iter().zip(want) {
-        m.logits(px, &mut arena, &mut logits)
-            .map_err(|e| anyhow!("inference: {e}"))?;
-        for (a, b) in logits.iter().zip(w) {
+    for (got, w) in logits_of(blob, &px)?.iter().zip(want) {
+        for (a, b) in got.iter().zip(w) {
             sum += (f64::from(*a) - f64::from(*b)).powi(2);
             n += 1;
         }
@@ -292,9 +319,9 @@ pub fn choose(
             if labelled.is_empty() {
                 bail!("--accuracy-budget needs a labelled set (--data DIR)");
             }
-            let fp32_right = labelled
-                .iter()
-                .filter(|(px, label)| argmax(&calibrate::forward(f, px, None)) == *label)
+            let fp32_right = map(labelled, |(px, label)| argmax(&forward(f, px)) == *label)
+                .into_iter()
+                .filter(|&right| right)
                 .count();
             let fp32 = 100.0 * fp32_right as f64 / labelled.len() as f64;
             let int8 = top1(&lower(&mask)?, labelled)?;
@@ -305,10 +332,7 @@ pub fn choose(
             // The best mix measured, kept when the budget cannot be met.
             let mut best_mix = (acc, mask);
             if fp32 - acc > budget {
-                let want: Vec<Vec<f32>> = calib
-                    .iter()
-                    .map(|px| calibrate::forward(f, px, None))
-                    .collect();
+                let want: Vec<Vec<f32>> = map(calib, |px| forward(f, px));
                 // Greedy forward selection: each round adds the layer that leaves the
                 // smallest logit error together with those already chosen.
                 while fp32 - acc > budget {

@@ -1216,15 +1216,16 @@ fn layer_norm(x: &[f64], ln: &Ln, out: &mut [f64]) {
     }
 }
 
-fn apply(l: &Linear, x: &[f64], out: &mut [f64]) {
-    for (o, y) in out.iter_mut().enumerate().take(l.n_out) {
-        let w = &l.w[o * l.n_in..(o + 1) * l.n_in];
-        *y = f64::from(l.b[o])
-            + w.iter()
-                .zip(x)
-                .map(|(&w, &v)| f64::from(w) * v)
-                .sum::<f64>();
+/// `out (rows × n_out) = x (rows × n_in) · Wᵀ + b` in f64 (the weights widened once per
+/// call), on the GEMM of [`crate::forward::gemm_bt`].
+fn apply(l: &Linear, x: &[f64], rows: usize, out: &mut [f64]) {
+    let w: Vec<f64> = l.w.iter().map(|&v| f64::from(v)).collect();
+    for row in out.chunks_exact_mut(l.n_out).take(rows) {
+        for (o, b) in row.iter_mut().zip(&l.b) {
+            *o = f64::from(*b);
+        }
     }
+    crate::forward::gemm_bt(x, &w, rows, l.n_in, l.n_out, out);
 }
 
 /// What [`forward_with`] shows its observer: a value of blob layer `layer` (see
@@ -1249,9 +1250,8 @@ pub fn forward_with(m: &Mixer, x: &[f64], mut see: impl FnMut(usize, Seen)) -> V
     let (t, d, p, c) = (m.tokens(), m.dim, m.patch, m.in_c);
     let gw = m.in_w / p;
     let k = c * p * p;
-    let mut s = vec![0f64; t * d];
-    let mut patch = vec![0f64; k];
-    for tok in 0..t {
+    let mut patches = vec![0f64; t * k];
+    for (tok, patch) in patches.chunks_exact_mut(k.max(1)).enumerate() {
         let (ty, tx) = (tok / gw, tok % gw);
         for ci in 0..c {
             for ky in 0..p {
@@ -1265,8 +1265,9 @@ pub fn forward_with(m: &Mixer, x: &[f64], mut see: impl FnMut(usize, Seen)) -> V
                 }
             }
         }
-        apply(&m.embed, &patch, &mut s[tok * d..(tok + 1) * d]);
     }
+    let mut s = vec![0f64; t * d];
+    apply(&m.embed, &patches, t, &mut s);
     for v in &s {
         see(0, Seen::Branch(*v));
         see(0, Seen::Stream(*v));
@@ -1275,55 +1276,53 @@ pub fn forward_with(m: &Mixer, x: &[f64], mut see: impl FnMut(usize, Seen)) -> V
     for (bi, b) in m.blocks.iter().enumerate() {
         for (j, mlp) in [&b.token, &b.channel].into_iter().enumerate() {
             let base = 1 + 6 * bi + 3 * j;
-            for tok in 0..t {
-                layer_norm(
-                    &s[tok * d..(tok + 1) * d],
-                    &mlp.norm,
-                    &mut y[tok * d..(tok + 1) * d],
-                );
+            for (row, out) in s.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+                layer_norm(row, &mlp.norm, out);
             }
             y.iter().for_each(|v| see(base, Seen::Norm(*v)));
             // Rows: channels for the token MLP (the transposed LayerNorm output), tokens
             // for the channel MLP.
             let (rows, n) = if j == 0 { (d, t) } else { (t, d) };
-            let at = |r: usize, i: usize| if j == 0 { i * d + r } else { r * d + i };
-            let (mut xin, mut h, mut o) = (vec![0f64; n], vec![0f64; mlp.fc1.n_out], vec![0f64; n]);
-            for r in 0..rows {
-                for (i, v) in xin.iter_mut().enumerate() {
-                    *v = y[at(r, i)];
-                }
-                apply(&mlp.fc1, &xin, &mut h);
-                for v in h.iter_mut() {
-                    let a = match mlp.act {
-                        Activation::Relu => v.max(0.0),
-                        act => crate::quant::gelu(act, *v),
-                    };
-                    see(base + 1, Seen::Hidden(*v, a));
-                    *v = a;
-                }
-                apply(&mlp.fc2, &h, &mut o);
-                for (i, v) in o.iter().enumerate() {
+            let xin: Vec<f64> = if j == 0 {
+                (0..d)
+                    .flat_map(|r| (0..t).map(move |i| (r, i)))
+                    .map(|(r, i)| y[i * d + r])
+                    .collect()
+            } else {
+                y.clone()
+            };
+            let hidden = mlp.fc1.n_out;
+            let mut h = vec![0f64; rows * hidden];
+            apply(&mlp.fc1, &xin, rows, &mut h);
+            for v in h.iter_mut() {
+                let a = match mlp.act {
+                    Activation::Relu => v.max(0.0),
+                    act => crate::quant::gelu(act, *v),
+                };
+                see(base + 1, Seen::Hidden(*v, a));
+                *v = a;
+            }
+            let mut o = vec![0f64; rows * n];
+            apply(&mlp.fc2, &h, rows, &mut o);
+            for (r, orow) in o.chunks_exact(n).enumerate() {
+                for (i, v) in orow.iter().enumerate() {
                     see(base + 2, Seen::Branch(*v));
-                    s[at(r, i)] += v;
+                    s[if j == 0 { i * d + r } else { r * d + i }] += v;
                 }
             }
             s.iter().for_each(|v| see(base + 2, Seen::Stream(*v)));
         }
     }
     let fl = 1 + 6 * m.blocks.len();
-    for tok in 0..t {
-        layer_norm(
-            &s[tok * d..(tok + 1) * d],
-            &m.norm,
-            &mut y[tok * d..(tok + 1) * d],
-        );
+    for (row, out) in s.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+        layer_norm(row, &m.norm, out);
     }
     y.iter().for_each(|v| see(fl, Seen::Norm(*v)));
     let mean: Vec<f64> = (0..d)
         .map(|ch| (0..t).map(|tok| y[tok * d + ch]).sum::<f64>() / t as f64)
         .collect();
     let mut logits = vec![0f64; m.classes()];
-    apply(&m.head, &mean, &mut logits);
+    apply(&m.head, &mean, 1, &mut logits);
     logits
 }
 
@@ -1438,15 +1437,35 @@ pub struct Stats {
     pub act: Vec<Range>,
 }
 
-/// Min/max of every tensor the int8 blob quantises, over `images` (raw HWC pixels).
-pub fn calibrate<I: AsRef<[u8]>>(f: &Mixer, images: &[I], mut progress: impl FnMut()) -> Stats {
+impl Stats {
+    /// The union of both ranges, tensor by tensor.
+    fn merge(mut self, o: Stats) -> Stats {
+        self.stream.merge(&o.stream);
+        for (a, b) in self.out.iter_mut().zip(&o.out) {
+            a.merge(b);
+        }
+        for (a, b) in self.act.iter_mut().zip(&o.act) {
+            a.merge(b);
+        }
+        self
+    }
+}
+
+/// Min/max of every tensor the int8 blob quantises, over `images` (raw HWC pixels), in
+/// parallel over the images ([`crate::par`]).
+pub fn calibrate<I: AsRef<[u8]> + Sync>(
+    f: &Mixer,
+    images: &[I],
+    progress: &(dyn Fn() + Sync),
+) -> Stats {
     let layers = 3 + 6 * f.blocks.len();
-    let mut s = Stats {
+    let empty = Stats {
         stream: Range::default(),
         out: vec![Range::default(); layers],
         act: vec![Range::default(); layers],
     };
-    for img in images {
+    let one = |img: &I| {
+        let mut s = empty.clone();
         let x: Vec<f64> = img.as_ref().iter().map(|&v| f64::from(v)).collect();
         forward_with(f, &x, |l, seen| match seen {
             Seen::Stream(v) => s.stream.add(v as f32),
@@ -1456,9 +1475,9 @@ pub fn calibrate<I: AsRef<[u8]>>(f: &Mixer, images: &[I], mut progress: impl FnM
                 s.act[l].add(a as f32);
             }
         });
-        progress();
-    }
-    s
+        s
+    };
+    crate::par::map_fold(images, empty.clone(), one, Stats::merge, progress)
 }
 
 // ----------------------------------------------------------------------------------------
@@ -1695,11 +1714,11 @@ fn norm_layer(
 }
 
 /// Import → fold → calibrate → lower, for an MLP-Mixer: the int8 blob.
-pub fn quantize<I: AsRef<[u8]>>(
+pub fn quantize<I: AsRef<[u8]> + Sync>(
     m: &Mixer,
     calib: &[I],
     opts: &crate::Options,
-    progress: impl FnMut(),
+    progress: &(dyn Fn() + Sync),
 ) -> Result<Vec<u8>> {
     if calib.is_empty() {
         bail!("int8 quantisation needs calibration images (--calib DIR)");

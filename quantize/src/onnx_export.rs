@@ -600,7 +600,7 @@ fn finish_unit(
         for (t, row) in r.chunks_exact_mut(o).enumerate() {
             for (c, v) in row.iter_mut().enumerate() {
                 let z = (f64::from(*v) * alpha[c]) as f32 + b[c];
-                let mut y = s[c] * (crate::calibrate::act_f32(act, z) - bn.mean[c]) + bn.beta[c];
+                let mut y = s[c] * (crate::forward::act_f32(act, z) - bn.mean[c]) + bn.beta[c];
                 if let Some(res) = residual {
                     y += res[img][t * o + c];
                 }

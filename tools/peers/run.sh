@@ -12,16 +12,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="$ROOT/target/peers-venv"
-REQ="$ROOT/tools/peers/requirements.txt"
-if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV"
-fi
-STAMP="$VENV/.requirements.sha256"
-WANT="$(sha256sum "$REQ" | cut -d' ' -f1)"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-    "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$REQ"
-    echo "$WANT" > "$STAMP"
-fi
+bash "$ROOT/tools/peers/venv.sh"
 LOGITS="$ROOT/target/peers-logits/release/peers-logits"
 if [ "${PEERS_SKIP_BUILD:-0}" != 1 ]; then
     cargo build --release -q -p host-tools --manifest-path "$ROOT/Cargo.toml"

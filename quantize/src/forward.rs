@@ -1,0 +1,209 @@
+//! The fp32 forward pass of a folded ConvMixer ([`Folded`]) on the host: what calibration,
+//! bias correction, the mixed-precision search and `host-tools report` measure the blob
+//! against.
+//!
+//! The patch embedding, every pointwise conv and the head are GEMMs, computed by
+//! `matrixmultiply` (through ndarray's `general_mat_mul`): its f32 kernels are chosen by
+//! CPU feature (FMA on every x86_64 this project targets), each output's sum over `k` is
+//! computed by one thread in a fixed order, so the values do not depend on how many threads
+//! run (the callers parallelise over images). The depthwise conv is a plain loop over
+//! channels (contiguous, so the compiler vectorises it).
+//!
+//! The layer values are handed to the caller a whole layer at a time ([`LayerValues`]);
+//! per-channel statistics are then loops over contiguous slices.
+
+use convmixer_edge::Activation;
+use ndarray::{linalg::general_mat_mul, ArrayView2, ArrayViewMut2, LinalgScalar};
+
+use crate::fold::{Folded, Layer};
+
+/// One conv layer's values for one image, each `tokens · dim` long, token-major (index
+/// `token · dim + channel`, as the runtime's tensors).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerValues<'a> {
+    /// Accumulator before the activation (bias included).
+    pub pre: &'a [f32],
+    /// Activation output.
+    pub act: &'a [f32],
+    /// Layer output: `scale · act + shift`, plus the residual input for depthwise layers.
+    pub out: &'a [f32],
+}
+
+/// The activation in f32 with libm's `erff` / `tanhf` (the true function; independent of
+/// the runtime's SIMD-friendly float GELU).
+///
+/// ```
+/// use convmixer_edge::Activation;
+/// use convmixer_quantize::forward::act_f32;
+/// assert_eq!(act_f32(Activation::Relu, -2.0), 0.0);
+/// assert!((act_f32(Activation::Gelu, 1.0) - 0.841_344_7).abs() < 1e-6);
+/// ```
+pub fn act_f32(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::Relu => {
+            if x > 0.0 {
+                x
+            } else {
+                0.0
+            }
+        }
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+        Activation::GeluTanh => {
+            const C: f32 = 0.797_884_6; // sqrt(2/pi)
+            0.5 * x * (1.0 + libm::tanhf(C * (x + 0.044_715 * x * x * x)))
+        }
+    }
+}
+
+/// `c (m × n) = a (m × k) · bᵀ` where `b` is `n × k` row-major (an output-major weight
+/// matrix), added to what `c` holds (so `c` may start as the bias).
+///
+/// ```
+/// let a = [1.0, 2.0, 3.0, 4.0]; // 2 × 2
+/// let b = [1.0, 0.0, 1.0, 1.0]; // outputs (1, 0) and (1, 1)
+/// let mut c = [10.0; 4];
+/// convmixer_quantize::forward::gemm_bt(&a, &b, 2, 2, 2, &mut c);
+/// assert_eq!(c, [11.0, 13.0, 13.0, 17.0]);
+/// ```
+pub fn gemm_bt<A: LinalgScalar>(a: &[A], b: &[A], m: usize, k: usize, n: usize, c: &mut [A]) {
+    let a = ArrayView2::from_shape((m, k), &a[..m * k]).expect("a is m × k");
+    let b = ArrayView2::from_shape((n, k), &b[..n * k]).expect("b is n × k");
+    let mut c = ArrayViewMut2::from_shape((m, n), &mut c[..m * n]).expect("c is m × n");
+    general_mat_mul(A::one(), &a, &b.t(), A::one(), &mut c);
+}
+
+/// Fills `pre` (which holds the accumulators), `act` and `out = scale·act + shift` of one
+/// layer; `out` gets the residual `res` added where given (depthwise layers).
+fn finish(l: &Layer, act: Activation, dim: usize, v: &mut Values, res: Option<&[f32]>) {
+    for (t, ((pre, a), out)) in v
+        .pre
+        .chunks_exact(dim)
+        .zip(v.act.chunks_exact_mut(dim))
+        .zip(v.out.chunks_exact_mut(dim))
+        .enumerate()
+    {
+        for (o, (&p, a)) in pre.iter().zip(a.iter_mut()).enumerate() {
+            *a = act_f32(act, p);
+            out[o] = l.scale[o] * *a + l.shift[o];
+        }
+        if let Some(res) = res {
+            for (y, r) in out.iter_mut().zip(&res[t * dim..(t + 1) * dim]) {
+                *y += r;
+            }
+        }
+    }
+}
+
+/// The three value arrays of one layer.
+struct Values {
+    pre: Vec<f32>,
+    act: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl Values {
+    fn new(n: usize) -> Self {
+        Values {
+            pre: vec![0.0; n],
+            act: vec![0.0; n],
+            out: vec![0.0; n],
+        }
+    }
+
+    fn view(&self) -> LayerValues<'_> {
+        LayerValues {
+            pre: &self.pre,
+            act: &self.act,
+            out: &self.out,
+        }
+    }
+
+    /// Every row of `pre` set to `bias`.
+    fn start(&mut self, bias: &[f32]) {
+        for row in self.pre.chunks_exact_mut(bias.len().max(1)) {
+            row.copy_from_slice(bias);
+        }
+    }
+}
+
+/// Runs `f` on raw HWC pixels `px` and returns the logits, showing every conv layer's
+/// values to `visit(layer, values)` (layer 0 = embedding, then depthwise and pointwise per
+/// block).
+pub fn forward_layers(
+    f: &Folded,
+    px: &[u8],
+    mut visit: impl FnMut(usize, &LayerValues<'_>),
+) -> Vec<f32> {
+    let (ht, wt) = f.grid();
+    let (dim, p, c, k) = (f.dim, f.patch, f.in_c, f.kernel);
+    let tokens = ht * wt;
+    let taps = p * p * c;
+    let n = tokens * dim;
+    // Embedding: the patches (tap order ky, kx, c, as the weights) times the weights.
+    let mut patches = vec![0f32; tokens * taps];
+    for (t, patch) in patches.chunks_exact_mut(taps.max(1)).enumerate() {
+        let (ty, tx) = (t / wt, t % wt);
+        for (ky, dst) in patch.chunks_exact_mut(p * c).enumerate() {
+            let row = ((ty * p + ky) * f.in_w + tx * p) * c;
+            for (d, s) in dst.iter_mut().zip(&px[row..row + p * c]) {
+                *d = f32::from(*s);
+            }
+        }
+    }
+    let mut x = Values::new(n);
+    x.start(&f.embed.b);
+    gemm_bt(&patches, &f.embed.w, tokens, taps, dim, &mut x.pre);
+    finish(&f.embed, f.act, dim, &mut x, None);
+    visit(0, &x.view());
+    let mut r = Values::new(n);
+    let pad = k.saturating_sub(1) / 2;
+    for (i, (dw, pw)) in f.blocks.iter().enumerate() {
+        // Depthwise 'same' conv: per output token, the valid taps in (ky, kx) order, each a
+        // contiguous multiply-add over the channels.
+        r.start(&dw.b);
+        for ty in 0..ht {
+            for tx in 0..wt {
+                let t = ty * wt + tx;
+                let acc = &mut r.pre[t * dim..(t + 1) * dim];
+                for ky in 0..k {
+                    let y = (ty + ky).wrapping_sub(pad);
+                    if y >= ht {
+                        continue;
+                    }
+                    for kx in 0..k {
+                        let xx = (tx + kx).wrapping_sub(pad);
+                        if xx >= wt {
+                            continue;
+                        }
+                        let s = (y * wt + xx) * dim;
+                        let w = &dw.w[(ky * k + kx) * dim..(ky * k + kx + 1) * dim];
+                        for ((a, w), v) in acc.iter_mut().zip(w).zip(&x.out[s..s + dim]) {
+                            *a += w * v;
+                        }
+                    }
+                }
+            }
+        }
+        finish(dw, f.act, dim, &mut r, Some(&x.out));
+        visit(1 + 2 * i, &r.view());
+        x.start(&pw.b);
+        gemm_bt(&r.out, &pw.w, tokens, dim, dim, &mut x.pre);
+        finish(pw, f.act, dim, &mut x, None);
+        visit(2 + 2 * i, &x.view());
+    }
+    let mut mean = vec![0f32; dim];
+    for row in x.out.chunks_exact(dim.max(1)) {
+        for (m, v) in mean.iter_mut().zip(row) {
+            *m += v;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= tokens as f32);
+    let mut logits = f.head_b.clone();
+    gemm_bt(&mean, &f.head_w, 1, dim, f.classes(), &mut logits);
+    logits
+}
+
+/// The logits of `f` for raw HWC pixels `px`.
+pub fn forward(f: &Folded, px: &[u8]) -> Vec<f32> {
+    forward_layers(f, px, |_, _| {})
+}
