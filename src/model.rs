@@ -671,7 +671,7 @@ impl<'a> Model<'a> {
             self.isa,
         );
         x16.iter_mut().for_each(|v| *v = 0);
-        res_add::add_residual(ln, t, d, self.res_add(0, &embed)?, x16, false);
+        res_add::add_residual(ln, t, d, self.res_add(0, &embed)?, x16, false, self.isa);
         trace(0, LayerOutput::Int16(x16));
         let mut layer = 1;
         while layer < h.head_layer() {

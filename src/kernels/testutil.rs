@@ -115,6 +115,68 @@ impl Layer {
     }
 }
 
+impl Layer {
+    /// A layer at the edges of the blob reader's bounds: requantisation fields drawn from
+    /// their limits (`m_pre` 0, 1, 2^30, 2^31 − 1; `sh_pre` −8 … 31; `|m_post|` 2^14,
+    /// `|b_post|` 2^29, `sh_post` 0 … 30, `|m_res|` 2^20) or at random within them, zero
+    /// points at ±128 or random, and biases as large as the accumulator bound allows for
+    /// `taps` inputs per output (`|bias| + 128·127·taps < 2^31`), so that accumulators
+    /// span the i32 range and every saturating step (left shift, i16 activation, i8
+    /// output) is reached.
+    pub(crate) fn extreme(
+        r: &mut Rng,
+        wlen: usize,
+        dim: usize,
+        taps: usize,
+        depthwise: bool,
+        gelu: bool,
+    ) -> Layer {
+        let mut pick = |edges: &[i64], lo: i64, hi: i64| {
+            let i = r.range(0, edges.len() as i64) as usize;
+            edges.get(i).copied().unwrap_or_else(|| r.range(lo, hi))
+        };
+        let max_bias = (1i64 << 31) - 1 - 128 * 127 * taps as i64;
+        let bias: Vec<i32> = (0..dim)
+            .map(|_| pick(&[max_bias, -max_bias, 0], -max_bias, max_bias) as i32)
+            .collect();
+        let recs: Vec<[i32; 6]> = (0..dim)
+            .map(|_| {
+                [
+                    pick(&[0, 1, 1 << 30, (1 << 31) - 1], 0, (1 << 31) - 1) as i32,
+                    pick(&[-8, -1, 0, 1, 30, 31], -8, 31) as i32,
+                    pick(&[-(1 << 14), 1 << 14, 0], -(1 << 14), 1 << 14) as i32,
+                    pick(&[-(1 << 29), 1 << 29], -(1 << 29), 1 << 29) as i32,
+                    pick(&[0, 30], 0, 30) as i32,
+                    if depthwise {
+                        pick(&[-(1 << 20), 1 << 20], -(1 << 20), 1 << 20) as i32
+                    } else {
+                        0
+                    },
+                ]
+            })
+            .collect();
+        let zp: [i32; 3] = core::array::from_fn(|_| pick(&[-128, 127], -128, 127) as i32);
+        let w = (0..wlen).map(|_| r.range(-127, 127) as i8).collect();
+        let table = if gelu {
+            (0..256)
+                .flat_map(|_| (r.range(-32768, 32767) as i16).to_le_bytes())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let le = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        Layer {
+            w,
+            bias: le(&bias),
+            rq: le(&(0..6)
+                .flat_map(|k| recs.iter().map(move |v| v[k]))
+                .collect::<Vec<_>>()),
+            table,
+            zp,
+        }
+    }
+}
+
 pub(crate) fn act(gelu: bool) -> Activation {
     if gelu {
         Activation::Gelu

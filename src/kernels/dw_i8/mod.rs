@@ -32,6 +32,11 @@ pub(super) mod reference;
 #[allow(unsafe_code)]
 pub mod neon;
 
+// The AVX2 kernels run only where Isa::Avx2 was detected (their entry points check).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub mod x86;
+
 #[cfg(test)]
 mod tests;
 
@@ -157,6 +162,8 @@ fn slice_wise(
             target_feature = "neon"
         ))]
         Isa::Neon => neon::dw_i8_inplace_smlal(a, scratch, g, l, act),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::dw_i8_inplace_avx2_8x8(a, scratch, g, l, act),
         _ => {
             let _ = (a, scratch, g, l, act);
             false

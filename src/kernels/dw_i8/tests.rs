@@ -90,11 +90,70 @@ fn slice_wise_depthwise_matches_the_reference() {
         for &isa in isas.iter().filter(|&&i| i != Isa::Scalar) {
             let (mut a, mut scratch) = (x.clone(), vec![0i8; dw_slice_scratch_len(g)]);
             let ran = slice_wise(&mut a, &mut scratch, g, &l.view(), act(gelu), isa);
-            // Every SIMD level has a slice-wise kernel for these layers (the x86 kernels
-            // are still to come).
-            assert!(ran || isa == Isa::Avx2, "{isa:?} {g:?}");
-            if ran {
-                assert_eq!(a, want, "{isa:?}: {g:?}");
+            // Every SIMD level has a slice-wise kernel for these layers.
+            assert!(ran, "{isa:?} {g:?}");
+            assert_eq!(a, want, "{isa:?}: {g:?}");
+        }
+    }
+}
+
+/// Each SIMD level's slice-wise kernel at the edges of the reader's bounds
+/// (`Layer::extreme`: residual multipliers of ±2^20, accumulators over the i32 range,
+/// every saturation), on every kernel size 1..=9, full-range and constant inputs, and the
+/// in-place driver with a channel count the slice-wise kernels do not take.
+#[test]
+fn depthwise_matches_the_reference_at_the_limits() {
+    let isas = isas();
+    let mut r = Rng(0xd3e9_7b1a_55aa_0f0f);
+    for case in 0..90 {
+        let kernel = 1 + case % 9;
+        let dim = [8, 16, 24, 32, 12][case % 5];
+        let (ht, wt) = (r.range(1, 10) as usize, r.range(1, 12) as usize);
+        let pad = if case % 7 == 0 {
+            kernel - 1
+        } else {
+            (kernel - 1) / 2
+        };
+        let g = Grid {
+            ht,
+            wt,
+            dim,
+            kernel,
+            pad_top: pad,
+            pad_left: (kernel - 1) - pad,
+        };
+        let gelu = case % 2 == 0;
+        let l = Layer::extreme(
+            &mut r,
+            kernel * kernel * dim,
+            dim,
+            kernel * kernel,
+            true,
+            gelu,
+        );
+        let x: Vec<i8> = (0..g.tokens() * dim)
+            .map(|_| match case % 3 {
+                0 => [-128, 127][r.range(0, 1) as usize],
+                _ => r.range(-128, 127) as i8,
+            })
+            .collect();
+        let mut want = vec![0i8; x.len()];
+        reference::dw_i8(&x, g, &l.view(), act(gelu), &mut want);
+        for &isa in &isas {
+            let (mut a, mut scratch) = (x.clone(), vec![0i8; scratch_len(g)]);
+            dw_i8_inplace(&mut a, &mut scratch, g, &l.view(), act(gelu), isa);
+            assert_eq!(a, want, "{isa:?}: {g:?} case {case}");
+            // The NEON kernels take multiples of 16 channels, the AVX2 one of 8.
+            let simd = match isa {
+                Isa::Scalar => false,
+                Isa::Avx2 => dim % 8 == 0,
+                _ => dim % 16 == 0,
+            };
+            if simd {
+                let (mut a, mut scratch) = (x.clone(), vec![0i8; dw_slice_scratch_len(g)]);
+                let ran = slice_wise(&mut a, &mut scratch, g, &l.view(), act(gelu), isa);
+                assert!(ran, "{isa:?} {g:?}");
+                assert_eq!(a, want, "{isa:?} slice-wise: {g:?} case {case}");
             }
         }
     }

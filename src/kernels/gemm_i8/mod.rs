@@ -27,6 +27,11 @@ pub(super) mod reference;
 #[allow(unsafe_code)]
 pub mod neon;
 
+// The AVX2 kernels run only where Isa::Avx2 was detected (their entry points check).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub mod x86;
+
 #[cfg(test)]
 mod tests;
 
@@ -249,7 +254,7 @@ pub fn mlp_i8(
         };
         g1.run(xs, m, hs);
         g2.run(hs, m, os);
-        add_rows(os, m, n, r, rows, add, resid, transposed);
+        add_rows(os, m, n, r, rows, add, resid, transposed, isa);
         r += m;
     }
 }
@@ -263,6 +268,8 @@ enum Gemm<'l, 'a> {
         target_feature = "neon"
     ))]
     Neon(neon::GemmI8<'a>),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(x86::GemmI8Avx2<'a>),
     Reference {
         l: &'l QuantLayer<'a>,
         k: usize,
@@ -284,6 +291,8 @@ impl<'l, 'a> Gemm<'l, 'a> {
             Isa::Neon | Isa::NeonDot => {
                 neon::GemmI8::new(l, k, n, act, isa == Isa::NeonDot).map(Gemm::Neon)
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86::GemmI8Avx2::new(l, k, n, act).map(Gemm::Avx2),
             _ => None,
         };
         simd.unwrap_or(Gemm::Reference { l, k, n, act })
@@ -304,6 +313,8 @@ impl<'l, 'a> Gemm<'l, 'a> {
                 target_feature = "neon"
             ))]
             Gemm::Neon(ref g) => g.run(x, tokens, out),
+            #[cfg(target_arch = "x86_64")]
+            Gemm::Avx2(ref g) => g.run(x, tokens, out),
             Gemm::Reference { l, k, n, act } => reference::gemm_i8(x, tokens, k, n, l, act, out),
         }
     }

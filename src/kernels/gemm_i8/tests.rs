@@ -46,15 +46,66 @@ fn gemm_kernels_match_the_reference() {
         for &isa in &isas {
             let view = l.view();
             let g = Gemm::new(&view, k, n, act(gelu), isa);
-            // Every SIMD level has a kernel for every layer the reader accepts (the x86
-            // kernels are still to come).
-            assert!(
-                matches!(isa, Isa::Scalar | Isa::Avx2) || !g.is_reference(),
-                "{isa:?}"
-            );
+            // Every SIMD level has a kernel for every layer the reader accepts.
+            assert!(isa == Isa::Scalar || !g.is_reference(), "{isa:?}");
             let mut got = vec![0i8; tokens * n];
             g.run(&x, tokens, &mut got);
             assert_eq!(got, want, "{isa:?}: k {k} n {n} tokens {tokens}");
+        }
+    }
+}
+
+/// The kernel of every ISA at the edges of the reader's bounds (`Layer::extreme`:
+/// accumulators over the whole i32 range, every saturation reached, extreme zero points
+/// and requantisation fields), with input counts across the AVX2 kernel's tile limits
+/// (`k` up to 8192 runs fewer tokens per tile; past it the reference runs).
+#[test]
+fn gemm_kernels_match_the_reference_at_the_limits() {
+    let mut r = Rng(0x1ce_b00c_5eed_f00d);
+    let isas = isas();
+    for case in 0..160 {
+        let n = match case % 4 {
+            0 => 16 * r.range(1, 3) as usize,
+            _ => r.range(1, 40) as usize,
+        };
+        let k = match case % 10 {
+            0 => r.range(2040, 2060) as usize,
+            1 => r.range(4090, 4100) as usize,
+            2 => r.range(8185, 8200) as usize,
+            _ => r.range(1, 100) as usize,
+        };
+        let tokens = r.range(1, 9) as usize;
+        let gelu = case % 2 == 1;
+        let mut l = Layer::extreme(&mut r, gemm_packed_len(n, k), n, k, false, gelu);
+        let mut w = vec![0i8; gemm_packed_len(n, k)];
+        for o in 0..n {
+            for i in 0..k {
+                let at = gemm_index(o, i, k);
+                w[at] = l.w[at];
+            }
+        }
+        l.w = w;
+        let x: Vec<i8> = (0..tokens * k)
+            .map(|_| match case % 3 {
+                0 => [-128, 127][r.range(0, 1) as usize],
+                _ => r.range(-128, 127) as i8,
+            })
+            .collect();
+        let mut want = vec![0i8; tokens * n];
+        reference::gemm_i8(&x, tokens, k, n, &l.view(), act(gelu), &mut want);
+        for &isa in &isas {
+            let view = l.view();
+            let g = Gemm::new(&view, k, n, act(gelu), isa);
+            // Past 8192 inputs the AVX2 kernel leaves the layer to the reference.
+            if !(isa == Isa::Avx2 && k > 8192) {
+                assert!(isa == Isa::Scalar || !g.is_reference(), "{isa:?} k {k}");
+            }
+            let mut got = vec![0i8; tokens * n];
+            g.run(&x, tokens, &mut got);
+            assert_eq!(
+                got, want,
+                "{isa:?}: k {k} n {n} tokens {tokens} case {case}"
+            );
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! * `reference.rs`: [`reference::head_i8`] and
 //!   [`reference::gap_mean`];
-//! * `neon.rs`: `head_i8_neon`;
+//! * `neon.rs`: `head_i8_neon`; `x86.rs`: `head_i8_avx2`;
 //! * `tests.rs`: the shared suite, every ISA the running CPU has against the reference.
 
 pub(super) mod reference;
@@ -17,6 +17,11 @@ pub(super) mod reference;
 #[allow(unsafe_code)]
 pub mod neon;
 
+// The AVX2 kernels run only where Isa::Avx2 was detected (their entry points check).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub mod x86;
+
 #[cfg(test)]
 mod tests;
 
@@ -24,7 +29,8 @@ use super::Isa;
 use crate::le::F32Le;
 
 /// int8 global average pool + head ([`reference::head_i8`];
-/// `neon::head_i8_neon` where `isa` is a NEON level): the same bits either way.
+/// `neon::head_i8_neon` where `isa` is a NEON level, `x86::head_i8_avx2` for AVX2): the same
+/// bits either way.
 #[allow(clippy::too_many_arguments)]
 pub fn head_i8(
     x: &[i8],
@@ -46,6 +52,8 @@ pub fn head_i8(
             target_feature = "neon"
         ))]
         Isa::Neon | Isa::NeonDot => neon::head_i8_neon,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::head_i8_avx2,
         _ => reference::head_i8,
     };
     kernel(

@@ -3,7 +3,8 @@
 //! * `reference.rs`: [`reference::layer_norm_i16`] and
 //!   [`reference::layer_norm_token_i16`], exact
 //!   integer arithmetic;
-//! * `neon.rs`: `layer_norm_token_i16_neon`, 4 channels per step;
+//! * `neon.rs`: `layer_norm_token_i16_neon`, `x86.rs`: `layer_norm_token_i16_avx2`, 4
+//!   channels per step;
 //! * `tests.rs`: the shared suite, every ISA the running CPU has against the reference.
 
 pub(super) mod reference;
@@ -18,14 +19,19 @@ pub(super) mod reference;
 #[allow(unsafe_code)]
 pub mod neon;
 
+// The AVX2 kernels run only where Isa::Avx2 was detected (their entry points check).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub mod x86;
+
 #[cfg(test)]
 mod tests;
 
 use super::Isa;
 
 /// The MLP-Mixer's fixed-point LayerNorm of the residual stream
-/// ([`reference::layer_norm_i16`]; `neon::layer_norm_token_i16_neon` per token where `isa`
-/// has NEON): the same bits.
+/// ([`reference::layer_norm_i16`]; per token `neon::layer_norm_token_i16_neon` where `isa`
+/// has NEON, `x86::layer_norm_token_i16_avx2` for AVX2): the same bits.
 ///
 /// ```
 /// use convmixer_edge::kernels::{layer_norm, reference::LayerNormI16, Isa};
@@ -53,6 +59,8 @@ pub fn layer_norm_i16(
             target_feature = "neon"
         ))]
         Isa::Neon | Isa::NeonDot => neon::layer_norm_token_i16_neon,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::layer_norm_token_i16_avx2,
         _ => reference::layer_norm_token_i16,
     };
     reference::layer_norm_rows(x, tokens, dim, p, out, transposed, token);

@@ -1,0 +1,289 @@
+//! x86_64 AVX2 int8 depthwise 'same' conv + residual, in place, slice by slice (8 channels
+//! at a time, each output row from a small cache), tested bit for bit against
+//! [`reference::dw_i8`](crate::kernels::reference::dw_i8): [`dw_i8_inplace_avx2_8x8`].
+//!
+//! The multiply is `VPMADDWD` over pairs of horizontally adjacent taps: for 8 channels, the
+//! cache holds each input row with the columns' bytes interleaved in pairs
+//! (`[x(c, ch0), x(c + 1, ch0), x(c, ch1), …]`, 16 bytes per column `c`, padding columns
+//! `zp_in`), and the weights of taps `kx`, `kx + 1` of a kernel row are interleaved the same
+//! way (the tap past an odd `k` is zero). One `VPMOVSXBW` of a cached column and one
+//! `VPMADDWD` then add two taps of 8 channels to an output's i32 sums (exact: two products
+//! of `|w| ≤ 127`, `|x| ≤ 128` per lane); 8 outputs of a row share each weight pair. The
+//! outputs of a row wait in a row buffer while the cache keeps the originals of the `k`
+//! input rows they need (each row is cached when the first output row needing it starts,
+//! before any output overwrites it), and are written back when the row is done. The
+//! shared vector epilogue (`quant::x86`) adds the residual.
+//!
+//! Safety: the entry point checks the grid, the layer (`Epi::new`), the CPU's AVX2, the
+//! activations and the scratch once per call, in checked arithmetic, and returns `false`
+//! without touching anything where they do not fit; the `unsafe fn`s below rely on those
+//! checks, as their `# Safety` sections say, and each `unsafe` block says which check bounds
+//! it.
+
+use core::arch::x86_64::*;
+
+use crate::kernels::quant::x86::{epilogue_c8, Epi};
+use crate::kernels::reference::QuantLayer;
+use crate::kernels::{Grid, Isa};
+use crate::Activation;
+
+/// Largest depthwise kernel the AVX2 path takes (`k ≤ 9`); larger kernels use the
+/// reference.
+const DW_MAX_K: usize = 9;
+
+/// Output tokens per micro-tile.
+const TILE: usize = 8;
+
+/// Scratch bytes of [`dw_i8_inplace_avx2_8x8`]: `k` cached input rows and a padding row of
+/// `wt + k − 1` interleaved columns (16 bytes each), and a row buffer of `wt` outputs (8
+/// bytes each); at most [`dw_slice_scratch_len`](super::dw_slice_scratch_len) (its ARMv8.0
+/// part has the same rows of 16 bytes per column and a row buffer of 16 bytes per output).
+/// `None` where it overflows.
+fn scratch_need(g: Grid) -> Option<usize> {
+    let cols = g.wt.checked_add(g.kernel)?.checked_sub(1)?;
+    let rows = g
+        .kernel
+        .checked_add(1)?
+        .checked_mul(cols)?
+        .checked_mul(16)?;
+    rows.checked_add(g.wt.checked_mul(8)?)
+}
+
+/// Depthwise 'same' conv + residual in place on `a` (`tokens · dim` int8) with AVX2, 8
+/// channels × 8 outputs per micro-tile (see the module docs). Returns false, touching
+/// nothing, where it does not apply (no AVX2, `dim` not a multiple of 8, `k > 9`, a padding
+/// not below `k`, a layer outside the reader's bounds, short buffers); the caller then uses
+/// the per-token driver. Gives exactly the bytes of
+/// [`reference::dw_i8`](crate::kernels::reference::dw_i8) (tested in the op's suite).
+///
+/// ```
+/// use convmixer_edge::kernels::{dw_i8::{self, x86}, reference, Grid, Isa};
+/// # use convmixer_edge::{le::I32Le, Activation};
+/// # use convmixer_edge::kernels::reference::QuantLayer;
+/// # let n = 16;
+/// # // Field-major requant records: ReLU(acc / 2) + the residual.
+/// # let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 1i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let bias = vec![0u8; 4 * n];
+/// let g = Grid { ht: 3, wt: 5, dim: n, kernel: 3, pad_top: 1, pad_left: 1 };
+/// let w: Vec<i8> = (0..9 * n).map(|i| (i % 7) as i8 - 3).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 3, zp_z: 0, zp_out: -5, table: &[] };
+/// let x: Vec<i8> = (0..15 * n).map(|i| (i * 37 % 256) as u8 as i8).collect();
+/// let mut want = vec![0i8; x.len()];
+/// reference::dw_i8(&x, g, &l, Activation::Relu, &mut want);
+/// let (mut a, mut scratch) = (x.clone(), vec![0i8; dw_i8::dw_slice_scratch_len(g)]);
+/// let ran = x86::dw_i8_inplace_avx2_8x8(&mut a, &mut scratch, g, &l, Activation::Relu);
+/// assert_eq!(ran, Isa::Avx2.available());
+/// if ran {
+///     assert_eq!(a, want);
+/// }
+/// ```
+pub fn dw_i8_inplace_avx2_8x8(
+    a: &mut [i8],
+    scratch: &mut [i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    act: Activation,
+) -> bool {
+    let k = g.kernel;
+    let ok = Isa::Avx2.available()
+        && g.dim % 8 == 0
+        && (1..=DW_MAX_K).contains(&k)
+        && g.pad_top < k
+        && g.pad_left < k
+        && k.checked_mul(k)
+            .and_then(|kk| kk.checked_mul(g.dim))
+            .is_some_and(|n| l.w.len() >= n)
+        && g.elements().is_some_and(|n| a.len() >= n)
+        && scratch_need(g).is_some_and(|n| scratch.len() >= n);
+    let e = Epi::new(l, act, g.dim).filter(|_| ok);
+    if let Some(e) = &e {
+        // SAFETY: AVX2 is available; the lengths are checked above and by Epi::new, which
+        // built e from l; GELU = e.gelu; K is k or 0.
+        unsafe {
+            match (k, e.gelu) {
+                (3, false) => dw_rows::<3, false>(a, scratch, g, l, e),
+                (5, false) => dw_rows::<5, false>(a, scratch, g, l, e),
+                (7, false) => dw_rows::<7, false>(a, scratch, g, l, e),
+                (9, false) => dw_rows::<9, false>(a, scratch, g, l, e),
+                (_, false) => dw_rows::<0, false>(a, scratch, g, l, e),
+                (3, true) => dw_rows::<3, true>(a, scratch, g, l, e),
+                (5, true) => dw_rows::<5, true>(a, scratch, g, l, e),
+                (7, true) => dw_rows::<7, true>(a, scratch, g, l, e),
+                (9, true) => dw_rows::<9, true>(a, scratch, g, l, e),
+                (_, true) => dw_rows::<0, true>(a, scratch, g, l, e),
+            }
+        }
+    }
+    e.is_some()
+}
+
+/// The slice-wise driver for kernel size `K` (0: `g.kernel`, any size up to 9).
+///
+/// # Safety
+/// The CPU has AVX2; the conditions `dw_i8_inplace_avx2_8x8` checks hold; `e` was built
+/// from `l` (`Epi::new`) with `GELU = e.gelu`; `K` is 0 or `g.kernel`.
+#[target_feature(enable = "avx2,fma,f16c")]
+// Indices: into `rows` (DW_MAX_K entries) by ky < k ≤ 9 and `wp` (DW_MAX_K · 5 entries) by
+// ky·5 + p with p < (k + 1) / 2 ≤ 5.
+#[allow(clippy::indexing_slicing)]
+unsafe fn dw_rows<const K: usize, const GELU: bool>(
+    a: &mut [i8],
+    scratch: &mut [i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    e: &Epi,
+) {
+    let k = if K > 0 { K } else { g.kernel };
+    let pairs = k.div_ceil(2);
+    let (d, ht, wt, pt, pl) = (g.dim, g.ht, g.wt, g.pad_top, g.pad_left);
+    let below = k - 1 - pt; // input rows below the output row
+    let cols = wt + k - 1;
+    // SAFETY: cache (k·cols·16 bytes), zrow (cols·16) and rowbuf (wt·8) lie one after the
+    // other inside scratch (scratch_need, checked by the caller).
+    let (cache, zrow, rowbuf) = unsafe {
+        let cache = scratch.as_mut_ptr();
+        let zrow = cache.add(k * cols * 16);
+        (cache, zrow, zrow.add(cols * 16))
+    };
+    let ap = a.as_mut_ptr();
+    let w = l.w.as_ptr();
+    // SAFETY: in the whole function, offsets stay inside their buffers: cache (slot·cols +
+    // col)·16 + 16 ≤ k·cols·16 (slot < k, col < cols); zrow col·16 + 16 ≤ cols·16; rowbuf
+    // x·8 + 8 ≤ wt·8; activations (row·wt + x)·d + c0 + 8 ≤ tokens·d (row < ht, x < wt,
+    // c0 + 8 ≤ d); weights (ky·k + kx)·d + c0 + 8 ≤ k²·d (kx < k; the tap k of an odd k is
+    // never loaded). Cache columns read by output x < wt and pair p: x + 2p ≤ wt − 1 + k − 1
+    // = cols − 1. Every intrinsic is AVX2 (the caller's).
+    unsafe {
+        let zp = _mm_set1_epi8(e.zp_in);
+        for col in 0..cols {
+            _mm_storeu_si128(zrow.add(col * 16).cast(), zp);
+        }
+        for c0 in (0..d).step_by(8) {
+            // Input row r of this slice into cache slot r % k: column col holds the bytes
+            // of padded columns col and col + 1 interleaved (zp_in outside the row).
+            let load_row = |r: usize| {
+                let at = |col: usize| -> __m128i {
+                    match col.checked_sub(pl) {
+                        Some(xx) if xx < wt => {
+                            _mm_loadl_epi64(ap.add((r * wt + xx) * d + c0).cast())
+                        }
+                        _ => zp,
+                    }
+                };
+                let dst = cache.add((r % k) * cols * 16);
+                let mut cur = at(0);
+                for col in 0..cols {
+                    let next = at(col + 1);
+                    _mm_storeu_si128(dst.add(col * 16).cast(), _mm_unpacklo_epi8(cur, next));
+                    cur = next;
+                }
+            };
+            // The weight pairs of this slice: taps (2p, 2p + 1) of row ky, i16, interleaved.
+            let mut wp = [_mm256_setzero_si256(); DW_MAX_K * 5];
+            for ky in 0..k {
+                for p in 0..pairs {
+                    let tap = |kx: usize| {
+                        if kx < k {
+                            _mm_loadl_epi64(w.add((ky * k + kx) * d + c0).cast())
+                        } else {
+                            _mm_setzero_si128()
+                        }
+                    };
+                    let v = _mm_unpacklo_epi8(tap(2 * p), tap(2 * p + 1));
+                    wp[ky * 5 + p] = _mm256_cvtepi8_epi16(v);
+                }
+            }
+            for r in 0..below.min(ht) {
+                load_row(r);
+            }
+            let bias = e.bias8(c0);
+            for y in 0..ht {
+                if y + below < ht {
+                    load_row(y + below);
+                }
+                // Input row of kernel row ky: a cache slot, or the padding row.
+                let mut rows = [zrow.cast_const(); DW_MAX_K];
+                for (ky, row) in rows.iter_mut().enumerate().take(k) {
+                    let yy = (y + ky).wrapping_sub(pt);
+                    if yy < ht {
+                        *row = cache.add((yy % k) * cols * 16).cast_const();
+                    }
+                }
+                let mut x = 0;
+                while x + TILE <= wt {
+                    dw_tile::<TILE, K, GELU>(e, &rows, &wp, bias, k, x, y, g, c0, ap, rowbuf);
+                    x += TILE;
+                }
+                if x + 4 <= wt {
+                    dw_tile::<4, K, GELU>(e, &rows, &wp, bias, k, x, y, g, c0, ap, rowbuf);
+                    x += 4;
+                }
+                if x + 2 <= wt {
+                    dw_tile::<2, K, GELU>(e, &rows, &wp, bias, k, x, y, g, c0, ap, rowbuf);
+                    x += 2;
+                }
+                if x < wt {
+                    dw_tile::<1, K, GELU>(e, &rows, &wp, bias, k, x, y, g, c0, ap, rowbuf);
+                }
+                // Row y of this slice is done: its outputs go back into the activations.
+                for xx in 0..wt {
+                    let v = rowbuf.add(xx * 8).cast::<i64>().read_unaligned();
+                    ap.add((y * wt + xx) * d + c0)
+                        .cast::<i64>()
+                        .write_unaligned(v);
+                }
+            }
+        }
+    }
+}
+
+/// `T` consecutive outputs `x..x + T` of row `y`, 8 channels from `c0`: the taps of every
+/// kernel row `rows[ky]` two at a time (`wp[ky·5 + p]`), then the epilogue with the
+/// residual into the row buffer.
+///
+/// # Safety
+/// As for `dw_rows` (whose bounds argument covers every access), with `x + T ≤ wt`, each
+/// `rows[ky]` (ky < k) a cache row or the padding row of `cols` columns, `wp` the slice's
+/// weight pairs.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+// Indices: j < T over the const length of `acc`; ky < k ≤ 9 into `rows`; ky·5 + p < 45
+// into `wp`.
+#[allow(clippy::indexing_slicing)]
+unsafe fn dw_tile<const T: usize, const K: usize, const GELU: bool>(
+    e: &Epi,
+    rows: &[*const i8; DW_MAX_K],
+    wp: &[__m256i; DW_MAX_K * 5],
+    bias: __m256i,
+    k: usize,
+    x: usize,
+    y: usize,
+    g: Grid,
+    c0: usize,
+    ap: *mut i8,
+    rowbuf: *mut i8,
+) {
+    let k = if K > 0 { K } else { k };
+    let pairs = k.div_ceil(2);
+    let (d, wt) = (g.dim, g.wt);
+    // SAFETY: the caller's bounds (see dw_rows): cache columns x + j + 2p ≤ cols − 1,
+    // residuals and outputs of tokens y·wt + x + j < tokens, row buffer (x + j)·8 + 8 ≤
+    // wt·8; AVX2.
+    unsafe {
+        let mut acc = [bias; T];
+        for (ky, &row) in rows.iter().enumerate().take(k) {
+            let rp = row.add(x * 16);
+            for p in 0..pairs {
+                let wv = wp[ky * 5 + p];
+                for (j, aj) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_cvtepi8_epi16(_mm_loadu_si128(rp.add((j + 2 * p) * 16).cast()));
+                    *aj = _mm256_add_epi32(*aj, _mm256_madd_epi16(xv, wv));
+                }
+            }
+        }
+        let t = y * wt + x;
+        let res: [*const i8; T] = core::array::from_fn(|j| ap.add((t + j) * d + c0).cast_const());
+        let out: [*mut i8; T] = core::array::from_fn(|j| rowbuf.add((x + j) * 8));
+        epilogue_c8::<T, GELU>(e, c0, acc, Some(res), out);
+    }
+}
