@@ -88,11 +88,15 @@ fn slice_wise_depthwise_matches_the_reference() {
         let mut want = vec![0i8; x.len()];
         reference::dw_i8(&x, g, &l.view(), act(gelu), &mut want);
         for &isa in isas.iter().filter(|&&i| i != Isa::Scalar) {
-            let (mut a, mut scratch) = (x.clone(), vec![0i8; dw_slice_scratch_len(g)]);
-            let ran = slice_wise(&mut a, &mut scratch, g, &l.view(), act(gelu), isa);
-            // Every SIMD level has a slice-wise kernel for these layers.
-            assert!(ran, "{isa:?} {g:?}");
-            assert_eq!(a, want, "{isa:?}: {g:?}");
+            // The least scratch the drivers get, and plenty (the AVX2 kernel then caches
+            // its columns widened to i16).
+            for len in [dw_slice_scratch_len(g), 4 * dw_slice_scratch_len(g)] {
+                let (mut a, mut scratch) = (x.clone(), vec![0i8; len]);
+                let ran = slice_wise(&mut a, &mut scratch, g, &l.view(), act(gelu), isa);
+                // Every SIMD level has a slice-wise kernel for these layers.
+                assert!(ran, "{isa:?} {g:?}");
+                assert_eq!(a, want, "{isa:?}: {g:?} scratch {len}");
+            }
         }
     }
 }
@@ -150,10 +154,12 @@ fn depthwise_matches_the_reference_at_the_limits() {
                 _ => dim % 16 == 0,
             };
             if simd {
-                let (mut a, mut scratch) = (x.clone(), vec![0i8; dw_slice_scratch_len(g)]);
-                let ran = slice_wise(&mut a, &mut scratch, g, &l.view(), act(gelu), isa);
-                assert!(ran, "{isa:?} {g:?}");
-                assert_eq!(a, want, "{isa:?} slice-wise: {g:?} case {case}");
+                for len in [dw_slice_scratch_len(g), 4 * dw_slice_scratch_len(g)] {
+                    let (mut a, mut scratch) = (x.clone(), vec![0i8; len]);
+                    let ran = slice_wise(&mut a, &mut scratch, g, &l.view(), act(gelu), isa);
+                    assert!(ran, "{isa:?} {g:?}");
+                    assert_eq!(a, want, "{isa:?} slice-wise: {g:?} {len} case {case}");
+                }
             }
         }
     }

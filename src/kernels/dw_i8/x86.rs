@@ -34,18 +34,21 @@ const DW_MAX_K: usize = 9;
 /// Output tokens per micro-tile.
 const TILE: usize = 8;
 
-/// Scratch bytes of [`dw_i8_inplace_avx2_8x8`]: `k` cached input rows and a padding row of
-/// `wt + k − 1` interleaved columns (16 bytes each), and a row buffer of `wt` outputs (8
-/// bytes each); at most [`dw_slice_scratch_len`](super::dw_slice_scratch_len) (its ARMv8.0
-/// part has the same rows of 16 bytes per column and a row buffer of 16 bytes per output).
-/// `None` where it overflows.
-fn scratch_need(g: Grid) -> Option<usize> {
+/// Scratch bytes of [`dw_i8_inplace_avx2_8x8`] with cached columns of `col_bytes` bytes:
+/// `k` cached input rows and a padding row of `wt + k − 1` interleaved columns, and a row
+/// buffer of `wt` outputs (8 bytes each). With 16-byte columns (the bytes) it is at most
+/// [`dw_slice_scratch_len`](super::dw_slice_scratch_len) (its ARMv8.0 part has the same
+/// rows of 16 bytes per column and a row buffer of 16 bytes per output); 32-byte columns
+/// (the pairs already widened to i16, which saves the widening in the inner loop) fit the
+/// larger scratch of layers whose in-place ring dominates
+/// [`scratch_len`](super::scratch_len). `None` where it overflows.
+fn scratch_need(g: Grid, col_bytes: usize) -> Option<usize> {
     let cols = g.wt.checked_add(g.kernel)?.checked_sub(1)?;
     let rows = g
         .kernel
         .checked_add(1)?
         .checked_mul(cols)?
-        .checked_mul(16)?;
+        .checked_mul(col_bytes)?;
     rows.checked_add(g.wt.checked_mul(8)?)
 }
 
@@ -94,39 +97,61 @@ pub fn dw_i8_inplace_avx2_8x8(
             .and_then(|kk| kk.checked_mul(g.dim))
             .is_some_and(|n| l.w.len() >= n)
         && g.elements().is_some_and(|n| a.len() >= n)
-        && scratch_need(g).is_some_and(|n| scratch.len() >= n);
+        && scratch_need(g, 16).is_some_and(|n| scratch.len() >= n);
+    let wide = scratch_need(g, 32).is_some_and(|n| scratch.len() >= n);
     let e = Epi::new(l, act, g.dim).filter(|_| ok);
     if let Some(e) = &e {
-        // SAFETY: AVX2 is available; the lengths are checked above and by Epi::new, which
-        // built e from l; GELU = e.gelu; K is k or 0.
+        // SAFETY: AVX2 is available; the lengths are checked above (for 32-byte columns
+        // where `wide`) and by Epi::new, which built e from l; GELU = e.gelu.
         unsafe {
-            match (k, e.gelu) {
-                (3, false) => dw_rows::<3, false>(a, scratch, g, l, e),
-                (5, false) => dw_rows::<5, false>(a, scratch, g, l, e),
-                (7, false) => dw_rows::<7, false>(a, scratch, g, l, e),
-                (9, false) => dw_rows::<9, false>(a, scratch, g, l, e),
-                (_, false) => dw_rows::<0, false>(a, scratch, g, l, e),
-                (3, true) => dw_rows::<3, true>(a, scratch, g, l, e),
-                (5, true) => dw_rows::<5, true>(a, scratch, g, l, e),
-                (7, true) => dw_rows::<7, true>(a, scratch, g, l, e),
-                (9, true) => dw_rows::<9, true>(a, scratch, g, l, e),
-                (_, true) => dw_rows::<0, true>(a, scratch, g, l, e),
+            match (e.gelu, wide) {
+                (false, false) => dw_by_k::<false, false>(a, scratch, g, l, e),
+                (false, true) => dw_by_k::<false, true>(a, scratch, g, l, e),
+                (true, false) => dw_by_k::<true, false>(a, scratch, g, l, e),
+                (true, true) => dw_by_k::<true, true>(a, scratch, g, l, e),
             }
         }
     }
     e.is_some()
 }
 
-/// The slice-wise driver for kernel size `K` (0: `g.kernel`, any size up to 9).
+/// [`dw_rows`] specialised for k = 3, 5, 7, 9 (and generic otherwise).
 ///
 /// # Safety
-/// The CPU has AVX2; the conditions `dw_i8_inplace_avx2_8x8` checks hold; `e` was built
-/// from `l` (`Epi::new`) with `GELU = e.gelu`; `K` is 0 or `g.kernel`.
+/// The conditions of `dw_rows` with `K` = 0.
+#[inline(always)]
+unsafe fn dw_by_k<const GELU: bool, const WIDE: bool>(
+    a: &mut [i8],
+    scratch: &mut [i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    e: &Epi,
+) {
+    // SAFETY: the caller's conditions; K is g.kernel or 0.
+    unsafe {
+        match g.kernel {
+            3 => dw_rows::<3, GELU, WIDE>(a, scratch, g, l, e),
+            5 => dw_rows::<5, GELU, WIDE>(a, scratch, g, l, e),
+            7 => dw_rows::<7, GELU, WIDE>(a, scratch, g, l, e),
+            9 => dw_rows::<9, GELU, WIDE>(a, scratch, g, l, e),
+            _ => dw_rows::<0, GELU, WIDE>(a, scratch, g, l, e),
+        }
+    }
+}
+
+/// The slice-wise driver for kernel size `K` (0: `g.kernel`, any size up to 9), the cached
+/// columns as interleaved bytes (16 per column) or, where `WIDE`, already widened to i16
+/// (32 per column).
+///
+/// # Safety
+/// The CPU has AVX2; the conditions `dw_i8_inplace_avx2_8x8` checks hold (with
+/// `scratch_need(g, 32)` where `WIDE`); `e` was built from `l` (`Epi::new`) with
+/// `GELU = e.gelu`; `K` is 0 or `g.kernel`.
 #[target_feature(enable = "avx2,fma,f16c")]
 // Indices: into `rows` (DW_MAX_K entries) by ky < k ≤ 9 and `wp` (DW_MAX_K · 5 entries) by
 // ky·5 + p with p < (k + 1) / 2 ≤ 5.
 #[allow(clippy::indexing_slicing)]
-unsafe fn dw_rows<const K: usize, const GELU: bool>(
+unsafe fn dw_rows<const K: usize, const GELU: bool, const WIDE: bool>(
     a: &mut [i8],
     scratch: &mut [i8],
     g: Grid,
@@ -138,25 +163,34 @@ unsafe fn dw_rows<const K: usize, const GELU: bool>(
     let (d, ht, wt, pt, pl) = (g.dim, g.ht, g.wt, g.pad_top, g.pad_left);
     let below = k - 1 - pt; // input rows below the output row
     let cols = wt + k - 1;
-    // SAFETY: cache (k·cols·16 bytes), zrow (cols·16) and rowbuf (wt·8) lie one after the
-    // other inside scratch (scratch_need, checked by the caller).
+    let cs = if WIDE { 32 } else { 16 }; // bytes per cached column
+                                         // SAFETY: cache (k·cols·cs bytes), zrow (cols·cs) and rowbuf (wt·8) lie one after the
+                                         // other inside scratch (scratch_need(g, cs), checked by the caller).
     let (cache, zrow, rowbuf) = unsafe {
         let cache = scratch.as_mut_ptr();
-        let zrow = cache.add(k * cols * 16);
-        (cache, zrow, zrow.add(cols * 16))
+        let zrow = cache.add(k * cols * cs);
+        (cache, zrow, zrow.add(cols * cs))
     };
     let ap = a.as_mut_ptr();
     let w = l.w.as_ptr();
     // SAFETY: in the whole function, offsets stay inside their buffers: cache (slot·cols +
-    // col)·16 + 16 ≤ k·cols·16 (slot < k, col < cols); zrow col·16 + 16 ≤ cols·16; rowbuf
+    // col)·cs + cs ≤ k·cols·cs (slot < k, col < cols); zrow col·cs + cs ≤ cols·cs; rowbuf
     // x·8 + 8 ≤ wt·8; activations (row·wt + x)·d + c0 + 8 ≤ tokens·d (row < ht, x < wt,
     // c0 + 8 ≤ d); weights (ky·k + kx)·d + c0 + 8 ≤ k²·d (kx < k; the tap k of an odd k is
     // never loaded). Cache columns read by output x < wt and pair p: x + 2p ≤ wt − 1 + k − 1
     // = cols − 1. Every intrinsic is AVX2 (the caller's).
     unsafe {
         let zp = _mm_set1_epi8(e.zp_in);
+        // One cached column: 16 interleaved bytes, or the same widened to 16 i16.
+        let put = |dst: *mut i8, v: __m128i| {
+            if WIDE {
+                _mm256_storeu_si256(dst.cast(), _mm256_cvtepi8_epi16(v));
+            } else {
+                _mm_storeu_si128(dst.cast(), v);
+            }
+        };
         for col in 0..cols {
-            _mm_storeu_si128(zrow.add(col * 16).cast(), zp);
+            put(zrow.add(col * cs), zp);
         }
         for c0 in (0..d).step_by(8) {
             // Input row r of this slice into cache slot r % k: column col holds the bytes
@@ -170,11 +204,11 @@ unsafe fn dw_rows<const K: usize, const GELU: bool>(
                         _ => zp,
                     }
                 };
-                let dst = cache.add((r % k) * cols * 16);
+                let dst = cache.add((r % k) * cols * cs);
                 let mut cur = at(0);
                 for col in 0..cols {
                     let next = at(col + 1);
-                    _mm_storeu_si128(dst.add(col * 16).cast(), _mm_unpacklo_epi8(cur, next));
+                    put(dst.add(col * cs), _mm_unpacklo_epi8(cur, next));
                     cur = next;
                 }
             };
@@ -206,24 +240,24 @@ unsafe fn dw_rows<const K: usize, const GELU: bool>(
                 for (ky, row) in rows.iter_mut().enumerate().take(k) {
                     let yy = (y + ky).wrapping_sub(pt);
                     if yy < ht {
-                        *row = cache.add((yy % k) * cols * 16).cast_const();
+                        *row = cache.add((yy % k) * cols * cs).cast_const();
                     }
                 }
                 let mut x = 0;
                 while x + TILE <= wt {
-                    dw_tile::<TILE, K, GELU>(e, &rows, &wp, bias, k, x, y, g, c0, ap, rowbuf);
+                    dw_tile::<TILE, K, GELU, WIDE>(e, &rows, &wp, bias, k, x, y, g, c0, ap, rowbuf);
                     x += TILE;
                 }
                 if x + 4 <= wt {
-                    dw_tile::<4, K, GELU>(e, &rows, &wp, bias, k, x, y, g, c0, ap, rowbuf);
+                    dw_tile::<4, K, GELU, WIDE>(e, &rows, &wp, bias, k, x, y, g, c0, ap, rowbuf);
                     x += 4;
                 }
                 if x + 2 <= wt {
-                    dw_tile::<2, K, GELU>(e, &rows, &wp, bias, k, x, y, g, c0, ap, rowbuf);
+                    dw_tile::<2, K, GELU, WIDE>(e, &rows, &wp, bias, k, x, y, g, c0, ap, rowbuf);
                     x += 2;
                 }
                 if x < wt {
-                    dw_tile::<1, K, GELU>(e, &rows, &wp, bias, k, x, y, g, c0, ap, rowbuf);
+                    dw_tile::<1, K, GELU, WIDE>(e, &rows, &wp, bias, k, x, y, g, c0, ap, rowbuf);
                 }
                 // Row y of this slice is done: its outputs go back into the activations.
                 for xx in 0..wt {
@@ -238,8 +272,9 @@ unsafe fn dw_rows<const K: usize, const GELU: bool>(
 }
 
 /// `T` consecutive outputs `x..x + T` of row `y`, 8 channels from `c0`: the taps of every
-/// kernel row `rows[ky]` two at a time (`wp[ky·5 + p]`), then the epilogue with the
-/// residual into the row buffer.
+/// kernel row `rows[ky]` two at a time (`wp[ky·5 + p]`; the cached pair widened by
+/// `VPMOVSXBW`, or loaded as i16 where `WIDE`), then the epilogue with the residual into
+/// the row buffer.
 ///
 /// # Safety
 /// As for `dw_rows` (whose bounds argument covers every access), with `x + T ≤ wt`, each
@@ -250,7 +285,7 @@ unsafe fn dw_rows<const K: usize, const GELU: bool>(
 // Indices: j < T over the const length of `acc`; ky < k ≤ 9 into `rows`; ky·5 + p < 45
 // into `wp`.
 #[allow(clippy::indexing_slicing)]
-unsafe fn dw_tile<const T: usize, const K: usize, const GELU: bool>(
+unsafe fn dw_tile<const T: usize, const K: usize, const GELU: bool, const WIDE: bool>(
     e: &Epi,
     rows: &[*const i8; DW_MAX_K],
     wp: &[__m256i; DW_MAX_K * 5],
@@ -266,17 +301,23 @@ unsafe fn dw_tile<const T: usize, const K: usize, const GELU: bool>(
     let k = if K > 0 { K } else { k };
     let pairs = k.div_ceil(2);
     let (d, wt) = (g.dim, g.wt);
+    let cs = if WIDE { 32 } else { 16 };
     // SAFETY: the caller's bounds (see dw_rows): cache columns x + j + 2p ≤ cols − 1,
     // residuals and outputs of tokens y·wt + x + j < tokens, row buffer (x + j)·8 + 8 ≤
     // wt·8; AVX2.
     unsafe {
         let mut acc = [bias; T];
         for (ky, &row) in rows.iter().enumerate().take(k) {
-            let rp = row.add(x * 16);
+            let rp = row.add(x * cs);
             for p in 0..pairs {
                 let wv = wp[ky * 5 + p];
                 for (j, aj) in acc.iter_mut().enumerate() {
-                    let xv = _mm256_cvtepi8_epi16(_mm_loadu_si128(rp.add((j + 2 * p) * 16).cast()));
+                    let at = rp.add((j + 2 * p) * cs);
+                    let xv = if WIDE {
+                        _mm256_loadu_si256(at.cast())
+                    } else {
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(at.cast()))
+                    };
                     *aj = _mm256_add_epi32(*aj, _mm256_madd_epi16(xv, wv));
                 }
             }
@@ -285,5 +326,58 @@ unsafe fn dw_tile<const T: usize, const K: usize, const GELU: bool>(
         let res: [*const i8; T] = core::array::from_fn(|j| ap.add((t + j) * d + c0).cast_const());
         let out: [*mut i8; T] = core::array::from_fn(|j| rowbuf.add((x + j) * 8));
         epilogue_c8::<T, GELU>(e, c0, acc, Some(res), out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The AVX2 kernel's two column layouts (bytes, and i16 where the scratch allows), each
+    //! forced by the scratch length, against the reference (the op's suite runs the kernel
+    //! with the scratch the drivers get).
+    use std::vec;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::kernels::reference;
+    use crate::kernels::testutil::{act, Layer, Rng};
+
+    #[test]
+    fn both_column_layouts_match_the_reference() {
+        if !Isa::Avx2.available() {
+            return;
+        }
+        let mut r = Rng(0x0c01_5a7e_8888_1111);
+        for case in 0..72 {
+            let kernel = 1 + case % 9;
+            let dim = 8 * r.range(1, 4) as usize;
+            let (ht, wt) = (r.range(1, 9) as usize, r.range(1, 19) as usize);
+            let g = Grid {
+                ht,
+                wt,
+                dim,
+                kernel,
+                pad_top: (kernel - 1) / 2,
+                pad_left: kernel / 2,
+            };
+            let gelu = case % 2 == 0;
+            let l = Layer::random(&mut r, kernel * kernel * dim, dim, true, gelu);
+            let x: Vec<i8> = (0..g.tokens() * dim)
+                .map(|_| r.range(-128, 127) as i8)
+                .collect();
+            let mut want = vec![0i8; x.len()];
+            reference::dw_i8(&x, g, &l.view(), act(gelu), &mut want);
+            for bytes in [16, 32] {
+                let len = scratch_need(g, bytes).unwrap_or(0);
+                let (mut a, mut scratch) = (x.clone(), vec![0i8; len]);
+                assert!(dw_i8_inplace_avx2_8x8(
+                    &mut a,
+                    &mut scratch,
+                    g,
+                    &l.view(),
+                    act(gelu)
+                ));
+                assert_eq!(a, want, "{g:?} {bytes}-byte columns");
+            }
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! `cargo run --release -p kernel-bench [-- --quick]`: times the runtime's int8 kernels on
+//! `cargo run --release -p kernel-bench [-- --quick] [--simd-only]`: times the runtime's int8 kernels on
 //! random layers of two ConvMixers through the same drivers the model runs (the patch
 //! embedding, the in-place depthwise conv with its residual, the in-place pointwise conv,
 //! the pool and head), with the portable scalar kernels and with the best SIMD level of
@@ -146,7 +146,8 @@ impl Net {
     }
 }
 
-/// The best of `runs` timings of `f` (each run `reps` calls), per call.
+/// The best of `runs` timings of `f` (each run `reps` calls), per call (after one call to
+/// warm the caches).
 fn best(runs: usize, reps: usize, mut f: impl FnMut()) -> Duration {
     f();
     (0..runs)
@@ -176,9 +177,14 @@ fn bench(net: &Net, isas: &[Isa], quick: bool) -> Vec<Op> {
     let (d, t, k) = (g.dim, g.tokens(), g.kernel);
     let taps = e.taps();
     let act = net.act;
-    let runs = if quick { 2 } else { 5 };
-    // A scalar call can take a second: fewer repetitions there.
-    let reps = |isa: Isa, simd: usize| if isa == Isa::Scalar { 1 } else { simd };
+    // The best of many single calls filters out the other processes' time slices; the
+    // scalar kernels (a second per call) run once or twice.
+    let runs = |isa: Isa| match (isa, quick) {
+        (Isa::Scalar, true) => 1,
+        (Isa::Scalar, false) => 2,
+        (_, true) => 6,
+        (_, false) => 30,
+    };
 
     let x: Vec<i8> = (0..t * d).map(|_| r.range(-128, 127) as i8).collect();
     let px: Vec<u8> = (0..net.image * net.image * net.in_c)
@@ -229,25 +235,25 @@ fn bench(net: &Net, isas: &[Isa], quick: bool) -> Vec<Op> {
         let mut results = Vec::new();
         // The patch embedding writes the whole tensor from the pixels.
         let l = embed.view(-128, act);
-        ops[0].times.push(best(runs, reps(isa, 8), || {
+        ops[0].times.push(best(runs(isa), 1, || {
             gemm_i8::embed_i8(&px, e, d, &l, act, &mut scratch, &mut a, isa);
         }));
         results.extend_from_slice(&a);
         // The in-place layers run on a fresh copy each time (the values stay in range).
         let l = dw.view(3, act);
-        ops[1].times.push(best(runs, reps(isa, 8), || {
+        ops[1].times.push(best(runs(isa), 1, || {
             a.copy_from_slice(&x);
             dw_i8::dw_i8_inplace(&mut a, &mut scratch, g, &l, act, isa);
         }));
         results.extend_from_slice(&a);
         let l = pw.view(0, act);
-        ops[2].times.push(best(runs, reps(isa, 4), || {
+        ops[2].times.push(best(runs(isa), 1, || {
             a.copy_from_slice(&x);
             gemm_i8::pw_i8_inplace(&mut a, &mut scratch, t, d, &l, act, isa);
         }));
         results.extend_from_slice(&a);
         let (mut mean, mut logits) = (vec![0i32; d], vec![0f32; net.classes]);
-        ops[3].times.push(best(runs, reps(isa, 200), || {
+        ops[3].times.push(best(runs(isa), 10, || {
             head_i8::head_i8(
                 &x,
                 t,
@@ -278,8 +284,11 @@ fn bench(net: &Net, isas: &[Isa], quick: bool) -> Vec<Op> {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let simd = Isa::detect();
+    let simd_only = std::env::args().any(|a| a == "--simd-only");
     let isas: Vec<Isa> = if simd == Isa::Scalar {
         vec![Isa::Scalar]
+    } else if simd_only {
+        vec![simd]
     } else {
         vec![Isa::Scalar, simd]
     };
