@@ -219,13 +219,16 @@ pub(crate) fn layer_bytes(s: &mut Rng, dim: usize, depthwise: bool) -> (Vec<u8>,
 }
 
 /// The never-panic tests' layers: every parameter at an extreme (zero points of ±2^31,
-/// requantisation fields from `i32::MIN` to `i32::MAX`, weights −128, a GELU table), and
-/// one with empty sections.
+/// requantisation fields from `i32::MIN` to `i32::MAX`, weights −128, a GELU table), one
+/// with empty sections, and one that every SIMD level takes for the awkward shapes that are
+/// valid (16 channels, up to 16 inputs or a 3×3 kernel), so that their own length checks
+/// meet the others.
 pub(crate) struct Awkward {
     w: Vec<i8>,
     pub(crate) bias: Vec<u8>,
     rq: Vec<u8>,
     table: [u8; 512],
+    valid: Layer,
 }
 
 /// The values [`Awkward`]'s fields cycle through.
@@ -240,11 +243,12 @@ impl Awkward {
                 .flat_map(|i| EXTREME[i % EXTREME.len()].to_le_bytes())
                 .collect(),
             table: [0xff; 512],
+            valid: Layer::random(&mut Rng(0xa11_0ca7_ed00_0001), 16 * 16, 16, true, true),
         }
     }
 
-    /// The extreme layer and the empty one.
-    pub(crate) fn layers(&self) -> [QuantLayer<'_>; 2] {
+    /// The extreme layer, the empty one and the valid one.
+    pub(crate) fn layers(&self) -> [QuantLayer<'_>; 3] {
         [
             QuantLayer {
                 w: &self.w,
@@ -264,6 +268,7 @@ impl Awkward {
                 zp_out: 0,
                 table: &[],
             },
+            self.valid.view(),
         ]
     }
 

@@ -4,6 +4,7 @@
 //!   [`reference::dw_token_i8`], the plain scalar definitions;
 //! * `neon.rs`: the AArch64 slice-wise in-place kernels `dw_i8_inplace_smlal` (ARMv8.0) and
 //!   `dw_i8_inplace_sdot` (ARMv8.2 dot product);
+//! * `x86.rs`: the x86_64 AVX2 slice-wise in-place kernel `dw_i8_inplace_avx2_8x8`;
 //! * `tests.rs`: the shared suite, every ISA the running CPU has against the reference.
 //!
 //! The layer runs in place on the one activation tensor ([`dw_i8_inplace`]): output row `y`
@@ -97,9 +98,10 @@ fn queue_len(g: Grid) -> usize {
     g.pad_left.saturating_add(1)
 }
 
-/// Depthwise conv + residual in place on `a` (`tokens · dim` int8). With NEON (and `dim` a
-/// multiple of 16, `k ≤ 9`) the slice-wise drivers of `neon` run it; otherwise the
-/// reference computes it token by token through the ring and the queue described above.
+/// Depthwise conv + residual in place on `a` (`tokens · dim` int8). With NEON (`dim` a
+/// multiple of 16, `k ≤ 9`) or AVX2 (`dim` a multiple of 8, `k ≤ 9`) the slice-wise kernels
+/// of `neon` or `x86` run it; otherwise the reference computes it token by token through
+/// the ring and the queue described above.
 /// `scratch` must hold [`scratch_len`] bytes; shorter buffers make it fall back to nothing
 /// (the caller sizes the arena from the same formula).
 ///

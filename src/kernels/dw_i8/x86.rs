@@ -14,6 +14,11 @@
 //! before any output overwrites it), and are written back when the row is done. The
 //! shared vector epilogue (`quant::x86`) adds the residual.
 //!
+//! Speed (`cargo run --release -p kernel-bench`, one core of a Zen 4 KVM guest, see
+//! `gemm_i8::x86`): the depthwise layer of ConvMixer-768/32 (32×32 tokens, 768 channels,
+//! k = 7, epilogue and residual included) takes 1.25 ms, 31 GMAC/s (88× the scalar
+//! kernel's 0.35): 3.5% of the image's time next to its pointwise layers.
+//!
 //! Safety: the entry point checks the grid, the layer (`Epi::new`), the CPU's AVX2, the
 //! activations and the scratch once per call, in checked arithmetic, and returns `false`
 //! without touching anything where they do not fit; the `unsafe fn`s below rely on those

@@ -6,6 +6,7 @@
 //!   [`reference::embed_i8`], the plain scalar definitions;
 //! * `neon.rs`: the AArch64 kernels `gemm_i8_neon_smlal_2x16c4` (ARMv8.0) and
 //!   `gemm_i8_neon_sdot_4x16c4` (ARMv8.2 dot product);
+//! * `x86.rs`: the x86_64 AVX2 kernel `gemm_i8_avx2_4x8c4` (`VPMADDWD`);
 //! * `tests.rs`: the shared suite, every ISA the running CPU has against the reference.
 //!
 //! The drivers below run a layer through the kernel of an [`Isa`], chosen once per layer
