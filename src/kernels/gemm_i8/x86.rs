@@ -11,11 +11,13 @@
 //! input operand is a plain broadcast load; two weight rows (8 outputs) feed the 4 tokens:
 //! 8 `VPMADDWD` per 2 weight conversions and 4 broadcasts, 8 accumulator registers. At the
 //! end of the inputs `VPHADDD` adds each output's two partial sums (`VPERMQ` puts the 8 in
-//! order) and the shared vector epilogue (`quant::x86`) requantises them. (`VPMADDUBSW`
-//! would halve the multiplies but saturates its i16 pair sums for full-range int8, so it
-//! is not exact; its sign trick, `VPSIGNB` + `VPMADDUBSW` + `VPMADDWD` by ones, is exact
-//! with weights never −128 but measured 3% slower here.) All accumulation is integer and
-//! bounded by the reader's accumulator check, so any order gives the reference's value.
+//! order) and the shared vector epilogue (`quant::x86`) requantises them. (`VPMADDUBSW`,
+//! 32 products per instruction, saturates its i16 pair sums for full-range int8, so alone it
+//! is not exact; with the sign trick, `VPSIGNB` of the weights by the inputs, the inputs'
+//! magnitudes, and `VPMADDWD` by ones to widen, it is exact for weights never −128 (a pair
+//! is at most 2 · 128 · 127), but that is as many multiplies plus a sign per weight
+//! register, and it measured 3% slower here.) All accumulation is integer and bounded by
+//! the reader's accumulator check, so any order gives the reference's value.
 //!
 //! Speed, measured with `cargo run --release -p kernel-bench` (thread CPU time, best of 30
 //! calls through the in-place driver, epilogue and copies included) on one core of the
