@@ -6,10 +6,11 @@
 #![forbid(unsafe_code)]
 
 use crate::blob::{self, Arch, Blob, Header, MixerLayer, SectionKind};
-use crate::kernels::inplace::ResAdd;
 use crate::kernels::mixed::{self, MixedLayer};
 use crate::kernels::reference::{F16Arith, F32Arith, FloatArith};
-use crate::kernels::{float, inplace, reference as k, EmbedGeom, Grid, Isa};
+use crate::kernels::res_add::{self, ResAdd};
+use crate::kernels::{dw_f, dw_i8, embed_f, gemm_i8, head_i8, layer_norm, pw_f};
+use crate::kernels::{reference as k, EmbedGeom, Grid, Isa};
 use crate::le::{F16Le, F32Le, FloatWeights, I32Le};
 use crate::{Error, Precision};
 
@@ -220,7 +221,7 @@ impl<'a> Model<'a> {
     }
 
     /// Arena layout. int8: one activation tensor, then the in-place drivers' scratch
-    /// ([`inplace::scratch_len`]: a ring of `pad_top` token rows and a few tokens). Float
+    /// ([`dw_i8::scratch_len`]: a ring of `pad_top` token rows and a few tokens). Float
     /// blobs: two f32 activation tensors.
     fn plan(&self) -> Plan {
         let h = self.header();
@@ -230,12 +231,12 @@ impl<'a> Model<'a> {
             // the embedding's before it is added in); scratch for one MLP's row tiles.
             let (t, d) = (h.tokens(), usize::from(h.dim));
             let (ht, hc) = (usize::from(h.token_hidden), usize::from(h.channel_hidden));
-            let scratch = inplace::mlp_scratch_len(ht, t)
-                .max(inplace::mlp_scratch_len(hc, d))
-                .max(inplace::embed_scratch_len(eg));
+            let scratch = gemm_i8::mlp_scratch_len(ht, t)
+                .max(gemm_i8::mlp_scratch_len(hc, d))
+                .max(gemm_i8::embed_scratch_len(eg));
             (align16(2 * t * d) + t * d, scratch)
         } else if h.precision == Precision::Int8 {
-            let scratch = inplace::scratch_len(g).max(inplace::embed_scratch_len(eg));
+            let scratch = dw_i8::scratch_len(g).max(gemm_i8::embed_scratch_len(eg));
             (h.tokens() * usize::from(h.dim), scratch)
         } else {
             let act = 4 * h.tokens() * usize::from(h.dim);
@@ -503,7 +504,7 @@ impl<'a> Model<'a> {
             let scratch: &mut [f32] = bytemuck::try_cast_slice_mut(&mut *b).map_err(align)?;
             let a: &mut [M::Act] =
                 bytemuck::try_cast_slice_mut(a.get_mut(..n * esz).ok_or(short)?).map_err(align)?;
-            float::embed::<W, M>(
+            embed_f::embed::<W, M>(
                 px,
                 eg,
                 g.dim,
@@ -520,10 +521,10 @@ impl<'a> Model<'a> {
             bytemuck::try_cast_slice_mut(b.get_mut(..n * esz).ok_or(short)?).map_err(align)?;
         trace(0, M::trace(a));
         for i in 0..usize::from(h.depth) {
-            float::dw::<W, M>(a, g, &self.float_layer(1 + 2 * i, wrap)?, act, b, self.isa);
+            dw_f::dw::<W, M>(a, g, &self.float_layer(1 + 2 * i, wrap)?, act, b, self.isa);
             trace(1 + 2 * i, M::trace(b));
             let pw = self.float_layer(2 + 2 * i, wrap)?;
-            float::pw::<W, M>(b, g.tokens(), g.dim, &pw, act, a, self.isa);
+            pw_f::pw::<W, M>(b, g.tokens(), g.dim, &pw, act, a, self.isa);
             trace(2 + 2 * i, M::trace(a));
         }
         let hl = h.head_layer();
@@ -576,7 +577,7 @@ impl<'a> Model<'a> {
         if f16(0) {
             mixed::embed(px, eg, g.dim, &self.mixed_layer(0)?, act, a);
         } else {
-            inplace::embed_i8(px, eg, g.dim, &self.quant_layer(0)?, act, b, a, self.isa);
+            gemm_i8::embed_i8(px, eg, g.dim, &self.quant_layer(0)?, act, b, a, self.isa);
         }
         trace(0, LayerOutput::Int8(a));
         for i in 0..usize::from(h.depth) {
@@ -584,14 +585,14 @@ impl<'a> Model<'a> {
             if f16(dw) {
                 mixed::dw_inplace(a, b, g, &self.mixed_layer(dw)?, act);
             } else {
-                inplace::dw_i8_inplace(a, b, g, &self.quant_layer(dw)?, act, self.isa);
+                dw_i8::dw_i8_inplace(a, b, g, &self.quant_layer(dw)?, act, self.isa);
             }
             trace(dw, LayerOutput::Int8(a));
             if f16(pw) {
                 mixed::pw_inplace(a, b, g.tokens(), g.dim, &self.mixed_layer(pw)?, act);
             } else {
                 let l = self.quant_layer(pw)?;
-                inplace::pw_i8_inplace(a, b, g.tokens(), g.dim, &l, act, self.isa);
+                gemm_i8::pw_i8_inplace(a, b, g.tokens(), g.dim, &l, act, self.isa);
             }
             trace(pw, LayerOutput::Int8(a));
         }
@@ -612,7 +613,7 @@ impl<'a> Model<'a> {
             );
             return Ok(());
         }
-        inplace::head_i8(
+        head_i8::head_i8(
             a,
             g.tokens(),
             g.dim,
@@ -659,7 +660,7 @@ impl<'a> Model<'a> {
         let plan = Error::Malformed("layer plan");
         // The embedding: a GEMM into `ln`, added into the zeroed residual stream.
         let embed = self.quant_layer(0)?;
-        inplace::embed_i8(
+        gemm_i8::embed_i8(
             px,
             eg,
             d,
@@ -670,24 +671,24 @@ impl<'a> Model<'a> {
             self.isa,
         );
         x16.iter_mut().for_each(|v| *v = 0);
-        inplace::add_residual(ln, t, d, self.res_add(0, &embed)?, x16, false);
+        res_add::add_residual(ln, t, d, self.res_add(0, &embed)?, x16, false, self.isa);
         trace(0, LayerOutput::Int16(x16));
         let mut layer = 1;
         while layer < h.head_layer() {
             let norm =
                 k::LayerNormI16::from_section(self.blob.section(SectionKind::LayerNorm, layer)?, d);
             if layer + 1 == h.head_layer() {
-                inplace::layer_norm_i16(x16, t, d, &norm, ln, false, self.isa);
+                layer_norm::layer_norm_i16(x16, t, d, &norm, ln, false, self.isa);
                 break;
             }
             // LayerNorm, fc1, fc2: the token MLP works on the transposed LayerNorm output.
             let token = h.mixer_layer(layer + 1) == Some(MixerLayer::TokenFc1);
-            inplace::layer_norm_i16(x16, t, d, &norm, ln, token, self.isa);
+            layer_norm::layer_norm_i16(x16, t, d, &norm, ln, token, self.isa);
             let (rows, kin, hidden) = h.mixer_gemm(layer + 1).ok_or(plan)?;
             let (_, _, n) = h.mixer_gemm(layer + 2).ok_or(plan)?;
             let (fc1, fc2) = (self.quant_layer(layer + 1)?, self.quant_layer(layer + 2)?);
             let add = self.res_add(layer + 2, &fc2)?;
-            inplace::mlp_i8(
+            gemm_i8::mlp_i8(
                 ln, rows, kin, hidden, n, &fc1, &fc2, add, x16, token, scratch, self.isa,
             );
             trace(layer + 2, LayerOutput::Int16(x16));
@@ -695,7 +696,7 @@ impl<'a> Model<'a> {
         }
         let hl = h.head_layer();
         let section = |kind| self.blob.section(kind, hl);
-        inplace::head_i8(
+        head_i8::head_i8(
             ln,
             t,
             d,

@@ -8,8 +8,9 @@
 //! pointwise SDOT kernel, one with `SMULL`/`SMLAL` and `SADALP` to the pointwise SMLAL
 //! kernel, one with `SMULL`/`SMLAL` and `SADDW` to the depthwise kernel; of each kind the
 //! loop that executed the most MACs is reported. Only functions of `convmixer_edge`
-//! outside `kernels::reference` are searched (the scalar reference kernels, which LLVM
-//! may auto-vectorise, are left out where they are not inlined).
+//! outside the ops' `reference` modules (`kernels::<op>::reference::…`) are searched (the
+//! scalar reference kernels, which LLVM may auto-vectorise, are left out where they are not
+//! inlined).
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -373,8 +374,8 @@ fn llvm_mca(asm: &str, cpu: &str) -> Result<f64> {
     Ok(cycles / iters)
 }
 
-/// The disassembled functions of `convmixer_edge` (outside `kernels::reference`) in a
-/// binary.
+/// The disassembled functions of `convmixer_edge` (outside the kernels' `reference`
+/// modules: [`searched`]) in a binary.
 pub struct Disasm {
     funcs: Vec<Function>,
 }
@@ -395,7 +396,7 @@ pub fn disassemble(bin: &Path) -> Result<Disasm> {
     }
     let funcs: Vec<Function> = parse_objdump(&String::from_utf8_lossy(&out.stdout))
         .into_iter()
-        .filter(|f| f.name.contains("convmixer_edge::") && !f.name.contains("kernels::reference"))
+        .filter(|f| searched(&f.name))
         .collect();
     if funcs.is_empty() {
         bail!(
@@ -404,6 +405,15 @@ pub fn disassemble(bin: &Path) -> Result<Disasm> {
         );
     }
     Ok(Disasm { funcs })
+}
+
+/// Whether the function `name` (a demangled symbol) is searched for kernel loops: those of
+/// `convmixer_edge`, except the scalar reference kernels, which live in each op's
+/// `reference` module (`convmixer_edge::kernels::gemm_i8::reference::gemm_i8`; a SIMD kernel
+/// whose generic arguments name a reference type is searched).
+fn searched(name: &str) -> bool {
+    let path = name.split("::<").next().unwrap_or(name);
+    name.contains("convmixer_edge::") && !path.contains("::reference::")
 }
 
 /// Executions of each instruction (file addresses of the binary), from a qemu run.
@@ -558,12 +568,12 @@ mod tests {
     use super::*;
 
     const DUMP: &str = "\
-0000000000001000 <convmixer_edge::kernels::neon::pw_sdot_tile>:
+0000000000001000 <convmixer_edge::kernels::gemm_i8::neon::gemm_sdot_tile4>:
     1000:\tmovi\tv0.2d, #0x0
     1004:\tldr\tq1, [x0], #16
     1008:\tsdot\tv0.4s, v1.16b, v2.4b[0]
     100c:\tsubs\tx1, x1, #0x1
-    1010:\tb.ne\t1004 <convmixer_edge::kernels::neon::pw_sdot_tile+0x4>  // b.any
+    1010:\tb.ne\t1004 <convmixer_edge::kernels::gemm_i8::neon::gemm_sdot_tile4+0x4>  // b.any
     1014:\tret
 ";
 
@@ -577,5 +587,26 @@ mod tests {
         assert_eq!(kind_of(&f[0].insns[1..=4]), Some(Kind::PwSdot));
         assert_eq!(asm_line(&f[0].insns[4], 0x1004), "\tb.ne\t.Lloop");
         assert_eq!(branch_target("w0, #3, 1234 <f+0x4>"), Some(0x1234));
+        assert!(searched(&f[0].name));
+    }
+
+    /// The reference kernels (in each op's `reference` module) are left out, the SIMD
+    /// kernels and drivers beside them searched.
+    #[test]
+    fn leaves_out_the_reference_kernels() {
+        assert!(!searched(
+            "convmixer_edge::kernels::gemm_i8::reference::gemm_i8"
+        ));
+        assert!(!searched(
+            "convmixer_edge::kernels::dw_i8::reference::dw_token_i8::<dyn Fn>"
+        ));
+        assert!(searched(
+            "convmixer_edge::kernels::dw_i8::neon::dw_smlal_rows::<7, false>"
+        ));
+        assert!(searched("convmixer_edge::kernels::gemm_i8::pw_i8_inplace"));
+        assert!(searched(
+            "convmixer_edge::kernels::pw_f::neon::pw::<convmixer_edge::kernels::float::reference::F32Arith>"
+        ));
+        assert!(!searched("core::ptr::drop_in_place"));
     }
 }

@@ -1,7 +1,8 @@
-//! Run-time CPU feature detection (FEAT_FP16, FEAT_DotProd) for [`super::Isa`] and
-//! [`super::fp16_available`]: besides the SIMD kernels the only `unsafe` in the crate, a
-//! libc call on Linux and a system-register read on bare metal, neither of which touches
-//! memory the program owns.
+//! Run-time CPU feature detection (FEAT_FP16, FEAT_DotProd on aarch64; AVX2, FMA, F16C on
+//! x86_64) for [`super::Isa`] and [`super::fp16_available`], without `std`: besides the
+//! SIMD kernels the only `unsafe` in the crate, a libc call on aarch64 Linux, a
+//! system-register read on aarch64 bare metal, and `CPUID`/`XGETBV` on x86_64, none of
+//! which touches memory the program owns.
 
 /// The Linux auxiliary vector's `AT_HWCAP` word.
 #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
@@ -63,5 +64,79 @@ pub fn dotprod() -> bool {
 /// No run-time detection elsewhere.
 #[cfg(not(all(target_arch = "aarch64", any(target_os = "linux", target_os = "none"))))]
 pub fn dotprod() -> bool {
+    false
+}
+
+/// `CPUID` leaf `leaf`, sub-leaf `sub`: `[eax, ebx, ecx, edx]`.
+#[cfg(target_arch = "x86_64")]
+fn cpuid(leaf: u32, sub: u32) -> [u32; 4] {
+    let (eax, ebx, ecx, edx): (u32, u32, u32, u32);
+    // SAFETY: CPUID exists on every x86_64 CPU, takes any leaf (an unknown one returns
+    // zeros or the highest leaf's data) and only writes eax..edx; rbx, which LLVM reserves,
+    // is saved in a scratch register around it and restored. No memory is touched.
+    unsafe {
+        core::arch::asm!(
+            "mov {bx:r}, rbx",
+            "cpuid",
+            "xchg {bx:r}, rbx",
+            bx = out(reg) ebx,
+            inout("eax") leaf => eax,
+            inout("ecx") sub => ecx,
+            out("edx") edx,
+            options(nomem, nostack, preserves_flags),
+        )
+    };
+    [eax, ebx, ecx, edx]
+}
+
+/// AVX2, FMA and F16C with the OS saving the YMM registers: `CPUID` leaf 1 (ECX: FMA bit
+/// 12, OSXSAVE bit 27, AVX bit 28, F16C bit 29), `XCR0` bits 1 and 2 (the OS saves SSE and
+/// AVX state; `XGETBV`, which OSXSAVE allows), `CPUID` leaf 7 (EBX: AVX2 bit 5). `CPUID`
+/// exits to the hypervisor under virtualisation, so the answer is read once and kept.
+#[cfg(target_arch = "x86_64")]
+pub fn avx2() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    // 0: not read yet, 1: absent, 2: present.
+    static KNOWN: AtomicU8 = AtomicU8::new(0);
+    match KNOWN.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let has = read_avx2();
+            KNOWN.store(if has { 2 } else { 1 }, Ordering::Relaxed);
+            has
+        }
+    }
+}
+
+/// [`avx2`] from the CPU itself.
+#[cfg(target_arch = "x86_64")]
+fn read_avx2() -> bool {
+    const FMA: u32 = 1 << 12;
+    const OSXSAVE: u32 = 1 << 27;
+    const AVX: u32 = 1 << 28;
+    const F16C: u32 = 1 << 29;
+    const LEAF1: u32 = FMA | OSXSAVE | AVX | F16C;
+    if cpuid(0, 0)[0] < 7 || cpuid(1, 0)[2] & LEAF1 != LEAF1 {
+        return false;
+    }
+    let (lo, _hi): (u32, u32);
+    // SAFETY: XGETBV with ECX = 0 reads XCR0 and is allowed where CPUID reports OSXSAVE
+    // (checked above); it only writes eax and edx and touches no memory.
+    unsafe {
+        core::arch::asm!(
+            "xgetbv",
+            in("ecx") 0u32,
+            out("eax") lo,
+            out("edx") _hi,
+            options(nomem, nostack, preserves_flags),
+        )
+    };
+    lo & 0b110 == 0b110 && cpuid(7, 0)[1] & (1 << 5) != 0
+}
+
+/// No x86_64 detection elsewhere.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn avx2() -> bool {
     false
 }

@@ -10,12 +10,13 @@
 //! activation) break per-tensor int8.
 //!
 //! These are plain scalar kernels, used for the few layers a mixed model keeps in float;
-//! they run in place with the same scratch as the int8 drivers ([`super::inplace`]). Like
-//! those, they check their buffers once and do nothing where they do not fit.
+//! they run in place with the same scratch as the int8 drivers (those of [`super::gemm_i8`]
+//! and [`super::dw_i8`]). Like those, they check their buffers once and do nothing where
+//! they do not fit.
 #![forbid(unsafe_code)]
 
-use super::inplace::{self, Src};
-use super::reference::{embed_grid, finish_f32, FloatLayer};
+use super::dw_i8::{self, Src};
+use super::reference::{finish_f32, FloatLayer};
 use super::{fgemm_index, fgemm_packed_len_checked, EmbedGeom, Grid};
 use crate::le::{F16Le, F32Le, FloatWeights};
 use crate::Activation;
@@ -118,7 +119,8 @@ pub fn embed(
 ) {
     let (p, c, taps) = (e.patch, e.in_c, e.taps());
     // Below these sizes no index formed here overflows or leaves its slice.
-    let grid = embed_grid(e, px.len(), dim, out.len())
+    let grid = e
+        .grid(px.len(), dim, out.len())
         .filter(|_| fgemm_packed_len_checked(dim, taps).is_some());
     let Some((ht, wt)) = grid else {
         return;
@@ -182,10 +184,10 @@ fn dw_token(
 }
 
 /// Depthwise conv + residual in float, in place on the int8 tensor `a`, through the same
-/// ring and queue as the int8 driver ([`inplace::scratch_len`] bytes of `scratch`).
+/// ring and queue as the int8 driver ([`dw_i8::scratch_len`] bytes of `scratch`).
 ///
 /// ```
-/// use convmixer_edge::kernels::{inplace, mixed::{self, MixedLayer}, reference::FloatLayer, Grid};
+/// use convmixer_edge::kernels::{dw_i8, mixed::{self, MixedLayer}, reference::FloatLayer, Grid};
 /// use convmixer_edge::{le::{F16Le, F32Le}, Activation};
 /// let g = Grid { ht: 3, wt: 3, dim: 1, kernel: 3, pad_top: 1, pad_left: 1 };
 /// // All-zero weights and affine: the output is the residual, requantised.
@@ -197,12 +199,12 @@ fn dw_token(
 /// let (one, two) = (1f32.to_le_bytes(), 2f32.to_le_bytes());
 /// let l = MixedLayer { f, s_in: F32Le(&one), zp_in: 0, s_out: F32Le(&two), zp_out: 0 };
 /// let mut a: Vec<i8> = (0..9).map(|i| 2 * i as i8).collect();
-/// let mut scratch = vec![0i8; inplace::scratch_len(g)];
+/// let mut scratch = vec![0i8; dw_i8::scratch_len(g)];
 /// mixed::dw_inplace(&mut a, &mut scratch, g, &l, Activation::Relu);
 /// assert_eq!(a, (0..9).collect::<Vec<i8>>());
 /// ```
 pub fn dw_inplace(a: &mut [i8], scratch: &mut [i8], g: Grid, l: &MixedLayer<'_>, act: Activation) {
-    inplace::dw_inplace_by_token(a, scratch, g, |src, y, x, res, out| {
+    dw_i8::dw_inplace_by_token(a, scratch, g, |src, y, x, res, out| {
         dw_token(src, y, x, res, g, l, act, out)
     });
 }
@@ -321,7 +323,7 @@ pub fn head(
 mod tests {
     //! The in-place drivers against plain out-of-place loops over a copy of the input.
     use super::*;
-    use crate::kernels::{fgemm_packed_len, inplace};
+    use crate::kernels::{dw_i8, fgemm_packed_len};
     use crate::le::F32Le;
     use std::vec::Vec;
 
@@ -428,7 +430,7 @@ mod tests {
                     }
                 }
                 let mut a = x.clone();
-                let mut scratch = std::vec![0i8; inplace::scratch_len(g)];
+                let mut scratch = std::vec![0i8; dw_i8::scratch_len(g)];
                 dw_inplace(&mut a, &mut scratch, g, &l, act);
                 assert_eq!(a, want, "{g:?} {act:?}");
                 assert!(want.iter().any(|&v| v != want[0]), "degenerate test layer");

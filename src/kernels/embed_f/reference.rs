@@ -1,0 +1,66 @@
+//! The float patch embedding's reference, in plain scalar Rust.
+#![forbid(unsafe_code)]
+
+use crate::kernels::float::reference::{F32Arith, FloatArith, FloatLayer};
+use crate::kernels::{fgemm_packed_len_checked, EmbedGeom};
+use crate::le::FloatWeights;
+use crate::Activation;
+
+/// Patch embedding on raw pixels (HWC `u8`), writing `tokens × dim` activations. Weights
+/// are packed ([`fgemm_index`](crate::kernels::fgemm_index), input `i = (ky·p + kx)·in_c +
+/// c`). Always computed in f32 (the pixel-unit weights make large, cancelling partial
+/// sums); the outputs are then narrowed to `M`'s storage.
+///
+/// ```
+/// use convmixer_edge::{kernels::{reference::*, EmbedGeom}, le::F32Le, Activation};
+/// let one = 1.0f32.to_le_bytes();
+/// let zero = 0.0f32.to_le_bytes();
+/// // 1 channel, 2x2 image, patch 2, dim 1 (packed to 16 outputs): sums the four pixels.
+/// let mut w = vec![0u8; 4 * 16 * 4];
+/// for i in 0..4 { w[64 * i..64 * i + 4].copy_from_slice(&one); }
+/// let l = FloatLayer { w: F32Le(&w), bias: F32Le(&zero), scale: F32Le(&one), shift: F32Le(&zero), unscale: F32Le(&one) };
+/// let mut out = [0.0f32];
+/// embed_f::<_, F32Arith>(&[1, 2, 3, 4], EmbedGeom { in_h: 2, in_w: 2, in_c: 1, patch: 2 }, 1, &l, Activation::Relu, &mut out);
+/// assert_eq!(out[0], 10.0);
+/// ```
+pub fn embed_f<W: FloatWeights, M: FloatArith>(
+    px: &[u8],
+    g: EmbedGeom,
+    dim: usize,
+    l: &FloatLayer<'_, W>,
+    act: Activation,
+    out: &mut [M::Act],
+) {
+    let (p, c) = (g.patch, g.in_c);
+    let taps = g.taps();
+    let grid = g
+        .grid(px.len(), dim, out.len())
+        .filter(|_| fgemm_packed_len_checked(dim, taps).is_some());
+    let Some((ht, wt)) = grid else {
+        return;
+    };
+    for ty in 0..ht {
+        for tx in 0..wt {
+            let t = ty * wt + tx;
+            let Some(orow) = out.get_mut(t * dim..(t + 1) * dim) else {
+                return;
+            };
+            for (o, y) in orow.iter_mut().enumerate() {
+                let mut acc = l.bias.at(o);
+                let mut i = 0;
+                for ky in 0..p {
+                    let row = ((ty * p + ky) * g.in_w + tx * p) * c;
+                    for v in px.get(row..row + p * c).unwrap_or_default() {
+                        acc = F32Arith::mac(
+                            acc,
+                            l.w.at(crate::kernels::fgemm_index(o, i, taps)),
+                            f32::from(*v),
+                        );
+                        i += 1;
+                    }
+                }
+                *y = M::narrow(l.finish(o, act, acc));
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The MLP-Mixer's fixed-point LayerNorm of the int16 residual stream into int8.
+//!
+//! * `reference.rs`: [`reference::layer_norm_i16`] and
+//!   [`reference::layer_norm_token_i16`], exact
+//!   integer arithmetic;
+//! * `neon.rs`: `layer_norm_token_i16_neon`, `x86.rs`: `layer_norm_token_i16_avx2`, 4
+//!   channels per step;
+//! * `tests.rs`: the shared suite, every ISA the running CPU has against the reference.
+
+pub(super) mod reference;
+
+// The NEON kernels read little-endian blob fields as native integers, and exist only where
+// NEON is a compile-time target feature (so no run-time check is needed for it).
+#[cfg(all(
+    target_arch = "aarch64",
+    target_endian = "little",
+    target_feature = "neon"
+))]
+#[allow(unsafe_code)]
+pub mod neon;
+
+// The AVX2 kernels run only where Isa::Avx2 was detected (their entry points check).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub mod x86;
+
+#[cfg(test)]
+mod tests;
+
+use super::Isa;
+
+/// The MLP-Mixer's fixed-point LayerNorm of the residual stream
+/// ([`reference::layer_norm_i16`]; per token `neon::layer_norm_token_i16_neon` where `isa`
+/// has NEON, `x86::layer_norm_token_i16_avx2` for AVX2): the same bits.
+///
+/// ```
+/// use convmixer_edge::kernels::{layer_norm, reference::LayerNormI16, Isa};
+/// let mut s = vec![0u8; 16 + 24];
+/// s[8..12].copy_from_slice(&16i32.to_le_bytes());
+/// for c in 0..2 { s[16 + 4 * c..20 + 4 * c].copy_from_slice(&1i32.to_le_bytes()); }
+/// let p = LayerNormI16::from_section(&s, 2);
+/// let mut out = [0i8; 4];
+/// layer_norm::layer_norm_i16(&[100, 300, 5, -5], 2, 2, &p, &mut out, false, Isa::detect());
+/// assert_eq!(out, [-1, 1, 1, -1]);
+/// ```
+pub fn layer_norm_i16(
+    x: &[i16],
+    tokens: usize,
+    dim: usize,
+    p: &reference::LayerNormI16<'_>,
+    out: &mut [i8],
+    transposed: bool,
+    isa: Isa,
+) {
+    let token = match isa {
+        #[cfg(all(
+            target_arch = "aarch64",
+            target_endian = "little",
+            target_feature = "neon"
+        ))]
+        Isa::Neon | Isa::NeonDot => neon::layer_norm_token_i16_neon,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::layer_norm_token_i16_avx2,
+        _ => reference::layer_norm_token_i16,
+    };
+    reference::layer_norm_rows(x, tokens, dim, p, out, transposed, token);
+}
