@@ -107,7 +107,7 @@ fn run(data: &[u8]) {
     };
     for &f16 in arithmetics {
         let mut first: Option<Vec<u32>> = None;
-        for isa in [Isa::Scalar, Isa::Neon, Isa::NeonDot] {
+        for isa in Isa::ALL {
             let Ok(m) = model.with_f16_arithmetic(f16).with_isa(isa) else {
                 assert!(!isa.available(), "with_isa refused an available Isa");
                 continue;

@@ -298,7 +298,7 @@ pub fn run(only: &[String], json_out: bool, root: &Path) -> Result<()> {
                 p
             }
             _ => {
-                let p = root.join("target/timm/convmixer_768_32.torchscript.onnx");
+                let p = root.join("target/timm/convmixer_768_32/torchscript.onnx");
                 if !p.exists() {
                     bail!(
                         "{}: missing; make it with `bash tools/fixtures/run.sh timm_convmixers --full`",

@@ -82,16 +82,32 @@ impl LayerStats {
             self.out_ch = vec![Range::default(); dim];
             self.pre_ch = vec![Range::default(); dim];
         }
-        for (pre, out) in v.pre.chunks_exact(dim).zip(v.out.chunks_exact(dim)) {
-            for (r, &x) in self.pre_ch.iter_mut().zip(pre) {
-                r.add(x);
+        // Per channel over the tokens, in plain arrays (the loops vectorise); a NaN never
+        // wins a comparison, as `f32::min/max` skip it.
+        let per_channel = |vals: &[f32], r: &mut [Range]| {
+            let (mut lo, mut hi) = (vec![f32::INFINITY; dim], vec![f32::NEG_INFINITY; dim]);
+            for row in vals.chunks_exact(dim) {
+                for ((l, h), &x) in lo.iter_mut().zip(hi.iter_mut()).zip(row) {
+                    *l = if x < *l { x } else { *l };
+                    *h = if x > *h { x } else { *h };
+                }
             }
-            for (r, &x) in self.out_ch.iter_mut().zip(out) {
-                r.add(x);
+            for ((r, l), h) in r.iter_mut().zip(lo).zip(hi).filter(|((_, l), h)| l <= h) {
+                r.add(l);
+                r.add(h);
             }
-        }
-        for &a in v.act {
-            self.act.add(a);
+        };
+        per_channel(v.pre, &mut self.pre_ch);
+        per_channel(v.out, &mut self.out_ch);
+        let (lo, hi) = v
+            .act
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| {
+                (if x < l { x } else { l }, if x > h { x } else { h })
+            });
+        if lo <= hi {
+            self.act.add(lo);
+            self.act.add(hi);
         }
         for r in &self.pre_ch {
             self.pre.merge(r);
