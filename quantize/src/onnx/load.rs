@@ -325,3 +325,128 @@ fn node_tensors<'m>(n: &'m mut pb::NodeProto, out: &mut Vec<Found<'m>>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn external(name: &str, dims: &[i64], data_type: DataType, kv: &[(&str, &str)]) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: data_type as i32,
+            data_location: Some(DataLocation::External as i32),
+            external_data: kv
+                .iter()
+                .map(|(k, v)| pb::StringStringEntryProto {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Tensors in every place load looks (initializer, a Constant's value, a subgraph's
+    /// initializer), sharing one file under two spellings, out of offset order, plus a
+    /// file of its own with no offset or length: each gets its bytes.
+    #[test]
+    fn every_tensor_is_read_wherever_it_is() {
+        let dir = std::env::temp_dir().join(format!("cmx-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shared: Vec<u8> = (0u8..32).collect();
+        std::fs::write(dir.join("d.bin"), &shared).unwrap();
+        std::fs::write(dir.join("c.bin"), 7.5f32.to_le_bytes()).unwrap();
+        let sub = pb::GraphProto {
+            initializer: vec![external(
+                "s",
+                &[2],
+                DataType::Int32,
+                &[("location", "d.bin"), ("offset", "24"), ("length", "8")],
+            )],
+            ..Default::default()
+        };
+        let node = |op: &str, attr: pb::AttributeProto| pb::NodeProto {
+            op_type: op.into(),
+            name: format!("n-{op}"),
+            output: vec![format!("{op}_out")],
+            attribute: vec![attr],
+            ..Default::default()
+        };
+        let m = pb::ModelProto {
+            graph: Some(pb::GraphProto {
+                initializer: vec![
+                    external(
+                        "a",
+                        &[2],
+                        DataType::Float,
+                        &[("location", "d.bin"), ("offset", "8"), ("length", "8")],
+                    ),
+                    external(
+                        "b",
+                        &[1],
+                        DataType::Int64,
+                        &[("location", "./d.bin"), ("offset", "0"), ("length", "8")],
+                    ),
+                ],
+                node: vec![
+                    node(
+                        "Constant",
+                        pb::AttributeProto {
+                            name: "value".into(),
+                            t: Some(external("", &[], DataType::Float, &[("location", "c.bin")])),
+                            ..Default::default()
+                        },
+                    ),
+                    node(
+                        "If",
+                        pb::AttributeProto {
+                            name: "then_branch".into(),
+                            g: Some(sub),
+                            ..Default::default()
+                        },
+                    ),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let path = dir.join("m.onnx");
+        std::fs::write(&path, m.encode_to_vec()).unwrap();
+        let got = load(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let g = got.graph.unwrap();
+        assert_eq!(g.initializer[0].raw_data, &shared[8..16]);
+        assert_eq!(g.initializer[1].raw_data, &shared[0..8]);
+        let c = g.node[0].attribute[0].t.as_ref().unwrap();
+        assert_eq!(c.raw_data, 7.5f32.to_le_bytes());
+        let s = &g.node[1].attribute[0].g.as_ref().unwrap().initializer[0];
+        assert_eq!(s.raw_data, &shared[24..32]);
+        for t in [&g.initializer[0], &g.initializer[1], c, s] {
+            assert_eq!(t.data_location, None);
+            assert!(t.external_data.is_empty());
+        }
+    }
+
+    #[test]
+    fn sizes_follow_the_data_type() {
+        let t = |dt, dims: &[i64]| TensorProto {
+            data_type: dt as i32,
+            dims: dims.to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(byte_len(&t(DataType::Float16, &[3, 5]), "x").unwrap(), 30);
+        assert_eq!(byte_len(&t(DataType::Int4, &[3]), "x").unwrap(), 2);
+        assert_eq!(byte_len(&t(DataType::Complex128, &[]), "x").unwrap(), 16);
+        let e = byte_len(&t(DataType::Float, &[-1]), "tensor 'x'").unwrap_err();
+        assert_eq!(e.to_string(), "tensor 'x' has shape [-1]: not a valid size");
+        let e = byte_len(&t(DataType::Float, &[1 << 62, 8]), "tensor 'x'").unwrap_err();
+        assert!(e.to_string().ends_with("not a valid size"), "{e}");
+        let e = byte_len(&t(DataType::String, &[1]), "tensor 'x'").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "tensor 'x' has data type STRING (cannot be stored as external data)"
+        );
+    }
+}
