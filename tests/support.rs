@@ -264,6 +264,8 @@ pub fn mutate_and_run(
 
 /// Editing ONNX models for the malformed-input and edge-case tests.
 pub mod onnx_edit {
+    use std::path::{Path, PathBuf};
+
     use prost::Message;
     use tract_onnx::pb;
 
@@ -310,6 +312,106 @@ pub mod onnx_edit {
         for (d, v) in dims[2..].iter_mut().zip([h, w]) {
             d.value = Some(pb::tensor_shape_proto::dimension::Value::DimValue(v));
         }
+    }
+
+    /// How [`write_external`] stores the tensors.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Layout {
+        /// One data file `NAME.data` beside the model, every tensor at a 64-byte aligned
+        /// `offset` with its `length` (as `torch.onnx.export` writes it).
+        OneFile,
+        /// One file per tensor (`t000.bin`, …), with neither offset nor length (as
+        /// `onnx.save_model(..., all_tensors_to_one_file=False)` writes it).
+        PerTensor,
+    }
+
+    /// Writes `m` as `dir/name` with every tensor that has `raw_data` — the initializers
+    /// and the `Constant` nodes' values — moved to external data laid out as `layout`.
+    /// Returns the model's path and how many tensors were moved.
+    pub fn write_external(
+        m: &pb::ModelProto,
+        dir: &Path,
+        name: &str,
+        layout: Layout,
+    ) -> (PathBuf, usize) {
+        std::fs::create_dir_all(dir).expect("model folder");
+        let mut m = m.clone();
+        let data_name = format!("{name}.data");
+        let mut data: Vec<u8> = Vec::new();
+        let mut moved = 0usize;
+        let mut move_out = |t: &mut pb::TensorProto| {
+            if t.raw_data.is_empty() {
+                return;
+            }
+            let bytes = std::mem::take(&mut t.raw_data);
+            let kv = |k: &str, v: String| pb::StringStringEntryProto {
+                key: k.into(),
+                value: v,
+            };
+            t.external_data = match layout {
+                Layout::OneFile => {
+                    data.resize(data.len().next_multiple_of(64), 0);
+                    let offset = data.len();
+                    data.extend_from_slice(&bytes);
+                    vec![
+                        kv("location", data_name.clone()),
+                        kv("offset", offset.to_string()),
+                        kv("length", bytes.len().to_string()),
+                    ]
+                }
+                Layout::PerTensor => {
+                    let file = format!("t{moved:03}.bin");
+                    std::fs::write(dir.join(&file), &bytes).expect("tensor file");
+                    vec![kv("location", file)]
+                }
+            };
+            t.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
+            moved += 1;
+        };
+        let g = graph(&mut m);
+        g.initializer.iter_mut().for_each(&mut move_out);
+        for n in &mut g.node {
+            for a in &mut n.attribute {
+                if let Some(t) = a.t.as_mut() {
+                    move_out(t);
+                }
+            }
+        }
+        if layout == Layout::OneFile {
+            std::fs::write(dir.join(&data_name), &data).expect("data file");
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, m.encode_to_vec()).expect("model file");
+        (path, moved)
+    }
+
+    /// The external-data entry `key` of the tensor named `tensor` (initializer or Constant
+    /// value), to break it.
+    pub fn external_entry<'m>(
+        m: &'m mut pb::ModelProto,
+        tensor: &str,
+        key: &str,
+    ) -> &'m mut pb::StringStringEntryProto {
+        let g = graph(m);
+        let t = g
+            .initializer
+            .iter_mut()
+            .chain(
+                g.node
+                    .iter_mut()
+                    .flat_map(|n| n.attribute.iter_mut().filter_map(|a| a.t.as_mut())),
+            )
+            .find(|t| t.name == tensor)
+            .unwrap_or_else(|| panic!("tensor {tensor}"));
+        t.external_data
+            .iter_mut()
+            .find(|e| e.key == key)
+            .unwrap_or_else(|| panic!("{tensor}: no external {key}"))
+    }
+
+    /// The model at `path` (as written, external data unread).
+    pub fn read_proto(path: &Path) -> pb::ModelProto {
+        pb::ModelProto::decode(std::fs::read(path).expect("read model").as_slice()).expect("decode")
     }
 
     /// The MNIST model with block 0's pointwise channel 0 given weights 10^9 times smaller

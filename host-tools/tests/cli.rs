@@ -375,3 +375,95 @@ fn bad_input_gives_one_line_errors() {
         Some(2)
     );
 }
+
+/// A timm ConvMixer (`timm.models.convmixer.ConvMixer`, GELU, kernel 9, patch 14, 112×112
+/// RGB) as PyTorch's default export writes it — `dynamo.onnx` + `dynamo.onnx.data` — copied
+/// to a fresh folder as a user has it, through quantize → classify → eval (the blob and the
+/// ONNX itself) → report, with timm's ImageNet normalisation.
+#[test]
+fn timm_external_data_export_through_every_command() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fx = root().join("tests/fixtures/timm/gelu-k9-p14");
+    let dir = tmp.path().join("export");
+    std::fs::create_dir(&dir).expect("mkdir");
+    for f in ["dynamo.onnx", "dynamo.onnx.data"] {
+        std::fs::copy(fx.join(f), dir.join(f)).expect("copy");
+    }
+    let onnx = dir.join("dynamo.onnx");
+    let images = fx.join("images");
+    let norm = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"];
+    let blob = tmp.path().join("timm.cmx");
+    let mut args = vec!["quantize", s(&onnx), "--calib", s(&images), "-o", s(&blob)];
+    args.extend(norm);
+    let o = ht(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("dim 16, depth 2, kernel 9, patch 14, 10 classes, input 112x112x3"),
+        "{}",
+        stderr(&o)
+    );
+
+    // classify: the recorded images of classes 3 and 8 (trained gratings: clear examples).
+    let o = ht(&[
+        "classify",
+        s(&blob),
+        s(&images.join("3/0.png")),
+        s(&images.join("8/1.png")),
+        "--json",
+        "--top",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let classes: Vec<u64> = String::from_utf8(o.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            v["top"][0]["class"].as_u64().expect("class")
+        })
+        .collect();
+    assert_eq!(classes, [3, 8]);
+
+    // eval: the int8 blob and the external-data ONNX in fp32 (tract) on the 20 images.
+    let o = ht(&["eval", s(&blob), "--data", s(&images), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!((v["n"].as_u64(), v["top1"].as_f64()), (Some(20), Some(1.0)));
+    let mut args = vec!["eval", s(&onnx), "--data", s(&images), "--json"];
+    args.extend(norm);
+    let o = ht(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!((v["n"].as_u64(), v["top1"].as_f64()), (Some(20), Some(1.0)));
+
+    // report: per-layer SQNR of every conv layer and the page.
+    let page = tmp.path().join("report");
+    let mut args = vec![
+        "report",
+        s(&onnx),
+        "--calib",
+        s(&images),
+        "--data",
+        s(&images),
+        "--json",
+        "-o",
+        s(&page),
+    ];
+    args.extend(norm);
+    let o = ht(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["n"].as_u64(), Some(20), "{v}");
+    assert_eq!(v["top1_fp32"].as_f64(), Some(1.0), "{v}");
+    assert_eq!(v["top1_int8"].as_f64(), Some(1.0), "{v}");
+    // The stem and 2 blocks × (depthwise, pointwise): 5 conv layers, each measured.
+    let sqnr: Vec<f64> = v["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["sqnr_db"].as_f64().expect("sqnr"))
+        .collect();
+    assert_eq!(sqnr.len(), 5, "{v}");
+    assert!(sqnr.iter().all(|&d| d > 10.0), "{sqnr:?}");
+    assert!(page.join("index.html").is_file());
+}

@@ -20,6 +20,9 @@ use convmixer_edge_tests::{mnist, patched, section_range};
 use prost::Message;
 use tract_onnx::pb;
 
+#[path = "corpus/external.rs"]
+mod external;
+
 /// One corpus entry: what the input is, the command line, and the exact error.
 struct Case {
     kind: &'static str,
@@ -75,9 +78,14 @@ impl Ctx {
 
     fn onnx_bytes(&mut self, input: &str, name: &str, bytes: &[u8], expect: &str) {
         let p = self.write(name, bytes);
+        self.onnx_path(input, Path::new(&p), expect);
+    }
+
+    /// `quantize PATH --precision fp16 -o OUT`.
+    fn onnx_path(&mut self, input: &str, p: &Path, expect: &str) {
         let args = vec![
             "quantize".into(),
-            p,
+            s(p),
             "--precision".into(),
             "fp16".into(),
             "-o".into(),
@@ -785,6 +793,7 @@ fn every_malformed_input_gives_its_exact_error() {
     blob_cases(&mut cx);
     image_cases(&mut cx);
     onnx_cases(&mut cx);
+    external::cases(&mut cx);
     calib_cases(&mut cx);
 
     let t = s(&cx.dir);

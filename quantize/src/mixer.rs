@@ -59,7 +59,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use convmixer_edge::blob::{mixer_limits, Arch, Header, LayerMask, SectionKind};
 use convmixer_edge::{Activation, Precision};
 use tract_onnx::pb::NodeProto;
-use tract_onnx::prelude::Framework;
 
 use crate::blob::{i32_bytes, Writer};
 use crate::calibrate::Range;
@@ -205,7 +204,7 @@ impl Mixer {
 /// importer's errors stay specific. Unreadable bytes are not a mixer (the ConvMixer importer
 /// then reports what is wrong with them).
 pub fn is_mixer(bytes: &[u8]) -> bool {
-    let Ok(proto) = tract_onnx::onnx().proto_model_for_read(&mut &bytes[..]) else {
+    let Ok(proto) = crate::onnx::parse_model(bytes) else {
         return false;
     };
     let Some(g) = proto.graph.as_ref() else {
@@ -224,19 +223,25 @@ pub fn is_mixer(bytes: &[u8]) -> bool {
     })
 }
 
-/// Reads an ONNX file and recognises an MLP-Mixer in it.
+/// Reads an ONNX file (with its external data, if any: [`crate::onnx::load`]) and
+/// recognises an MLP-Mixer in it.
 pub fn import(path: &std::path::Path) -> Result<Mixer> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    import_bytes(&bytes).with_context(|| format!("{}", path.display()))
+    let proto = crate::onnx::load(path)?;
+    import_proto(&proto).with_context(|| format!("{}", path.display()))
 }
 
-/// As [`import`], from bytes.
+/// As [`import`], from bytes (a model with external data cannot be read from its bytes
+/// alone: that is an error naming the tensor).
 pub fn import_bytes(bytes: &[u8]) -> Result<Mixer> {
     if bytes.is_empty() {
         bail!("empty file (not an ONNX model)");
     }
-    let proto = crate::onnx::parse_model(bytes)?;
-    let (graph, opset) = crate::onnx::graph_and_opset(&proto)?;
+    import_proto(&crate::onnx::parse_model(bytes)?)
+}
+
+/// As [`import`], from a parsed model (external data read in).
+pub fn import_proto(proto: &tract_onnx::pb::ModelProto) -> Result<Mixer> {
+    let (graph, opset) = crate::onnx::graph_and_opset(proto)?;
     let g = Graph::new(graph)?;
     Walker::new(&g).mixer(opset)
 }

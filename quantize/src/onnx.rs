@@ -22,7 +22,10 @@ use std::collections::HashMap;
 use anyhow::{anyhow, bail, Context, Result};
 use convmixer_edge::Activation;
 use tract_onnx::pb::{self, tensor_proto::DataType, NodeProto, TensorProto};
-use tract_onnx::prelude::Framework;
+
+mod load;
+pub use load::load;
+pub(crate) use load::parse_model;
 
 /// A BatchNorm in inference form.
 #[derive(Clone, Debug, PartialEq)]
@@ -102,27 +105,23 @@ impl Imported {
     }
 }
 
-/// Reads an ONNX file and recognises a ConvMixer in it.
+/// Reads an ONNX file (with its external data, if any: [`load`]) and recognises a ConvMixer
+/// in it.
 pub fn import(path: &std::path::Path) -> Result<Imported> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    if bytes.is_empty() {
-        bail!("{}: empty file (not an ONNX model)", path.display());
-    }
-    import_bytes(&bytes).with_context(|| format!("{}", path.display()))
+    let proto = load(path)?;
+    import_proto(&proto).with_context(|| format!("{}", path.display()))
 }
 
-/// As [`import`], from bytes.
+/// As [`import`], from the bytes of an ONNX file. A model whose tensors are in external
+/// data files cannot be read from its bytes alone: that is an error naming the tensor.
 pub fn import_bytes(bytes: &[u8]) -> Result<Imported> {
-    let proto = parse_model(bytes)?;
-    let (graph, opset) = graph_and_opset(&proto)?;
-    Graph::new(graph)?.convmixer(opset)
+    import_proto(&parse_model(bytes)?)
 }
 
-/// The protobuf of an ONNX file.
-pub(crate) fn parse_model(bytes: &[u8]) -> Result<pb::ModelProto> {
-    tract_onnx::onnx()
-        .proto_model_for_read(&mut &bytes[..])
-        .map_err(|e| anyhow!("not a valid ONNX protobuf ({e})"))
+/// As [`import`], from a parsed model (external data read in).
+pub fn import_proto(proto: &pb::ModelProto) -> Result<Imported> {
+    let (graph, opset) = graph_and_opset(proto)?;
+    Graph::new(graph)?.convmixer(opset)
 }
 
 /// The graph of `proto` and the opset of its default domain (0 when it names none).
@@ -168,11 +167,13 @@ pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor> {
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .ok_or_else(|| anyhow!("tensor '{}' has shape {dims:?}: too many elements", t.name))?;
-    if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
-        bail!(
-            "tensor '{}' is stored in an external file; export with the weights inside the .onnx",
-            t.name
-        );
+    if let Some(location) = load::external_location(t) {
+        let what = if t.name.is_empty() {
+            "its value".to_string()
+        } else {
+            format!("tensor '{}'", t.name)
+        };
+        bail!("{what} is stored in the external data file '{location}', which needs the model's folder: read the model from its path");
     }
     let raw = &t.raw_data;
     let data: Vec<f64> = match DataType::try_from(t.data_type) {
@@ -285,7 +286,7 @@ impl<'g> Graph<'g> {
             if n.op_type == "Constant" {
                 let a = attr(n, "value").and_then(|a| a.t.as_ref());
                 let t = match (a, attr(n, "value_float"), attr(n, "value_ints")) {
-                    (Some(t), _, _) => decode_tensor(t)?,
+                    (Some(t), _, _) => decode_tensor(t).with_context(|| describe(n))?,
                     (None, Some(f), _) => Tensor {
                         dims: vec![],
                         data: vec![f64::from(f.f)],
@@ -1034,9 +1035,7 @@ fn check_block(dw: &ConvUnit, pw: &ConvUnit, dim: usize) -> Result<()> {
 /// `Some((mean, std))`, or `None` when the file has none (PyTorch's exports).
 pub fn normalisation(bytes: &[u8]) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
     use crate::onnx_export::{MEAN_KEY, STD_KEY};
-    let proto = tract_onnx::onnx()
-        .proto_model_for_read(&mut &bytes[..])
-        .map_err(|e| anyhow!("not a valid ONNX protobuf ({e})"))?;
+    let proto = parse_model(bytes)?;
     let get = |key: &str| -> Result<Option<Vec<f32>>> {
         let Some(p) = proto.metadata_props.iter().find(|p| p.key == key) else {
             return Ok(None);
@@ -1059,9 +1058,7 @@ pub fn normalisation(bytes: &[u8]) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
 /// The class names `host-tools train` records in an ONNX file's metadata (empty when the
 /// file has none).
 pub fn labels(bytes: &[u8]) -> Result<Vec<String>> {
-    let proto = tract_onnx::onnx()
-        .proto_model_for_read(&mut &bytes[..])
-        .map_err(|e| anyhow!("not a valid ONNX protobuf ({e})"))?;
+    let proto = parse_model(bytes)?;
     Ok(proto
         .metadata_props
         .iter()

@@ -1,6 +1,7 @@
 //! The independent fp32 reference: tract running the original ONNX file.
 
 use anyhow::{anyhow, Context, Result};
+use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 /// A runnable fp32 tract plan for one `[1, C, H, W]` image.
@@ -10,30 +11,31 @@ pub struct TractModel {
 }
 
 impl TractModel {
-    /// Loads `path` with the batch dimension fixed to 1.
+    /// Loads `path` (with its external data, if any: [`crate::onnx::load`]) with the batch
+    /// dimension fixed to 1.
     pub fn load(path: &std::path::Path, c: usize, h: usize, w: usize) -> Result<Self> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        Self::from_bytes(&bytes, c, h, w).with_context(|| format!("{}", path.display()))
+        let proto = crate::onnx::load(path)?;
+        Self::from_proto(proto, c, h, w).with_context(|| format!("{}", path.display()))
     }
 
-    /// As [`TractModel::load`], from the bytes of an ONNX file.
+    /// As [`TractModel::load`], from the bytes of an ONNX file (weights inside it).
     pub fn from_bytes(bytes: &[u8], c: usize, h: usize, w: usize) -> Result<Self> {
-        let onnx = tract_onnx::onnx();
-        let plan = onnx
-            .proto_model_for_read(&mut &bytes[..])
-            .and_then(|mut proto| {
-                // The dynamo exporter annotates every intermediate tensor with the symbolic
-                // batch dimension, which tract then refuses to unify with the fixed batch of
-                // 1 we ask for. Those annotations carry nothing tract cannot infer: drop them.
-                if let Some(g) = proto.graph.as_mut() {
-                    g.value_info.clear();
-                    for o in &mut g.output {
-                        o.r#type = None;
-                    }
-                }
-                onnx.model_for_proto_model(&proto)
-            })
+        Self::from_proto(crate::onnx::parse_model(bytes)?, c, h, w)
+    }
+
+    /// As [`TractModel::load`], from a parsed model (external data read in).
+    pub fn from_proto(mut proto: pb::ModelProto, c: usize, h: usize, w: usize) -> Result<Self> {
+        // The dynamo exporter annotates every intermediate tensor with the symbolic batch
+        // dimension, which tract then refuses to unify with the fixed batch of 1 we ask
+        // for. Those annotations carry nothing tract cannot infer: drop them.
+        if let Some(g) = proto.graph.as_mut() {
+            g.value_info.clear();
+            for o in &mut g.output {
+                o.r#type = None;
+            }
+        }
+        let plan = tract_onnx::onnx()
+            .model_for_proto_model(&proto)
             .and_then(|m| m.with_input_fact(0, f32::fact([1, c, h, w]).into()))
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())

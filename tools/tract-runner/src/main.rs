@@ -76,7 +76,22 @@ fn load(path: &str, shape: &[usize]) -> TractResult<Arc<TypedRunnableModel>> {
             o.r#type = None;
         }
     }
-    onnx.model_for_proto_model(&proto)?
+    // Parsed with the model's folder, so that external data (PyTorch's default
+    // `model.onnx` + `model.onnx.data`) is read by tract's own resolver.
+    let dir = std::path::Path::new(path)
+        .parent()
+        .and_then(|p| p.to_str())
+        .filter(|p| !p.is_empty())
+        .unwrap_or(".");
+    let parsed = onnx.parse(&proto, Some(dir))?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(TractError::msg(format!(
+            "unresolved inputs: {:?}",
+            parsed.unresolved_inputs
+        )));
+    }
+    parsed
+        .model
         .with_input_fact(0, f32::fact(shape).into())?
         .into_optimized()?
         .into_runnable()
