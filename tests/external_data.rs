@@ -31,7 +31,7 @@ fn convmixer_blobs_are_byte_identical_from_external_data() {
         let want = onnx::import(&inline).expect("inline import");
         let blobs: Vec<Vec<u8>> = [Precision::Int8, Precision::F16, Precision::F32]
             .into_iter()
-            .map(|p| convmixer_quantize::quantize(&want, p, calib, &opts, || {}).expect("blob"))
+            .map(|p| convmixer_quantize::quantize(&want, p, calib, &opts, &|| {}).expect("blob"))
             .collect();
         for layout in LAYOUTS {
             let dir = tmp.path().join(format!("{export}-{layout:?}"));
@@ -47,7 +47,7 @@ fn convmixer_blobs_are_byte_identical_from_external_data() {
                 .into_iter()
                 .zip(&blobs)
             {
-                let b = convmixer_quantize::quantize(&got, p, calib, &opts, || {}).expect("blob");
+                let b = convmixer_quantize::quantize(&got, p, calib, &opts, &|| {}).expect("blob");
                 assert!(b == *blob, "{export} {layout:?}: {p:?} blob differs");
             }
         }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use convmixer_edge::{Activation, Precision};
 use convmixer_edge_tests::*;
-use convmixer_quantize::{calibrate, data, fold, onnx, reference::TractModel, Options};
+use convmixer_quantize::{data, fold, onnx, reference::TractModel, Options};
 use serde_json::Value;
 
 /// As tests/fold_exact.rs.
@@ -71,7 +71,7 @@ fn path(f: &Fixture, export: &str) -> PathBuf {
 /// The fp32 blob (runtime) and the host forward pass of the folded graph against tract
 /// and PyTorch; returns the largest error.
 fn folds_exactly(f: &Fixture, p: &Path, m: &onnx::Imported, opts: &Options) -> f32 {
-    let blob = convmixer_quantize::quantize(m, Precision::F32, &[], opts, || {}).expect("fp32");
+    let blob = convmixer_quantize::quantize(m, Precision::F32, &[], opts, &|| {}).expect("fp32");
     let folded = fold::fold(m, &f.mean, &f.std).expect("fold");
     let tract = TractModel::load(p, 3, m.in_h, m.in_w).expect("tract");
     let mut worst = 0f32;
@@ -79,7 +79,7 @@ fn folds_exactly(f: &Fixture, p: &Path, m: &onnx::Imported, opts: &Options) -> f
         let want = tract.run_pixels(px, &f.mean, &f.std).expect("tract run");
         assert!(want.iter().any(|v| v.abs() > 1.0), "degenerate {want:?}");
         let runtime = run_blob(&blob, px);
-        let host = calibrate::forward(&folded, px, None);
+        let host = convmixer_quantize::forward::forward(&folded, px);
         for (what, got, reference) in [
             ("tract vs PyTorch", &want, torch),
             ("runtime fp32 vs tract", &runtime, &want),
@@ -136,7 +136,7 @@ fn check_model(name: &str, act: Activation) {
         eprintln!("{name}/{export}: fold max-abs {e:.2e}");
         let blobs: Vec<Vec<u8>> = [Precision::Int8, Precision::F16, Precision::F32]
             .into_iter()
-            .map(|pr| convmixer_quantize::quantize(&m, pr, &calib, &opts, || {}).expect("blob"))
+            .map(|pr| convmixer_quantize::quantize(&m, pr, &calib, &opts, &|| {}).expect("blob"))
             .collect();
         match &first {
             None => first = Some((m, blobs)),
