@@ -10,9 +10,11 @@ ONNX=$EX/convmixer-mnist.torchscript.onnx
 OUT=target/demo
 mkdir -p "$OUT"
 
-echo "==== building host-tools"
-cargo build --release -p host-tools
-ht() { cargo run -q --release -p host-tools -- "$@"; }
+# Without the default `train` feature: burn (training) is not needed here and is about half
+# of a cold build.
+echo "==== building host-tools (without the train feature)"
+cargo build --release -p host-tools --no-default-features
+ht() { target/release/host-tools "$@"; }
 
 PREP=(--mean 0.1307 --std 0.3081 --labels "$EX/labels.txt")
 echo "==== quantize int8 -> $OUT/mnist-int8.cmx"

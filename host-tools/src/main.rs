@@ -546,6 +546,12 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(not(feature = "train"))]
+fn train_cmd(_: &host_tools::train::TrainOptions) -> Result<()> {
+    bail!("this host-tools was built without the `train` feature (burn); build it with `cargo build --release -p host-tools` (the default features)")
+}
+
+#[cfg(feature = "train")]
 fn train_cmd(opts: &host_tools::train::TrainOptions) -> Result<()> {
     let s = host_tools::train::train(opts)?;
     let last = s.history.last();
