@@ -11,25 +11,12 @@ use crate::kernels::awkward;
 use crate::kernels::fgemm_packed_len;
 use crate::kernels::float::tests::{
     awkward_layer, check_fp16_required, f16_bytes, f32_bytes, layers, params, rng, same_f16,
-    same_f32, unif, ACTS,
+    same_f32, unif, ACTS, SPECIAL,
 };
 use crate::kernels::reference::{self, F16Arith, F32Arith};
 use crate::kernels::testutil::isas;
 use crate::le::{F16Le, F32Le};
 use half::f16;
-
-/// Special inputs: NaN, ±inf, ±0, subnormals, huge values.
-pub(crate) const SPECIAL: [f32; 9] = [
-    f32::NAN,
-    f32::INFINITY,
-    f32::NEG_INFINITY,
-    -0.0,
-    0.0,
-    1e-40,
-    -3e-39,
-    3e38,
-    -1e30,
-];
 
 /// The pointwise driver in f32 arithmetic on `isa`; on AVX2 the kernel itself, which must
 /// take every layer of this suite (F32Arith, weights long enough).
