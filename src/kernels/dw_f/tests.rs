@@ -131,3 +131,62 @@ fn dw_driver_never_panics_on_any_shape() {
         }
     }
 }
+
+/// The activations and the epilogue through the driver on chosen pre-activations: a 1×1
+/// depthwise layer with weight 1, bias 0, unscale 1 (its accumulator is `fma(1, x, 0)`:
+/// `x`, but `+0` for `−0`) over both GELU clamps (erf's argument at ±4, its result at ±1)
+/// to the last bits around them, ReLU's zero, and NaN, ±inf, subnormal and huge inputs;
+/// every ISA against the reference, both weight storages, scale and shift not 1 and 0.
+#[test]
+fn activations_at_their_edges_through_the_driver() {
+    let mut xs: Vec<f32> = SPECIAL.to_vec();
+    for edge in [4.0 * core::f32::consts::SQRT_2, 1.0, 0.5, 1e-30, 0.0] {
+        for sign in [1.0f32, -1.0] {
+            let b = (sign * edge).to_bits();
+            xs.extend((0..40u32).map(|d| f32::from_bits((b + d).wrapping_sub(20))));
+        }
+    }
+    xs.extend((-80..=80).map(|i| i as f32 / 10.0));
+    let dim = 16;
+    let tokens = xs.len().div_ceil(dim);
+    xs.resize(tokens * dim, 2.5);
+    let g = Grid {
+        ht: 1,
+        wt: tokens,
+        dim,
+        kernel: 1,
+        pad_top: 0,
+        pad_left: 0,
+    };
+    let w32 = f32_bytes(&[1.0; 16]);
+    let w16 = f16_bytes(&[1.0; 16]);
+    let zero = f32_bytes(&[0.0; 16]);
+    let one = f32_bytes(&[1.0; 16]);
+    let scale = f32_bytes(&[0.75; 16]);
+    let shift = f32_bytes(&[-0.25; 16]);
+    let l32 = FloatLayer {
+        w: F32Le(&w32),
+        bias: F32Le(&zero),
+        scale: F32Le(&scale),
+        shift: F32Le(&shift),
+        unscale: F32Le(&one),
+    };
+    let l16 = FloatLayer {
+        w: F16Le(&w16),
+        bias: l32.bias,
+        scale: l32.scale,
+        shift: l32.shift,
+        unscale: l32.unscale,
+    };
+    let n = xs.len();
+    for act in ACTS {
+        let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+        reference::dw_f::<_, F32Arith>(&xs, g, &l32, act, &mut a);
+        for isa in isas() {
+            dw_f32(&xs, g, &l32, act, &mut b, isa);
+            assert!(same_f32(&a, &b), "{isa:?} w32 {act:?}");
+            dw_f32(&xs, g, &l16, act, &mut b, isa);
+            assert!(same_f32(&a, &b), "{isa:?} w16 {act:?}");
+        }
+    }
+}
