@@ -12,7 +12,10 @@
 //! The layer runs in macro-tiles of [`TB`] tokens: for each 16-output block, all the
 //! macro-tile's 6-token tiles in turn, so that the block's weights (`16·dim` elements: 24
 //! KiB of f16 or 48 KiB of f32 at `dim` = 768) are read from L1/L2 by all of them, and the
-//! macro-tile's inputs (`TB·dim` f32) stay in L2.
+//! macro-tile's inputs (`TB·dim` f32) stay in L2. On the Zen 4 below this measures the same
+//! as one 6-token tile at a time over all the blocks (43 GMAC/s either way: a block's
+//! weights are 5–10 bytes per cycle of its tile's FMAs, which its L2 and L3 sustain); it
+//! bounds that traffic where a cache hierarchy does not.
 //!
 //! [`reference::pw_f`]: crate::kernels::reference::pw_f
 //!
