@@ -18,14 +18,16 @@
 //! SIMD levels ([`Isa`]): AArch64 NEON (`SMLAL`, ARMv8.0) and NEON with the dot product
 //! (`SDOT`, ARMv8.2) for the int8 GEMM, depthwise, pool + head and LayerNorm and for the
 //! float ops; x86_64 AVX2 (`VPMADDWD`) for the int8 ops (GEMM, depthwise, epilogue, pool +
-//! head, LayerNorm, residual add), where the float ops run the reference so far (their
-//! `x86.rs` is still to be written). On one core of a Zen 4 the AVX2 kernels run a
-//! ConvMixer-768/32 at 224×224 in about 0.36 s, 74× faster than the scalar kernels' 27 s
-//! (`cargo run --release -p kernel-bench`; figures in `gemm_i8::x86`).
+//! head, LayerNorm, residual add), and AVX2 + FMA (+ F16C for f16 weights) for the float
+//! ops in f32 arithmetic (pointwise, depthwise, embedding; x86 has no binary16 arithmetic,
+//! so f16 blobs compute in f32 there). On one core of a Zen 4 the AVX2 kernels run a
+//! ConvMixer-768/32 at 224×224 in about 0.36 s (int8), 74× faster than the scalar kernels'
+//! 27 s (`cargo run --release -p kernel-bench`; figures in `gemm_i8::x86` and `pw_f::x86`).
 //!
 //! `unsafe` code lives only in the SIMD modules (each op's `neon`/`x86`, and the shared
-//! `quant::neon`, `float::neon`) and in `cpu` (feature detection): the op modules allow it
-//! there and nowhere else (the crate denies it, the reference and test modules forbid it).
+//! `quant::neon`, `quant::x86`, `float::neon`, `float::x86`) and in `cpu` (feature
+//! detection): the op modules allow it there and nowhere else (the crate denies it, the
+//! reference and test modules forbid it).
 //! The SIMD modules' safe entry points check every slice length (and the CPU features)
 //! once per call and fall back to the reference, or do nothing, where they do not fit; each
 //! `unsafe` block below them says which of those checks bounds its pointer accesses.

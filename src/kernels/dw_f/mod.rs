@@ -3,10 +3,13 @@
 //! * `reference.rs`: [`reference::dw_f`];
 //! * `neon.rs`: `dw_neon_f32_c16` (`FMLA .4s`) and `dw_neon_f16_c16` (FEAT_FP16 `FMLA
 //!   .8h`);
+//! * `x86.rs`: `dw_avx2_f32_8x8` (`VFMADD231PS`, 8 tokens × 8 channels, f32 weights or f16
+//!   widened by `VCVTPH2PS`; f32 arithmetic only);
 //! * `tests.rs`: the shared suite, every ISA the running CPU has against the reference.
 //!
 //! The driver [`dw`] runs the SIMD kernel where the ISA, the arithmetic and the shape allow
-//! it, else the reference: the same bits either way.
+//! it (NEON: `dim % 16 == 0`; AVX2: `dim % 8 == 0`, `F32Arith`), else the reference: the
+//! same bits either way.
 
 pub(super) mod reference;
 
@@ -20,6 +23,11 @@ pub(super) mod reference;
 #[allow(unsafe_code)]
 pub(super) mod neon;
 
+// The AVX2 kernels run only where Isa::Avx2 was detected (their entry point checks).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub(super) mod x86;
+
 #[cfg(test)]
 mod tests;
 
@@ -28,7 +36,7 @@ use super::{Grid, Isa};
 use crate::le::FloatWeights;
 use crate::Activation;
 
-/// Depthwise conv + residual: [`reference::dw_f`], with NEON when possible.
+/// Depthwise conv + residual: [`reference::dw_f`], with NEON or AVX2 when possible.
 ///
 /// ```
 /// use convmixer_edge::kernels::{dw_f, reference::*, Grid, Isa};
@@ -57,6 +65,10 @@ pub fn dw<W: FloatWeights, M: FloatArith>(
         target_feature = "neon"
     ))]
     if neon::dw::<W, M>(x, g, l, act, out, isa) {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if x86::dw::<W, M>(x, g, l, act, out, isa) {
         return;
     }
     let _ = isa;

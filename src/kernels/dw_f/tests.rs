@@ -10,48 +10,90 @@ use super::*;
 use crate::kernels::awkward;
 use crate::kernels::float::tests::{
     awkward_layer, check_fp16_required, f16_bytes, f32_bytes, layers, params, rng, same_f16,
-    same_f32, unif, ACTS,
+    same_f32, unif, ACTS, SPECIAL,
 };
 use crate::kernels::reference::{self, F16Arith, F32Arith};
 use crate::kernels::testutil::isas;
 use crate::le::{F16Le, F32Le};
 use half::f16;
 
+/// The depthwise driver in f32 arithmetic on `isa`; on AVX2 the kernel itself, which must
+/// take every layer of this suite whose `dim` is a multiple of 8.
+fn dw_f32<W: FloatWeights>(
+    x: &[f32],
+    g: Grid,
+    l: &FloatLayer<'_, W>,
+    act: Activation,
+    out: &mut [f32],
+    isa: Isa,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        let took = x86::dw::<W, F32Arith>(x, g, l, act, out, isa);
+        assert_eq!(took, g.dim % 8 == 0, "{g:?}");
+        if took {
+            return;
+        }
+    }
+    dw::<W, F32Arith>(x, g, l, act, out, isa);
+}
+
+/// The depthwise driver on every ISA against the reference, bit for bit: f32 arithmetic
+/// with f32 and f16 weights, f16 arithmetic. Kernels 1..9 (odd, and even with any
+/// padding below the kernel size), channel counts
+/// multiples of 16, of 8 only, and neither; rows long enough for the AVX2 kernel's 8- and
+/// 4-token tiles; every fourth case with NaN, ±inf, ±0, subnormal and huge inputs.
 #[test]
 fn dw_drivers_match_reference() {
     check_fp16_required();
     let mut s = 0x2545_f491_4f6c_dd1du64;
     let isas = isas();
-    for case in 0..60 {
+    for case in 0..72 {
         let kernel = [3, 5, 7, 9, 1, 4][case % 6];
-        let dim = 16 * (1 + (rng(&mut s) % 4) as usize);
+        let dim = match case % 3 {
+            0 => 16 * (1 + (rng(&mut s) % 4) as usize),
+            1 => 8 * (1 + (rng(&mut s) % 9) as usize),
+            _ => 1 + (rng(&mut s) % 40) as usize,
+        };
         let (ht, wt) = (
             1 + (rng(&mut s) % 10) as usize,
-            1 + (rng(&mut s) % 16) as usize,
+            1 + (rng(&mut s) % 30) as usize,
         );
+        // 'Same' padding, or (the even kernel) any padding below the kernel size.
         let pad = (kernel - 1) / 2;
+        let (pad_top, pad_left) = if kernel == 4 {
+            ((rng(&mut s) % 4) as usize, (rng(&mut s) % 4) as usize)
+        } else {
+            (pad, pad)
+        };
         let g = Grid {
             ht,
             wt,
             dim,
             kernel,
-            pad_top: pad,
-            pad_left: pad,
+            pad_top,
+            pad_left,
         };
         let act = ACTS[case % 3];
         let p = params(&mut s, kernel * kernel * dim, dim, 0.4);
         let (l32, l16) = layers(&p);
         let n = ht * wt * dim;
-        let x: Vec<f32> = (0..n).map(|_| unif(&mut s, -3.0, 3.0)).collect();
+        let mut x: Vec<f32> = (0..n).map(|_| unif(&mut s, -3.0, 3.0)).collect();
+        if case % 4 == 3 {
+            for v in SPECIAL {
+                let i = (rng(&mut s) % n as u64) as usize;
+                x[i] = v;
+            }
+        }
         let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
         reference::dw_f::<_, F32Arith>(&x, g, &l32, act, &mut a);
         for &isa in &isas {
-            dw::<_, F32Arith>(&x, g, &l32, act, &mut b, isa);
+            dw_f32(&x, g, &l32, act, &mut b, isa);
             assert!(same_f32(&a, &b), "{isa:?} f32 w32 {g:?} {act:?}");
         }
         reference::dw_f::<_, F32Arith>(&x, g, &l16, act, &mut a);
         for &isa in &isas {
-            dw::<_, F32Arith>(&x, g, &l16, act, &mut b, isa);
+            dw_f32(&x, g, &l16, act, &mut b, isa);
             assert!(same_f32(&a, &b), "{isa:?} f32 w16 {g:?} {act:?}");
         }
         let xh: Vec<u16> = x.iter().map(|v| f16::from_f32(*v).to_bits()).collect();
@@ -86,6 +128,65 @@ fn dw_driver_never_panics_on_any_shape() {
                 dw::<_, F32Arith>(&x, g, &l16, Activation::Gelu, &mut o, isa);
                 dw::<_, F16Arith>(&xh, g, &l16, Activation::Relu, &mut oh, isa);
             }
+        }
+    }
+}
+
+/// The activations and the epilogue through the driver on chosen pre-activations: a 1×1
+/// depthwise layer with weight 1, bias 0, unscale 1 (its accumulator is `fma(1, x, 0)`:
+/// `x`, but `+0` for `−0`) over both GELU clamps (erf's argument at ±4, its result at ±1)
+/// to the last bits around them, ReLU's zero, and NaN, ±inf, subnormal and huge inputs;
+/// every ISA against the reference, both weight storages, scale and shift not 1 and 0.
+#[test]
+fn activations_at_their_edges_through_the_driver() {
+    let mut xs: Vec<f32> = SPECIAL.to_vec();
+    for edge in [4.0 * core::f32::consts::SQRT_2, 1.0, 0.5, 1e-30, 0.0] {
+        for sign in [1.0f32, -1.0] {
+            let b = (sign * edge).to_bits();
+            xs.extend((0..40u32).map(|d| f32::from_bits((b + d).wrapping_sub(20))));
+        }
+    }
+    xs.extend((-80..=80).map(|i| i as f32 / 10.0));
+    let dim = 16;
+    let tokens = xs.len().div_ceil(dim);
+    xs.resize(tokens * dim, 2.5);
+    let g = Grid {
+        ht: 1,
+        wt: tokens,
+        dim,
+        kernel: 1,
+        pad_top: 0,
+        pad_left: 0,
+    };
+    let w32 = f32_bytes(&[1.0; 16]);
+    let w16 = f16_bytes(&[1.0; 16]);
+    let zero = f32_bytes(&[0.0; 16]);
+    let one = f32_bytes(&[1.0; 16]);
+    let scale = f32_bytes(&[0.75; 16]);
+    let shift = f32_bytes(&[-0.25; 16]);
+    let l32 = FloatLayer {
+        w: F32Le(&w32),
+        bias: F32Le(&zero),
+        scale: F32Le(&scale),
+        shift: F32Le(&shift),
+        unscale: F32Le(&one),
+    };
+    let l16 = FloatLayer {
+        w: F16Le(&w16),
+        bias: l32.bias,
+        scale: l32.scale,
+        shift: l32.shift,
+        unscale: l32.unscale,
+    };
+    let n = xs.len();
+    for act in ACTS {
+        let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+        reference::dw_f::<_, F32Arith>(&xs, g, &l32, act, &mut a);
+        for isa in isas() {
+            dw_f32(&xs, g, &l32, act, &mut b, isa);
+            assert!(same_f32(&a, &b), "{isa:?} w32 {act:?}");
+            dw_f32(&xs, g, &l16, act, &mut b, isa);
+            assert!(same_f32(&a, &b), "{isa:?} w16 {act:?}");
         }
     }
 }

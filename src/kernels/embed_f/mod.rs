@@ -3,10 +3,12 @@
 //!
 //! * `reference.rs`: [`reference::embed_f`];
 //! * `neon.rs`: 4 gathered patches through the f32 GEMM tile of `pw_f`;
+//! * `x86.rs`: 6 gathered patches through the AVX2 GEMM tile of `pw_f`
+//!   (`fgemm_avx2_f32_6x16`);
 //! * `tests.rs`: the shared suite, every ISA the running CPU has against the reference.
 //!
-//! The driver [`embed`] runs the SIMD kernel where the ISA and the shape allow it, else the
-//! reference: the same bits either way.
+//! The driver [`embed`] runs the SIMD kernel where the ISA and the shape allow it (NEON:
+//! `dim % 16 == 0`; AVX2: any `dim`), else the reference: the same bits either way.
 
 pub(super) mod reference;
 
@@ -20,6 +22,11 @@ pub(super) mod reference;
 #[allow(unsafe_code)]
 pub(super) mod neon;
 
+// The AVX2 kernels run only where Isa::Avx2 was detected (their entry point checks).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub(super) mod x86;
+
 #[cfg(test)]
 mod tests;
 
@@ -28,19 +35,20 @@ use super::{EmbedGeom, Isa};
 use crate::le::FloatWeights;
 use crate::Activation;
 
-/// Scratch f32 elements the embedding driver uses for its NEON path (4 gathered patches).
+/// Scratch f32 elements the embedding driver uses for its SIMD paths: 6 gathered patches
+/// (AVX2's tile; NEON's uses 4), saturating.
 ///
 /// ```
 /// use convmixer_edge::kernels::{embed_f::embed_scratch_len, EmbedGeom};
-/// assert_eq!(embed_scratch_len(EmbedGeom { in_h: 32, in_w: 32, in_c: 3, patch: 2 }), 48);
+/// assert_eq!(embed_scratch_len(EmbedGeom { in_h: 32, in_w: 32, in_c: 3, patch: 2 }), 72);
 /// ```
 pub fn embed_scratch_len(g: EmbedGeom) -> usize {
-    4 * g.taps()
+    g.taps().saturating_mul(6)
 }
 
 /// Patch embedding: [`reference::embed_f`] (f32 arithmetic, outputs narrowed to `M`), with
-/// NEON when possible. `scratch` should hold [`embed_scratch_len`] f32 (else the reference
-/// runs).
+/// NEON or AVX2 when possible. `scratch` should hold [`embed_scratch_len`] f32 (else the
+/// reference runs, or AVX2 one patch at a time where it holds at least one).
 ///
 /// ```
 /// use convmixer_edge::kernels::{embed_f, reference::*, EmbedGeom, Isa};
@@ -73,6 +81,10 @@ pub fn embed<W: FloatWeights, M: FloatArith>(
         target_feature = "neon"
     ))]
     if neon::embed::<W, M>(px, g, dim, l, act, out, scratch, isa) {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if x86::embed::<W, M>(px, g, dim, l, act, out, scratch, isa) {
         return;
     }
     let _ = (scratch, isa);

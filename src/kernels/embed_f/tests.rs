@@ -11,15 +11,40 @@ use crate::kernels::awkward;
 use crate::kernels::float::tests::{
     awkward_layer, f16_bytes, f32_bytes, layers, params, rng, same_f16, same_f32, ACTS,
 };
-use crate::kernels::reference::{self, F16Arith, F32Arith};
+use crate::kernels::reference::{self, F16Arith, F32Arith, FloatArith};
 use crate::kernels::testutil::isas;
 use crate::le::{F16Le, F32Le};
 
+/// The embedding driver on `isa`; on AVX2 the kernel itself, which must take every layer
+/// of this suite.
+#[allow(clippy::too_many_arguments)]
+fn embed_on<W: FloatWeights, M: FloatArith>(
+    px: &[u8],
+    g: EmbedGeom,
+    dim: usize,
+    l: &FloatLayer<'_, W>,
+    act: Activation,
+    out: &mut [M::Act],
+    scratch: &mut [f32],
+    isa: Isa,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        assert!(x86::embed::<W, M>(px, g, dim, l, act, out, scratch, isa));
+        return;
+    }
+    embed::<W, M>(px, g, dim, l, act, out, scratch, isa);
+}
+
+/// The embedding driver on every ISA against the reference, bit for bit: f32 outputs with
+/// f32 and f16 weights, f16 outputs. Images that are and are not a multiple of the patch,
+/// channel counts multiples of 16 and not, token counts across the AVX2 kernel's 6-patch
+/// tiles, and a scratch of one patch only (AVX2: one patch at a time).
 #[test]
 fn embed_drivers_match_reference() {
     let mut s = 0x5851_f42d_4c95_7f2du64;
     let isas = isas();
-    for case in 0..40 {
+    for case in 0..60 {
         let patch = 1 + (rng(&mut s) % 7) as usize;
         let in_c = 1 + (rng(&mut s) % 3) as usize;
         let (th, tw) = (
@@ -27,12 +52,16 @@ fn embed_drivers_match_reference() {
             1 + (rng(&mut s) % 6) as usize,
         );
         let g = EmbedGeom {
-            in_h: th * patch,
-            in_w: tw * patch,
+            in_h: th * patch + (rng(&mut s) % patch as u64) as usize,
+            in_w: tw * patch + (rng(&mut s) % patch as u64) as usize,
             in_c,
             patch,
         };
-        let dim = 16 * (1 + (rng(&mut s) % 3) as usize);
+        let dim = if case % 2 == 0 {
+            16 * (1 + (rng(&mut s) % 3) as usize)
+        } else {
+            1 + (rng(&mut s) % 50) as usize
+        };
         let act = ACTS[case % 3];
         let taps = g.taps();
         let p = params(
@@ -46,23 +75,35 @@ fn embed_drivers_match_reference() {
             .map(|_| rng(&mut s) as u8)
             .collect();
         let n = th * tw * dim;
-        let mut scratch = vec![0f32; embed_scratch_len(g)];
+        let mut scratch = vec![
+            0f32;
+            if case % 5 == 4 {
+                taps
+            } else {
+                embed_scratch_len(g)
+            }
+        ];
         let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
         reference::embed_f::<_, F32Arith>(&px, g, dim, &l32, act, &mut a);
         for &isa in &isas {
-            embed::<_, F32Arith>(&px, g, dim, &l32, act, &mut b, &mut scratch, isa);
+            embed_on::<_, F32Arith>(&px, g, dim, &l32, act, &mut b, &mut scratch, isa);
             assert!(same_f32(&a, &b), "{isa:?} f32 w32 {g:?} dim {dim} {act:?}");
+        }
+        reference::embed_f::<_, F32Arith>(&px, g, dim, &l16, act, &mut a);
+        for &isa in &isas {
+            embed_on::<_, F32Arith>(&px, g, dim, &l16, act, &mut b, &mut scratch, isa);
+            assert!(same_f32(&a, &b), "{isa:?} f32 w16 {g:?} dim {dim} {act:?}");
         }
         let (mut a, mut b) = (vec![0u16; n], vec![0u16; n]);
         reference::embed_f::<_, F16Arith>(&px, g, dim, &l16, act, &mut a);
         for &isa in &isas {
-            embed::<_, F16Arith>(&px, g, dim, &l16, act, &mut b, &mut scratch, isa);
+            embed_on::<_, F16Arith>(&px, g, dim, &l16, act, &mut b, &mut scratch, isa);
             assert!(same_f16(&a, &b), "{isa:?} f16 {g:?} dim {dim} {act:?}");
         }
     }
 }
 
-/// Geometry whose sizes wrap in usize must not pass the NEON path's length checks, nor
+/// Geometry whose sizes wrap in usize must not pass the SIMD paths' length checks, nor
 /// the reference's: the driver neither panics nor writes past `out` (it writes nothing).
 #[test]
 fn wrapping_embed_geometry_never_writes_out_of_bounds() {

@@ -1,7 +1,8 @@
 //! The float arithmetic every float op (`pw_f`, `dw_f`, `embed_f`, `head_f`) shares: the
 //! reference definitions (`reference.rs`: the arithmetics, activations and epilogue,
-//! re-exported by [`super::reference`]), what the NEON float kernels share (`neon.rs`), and
-//! the tests of the arithmetic itself plus helpers for the ops' suites (`tests.rs`).
+//! re-exported by [`super::reference`]), what the NEON float kernels share (`neon.rs`), what
+//! the AVX2 float kernels share (`x86.rs`), and the tests of the arithmetic itself plus
+//! helpers for the ops' suites (`tests.rs`).
 
 pub(super) mod reference;
 
@@ -14,6 +15,11 @@ pub(super) mod reference;
 ))]
 #[allow(unsafe_code)]
 pub(super) mod neon;
+
+// The AVX2 kernels run only where Isa::Avx2 was detected (`x86::Params::new` checks).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub(super) mod x86;
 
 #[cfg(test)]
 pub(super) mod tests;

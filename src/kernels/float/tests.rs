@@ -145,6 +145,19 @@ pub(crate) fn layers(p: &Params) -> (FloatLayer<'_, F32Le<'_>>, FloatLayer<'_, F
     )
 }
 
+/// Special inputs: NaN, ±inf, ±0, subnormals, huge values.
+pub(crate) const SPECIAL: [f32; 9] = [
+    f32::NAN,
+    f32::INFINITY,
+    f32::NEG_INFINITY,
+    -0.0,
+    0.0,
+    1e-40,
+    -3e-39,
+    3e38,
+    -1e30,
+];
+
 pub(crate) const ACTS: [Activation; 3] = [Activation::Relu, Activation::Gelu, Activation::GeluTanh];
 
 /// f32 bits equal, or both NaN.

@@ -3,11 +3,13 @@
 //! * `reference.rs`: [`reference::pw_f`];
 //! * `neon.rs`: `fgemm_neon_f32_4x16` (`FMLA .4s`) and `fgemm_neon_f16_4x16` (FEAT_FP16
 //!   `FMLA .8h`);
+//! * `x86.rs`: `fgemm_avx2_f32_6x16` (`VFMADD231PS`, f32 weights or f16 widened by
+//!   `VCVTPH2PS`; f32 arithmetic only);
 //! * `tests.rs`: the shared suite, every ISA the running CPU has against the reference.
 //!
 //! The driver [`pw`] runs the SIMD kernel where the ISA, the arithmetic and the shape allow
-//! it (NEON: `dim % 16 == 0`; `F16Arith` needs FEAT_FP16 and f16 weights), else the
-//! reference: the same bits either way.
+//! it (NEON: `dim % 16 == 0`; `F16Arith` needs FEAT_FP16 and f16 weights; AVX2: any `dim`,
+//! `F32Arith` only), else the reference: the same bits either way.
 
 pub(super) mod reference;
 
@@ -21,6 +23,11 @@ pub(super) mod reference;
 #[allow(unsafe_code)]
 pub(super) mod neon;
 
+// The AVX2 kernels run only where Isa::Avx2 was detected (their entry point checks).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub(super) mod x86;
+
 #[cfg(test)]
 mod tests;
 
@@ -29,7 +36,7 @@ use super::Isa;
 use crate::le::FloatWeights;
 use crate::Activation;
 
-/// Pointwise conv: [`reference::pw_f`], with NEON when possible.
+/// Pointwise conv: [`reference::pw_f`], with NEON or AVX2 when possible.
 ///
 /// ```
 /// use convmixer_edge::kernels::{pw_f, reference::*, Isa};
@@ -58,6 +65,10 @@ pub fn pw<W: FloatWeights, M: FloatArith>(
         target_feature = "neon"
     ))]
     if neon::pw::<W, M>(x, tokens, dim, l, act, out, isa) {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if x86::pw::<W, M>(x, tokens, dim, l, act, out, isa) {
         return;
     }
     let _ = isa;

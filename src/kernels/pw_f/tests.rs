@@ -8,34 +8,68 @@ use std::vec::Vec;
 
 use super::*;
 use crate::kernels::awkward;
+use crate::kernels::fgemm_packed_len;
 use crate::kernels::float::tests::{
     awkward_layer, check_fp16_required, f16_bytes, f32_bytes, layers, params, rng, same_f16,
-    same_f32, unif, ACTS,
+    same_f32, unif, ACTS, SPECIAL,
 };
 use crate::kernels::reference::{self, F16Arith, F32Arith};
 use crate::kernels::testutil::isas;
 use crate::le::{F16Le, F32Le};
 use half::f16;
 
+/// The pointwise driver in f32 arithmetic on `isa`; on AVX2 the kernel itself, which must
+/// take every layer of this suite (F32Arith, weights long enough).
+#[allow(clippy::too_many_arguments)]
+fn pw_f32<W: FloatWeights>(
+    x: &[f32],
+    tokens: usize,
+    dim: usize,
+    l: &FloatLayer<'_, W>,
+    act: Activation,
+    out: &mut [f32],
+    isa: Isa,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        assert!(x86::pw::<W, F32Arith>(x, tokens, dim, l, act, out, isa));
+        return;
+    }
+    pw::<W, F32Arith>(x, tokens, dim, l, act, out, isa);
+}
+
 /// The pointwise driver on every ISA against the reference, bit for bit: f32
-/// arithmetic with f32 and f16 weights, f16 arithmetic.
+/// arithmetic with f32 and f16 weights, f16 arithmetic. Channel counts multiples of 16
+/// and not (1..90: the AVX2 kernel's partial output block), token counts across the AVX2
+/// kernel's 6-token tiles and 48-token macro-tiles, and every fourth case with NaN, ±inf,
+/// ±0, subnormal and huge inputs.
 #[test]
 fn pw_drivers_match_reference() {
     check_fp16_required();
     let mut s = 0x9e37_79b9_7f4a_7c15u64;
     let isas = isas();
-    for case in 0..60 {
-        let dim = 16 * (1 + (rng(&mut s) % 6) as usize);
-        let tokens = 1 + (rng(&mut s) % 11) as usize;
+    for case in 0..80 {
+        let dim = if case % 2 == 0 {
+            16 * (1 + (rng(&mut s) % 6) as usize)
+        } else {
+            1 + (rng(&mut s) % 90) as usize
+        };
+        let tokens = 1 + (rng(&mut s) % if case % 5 == 0 { 110 } else { 13 }) as usize;
         let act = ACTS[case % 3];
         let amp = 2.0 / (dim as f32).sqrt();
-        let p = params(&mut s, dim * dim, dim, amp);
+        let p = params(&mut s, fgemm_packed_len(dim, dim), dim, amp);
         let (l32, l16) = layers(&p);
-        let x: Vec<f32> = (0..tokens * dim).map(|_| unif(&mut s, -3.0, 3.0)).collect();
+        let mut x: Vec<f32> = (0..tokens * dim).map(|_| unif(&mut s, -3.0, 3.0)).collect();
+        if case % 4 == 3 {
+            for v in SPECIAL {
+                let i = (rng(&mut s) % x.len() as u64) as usize;
+                x[i] = v;
+            }
+        }
         let (mut a, mut b) = (vec![0f32; tokens * dim], vec![0f32; tokens * dim]);
         reference::pw_f::<_, F32Arith>(&x, tokens, dim, &l32, act, &mut a);
         for &isa in &isas {
-            pw::<_, F32Arith>(&x, tokens, dim, &l32, act, &mut b, isa);
+            pw_f32(&x, tokens, dim, &l32, act, &mut b, isa);
             let what = "f32 w32";
             assert!(
                 same_f32(&a, &b),
@@ -44,7 +78,7 @@ fn pw_drivers_match_reference() {
         }
         reference::pw_f::<_, F32Arith>(&x, tokens, dim, &l16, act, &mut a);
         for &isa in &isas {
-            pw::<_, F32Arith>(&x, tokens, dim, &l16, act, &mut b, isa);
+            pw_f32(&x, tokens, dim, &l16, act, &mut b, isa);
             let what = "f32 w16";
             assert!(
                 same_f32(&a, &b),

@@ -17,6 +17,8 @@
 //! speed does not depend on the values); the layer's outputs are checked to be the same
 //! on both levels.
 
+mod float;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -372,4 +374,5 @@ fn main() {
         }
         println!(" | {:.1}x", image[0] / image[image.len() - 1]);
     }
+    float::run(&nets, &isas, quick);
 }
