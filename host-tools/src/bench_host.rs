@@ -61,7 +61,7 @@ fn specs() -> [HostSpec; 2] {
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
             calib: 32,
-            eval: 8,
+            eval: 16,
         },
     ]
 }

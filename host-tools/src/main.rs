@@ -1052,9 +1052,7 @@ fn classify(model: &Path, images: &[PathBuf], top: usize, json: bool) -> Result<
     // Images in parallel, printed in the order given.
     let one = |path: &PathBuf| -> Result<Vec<(u16, f32)>> {
         let px = data::load_image(path, shape)?;
-        let mut arena = vec![0u8; m.arena_len()];
-        let best = m
-            .classify::<32>(&px, &mut arena)
+        let best = par::with_scratch(m.arena_len(), |arena| m.classify::<32>(&px, arena))
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok(best.iter().take(top).copied().collect())
     };
@@ -1126,9 +1124,7 @@ fn eval(model: &Path, dir: &Path, json: bool, prep: &Prep) -> Result<()> {
             .collect();
         kind = format!("{:?}", h.precision).to_lowercase();
         predict = Box::new(move |px| {
-            let mut arena = vec![0u8; m.arena_len()];
-            let top = m
-                .classify::<1>(px, &mut arena)
+            let top = par::with_scratch(m.arena_len(), |arena| m.classify::<1>(px, arena))
                 .map_err(|e| anyhow!("{e}"))?;
             Ok(top.first().map_or(0, |t| usize::from(t.0)))
         });

@@ -211,11 +211,12 @@ pub fn layer_sqnr(
         |px| {
             let mut fp32 = vec![Vec::new(); layers];
             let want = forward_layers(f, px, |l, v| fp32[l] = v.out.to_vec());
-            let mut arena = vec![0u8; m.arena_len()];
             let mut logits = vec![0f32; usize::from(m.header().classes)];
             let mut sqnr = Sqnr::new(layers);
-            sqnr.run(&m, px, &mut arena, &mut logits, &fp32, &want, outq)
-                .map_err(|e| anyhow!("internal: {e}"))?;
+            crate::par::with_scratch(m.arena_len(), |arena| {
+                sqnr.run(&m, px, arena, &mut logits, &fp32, &want, outq)
+            })
+            .map_err(|e| anyhow!("internal: {e}"))?;
             Ok::<_, anyhow::Error>(sqnr)
         },
         Sqnr::merge,
@@ -228,9 +229,8 @@ pub fn layer_sqnr(
 fn logits_of(blob: &[u8], images: &[&[u8]]) -> Result<Vec<Vec<f32>>> {
     let m = load(blob)?;
     map(images, |px| {
-        let mut arena = vec![0u8; m.arena_len()];
         let mut logits = vec![0f32; usize::from(m.header().classes)];
-        m.logits(px, &mut arena, &mut logits)
+        crate::par::with_scratch(m.arena_len(), |arena| m.logits(px, arena, &mut logits))
             .map_err(|e| anyhow!("inference: {e}"))?;
         Ok(logits)
     })

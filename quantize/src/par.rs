@@ -79,3 +79,27 @@ pub fn map<T: Sync, R: Send>(items: &[T], map: impl Fn(&T) -> R + Sync) -> Vec<R
     items.par_iter().map(&map).collect_into_vec(&mut out);
     out
 }
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a `len`-byte scratch buffer kept per thread (a model's
+/// arena), so that image after image reuses it instead of allocating and freeing it: for a
+/// large arena every allocation is an `mmap` and every free an `munmap`, whose TLB
+/// shoot-downs stall the other threads. The buffer's contents are whatever the last user
+/// left (the runtime's arena needs no zeroing). Not re-entrant: `f` must not call it.
+///
+/// ```
+/// let n = convmixer_quantize::par::with_scratch(1000, |a| a.len());
+/// assert_eq!(n, 1000);
+/// ```
+pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0);
+        }
+        f(&mut s[..len])
+    })
+}
