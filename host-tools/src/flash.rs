@@ -88,13 +88,33 @@ pub fn build(
     if let Some(images) = images {
         cmd.env("CMX_IMAGES", abs(images)?);
     }
-    let status = cmd
-        .status()
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
         .context("cannot run cargo +debian (scripts/install-toolchain.sh installs it)")?;
-    if !status.success() {
-        bail!("firmware build for {board} failed ({status}); see cargo's output above");
+    if !out.status.success() {
+        let log = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "firmware build for {board} failed: {}",
+            build_failure(&log).unwrap_or_else(|| format!("cargo exited with {}", out.status))
+        );
     }
     Ok(dir.join("target/aarch64-unknown-none/release/convmixer-fw"))
+}
+
+/// The reason in a failed firmware build's cargo log, as one line: the build script's own
+/// message (what it panics with: a blob that does not fit the board's memory, an unreadable
+/// image file), else cargo's first `error: …` line.
+fn build_failure(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log.lines().map(str::trim).collect();
+    let panic = lines
+        .iter()
+        .position(|l| l.starts_with("thread 'main' panicked at"))
+        .and_then(|i| lines.get(i + 1))
+        .filter(|l| !l.is_empty());
+    panic
+        .or_else(|| lines.iter().find(|l| l.starts_with("error")))
+        .map(|l| l.to_string())
 }
 
 /// The raw image a Raspberry Pi's GPU firmware loads at 0x8_0000.
@@ -402,6 +422,20 @@ pub fn predictions(log: &[String]) -> Vec<(usize, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_build_is_reported_in_one_line() {
+        let log = "   Compiling convmixer-fw v0.1.0\nerror: failed to run custom build command for `convmixer-fw v0.1.0`\n\nCaused by:\n  process didn't exit successfully\n  --- stderr\n\n  thread 'main' panicked at build.rs:97:9:\n  CMX_MODEL /m.cmx: the blob (2 bytes) does not fit\n  note: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(
+            build_failure(log).as_deref(),
+            Some("CMX_MODEL /m.cmx: the blob (2 bytes) does not fit")
+        );
+        assert_eq!(
+            build_failure("error: linking failed\n").as_deref(),
+            Some("error: linking failed")
+        );
+        assert_eq!(build_failure("all fine\n"), None);
+    }
 
     #[test]
     fn predictions_are_parsed_from_log_lines() {

@@ -625,7 +625,16 @@ fn report(
     let shape = (imported.in_h, imported.in_w, imported.in_c);
     let calib = data::calibration_set(calib, shape)?;
     let set = labelled_set(dir, labels, &imported)?;
-    let a = report::analyse(&imported, &calib, &set, &opts, mixed)?;
+    // Calibration (one or two passes), the labelled set, then the two passes of the output
+    // histograms.
+    let passes = if method == convmixer_quantize::calibrate::Method::MinMax {
+        1
+    } else {
+        2
+    };
+    let pb = bar((passes + 2) * calib.len() + set.len(), "analysing");
+    let a = report::analyse(&imported, &calib, &set, &opts, mixed, &|| pb.inc(1))?;
+    pb.finish_and_clear();
     let e = &a.eval;
     let int8 = a
         .variant("int8")

@@ -198,6 +198,7 @@ pub fn evaluate(
     folded: &Folded,
     variants: &[Variant],
     data: &[(Vec<u8>, usize)],
+    progress: &(dyn Fn() + Sync),
 ) -> Result<Evaluation> {
     let layers = folded.conv_layers();
     let classes = folded.classes();
@@ -270,7 +271,7 @@ pub fn evaluate(
             }
             correct32 + usize::from(p32 == label)
         },
-        &|| {},
+        progress,
     )?;
     let n = data.len().max(1) as f64;
     Ok(Evaluation {
@@ -319,8 +320,9 @@ fn int8<'o>(
     model: &Imported,
     calib: &[Vec<u8>],
     opts: &'o Options,
+    progress: &(dyn Fn() + Sync),
 ) -> Result<(Prepared<'o>, Variant)> {
-    let p = Prepared::new(model, Precision::Int8, calib, opts, &|| {})?;
+    let p = Prepared::new(model, Precision::Int8, calib, opts, progress)?;
     let stats = p
         .stats
         .as_deref()
@@ -351,8 +353,8 @@ pub fn diagnose(
     data: &[(Vec<u8>, usize)],
     opts: &Options,
 ) -> Result<Diagnosis> {
-    let (p, v) = int8(model, calib, opts)?;
-    let e = evaluate(&p.folded, std::slice::from_ref(&v), data)?;
+    let (p, v) = int8(model, calib, opts, &|| {})?;
+    let e = evaluate(&p.folded, std::slice::from_ref(&v), data, &|| {})?;
     let d = &e.variants[0];
     Ok(Diagnosis {
         layers: d.layers.clone(),
@@ -375,8 +377,9 @@ pub fn analyse(
     data: &[(Vec<u8>, usize)],
     opts: &Options,
     mixed: Option<Target>,
+    progress: &(dyn Fn() + Sync),
 ) -> Result<Analysis> {
-    let (p, int8) = int8(model, calib, opts)?;
+    let (p, int8) = int8(model, calib, opts, progress)?;
     let fp16 = float(model, "fp16", Precision::F16, opts)?;
     let fp32 = float(model, "fp32", Precision::F32, opts)?;
     let fp32_blob = (
@@ -395,8 +398,8 @@ pub fn analyse(
         });
     }
     let (folded, stats) = (&p.folded, p.stats.as_deref().unwrap_or_default());
-    let eval = evaluate(folded, &variants, data)?;
-    let ranges = calibrate::output_histograms(folded, calib)
+    let eval = evaluate(folded, &variants, data, progress)?;
+    let ranges = calibrate::output_histograms(folded, calib, progress)
         .into_iter()
         .zip(stats)
         .zip(&variants[0].output_quant)

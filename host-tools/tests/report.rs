@@ -29,7 +29,7 @@ fn per_layer_sqnr_fp16_and_calibration_ranges_are_measured() {
     let minmax = diagnose(&model, &calib, &set, &opts(Method::MinMax)).expect("diagnose");
     // MSE through the whole analysis (what `report` prints and `-o` draws): the same int8
     // evaluation, plus fp16 and the calibration ranges.
-    let a = analyse(&model, &calib, &set, &opts(Method::Mse), None).expect("analyse");
+    let a = analyse(&model, &calib, &set, &opts(Method::Mse), None, &|| {}).expect("analyse");
     let int8 = a.variant("int8").expect("int8 variant");
     let mse = Diagnosis {
         layers: int8.layers.clone(),

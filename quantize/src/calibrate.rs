@@ -476,9 +476,14 @@ fn histograms<I: AsRef<[u8]> + Sync>(
 /// picking the `out` clipping range: a min/max pass, then a pass filling 2048 bins over that
 /// range. `clip(&h[layer], method)` is the range `calibrate_with` chooses for the layer's
 /// output; diagnostics (`host-tools report`) show both.
-pub fn output_histograms<I: AsRef<[u8]> + Sync>(f: &Folded, images: &[I]) -> Vec<Histogram> {
-    let stats = calibrate(f, images, &|| {});
-    histograms(f, images, &stats, false, &|| {})
+/// `progress` is called after each image of each of the two passes.
+pub fn output_histograms<I: AsRef<[u8]> + Sync>(
+    f: &Folded,
+    images: &[I],
+    progress: &(dyn Fn() + Sync),
+) -> Vec<Histogram> {
+    let stats = calibrate(f, images, progress);
+    histograms(f, images, &stats, false, progress)
 }
 
 impl Histogram {
