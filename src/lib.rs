@@ -25,10 +25,11 @@
 //! ```
 #![no_std]
 // `unsafe` only in the SIMD kernels and CPU feature detection (each kernel op's `neon` and
-// `x86` modules, the shared `quant::neon` and `float::neon`, and `kernels::cpu`: allowed
-// where `kernels` declares them); every other module denies it, most say
-// `#![forbid(unsafe_code)]`. Inside `unsafe fn`s every unsafe operation still needs an
-// `unsafe` block, and every `unsafe` block a `// SAFETY:` comment with its bounds argument.
+// `x86` modules, the shared `quant::{neon, x86}` and `float::{neon, x86}`, and
+// `kernels::cpu`: allowed where `kernels` declares them); every other module denies it,
+// most say `#![forbid(unsafe_code)]`. Inside `unsafe fn`s every unsafe operation still
+// needs an `unsafe` block, and every `unsafe` block a `// SAFETY:` comment with its bounds
+// argument.
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 // The runtime never panics, whatever the blob's bytes: no unwrap/expect/panic-like macros

@@ -129,6 +129,10 @@ fn depthwise(x: &[f32], w: &[f32], g: (usize, usize, usize, usize), pre: &mut [f
     depthwise_portable(x, w, g, pre);
 }
 
+/// [`depthwise_portable`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn depthwise_avx2(x: &[f32], w: &[f32], g: (usize, usize, usize, usize), pre: &mut [f32]) {
