@@ -52,7 +52,7 @@ fn run(data: &[u8]) {
         .collect();
     let opts = Options::default();
     for (precision, images) in [(Precision::F16, &[][..]), (Precision::Int8, &calib[..])] {
-        let Ok(blob) = quantize(&m, precision, images, &opts, || {}) else {
+        let Ok(blob) = quantize(&m, precision, images, &opts, &|| {}) else {
             continue;
         };
         let model = Model::from_bytes(&blob).unwrap_or_else(|e| {
@@ -82,7 +82,7 @@ fn run_mixer(data: &[u8]) {
                 .collect()
         })
         .collect();
-    if let Ok(blob) = mixer::quantize(&m, &calib, &Options::default(), || {}) {
+    if let Ok(blob) = mixer::quantize(&m, &calib, &Options::default(), &|| {}) {
         let model = Model::from_bytes(&blob)
             .unwrap_or_else(|e| panic!("the runtime rejects the quantiser's mixer blob: {e}"));
         assert_eq!(model.input_len(), input, "mixer blob input size");

@@ -56,30 +56,62 @@ pub fn act_f32(act: Activation, x: f32) -> f32 {
 }
 
 /// `c (m × n) = a (m × k) · bᵀ` where `b` is `n × k` row-major (an output-major weight
-/// matrix), added to what `c` holds (so `c` may start as the bias).
+/// matrix); what `c` held is overwritten.
 ///
 /// ```
 /// let a = [1.0, 2.0, 3.0, 4.0]; // 2 × 2
 /// let b = [1.0, 0.0, 1.0, 1.0]; // outputs (1, 0) and (1, 1)
 /// let mut c = [10.0; 4];
 /// convmixer_quantize::forward::gemm_bt(&a, &b, 2, 2, 2, &mut c);
-/// assert_eq!(c, [11.0, 13.0, 13.0, 17.0]);
+/// assert_eq!(c, [1.0, 3.0, 3.0, 7.0]);
 /// ```
 pub fn gemm_bt<A: LinalgScalar>(a: &[A], b: &[A], m: usize, k: usize, n: usize, c: &mut [A]) {
     let a = ArrayView2::from_shape((m, k), &a[..m * k]).expect("a is m × k");
     let b = ArrayView2::from_shape((n, k), &b[..n * k]).expect("b is n × k");
     let mut c = ArrayViewMut2::from_shape((m, n), &mut c[..m * n]).expect("c is m × n");
-    general_mat_mul(A::one(), &a, &b.t(), A::one(), &mut c);
+    general_mat_mul(A::one(), &a, &b.t(), A::zero(), &mut c);
 }
 
-/// Fills `act` and `out = scale·act + shift` of one layer from `pre` (which holds the
-/// accumulators); `out` gets the residual `res` added where given (depthwise layers).
+/// Adds the bias to `pre` (the GEMM's sums) and fills `act` and `out = scale·act + shift`
+/// of one layer; `out` gets the residual `res` added where given (depthwise layers).
 fn finish(l: &Layer, act: Activation, dim: usize, v: &mut Values, res: Option<&[f32]>) {
     // One loop per activation, so that ReLU's vectorises.
     match act {
         Activation::Relu => finish_with(l, dim, v, res, |p| if p > 0.0 { p } else { 0.0 }),
+        Activation::Gelu => finish_with(l, dim, v, res, gelu),
         a => finish_with(l, dim, v, res, |p| act_f32(a, p)),
     }
+}
+
+/// GELU with the runtime's rational erf (`reference::erf_f32`'s coefficients, here with
+/// separate multiplies and adds so that the loop vectorises: libm's `erff` per value was
+/// most of a GELU model's calibration time). Within 4·10⁻⁷ of the exact GELU (absolute,
+/// relative above 1).
+///
+/// ```
+/// let g = convmixer_quantize::forward::gelu;
+/// for x in [-6.0f32, -1.5, -0.3, 0.0, 0.2, 1.0, 2.5, 9.0] {
+///     let exact = convmixer_quantize::forward::act_f32(convmixer_edge::Activation::Gelu, x);
+///     assert!((g(x) - exact).abs() <= 4e-7 * exact.abs().max(1.0), "{x}");
+/// }
+/// ```
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    use convmixer_edge::kernels::reference::{ERF_P, ERF_Q, ERF_ZMAX};
+    let z = x * std::f32::consts::FRAC_1_SQRT_2;
+    let z = if z > ERF_ZMAX { ERF_ZMAX } else if z < -ERF_ZMAX { -ERF_ZMAX } else { z };
+    let t = z * z;
+    let mut p = ERF_P[6];
+    for c in ERF_P[..6].iter().rev() {
+        p = p * t + c;
+    }
+    let mut q = ERF_Q[5];
+    for c in ERF_Q[..5].iter().rev() {
+        q = q * t + c;
+    }
+    let e = z * p / q;
+    let e = if e > 1.0 { 1.0 } else if e < -1.0 { -1.0 } else { e };
+    0.5 * x * (1.0 + e)
 }
 
 #[inline(always)]
@@ -89,18 +121,19 @@ fn finish_with(l: &Layer, dim: usize, v: &mut Values, res: Option<&[f32]>, f: im
     }
     let rows = v
         .pre
-        .chunks_exact(dim)
+        .chunks_exact_mut(dim)
         .zip(v.act.chunks_exact_mut(dim))
         .zip(v.out.chunks_exact_mut(dim));
     for (t, ((pre, act), out)) in rows.enumerate() {
-        let params = l.scale.iter().zip(&l.shift);
-        for (((&p, a), y), (&s, &b)) in pre
-            .iter()
+        let params = l.b.iter().zip(&l.scale).zip(&l.shift);
+        for (((p, a), y), ((&bias, &s), &b)) in pre
+            .iter_mut()
             .zip(act.iter_mut())
             .zip(out.iter_mut())
             .zip(params)
         {
-            *a = f(p);
+            *p += bias;
+            *a = f(*p);
             *y = s * *a + b;
         }
         if let Some(res) = res {
@@ -115,7 +148,7 @@ fn finish_with(l: &Layer, dim: usize, v: &mut Values, res: Option<&[f32]>, f: im
 const DW_BLOCK: usize = 32;
 
 /// The depthwise 'same' conv of `x` (`ht × wt × dim`) with taps `w` (`[ky][kx][c]`) into
-/// `pre`, which holds the bias: per output token and block of channels, the valid taps in
+/// `pre` (overwritten; the bias comes with the epilogue): per output token and block of channels, the valid taps in
 /// (ky, kx) order accumulate in registers. Products and sums are rounded separately (no
 /// fused multiply-add), so every CPU gives the same floats; with AVX2 the same loop runs
 /// on 8 lanes instead of SSE2's 4.
@@ -155,7 +188,6 @@ fn depthwise_portable(
             for tx in 0..wt {
                 let o = (ty * wt + tx) * dim + c0;
                 let mut acc = [0f32; DW_BLOCK];
-                acc[..n].copy_from_slice(&pre[o..o + n]);
                 for ky in 0..k {
                     let y = (ty + ky).wrapping_sub(pad);
                     if y >= ht {
@@ -210,13 +242,6 @@ impl Values {
             out: &self.out,
         }
     }
-
-    /// Every row of `pre` set to `bias`.
-    fn start(&mut self, bias: &[f32]) {
-        for row in self.pre.chunks_exact_mut(bias.len().max(1)) {
-            row.copy_from_slice(bias);
-        }
-    }
 }
 
 /// Runs `f` on raw HWC pixels `px` and returns the logits, showing every conv layer's
@@ -244,17 +269,14 @@ pub fn forward_layers(
         }
     }
     let mut x = Values::new(n);
-    x.start(&f.embed.b);
     gemm_bt(&patches, &f.embed.w, tokens, taps, dim, &mut x.pre);
     finish(&f.embed, f.act, dim, &mut x, None);
     visit(0, &x.view());
     let mut r = Values::new(n);
     for (i, (dw, pw)) in f.blocks.iter().enumerate() {
-        r.start(&dw.b);
         depthwise(&x.out, &dw.w, (ht, wt, dim, k), &mut r.pre);
         finish(dw, f.act, dim, &mut r, Some(&x.out));
         visit(1 + 2 * i, &r.view());
-        x.start(&pw.b);
         gemm_bt(&r.out, &pw.w, tokens, dim, dim, &mut x.pre);
         finish(pw, f.act, dim, &mut x, None);
         visit(2 + 2 * i, &x.view());
@@ -266,8 +288,11 @@ pub fn forward_layers(
         }
     }
     mean.iter_mut().for_each(|m| *m /= tokens as f32);
-    let mut logits = f.head_b.clone();
+    let mut logits = vec![0f32; f.classes()];
     gemm_bt(&mean, &f.head_w, 1, dim, f.classes(), &mut logits);
+    for (l, b) in logits.iter_mut().zip(&f.head_b) {
+        *l += b;
+    }
     logits
 }
 

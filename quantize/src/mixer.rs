@@ -1225,12 +1225,12 @@ fn layer_norm(x: &[f64], ln: &Ln, out: &mut [f64]) {
 /// call), on the GEMM of [`crate::forward::gemm_bt`].
 fn apply(l: &Linear, x: &[f64], rows: usize, out: &mut [f64]) {
     let w: Vec<f64> = l.w.iter().map(|&v| f64::from(v)).collect();
+    crate::forward::gemm_bt(x, &w, rows, l.n_in, l.n_out, out);
     for row in out.chunks_exact_mut(l.n_out).take(rows) {
         for (o, b) in row.iter_mut().zip(&l.b) {
-            *o = f64::from(*b);
+            *o += f64::from(*b);
         }
     }
-    crate::forward::gemm_bt(x, &w, rows, l.n_in, l.n_out, out);
 }
 
 /// What [`forward_with`] shows its observer: a value of blob layer `layer` (see
