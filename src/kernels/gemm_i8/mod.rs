@@ -128,7 +128,11 @@ pub fn embed_i8(
 }
 
 /// Pointwise conv in place on `a`, [`PW_TILE`] tokens at a time through `scratch`
-/// (at least `PW_TILE · dim` bytes), with the kernels of `isa`.
+/// (at least `PW_TILE · dim` bytes), with the kernels of `isa`. The AVX2 kernel takes as
+/// many tokens at a time as a larger scratch holds as i16 (panels of up to 64 tokens at
+/// `dim` = 768, `x86::GemmI8Avx2::pw_inplace`), so that each weight row it loads serves
+/// them all: the model passes its whole int8 scratch, which the depthwise ring makes tens of
+/// tokens long.
 ///
 /// ```
 /// use convmixer_edge::kernels::{gemm_i8, gemm_packed_len, reference, Isa, PW_TILE};
@@ -165,6 +169,13 @@ pub fn pw_i8_inplace(
         return;
     }
     let gemm = Gemm::new(l, dim, dim, act, isa);
+    #[cfg(target_arch = "x86_64")]
+    if let Gemm::Avx2(g) = &gemm {
+        // Panels where the scratch holds them (else the tiles below).
+        if g.pw_inplace(a, scratch, tokens) {
+            return;
+        }
+    }
     let mut t = 0;
     while t < tokens {
         let n = PW_TILE.min(tokens - t);

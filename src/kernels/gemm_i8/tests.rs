@@ -200,6 +200,67 @@ fn inplace_pointwise_equals_the_reference() {
     }
 }
 
+/// The in-place pointwise driver with more scratch than `PW_TILE` tokens (the AVX2 panels:
+/// one micro-tile, several, a partial last panel and micro-tile, the panel cap, a scratch
+/// not aligned), both activations, against the reference.
+#[test]
+fn inplace_pointwise_panels_equal_the_reference() {
+    let mut s = Rng(0x7a11_e15e_c0de_0042);
+    for case in 0..60 {
+        let dim = [1, 4, 13, 16, 31, 48, 100, 768][case % 8];
+        let tokens = match case % 3 {
+            0 => s.range(1, 13) as usize,
+            1 => s.range(40, 80) as usize,
+            _ => s.range(1, 160) as usize,
+        };
+        let gelu = case % 2 == 1;
+        let act = if gelu {
+            Activation::Gelu
+        } else {
+            Activation::Relu
+        };
+        let mut w = vec![0i8; gemm_packed_len(dim, dim)];
+        for o in 0..dim {
+            for i in 0..dim {
+                w[gemm_index(o, i, dim)] = s.range(-127, 127) as i8;
+            }
+        }
+        let (bias, rq, table) = layer_bytes(&mut s, dim, false);
+        let l = QuantLayer {
+            w: &w,
+            bias: I32Le(&bias),
+            requant: I32Le(&rq),
+            zp_in: 0,
+            zp_z: s.range(-128, 127) as i32,
+            zp_out: s.range(-128, 127) as i32,
+            table: if gelu { &table } else { &[] },
+        };
+        let x: Vec<i8> = (0..tokens * dim)
+            .map(|_| s.range(-128, 127) as i8)
+            .collect();
+        let mut want = vec![0i8; x.len()];
+        reference::gemm_i8(&x, tokens, dim, dim, &l, act, &mut want);
+        let kp = dim.div_ceil(4) * 4;
+        // Bytes past the panel's 32-byte alignment: PW_TILE tokens, 6 i16 tokens, a random
+        // count, more than the panel cap.
+        let sizes = [
+            PW_TILE * dim,
+            12 * kp + 31,
+            s.range(12, 200) as usize * kp + 31,
+            300 * 1024,
+        ];
+        for isa in isas() {
+            for (i, &len) in sizes.iter().enumerate() {
+                let mut a = x.clone();
+                let mut scratch = vec![0i8; len + 1];
+                let off = i % 2; // an odd start too
+                pw_i8_inplace(&mut a, &mut scratch[off..], tokens, dim, &l, act, isa);
+                assert_eq!(a, want, "{isa:?} dim {dim} tokens {tokens} scratch {len}");
+            }
+        }
+    }
+}
+
 /// No GEMM driver (nor the reference kernels) panics or overflows, whatever the shapes and
 /// parameters: short or empty buffers, zero and huge sizes, extreme zero points and
 /// requantisation fields (run in debug builds too, where an overflow would panic).

@@ -27,6 +27,23 @@
 //! loop of `VPMADDWD` + `VPADDD` alone sustains there (the two weight widenings per group
 //! are most of the rest); its patch embedding (147 inputs) 51 GMAC/s.
 //!
+//! The pointwise conv in place ([`GemmI8Avx2::pw_inplace`]) runs in panels instead,
+//! where the driver's scratch holds at least [`PANEL_MR`] tokens of i16 inputs (the model's
+//! int8 scratch, sized for the depthwise ring, holds 48 at `dim` = 768): the panel's inputs
+//! are widened once into micro-tiles of 6 tokens, each interleaved by input group (so that
+//! a tile's broadcasts walk one contiguous stream), then each half-block of 8 outputs passes
+//! over all the panel's micro-tiles, 6 tokens × 8 outputs at a time (12 accumulators, 12
+//! `VPMADDWD` per 2 weight conversions and 6 broadcasts). The half-block's 6 KiB of
+//! weights stay in L1 for the whole panel, which stays in L2, where 4-token tiles over all
+//! outputs read the layer's whole weights (590 KB at `dim` = 768) once per 4 tokens. On the
+//! Zen 4 below (loaded by other work at the time, A/B in one process) the pointwise layer
+//! of ConvMixer-768/32 takes 9.3 ms where the 4-token tiles take 9.9; 89% of it is the
+//! 6 × 8 loop, which runs as fast as it does alone on L1-resident data (where 4 × 8 tiles
+//! run 8% slower). Pre-widening a half-block's weights to i16 once per panel (no
+//! `VPMOVSXBW` in the loop) measured under 1% faster, and tiles of lanes = tokens with the
+//! weights pre-broadcast (only `VPMADDWD` + `VPADDD` in the loop) slower, on this core the
+//! broadcasts cost no vector ALU slot.
+//!
 //! Safety: [`GemmI8Avx2::new`] checks the layer (weights, epilogue sections and ranges, the
 //! CPU's AVX2) and [`GemmI8Avx2::run`] the activations, once per call, in checked
 //! arithmetic; the `unsafe fn`s below say in `# Safety` which of those facts they rely on
@@ -153,6 +170,157 @@ impl<'a> GemmI8Avx2<'a> {
     }
 }
 
+impl GemmI8Avx2<'_> {
+    /// The pointwise conv (`k = n`) in place on `a` (`tokens · n` int8) through panels of
+    /// up to [`PANEL_BYTES`] of i16 inputs in `scratch` (see the module docs), the bytes of
+    /// [`reference::gemm_i8`]. False, touching nothing, where the layer is not square, `a`
+    /// is shorter than `tokens · n`, or the scratch holds fewer than [`PANEL_MR`] tokens (the
+    /// caller then runs [`GemmI8Avx2::run`] on a few tokens at a time).
+    ///
+    /// ```
+    /// use convmixer_edge::kernels::{gemm_i8::x86::GemmI8Avx2, gemm_packed_len, reference::QuantLayer, Isa};
+    /// use convmixer_edge::{le::I32Le, Activation};
+    /// let n = 16;
+    /// let w = vec![1i8; gemm_packed_len(n, n)];
+    /// let bias = [0u8; 64];
+    /// let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+    /// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 0, zp_z: 0, zp_out: 0, table: &[] };
+    /// if let Some(g) = GemmI8Avx2::new(&l, n, n, Activation::Relu) {
+    ///     let mut a = vec![3i8; 20 * n];
+    ///     assert!(g.pw_inplace(&mut a, &mut [0i8; 4096], 20));
+    ///     assert_eq!(a, vec![24i8; 20 * n]); // (16 inputs · 3) / 2
+    ///     assert!(!g.pw_inplace(&mut a, &mut [0i8; 64], 20)); // too little scratch
+    /// }
+    /// ```
+    pub fn pw_inplace(&self, a: &mut [i8], scratch: &mut [i8], tokens: usize) -> bool {
+        let (k, n) = (self.k, self.e.dim);
+        let kp = k.div_ceil(PW_KR) * PW_KR;
+        // The panel starts 32-byte aligned in the scratch.
+        let skip = scratch.as_ptr().align_offset(32).min(31);
+        let Some(scratch) = scratch.get_mut(skip..) else {
+            return false;
+        };
+        let panel = panel_tokens(kp, scratch.len());
+        if k != n || panel < PANEL_MR || tokens.checked_mul(n).is_none_or(|len| a.len() < len) {
+            return false;
+        }
+        // SAFETY: `new` found AVX2, checked the weights' length for n = e.dim outputs of k
+        // = n inputs and built `e` from `l`; a holds tokens·k bytes (checked above); the
+        // scratch holds panel·kp i16 (panel_tokens), panel a positive multiple of PANEL_MR;
+        // GELU = e.gelu.
+        unsafe {
+            let xb = scratch.as_mut_ptr().cast::<i16>();
+            if self.e.gelu {
+                pw_panels::<true>(a, tokens, k, panel, xb, &self.l, &self.e)
+            } else {
+                pw_panels::<false>(a, tokens, k, panel, xb, &self.l, &self.e)
+            }
+        }
+        true
+    }
+}
+
+/// Tokens per micro-tile of the pointwise panels.
+pub const PANEL_MR: usize = 6;
+
+/// Most bytes of one panel's i16 inputs (64 tokens at `k` = 768), which stay in L2 while
+/// each half-block of weights passes over them.
+pub const PANEL_BYTES: usize = 96 * 1024;
+
+/// Tokens per panel for `kp` inputs (`k` rounded up to 4) and `bytes` of scratch: as many
+/// as hold `kp` i16 each, at most [`PANEL_BYTES`] of them, a multiple of [`PANEL_MR`].
+fn panel_tokens(kp: usize, bytes: usize) -> usize {
+    let t = bytes.min(PANEL_BYTES).checked_div(2 * kp).unwrap_or(0);
+    t - t % PANEL_MR
+}
+
+/// [`widen_row`] into a panel micro-tile: the row's inputs as i16, group `g` (inputs `4g ..
+/// 4g + 4`) at `dst + 4·PANEL_MR·g`, zeros from `k` to `kp` (the micro-tile holds its
+/// `PANEL_MR` rows interleaved by input group, `4·PANEL_MR` i16 per group).
+///
+/// # Safety
+/// The CPU has AVX2; `row` points at `k ≤ kp` readable bytes, `kp` is a multiple of 4 and
+/// `dst + 4·PANEL_MR·g + 0..4` is writable for `g < kp / 4`.
+#[inline(always)]
+unsafe fn widen_row_il(row: *const i8, k: usize, kp: usize, dst: *mut i16) {
+    let mut i = 0;
+    // SAFETY: bytes i..i + 16 ≤ k of the row; groups i/4 .. i/4 + 4 ≤ kp/4 (k ≤ kp), then
+    // single elements below kp: inside the caller's ranges; AVX2 (the caller's).
+    unsafe {
+        while i + 16 <= k {
+            let v = _mm256_cvtepi8_epi16(_mm_loadu_si128(row.add(i).cast()));
+            let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let d = dst.add(PANEL_MR * i);
+            _mm_storel_epi64(d.cast(), lo);
+            _mm_storel_epi64(d.add(4 * PANEL_MR).cast(), _mm_unpackhi_epi64(lo, lo));
+            _mm_storel_epi64(d.add(8 * PANEL_MR).cast(), hi);
+            _mm_storel_epi64(d.add(12 * PANEL_MR).cast(), _mm_unpackhi_epi64(hi, hi));
+            i += 16;
+        }
+        while i < kp {
+            let v = if i < k { i16::from(*row.add(i)) } else { 0 };
+            dst.add(4 * PANEL_MR * (i / 4) + i % 4).write_unaligned(v);
+            i += 1;
+        }
+    }
+}
+
+/// The panel driver of [`GemmI8Avx2::pw_inplace`]: per panel of up to `panel` tokens, the
+/// tokens' inputs widened into micro-tiles at `xb`, then per half-block of 8 outputs the
+/// micro-tiles in turn ([`tile8`]), writing the outputs over the panel's tokens in `a`.
+///
+/// # Safety
+/// The CPU has AVX2; `a` holds `tokens·k` bytes; `xb` points at `panel·kp` writable i16
+/// (`kp`: `k` rounded up to 4), `panel` a positive multiple of `PANEL_MR`; `l.w` holds the
+/// `gemm_packed_len(k, k)` packed weights and `e` was built from `l` for `k` outputs with
+/// `GELU = e.gelu`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pw_panels<const GELU: bool>(
+    a: &mut [i8],
+    tokens: usize,
+    k: usize,
+    panel: usize,
+    xb: *mut i16,
+    l: &QuantLayer<'_>,
+    e: &Epi,
+) {
+    let kp = k.div_ceil(PW_KR) * PW_KR;
+    let mut t0 = 0;
+    while t0 < tokens {
+        let pt = panel.min(tokens - t0);
+        // SAFETY: token t0 + m < tokens of a (k bytes, inside tokens·k) into row m % 6 of
+        // micro-tile m / 6 (at xb + (m / 6)·6·kp, 6·kp i16 each): inside panel·kp i16, as
+        // pt ≤ panel and panel is a multiple of 6. The tiles read those rows (m + M ≤ pt)
+        // and write tokens t0 + m.. of a (k = n outputs each, inside tokens·n): tile8's
+        // conditions, with gemm_fits for the layer on a (the caller's).
+        unsafe {
+            for m in 0..pt {
+                let (tile, r) = (m / PANEL_MR, m % PANEL_MR);
+                let dst = xb.add(tile * PANEL_MR * kp + 4 * r);
+                widen_row_il(a.as_ptr().add((t0 + m) * k), k, kp, dst);
+            }
+            let xb = xb.cast_const();
+            for h in 0..e.dim.div_ceil(8) {
+                let mut m = 0;
+                while m + PANEL_MR <= pt {
+                    tile8::<PANEL_MR, GELU, true>(xb.add(m * kp), kp, t0 + m, h, l, e, a);
+                    m += PANEL_MR;
+                }
+                let (xr, t) = (xb.add(m * kp), t0 + m);
+                match pt - m {
+                    5 => tile8::<5, GELU, true>(xr, kp, t, h, l, e, a),
+                    4 => tile8::<4, GELU, true>(xr, kp, t, h, l, e, a),
+                    3 => tile8::<3, GELU, true>(xr, kp, t, h, l, e, a),
+                    2 => tile8::<2, GELU, true>(xr, kp, t, h, l, e, a),
+                    1 => tile8::<1, GELU, true>(xr, kp, t, h, l, e, a),
+                    _ => {}
+                }
+            }
+        }
+        t0 += pt;
+    }
+}
+
 /// [`gemm_i8_avx2_4x8c4`] for one activation.
 ///
 /// # Safety
@@ -222,17 +390,13 @@ unsafe fn widen_row(row: *const i8, k: usize, kp: usize, dst: *mut i16) {
     }
 }
 
-/// The micro-kernel: `M` (1..=4) tokens × all outputs, 8 at a time (two 16-byte weight rows
-/// of each input group: outputs `8h..8h + 8` are rows `2(h % 2)`, `2(h % 2) + 1` of 16-output
-/// block `h / 2`), then the epilogue of those 8 channels for the `M` tokens.
+/// The micro-kernel of [`gemm`]: `M` (1..=4) tokens × all outputs, 8 at a time
+/// ([`tile8`]).
 ///
 /// # Safety
 /// `gemm_fits` holds, `t + M ≤ tokens`, and `xb` holds `M` rows of `kp` i16 (stride `kp`,
 /// `k` rounded up to 4).
 #[inline(always)]
-// Indices: m < M and j < 2 are loop counters over the const lengths of `acc` (M × 2), `v`
-// and `sums` (M).
-#[allow(clippy::indexing_slicing)]
 unsafe fn gemm_tile<const M: usize, const GELU: bool>(
     xb: *const i16,
     t: usize,
@@ -241,60 +405,90 @@ unsafe fn gemm_tile<const M: usize, const GELU: bool>(
     e: &Epi,
     out: &mut [i8],
 ) {
-    let n = e.dim;
     let kp = k.div_ceil(PW_KR) * PW_KR;
+    for h in 0..e.dim.div_ceil(8) {
+        // SAFETY: the caller's conditions, 8h < n.
+        unsafe { tile8::<M, GELU, false>(xb, kp, t, h, l, e, out) };
+    }
+}
+
+/// `M` (1..=6) tokens × outputs `8h..8h + 8` (two 16-byte weight rows of each input group:
+/// rows `2(h % 2)`, `2(h % 2) + 1` of 16-output block `h / 2`), then the epilogue of those
+/// 8 channels for the `M` tokens into rows `t..t + M` of `out`. The tokens' i16 inputs at
+/// `xb`: `M` rows of `kp` (stride `kp`), or, where `IL`, a panel micro-tile (input group
+/// `g` of row `m` at `4·(PANEL_MR·g + m)`).
+///
+/// # Safety
+/// `gemm_fits` holds (for `out` and the layer), `t + M ≤ tokens`, `8h < n`, `kp` is `k`
+/// rounded up to 4 and `xb` holds the `M` rows' `kp` i16 in that layout (`M ≤ PANEL_MR`
+/// where `IL`).
+#[inline(always)]
+// Indices: m < M and j < 2 are loop counters over the const lengths of `acc` (M × 2), `v`
+// and `sums` (M).
+#[allow(clippy::indexing_slicing)]
+unsafe fn tile8<const M: usize, const GELU: bool, const IL: bool>(
+    xb: *const i16,
+    kp: usize,
+    t: usize,
+    h: usize,
+    l: &QuantLayer<'_>,
+    e: &Epi,
+    out: &mut [i8],
+) {
+    let n = e.dim;
     let groups = kp / PW_KR;
-    let w = l.w.as_ptr();
     let base = out.as_mut_ptr();
-    for h in 0..n.div_ceil(8) {
-        let o0 = 8 * h;
-        // SAFETY: half-block h of 16-output block h / 2 spans bytes (h / 2)·16·kp + (h % 2)·32
-        // + g·64 + 0..32 for g < groups: inside the block's 16·kp bytes, inside the packed
-        // weights (gemm_fits); xb + m·kp + 4g + 0..4 < M·kp i16 (the caller's); every
-        // intrinsic is AVX2 (the caller's).
-        let v: [__m256i; M] = unsafe {
-            let wb = w.add((h / 2) * PW_NR * kp + (h % 2) * 32);
-            let zero = _mm256_setzero_si256();
-            let mut acc = [[zero; 2]; M];
-            for g in 0..groups {
-                let wg = wb.add(64 * g);
-                let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wg.cast()));
-                let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wg.add(16).cast()));
-                for (m, a) in acc.iter_mut().enumerate() {
-                    let xv =
-                        _mm256_set1_epi64x(xb.add(m * kp + 4 * g).cast::<i64>().read_unaligned());
-                    a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(w0, xv));
-                    a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(w1, xv));
-                }
+    let o0 = 8 * h;
+    // SAFETY: half-block h of 16-output block h / 2 spans bytes (h / 2)·16·kp + (h % 2)·32
+    // + g·64 + 0..32 for g < groups: inside the block's 16·kp bytes, inside the packed
+    // weights (gemm_fits, 8h < n); the inputs of row m < M, group g < groups: inside the
+    // caller's layout; every intrinsic is AVX2 (the caller's).
+    let v: [__m256i; M] = unsafe {
+        let wb = l.w.as_ptr().add((h / 2) * PW_NR * kp + (h % 2) * 32);
+        let zero = _mm256_setzero_si256();
+        let mut acc = [[zero; 2]; M];
+        for g in 0..groups {
+            let wg = wb.add(64 * g);
+            let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wg.cast()));
+            let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wg.add(16).cast()));
+            for (m, a) in acc.iter_mut().enumerate() {
+                let at = if IL {
+                    xb.add(4 * (PANEL_MR * g + m))
+                } else {
+                    xb.add(m * kp + 4 * g)
+                };
+                let xv = _mm256_set1_epi64x(at.cast::<i64>().read_unaligned());
+                a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(w0, xv));
+                a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(w1, xv));
             }
-            // Each output's two partial sums: [o0, o1, o4, o5 | o2, o3, o6, o7], put in order.
-            core::array::from_fn(|m| {
-                _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(acc[m][0], acc[m][1]))
-            })
-        };
-        if o0 + 8 <= n {
-            // All pointers derive from one borrow of `out`: (t + m)·n + o0 + 8 ≤ tokens·n ≤
-            // out.len() (gemm_fits, t + M ≤ tokens, o0 + 8 ≤ n).
-            let ptrs: [*mut i8; M] = core::array::from_fn(|m| base.wrapping_add((t + m) * n + o0));
-            // SAFETY: o0 + 8 ≤ n = e.dim; GELU = e.gelu; each pointer heads 8 bytes of
-            // `out`; AVX2 (the caller's).
-            unsafe {
-                let bias = e.bias8(o0);
-                let v = v.map(|a| _mm256_add_epi32(a, bias));
-                epilogue_c8::<M, GELU>(e, o0, v, None, ptrs);
-            }
-        } else {
-            let mut sums = [[0i32; 8]; M];
-            for (s, a) in sums.iter_mut().zip(v) {
-                // SAFETY: stores 8 i32 into the local array; AVX2 (the caller's).
-                unsafe { _mm256_storeu_si256(s.as_mut_ptr().cast(), a) };
-            }
-            let act = if GELU {
-                Activation::Gelu
-            } else {
-                Activation::Relu
-            };
-            finish_partial::<M>(&sums, o0, t, l, act, out);
         }
+        // Each output's two partial sums: [o0, o1, o4, o5 | o2, o3, o6, o7], put in order.
+        core::array::from_fn(|m| {
+            _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(acc[m][0], acc[m][1]))
+        })
+    };
+    if o0 + 8 <= n {
+        // All pointers derive from one borrow of `out`: (t + m)·n + o0 + 8 ≤ tokens·n ≤
+        // out.len() (gemm_fits, t + M ≤ tokens, o0 + 8 ≤ n).
+        let ptrs: [*mut i8; M] = core::array::from_fn(|m| base.wrapping_add((t + m) * n + o0));
+        // SAFETY: o0 + 8 ≤ n = e.dim; GELU = e.gelu; each pointer heads 8 bytes of
+        // `out`; AVX2 (the caller's).
+        unsafe {
+            let bias = e.bias8(o0);
+            let v = v.map(|a| _mm256_add_epi32(a, bias));
+            epilogue_c8::<M, GELU>(e, o0, v, None, ptrs);
+        }
+    } else {
+        let mut sums = [[0i32; 8]; M];
+        for (s, a) in sums.iter_mut().zip(v) {
+            // SAFETY: stores 8 i32 into the local array; AVX2 (the caller's).
+            unsafe { _mm256_storeu_si256(s.as_mut_ptr().cast(), a) };
+        }
+        let act = if GELU {
+            Activation::Gelu
+        } else {
+            Activation::Relu
+        };
+        finish_partial::<M>(&sums, o0, t, l, act, out);
     }
 }

@@ -1,3 +1,8 @@
+//! `cargo run --release -p kernel-bench -- model BLOB [--threads N] [--rounds R] [--images K]`
+//! times the whole model of a `.cmx` blob instead (`Model::logits`, see `model.rs`): the
+//! real setting, where each layer's weights arrive cold, which the single layers below do
+//! not show.
+//!
 //! `cargo run --release -p kernel-bench [-- --quick] [--simd-only]`: times the runtime's int8 kernels on
 //! random layers of two ConvMixers through the same drivers the model runs (the patch
 //! embedding, the in-place depthwise conv with its residual, the in-place pointwise conv,
@@ -18,6 +23,7 @@
 //! on both levels.
 
 mod float;
+mod model;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -311,6 +317,11 @@ fn bench(net: &Net, isas: &[Isa], quick: bool) -> Vec<Op> {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "model") {
+        model::run(&args[1..]);
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let simd = Isa::detect();
     let simd_only = std::env::args().any(|a| a == "--simd-only");
