@@ -5,12 +5,17 @@
 //! - `quantize_s`: wall time of `host-tools quantize MODEL --calib CALIB` (int8, min/max;
 //!   the whole command: import, fold, calibration, lowering, writing) with `--threads T`;
 //! - `ort_quantize_static_s`: ONNX Runtime's `quantize_static` on the same calibration
-//!   images (`tools/peers/host_bench.py`; ORT's calibrator always uses every core, so this
-//!   figure is the same in every row);
-//! - `eval_int8_s_per_image`, `eval_fp16_s_per_image`: wall time of `host-tools eval BLOB
-//!   --data IMAGES --threads T` divided by the number of images (the whole command);
+//!   images (`tools/peers/host_bench.py`), its process pinned to T cores (its calibrator has
+//!   no thread setting); `ort_quantize_static_all_cores_s`: the same, unpinned;
+//! - `eval_int8_s_per_image`, `eval_fp16_s_per_image`: `host-tools eval BLOB --data IMAGES
+//!   --threads T --json`'s own `s_per_image`: the wall time of its image loop (decoding,
+//!   preprocessing and classifying every image) divided by the images — the steady cost of
+//!   an image, as ONNX Runtime's figures below are; `eval_*_command_s_per_image`: the whole
+//!   command (process start, reading and checking the blob included) divided by the images;
 //! - `ort_int8_s_per_image`, `ort_fp32_s_per_image`: ONNX Runtime's QDQ int8 model and the
-//!   original fp32 model, one image per run, `intra_op_num_threads = T`.
+//!   original fp32 model, one image per run, `intra_op_num_threads = T`: the mean of
+//!   decoding + normalising an image and the `run`, after one warm-up run (the session's
+//!   creation is not counted).
 //!
 //! Models: B1 (the random ConvMixer-256/8 at 32×32 of `bench`) and timm's
 //! `convmixer_768_32` at 224×224 (`T768`: the TorchScript export that
@@ -208,7 +213,9 @@ fn bench_one(
         a.extend(["--threads".into(), t.to_string(), "-o".into(), s(out)]);
         Ok(timed(&exe, &a)?.0)
     };
-    let eval = |t: usize, blob: &Path| -> Result<f64> {
+    // (eval's own `s_per_image`: the image loop, decoding included; the whole command,
+    // model loading included, divided by the images)
+    let eval = |t: usize, blob: &Path| -> Result<(f64, f64)> {
         let a: Vec<String> = vec![
             "eval".into(),
             s(blob),
@@ -218,7 +225,13 @@ fn bench_one(
             t.to_string(),
             "--json".into(),
         ];
-        Ok(timed(&exe, &a)?.0 / spec.eval as f64)
+        let (wall, stdout) = timed(&exe, &a)?;
+        let v: Value = serde_json::from_str(stdout.trim())
+            .map_err(|e| anyhow!("host-tools eval --json printed no JSON ({e})"))?;
+        let steady = v["s_per_image"]
+            .as_f64()
+            .ok_or_else(|| anyhow!("host-tools eval --json printed no s_per_image"))?;
+        Ok((steady, wall / spec.eval as f64))
     };
     eprintln!("bench --host: {}: ONNX Runtime…", spec.key);
     let list = threads
@@ -253,6 +266,8 @@ fn bench_one(
         let quantize_s = quantize(t, "int8", &int8)?;
         quantize(t, "fp16", &fp16)?;
         let r = &ort["threads"][t.to_string()];
+        let (int8_s, int8_command_s) = eval(t, &int8)?;
+        let (fp16_s, fp16_command_s) = eval(t, &fp16)?;
         rows.push(json!({
             "model": spec.key,
             "title": spec.title,
@@ -260,11 +275,14 @@ fn bench_one(
             "calib_images": spec.calib,
             "eval_images": spec.eval,
             "quantize_s": quantize_s,
-            "ort_quantize_static_s": ort["ort_quantize_static_s"],
-            "eval_int8_s_per_image": eval(t, &int8)?,
+            "ort_quantize_static_s": r["ort_quantize_static_s"],
+            "ort_quantize_static_all_cores_s": ort["ort_quantize_static_all_cores_s"],
+            "eval_int8_s_per_image": int8_s,
             "ort_int8_s_per_image": r["ort_int8_s_per_image"],
-            "eval_fp16_s_per_image": eval(t, &fp16)?,
+            "eval_fp16_s_per_image": fp16_s,
             "ort_fp32_s_per_image": r["ort_fp32_s_per_image"],
+            "eval_int8_command_s_per_image": int8_command_s,
+            "eval_fp16_command_s_per_image": fp16_command_s,
             "onnxruntime": ort["onnxruntime"],
         }));
     }

@@ -99,7 +99,13 @@ fn finish(l: &Layer, act: Activation, dim: usize, v: &mut Values, res: Option<&[
 pub fn gelu(x: f32) -> f32 {
     use convmixer_edge::kernels::reference::{ERF_P, ERF_Q, ERF_ZMAX};
     let z = x * std::f32::consts::FRAC_1_SQRT_2;
-    let z = if z > ERF_ZMAX { ERF_ZMAX } else if z < -ERF_ZMAX { -ERF_ZMAX } else { z };
+    let z = if z > ERF_ZMAX {
+        ERF_ZMAX
+    } else if z < -ERF_ZMAX {
+        -ERF_ZMAX
+    } else {
+        z
+    };
     let t = z * z;
     let mut p = ERF_P[6];
     for c in ERF_P[..6].iter().rev() {
@@ -110,7 +116,13 @@ pub fn gelu(x: f32) -> f32 {
         q = q * t + c;
     }
     let e = z * p / q;
-    let e = if e > 1.0 { 1.0 } else if e < -1.0 { -1.0 } else { e };
+    let e = if e > 1.0 {
+        1.0
+    } else if e < -1.0 {
+        -1.0
+    } else {
+        e
+    };
     0.5 * x * (1.0 + e)
 }
 

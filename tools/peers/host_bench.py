@@ -6,10 +6,13 @@ of its int8 and fp32 models, on a given number of threads.
   activations, MinMax calibration: what ONNX Runtime's docs recommend for CNNs) on the
   calibration images, after `quant_pre_process` (not timed); the calibration tensors are
   made before the clock starts. ONNX Runtime's calibrator runs its own session with its
-  default threads (every core), so this figure is for all threads.
+  default threads and offers no setting for them, so for each T of `--threads` the process
+  is pinned to T cores (`sched_setaffinity`) while it runs; `ort_quantize_static_all_cores_s`
+  is the unpinned run.
 - `ort_int8_s_per_image`, `ort_fp32_s_per_image`: one image per `run` (batch 1, as
   `host-tools eval` classifies), `intra_op_num_threads = T` and `inter_op_num_threads = 1`;
-  one warm-up run, then the mean over the images, for each T of `--threads`.
+  one warm-up run, then the mean over the images of decoding and normalising the image
+  plus the `run` (what `host-tools eval`'s `s_per_image` times on our side), for each T.
 
 Prints one JSON object on stdout. Run with the venv of tools/peers/requirements.txt
 (`host-tools bench --host` makes it).
@@ -59,16 +62,39 @@ class Reader(q.CalibrationDataReader):
         return next(self.it, None)
 
 
-def per_image(path, name, tensors, threads):
+def per_image(path, name, files, prep, threads):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    sess.run(None, {name: tensors[0]})  # warm-up
+    sess.run(None, {name: tensor(files[0], *prep)})  # warm-up
     t0 = time.perf_counter()
-    for t in tensors:
-        sess.run(None, {name: t})
-    return (time.perf_counter() - t0) / len(tensors)
+    for f in files:
+        sess.run(None, {name: tensor(f, *prep)})
+    return (time.perf_counter() - t0) / len(files)
+
+
+def quantize_static(pre, int8, name, calib):
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # the calibrator prints progress
+        q.quantize_static(
+            pre, int8, Reader(name, calib),
+            quant_format=q.QuantFormat.QDQ, per_channel=True,
+            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+            calibrate_method=q.CalibrationMethod.MinMax,
+        )
+    return time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def pinned(cores):
+    """The process (and the threads it starts) on the first `cores` of its cores."""
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(mask)[:cores])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, mask)
 
 
 def main():
@@ -89,27 +115,23 @@ def main():
     name = inp.name
     dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
     shape = tuple(dims[1:])
-    calib = [tensor(f, shape, mean, std) for f in image_files(args.calib)]
-    images = [tensor(f, shape, mean, std) for f in image_files(args.images)]
+    prep = (shape, mean, std)
+    calib = [tensor(f, *prep) for f in image_files(args.calib)]
+    images = image_files(args.images)
     out = {"onnxruntime": ort.__version__, "calib_images": len(calib), "eval_images": len(images)}
     with tempfile.TemporaryDirectory() as tmp:
         pre = os.path.join(tmp, "pre.onnx")
         q.quant_pre_process(args.model, pre)
         int8 = os.path.join(tmp, "int8.onnx")
-        t0 = time.perf_counter()
-        with contextlib.redirect_stdout(sys.stderr):  # the calibrator prints progress
-            q.quantize_static(
-                pre, int8, Reader(name, calib),
-                quant_format=q.QuantFormat.QDQ, per_channel=True,
-                activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                calibrate_method=q.CalibrationMethod.MinMax,
-            )
-        out["ort_quantize_static_s"] = time.perf_counter() - t0
+        out["ort_quantize_static_all_cores_s"] = quantize_static(pre, int8, name, calib)
         out["threads"] = {}
         for t in threads:
+            with pinned(t):
+                quantize_s = quantize_static(pre, os.path.join(tmp, f"int8-{t}.onnx"), name, calib)
             out["threads"][str(t)] = {
-                "ort_int8_s_per_image": per_image(int8, name, images, t),
-                "ort_fp32_s_per_image": per_image(args.model, name, images, t),
+                "ort_quantize_static_s": quantize_s,
+                "ort_int8_s_per_image": per_image(int8, name, images, prep, t),
+                "ort_fp32_s_per_image": per_image(args.model, name, images, prep, t),
             }
             print(f"[host_bench] {t} thread(s): {out['threads'][str(t)]}", file=sys.stderr, flush=True)
     print(json.dumps(out))

@@ -265,6 +265,30 @@ unsafe fn widen_row_il(row: *const i8, k: usize, kp: usize, dst: *mut i16) {
     }
 }
 
+/// Inputs up to which [`pw_panels`] widens a half-block's weights to i16 once per panel
+/// (a 16 KiB stack buffer at the most): the micro-kernel then loads them instead of
+/// sign-extending them for every micro-tile.
+const W16_K: usize = 1024;
+
+/// Widens half-block weights at `w` (groups of 64 bytes, the half-block's 32 of them first
+/// in each) to i16: group `g` as `dst[2g]`, `dst[2g + 1]`.
+///
+/// # Safety
+/// AVX2; `w + 64·g + 0..32` readable and `dst + 2g + 0..2` writable for `g < kp / 4`.
+#[inline(always)]
+unsafe fn widen_half_block(w: *const i8, kp: usize, dst: *mut __m256i) {
+    for g in 0..kp / PW_KR {
+        // SAFETY: the caller's ranges.
+        unsafe {
+            let wg = w.add(64 * g);
+            dst.add(2 * g)
+                .write(_mm256_cvtepi8_epi16(_mm_loadu_si128(wg.cast())));
+            dst.add(2 * g + 1)
+                .write(_mm256_cvtepi8_epi16(_mm_loadu_si128(wg.add(16).cast())));
+        }
+    }
+}
+
 /// The panel driver of [`GemmI8Avx2::pw_inplace`]: per panel of up to `panel` tokens, the
 /// tokens' inputs widened into micro-tiles at `xb`, then per half-block of 8 outputs the
 /// micro-tiles in turn ([`tile8`]), writing the outputs over the panel's tokens in `a`.
@@ -285,6 +309,8 @@ unsafe fn pw_panels<const GELU: bool>(
     e: &Epi,
 ) {
     let kp = k.div_ceil(PW_KR) * PW_KR;
+    let mut wb = MaybeUninit::<[__m256i; W16_K / 2]>::uninit();
+    let wbuf = wb.as_mut_ptr().cast::<__m256i>();
     let mut t0 = 0;
     while t0 < tokens {
         let pt = panel.min(tokens - t0);
@@ -292,7 +318,10 @@ unsafe fn pw_panels<const GELU: bool>(
         // micro-tile m / 6 (at xb + (m / 6)·6·kp, 6·kp i16 each): inside panel·kp i16, as
         // pt ≤ panel and panel is a multiple of 6. The tiles read those rows (m + M ≤ pt)
         // and write tokens t0 + m.. of a (k = n outputs each, inside tokens·n): tile8's
-        // conditions, with gemm_fits for the layer on a (the caller's).
+        // conditions, with gemm_fits for the layer on a (the caller's). Where kp ≤ W16_K,
+        // half-block h's weight rows (group g at (h / 2)·16·kp + (h % 2)·32 + 64g + 0..32,
+        // g < kp / 4: inside the packed layer, 8h < n) are widened into wbuf's kp / 2 ≤
+        // W16_K / 2 vectors, which tile8 then reads.
         unsafe {
             for m in 0..pt {
                 let (tile, r) = (m / PANEL_MR, m % PANEL_MR);
@@ -301,18 +330,28 @@ unsafe fn pw_panels<const GELU: bool>(
             }
             let xb = xb.cast_const();
             for h in 0..e.dim.div_ceil(8) {
+                let w16 = if kp <= W16_K {
+                    widen_half_block(
+                        l.w.as_ptr().add((h / 2) * PW_NR * kp + (h % 2) * 32),
+                        kp,
+                        wbuf,
+                    );
+                    wbuf.cast_const()
+                } else {
+                    core::ptr::null()
+                };
                 let mut m = 0;
                 while m + PANEL_MR <= pt {
-                    tile8::<PANEL_MR, GELU, true>(xb.add(m * kp), kp, t0 + m, h, l, e, a);
+                    tile8::<PANEL_MR, GELU, true>(w16, xb.add(m * kp), kp, t0 + m, h, l, e, a);
                     m += PANEL_MR;
                 }
                 let (xr, t) = (xb.add(m * kp), t0 + m);
                 match pt - m {
-                    5 => tile8::<5, GELU, true>(xr, kp, t, h, l, e, a),
-                    4 => tile8::<4, GELU, true>(xr, kp, t, h, l, e, a),
-                    3 => tile8::<3, GELU, true>(xr, kp, t, h, l, e, a),
-                    2 => tile8::<2, GELU, true>(xr, kp, t, h, l, e, a),
-                    1 => tile8::<1, GELU, true>(xr, kp, t, h, l, e, a),
+                    5 => tile8::<5, GELU, true>(w16, xr, kp, t, h, l, e, a),
+                    4 => tile8::<4, GELU, true>(w16, xr, kp, t, h, l, e, a),
+                    3 => tile8::<3, GELU, true>(w16, xr, kp, t, h, l, e, a),
+                    2 => tile8::<2, GELU, true>(w16, xr, kp, t, h, l, e, a),
+                    1 => tile8::<1, GELU, true>(w16, xr, kp, t, h, l, e, a),
                     _ => {}
                 }
             }
@@ -408,7 +447,7 @@ unsafe fn gemm_tile<const M: usize, const GELU: bool>(
     let kp = k.div_ceil(PW_KR) * PW_KR;
     for h in 0..e.dim.div_ceil(8) {
         // SAFETY: the caller's conditions, 8h < n.
-        unsafe { tile8::<M, GELU, false>(xb, kp, t, h, l, e, out) };
+        unsafe { tile8::<M, GELU, false>(core::ptr::null(), xb, kp, t, h, l, e, out) };
     }
 }
 
@@ -416,17 +455,21 @@ unsafe fn gemm_tile<const M: usize, const GELU: bool>(
 /// rows `2(h % 2)`, `2(h % 2) + 1` of 16-output block `h / 2`), then the epilogue of those
 /// 8 channels for the `M` tokens into rows `t..t + M` of `out`. The tokens' i16 inputs at
 /// `xb`: `M` rows of `kp` (stride `kp`), or, where `IL`, a panel micro-tile (input group
-/// `g` of row `m` at `4·(PANEL_MR·g + m)`).
+/// `g` of row `m` at `4·(PANEL_MR·g + m)`). The weights are read from the packed layer,
+/// or, where `w16` is not null, from those rows already widened ([`widen_half_block`]).
 ///
 /// # Safety
 /// `gemm_fits` holds (for `out` and the layer), `t + M ≤ tokens`, `8h < n`, `kp` is `k`
 /// rounded up to 4 and `xb` holds the `M` rows' `kp` i16 in that layout (`M ≤ PANEL_MR`
-/// where `IL`).
+/// where `IL`); `w16` is null or holds `kp / 2` aligned vectors.
 #[inline(always)]
 // Indices: m < M and j < 2 are loop counters over the const lengths of `acc` (M × 2), `v`
 // and `sums` (M).
 #[allow(clippy::indexing_slicing)]
+// The micro-kernel's operands, passed as they are rather than bundled (it is inlined).
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile8<const M: usize, const GELU: bool, const IL: bool>(
+    w16: *const __m256i,
     xb: *const i16,
     kp: usize,
     t: usize,
@@ -448,9 +491,15 @@ unsafe fn tile8<const M: usize, const GELU: bool, const IL: bool>(
         let zero = _mm256_setzero_si256();
         let mut acc = [[zero; 2]; M];
         for g in 0..groups {
-            let wg = wb.add(64 * g);
-            let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wg.cast()));
-            let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wg.add(16).cast()));
+            let (w0, w1) = if w16.is_null() {
+                let wg = wb.add(64 * g);
+                (
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(wg.cast())),
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(wg.add(16).cast())),
+                )
+            } else {
+                (w16.add(2 * g).read(), w16.add(2 * g + 1).read())
+            };
             for (m, a) in acc.iter_mut().enumerate() {
                 let at = if IL {
                     xb.add(4 * (PANEL_MR * g + m))
