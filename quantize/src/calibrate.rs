@@ -99,15 +99,13 @@ impl LayerStats {
         };
         per_channel(v.pre, &mut self.pre_ch);
         per_channel(v.out, &mut self.out_ch);
-        let (lo, hi) = v
-            .act
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| {
-                (if x < l { x } else { l }, if x > h { x } else { h })
-            });
-        if lo <= hi {
-            self.act.add(lo);
-            self.act.add(hi);
+        // The activation's one range, also per channel first (a single running min/max is
+        // a dependency chain that does not vectorise), then over the channels: the same
+        // extremes.
+        let mut act_ch = vec![Range::default(); dim];
+        per_channel(v.act, &mut act_ch);
+        for r in &act_ch {
+            self.act.merge(r);
         }
         for r in &self.pre_ch {
             self.pre.merge(r);
