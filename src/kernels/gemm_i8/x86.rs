@@ -270,21 +270,44 @@ unsafe fn widen_row_il(row: *const i8, k: usize, kp: usize, dst: *mut i16) {
 /// sign-extending them for every micro-tile.
 const W16_K: usize = 1024;
 
-/// Widens half-block weights at `w` (groups of 64 bytes, the half-block's 32 of them first
-/// in each) to i16: group `g` as `dst[2g]`, `dst[2g + 1]`.
+/// The first weight byte of half-block `h` (outputs `8h..8h + 8`: rows `2(h % 2)`,
+/// `2(h % 2) + 1` of 16-output block `h / 2`) in weights packed for `kp` inputs; its input
+/// group `g` is the 32 bytes at `+ 64·g`.
+#[inline(always)]
+fn half_block(w: *const i8, h: usize, kp: usize) -> *const i8 {
+    w.wrapping_add((h / 2) * PW_NR * kp + (h % 2) * 32)
+}
+
+/// Input group `g` of the half-block at `wb` ([`half_block`]) sign-extended to i16: two
+/// vectors of 4 outputs × 4 inputs.
 ///
 /// # Safety
-/// AVX2; `w + 64·g + 0..32` readable and `dst + 2g + 0..2` writable for `g < kp / 4`.
+/// AVX2; `wb + 64·g + 0..32` readable.
 #[inline(always)]
-unsafe fn widen_half_block(w: *const i8, kp: usize, dst: *mut __m256i) {
+unsafe fn widen_group(wb: *const i8, g: usize) -> [__m256i; 2] {
+    // SAFETY: the caller's range and CPU.
+    unsafe {
+        let wg = wb.add(64 * g);
+        [
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(wg.cast())),
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(wg.add(16).cast())),
+        ]
+    }
+}
+
+/// Widens the half-block at `wb` ([`half_block`]) to i16: group `g` ([`widen_group`]) as
+/// `dst[2g]`, `dst[2g + 1]`.
+///
+/// # Safety
+/// AVX2; `wb + 64·g + 0..32` readable and `dst + 2g + 0..2` writable for `g < kp / 4`.
+#[inline(always)]
+unsafe fn widen_half_block(wb: *const i8, kp: usize, dst: *mut __m256i) {
     for g in 0..kp / PW_KR {
         // SAFETY: the caller's ranges.
         unsafe {
-            let wg = w.add(64 * g);
-            dst.add(2 * g)
-                .write(_mm256_cvtepi8_epi16(_mm_loadu_si128(wg.cast())));
-            dst.add(2 * g + 1)
-                .write(_mm256_cvtepi8_epi16(_mm_loadu_si128(wg.add(16).cast())));
+            let [w0, w1] = widen_group(wb, g);
+            dst.add(2 * g).write(w0);
+            dst.add(2 * g + 1).write(w1);
         }
     }
 }
@@ -331,11 +354,7 @@ unsafe fn pw_panels<const GELU: bool>(
             let xb = xb.cast_const();
             for h in 0..e.dim.div_ceil(8) {
                 let w16 = if kp <= W16_K {
-                    widen_half_block(
-                        l.w.as_ptr().add((h / 2) * PW_NR * kp + (h % 2) * 32),
-                        kp,
-                        wbuf,
-                    );
+                    widen_half_block(half_block(l.w.as_ptr(), h, kp), kp, wbuf);
                     wbuf.cast_const()
                 } else {
                     core::ptr::null()
@@ -487,18 +506,14 @@ unsafe fn tile8<const M: usize, const GELU: bool, const IL: bool>(
     // weights (gemm_fits, 8h < n); the inputs of row m < M, group g < groups: inside the
     // caller's layout; every intrinsic is AVX2 (the caller's).
     let v: [__m256i; M] = unsafe {
-        let wb = l.w.as_ptr().add((h / 2) * PW_NR * kp + (h % 2) * 32);
+        let wb = half_block(l.w.as_ptr(), h, kp);
         let zero = _mm256_setzero_si256();
         let mut acc = [[zero; 2]; M];
         for g in 0..groups {
-            let (w0, w1) = if w16.is_null() {
-                let wg = wb.add(64 * g);
-                (
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128(wg.cast())),
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128(wg.add(16).cast())),
-                )
+            let [w0, w1] = if w16.is_null() {
+                widen_group(wb, g)
             } else {
-                (w16.add(2 * g).read(), w16.add(2 * g + 1).read())
+                [w16.add(2 * g).read(), w16.add(2 * g + 1).read()]
             };
             for (m, a) in acc.iter_mut().enumerate() {
                 let at = if IL {
