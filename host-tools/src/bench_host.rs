@@ -6,7 +6,7 @@
 //!   the whole command: import, fold, calibration, lowering, writing) with `--threads T`;
 //! - `ort_quantize_static_s`: ONNX Runtime's `quantize_static` on the same calibration
 //!   images (`tools/peers/host_bench.py`), its process pinned to T cores (its calibrator has
-//!   no thread setting); `ort_quantize_static_all_cores_s`: the same, unpinned;
+//!   no thread setting); `ort_quantize_static_all_cores_s`: the same on every core;
 //! - `eval_int8_s_per_image`, `eval_fp16_s_per_image`: `host-tools eval BLOB --data IMAGES
 //!   --threads T --json`'s own `s_per_image`: the wall time of its image loop (decoding,
 //!   preprocessing and classifying every image) divided by the images — the steady cost of
