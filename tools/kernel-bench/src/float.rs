@@ -6,13 +6,11 @@
 //! activations stay of order 1 (no subnormals, whose speed can differ); each level's
 //! outputs must be bit-identical.
 
-use std::time::Duration;
-
 use convmixer_edge::kernels::reference::{head_f, F16Arith, F32Arith, FloatArith, FloatLayer};
 use convmixer_edge::kernels::{dw_f, embed_f, fgemm_index, fgemm_packed_len, pw_f, Isa};
 use convmixer_edge::le::{F16Le, F32Le, FloatWeights};
 
-use crate::{best, Net, Rng};
+use crate::{best, ops, print, runs, Net, Op, Rng};
 
 /// A uniform f32 in `[lo, hi)`.
 fn unif(r: &mut Rng, lo: f32, hi: f32) -> f32 {
@@ -72,14 +70,6 @@ fn packed(r: &mut Rng, n: usize, k: usize, amp: f32) -> Vec<f32> {
     w
 }
 
-/// Times of one op on each level.
-struct Op {
-    name: &'static str,
-    macs: f64,
-    per_image: f64,
-    times: Vec<Duration>,
-}
-
 /// The four ops of `net` on each level, with f16 weights where `half`, else f32.
 fn bench(net: &Net, isas: &[Isa], quick: bool, half: bool) -> Vec<Op> {
     let mut r = Rng(0xf10a_7c0f_fee5);
@@ -87,12 +77,7 @@ fn bench(net: &Net, isas: &[Isa], quick: bool, half: bool) -> Vec<Op> {
     let e = net.embed();
     let (d, t, k) = (g.dim, g.tokens(), g.kernel);
     let taps = e.taps();
-    let runs = |isa: Isa| match (isa, quick) {
-        (Isa::Scalar, true) => 1,
-        (Isa::Scalar, false) => 2,
-        (_, true) => 6,
-        (_, false) => 30,
-    };
+    let runs = |isa: Isa| runs(isa, quick);
     let x: Vec<f32> = (0..t * d).map(|_| unif(&mut r, -1.0, 1.0)).collect();
     let px: Vec<u8> = (0..net.image * net.image * net.in_c)
         .map(|_| r.next() as u8)
@@ -111,32 +96,7 @@ fn bench(net: &Net, isas: &[Isa], quick: bool, half: bool) -> Vec<Op> {
     let head_w = Layer::new(&mut r, wh, net.classes);
 
     let layers = [&embed, &dw, &pw, &head_w];
-    let mut ops = vec![
-        Op {
-            name: "patch embedding",
-            macs: (t * taps * d) as f64,
-            per_image: 1.0,
-            times: vec![],
-        },
-        Op {
-            name: "depthwise + residual",
-            macs: (t * d * k * k) as f64,
-            per_image: net.depth as f64,
-            times: vec![],
-        },
-        Op {
-            name: "pointwise",
-            macs: (t * d * d) as f64,
-            per_image: net.depth as f64,
-            times: vec![],
-        },
-        Op {
-            name: "pool + head (scalar)",
-            macs: (t * d + net.classes * d) as f64,
-            per_image: 1.0,
-            times: vec![],
-        },
-    ];
+    let mut ops = ops(net, "pool + head (scalar)");
     let data = Data {
         net,
         x: &x,
@@ -157,32 +117,6 @@ fn bench(net: &Net, isas: &[Isa], quick: bool, half: bool) -> Vec<Op> {
 
 /// Prints one table: per op the time per call and GMAC/s on each level, and the
 /// extrapolated per-image time.
-fn print(title: &str, isas: &[Isa], ops: &[Op]) {
-    println!("\n{title}");
-    print!("{:<22} {:>10}", "op", "MMAC/call");
-    for isa in isas {
-        print!(" | {:>10} {:>8}", format!("{isa:?} ms"), "GMAC/s");
-    }
-    println!(" | ratio");
-    let mut image = vec![0f64; isas.len()];
-    for op in ops {
-        print!("{:<22} {:>10.1}", op.name, op.macs / 1e6);
-        for (i, t) in op.times.iter().enumerate() {
-            let s = t.as_secs_f64();
-            image[i] += s * op.per_image;
-            print!(" | {:>10.3} {:>8.2}", s * 1e3, op.macs / s / 1e9);
-        }
-        let ratio = op.times[0].as_secs_f64() / op.times[op.times.len() - 1].as_secs_f64();
-        println!(" | {ratio:.1}x");
-    }
-    let macs: f64 = ops.iter().map(|o| o.macs * o.per_image).sum();
-    print!("{:<22} {:>10.1}", "per image (extrapol.)", macs / 1e6);
-    for s in &image {
-        print!(" | {:>10.1} {:>8.2}", s * 1e3, macs / s / 1e9);
-    }
-    println!(" | {:.1}x", image[0] / image[image.len() - 1]);
-}
-
 /// The float tables of every net, f32 weights then f16 weights (`F32Arith`).
 pub fn run(nets: &[Net], isas: &[Isa], quick: bool) {
     println!("\nFloat kernels (F32Arith: f32 blobs, and f16 blobs without FEAT_FP16)");

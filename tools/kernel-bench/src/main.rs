@@ -205,6 +205,65 @@ struct Op {
     times: Vec<Duration>,
 }
 
+/// The four ops of `net` (embedding, depthwise, pointwise, pool + head: `head` names the
+/// last), no times yet.
+fn ops(net: &Net, head: &'static str) -> Vec<Op> {
+    let g = net.grid();
+    let (d, t, k) = (g.dim, g.tokens(), g.kernel);
+    let taps = net.embed().taps();
+    let op = |name, macs: usize, per_image: usize| Op {
+        name,
+        macs: macs as f64,
+        per_image: per_image as f64,
+        times: vec![],
+    };
+    vec![
+        op("patch embedding", t * taps * d, 1),
+        op("depthwise + residual", t * d * k * k, net.depth),
+        op("pointwise", t * d * d, net.depth),
+        op(head, t * d + net.classes * d, 1),
+    ]
+}
+
+/// Calls timed per op on `isa`: the best of many single calls filters out the other
+/// processes' time slices; the scalar kernels (a second per call) run once or twice.
+fn runs(isa: Isa, quick: bool) -> usize {
+    match (isa, quick) {
+        (Isa::Scalar, true) => 1,
+        (Isa::Scalar, false) => 2,
+        (_, true) => 6,
+        (_, false) => 30,
+    }
+}
+
+/// One table: per op and level the time per call and GMAC/s, the first level ÷ the last,
+/// and the image extrapolated from the ops' calls per image.
+fn print(title: &str, isas: &[Isa], ops: &[Op]) {
+    println!("\n{title}");
+    print!("{:<22} {:>10}", "op", "MMAC/call");
+    for isa in isas {
+        print!(" | {:>10} {:>8}", format!("{isa:?} ms"), "GMAC/s");
+    }
+    println!(" | ratio");
+    let mut image = vec![0f64; isas.len()];
+    for op in ops {
+        print!("{:<22} {:>10.1}", op.name, op.macs / 1e6);
+        for (i, t) in op.times.iter().enumerate() {
+            let s = t.as_secs_f64();
+            image[i] += s * op.per_image;
+            print!(" | {:>10.3} {:>8.2}", s * 1e3, op.macs / s / 1e9);
+        }
+        let ratio = op.times[0].as_secs_f64() / op.times[op.times.len() - 1].as_secs_f64();
+        println!(" | {ratio:.1}x");
+    }
+    let macs: f64 = ops.iter().map(|o| o.macs * o.per_image).sum();
+    print!("{:<22} {:>10.1}", "per image (extrapol.)", macs / 1e6);
+    for s in &image {
+        print!(" | {:>10.1} {:>8.2}", s * 1e3, macs / s / 1e9);
+    }
+    println!(" | {:.1}x", image[0] / image[image.len() - 1]);
+}
+
 fn bench(net: &Net, isas: &[Isa], quick: bool) -> Vec<Op> {
     let mut r = Rng(0x5eed_0fc0_ffee);
     let g = net.grid();
@@ -212,14 +271,7 @@ fn bench(net: &Net, isas: &[Isa], quick: bool) -> Vec<Op> {
     let (d, t, k) = (g.dim, g.tokens(), g.kernel);
     let taps = e.taps();
     let act = net.act;
-    // The best of many single calls filters out the other processes' time slices; the
-    // scalar kernels (a second per call) run once or twice.
-    let runs = |isa: Isa| match (isa, quick) {
-        (Isa::Scalar, true) => 1,
-        (Isa::Scalar, false) => 2,
-        (_, true) => 6,
-        (_, false) => 30,
-    };
+    let runs = |isa: Isa| runs(isa, quick);
 
     let x: Vec<i8> = (0..t * d).map(|_| r.range(-128, 127) as i8).collect();
     let px: Vec<u8> = (0..net.image * net.image * net.in_c)
@@ -237,32 +289,7 @@ fn bench(net: &Net, isas: &[Isa], quick: bool) -> Vec<Op> {
     let (scale, bias) = (f32s(1e-4, net.classes), f32s(0.5, net.classes));
     let scratch_len = dw_i8::scratch_len(g).max(gemm_i8::embed_scratch_len(e));
 
-    let mut ops = vec![
-        Op {
-            name: "patch embedding",
-            macs: (t * taps * d) as f64,
-            per_image: 1.0,
-            times: vec![],
-        },
-        Op {
-            name: "depthwise + residual",
-            macs: (t * d * k * k) as f64,
-            per_image: net.depth as f64,
-            times: vec![],
-        },
-        Op {
-            name: "pointwise",
-            macs: (t * d * d) as f64,
-            per_image: net.depth as f64,
-            times: vec![],
-        },
-        Op {
-            name: "pool + head",
-            macs: (t * d + net.classes * d) as f64,
-            per_image: 1.0,
-            times: vec![],
-        },
-    ];
+    let mut ops = ops(net, "pool + head");
     let mut outputs: Vec<Vec<i8>> = Vec::new();
     for &isa in isas {
         let mut scratch = vec![0i8; scratch_len];
@@ -360,30 +387,7 @@ fn main() {
         },
     ];
     for net in &nets {
-        let ops = bench(net, &isas, quick);
-        println!("\n{}", net.name);
-        print!("{:<22} {:>10}", "op", "MMAC/call");
-        for isa in &isas {
-            print!(" | {:>10} {:>8}", format!("{isa:?} ms"), "GMAC/s");
-        }
-        println!(" | ratio");
-        let mut image = vec![0f64; isas.len()];
-        for op in &ops {
-            print!("{:<22} {:>10.1}", op.name, op.macs / 1e6);
-            for (i, t) in op.times.iter().enumerate() {
-                let s = t.as_secs_f64();
-                image[i] += s * op.per_image;
-                print!(" | {:>10.3} {:>8.2}", s * 1e3, op.macs / s / 1e9);
-            }
-            let ratio = op.times[0].as_secs_f64() / op.times[op.times.len() - 1].as_secs_f64();
-            println!(" | {ratio:.1}x");
-        }
-        let macs: f64 = ops.iter().map(|o| o.macs * o.per_image).sum();
-        print!("{:<22} {:>10.1}", "per image (extrapol.)", macs / 1e6);
-        for s in &image {
-            print!(" | {:>10.1} {:>8.2}", s * 1e3, macs / s / 1e9);
-        }
-        println!(" | {:.1}x", image[0] / image[image.len() - 1]);
+        print(net.name, &isas, &bench(net, &isas, quick));
     }
     float::run(&nets, &isas, quick);
 }
