@@ -82,30 +82,21 @@ impl LayerStats {
             self.out_ch = vec![Range::default(); dim];
             self.pre_ch = vec![Range::default(); dim];
         }
-        // Per channel over the tokens, in plain arrays (the loops vectorise); a NaN never
-        // wins a comparison, as `f32::min/max` skip it.
-        let per_channel = |vals: &[f32], r: &mut [Range]| {
-            let (mut lo, mut hi) = (vec![f32::INFINITY; dim], vec![f32::NEG_INFINITY; dim]);
-            for row in vals.chunks_exact(dim) {
-                for ((l, h), &x) in lo.iter_mut().zip(hi.iter_mut()).zip(row) {
-                    *l = if x < *l { x } else { *l };
-                    *h = if x > *h { x } else { *h };
-                }
-            }
-            for ((r, l), h) in r.iter_mut().zip(lo).zip(hi).filter(|((_, l), h)| l <= h) {
+        // The forward's epilogue took each channel's extremes over the tokens; a channel
+        // with no number (lo > hi) adds nothing.
+        let e = v.extremes;
+        let widen = |r: &mut [Range], lo: &[f32], hi: &[f32]| {
+            for ((r, &l), &h) in r.iter_mut().zip(lo).zip(hi).filter(|((_, l), h)| l <= h) {
                 r.add(l);
                 r.add(h);
             }
         };
-        per_channel(v.pre, &mut self.pre_ch);
-        per_channel(v.out, &mut self.out_ch);
-        // The activation's one range, also per channel first (a single running min/max is
-        // a dependency chain that does not vectorise), then over the channels: the same
-        // extremes.
-        let mut act_ch = vec![Range::default(); dim];
-        per_channel(v.act, &mut act_ch);
-        for r in &act_ch {
-            self.act.merge(r);
+        widen(&mut self.pre_ch, &e.pre_lo, &e.pre_hi);
+        widen(&mut self.out_ch, &e.out_lo, &e.out_hi);
+        // The activation's one range: the same extremes, over the channels.
+        for (&l, &h) in e.act_lo.iter().zip(&e.act_hi).filter(|(l, h)| l <= h) {
+            self.act.add(l);
+            self.act.add(h);
         }
         for r in &self.pre_ch {
             self.pre.merge(r);

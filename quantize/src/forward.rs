@@ -23,10 +23,39 @@ use crate::fold::{Folded, Layer};
 pub struct LayerValues<'a> {
     /// Accumulator before the activation (bias included).
     pub pre: &'a [f32],
-    /// Activation output.
-    pub act: &'a [f32],
     /// Layer output: `scale · act + shift`, plus the residual input for depthwise layers.
     pub out: &'a [f32],
+    /// Per channel, the extremes over the tokens of the accumulator, the activation and the
+    /// output: taken in the epilogue, while the values are in registers, so that
+    /// calibration does not read the layer a second time (the activation itself is not
+    /// kept: nothing else needs it).
+    pub extremes: &'a Extremes,
+}
+
+/// Per channel (each array `dim` long), the smallest and largest value of one layer's
+/// accumulator (`pre`), activation (`act`) and output (`out`) over one image's tokens. A
+/// NaN never wins a comparison, so a channel whose values are all NaN keeps `lo = +∞ >
+/// hi = −∞`.
+///
+/// ```
+/// use convmixer_quantize::forward::Extremes;
+/// let e = Extremes::default();
+/// assert!(e.pre_lo.is_empty() && e.out_hi.is_empty());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Extremes {
+    /// Smallest accumulator value per channel.
+    pub pre_lo: Vec<f32>,
+    /// Largest accumulator value per channel.
+    pub pre_hi: Vec<f32>,
+    /// Smallest activation output per channel.
+    pub act_lo: Vec<f32>,
+    /// Largest activation output per channel.
+    pub act_hi: Vec<f32>,
+    /// Smallest layer output per channel.
+    pub out_lo: Vec<f32>,
+    /// Largest layer output per channel.
+    pub out_hi: Vec<f32>,
 }
 
 /// The activation in f32 with libm's `erff` / `tanhf` (the true function; independent of
@@ -72,14 +101,27 @@ pub fn gemm_bt<A: LinalgScalar>(a: &[A], b: &[A], m: usize, k: usize, n: usize, 
     general_mat_mul(A::one(), &a, &b.t(), A::zero(), &mut c);
 }
 
-/// Adds the bias to `pre` (the GEMM's sums) and fills `act` and `out = scale·act + shift`
-/// of one layer; `out` gets the residual `res` added where given (depthwise layers).
+/// Adds the bias to `pre` (the GEMM's sums), fills `out = scale·act(pre) + shift` of one
+/// layer (plus the residual `res` where given: depthwise layers) and the per-channel
+/// [`Extremes`].
 fn finish(l: &Layer, act: Activation, dim: usize, v: &mut Values, res: Option<&[f32]>) {
-    // One loop per activation, so that ReLU's vectorises.
-    match act {
-        Activation::Relu => finish_with(l, dim, v, res, |p| if p > 0.0 { p } else { 0.0 }),
-        Activation::Gelu => finish_with(l, dim, v, res, gelu),
-        a => finish_with(l, dim, v, res, |p| act_f32(a, p)),
+    // One loop per activation and residual, so that each vectorises.
+    match (act, res) {
+        (Activation::Relu, None) => finish_with::<false>(l, dim, v, &[], relu),
+        (Activation::Relu, Some(r)) => finish_with::<true>(l, dim, v, r, relu),
+        (Activation::Gelu, None) => finish_with::<false>(l, dim, v, &[], gelu),
+        (Activation::Gelu, Some(r)) => finish_with::<true>(l, dim, v, r, gelu),
+        (a, None) => finish_with::<false>(l, dim, v, &[], |p| act_f32(a, p)),
+        (a, Some(r)) => finish_with::<true>(l, dim, v, r, |p| act_f32(a, p)),
+    }
+}
+
+#[inline(always)]
+fn relu(p: f32) -> f32 {
+    if p > 0.0 {
+        p
+    } else {
+        0.0
     }
 }
 
@@ -126,32 +168,54 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + e)
 }
 
+/// [`finish`] with the activation `f`, and the residual `res` (`tokens · dim`) if `RES`.
 #[inline(always)]
-fn finish_with(l: &Layer, dim: usize, v: &mut Values, res: Option<&[f32]>, f: impl Fn(f32) -> f32) {
+fn finish_with<const RES: bool>(
+    l: &Layer,
+    dim: usize,
+    v: &mut Values,
+    res: &[f32],
+    f: impl Fn(f32) -> f32,
+) {
+    let e = &mut v.extremes;
+    for (lo, hi) in [
+        (&mut e.pre_lo, &mut e.pre_hi),
+        (&mut e.act_lo, &mut e.act_hi),
+        (&mut e.out_lo, &mut e.out_hi),
+    ] {
+        lo.clear();
+        lo.resize(dim, f32::INFINITY);
+        hi.clear();
+        hi.resize(dim, f32::NEG_INFINITY);
+    }
     if dim == 0 {
         return;
     }
-    let rows = v
-        .pre
-        .chunks_exact_mut(dim)
-        .zip(v.act.chunks_exact_mut(dim))
-        .zip(v.out.chunks_exact_mut(dim));
-    for (t, ((pre, act), out)) in rows.enumerate() {
-        let params = l.b.iter().zip(&l.scale).zip(&l.shift);
-        for (((p, a), y), ((&bias, &s), &b)) in pre
-            .iter_mut()
-            .zip(act.iter_mut())
-            .zip(out.iter_mut())
-            .zip(params)
-        {
-            *p += bias;
-            *a = f(*p);
-            *y = s * *a + b;
-        }
-        if let Some(res) = res {
-            for (y, r) in out.iter_mut().zip(&res[t * dim..(t + 1) * dim]) {
-                *y += r;
+    let (bias, scale, shift) = (&l.b[..dim], &l.scale[..dim], &l.shift[..dim]);
+    let (plo, phi) = (&mut e.pre_lo[..dim], &mut e.pre_hi[..dim]);
+    let (alo, ahi) = (&mut e.act_lo[..dim], &mut e.act_hi[..dim]);
+    let (olo, ohi) = (&mut e.out_lo[..dim], &mut e.out_hi[..dim]);
+    // Compare-and-keep (a NaN never wins), compiled to `minps`/`maxps`. (Built for AVX2
+    // the loop was slower, not faster: it is bound by memory, and LLVM turned the kept
+    // extremes into masked stores, slow on AMD's cores.)
+    let min = |x: f32, m: f32| if x < m { x } else { m };
+    let max = |x: f32, m: f32| if x > m { x } else { m };
+    let rows = v.pre.chunks_exact_mut(dim).zip(v.out.chunks_exact_mut(dim));
+    for (t, (pre, out)) in rows.enumerate() {
+        let (pre, out) = (&mut pre[..dim], &mut out[..dim]);
+        let r = if RES { &res[t * dim..(t + 1) * dim] } else { &[][..] };
+        for j in 0..dim {
+            let p = pre[j] + bias[j];
+            let a = f(p);
+            let mut y = scale[j] * a + shift[j];
+            if RES {
+                y += r[j];
             }
+            pre[j] = p;
+            out[j] = y;
+            (plo[j], phi[j]) = (min(p, plo[j]), max(p, phi[j]));
+            (alo[j], ahi[j]) = (min(a, alo[j]), max(a, ahi[j]));
+            (olo[j], ohi[j]) = (min(y, olo[j]), max(y, ohi[j]));
         }
     }
 }
@@ -333,27 +397,27 @@ fn depthwise_portable(
     }
 }
 
-/// The three value arrays of one layer.
+/// One layer's stored values.
 struct Values {
     pre: Vec<f32>,
-    act: Vec<f32>,
     out: Vec<f32>,
+    extremes: Extremes,
 }
 
 impl Values {
     fn new(n: usize) -> Self {
         Values {
             pre: vec![0.0; n],
-            act: vec![0.0; n],
             out: vec![0.0; n],
+            extremes: Extremes::default(),
         }
     }
 
     fn view(&self) -> LayerValues<'_> {
         LayerValues {
             pre: &self.pre,
-            act: &self.act,
             out: &self.out,
+            extremes: &self.extremes,
         }
     }
 }
