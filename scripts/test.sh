@@ -39,6 +39,10 @@ stage docs env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 stage clippy cargo clippy -p convmixer-edge --all-targets --release -- -D warnings
 stage clippy-aarch64 env CARGO_TARGET_DIR="$DEBIAN_TARGET_DIR" \
     cargo +debian clippy -p convmixer-edge --all-targets --release --target "$AARCH64" -- -D warnings
+# The AVX-512 VNNI int8 GEMM, bit for bit, on an emulated Tiger Lake (no machine here
+# exposes AVX-512; qemu emulates none): Bochs boots a Debian kernel that runs the kernel
+# suites (tools/avx512-emu/run.sh; README "x86_64 kernels").
+stage x86-avx512-bochs tools/avx512-emu/run.sh
 aarch64_test() ( # aarch64_test QEMU_CPU [CMX_REQUIRE_DOTPROD]; subshell: env stays local
     export QEMU_CPU=$1 CMX_REQUIRE_DOTPROD=${2:-0}
     CARGO_TARGET_DIR=$DEBIAN_TARGET_DIR \

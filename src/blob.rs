@@ -561,8 +561,10 @@ pub fn section_at(h: &Header, index: usize) -> Option<(SectionKind, u16, Option<
         let island = int8 && h.f16_layers.contains(layer);
         let wbytes = if island { 2 } else { wbytes };
         let s = match (int8 && !island, slot) {
-            (true, 0) if layer % 2 == 0 => (Weights, l16, Some(gemm_packed_len(dim, taps))),
-            (false, 0) if layer % 2 == 0 => {
+            (true, 0) if layer.is_multiple_of(2) => {
+                (Weights, l16, Some(gemm_packed_len(dim, taps)))
+            }
+            (false, 0) if layer.is_multiple_of(2) => {
                 (Weights, l16, Some(fgemm_packed_len(dim, taps) * wbytes))
             }
             (_, 0) => (Weights, l16, Some(dim * taps * wbytes)),

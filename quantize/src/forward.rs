@@ -203,7 +203,11 @@ fn finish_with<const RES: bool>(
     let rows = v.pre.chunks_exact_mut(dim).zip(v.out.chunks_exact_mut(dim));
     for (t, (pre, out)) in rows.enumerate() {
         let (pre, out) = (&mut pre[..dim], &mut out[..dim]);
-        let r = if RES { &res[t * dim..(t + 1) * dim] } else { &[][..] };
+        let r = if RES {
+            &res[t * dim..(t + 1) * dim]
+        } else {
+            &[][..]
+        };
         for j in 0..dim {
             let p = pre[j] + bias[j];
             let a = f(p);

@@ -1,5 +1,5 @@
 //! Run-time CPU feature detection (FEAT_FP16, FEAT_DotProd on aarch64; AVX2, FMA, F16C on
-//! x86_64) for [`super::Isa`] and [`super::fp16_available`], without `std`: besides the
+//! x86_64; AVX-512 with VNNI) for [`super::Isa`] and [`super::fp16_available`], without `std`: besides the
 //! SIMD kernels the only `unsafe` in the crate, a libc call on aarch64 Linux, a
 //! system-register read on aarch64 bare metal, and `CPUID`/`XGETBV` on x86_64, none of
 //! which touches memory the program owns.
@@ -120,9 +120,16 @@ fn read_avx2() -> bool {
     if cpuid(0, 0)[0] < 7 || cpuid(1, 0)[2] & LEAF1 != LEAF1 {
         return false;
     }
+    xcr0() & 0b110 == 0b110 && cpuid(7, 0)[1] & (1 << 5) != 0
+}
+
+/// `XCR0`, the state components the OS saves (call it only where `CPUID` leaf 1 reports
+/// OSXSAVE).
+#[cfg(target_arch = "x86_64")]
+fn xcr0() -> u32 {
     let (lo, _hi): (u32, u32);
     // SAFETY: XGETBV with ECX = 0 reads XCR0 and is allowed where CPUID reports OSXSAVE
-    // (checked above); it only writes eax and edx and touches no memory.
+    // (both callers check it first); it only writes eax and edx and touches no memory.
     unsafe {
         core::arch::asm!(
             "xgetbv",
@@ -132,7 +139,38 @@ fn read_avx2() -> bool {
             options(nomem, nostack, preserves_flags),
         )
     };
-    lo & 0b110 == 0b110 && cpuid(7, 0)[1] & (1 << 5) != 0
+    lo
+}
+
+/// [`avx2`] plus AVX-512 F, BW and VL and AVX512-VNNI, with the OS saving the opmask and
+/// ZMM registers: `CPUID` leaf 7 (EBX: AVX512F bit 16, AVX512BW bit 30, AVX512VL bit 31;
+/// ECX: AVX512_VNNI bit 11), `XCR0` bits 5, 6, 7. Read once and kept, like [`avx2`].
+#[cfg(target_arch = "x86_64")]
+pub fn avx512vnni() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    // 0: not read yet, 1: absent, 2: present.
+    static KNOWN: AtomicU8 = AtomicU8::new(0);
+    match KNOWN.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            const EBX: u32 = (1 << 16) | (1 << 30) | (1 << 31);
+            const ZMM: u32 = 0b1110_0110;
+            // avx2() checked OSXSAVE, so XGETBV may run.
+            let has = avx2() && {
+                let l7 = cpuid(7, 0);
+                l7[1] & EBX == EBX && l7[2] & (1 << 11) != 0 && xcr0() & ZMM == ZMM
+            };
+            KNOWN.store(if has { 2 } else { 1 }, Ordering::Relaxed);
+            has
+        }
+    }
+}
+
+/// No x86_64 detection elsewhere.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn avx512vnni() -> bool {
+    false
 }
 
 /// No x86_64 detection elsewhere.

@@ -71,17 +71,27 @@ pub enum Isa {
     /// x86_64 with AVX2, FMA and F16C (Intel Haswell, AMD Zen and later): 256-bit integer
     /// kernels (`VPMADDWD`).
     Avx2,
+    /// x86_64 with AVX2 and AVX-512 (F, BW, VL) with VNNI (Intel Cascade Lake, Ice Lake and
+    /// later; AMD Zen 4 and later): the int8 GEMMs with 512-bit `VPDPBUSD`, every other op
+    /// with its AVX2 kernel.
+    Avx512Vnni,
 }
 
 impl Isa {
     /// Every level, the portable one first (those a CPU has: [`Isa::available`]).
-    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Neon, Isa::NeonDot, Isa::Avx2];
+    pub const ALL: [Isa; 5] = [
+        Isa::Scalar,
+        Isa::Neon,
+        Isa::NeonDot,
+        Isa::Avx2,
+        Isa::Avx512Vnni,
+    ];
 
     /// The best level this CPU supports: on aarch64 Linux from the kernel's `AT_HWCAP`,
     /// on bare metal from `ID_AA64ISAR0_EL1`, on x86_64 from `CPUID` and `XGETBV`, and from
     /// the compile-time target features.
     pub fn detect() -> Isa {
-        [Isa::NeonDot, Isa::Neon, Isa::Avx2]
+        [Isa::NeonDot, Isa::Neon, Isa::Avx512Vnni, Isa::Avx2]
             .into_iter()
             .find(|i| i.available())
             .unwrap_or(Isa::Scalar)
@@ -106,6 +116,15 @@ impl Isa {
                         target_feature = "fma",
                         target_feature = "f16c"
                     )) || cpu::avx2())
+            }
+            Isa::Avx512Vnni => {
+                Isa::Avx2.available()
+                    && (cfg!(all(
+                        target_feature = "avx512f",
+                        target_feature = "avx512bw",
+                        target_feature = "avx512vl",
+                        target_feature = "avx512vnni"
+                    )) || cpu::avx512vnni())
             }
         }
     }

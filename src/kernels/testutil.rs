@@ -10,8 +10,9 @@ use crate::le::I32Le;
 use crate::Activation;
 
 /// Every ISA level the running CPU has, for the per-op suites to run against the
-/// reference. With `CMX_REQUIRE_DOTPROD=1` (aarch64) or `CMX_REQUIRE_AVX2=1` (x86_64) it
-/// fails where that level was not detected, so that CI cannot skip its kernels silently.
+/// reference. With `CMX_REQUIRE_DOTPROD=1` (aarch64), `CMX_REQUIRE_AVX2=1` or
+/// `CMX_REQUIRE_AVX512VNNI=1` (x86_64) it fails where that level was not detected, so that
+/// CI cannot skip its kernels silently.
 pub(crate) fn isas() -> Vec<Isa> {
     let required = |var: &str| std::env::var(var).is_ok_and(|v| v == "1");
     if cfg!(target_arch = "aarch64") && required("CMX_REQUIRE_DOTPROD") {
@@ -24,6 +25,12 @@ pub(crate) fn isas() -> Vec<Isa> {
         assert!(
             Isa::Avx2.available(),
             "CMX_REQUIRE_AVX2 is set but AVX2 (with FMA, F16C) was not detected"
+        );
+    }
+    if cfg!(target_arch = "x86_64") && required("CMX_REQUIRE_AVX512VNNI") {
+        assert!(
+            Isa::Avx512Vnni.available(),
+            "CMX_REQUIRE_AVX512VNNI is set but AVX-512 (F, BW, VL) with VNNI was not detected"
         );
     }
     Isa::ALL.into_iter().filter(|i| i.available()).collect()

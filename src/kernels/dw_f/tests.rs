@@ -28,9 +28,9 @@ fn dw_f32<W: FloatWeights>(
     isa: Isa,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
         let took = x86::dw::<W, F32Arith>(x, g, l, act, out, isa);
-        assert_eq!(took, g.dim % 8 == 0, "{g:?}");
+        assert_eq!(took, g.dim.is_multiple_of(8), "{g:?}");
         if took {
             return;
         }

@@ -87,7 +87,7 @@ pub(crate) fn dw<W: FloatWeights, M: FloatArith>(
         return false;
     };
     if !(g.elements().is_some_and(|n| x.len() >= n && out.len() >= n)
-        && g.dim % 8 == 0
+        && g.dim.is_multiple_of(8)
         && g.kernel <= MAX_K
         && g.kernel * g.wt.min(CACHE) * 8 <= CACHE
         && g.pad_top < g.kernel

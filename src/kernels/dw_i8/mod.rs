@@ -165,7 +165,7 @@ fn slice_wise(
         ))]
         Isa::Neon => neon::dw_i8_inplace_smlal(a, scratch, g, l, act),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86::dw_i8_inplace_avx2_8x8(a, scratch, g, l, act),
+        Isa::Avx2 | Isa::Avx512Vnni => x86::dw_i8_inplace_avx2_8x8(a, scratch, g, l, act),
         _ => {
             let _ = (a, scratch, g, l, act);
             false

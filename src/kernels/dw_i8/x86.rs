@@ -96,7 +96,7 @@ pub fn dw_i8_inplace_avx2_8x8(
 ) -> bool {
     let k = g.kernel;
     let ok = Isa::Avx2.available()
-        && g.dim % 8 == 0
+        && g.dim.is_multiple_of(8)
         && (1..=DW_MAX_K).contains(&k)
         && g.pad_top < k
         && g.pad_left < k

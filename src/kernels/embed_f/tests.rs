@@ -29,7 +29,7 @@ fn embed_on<W: FloatWeights, M: FloatArith>(
     isa: Isa,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
         assert!(x86::embed::<W, M>(px, g, dim, l, act, out, scratch, isa));
         return;
     }

@@ -53,7 +53,7 @@ pub(crate) struct Params {
 impl Params {
     /// The AVX2 kernels' view of `l`, a layer of `dim` channels whose kernel reads `w_elems`
     /// weights, on `isa`; `None` where the kernels cannot run it: an ISA other than
-    /// [`Isa::Avx2`] or a CPU without it, no channels, or a section shorter than `w_elems`
+    /// [`Isa::Avx2`] or [`Isa::Avx512Vnni`] or a CPU without AVX2, no channels, or a section shorter than `w_elems`
     /// weights or `dim` channels.
     pub(crate) fn new<W: FloatWeights>(
         isa: Isa,
@@ -62,7 +62,7 @@ impl Params {
         w_elems: Option<usize>,
     ) -> Option<Params> {
         let wsz = if W::HALF { 2 } else { 4 };
-        let ok = isa == Isa::Avx2
+        let ok = matches!(isa, Isa::Avx2 | Isa::Avx512Vnni)
             && Isa::Avx2.available()
             && dim > 0
             && w_elems

@@ -7,6 +7,7 @@
 //! * `neon.rs`: the AArch64 kernels `gemm_i8_neon_smlal_2x16c4` (ARMv8.0) and
 //!   `gemm_i8_neon_sdot_4x16c4` (ARMv8.2 dot product);
 //! * `x86.rs`: the x86_64 AVX2 kernel `gemm_i8_avx2_4x8c4` (`VPMADDWD`);
+//! * `avx512.rs`: the x86_64 AVX-512 VNNI kernel `gemm_i8_avx512vnni_8x32c4` (`VPDPBUSD`);
 //! * `tests.rs`: the shared suite, every ISA the running CPU has against the reference.
 //!
 //! The drivers below run a layer through the kernel of an [`Isa`], chosen once per layer
@@ -32,6 +33,12 @@ pub mod neon;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 pub mod x86;
+
+// The AVX-512 VNNI kernel runs only where Isa::Avx512Vnni was detected (x86::GemmI8Avx2
+// checks).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub mod avx512;
 
 #[cfg(test)]
 mod tests;
@@ -304,7 +311,9 @@ impl<'l, 'a> Gemm<'l, 'a> {
                 neon::GemmI8::new(l, k, n, act, isa == Isa::NeonDot).map(Gemm::Neon)
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => x86::GemmI8Avx2::new(l, k, n, act).map(Gemm::Avx2),
+            Isa::Avx2 | Isa::Avx512Vnni => {
+                x86::GemmI8Avx2::new(l, k, n, act, isa == Isa::Avx512Vnni).map(Gemm::Avx2)
+            }
             _ => None,
         };
         simd.unwrap_or(Gemm::Reference { l, k, n, act })
@@ -314,6 +323,16 @@ impl<'l, 'a> Gemm<'l, 'a> {
     #[cfg(test)]
     fn is_reference(&self) -> bool {
         matches!(self, Gemm::Reference { .. })
+    }
+
+    /// Whether the AVX-512 VNNI kernel runs the layer.
+    #[cfg(test)]
+    fn is_vnni(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Gemm::Avx2(g) = self {
+            return g.uses_vnni();
+        }
+        false
     }
 
     /// `out = ` the layer applied to `tokens` rows of `x` ([`reference::gemm_i8`]'s bytes).

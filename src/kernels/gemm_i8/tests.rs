@@ -48,6 +48,7 @@ fn gemm_kernels_match_the_reference() {
             let g = Gemm::new(&view, k, n, act(gelu), isa);
             // Every SIMD level has a kernel for every layer the reader accepts.
             assert!(isa == Isa::Scalar || !g.is_reference(), "{isa:?}");
+            assert_eq!(g.is_vnni(), isa == Isa::Avx512Vnni, "{isa:?}");
             let mut got = vec![0i8; tokens * n];
             g.run(&x, tokens, &mut got);
             assert_eq!(got, want, "{isa:?}: k {k} n {n} tokens {tokens}");
@@ -57,8 +58,9 @@ fn gemm_kernels_match_the_reference() {
 
 /// The kernel of every ISA at the edges of the reader's bounds (`Layer::extreme`:
 /// accumulators over the whole i32 range, every saturation reached, extreme zero points
-/// and requantisation fields), with input counts across the AVX2 kernel's tile limits
-/// (`k` up to 8192 runs fewer tokens per tile; past it the reference runs).
+/// and requantisation fields), with input counts across the x86 kernels' tile limits
+/// (AVX2: `k` up to 8192 runs fewer tokens per tile, past it the reference runs; AVX-512
+/// VNNI: the same up to 16384, past it the AVX2 kernel's reference).
 #[test]
 fn gemm_kernels_match_the_reference_at_the_limits() {
     let mut r = Rng(0x1ce_b00c_5eed_f00d);
@@ -72,6 +74,7 @@ fn gemm_kernels_match_the_reference_at_the_limits() {
             0 => r.range(2040, 2060) as usize,
             1 => r.range(4090, 4100) as usize,
             2 => r.range(8185, 8200) as usize,
+            3 => r.range(16380, 16392) as usize,
             _ => r.range(1, 100) as usize,
         };
         let tokens = r.range(1, 9) as usize;
@@ -96,10 +99,21 @@ fn gemm_kernels_match_the_reference_at_the_limits() {
         for &isa in &isas {
             let view = l.view();
             let g = Gemm::new(&view, k, n, act(gelu), isa);
-            // Past 8192 inputs the AVX2 kernel leaves the layer to the reference.
-            if !(isa == Isa::Avx2 && k > 8192) {
+            // Past 8192 inputs the AVX2 kernel leaves the layer to the reference; the VNNI
+            // kernel takes up to 16384.
+            let limit = match isa {
+                Isa::Avx2 => 8192,
+                Isa::Avx512Vnni => 16384,
+                _ => usize::MAX,
+            };
+            if k <= limit {
                 assert!(isa == Isa::Scalar || !g.is_reference(), "{isa:?} k {k}");
             }
+            assert_eq!(
+                g.is_vnni(),
+                isa == Isa::Avx512Vnni && k <= 16384,
+                "{isa:?} k {k}"
+            );
             let mut got = vec![0i8; tokens * n];
             g.run(&x, tokens, &mut got);
             assert_eq!(

@@ -97,7 +97,7 @@ pub fn gemm_i8_avx2_4x8c4(
     act: Activation,
     out: &mut [i8],
 ) {
-    match GemmI8Avx2::new(l, k, n, act) {
+    match GemmI8Avx2::new(l, k, n, act, false) {
         Some(g) if acts_fit(x, tokens, k, n, out) => g.run(x, tokens, out),
         _ => reference::gemm_i8(x, tokens, k, n, l, act, out),
     }
@@ -121,7 +121,7 @@ fn acts_fit(x: &[i8], tokens: usize, k: usize, n: usize, out: &[i8]) -> bool {
 /// let bias = [0u8; 64];
 /// let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
 /// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 0, zp_z: 0, zp_out: 0, table: &[] };
-/// if let Some(g) = GemmI8Avx2::new(&l, k, n, Activation::Relu) {
+/// if let Some(g) = GemmI8Avx2::new(&l, k, n, Activation::Relu, false) {
 ///     let x = [3i8; 2 * 8];
 ///     let mut out = [0i8; 2 * 16];
 ///     g.run(&x, 2, &mut out);
@@ -135,26 +135,51 @@ pub struct GemmI8Avx2<'a> {
     l: QuantLayer<'a>,
     e: Epi,
     k: usize,
+    /// Whether the AVX-512 VNNI kernel ([`super::avx512`]) computes the sums.
+    vnni: bool,
 }
 
 impl<'a> GemmI8Avx2<'a> {
-    /// Prepares `l` for the AVX2 kernel; `None` where the CPU lacks AVX2 or the layer does
-    /// not fit it: weights shorter than the packed length, an epilogue section or field out
-    /// of the reader's bounds, no outputs, or `k > 8192`.
-    pub fn new(l: &QuantLayer<'a>, k: usize, n: usize, act: Activation) -> Option<Self> {
+    /// Prepares `l` for the AVX2 kernel, or with `vnni` for the AVX-512 VNNI one
+    /// ([`super::avx512`], where [`Isa::Avx512Vnni`] is available and `k ≤ 16384`; else
+    /// the AVX2 one); `None` where the CPU lacks AVX2 or the layer does not fit it: weights
+    /// shorter than the packed length, an epilogue section or field out of the reader's
+    /// bounds, no outputs, or `k > 8192`.
+    pub fn new(
+        l: &QuantLayer<'a>,
+        k: usize,
+        n: usize,
+        act: Activation,
+        vnni: bool,
+    ) -> Option<Self> {
+        let kp = k.div_ceil(PW_KR) * PW_KR;
+        let vnni = vnni && kp <= super::avx512::XBUF && Isa::Avx512Vnni.available();
         // n > 0 also bounds `run`'s output loop by out.len().
         let fits = n > 0
             && Isa::Avx2.available()
-            && k.div_ceil(PW_KR) * PW_KR <= XBUF
+            && (kp <= XBUF || vnni)
             && gemm_packed_len_checked(n, k).is_some_and(|len| l.w.len() >= len);
         let e = Epi::new(l, act, n).filter(|_| fits)?;
-        Some(GemmI8Avx2 { l: *l, e, k })
+        Some(GemmI8Avx2 { l: *l, e, k, vnni })
     }
 
     /// `out[..tokens·n] = ` the layer applied to `x[..tokens·k]`, the bytes of
     /// [`reference::gemm_i8`]; nothing is written if `x` or `out` is shorter than that.
     pub fn run(&self, x: &[i8], tokens: usize, out: &mut [i8]) {
         if !acts_fit(x, tokens, self.k, self.e.dim, out) {
+            return;
+        }
+        if self.vnni {
+            // SAFETY: `new` found AVX2 and AVX-512 VNNI, checked the weights' length and
+            // kp ≤ avx512::XBUF, and built `e` from `l` for n = e.dim outputs; the lengths
+            // of x and out are checked above; GELU = e.gelu.
+            unsafe {
+                if self.e.gelu {
+                    super::avx512::gemm::<true>(Some(x), tokens, self.k, &self.l, &self.e, out)
+                } else {
+                    super::avx512::gemm::<false>(Some(x), tokens, self.k, &self.l, &self.e, out)
+                }
+            }
             return;
         }
         // SAFETY: `new` found AVX2, checked the weights' length and kp ≤ XBUF, and built
@@ -171,6 +196,13 @@ impl<'a> GemmI8Avx2<'a> {
 }
 
 impl GemmI8Avx2<'_> {
+    /// Whether the AVX-512 VNNI kernel computes the sums (for the tests: so that the suite
+    /// run under `Isa::Avx512Vnni` cannot pass on the AVX2 kernel).
+    #[cfg(test)]
+    pub(crate) fn uses_vnni(&self) -> bool {
+        self.vnni
+    }
+
     /// The pointwise conv (`k = n`) in place on `a` (`tokens · n` int8) through panels of
     /// up to [`PANEL_BYTES`] of i16 inputs in `scratch` (see the module docs), the bytes of
     /// [`reference::gemm_i8`]. False, touching nothing, where the layer is not square, `a`
@@ -185,7 +217,7 @@ impl GemmI8Avx2<'_> {
     /// let bias = [0u8; 64];
     /// let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
     /// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 0, zp_z: 0, zp_out: 0, table: &[] };
-    /// if let Some(g) = GemmI8Avx2::new(&l, n, n, Activation::Relu) {
+    /// if let Some(g) = GemmI8Avx2::new(&l, n, n, Activation::Relu, false) {
     ///     let mut a = vec![3i8; 20 * n];
     ///     assert!(g.pw_inplace(&mut a, &mut [0i8; 4096], 20));
     ///     assert_eq!(a, vec![24i8; 20 * n]); // (16 inputs · 3) / 2
@@ -194,6 +226,21 @@ impl GemmI8Avx2<'_> {
     /// ```
     pub fn pw_inplace(&self, a: &mut [i8], scratch: &mut [i8], tokens: usize) -> bool {
         let (k, n) = (self.k, self.e.dim);
+        if self.vnni {
+            if k != n || tokens.checked_mul(n).is_none_or(|len| a.len() < len) {
+                return false;
+            }
+            // SAFETY: as in `run`, with k = n and a holding tokens·n bytes (checked above):
+            // the in-place form.
+            unsafe {
+                if self.e.gelu {
+                    super::avx512::gemm::<true>(None, tokens, k, &self.l, &self.e, a)
+                } else {
+                    super::avx512::gemm::<false>(None, tokens, k, &self.l, &self.e, a)
+                }
+            }
+            return true;
+        }
         let kp = k.div_ceil(PW_KR) * PW_KR;
         // The panel starts 32-byte aligned in the scratch.
         let skip = scratch.as_ptr().align_offset(32).min(31);

@@ -53,7 +53,7 @@ pub fn head_i8(
         ))]
         Isa::Neon | Isa::NeonDot => neon::head_i8_neon,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86::head_i8_avx2,
+        Isa::Avx2 | Isa::Avx512Vnni => x86::head_i8_avx2,
         _ => reference::head_i8,
     };
     kernel(

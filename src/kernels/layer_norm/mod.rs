@@ -60,7 +60,7 @@ pub fn layer_norm_i16(
         ))]
         Isa::Neon | Isa::NeonDot => neon::layer_norm_token_i16_neon,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86::layer_norm_token_i16_avx2,
+        Isa::Avx2 | Isa::Avx512Vnni => x86::layer_norm_token_i16_avx2,
         _ => reference::layer_norm_token_i16,
     };
     reference::layer_norm_rows(x, tokens, dim, p, out, transposed, token);

@@ -31,7 +31,7 @@ fn pw_f32<W: FloatWeights>(
     isa: Isa,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
         assert!(x86::pw::<W, F32Arith>(x, tokens, dim, l, act, out, isa));
         return;
     }

@@ -89,7 +89,7 @@ pub(crate) fn add_rows(
         // The SIMD level adds a prefix of the row-major tile, the reference the rest.
         let done = match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => x86::res_add_avx2(dst, q, add),
+            Isa::Avx2 | Isa::Avx512Vnni => x86::res_add_avx2(dst, q, add),
             _ => 0,
         };
         for (x, &v) in dst.iter_mut().zip(q).skip(done) {

@@ -6,10 +6,10 @@
 //! `cargo run --release -p kernel-bench [-- --quick] [--simd-only]`: times the runtime's int8 kernels on
 //! random layers of two ConvMixers through the same drivers the model runs (the patch
 //! embedding, the in-place depthwise conv with its residual, the in-place pointwise conv,
-//! the pool and head), with the portable scalar kernels and with the best SIMD level of
-//! this CPU, on one core, and prints per op the time per call, the GMAC/s and the
-//! per-image time they extrapolate to (embedding, `depth` depthwise and pointwise layers,
-//! head), with the ratio of the two levels:
+//! the pool and head), with the portable scalar kernels and with every SIMD level of this
+//! CPU (`--simd-only`: the best one only), on one core, and prints per op the time per
+//! call, the GMAC/s and the per-image time they extrapolate to (embedding, `depth`
+//! depthwise and pointwise layers, head), with the ratio of the first level to the last:
 //!
 //! * ConvMixer-768/32 at 224×224 (timm's `convmixer_768_32`: patch 7, kernel 7, ReLU, a
 //!   32×32 token grid, 1000 classes);
@@ -20,7 +20,7 @@
 //! shared: other processes' time slices do not count, their cache pollution does). Weights and
 //! requantisation records are random within the blob reader's bounds (the kernels'
 //! speed does not depend on the values); the layer's outputs are checked to be the same
-//! on both levels.
+//! on every level.
 
 mod float;
 mod model;
@@ -352,12 +352,11 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let simd = Isa::detect();
     let simd_only = std::env::args().any(|a| a == "--simd-only");
-    let isas: Vec<Isa> = if simd == Isa::Scalar {
-        vec![Isa::Scalar]
-    } else if simd_only {
+    // Every level the CPU has (e.g. scalar, AVX2 and AVX-512 VNNI), or only the best.
+    let isas: Vec<Isa> = if simd_only {
         vec![simd]
     } else {
-        vec![Isa::Scalar, simd]
+        Isa::ALL.into_iter().filter(|i| i.available()).collect()
     };
     println!(
         "kernel-bench: one core, levels {isas:?} (per op the best of several runs, in thread CPU time)"
