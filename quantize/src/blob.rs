@@ -6,6 +6,30 @@ use convmixer_edge::blob::{
     section_at, Header, SectionKind, CRC, CRC_RANGE, HEADER_LEN, SECTION_ALIGN, TOC_ENTRY_LEN,
 };
 
+/// Where lowered sections go, in plan order: the blob's [`Writer`] (which checks each one
+/// against the plan), or a list ([`Sections`]) that one layer's lowering fills on a thread of
+/// its own, pushed into the writer in layer order afterwards ([`Writer::extend`]).
+pub trait Sink {
+    /// Appends the next section.
+    fn push(&mut self, kind: SectionKind, layer: usize, bytes: Vec<u8>) -> Result<()>;
+}
+
+/// Sections of one or more layers, in plan order, not yet checked against the plan.
+pub type Sections = Vec<(SectionKind, usize, Vec<u8>)>;
+
+impl Sink for Sections {
+    fn push(&mut self, kind: SectionKind, layer: usize, bytes: Vec<u8>) -> Result<()> {
+        Vec::push(self, (kind, layer, bytes));
+        Ok(())
+    }
+}
+
+impl Sink for Writer {
+    fn push(&mut self, kind: SectionKind, layer: usize, bytes: Vec<u8>) -> Result<()> {
+        Writer::push(self, kind, layer, bytes)
+    }
+}
+
 /// Collects sections in canonical order and writes the blob.
 pub struct Writer {
     header: Header,
@@ -39,6 +63,14 @@ impl Writer {
             );
         }
         self.sections.push((kind, layer, bytes));
+        Ok(())
+    }
+
+    /// [`Writer::push`]es each of `sections` in turn.
+    pub fn extend(&mut self, sections: Sections) -> Result<()> {
+        for (kind, layer, bytes) in sections {
+            self.push(kind, layer, bytes)?;
+        }
         Ok(())
     }
 

@@ -51,7 +51,7 @@ pub fn try_map_fold<T: Sync, R: Send, A, E: Send>(
     mut fold: impl FnMut(A, R) -> A,
     done: &(dyn Fn() + Sync),
 ) -> Result<A, E> {
-    let chunk = 2 * rayon::current_num_threads().max(1);
+    let chunk = 4 * rayon::current_num_threads().max(1);
     let mut acc = acc;
     for part in items.chunks(chunk) {
         let mut out = Vec::with_capacity(part.len());

@@ -16,7 +16,7 @@ use convmixer_edge::kernels::{fgemm_index, fgemm_packed_len, gemm_index, gemm_pa
 use convmixer_edge::{Activation, Precision};
 use half::f16;
 
-use crate::blob::{f32_bytes, i32_bytes, Writer};
+use crate::blob::{f32_bytes, i32_bytes, Sections, Sink, Writer};
 use crate::calibrate::LayerStats;
 use crate::fold::{Folded, Layer};
 
@@ -58,8 +58,14 @@ pub fn lower(
         .collect();
     match precision {
         Precision::F32 | Precision::F16 => {
-            for (i, l) in layers.iter().enumerate() {
-                push_float_layer(&mut w, i, l, precision)?;
+            // Each layer on a thread of its own, pushed in layer order.
+            let indexed: Vec<(usize, &&Layer)> = layers.iter().enumerate().collect();
+            let per_layer = crate::par::map(&indexed, |&(i, l)| {
+                let mut s = Sections::new();
+                push_float_layer(&mut s, i, l, precision).map(|()| s)
+            });
+            for s in per_layer {
+                w.extend(s?)?;
             }
             let hl = layers.len();
             w.push(SectionKind::Weights, hl, float_bytes(&f.head_w, precision))?;
@@ -148,7 +154,7 @@ fn weight_exponents(l: &Layer, precision: Precision, depthwise: bool) -> Vec<i32
 
 /// WEIGHTS, BIAS and AFFINE (scale, shift, unscale) of float conv layer `i` (f32 or f16
 /// weights; see [`weight_exponents`]).
-fn push_float_layer(w: &mut Writer, i: usize, l: &Layer, precision: Precision) -> Result<()> {
+fn push_float_layer(w: &mut impl Sink, i: usize, l: &Layer, precision: Precision) -> Result<()> {
     let depthwise = i % 2 == 1;
     let e = weight_exponents(l, precision, depthwise);
     let up = |o: usize| 2f32.powi(e[o]);
@@ -520,159 +526,15 @@ fn lower_int8(
             layers.len()
         );
     }
-    let dim = f.dim;
     let outq = output_quant(stats);
-    for (li, l) in layers.iter().enumerate() {
-        let taps = h.taps(li);
-        // Input quantisation: the embedding's int8 input is pixel − 128 (scale 1 in pixel
-        // units, zero point −128), else the previous layer's output (a scale per channel).
-        let pixels = TensorQuant {
-            zp: -128,
-            scale: vec![1.0; dim],
-        };
-        let tin = if li == 0 { &pixels } else { &outq[li - 1] };
-        let (s_in, zp_in) = (&tin.scale, tin.zp);
-        let (s_out, zp_out) = (&outq[li].scale, outq[li].zp);
-        if h.f16_layers.contains(li) {
-            // An f16 layer between int8 tensors: float parameters plus both boundaries.
-            push_float_layer(w, li, l, Precision::F16)?;
-            w.push(SectionKind::QParams, li, i32_bytes(&[zp_in, 0, zp_out, 0]))?;
-            let io: Vec<f32> = s_in.iter().chain(s_out).map(|&v| v as f32).collect();
-            w.push(SectionKind::IoScale, li, f32_bytes(&io))?;
-            continue;
-        }
-        let depthwise = li % 2 == 1;
-        // Per-output-channel symmetric weights, in units of the int8 input: a pointwise
-        // layer folds its input's per-channel scales into the weights (then quantised per
-        // output channel); a depthwise channel has one input channel, whose scale goes into
-        // the accumulator scale below.
-        let w_at = |o: usize, t: usize| {
-            if depthwise {
-                l.w[t * dim + o]
-            } else if li == 0 {
-                l.w[o * taps + t]
-            } else {
-                (f64::from(l.w[o * taps + t]) * s_in[t]) as f32
-            }
-        };
-        // What `w_at` folded into tap t (the pointwise input scales), for the bias correction.
-        let folded_in = |t: usize| if depthwise || li == 0 { 1.0 } else { s_in[t] };
-        // Depthwise weights are stored tap-major (`[tap][out]`), so the kernels load 16
-        // channels of one tap at once; the GEMM layers' are packed below.
-        let tap_major = depthwise;
-        let mut wq = vec![0i8; l.w.len()];
-        let mut s_w = vec![0f64; dim];
-        for o in 0..dim {
-            let max = (0..taps)
-                .map(|t| f64::from(w_at(o, t)).abs())
-                .fold(0.0, f64::max);
-            s_w[o] = if max > 0.0 { max / 127.0 } else { 1.0 };
-            for t in 0..taps {
-                let q = (f64::from(w_at(o, t)) / s_w[o])
-                    .round()
-                    .clamp(-127.0, 127.0) as i8;
-                if tap_major {
-                    wq[t * dim + o] = q;
-                } else {
-                    wq[o * taps + t] = q;
-                }
-            }
-        }
-        // Activation domain: ReLU's i16 step, or the GELU table over the pre-activation.
-        let table = match f.act {
-            Activation::Relu => None,
-            act => {
-                let (lo, hi) = stats[li].pre.with_zero();
-                Some(GeluTable::new(act, lo, hi))
-            }
-        };
-        let (target, s_a) = match &table {
-            None => {
-                let hi = f64::from(stats[li].act.hi.max(0.0)).max(1e-6);
-                (hi / 32767.0, hi / 32767.0)
-            }
-            Some(t) => (t.s_z, t.s_a),
-        };
-        let mut bias = vec![0i32; dim];
-        let mut rq: Vec<[i32; 6]> = Vec::with_capacity(dim);
-        for o in 0..dim {
-            // Accumulator units: weight step × input step (pointwise: folded, 1).
-            let acc_scale = if depthwise { s_in[o] * s_w[o] } else { s_w[o] };
-            // Bias correction: minus the mean error of the quantised weights.
-            let correction: f64 = input_means.map_or(0.0, |m| {
-                (0..taps)
-                    .map(|t| {
-                        let q = f64::from(if tap_major {
-                            wq[t * dim + o]
-                        } else {
-                            wq[o * taps + t]
-                        });
-                        let mean = if depthwise {
-                            m[li][t * dim + o]
-                        } else {
-                            m[li][t]
-                        };
-                        // The quantised weight's error in real units, times E[x].
-                        (s_w[o] * q - f64::from(w_at(o, t))) / folded_in(t) * mean
-                    })
-                    .sum()
-            });
-            let w_o = |t: usize| {
-                i64::from(if tap_major {
-                    wq[t * dim + o]
-                } else {
-                    wq[o * taps + t]
-                })
-            };
-            let sum_abs: i64 = (0..taps).map(|t| w_o(t).abs()).sum();
-            let sum_w: i64 = (0..taps).map(w_o).sum();
-            let ms = f64::from(l.scale[o]) * s_a / s_out[o];
-            let bs = f64::from(l.shift[o]) / s_out[o];
-            let rs = if depthwise { s_in[o] / s_out[o] } else { 0.0 };
-            // The channel's way into the GELU table (the identity for ReLU and for most
-            // GELU channels), then the fixed point; a map that does not fit falls back to
-            // the identity, which must fit.
-            let map = match (&table, stats[li].pre_ch.get(o)) {
-                (Some(t), Some(r)) => TableMap::choose(t, r),
-                _ => TableMap::IDENTITY,
-            };
-            let fixed = |map: &TableMap| -> Result<(i32, [i32; 6])> {
-                // The stored bias absorbs the input zero point, bias′ = bias − zp_in·Σw, so
-                // the kernels multiply raw int8 inputs (docs/blob-format.md), and the map's
-                // offset.
-                let bq = ((f64::from(l.b[o]) - correction + map.off) / acc_scale).round()
-                    - f64::from(zp_in) * sum_w as f64;
-                let x_range = 128.0; // every layer's input is int8 (the embedding's: pixel − 128)
-                if bq.abs() + x_range * sum_abs as f64 >= 2f64.powi(31) {
-                    bail!(
-                        "the int32 accumulator could overflow: |bias| {:.3e} + 128·Σ|w| {} ≥ 2^31 (the bias is huge next to the channel's weights; quantise this model with --precision fp16)",
-                        bq.abs(),
-                        x_range as i64 * sum_abs
-                    );
-                }
-                let (m_pre, sh_pre) = multiplier(acc_scale * map.k / target)?;
-                let (m_post, b_post, sh_post, m_res) = post_params(
-                    ms * map.p,
-                    bs + f64::from(l.scale[o]) * map.q / s_out[o],
-                    rs,
-                )?;
-                Ok((bq as i32, [m_pre, sh_pre, m_post, b_post, sh_post, m_res]))
-            };
-            let (b, r) = fixed(&map)
-                .or_else(|_| fixed(&TableMap::IDENTITY))
-                .map_err(|e| anyhow::anyhow!("{} channel {o}: {e}", f.layer_name(li)))?;
-            bias[o] = b;
-            rq.push(r);
-        }
-        // GEMM weights (embedding, pointwise) go into the blob packed for the SIMD kernels.
-        let bytes = if depthwise {
-            wq.iter().map(|&v| v as u8).collect()
-        } else {
-            pack_gemm(&wq, dim, taps)
-        };
-        let zp_z = table.as_ref().map_or(0, |t| t.zp_z);
-        let table = table.as_ref().map_or_else(Vec::new, GeluTable::bytes);
-        push_int8_layer(w, li, bytes, &bias, &rq, [zp_in, zp_z, zp_out, 0], table)?;
+    // Each layer on a thread of its own ([`lower_int8_layer`]), pushed in layer order; the
+    // first error in layer order is the one reported.
+    let indexed: Vec<(usize, &&Layer)> = layers.iter().enumerate().collect();
+    let per_layer = crate::par::map(&indexed, |&(li, l)| {
+        lower_int8_layer(f, h, li, l, stats, &outq, input_means)
+    });
+    for s in per_layer {
+        w.extend(s?)?;
     }
     // Head: average pool to `f` fraction bits, per-class symmetric weights with the input's
     // per-channel scales folded in.
@@ -694,6 +556,175 @@ fn lower_int8(
     push_int8_head(w, hl, &f.head_w, &f.head_b, s_x, zp_x, h.gap_frac_bits)
 }
 
+/// The sections of int8 conv layer `li` (`l`; or, where the header marks it f16, its float
+/// parameters and both int8 boundaries): the weights quantised per output channel, the
+/// bias (bias-corrected with `input_means`) and the requantisation records from the
+/// calibrated `stats` and the tensors' quantisation `outq`.
+fn lower_int8_layer(
+    f: &Folded,
+    h: &Header,
+    li: usize,
+    l: &Layer,
+    stats: &[LayerStats],
+    outq: &[TensorQuant],
+    input_means: Option<&[Vec<f64>]>,
+) -> Result<Sections> {
+    let dim = f.dim;
+    let mut sections = Sections::new();
+    let w = &mut sections;
+    let taps = h.taps(li);
+    // Input quantisation: the embedding's int8 input is pixel − 128 (scale 1 in pixel
+    // units, zero point −128), else the previous layer's output (a scale per channel).
+    let pixels = TensorQuant {
+        zp: -128,
+        scale: vec![1.0; dim],
+    };
+    let tin = if li == 0 { &pixels } else { &outq[li - 1] };
+    let (s_in, zp_in) = (&tin.scale, tin.zp);
+    let (s_out, zp_out) = (&outq[li].scale, outq[li].zp);
+    if h.f16_layers.contains(li) {
+        // An f16 layer between int8 tensors: float parameters plus both boundaries.
+        push_float_layer(w, li, l, Precision::F16)?;
+        Sink::push(w, SectionKind::QParams, li, i32_bytes(&[zp_in, 0, zp_out, 0]))?;
+        let io: Vec<f32> = s_in.iter().chain(s_out).map(|&v| v as f32).collect();
+        Sink::push(w, SectionKind::IoScale, li, f32_bytes(&io))?;
+        return Ok(sections);
+    }
+    let depthwise = li % 2 == 1;
+    // Per-output-channel symmetric weights, in units of the int8 input: a pointwise
+    // layer folds its input's per-channel scales into the weights (then quantised per
+    // output channel); a depthwise channel has one input channel, whose scale goes into
+    // the accumulator scale below.
+    let w_at = |o: usize, t: usize| {
+        if depthwise {
+            l.w[t * dim + o]
+        } else if li == 0 {
+            l.w[o * taps + t]
+        } else {
+            (f64::from(l.w[o * taps + t]) * s_in[t]) as f32
+        }
+    };
+    // What `w_at` folded into tap t (the pointwise input scales), for the bias correction.
+    let folded_in = |t: usize| if depthwise || li == 0 { 1.0 } else { s_in[t] };
+    // Depthwise weights are stored tap-major (`[tap][out]`), so the kernels load 16
+    // channels of one tap at once; the GEMM layers' are packed below.
+    let tap_major = depthwise;
+    let mut wq = vec![0i8; l.w.len()];
+    let mut s_w = vec![0f64; dim];
+    for o in 0..dim {
+        let max = (0..taps)
+            .map(|t| f64::from(w_at(o, t)).abs())
+            .fold(0.0, f64::max);
+        s_w[o] = if max > 0.0 { max / 127.0 } else { 1.0 };
+        for t in 0..taps {
+            let q = (f64::from(w_at(o, t)) / s_w[o])
+                .round()
+                .clamp(-127.0, 127.0) as i8;
+            if tap_major {
+                wq[t * dim + o] = q;
+            } else {
+                wq[o * taps + t] = q;
+            }
+        }
+    }
+    // Activation domain: ReLU's i16 step, or the GELU table over the pre-activation.
+    let table = match f.act {
+        Activation::Relu => None,
+        act => {
+            let (lo, hi) = stats[li].pre.with_zero();
+            Some(GeluTable::new(act, lo, hi))
+        }
+    };
+    let (target, s_a) = match &table {
+        None => {
+            let hi = f64::from(stats[li].act.hi.max(0.0)).max(1e-6);
+            (hi / 32767.0, hi / 32767.0)
+        }
+        Some(t) => (t.s_z, t.s_a),
+    };
+    let mut bias = vec![0i32; dim];
+    let mut rq: Vec<[i32; 6]> = Vec::with_capacity(dim);
+    for o in 0..dim {
+        // Accumulator units: weight step × input step (pointwise: folded, 1).
+        let acc_scale = if depthwise { s_in[o] * s_w[o] } else { s_w[o] };
+        // Bias correction: minus the mean error of the quantised weights.
+        let correction: f64 = input_means.map_or(0.0, |m| {
+            (0..taps)
+                .map(|t| {
+                    let q = f64::from(if tap_major {
+                        wq[t * dim + o]
+                    } else {
+                        wq[o * taps + t]
+                    });
+                    let mean = if depthwise {
+                        m[li][t * dim + o]
+                    } else {
+                        m[li][t]
+                    };
+                    // The quantised weight's error in real units, times E[x].
+                    (s_w[o] * q - f64::from(w_at(o, t))) / folded_in(t) * mean
+                })
+                .sum()
+        });
+        let w_o = |t: usize| {
+            i64::from(if tap_major {
+                wq[t * dim + o]
+            } else {
+                wq[o * taps + t]
+            })
+        };
+        let sum_abs: i64 = (0..taps).map(|t| w_o(t).abs()).sum();
+        let sum_w: i64 = (0..taps).map(w_o).sum();
+        let ms = f64::from(l.scale[o]) * s_a / s_out[o];
+        let bs = f64::from(l.shift[o]) / s_out[o];
+        let rs = if depthwise { s_in[o] / s_out[o] } else { 0.0 };
+        // The channel's way into the GELU table (the identity for ReLU and for most
+        // GELU channels), then the fixed point; a map that does not fit falls back to
+        // the identity, which must fit.
+        let map = match (&table, stats[li].pre_ch.get(o)) {
+            (Some(t), Some(r)) => TableMap::choose(t, r),
+            _ => TableMap::IDENTITY,
+        };
+        let fixed = |map: &TableMap| -> Result<(i32, [i32; 6])> {
+            // The stored bias absorbs the input zero point, bias′ = bias − zp_in·Σw, so
+            // the kernels multiply raw int8 inputs (docs/blob-format.md), and the map's
+            // offset.
+            let bq = ((f64::from(l.b[o]) - correction + map.off) / acc_scale).round()
+                - f64::from(zp_in) * sum_w as f64;
+            let x_range = 128.0; // every layer's input is int8 (the embedding's: pixel − 128)
+            if bq.abs() + x_range * sum_abs as f64 >= 2f64.powi(31) {
+                bail!(
+                    "the int32 accumulator could overflow: |bias| {:.3e} + 128·Σ|w| {} ≥ 2^31 (the bias is huge next to the channel's weights; quantise this model with --precision fp16)",
+                    bq.abs(),
+                    x_range as i64 * sum_abs
+                );
+            }
+            let (m_pre, sh_pre) = multiplier(acc_scale * map.k / target)?;
+            let (m_post, b_post, sh_post, m_res) = post_params(
+                ms * map.p,
+                bs + f64::from(l.scale[o]) * map.q / s_out[o],
+                rs,
+            )?;
+            Ok((bq as i32, [m_pre, sh_pre, m_post, b_post, sh_post, m_res]))
+        };
+        let (b, r) = fixed(&map)
+            .or_else(|_| fixed(&TableMap::IDENTITY))
+            .map_err(|e| anyhow::anyhow!("{} channel {o}: {e}", f.layer_name(li)))?;
+        bias[o] = b;
+        rq.push(r);
+    }
+    // GEMM weights (embedding, pointwise) go into the blob packed for the SIMD kernels.
+    let bytes = if depthwise {
+        wq.iter().map(|&v| v as u8).collect()
+    } else {
+        pack_gemm(&wq, dim, taps)
+    };
+    let zp_z = table.as_ref().map_or(0, |t| t.zp_z);
+    let table = table.as_ref().map_or_else(Vec::new, GeluTable::bytes);
+    push_int8_layer(w, li, bytes, &bias, &rq, [zp_in, zp_z, zp_out, 0], table)?;
+    Ok(sections)
+}
+
 /// `n × k` int8 weights (`[out][in]`) packed for the GEMM kernels ([`gemm_index`]).
 pub(crate) fn pack_gemm(wq: &[i8], n: usize, k: usize) -> Vec<u8> {
     let mut packed = vec![0u8; gemm_packed_len(n, k)];
@@ -708,7 +739,7 @@ pub(crate) fn pack_gemm(wq: &[i8], n: usize, k: usize) -> Vec<u8> {
 /// The five sections of one int8 layer of either network: WEIGHTS, BIAS, REQUANT (written
 /// field-major: all `m_pre`, then all `sh_pre`, …, docs/blob-format.md), QPARAMS, TABLE.
 pub(crate) fn push_int8_layer(
-    w: &mut Writer,
+    w: &mut impl Sink,
     layer: usize,
     weights: Vec<u8>,
     bias: &[i32],
