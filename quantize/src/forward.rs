@@ -224,8 +224,14 @@ fn finish_with<const RES: bool>(
     }
 }
 
-/// Channels per register block of the depthwise conv.
+/// Channels per register block of the portable depthwise conv.
 const DW_BLOCK: usize = 32;
+
+/// Channels per block of [`depthwise_avx2`] (two AVX registers), and output tokens per step:
+/// 8 accumulators, and a block's 7 input rows (k = 7, 32 tokens: 14 KiB) stay in L1, where
+/// 32-channel blocks (28 KiB) were evicted between neighbouring outputs.
+const AVX_BLOCK: usize = 16;
+const AVX_TOKENS: usize = 4;
 
 /// The depthwise 'same' conv of `x` (`ht × wt × dim`) with taps `w` (`[ky][kx][c]`) into
 /// `pre` (overwritten; the bias comes with the epilogue): per output token and block of channels, the valid taps in
@@ -242,7 +248,7 @@ fn depthwise(x: &[f32], w: &[f32], g: (usize, usize, usize, usize), pre: &mut [f
     depthwise_portable(x, w, g, pre, 0);
 }
 
-/// [`depthwise_portable`] with its full blocks of 32 channels in four AVX registers (the
+/// [`depthwise_portable`] with its full blocks of 16 channels in two AVX registers (the
 /// compiler's own vectorisation of the portable loop spilled and shuffled: 5 GMAC/s, a
 /// quarter of a ConvMixer-768/32 calibration): the same products and sums in the same
 /// order (`_mm256_mul_ps` then `_mm256_add_ps`, never fused), so the same floats.
@@ -257,37 +263,37 @@ unsafe fn depthwise_avx2(
     (ht, wt, dim, k): (usize, usize, usize, usize),
     pre: &mut [f32],
 ) {
-    let full = dim / DW_BLOCK * DW_BLOCK;
-    if dim % DW_BLOCK != 0 {
+    let full = dim / AVX_BLOCK * AVX_BLOCK;
+    if dim % AVX_BLOCK != 0 {
         // The last, partial block of channels (the whole tensor is only as long as its
         // slices below reach: x and pre hold ht·wt·dim, w k²·dim).
         depthwise_portable(x, w, (ht, wt, dim, k), pre, full);
     }
     let pad = k.saturating_sub(1) / 2;
     assert!(x.len() >= ht * wt * dim && pre.len() >= ht * wt * dim && w.len() >= k * k * dim);
-    // Each block's inputs are first copied out to `xb` (32 floats a token), and its k²
+    // Each block's inputs are first copied out to `xb` (16 floats a token), and its k²
     // weight rows to `wb`: read in place, rows `dim` floats apart (3 KiB at dim 768) fall
     // into a handful of L1 sets and evict each other between neighbouring outputs.
-    let mut xb = vec![0f32; ht * wt * DW_BLOCK];
-    let mut wb = vec![0f32; k * k * DW_BLOCK];
-    for c0 in (0..full).step_by(DW_BLOCK) {
-        for (d, s) in xb.chunks_exact_mut(DW_BLOCK).zip(x.chunks_exact(dim)) {
-            d.copy_from_slice(&s[c0..c0 + DW_BLOCK]);
+    let mut xb = vec![0f32; ht * wt * AVX_BLOCK];
+    let mut wb = vec![0f32; k * k * AVX_BLOCK];
+    for c0 in (0..full).step_by(AVX_BLOCK) {
+        for (d, s) in xb.chunks_exact_mut(AVX_BLOCK).zip(x.chunks_exact(dim)) {
+            d.copy_from_slice(&s[c0..c0 + AVX_BLOCK]);
         }
-        for (d, s) in wb.chunks_exact_mut(DW_BLOCK).zip(w.chunks_exact(dim)) {
-            d.copy_from_slice(&s[c0..c0 + DW_BLOCK]);
+        for (d, s) in wb.chunks_exact_mut(AVX_BLOCK).zip(w.chunks_exact(dim)) {
+            d.copy_from_slice(&s[c0..c0 + AVX_BLOCK]);
         }
         for ty in 0..ht {
             let mut tx = 0;
             while tx < wt {
                 let o = pre.as_mut_ptr().add((ty * wt + tx) * dim + c0);
                 // SAFETY: AVX2 (the caller's); the tokens tx, tx + 1 (< wt where taken) of
-                // row ty < ht; xb holds ht·wt tokens and wb k² taps of 32 floats, and pre
-                // ht·wt·dim floats with c0 + 32 ≤ dim (its length asserted above).
+                // row ty < ht; xb holds ht·wt tokens and wb k² taps of 16 floats, and pre
+                // ht·wt·dim floats with c0 + 16 ≤ dim (its length asserted above).
                 unsafe {
-                    if tx + 1 < wt {
-                        dw_tokens::<2>(&xb, &wb, (ht, wt, k, pad), (ty, tx), o, dim);
-                        tx += 2;
+                    if tx + AVX_TOKENS <= wt {
+                        dw_tokens::<AVX_TOKENS>(&xb, &wb, (ht, wt, k, pad), (ty, tx), o, dim);
+                        tx += AVX_TOKENS;
                     } else {
                         dw_tokens::<1>(&xb, &wb, (ht, wt, k, pad), (ty, tx), o, dim);
                         tx += 1;
@@ -299,13 +305,13 @@ unsafe fn depthwise_avx2(
 }
 
 /// `N` neighbouring output tokens `(ty, tx + t)` of [`depthwise_avx2`]'s block (inputs `xb`,
-/// taps `wb`, 32 floats each): each tap's weights loaded once for the `N` tokens, `4·N`
-/// independent sums (one token's four would wait on the adder's latency), each token's taps
+/// taps `wb`, 16 floats each): each tap's weights loaded once for the `N` tokens, `2·N`
+/// independent sums (one token's two would wait on the adder's latency), each token's taps
 /// still in (ky, kx) order; the sums stored at `o + t·dim`.
 ///
 /// # Safety
-/// AVX2; `xb` holds `ht·wt` tokens and `wb` `k²` taps of 32 floats, `ty < ht`, `tx + N ≤ wt`,
-/// and `o + t·dim + 0..32` is writable for `t < N`.
+/// AVX2; `xb` holds `ht·wt` tokens and `wb` `k²` taps of 16 floats, `ty < ht`, `tx + N ≤ wt`,
+/// and `o + t·dim + 0..16` is writable for `t < N`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn dw_tokens<const N: usize>(
@@ -317,7 +323,7 @@ unsafe fn dw_tokens<const N: usize>(
     dim: usize,
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 4]; N];
+    let mut acc = [[_mm256_setzero_ps(); AVX_BLOCK / 8]; N];
     for ky in 0..k {
         let y = (ty + ky).wrapping_sub(pad);
         if y >= ht {
@@ -328,14 +334,15 @@ unsafe fn dw_tokens<const N: usize>(
             // SAFETY: tap ky·k + kx < k² of wb; token y·wt + xx + t of xb only where
             // xx + t < wt (so inside row y < ht); AVX2 (the caller's).
             unsafe {
-                let ws = wb.as_ptr().add((ky * k + kx) * DW_BLOCK);
-                let wv: [__m256; 4] = core::array::from_fn(|j| _mm256_loadu_ps(ws.add(8 * j)));
+                let ws = wb.as_ptr().add((ky * k + kx) * AVX_BLOCK);
+                let wv: [__m256; AVX_BLOCK / 8] =
+                    core::array::from_fn(|j| _mm256_loadu_ps(ws.add(8 * j)));
                 for (t, a) in acc.iter_mut().enumerate() {
                     let xt = xx.wrapping_add(t);
                     if xt >= wt {
                         continue;
                     }
-                    let xs = xb.as_ptr().add((y * wt + xt) * DW_BLOCK);
+                    let xs = xb.as_ptr().add((y * wt + xt) * AVX_BLOCK);
                     for (j, a) in a.iter_mut().enumerate() {
                         let p = _mm256_mul_ps(wv[j], _mm256_loadu_ps(xs.add(8 * j)));
                         *a = _mm256_add_ps(*a, p);
@@ -346,7 +353,7 @@ unsafe fn dw_tokens<const N: usize>(
     }
     for (t, a) in acc.iter().enumerate() {
         for (j, a) in a.iter().enumerate() {
-            // SAFETY: the caller's o + t·dim + 0..32, t < N; AVX2.
+            // SAFETY: the caller's o + t·dim + 0..16, t < N; AVX2.
             unsafe { _mm256_storeu_ps(o.add(t * dim + 8 * j), *a) };
         }
     }
