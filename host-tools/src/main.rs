@@ -370,18 +370,14 @@ enum Cmd {
     },
 }
 
-/// Sizes rayon's global pool (`--threads`, default every core). Outside `train`, the
-/// GEMMs of the host's fp32 forward run one per image on these threads, so
-/// matrixmultiply's own threads are turned off (`MATMUL_NUM_THREADS=1` unless set).
-fn init_threads(threads: Option<usize>, train: bool) -> Result<()> {
+/// Sizes rayon's global pool (`--threads`, default every core); the GEMMs of the host's
+/// fp32 forward run single-threaded, one image per thread of it.
+fn init_threads(threads: Option<usize>) -> Result<()> {
     let n = match threads {
         Some(0) => bail!("--threads must be at least 1"),
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    if !train && std::env::var_os("MATMUL_NUM_THREADS").is_none() {
-        std::env::set_var("MATMUL_NUM_THREADS", "1");
-    }
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build_global()
@@ -390,7 +386,7 @@ fn init_threads(threads: Option<usize>, train: bool) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_threads(cli.threads, matches!(cli.cmd, Cmd::Train { .. })) {
+    if let Err(e) = init_threads(cli.threads) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }

@@ -2,18 +2,17 @@
 //! bias correction, the mixed-precision search and `host-tools report` measure the blob
 //! against.
 //!
-//! The patch embedding, every pointwise conv and the head are GEMMs, computed by
-//! `matrixmultiply` (through ndarray's `general_mat_mul`): its f32 kernels are chosen by
-//! CPU feature (FMA on every x86_64 this project targets), each output's sum over `k` is
-//! computed by one thread in a fixed order, so the values do not depend on how many threads
-//! run (the callers parallelise over images). The depthwise conv is a plain loop over
+//! The patch embedding, every pointwise conv and the head are GEMMs, computed by the
+//! `gemm` crate on one thread ([`gemm_bt`]): its f32 kernels are chosen by CPU feature (FMA
+//! on every x86_64 this project targets), each output's sum over `k` is computed in a fixed
+//! order, so the values do not depend on how many threads run (the callers parallelise
+//! over images). The depthwise conv is a plain loop over
 //! channels (contiguous, so the compiler vectorises it).
 //!
 //! The layer values are handed to the caller a whole layer at a time ([`LayerValues`]);
 //! per-channel statistics are then loops over contiguous slices.
 
 use convmixer_edge::Activation;
-use ndarray::{linalg::general_mat_mul, ArrayView2, ArrayViewMut2, LinalgScalar};
 
 use crate::fold::{Folded, Layer};
 
@@ -85,7 +84,9 @@ pub fn act_f32(act: Activation, x: f32) -> f32 {
 }
 
 /// `c (m × n) = a (m × k) · bᵀ` where `b` is `n × k` row-major (an output-major weight
-/// matrix); what `c` held is overwritten.
+/// matrix); what `c` held is overwritten. On one thread (the callers parallelise over
+/// images), so each output's sum is taken in an order that depends only on the CPU's
+/// features, never on the number of threads.
 ///
 /// ```
 /// let a = [1.0, 2.0, 3.0, 4.0]; // 2 × 2
@@ -94,11 +95,62 @@ pub fn act_f32(act: Activation, x: f32) -> f32 {
 /// convmixer_quantize::forward::gemm_bt(&a, &b, 2, 2, 2, &mut c);
 /// assert_eq!(c, [1.0, 3.0, 3.0, 7.0]);
 /// ```
-pub fn gemm_bt<A: LinalgScalar>(a: &[A], b: &[A], m: usize, k: usize, n: usize, c: &mut [A]) {
-    let a = ArrayView2::from_shape((m, k), &a[..m * k]).expect("a is m × k");
-    let b = ArrayView2::from_shape((n, k), &b[..n * k]).expect("b is n × k");
-    let mut c = ArrayViewMut2::from_shape((m, n), &mut c[..m * n]).expect("c is m × n");
-    general_mat_mul(A::one(), &a, &b.t(), A::zero(), &mut c);
+pub fn gemm_bt<A: Scalar>(a: &[A], b: &[A], m: usize, k: usize, n: usize, c: &mut [A]) {
+    let (a, b, c) = (&a[..m * k], &b[..n * k], &mut c[..m * n]);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(A::ZERO);
+        return;
+    }
+    let (k_, n_) = (k as isize, n as isize);
+    // SAFETY: a holds m rows of k (row stride k, column stride 1), b n rows of k, read as
+    // the k × n matrix bᵀ (row stride 1, column stride k), c m rows of n: every element
+    // the GEMM touches is inside the slices above (their lengths checked by the
+    // slicing); read_dst = false, so c is only written: c = 1·(a·bᵀ).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n_,
+            false,
+            a.as_ptr(),
+            1,
+            k_,
+            b.as_ptr(),
+            k_,
+            1,
+            A::ZERO,
+            A::ONE,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    };
+}
+
+/// The element types of [`gemm_bt`]: f32 (the ConvMixer's forward) and f64 (the
+/// MLP-Mixer's).
+pub trait Scalar: Copy + 'static {
+    /// 0.
+    const ZERO: Self;
+    /// 1.
+    const ONE: Self;
+}
+
+impl Scalar for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl Scalar for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
 }
 
 /// Adds the bias to `pre` (the GEMM's sums), fills `out = scale·act(pre) + shift` of one
