@@ -585,7 +585,12 @@ fn lower_int8_layer(
     if h.f16_layers.contains(li) {
         // An f16 layer between int8 tensors: float parameters plus both boundaries.
         push_float_layer(w, li, l, Precision::F16)?;
-        Sink::push(w, SectionKind::QParams, li, i32_bytes(&[zp_in, 0, zp_out, 0]))?;
+        Sink::push(
+            w,
+            SectionKind::QParams,
+            li,
+            i32_bytes(&[zp_in, 0, zp_out, 0]),
+        )?;
         let io: Vec<f32> = s_in.iter().chain(s_out).map(|&v| v as f32).collect();
         Sink::push(w, SectionKind::IoScale, li, f32_bytes(&io))?;
         return Ok(sections);
