@@ -113,7 +113,7 @@ pub fn dw_i8_inplace_sdot(
 ) -> bool {
     let k = g.kernel;
     let ok = crate::kernels::Isa::NeonDot.available()
-        && g.dim % 16 == 0
+        && g.dim.is_multiple_of(16)
         && (1..=DW_MAX_K).contains(&k)
         && g.pad_top < k
         && g.pad_left < k
@@ -291,7 +291,7 @@ pub fn dw_i8_inplace_smlal(
     act: Activation,
 ) -> bool {
     let k = g.kernel;
-    let ok = g.dim % 16 == 0
+    let ok = g.dim.is_multiple_of(16)
         && (1..=DW_MAX_K).contains(&k)
         && g.pad_top < k
         && g.pad_left < k

@@ -59,7 +59,7 @@ impl Params {
         let wsz = if W::HALF { 2 } else { 4 };
         let ok = isa != Isa::Scalar
             && dim > 0
-            && dim % 16 == 0
+            && dim.is_multiple_of(16)
             && (!(half_math && M::HALF) || (W::HALF && crate::kernels::fp16_available()))
             && w_elems
                 .and_then(|e| e.checked_mul(wsz))
