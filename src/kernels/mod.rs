@@ -23,12 +23,13 @@
 //! so f16 blobs compute in f32 there); x86_64 AVX-512 with VNNI (`VPDPBUSD`) for the int8
 //! GEMM (`gemm_i8::avx512`), every other op running its AVX2 kernel at that level. On one
 //! core of a Zen 4 the AVX2 kernels run a ConvMixer-768/32 at 224×224 in about 0.36 s
-//! (int8), 74× faster than the scalar kernels' 27 s (`cargo run --release -p kernel-bench`; figures in `gemm_i8::x86` and `pw_f::x86`).
+//! (int8), 74× faster than the scalar kernels' 27 s (`cargo run --release -p
+//! kernel-bench`; figures in `gemm_i8::x86` and `pw_f::x86`).
 //!
 //! `unsafe` code lives only in the SIMD modules (each op's `neon`/`x86`, `gemm_i8::avx512`,
-//! and the shared `quant::neon`, `quant::x86`, `float::neon`, `float::x86`) and in `cpu` (feature
-//! detection): the op modules allow it there and nowhere else (the crate denies it, the
-//! reference and test modules forbid it).
+//! and the shared `quant::neon`, `quant::x86`, `float::neon`, `float::x86`) and in `cpu`
+//! (feature detection): the op modules allow it there and nowhere else (the crate denies
+//! it, the reference and test modules forbid it).
 //! The SIMD modules' safe entry points check every slice length (and the CPU features)
 //! once per call and fall back to the reference, or do nothing, where they do not fit; each
 //! `unsafe` block below them says which of those checks bounds its pointer accesses.
