@@ -53,14 +53,15 @@ pub fn lower(
     }
     let mut w = Writer::new(h);
     push_norm_and_labels(&mut w, &f.mean, &f.std, labels, f.classes())?;
-    let layers: Vec<&Layer> = std::iter::once(&f.embed)
+    // Each conv layer with its index (they are lowered in parallel, pushed in order).
+    let layers: Vec<(usize, &Layer)> = std::iter::once(&f.embed)
         .chain(f.blocks.iter().flat_map(|(a, b)| [a, b]))
+        .enumerate()
         .collect();
     match precision {
         Precision::F32 | Precision::F16 => {
             // Each layer on a thread of its own, pushed in layer order.
-            let indexed: Vec<(usize, &&Layer)> = layers.iter().enumerate().collect();
-            let per_layer = crate::par::map(&indexed, |&(i, l)| {
+            let per_layer = crate::par::map(&layers, |&(i, l)| {
                 let mut s = Sections::new();
                 push_float_layer(&mut s, i, l, precision).map(|()| s)
             });
@@ -514,7 +515,7 @@ fn mean(v: &[f64]) -> f64 {
 fn lower_int8(
     f: &Folded,
     h: &Header,
-    layers: &[&Layer],
+    layers: &[(usize, &Layer)],
     stats: &[LayerStats],
     input_means: Option<&[Vec<f64>]>,
     w: &mut Writer,
@@ -529,8 +530,7 @@ fn lower_int8(
     let outq = output_quant(stats);
     // Each layer on a thread of its own ([`lower_int8_layer`]), pushed in layer order; the
     // first error in layer order is the one reported.
-    let indexed: Vec<(usize, &&Layer)> = layers.iter().enumerate().collect();
-    let per_layer = crate::par::map(&indexed, |&(li, l)| {
+    let per_layer = crate::par::map(layers, |&(li, l)| {
         lower_int8_layer(f, h, li, l, stats, &outq, input_means)
     });
     for s in per_layer {

@@ -1,8 +1,11 @@
-//! Run-time CPU feature detection (FEAT_FP16, FEAT_DotProd on aarch64; AVX2, FMA, F16C on
-//! x86_64; AVX-512 with VNNI) for [`super::Isa`] and [`super::fp16_available`], without `std`: besides the
-//! SIMD kernels the only `unsafe` in the crate, a libc call on aarch64 Linux, a
+//! Run-time CPU feature detection (FEAT_FP16, FEAT_DotProd on aarch64; AVX2, FMA, F16C and
+//! AVX-512 with VNNI on x86_64) for [`super::Isa`] and [`super::fp16_available`], without
+//! `std`: besides the SIMD kernels the only `unsafe` in the crate, a libc call on aarch64 Linux, a
 //! system-register read on aarch64 bare metal, and `CPUID`/`XGETBV` on x86_64, none of
 //! which touches memory the program owns.
+
+#[cfg(target_arch = "x86_64")]
+use core::sync::atomic::{AtomicU8, Ordering};
 
 /// The Linux auxiliary vector's `AT_HWCAP` word.
 #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
@@ -95,15 +98,20 @@ fn cpuid(leaf: u32, sub: u32) -> [u32; 4] {
 /// exits to the hypervisor under virtualisation, so the answer is read once and kept.
 #[cfg(target_arch = "x86_64")]
 pub fn avx2() -> bool {
-    use core::sync::atomic::{AtomicU8, Ordering};
-    // 0: not read yet, 1: absent, 2: present.
     static KNOWN: AtomicU8 = AtomicU8::new(0);
-    match KNOWN.load(Ordering::Relaxed) {
+    kept(&KNOWN, read_avx2)
+}
+
+/// A CPU-feature answer read once by `read` and kept in `known` (0: not read yet, 1:
+/// absent, 2: present); a race only reads it twice.
+#[cfg(target_arch = "x86_64")]
+fn kept(known: &AtomicU8, read: impl FnOnce() -> bool) -> bool {
+    match known.load(Ordering::Relaxed) {
         1 => false,
         2 => true,
         _ => {
-            let has = read_avx2();
-            KNOWN.store(if has { 2 } else { 1 }, Ordering::Relaxed);
+            let has = read();
+            known.store(if has { 2 } else { 1 }, Ordering::Relaxed);
             has
         }
     }
@@ -147,24 +155,16 @@ fn xcr0() -> u32 {
 /// ECX: AVX512_VNNI bit 11), `XCR0` bits 5, 6, 7. Read once and kept, like [`avx2`].
 #[cfg(target_arch = "x86_64")]
 pub fn avx512vnni() -> bool {
-    use core::sync::atomic::{AtomicU8, Ordering};
-    // 0: not read yet, 1: absent, 2: present.
+    const EBX: u32 = (1 << 16) | (1 << 30) | (1 << 31);
+    const ZMM: u32 = 0b1110_0110;
     static KNOWN: AtomicU8 = AtomicU8::new(0);
-    match KNOWN.load(Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => {
-            const EBX: u32 = (1 << 16) | (1 << 30) | (1 << 31);
-            const ZMM: u32 = 0b1110_0110;
-            // avx2() checked OSXSAVE, so XGETBV may run.
-            let has = avx2() && {
-                let l7 = cpuid(7, 0);
-                l7[1] & EBX == EBX && l7[2] & (1 << 11) != 0 && xcr0() & ZMM == ZMM
-            };
-            KNOWN.store(if has { 2 } else { 1 }, Ordering::Relaxed);
-            has
+    kept(&KNOWN, || {
+        // avx2() checked OSXSAVE, so XGETBV may run.
+        avx2() && {
+            let l7 = cpuid(7, 0);
+            l7[1] & EBX == EBX && l7[2] & (1 << 11) != 0 && xcr0() & ZMM == ZMM
         }
-    }
+    })
 }
 
 /// No x86_64 detection elsewhere.

@@ -35,7 +35,8 @@
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
-use crate::kernels::quant::x86::{epilogue_c8, finish_partial, Epi};
+use super::x86::finish_c8;
+use crate::kernels::quant::x86::Epi;
 use crate::kernels::reference::{self, QuantLayer};
 use crate::kernels::{PW_KR, PW_NR};
 use crate::Activation;
@@ -248,32 +249,9 @@ unsafe fn block<const M: usize, const B: usize, const GELU: bool>(
                     _mm512_extracti64x4_epi64::<1>(a)
                 }
             });
-            if o0 + 8 <= n {
-                let base = out.as_mut_ptr();
-                // All pointers derive from one borrow of `out`: (t + m)·n + o0 + 8 ≤
-                // tokens·n ≤ out.len() (the caller's, t + M ≤ tokens, o0 + 8 ≤ n).
-                let ptrs: [*mut i8; M] =
-                    core::array::from_fn(|m| base.wrapping_add((t + m) * n + o0));
-                // SAFETY: o0 + 8 ≤ n = e.dim; GELU = e.gelu; each pointer heads 8 bytes of
-                // `out`; AVX2 (the caller's).
-                unsafe {
-                    let bias = e.bias8(o0);
-                    let v = v.map(|a| _mm256_add_epi32(a, bias));
-                    epilogue_c8::<M, GELU>(e, o0, v, None, ptrs);
-                }
-            } else {
-                let mut sums = [[0i32; 8]; M];
-                for (s, a) in sums.iter_mut().zip(v) {
-                    // SAFETY: stores 8 i32 into the local array; AVX2 (the caller's).
-                    unsafe { _mm256_storeu_si256(s.as_mut_ptr().cast(), a) };
-                }
-                let act = if GELU {
-                    Activation::Gelu
-                } else {
-                    Activation::Relu
-                };
-                finish_partial::<M>(&sums, o0, t, l, act, out);
-            }
+            // SAFETY: o0 < n; the caller's t + M ≤ tokens, out of tokens·n bytes, e built
+            // from l with GELU = e.gelu; AVX2 (the caller's).
+            unsafe { finish_c8::<M, GELU>(v, o0, t, l, e, out) };
         }
     }
 }

@@ -544,9 +544,7 @@ unsafe fn tile8<const M: usize, const GELU: bool, const IL: bool>(
     e: &Epi,
     out: &mut [i8],
 ) {
-    let n = e.dim;
     let groups = kp / PW_KR;
-    let base = out.as_mut_ptr();
     let o0 = 8 * h;
     // SAFETY: half-block h of 16-output block h / 2 spans bytes (h / 2)·16·kp + (h % 2)·32
     // + g·64 + 0..32 for g < groups: inside the block's 16·kp bytes, inside the packed
@@ -578,9 +576,32 @@ unsafe fn tile8<const M: usize, const GELU: bool, const IL: bool>(
             _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(acc[m][0], acc[m][1]))
         })
     };
+    // SAFETY: the caller's gemm_fits, t + M ≤ tokens and o0 = 8h < n.
+    unsafe { finish_c8::<M, GELU>(v, o0, t, l, e, out) };
+}
+
+/// The sums `v` (bias not included) of channels `o0..o0 + 8` of `M` tokens from `t` on,
+/// finished into their rows of `out` (`n = e.dim` bytes each): the vector epilogue where
+/// all 8 channels exist, else the scalar one for the `n − o0` that do. The last step of
+/// both x86 GEMM kernels ([`tile8`], [`super::avx512`]).
+///
+/// # Safety
+/// The CPU has AVX2; `e` was built from `l` for `n` outputs with `GELU = e.gelu`; `o0 < n`,
+/// `t + M ≤ tokens` and `out` holds `tokens·n` bytes.
+#[inline(always)]
+pub(super) unsafe fn finish_c8<const M: usize, const GELU: bool>(
+    v: [__m256i; M],
+    o0: usize,
+    t: usize,
+    l: &QuantLayer<'_>,
+    e: &Epi,
+    out: &mut [i8],
+) {
+    let n = e.dim;
     if o0 + 8 <= n {
+        let base = out.as_mut_ptr();
         // All pointers derive from one borrow of `out`: (t + m)·n + o0 + 8 ≤ tokens·n ≤
-        // out.len() (gemm_fits, t + M ≤ tokens, o0 + 8 ≤ n).
+        // out.len() (the caller's, o0 + 8 ≤ n).
         let ptrs: [*mut i8; M] = core::array::from_fn(|m| base.wrapping_add((t + m) * n + o0));
         // SAFETY: o0 + 8 ≤ n = e.dim; GELU = e.gelu; each pointer heads 8 bytes of
         // `out`; AVX2 (the caller's).
