@@ -3,7 +3,7 @@
 //! * `reference.rs`: [`reference::dw_f`];
 //! * `neon.rs`: `dw_neon_f32_c16` (`FMLA .4s`) and `dw_neon_f16_c16` (FEAT_FP16 `FMLA
 //!   .8h`);
-//! * `x86.rs`: `dw_avx2_f32_8x8` (`VFMADD231PS`, 8 tokens × 8 channels, f32 weights or f16
+//! * `x86.rs`: `dw_avx2_f32_8x8` and `dw_avx2_f32_6x16` (`VFMADD231PS`, f32 weights or f16
 //!   widened by `VCVTPH2PS`; f32 arithmetic only);
 //! * `tests.rs`: the shared suite, every ISA the running CPU has against the reference.
 //!

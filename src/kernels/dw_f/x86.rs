@@ -10,29 +10,36 @@
 //! row copied in once per slice and the next one prefetched while a row computes: at `dim`
 //! = 768 the tensor's tokens are 3 KiB apart, so the same channels of a kernel window's
 //! tokens fall into 4 of L1's 64 sets and evict each other, where the ring's rows are
-//! contiguous and stay in L1. Each output row then runs in tiles of 6 tokens:
+//! contiguous and stay in L1. Each output row then runs in tiles from its first token on
+//! (the last one shorter where the tile does not divide the row):
 //!
-//! * `dw_avx2_f32_6x8` (k = 3, 5, 7): 8 channels at a time, 6 accumulators; per kernel row
-//!   the `k` weights stay in registers and each of the `6 + k − 1` input columns is loaded
-//!   once and multiplied into the up to `k` outputs that need it (output `j` takes tap `kx`
-//!   from column `j + kx`, so as the columns advance each output's taps still come in `kx`
-//!   order): `6 + k − 1` loads per `6·k` `VFMADD231PS`;
-//! * `dw_avx2_f32_6x16` (other k): 16 channels, 12 accumulators, per tap 2 weight loads
-//!   and 12 `VFMADD231PS` with the inputs as memory operands.
+//! * `dw_avx2_f32_8x8` (k = 3, 5, 7): 8 tokens × 8 channels, 8 accumulators (the 8 chains
+//!   the two FMA pipes' 4-cycle latency needs); per kernel row the `k` weights stay in
+//!   registers (8 + 7 + 1 `ymm` at k = 7) and each of the `8 + k − 1` input columns is
+//!   loaded once and multiplied into the up to `k` outputs that need it (output `j` takes
+//!   tap `kx` from column `j + kx`, so as the columns advance each output's taps still come
+//!   in `kx` order): `8 + k − 1` loads per `8·k` `VFMADD231PS`. The columns are spelled
+//!   out one by one (`column`): as a loop, LLVM leaves the border tiles' version rolled,
+//!   with the accumulators in memory;
+//! * `dw_avx2_f32_6x16` (other k): 6 tokens × 16 channels, 12 accumulators, per tap 2
+//!   weight loads and 12 `VFMADD231PS` with the inputs as memory operands.
 //!
-//! Interior tiles (every kernel column of their tokens inside the row) run without checks;
-//! at the left and right borders the same tiles skip the input columns outside the row,
-//! which skips exactly the padding taps, as the reference does (a zero-padded input would
-//! not do: `−0 + 0·w` is `+0`, and `0·inf` NaN). Kernel rows outside the grid are never
-//! visited. So each output adds its taps in `(ky, kx)` order, one rounding each, from the
-//! bias, then the reference's epilogue and residual add.
+//! Tiles whose tokens are all interior (every kernel column inside the row) run without
+//! checks; the others (at the left and right borders, whole tiles too: fewer chains would
+//! leave the FMA pipes waiting) skip the input columns outside the row, which skips exactly
+//! the padding taps, as the reference does (a zero-padded input would not do: `−0 + 0·w` is
+//! `+0`, and `0·inf` NaN). Kernel rows outside the grid are never visited. So each output
+//! adds its taps in `(ky, kx)` order, one rounding each, from the bias, then the
+//! reference's epilogue and residual add.
 //!
 //! [`reference::dw_f`]: crate::kernels::reference::dw_f
 //!
 //! Speed (`cargo run --release -p kernel-bench`, one core of a Zen 4 KVM guest at 2.8
 //! GHz, see `pw_f::x86`): the depthwise layer of ConvMixer-768/32 (32×32 tokens, 768
-//! channels, k = 7, ReLU, residual included) takes 1.4 ms, 27 GMAC/s, with f32 or f16
-//! weights (the reference: 0.3 and 0.2 GMAC/s).
+//! channels, k = 7, ReLU, residual included) takes 1.25 ms, 31 GMAC/s (counting the
+//! padding taps), with f32 or f16 weights (the reference: 0.3 and 0.2 GMAC/s); with tiles
+//! of 6 tokens that stopped at the borders it took 1.44 ms. About a sixth of it is the
+//! copying into the ring (the tensor's lines come from L3).
 //!
 //! The depthwise kernels' contract (what [`dw`] and [`Params::new`] check): `x` and `out`
 //! point at the grid's `ht·wt·dim` f32 (readable, writable), `dim` is a multiple of 8 and
@@ -61,8 +68,12 @@ const CACHE: usize = 8192;
 /// larger kernels run the reference.
 const MAX_K: usize = 9;
 
-/// Output tokens per tile.
-const TC: usize = 6;
+/// Output tokens per tile of [`dw_avx2_f32_8x8`] (8 accumulators, the `k` ≤ 7 weights of a
+/// kernel row and the input column: 16 `ymm`).
+const TC_8X8: usize = 8;
+
+/// Output tokens per tile of [`dw_avx2_f32_6x16`] (12 accumulators, 2 weights).
+const TC_6X16: usize = 6;
 
 /// Depthwise conv + residual with the AVX2 kernels; `false`, touching nothing, where they
 /// do not take it (`F16Arith`, [`Params::new`], `dim` not a multiple of 8, a kernel over 9,
@@ -133,26 +144,85 @@ fn interior<const T: usize>(g: &Grid, tx: usize) -> bool {
     tx >= g.pad_left && tx + T + g.kernel <= g.wt + g.pad_left + 1
 }
 
-/// The tile of `T` tokens for the layer's kernel size: [`dw_avx2_f32_6x8`] for k = 3, 5, 7,
-/// else [`dw_avx2_f32_6x16`].
-macro_rules! tile {
-    ($t:literal, $check:literal, $c:ident, $x:ident, $o:ident, $g:ident, $p:ident, $act:ident,
-     $at:ident, $ky:ident, $c0:ident, $ring:ident, $wb:ident) => {
-        match $g.kernel {
-            3 => dw_avx2_f32_6x8::<$t, $c, 3, $check>(
-                $x, $o, $g, $p, $act, $at, $ky, $c0, $ring, $wb,
-            ),
-            5 => dw_avx2_f32_6x8::<$t, $c, 5, $check>(
-                $x, $o, $g, $p, $act, $at, $ky, $c0, $ring, $wb,
-            ),
-            7 => dw_avx2_f32_6x8::<$t, $c, 7, $check>(
-                $x, $o, $g, $p, $act, $at, $ky, $c0, $ring, $wb,
-            ),
-            _ => {
-                dw_avx2_f32_6x16::<$t, $c, $check>($x, $o, $g, $p, $act, $at, $ky, $c0, $ring, $wb)
-            }
+/// One run of `n` tokens from `(ty, tx)` with [`dw_avx2_f32_8x8`] (kernel size `K` = 3, 5
+/// or 7; `n` ≤ [`TC_8X8`]): unchecked where `n` is a whole tile of interior tokens, else
+/// the tile of `T = n` that skips the input columns outside the row.
+///
+/// # Safety
+/// As [`dw_avx2_f32_8x8`] with `T = n`, `CHECK` as chosen here.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_8x8<const C: usize, const K: usize>(
+    x: *const f32,
+    o: *mut f32,
+    g: Grid,
+    p: &Params,
+    act: Activation,
+    at: (usize, usize),
+    ky: (usize, usize),
+    c0: usize,
+    ring: *const f32,
+    wb: *const f32,
+    n: usize,
+) {
+    macro_rules! t {
+        ($t:literal, $check:literal) => {
+            dw_avx2_f32_8x8::<$t, C, K, $check>(x, o, g, p, act, at, ky, c0, ring, wb)
+        };
+    }
+    // SAFETY: the caller's, with T = n, and the tokens interior where CHECK is false.
+    unsafe {
+        match n {
+            8 if interior::<8>(&g, at.1) => t!(8, false),
+            8 => t!(8, true),
+            7 => t!(7, true),
+            6 => t!(6, true),
+            5 => t!(5, true),
+            4 => t!(4, true),
+            3 => t!(3, true),
+            2 => t!(2, true),
+            _ => t!(1, true),
         }
-    };
+    }
+}
+
+/// One run of `n` tokens from `(ty, tx)` with [`dw_avx2_f32_6x16`] (any kernel size; `n` ≤
+/// [`TC_6X16`]), as [`run_8x8`].
+///
+/// # Safety
+/// As [`dw_avx2_f32_6x16`] with `T = n`, `CHECK` as chosen here.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_6x16<const C: usize>(
+    x: *const f32,
+    o: *mut f32,
+    g: Grid,
+    p: &Params,
+    act: Activation,
+    at: (usize, usize),
+    ky: (usize, usize),
+    c0: usize,
+    ring: *const f32,
+    wb: *const f32,
+    n: usize,
+) {
+    macro_rules! t {
+        ($t:literal, $check:literal) => {
+            dw_avx2_f32_6x16::<$t, C, $check>(x, o, g, p, act, at, ky, c0, ring, wb)
+        };
+    }
+    // SAFETY: the caller's, with T = n, and the tokens interior where CHECK is false.
+    unsafe {
+        match n {
+            6 if interior::<6>(&g, at.1) => t!(6, false),
+            6 => t!(6, true),
+            5 => t!(5, true),
+            4 => t!(4, true),
+            3 => t!(3, true),
+            2 => t!(2, true),
+            _ => t!(1, true),
+        }
+    }
 }
 
 /// Depthwise 'same' conv + residual in f32 arithmetic: `out = fma(scale, act(acc), shift)
@@ -272,64 +342,30 @@ unsafe fn dw_slice<const C: usize, const HALF: bool>(
                 }
             }
         }
+        // Runs of a whole tile from the row's start (the last one shorter where the tile
+        // does not divide wt); the tiles at the borders skip the columns outside the row.
+        let tc = if matches!(k, 3 | 5 | 7) {
+            TC_8X8
+        } else {
+            TC_6X16
+        };
         let mut tx = 0;
         while tx < wt {
-            let at = (ty, tx);
-            // Interior tiles of TC tokens, border runs of up to TC (stopping at pad_left,
-            // where the interior tiles start).
-            let n = if interior::<TC>(&g, tx) {
-                TC
-            } else if tx < g.pad_left {
-                (wt - tx).min(TC).min(g.pad_left - tx)
-            } else {
-                (wt - tx).min(TC)
-            };
+            let (at, n) = ((ty, tx), (wt - tx).min(tc));
             // SAFETY: the caller's contract; ty < ht with its kernel rows ky, whose input
             // rows ty + ky − pad_top are in the ring (≤ last < next, and > next − 1 − k as
-            // ky ≥ 0: last − (k − 1) ≤ ty − pad_top); tokens tx..tx + n ≤ wt (n ≥ 1: tx <
-            // wt and tx < pad_left), interior where the tile does not check.
+            // ky ≥ 0: last − (k − 1) ≤ ty − pad_top); tokens tx..tx + n ≤ wt, n ≥ 1 (tx <
+            // wt), the run functions check interior tokens before running unchecked.
             unsafe {
                 let (o, r) = (out, ring.cast_const());
-                if n == TC && interior::<TC>(&g, tx) {
-                    tile!(6, false, C, x, o, g, p, act, at, ky, c0, r, wb);
-                } else {
-                    dw_border::<C>(x, o, g, p, act, at, ky, c0, r, wb, n);
+                match k {
+                    3 => run_8x8::<C, 3>(x, o, g, p, act, at, ky, c0, r, wb, n),
+                    5 => run_8x8::<C, 5>(x, o, g, p, act, at, ky, c0, r, wb, n),
+                    7 => run_8x8::<C, 7>(x, o, g, p, act, at, ky, c0, r, wb, n),
+                    _ => run_6x16::<C>(x, o, g, p, act, at, ky, c0, r, wb, n),
                 }
             }
             tx += n;
-        }
-    }
-}
-
-/// A border run of `n` (1..=6) tokens from `(ty, tx)`: the tiles of `T = n` that skip the
-/// input columns outside the row.
-///
-/// # Safety
-/// As [`dw_avx2_f32_6x16`] with `T = n` and `CHECK` true.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw_border<const C: usize>(
-    x: *const f32,
-    o: *mut f32,
-    g: Grid,
-    p: &Params,
-    act: Activation,
-    at: (usize, usize),
-    ky: (usize, usize),
-    c0: usize,
-    ring: *const f32,
-    wb: *const f32,
-    n: usize,
-) {
-    // SAFETY: the caller's, with T = n and the kernel size each variant is for.
-    unsafe {
-        match n {
-            6 => tile!(6, true, C, x, o, g, p, act, at, ky, c0, ring, wb),
-            5 => tile!(5, true, C, x, o, g, p, act, at, ky, c0, ring, wb),
-            4 => tile!(4, true, C, x, o, g, p, act, at, ky, c0, ring, wb),
-            3 => tile!(3, true, C, x, o, g, p, act, at, ky, c0, ring, wb),
-            2 => tile!(2, true, C, x, o, g, p, act, at, ky, c0, ring, wb),
-            _ => tile!(1, true, C, x, o, g, p, act, at, ky, c0, ring, wb),
         }
     }
 }
@@ -384,7 +420,41 @@ fn window<const K: usize>(
         .wrapping_sub(g.pad_left * w)
 }
 
-/// `dw_avx2_f32_6x8`: `T` (≤ 6) output tokens from `(ty, tx)` of the slice `c0..c0 + 8·C`,
+/// Column `COL` of a [`dw_avx2_f32_8x8`] tile's window in one kernel row (from `row`,
+/// tokens `w` f32 apart): loaded once (nothing where `COL ≥ T + K − 1`, or, `CHECK`, outside
+/// the row's columns `clo..chi`: padding, whose taps are skipped) and multiplied into the
+/// outputs `j = COL − kx` that take it as tap `kx`.
+///
+/// # Safety
+/// `row + COL·w` is 8 readable f32 where `COL < T + K − 1` and, if `CHECK`, `clo ≤ COL <
+/// chi`; the CPU has AVX2 and FMA.
+#[inline(always)]
+// Indices: kx < K over `wv` (const length K), j = COL − kx < T (kx ≤ COL < T + kx) over
+// `acc` (const length T). (Indexed, not iterated: LLVM then keeps `wv` in registers.)
+#[allow(clippy::indexing_slicing, clippy::needless_range_loop)]
+unsafe fn column<const COL: usize, const T: usize, const K: usize, const CHECK: bool>(
+    acc: &mut [__m256; T],
+    wv: &[__m256; K],
+    row: *const f32,
+    w: usize,
+    (clo, chi): (usize, usize),
+) {
+    if COL >= T + K - 1 || (CHECK && (COL < clo || COL >= chi)) {
+        return;
+    }
+    // SAFETY: the caller's.
+    unsafe {
+        let xv = _mm256_loadu_ps(row.wrapping_add(COL * w));
+        for kx in 0..K {
+            if kx <= COL && COL < T + kx {
+                let j = COL - kx;
+                acc[j] = _mm256_fmadd_ps(wv[kx], xv, acc[j]);
+            }
+        }
+    }
+}
+
+/// `dw_avx2_f32_8x8`: `T` (≤ 8) output tokens from `(ty, tx)` of the slice `c0..c0 + 8·C`,
 /// for a kernel of size `K`, 8 channels at a time (module docs): `T` accumulators, the `K`
 /// weights of a kernel row in registers, each input column of the row loaded once.
 /// `CHECK`: a border tile, whose input columns outside the row are skipped (the padding).
@@ -395,11 +465,7 @@ fn window<const K: usize>(
 /// false the tokens are interior ([`interior`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-// Indices: kx < K over `wv`, of const length K, and j = col − kx < T (kx ≤ col < T + kx)
-// over `acc`, of const length T. (Indexed, not iterated: LLVM then keeps `wv` in
-// registers.)
-#[allow(clippy::indexing_slicing, clippy::needless_range_loop)]
-unsafe fn dw_avx2_f32_6x8<const T: usize, const C: usize, const K: usize, const CHECK: bool>(
+unsafe fn dw_avx2_f32_8x8<const T: usize, const C: usize, const K: usize, const CHECK: bool>(
     x: *const f32,
     out: *mut f32,
     g: Grid,
@@ -411,6 +477,8 @@ unsafe fn dw_avx2_f32_6x8<const T: usize, const C: usize, const K: usize, const 
     ring: *const f32,
     wb: *const f32,
 ) {
+    // The columns spelled out below: 0..=14.
+    const { assert!(T + K - 1 <= 15) };
     let w = 8 * C;
     for r in 0..C {
         let c = c0 + 8 * r;
@@ -420,25 +488,21 @@ unsafe fn dw_avx2_f32_6x8<const T: usize, const C: usize, const K: usize, const 
         // caller's.
         unsafe {
             let mut acc = [p.bias8(c); T];
+            // The tile's columns inside the row (CHECK; else all of them).
+            let clo = g.pad_left.saturating_sub(tx);
+            let chi = (g.wt + g.pad_left).saturating_sub(tx);
             for ky in ky0..ky1 {
                 let row = window::<K>(ring, &g, w, ty, ky, tx, r);
                 let wr = wb.add(ky * K * w + 8 * r);
                 let wv: [__m256; K] = core::array::from_fn(|kx| _mm256_loadu_ps(wr.add(kx * w)));
-                for col in 0..T + K - 1 {
-                    // A column outside the row (CHECK: a border tile) is padding: skipping
-                    // it skips exactly the padding taps of the outputs that meet it.
-                    let ix = tx + col;
-                    if CHECK && (ix < g.pad_left || ix - g.pad_left >= g.wt) {
-                        continue;
-                    }
-                    let xv = _mm256_loadu_ps(row.wrapping_add(col * w));
-                    for kx in 0..K {
-                        if kx <= col && col < T + kx {
-                            let j = col - kx;
-                            acc[j] = _mm256_fmadd_ps(wv[kx], xv, acc[j]);
-                        }
-                    }
+                // Each column spelled out (a loop LLVM would not always unroll, and then
+                // keeps the accumulators in memory).
+                macro_rules! cols {
+                    ($($col:literal)*) => {$(
+                        column::<$col, T, K, CHECK>(&mut acc, &wv, row, w, (clo, chi));
+                    )*};
                 }
+                cols!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14);
             }
             finish_tokens::<T>(x, out, &g, p, act, (ty, tx), c, acc);
         }
