@@ -5,6 +5,7 @@
 //!   `FMLA .8h`);
 //! * `x86.rs`: `fgemm_avx2_f32_6x16` (`VFMADD231PS`, f32 weights or f16 widened by
 //!   `VCVTPH2PS`; f32 arithmetic only);
+//! * `avx512.rs`: `fgemm_avx512_f32_12x32` (the same on `zmm`, where AVX-512 is present);
 //! * `tests.rs`: the shared suite, every ISA the running CPU has against the reference.
 //!
 //! The driver [`pw`] runs the SIMD kernel where the ISA, the arithmetic and the shape allow
@@ -27,6 +28,11 @@ pub(super) mod neon;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 pub(super) mod x86;
+
+// The AVX-512 tiles, which the AVX2 entry point runs where Isa::Avx512Vnni was detected.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub(super) mod avx512;
 
 #[cfg(test)]
 mod tests;

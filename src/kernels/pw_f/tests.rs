@@ -32,6 +32,8 @@ fn pw_f32<W: FloatWeights>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
+        // Under the AVX-512 level (detected: isas() lists only those), its tiles.
+        assert_eq!(avx512::takes(isa), isa == Isa::Avx512Vnni);
         assert!(x86::pw::<W, F32Arith>(x, tokens, dim, l, act, out, isa));
         return;
     }
@@ -40,8 +42,9 @@ fn pw_f32<W: FloatWeights>(
 
 /// The pointwise driver on every ISA against the reference, bit for bit: f32
 /// arithmetic with f32 and f16 weights, f16 arithmetic. Channel counts multiples of 16
-/// and not (1..90: the AVX2 kernel's partial output block), token counts across the AVX2
-/// kernel's 6-token tiles and 48-token macro-tiles, and every fourth case with NaN, ±inf,
+/// and not (1..90: the x86 kernels' partial output block; odd and even counts of full
+/// blocks: the AVX-512 tiles' pairs), token counts across the AVX2 kernel's 6-token and the
+/// AVX-512 kernel's 12-token tiles and their 48-token macro-tiles, and every fourth case with NaN, ±inf,
 /// ±0, subnormal and huge inputs.
 #[test]
 fn pw_drivers_match_reference() {

@@ -84,11 +84,13 @@ pub(crate) fn pw<W: FloatWeights, M: FloatArith>(
     // SAFETY: x and out hold tokens·dim f32 (checked above); Params::new checked the CPU's
     // features, dim > 0, the packed ⌈dim/16⌉·16·dim weight elements of W (read as HALF =
     // W::HALF) and dim channels of every vector.
+    // With AVX-512 (F, BW, VL) the 12×32 tiles, else the AVX2 kernel throughout.
     unsafe {
-        if W::HALF {
-            pw_avx2::<true>(x, o, tokens, &p, act)
-        } else {
-            pw_avx2::<false>(x, o, tokens, &p, act)
+        match (W::HALF, super::avx512::takes(isa)) {
+            (true, true) => super::avx512::pw_avx512::<true>(x, o, tokens, &p, act),
+            (false, true) => super::avx512::pw_avx512::<false>(x, o, tokens, &p, act),
+            (true, false) => pw_avx2::<true>(x, o, tokens, &p, act),
+            (false, false) => pw_avx2::<false>(x, o, tokens, &p, act),
         }
     }
     true
@@ -219,7 +221,7 @@ unsafe fn pw_tile<const M: usize, const HALF: bool>(
 /// (readable, writable), and `p.w` holds the `⌈n/16⌉·16·n` packed weight elements (f16 if
 /// `HALF`).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pw_avx2<const HALF: bool>(
+pub(super) unsafe fn pw_avx2<const HALF: bool>(
     x: *const f32,
     out: *mut f32,
     tokens: usize,
@@ -231,23 +233,40 @@ unsafe fn pw_avx2<const HALF: bool>(
     while t0 < tokens {
         let t1 = t0 + (tokens - t0).min(TB);
         for ob in 0..blocks {
-            let mut t = t0;
-            // SAFETY: tiles t..t + M ≤ t1 ≤ tokens; ob < ⌈n/16⌉; the rest is the caller's.
-            unsafe {
-                while t + MR <= t1 {
-                    pw_tile::<MR, HALF>(x, out, t, ob, p, act);
-                    t += MR;
-                }
-                match t1 - t {
-                    5 => pw_tile::<5, HALF>(x, out, t, ob, p, act),
-                    4 => pw_tile::<4, HALF>(x, out, t, ob, p, act),
-                    3 => pw_tile::<3, HALF>(x, out, t, ob, p, act),
-                    2 => pw_tile::<2, HALF>(x, out, t, ob, p, act),
-                    1 => pw_tile::<1, HALF>(x, out, t, ob, p, act),
-                    _ => {}
-                }
-            }
+            // SAFETY: tokens t0..t1 ≤ tokens; ob < ⌈n/16⌉; the rest is the caller's.
+            unsafe { pw_rows::<HALF>(x, out, (t0, t1), ob, p, act) };
         }
         t0 = t1;
+    }
+}
+
+/// Output block `ob` of tokens `t0..t1`, in 6-token tiles (the last one shorter).
+///
+/// # Safety
+/// As [`pw_avx2`], `t1 ≤ tokens` and `16·ob < n`.
+#[inline(always)]
+pub(super) unsafe fn pw_rows<const HALF: bool>(
+    x: *const f32,
+    out: *mut f32,
+    (t0, t1): (usize, usize),
+    ob: usize,
+    p: &Params,
+    act: Activation,
+) {
+    let mut t = t0;
+    // SAFETY: tiles t..t + M ≤ t1 ≤ tokens; the rest is the caller's.
+    unsafe {
+        while t + MR <= t1 {
+            pw_tile::<MR, HALF>(x, out, t, ob, p, act);
+            t += MR;
+        }
+        match t1 - t {
+            5 => pw_tile::<5, HALF>(x, out, t, ob, p, act),
+            4 => pw_tile::<4, HALF>(x, out, t, ob, p, act),
+            3 => pw_tile::<3, HALF>(x, out, t, ob, p, act),
+            2 => pw_tile::<2, HALF>(x, out, t, ob, p, act),
+            1 => pw_tile::<1, HALF>(x, out, t, ob, p, act),
+            _ => {}
+        }
     }
 }
