@@ -6,6 +6,7 @@ use convmixer_edge::blob::SectionKind;
 use convmixer_edge::{Activation, Error, Model};
 use convmixer_edge_tests::*;
 use convmixer_quantize::mixer::{self, Block, Linear, Ln, Mixer, Mlp};
+use convmixer_quantize::onnx;
 use convmixer_quantize::Options;
 use prost::Message;
 use tract_onnx::pb;
@@ -302,13 +303,14 @@ fn mixer_detection_and_foreign_inputs() {
         for export in ["torchscript", "dynamo", "torchscript16"] {
             let p = root().join(format!("examples/mixer-mnist/mixer-{layout}.{export}.onnx"));
             assert!(
-                mixer::is_mixer(&std::fs::read(p).expect("read")),
+                mixer::is_mixer(&onnx::load(&p).expect("load")),
                 "{layout}/{export}"
             );
         }
     }
     let cm = std::fs::read(mnist("convmixer-mnist.torchscript.onnx")).expect("read");
-    assert!(!mixer::is_mixer(&cm) && !mixer::is_mixer(b"junk"));
+    assert!(!mixer::is_mixer(&onnx::parse_model(&cm).expect("parse")));
+    assert!(onnx::parse_model(b"junk").is_err());
     let e = format!(
         "{:#}",
         mixer::import_bytes(&cm).expect_err("a ConvMixer is not a mixer")

@@ -18,7 +18,8 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use convmixer_edge::{Model, Precision};
-use convmixer_quantize::{data, mixed::Target, onnx, par, reference::TractModel, Options};
+use convmixer_quantize::onnx::{self, ModelProto};
+use convmixer_quantize::{data, mixed::Target, mixer, par, reference::TractModel, Options};
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod bench;
@@ -79,9 +80,8 @@ struct Prep {
 impl Prep {
     /// This preparation with what an ONNX file written by `host-tools train` records in its
     /// metadata (normalisation, class names) filled in where no flag gave it. Flags win.
-    fn for_onnx(&self, model: &Path) -> Result<Prep> {
-        let bytes =
-            std::fs::read(model).with_context(|| format!("{}: cannot read", model.display()))?;
+    /// `proto`: the file `model`, read ([`read_onnx`]).
+    fn for_onnx(&self, model: &Path, proto: &ModelProto) -> Result<Prep> {
         let mut p = Prep {
             mean: self.mean.clone(),
             std: self.std.clone(),
@@ -89,7 +89,7 @@ impl Prep {
             names: self.names.clone(),
         };
         if p.mean.is_empty() && p.std.is_empty() {
-            if let Ok(Some((m, s))) = onnx::normalisation(&bytes) {
+            if let Ok(Some((m, s))) = onnx::normalisation(proto) {
                 eprintln!(
                     "normalisation from {}: mean {m:?}, std {s:?}",
                     model.display()
@@ -98,7 +98,7 @@ impl Prep {
             }
         }
         if p.labels.is_none() && p.names.is_empty() {
-            p.names = onnx::labels(&bytes).unwrap_or_default();
+            p.names = onnx::labels(proto);
         }
         Ok(p)
     }
@@ -612,11 +612,14 @@ fn report(
     if let Some(out) = out {
         page::check_out(out)?;
     }
-    if is_mlp_mixer(model)? {
+    let proto = read_onnx(model)?;
+    if mixer::is_mixer(&proto) {
         bail!("{}: `report` analyses ConvMixer models only (for an MLP-Mixer: `quantize`, then `eval` on the blob and the ONNX)", model.display());
     }
-    let imported = onnx::import(model)?;
-    let opts = prep.for_onnx(model)?.options(method, bias_correction)?;
+    let imported = import_convmixer(model, &proto)?;
+    let opts = prep
+        .for_onnx(model, &proto)?
+        .options(method, bias_correction)?;
     let labels = &opts.labels;
     let shape = (imported.in_h, imported.in_w, imported.in_c);
     let calib = data::calibration_set(calib, shape)?;
@@ -850,9 +853,10 @@ fn quantize(
     if target.is_some() && precision.precision() != Precision::Int8 {
         bail!("--accuracy-budget and --sqnr-min apply to --precision int8 only");
     }
-    if is_mlp_mixer(model)? {
+    let proto = read_onnx(model)?;
+    if mixer::is_mixer(&proto) {
         let bytes = mixer_blob(
-            model,
+            (model, &proto),
             calib,
             precision,
             (method, bias_correction),
@@ -861,8 +865,11 @@ fn quantize(
         )?;
         return write_blob(model, precision, output, &bytes);
     }
-    let imported = onnx::import(model)?;
-    let opts = prep.for_onnx(model)?.options(method, bias_correction)?;
+    let imported = import_convmixer(model, &proto)?;
+    let opts = prep
+        .for_onnx(model, &proto)?
+        .options(method, bias_correction)?;
+    drop(proto);
     let labels = &opts.labels;
     let shape = (imported.in_h, imported.in_w, imported.in_c);
     let images = match (calib, precision) {
@@ -933,25 +940,33 @@ fn quantize(
     write_blob(model, precision, output, &bytes)
 }
 
-/// Whether the ONNX file `model` holds an MLP-Mixer (it has a LayerNorm;
-/// [`convmixer_quantize::mixer::is_mixer`]), which goes through `convmixer_quantize::mixer`.
-fn is_mlp_mixer(model: &Path) -> Result<bool> {
-    let bytes =
-        std::fs::read(model).with_context(|| format!("{}: cannot read", model.display()))?;
-    Ok(convmixer_quantize::mixer::is_mixer(&bytes))
+/// The ONNX file `model`, read once (with its external data) for every step of a command:
+/// which importer it is for ([`mixer::is_mixer`]), the import and the metadata.
+fn read_onnx(model: &Path) -> Result<ModelProto> {
+    onnx::load(model)
+}
+
+/// The ConvMixer in `proto` (the file `model`), errors naming the file.
+fn import_convmixer(model: &Path, proto: &ModelProto) -> Result<onnx::Imported> {
+    onnx::import_proto(proto).with_context(|| model.display().to_string())
+}
+
+/// The MLP-Mixer in `proto` (the file `model`), errors naming the file.
+fn import_mixer(model: &Path, proto: &ModelProto) -> Result<mixer::Mixer> {
+    mixer::import_proto(proto).with_context(|| model.display().to_string())
 }
 
 /// `quantize`'s blob for an MLP-Mixer: int8 only, min/max calibration, no mixed precision
 /// (the options that are ConvMixer-only are refused with their name).
 fn mixer_blob(
-    model: &Path,
+    (model, proto): (&Path, &ModelProto),
     calib: Option<&Path>,
     precision: PrecisionArg,
     (method, bias_correction): (convmixer_quantize::calibrate::Method, bool),
     target: Option<Target>,
     prep: &Prep,
 ) -> Result<Vec<u8>> {
-    let m = convmixer_quantize::mixer::import(model)?;
+    let m = import_mixer(model, proto)?;
     let name = model.display();
     if precision.precision() != Precision::Int8 {
         bail!("{name}: MLP-Mixer models quantise to int8 only (--precision fp16/fp32 are for ConvMixer)");
@@ -962,7 +977,7 @@ fn mixer_blob(
     if method != convmixer_quantize::calibrate::Method::MinMax || bias_correction {
         bail!("{name}: MLP-Mixer models are calibrated min/max (--calibration and --bias-correction are for ConvMixer)");
     }
-    let opts = prep.for_onnx(model)?.options(method, false)?;
+    let opts = prep.for_onnx(model, proto)?.options(method, false)?;
     let Some(dir) = calib else {
         bail!("int8 quantisation needs calibration images: pass --calib DIR")
     };
@@ -1133,35 +1148,38 @@ fn eval(model: &Path, dir: &Path, json: bool, prep: &Prep) -> Result<()> {
                 .map_err(|e| anyhow!("{e}"))?;
             Ok(top.first().map_or(0, |t| usize::from(t.0)))
         });
-    } else if is_mlp_mixer(model)? {
-        let m = convmixer_quantize::mixer::import(model)?;
-        let prep = prep.for_onnx(model)?;
-        convmixer_quantize::mixer::fold(&m, &prep.mean, &prep.std)?; // checks --mean/--std
-        shape = (m.in_h, m.in_w, m.in_c);
-        classes = m.classes();
-        labels = match prep.labels {
-            Some(_) => read_labels(prep.labels.as_deref())?,
-            None => prep.names.clone(),
-        };
-        kind = "fp32-onnx".into();
-        let tract = TractModel::load(model, m.in_c, m.in_h, m.in_w)?;
-        let (mean, std) = (prep.mean.clone(), prep.std.clone());
-        predict = Box::new(move |px| Ok(argmax(&tract.run_pixels(px, &mean, &std)?)));
     } else {
-        let imported = onnx::import(model)?;
-        let prep = prep.for_onnx(model)?;
-        let fold_check = convmixer_quantize::fold::fold(&imported, &prep.mean, &prep.std)?;
-        drop(fold_check); // validates --mean/--std against the model's channels
-        shape = (imported.in_h, imported.in_w, imported.in_c);
-        classes = imported.classes();
-        labels = match prep.labels {
-            Some(_) => read_labels(prep.labels.as_deref())?,
-            None => prep.names.clone(),
-        };
-        kind = "fp32-onnx".into();
-        let tract = TractModel::load(model, imported.in_c, imported.in_h, imported.in_w)?;
-        let (mean, std) = (prep.mean.clone(), prep.std.clone());
-        predict = Box::new(move |px| Ok(argmax(&tract.run_pixels(px, &mean, &std)?)));
+        let proto = read_onnx(model)?;
+        if mixer::is_mixer(&proto) {
+            let m = import_mixer(model, &proto)?;
+            let prep = prep.for_onnx(model, &proto)?;
+            convmixer_quantize::mixer::fold(&m, &prep.mean, &prep.std)?; // checks --mean/--std
+            shape = (m.in_h, m.in_w, m.in_c);
+            classes = m.classes();
+            labels = match prep.labels {
+                Some(_) => read_labels(prep.labels.as_deref())?,
+                None => prep.names.clone(),
+            };
+            kind = "fp32-onnx".into();
+            let tract = TractModel::load(model, m.in_c, m.in_h, m.in_w)?;
+            let (mean, std) = (prep.mean.clone(), prep.std.clone());
+            predict = Box::new(move |px| Ok(argmax(&tract.run_pixels(px, &mean, &std)?)));
+        } else {
+            let imported = import_convmixer(model, &proto)?;
+            let prep = prep.for_onnx(model, &proto)?;
+            let fold_check = convmixer_quantize::fold::fold(&imported, &prep.mean, &prep.std)?;
+            drop(fold_check); // validates --mean/--std against the model's channels
+            shape = (imported.in_h, imported.in_w, imported.in_c);
+            classes = imported.classes();
+            labels = match prep.labels {
+                Some(_) => read_labels(prep.labels.as_deref())?,
+                None => prep.names.clone(),
+            };
+            kind = "fp32-onnx".into();
+            let tract = TractModel::load(model, imported.in_c, imported.in_h, imported.in_w)?;
+            let (mean, std) = (prep.mean.clone(), prep.std.clone());
+            predict = Box::new(move |px| Ok(argmax(&tract.run_pixels(px, &mean, &std)?)));
+        }
     }
     let set = data::image_folder(dir, &labels, classes)?;
     let pb = bar(set.len(), "evaluating");

@@ -148,7 +148,8 @@ fn trains_exports_quantizes_and_resumes_exactly() {
         (16, 2, 3, 4, 10)
     );
     assert!(m.embed.bn_post.is_some() && m.blocks.iter().all(|b| b.0.bn_post.is_some()));
-    let (mean, std) = convmixer_quantize::onnx::normalisation(&bytes)
+    let proto = convmixer_quantize::onnx::parse_model(&bytes).expect("parse");
+    let (mean, std) = convmixer_quantize::onnx::normalisation(&proto)
         .unwrap()
         .expect("metadata");
     assert_eq!((mean.clone(), std.clone()), (s.mean.clone(), s.std.clone()));

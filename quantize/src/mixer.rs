@@ -198,15 +198,12 @@ impl Mixer {
 // ----------------------------------------------------------------------------------------
 // Import
 
-/// Whether the ONNX model in `bytes` is meant as an MLP-Mixer: it has a LayerNorm (the
+/// Whether the ONNX model `proto` is meant as an MLP-Mixer: it has a LayerNorm (the
 /// LayerNormalization op, or a ReduceMean whose mean is subtracted: the decomposed form),
 /// which a ConvMixer never has. `host-tools` picks the importer by this, so that each
-/// importer's errors stay specific. Unreadable bytes are not a mixer (the ConvMixer importer
-/// then reports what is wrong with them).
-pub fn is_mixer(bytes: &[u8]) -> bool {
-    let Ok(proto) = crate::onnx::parse_model(bytes) else {
-        return false;
-    };
+/// importer's errors stay specific. A model without a graph is not a mixer (the ConvMixer
+/// importer then reports what is wrong with it).
+pub fn is_mixer(proto: &tract_onnx::pb::ModelProto) -> bool {
     let Some(g) = proto.graph.as_ref() else {
         return false;
     };

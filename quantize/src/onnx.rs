@@ -24,8 +24,9 @@ use convmixer_edge::Activation;
 use tract_onnx::pb::{self, tensor_proto::DataType, NodeProto, TensorProto};
 
 mod load;
-pub use load::load;
-pub(crate) use load::parse_model;
+pub use load::{load, parse_model};
+/// A decoded ONNX file (tract-onnx's protobuf types).
+pub use tract_onnx::pb::ModelProto;
 
 /// A BatchNorm in inference form.
 #[derive(Clone, Debug, PartialEq)]
@@ -1030,12 +1031,11 @@ fn check_block(dw: &ConvUnit, pw: &ConvUnit, dim: usize) -> Result<()> {
     Ok(())
 }
 
-/// The input normalisation `host-tools train` records in an ONNX file's metadata
+/// The input normalisation `host-tools train` records in an ONNX model's metadata
 /// ([`onnx_export::with_normalisation`](crate::onnx_export::with_normalisation)):
 /// `Some((mean, std))`, or `None` when the file has none (PyTorch's exports).
-pub fn normalisation(bytes: &[u8]) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+pub fn normalisation(proto: &pb::ModelProto) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
     use crate::onnx_export::{MEAN_KEY, STD_KEY};
-    let proto = parse_model(bytes)?;
     let get = |key: &str| -> Result<Option<Vec<f32>>> {
         let Some(p) = proto.metadata_props.iter().find(|p| p.key == key) else {
             return Ok(None);
@@ -1055,14 +1055,13 @@ pub fn normalisation(bytes: &[u8]) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
     }
 }
 
-/// The class names `host-tools train` records in an ONNX file's metadata (empty when the
-/// file has none).
-pub fn labels(bytes: &[u8]) -> Result<Vec<String>> {
-    let proto = parse_model(bytes)?;
-    Ok(proto
+/// The class names `host-tools train` records in an ONNX model's metadata (empty when it
+/// has none).
+pub fn labels(proto: &pb::ModelProto) -> Vec<String> {
+    proto
         .metadata_props
         .iter()
         .find(|p| p.key == crate::onnx_export::LABELS_KEY)
         .map(|p| p.value.lines().map(String::from).collect())
-        .unwrap_or_default())
+        .unwrap_or_default()
 }

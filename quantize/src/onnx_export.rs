@@ -1234,11 +1234,12 @@ pub const LABELS_KEY: &str = "convmixer_edge.labels";
 ///     classes: 3, act: Activation::Relu, seed: 1,
 /// };
 /// let bytes = write_onnx(&random_convmixer(&cfg)?, GeluForm::Erf)?;
-/// assert_eq!(normalisation(&bytes)?, None);
+/// assert_eq!(normalisation(&onnx::parse_model(&bytes)?)?, None);
 /// let names = ["a".to_string(), "b".into(), "c".into()];
 /// let bytes = with_normalisation(&bytes, &[0.1307], &[0.3081], &names)?;
-/// assert_eq!(normalisation(&bytes)?, Some((vec![0.1307], vec![0.3081])));
-/// assert_eq!(onnx::labels(&bytes)?, names.to_vec());
+/// let proto = onnx::parse_model(&bytes)?;
+/// assert_eq!(normalisation(&proto)?, Some((vec![0.1307], vec![0.3081])));
+/// assert_eq!(onnx::labels(&proto), names.to_vec());
 /// assert!(onnx::import_bytes(&bytes).is_ok());
 /// # Ok::<(), anyhow::Error>(())
 /// ```

@@ -45,9 +45,8 @@ pub fn load(path: &Path) -> Result<pb::ModelProto> {
     Ok(proto)
 }
 
-/// The protobuf of ONNX bytes (external data, if the model has any, stays unread: see
-/// [`external_location`]).
-pub(crate) fn parse_model(bytes: &[u8]) -> Result<pb::ModelProto> {
+/// The protobuf of ONNX bytes (external data, if the model has any, stays unread).
+pub fn parse_model(bytes: &[u8]) -> Result<pb::ModelProto> {
     tract_onnx::onnx()
         .proto_model_for_read(&mut &bytes[..])
         .map_err(|e| anyhow!("not a valid ONNX protobuf ({e})"))
