@@ -17,6 +17,11 @@
 //!   decoding + normalising an image and the `run`, after one warm-up run (the session's
 //!   creation is not counted).
 //!
+//! Each figure, ours and ONNX Runtime's alike, is the best of [`ROUNDS`] runs (a whole
+//! command, or a pass over the images), except where one run takes [`LONG_S`] or more
+//! (T768's quantisations): the machines this runs on are shared, and the best run is the
+//! one least disturbed by the rest of the machine, on both sides.
+//!
 //! Models: B1 (the random ConvMixer-256/8 at 32×32 of `bench`) and timm's
 //! `convmixer_768_32` at 224×224 (`T768`: the TorchScript export that
 //! `bash tools/fixtures/run.sh timm_convmixers --full` writes; random weights). The images
@@ -43,6 +48,25 @@ struct HostSpec {
     std: &'static str,
     calib: usize,
     eval: usize,
+}
+
+/// Runs per figure (the best is kept).
+const ROUNDS: usize = 3;
+
+/// A run this long (seconds) is not repeated.
+const LONG_S: f64 = 5.0;
+
+/// The best (smallest) of up to [`ROUNDS`] results of `run`, ordered by their first
+/// element; one run where it takes [`LONG_S`] or more.
+fn best_of<T>(mut run: impl FnMut() -> Result<(f64, T)>) -> Result<(f64, T)> {
+    let mut best = run()?;
+    for _ in 1..if best.0 >= LONG_S { 1 } else { ROUNDS } {
+        let r = run()?;
+        if r.0 < best.0 {
+            best = r;
+        }
+    }
+    Ok(best)
 }
 
 const IMAGENET_MEAN: &str = "0.485,0.456,0.406";
@@ -211,7 +235,7 @@ fn bench_one(
             .map(String::from),
         );
         a.extend(["--threads".into(), t.to_string(), "-o".into(), s(out)]);
-        Ok(timed(&exe, &a)?.0)
+        Ok(best_of(|| timed(&exe, &a))?.0)
     };
     // (eval's own `s_per_image`: the image loop, decoding included; the whole command,
     // model loading included, divided by the images)
@@ -225,13 +249,18 @@ fn bench_one(
             t.to_string(),
             "--json".into(),
         ];
-        let (wall, stdout) = timed(&exe, &a)?;
-        let v: Value = serde_json::from_str(stdout.trim())
-            .map_err(|e| anyhow!("host-tools eval --json printed no JSON ({e})"))?;
-        let steady = v["s_per_image"]
-            .as_f64()
-            .ok_or_else(|| anyhow!("host-tools eval --json printed no s_per_image"))?;
-        Ok((steady, wall / spec.eval as f64))
+        // Every run is short enough to repeat (LONG_S is for the quantisations).
+        let mut best = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..ROUNDS {
+            let (wall, stdout) = timed(&exe, &a)?;
+            let v: Value = serde_json::from_str(stdout.trim())
+                .map_err(|e| anyhow!("host-tools eval --json printed no JSON ({e})"))?;
+            let steady = v["s_per_image"]
+                .as_f64()
+                .ok_or_else(|| anyhow!("host-tools eval --json printed no s_per_image"))?;
+            best = (best.0.min(steady), best.1.min(wall / spec.eval as f64));
+        }
+        Ok(best)
     };
     eprintln!("bench --host: {}: ONNX Runtime…", spec.key);
     let list = threads
@@ -250,6 +279,12 @@ fn bench_one(
             &s(&images),
         ])
         .args(["--mean", spec.mean, "--std", spec.std, "--threads", &list])
+        .args([
+            "--rounds",
+            &ROUNDS.to_string(),
+            "--long",
+            &LONG_S.to_string(),
+        ])
         .output()
         .context("cannot run tools/peers/host_bench.py")?;
     if !out.status.success() {
