@@ -9,7 +9,7 @@ use crate::blob::{self, Arch, Blob, Header, MixerLayer, SectionKind};
 use crate::kernels::mixed::{self, MixedLayer};
 use crate::kernels::reference::{F16Arith, F32Arith, FloatArith};
 use crate::kernels::res_add::{self, ResAdd};
-use crate::kernels::{dw_f, dw_i8, embed_f, gemm_i8, head_i8, layer_norm, pw_f};
+use crate::kernels::{dw_f, dw_i8, embed_f, gemm_i8, head_f, head_i8, layer_norm, pw_f};
 use crate::kernels::{reference as k, EmbedGeom, Grid, Isa};
 use crate::le::{F16Le, F32Le, FloatWeights, I32Le};
 use crate::{Error, Precision};
@@ -530,7 +530,7 @@ impl<'a> Model<'a> {
         let hl = h.head_layer();
         let w = wrap(self.blob.section(SectionKind::Weights, hl)?);
         let bias = F32Le(self.blob.section(SectionKind::Bias, hl)?);
-        k::head_f::<W, M>(a, g.tokens(), g.dim, &w, bias, mean, logits);
+        head_f::head::<W, M>(a, g.tokens(), g.dim, &w, bias, mean, logits, self.isa);
         Ok(())
     }
 
