@@ -21,12 +21,13 @@
 //! head, LayerNorm, residual add), and AVX2 + FMA (+ F16C for f16 weights) for the float
 //! ops in f32 arithmetic (pointwise, depthwise, embedding; x86 has no binary16 arithmetic,
 //! so f16 blobs compute in f32 there); x86_64 AVX-512 with VNNI (`VPDPBUSD`) for the int8
-//! GEMM (`gemm_i8::avx512`), every other op running its AVX2 kernel at that level. On one
-//! core of a Zen 4 the AVX2 kernels run a ConvMixer-768/32 at 224×224 in about 0.36 s
-//! (int8), 74× faster than the scalar kernels' 27 s (`cargo run --release -p
-//! kernel-bench`; figures in `gemm_i8::x86` and `pw_f::x86`).
+//! GEMM (`gemm_i8::avx512`) and 512-bit FMAs for the float pointwise conv (`pw_f::avx512`),
+//! every other op running its AVX2 kernel at that level. On one core of a Zen 4 the AVX2
+//! kernels run a ConvMixer-768/32 at 224×224 in about 0.36 s (int8), 74× faster than the
+//! scalar kernels' 27 s (`cargo run --release -p kernel-bench`; figures in `gemm_i8::x86`
+//! and `pw_f::x86`).
 //!
-//! `unsafe` code lives only in the SIMD modules (each op's `neon`/`x86`, `gemm_i8::avx512`,
+//! `unsafe` code lives only in the SIMD modules (each op's `neon`/`x86`, the `avx512`s,
 //! and the shared `quant::neon`, `quant::x86`, `float::neon`, `float::x86`) and in `cpu`
 //! (feature detection): the op modules allow it there and nowhere else (the crate denies
 //! it, the reference and test modules forbid it).
@@ -41,7 +42,7 @@ pub mod dw_i8;
 pub mod embed_f;
 mod float;
 pub mod gemm_i8;
-mod head_f;
+pub mod head_f;
 pub mod head_i8;
 pub mod layer_norm;
 pub mod mixed;
