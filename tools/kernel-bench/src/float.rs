@@ -1,13 +1,12 @@
 //! The float kernels (f32 blobs, and f16 blobs in f32 arithmetic: `F32Arith`, what every
 //! CPU without FEAT_FP16 runs) on random layers of the same ConvMixers, through the drivers
-//! the model runs (`embed_f::embed`, `dw_f::dw`, `pw_f::pw`, and the pool + head, which has
-//! only the reference), with f32 weights and with f16 weights, scalar and the best SIMD
+//! the model runs (`embed_f::embed`, `dw_f::dw`, `pw_f::pw`, `head_f::head`), with f32 weights and with f16 weights, scalar and the best SIMD
 //! level, one core; printed as the int8 tables are. Weights are random, scaled so that the
 //! activations stay of order 1 (no subnormals, whose speed can differ); each level's
 //! outputs must be bit-identical.
 
-use convmixer_edge::kernels::reference::{head_f, F16Arith, F32Arith, FloatArith, FloatLayer};
-use convmixer_edge::kernels::{dw_f, embed_f, fgemm_index, fgemm_packed_len, pw_f, Isa};
+use convmixer_edge::kernels::reference::{F16Arith, F32Arith, FloatArith, FloatLayer};
+use convmixer_edge::kernels::{dw_f, embed_f, fgemm_index, fgemm_packed_len, head_f, pw_f, Isa};
 use convmixer_edge::le::{F16Le, F32Le, FloatWeights};
 
 use crate::{best, ops, print, runs, Net, Op, Rng};
@@ -96,7 +95,7 @@ fn bench(net: &Net, isas: &[Isa], quick: bool, half: bool) -> Vec<Op> {
     let head_w = Layer::new(&mut r, wh, net.classes);
 
     let layers = [&embed, &dw, &pw, &head_w];
-    let mut ops = ops(net, "pool + head (scalar)");
+    let mut ops = ops(net, "pool + head");
     let data = Data {
         net,
         x: &x,
@@ -175,7 +174,7 @@ impl Data<'_> {
             let hw = head_w.view(wrap);
             let (mut mean, mut logits) = (vec![0f32; d], vec![0f32; net.classes]);
             ops[3].times.push(best(runs(isa), 3, || {
-                head_f::<W, F32Arith>(x, t, d, &hw.w, hw.bias, &mut mean, &mut logits);
+                head_f::head::<W, F32Arith>(x, t, d, &hw.w, hw.bias, &mut mean, &mut logits, isa);
                 std::hint::black_box(&logits);
             }));
             results.extend(logits.iter().map(|v| v.to_bits()));
