@@ -25,7 +25,6 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tract_onnx::pb::{self, tensor_proto::DataLocation, tensor_proto::DataType, TensorProto};
-use tract_onnx::prelude::Framework;
 
 /// The model in the ONNX file `path`, with its external data (if any) read in: every
 /// tensor's bytes are in `raw_data` and none is marked external. Every error names the file
@@ -45,10 +44,11 @@ pub fn load(path: &Path) -> Result<pb::ModelProto> {
     Ok(proto)
 }
 
-/// The protobuf of ONNX bytes (external data, if the model has any, stays unread).
+/// The protobuf of ONNX bytes (external data, if the model has any, stays unread). Decoded
+/// straight from `bytes` with prost (tract's reader copies them first and builds its whole
+/// op registry on every call).
 pub fn parse_model(bytes: &[u8]) -> Result<pb::ModelProto> {
-    tract_onnx::onnx()
-        .proto_model_for_read(&mut &bytes[..])
+    <pb::ModelProto as prost::Message>::decode(bytes)
         .map_err(|e| anyhow!("not a valid ONNX protobuf ({e})"))
 }
 
