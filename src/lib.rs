@@ -62,10 +62,13 @@ mod sealed {
 }
 
 pub mod blob;
+pub mod cores;
 pub mod kernels;
 pub mod le;
 mod model;
 
+#[cfg(test)]
+mod cores_tests;
 #[cfg(test)]
 mod example_tests;
 

@@ -5,8 +5,13 @@
 //! panic (after `Blob` validation none of them can fail).
 #![forbid(unsafe_code)]
 
+use core::ops::Range;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
 use crate::blob::{self, Arch, Blob, Header, MixerLayer, SectionKind};
+use crate::cores::{bounds, fork, Cores, OneCore, MAX_PARTS};
 use crate::kernels::mixed::{self, MixedLayer};
+use crate::kernels::parts::ChannelsMut;
 use crate::kernels::reference::{F16Arith, F32Arith, FloatArith};
 use crate::kernels::res_add::{self, ResAdd};
 use crate::kernels::{dw_f, dw_i8, embed_f, gemm_i8, head_f, head_i8, layer_norm, pw_f};
@@ -96,9 +101,12 @@ impl LayerOutput<'_> {
     }
 }
 
-/// Where each buffer lives inside the arena (byte offsets from the aligned start).
+/// Where each buffer lives inside the arena (byte offsets from the aligned start): the
+/// activations, then one scratch buffer of `part` bytes per core (16-aligned), the pooled
+/// features and the logits.
 struct Plan {
     b: usize,
+    part: usize,
     mean: usize,
     logits: usize,
     end: usize,
@@ -223,7 +231,7 @@ impl<'a> Model<'a> {
     /// Arena layout. int8: one activation tensor, then the in-place drivers' scratch
     /// ([`dw_i8::scratch_len`]: a ring of `pad_top` token rows and a few tokens). Float
     /// blobs: two f32 activation tensors.
-    fn plan(&self) -> Plan {
+    fn plan(&self, parts: usize) -> Plan {
         let h = self.header();
         let (eg, g) = self.geometry();
         let (act, second) = if h.arch == Arch::MlpMixer {
@@ -243,11 +251,13 @@ impl<'a> Model<'a> {
             (act, act)
         };
         let b = align16(act);
-        let mean = align16(b + second);
+        let part = align16(second);
+        let mean = b + part * parts.clamp(1, MAX_PARTS);
         let logits = align16(mean + 4 * usize::from(h.dim));
         let end = logits + 4 * usize::from(h.classes);
         Plan {
             b,
+            part,
             mean,
             logits,
             end,
@@ -264,7 +274,21 @@ impl<'a> Model<'a> {
     /// # }
     /// ```
     pub fn arena_len(&self) -> usize {
-        self.plan().end + 15
+        self.arena_len_for(1)
+    }
+
+    /// Scratch bytes [`Model::logits_on`] and [`Model::classify_on`] need on `parts` cores
+    /// (`Cores::count`, at most [`MAX_PARTS`]): the one activation tensor, and
+    /// one scratch buffer per core. `arena_len_for(1)` is [`Model::arena_len`].
+    ///
+    /// ```
+    /// # fn demo(m: &convmixer_edge::Model) {
+    /// assert!(m.arena_len_for(4) >= m.arena_len_for(1));
+    /// assert_eq!(m.arena_len_for(1), m.arena_len());
+    /// # }
+    /// ```
+    pub fn arena_len_for(&self, parts: usize) -> usize {
+        self.plan(parts).end + 15
     }
 
     /// Bytes of one input image: `in_h · in_w · in_c`.
@@ -296,7 +320,37 @@ impl<'a> Model<'a> {
                 got: out.len(),
             });
         }
-        let logits = self.run(pixels, arena, None)?;
+        self.logits_on(&OneCore, pixels, arena, out)
+    }
+
+    /// [`Model::logits`] on the cores `cores` lends: each layer is split into
+    /// `cores.count()` parts that run at once (see [`cores`](crate::cores)). The logits are
+    /// bit-identical to one core's. `arena` must hold
+    /// [`Model::arena_len_for`]`(cores.count())` bytes.
+    ///
+    /// ```
+    /// use convmixer_edge::cores::OneCore;
+    /// # fn demo(m: &convmixer_edge::Model, px: &[u8]) -> Result<(), convmixer_edge::Error> {
+    /// let mut arena = vec![0u8; m.arena_len_for(1)];
+    /// let mut logits = vec![0.0f32; m.header().classes as usize];
+    /// m.logits_on(&OneCore, px, &mut arena, &mut logits)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn logits_on(
+        &self,
+        cores: &dyn Cores,
+        pixels: &[u8],
+        arena: &mut [u8],
+        out: &mut [f32],
+    ) -> Result<(), Error> {
+        let classes = usize::from(self.header().classes);
+        if out.len() != classes {
+            return Err(Error::OutputSize {
+                expected: classes,
+                got: out.len(),
+            });
+        }
+        let logits = self.run(pixels, arena, None, cores)?;
         out.copy_from_slice(logits);
         Ok(())
     }
@@ -331,7 +385,7 @@ impl<'a> Model<'a> {
                 got: out.len(),
             });
         }
-        let logits = self.run(pixels, arena, Some(trace))?;
+        let logits = self.run(pixels, arena, Some(trace), &OneCore)?;
         out.copy_from_slice(logits);
         Ok(())
     }
@@ -351,7 +405,26 @@ impl<'a> Model<'a> {
         pixels: &[u8],
         arena: &mut [u8],
     ) -> Result<heapless::Vec<(u16, f32), K>, Error> {
-        let logits = self.run(pixels, arena, None)?;
+        self.classify_on(&OneCore, pixels, arena)
+    }
+
+    /// [`Model::classify`] on the cores `cores` lends (as [`Model::logits_on`]); `arena`
+    /// must hold [`Model::arena_len_for`]`(cores.count())` bytes.
+    ///
+    /// ```
+    /// use convmixer_edge::cores::OneCore;
+    /// # fn demo(m: &convmixer_edge::Model, px: &[u8]) -> Result<(), convmixer_edge::Error> {
+    /// let mut arena = vec![0u8; m.arena_len_for(1)];
+    /// let top = m.classify_on::<5>(&OneCore, px, &mut arena)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn classify_on<const K: usize>(
+        &self,
+        cores: &dyn Cores,
+        pixels: &[u8],
+        arena: &mut [u8],
+    ) -> Result<heapless::Vec<(u16, f32), K>, Error> {
+        let logits = self.run(pixels, arena, None, cores)?;
         Ok(top_k(logits))
     }
 
@@ -361,6 +434,7 @@ impl<'a> Model<'a> {
         pixels: &[u8],
         arena: &'b mut [u8],
         trace: Option<&mut Trace<'_>>,
+        cores: &dyn Cores,
     ) -> Result<&'b [f32], Error> {
         let h = *self.header();
         if pixels.len() != h.input_len() {
@@ -369,7 +443,8 @@ impl<'a> Model<'a> {
                 got: pixels.len(),
             });
         }
-        let needed = self.arena_len();
+        let parts = cores.count().clamp(1, MAX_PARTS);
+        let needed = self.arena_len_for(parts);
         if arena.len() < needed {
             return Err(Error::ArenaTooSmall {
                 needed,
@@ -377,7 +452,7 @@ impl<'a> Model<'a> {
             });
         }
         let start = arena.as_ptr().align_offset(16).min(15);
-        let plan = self.plan();
+        let plan = self.plan(parts);
         // The plan's offsets ascend (b ≤ mean ≤ logits ≤ end) and start + end ≤ needed ≤
         // arena.len(): none of these fails.
         let short = Error::ArenaTooSmall {
@@ -415,7 +490,12 @@ impl<'a> Model<'a> {
                 let mean: &mut [i32] = bytemuck::try_cast_slice_mut(mean)
                     .map_err(|_| Error::Malformed("arena alignment"))?;
                 let mean = mean.get_mut(..dim).ok_or(short)?;
-                self.run_int8(pixels, a, b, mean, logits, trace)?;
+                let work = Work {
+                    cores,
+                    parts,
+                    part: plan.part,
+                };
+                self.run_int8(pixels, a, b, mean, logits, trace, work)?;
             }
             p => {
                 let (a, b) = (
@@ -560,39 +640,68 @@ impl<'a> Model<'a> {
         })
     }
 
+    /// The int8 ConvMixer: `a` the activations, `scratch` one buffer of `work.part` bytes
+    /// per part. With several parts the int8 layers split: the embedding and the pointwise
+    /// convs by token ranges, the depthwise convs by channel slices (where a slice-wise
+    /// kernel runs them); each part writes only its own tokens or channels. The f16 layers
+    /// of a mixed blob and the head run on the calling core.
+    #[allow(clippy::too_many_arguments)]
     fn run_int8(
         &self,
         px: &[u8],
         a: &mut [i8],
-        b: &mut [i8],
+        scratch: &mut [i8],
         mean: &mut [i32],
         logits: &mut [f32],
         trace: &mut Trace<'_>,
+        work: Work<'_>,
     ) -> Result<(), Error> {
         let h = self.header();
         let act = h.activation;
         let (eg, g) = self.geometry();
+        let (isa, dim, tokens) = (self.isa, g.dim, g.tokens());
+        let short = Error::Malformed("arena plan");
+        let parts = work.parts;
+        // One scratch buffer per part; the first is the single-core scratch.
+        let mut sc: heapless::Vec<&mut [i8], MAX_PARTS> = heapless::Vec::new();
+        for chunk in scratch.chunks_mut(work.part.max(1)).take(parts) {
+            let _ = sc.push(chunk);
+        }
         // Layers marked in the header's f16 mask run in float between the int8 tensors.
         let f16 = |l| h.f16_layers.contains(l);
         if f16(0) {
-            mixed::embed(px, eg, g.dim, &self.mixed_layer(0)?, act, a);
+            mixed::embed(px, eg, dim, &self.mixed_layer(0)?, act, a);
         } else {
-            gemm_i8::embed_i8(px, eg, g.dim, &self.quant_layer(0)?, act, b, a, self.isa);
+            let l = self.quant_layer(0)?;
+            let items = by_tokens(a, tokens, dim, parts).zip(sc.iter_mut());
+            fork(work.cores, items, |((t, out), sc)| {
+                gemm_i8::embed_i8_tokens(px, eg, dim, &l, act, sc, out, t, isa)
+            });
         }
         trace(0, LayerOutput::Int8(a));
         for i in 0..usize::from(h.depth) {
             let (dw, pw) = (1 + 2 * i, 2 + 2 * i);
             if f16(dw) {
+                let b = sc.first_mut().ok_or(short)?;
                 mixed::dw_inplace(a, b, g, &self.mixed_layer(dw)?, act);
             } else {
-                dw_i8::dw_i8_inplace(a, b, g, &self.quant_layer(dw)?, act, self.isa);
+                let l = self.quant_layer(dw)?;
+                let unit = dw_i8::channel_unit(isa, dim).filter(|_| parts > 1);
+                if !unit.is_some_and(|u| dw_split(a, &mut sc, g, &l, act, isa, u, work.cores)) {
+                    let b = sc.first_mut().ok_or(short)?;
+                    dw_i8::dw_i8_inplace(a, b, g, &l, act, isa);
+                }
             }
             trace(dw, LayerOutput::Int8(a));
             if f16(pw) {
-                mixed::pw_inplace(a, b, g.tokens(), g.dim, &self.mixed_layer(pw)?, act);
+                let b = sc.first_mut().ok_or(short)?;
+                mixed::pw_inplace(a, b, tokens, dim, &self.mixed_layer(pw)?, act);
             } else {
                 let l = self.quant_layer(pw)?;
-                gemm_i8::pw_i8_inplace(a, b, g.tokens(), g.dim, &l, act, self.isa);
+                let items = by_tokens(a, tokens, dim, parts).zip(sc.iter_mut());
+                fork(work.cores, items, |((t, x), sc)| {
+                    gemm_i8::pw_i8_inplace(x, sc, t.len(), dim, &l, act, isa)
+                });
             }
             trace(pw, LayerOutput::Int8(a));
         }
@@ -711,6 +820,60 @@ impl<'a> Model<'a> {
         );
         Ok(())
     }
+}
+
+/// How a forward pass may split its layers: `parts` tasks per layer on `cores`, each with
+/// a scratch buffer of `part` bytes.
+#[derive(Clone, Copy)]
+struct Work<'c> {
+    cores: &'c dyn Cores,
+    parts: usize,
+    part: usize,
+}
+
+/// `a`'s tokens in `parts` consecutive ranges (sizes differing by at most one): each
+/// range with its `dim`-wide values.
+fn by_tokens(
+    a: &mut [i8],
+    tokens: usize,
+    dim: usize,
+    parts: usize,
+) -> impl Iterator<Item = (Range<usize>, &mut [i8])> {
+    let mut rest = a;
+    bounds(tokens, parts).map(move |t| {
+        let n = (t.len() * dim).min(rest.len());
+        let (part, tail) = core::mem::take(&mut rest).split_at_mut(n);
+        rest = tail;
+        (t, part)
+    })
+}
+
+/// A depthwise layer on `scratch.len()` cores, split by channel slices of `unit`
+/// channels: whether the slice-wise kernels ran it (they take every part or none, on the
+/// same conditions; where none, nothing was touched and the caller runs the layer whole).
+#[allow(clippy::too_many_arguments)]
+fn dw_split(
+    a: &mut [i8],
+    scratch: &mut [&mut [i8]],
+    g: Grid,
+    l: &k::QuantLayer<'_>,
+    act: crate::Activation,
+    isa: Isa,
+    unit: usize,
+    cores: &dyn Cores,
+) -> bool {
+    let views = ChannelsMut::split(a, g.dim, unit, scratch.len());
+    let ran = AtomicUsize::new(0);
+    fork(
+        cores,
+        views.into_iter().zip(scratch.iter_mut()),
+        |(mut v, sc)| {
+            if dw_i8::dw_i8_channels(&mut v, sc, g, l, act, isa) {
+                ran.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+    );
+    ran.into_inner() > 0
 }
 
 /// The `K` largest logits, best first, with softmax probabilities over all classes.

@@ -365,30 +365,55 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Host (x86_64) wall time of our int8 `classify` (auto ISA) and tract fp32, interleaved.
-fn host_times(p: &Prepared, c: &RandomConfig, reps: usize) -> Result<(Duration, Duration)> {
+/// Host (x86_64) wall times, medians, interleaved run by run so that all see the same
+/// machine state.
+struct HostTimes {
+    /// Our int8 `classify` (auto ISA) on one core.
+    ours: Duration,
+    /// The same with each layer split over every core (`classify_on`, rayon's pool).
+    ours_cores: Duration,
+    /// The cores `ours_cores` used.
+    cores: usize,
+    /// tract fp32.
+    tract: Duration,
+}
+
+/// [`HostTimes`] over `reps` interleaved runs (after one warm-up each); the split run must
+/// give the single core's top-5.
+fn host_times(p: &Prepared, c: &RandomConfig, reps: usize) -> Result<HostTimes> {
     let model = Model::from_bytes(&p.blob_bytes).map_err(|e| anyhow!("blob: {e}"))?;
-    let mut arena = vec![0u8; model.arena_len()];
+    let cores = rayon::current_num_threads().min(convmixer_edge::cores::MAX_PARTS);
+    let split = convmixer_edge::cores::Rayon { parts: cores };
+    let mut arena = vec![0u8; model.arena_len_for(cores)];
     let tract = TractModel::load(&p.onnx, c.in_c, c.in_h, c.in_w)?;
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    // One warm-up each, then alternate so both see the same machine state.
-    model
-        .classify::<5>(&p.pixels, &mut arena)
-        .map_err(|e| anyhow!("{e}"))?;
-    tract.run_pixels(&p.pixels, &[], &[])?;
-    for _ in 0..reps {
+    let (mut ours, mut ours_cores, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut one = |on: &dyn convmixer_edge::cores::Cores| -> Result<(Duration, Vec<u16>)> {
         let t = Instant::now();
         let top = model
-            .classify::<5>(&p.pixels, &mut arena)
+            .classify_on::<5>(on, &p.pixels, &mut arena)
             .map_err(|e| anyhow!("{e}"))?;
-        ours.push(t.elapsed());
-        std::hint::black_box(top);
+        Ok((t.elapsed(), top.iter().map(|x| x.0).collect()))
+    };
+    let (_, want) = one(&convmixer_edge::cores::OneCore)?;
+    let (_, got) = one(&split)?;
+    if got != want {
+        bail!("{cores} cores gave top-5 {got:?}, one core {want:?}");
+    }
+    tract.run_pixels(&p.pixels, &[], &[])?;
+    for _ in 0..reps {
+        ours.push(one(&convmixer_edge::cores::OneCore)?.0);
+        ours_cores.push(one(&split)?.0);
         let t = Instant::now();
         let logits = tract.run_pixels(&p.pixels, &[], &[])?;
         theirs.push(t.elapsed());
         std::hint::black_box(logits);
     }
-    Ok((median(ours), median(theirs)))
+    Ok(HostTimes {
+        ours: median(ours),
+        ours_cores: median(ours_cores),
+        cores,
+        tract: median(theirs),
+    })
 }
 
 /// Everything measured for one model.
@@ -426,6 +451,9 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
             "--raw".into(),
             "--isa".into(),
             isa.into(),
+            // One core: these are per-core instruction counts.
+            "--threads".into(),
+            "1".into(),
         ]
     };
     let pi_args = |isa: &str| pi_args_for(&p.blob, isa);
@@ -580,7 +608,8 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
         "bench: {}: timing int8 and tract on the host ({reps} runs each)…",
         spec.key
     );
-    let (ours, theirs) = host_times(p, c, reps)?;
+    let host = host_times(p, c, reps)?;
+    let (ours, theirs) = (host.ours, host.tract);
 
     let insns = |what: &str, cpu: &str| {
         counts
@@ -647,6 +676,9 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
         "host_int8_ms": ours.as_secs_f64() * 1e3,
         "host_tract_ms": theirs.as_secs_f64() * 1e3,
         "host_int8_over_tract": ours.as_secs_f64() / theirs.as_secs_f64(),
+        "host_cores": host.cores,
+        "host_int8_cores_ms": host.ours_cores.as_secs_f64() * 1e3,
+        "host_cores_over_one_core": host.ours_cores.as_secs_f64() / ours.as_secs_f64(),
         "host_runs": reps,
         "blob_bytes": p.blob_bytes.len(),
         "arena_bytes": arena,
@@ -763,8 +795,11 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
     }
     let _ = writeln!(
         t,
-        "  x86_64 host, median of {reps}: int8 classify (scalar) {:.2} ms, tract fp32 {:.2} ms: int8/tract = {:.2}",
+        "  x86_64 host, median of {reps}: int8 classify (best ISA) {:.2} ms on 1 core, {:.2} ms on {} cores ({:.2}x of 1 core), tract fp32 {:.2} ms: int8/tract = {:.2}",
         ours.as_secs_f64() * 1e3,
+        host.ours_cores.as_secs_f64() * 1e3,
+        host.cores,
+        host.ours_cores.as_secs_f64() / ours.as_secs_f64(),
         theirs.as_secs_f64() * 1e3,
         ours.as_secs_f64() / theirs.as_secs_f64()
     );

@@ -158,6 +158,8 @@ pub(crate) fn run(ctx: &Ctx<'_>, root: &Path) -> Result<Report> {
                         "--raw".into(),
                         "--isa".into(),
                         isa.into(),
+                        "--threads".into(),
+                        "1".into(),
                     ],
                     1,
                 ),

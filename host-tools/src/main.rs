@@ -17,6 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use convmixer_edge::cores::{Rayon, MAX_PARTS};
 use convmixer_edge::{Model, Precision};
 use convmixer_quantize::onnx::{self, ModelProto};
 use convmixer_quantize::{data, mixed::Target, mixer, par, reference::TractModel, Options};
@@ -1069,10 +1070,17 @@ fn classify(model: &Path, images: &[PathBuf], top: usize, json: bool) -> Result<
         usize::from(h.in_c),
     );
     let name = |c: u16| m.label(c).map_or_else(|| c.to_string(), String::from);
-    // Images in parallel, printed in the order given.
+    // Images in parallel, printed in the order given; fewer images than threads share the
+    // rest out by splitting each image's layers (one image: all of them on every core).
+    let parts = (rayon::current_num_threads() / images.len().max(1)).clamp(1, MAX_PARTS);
+    let cores = Rayon { parts };
     let one = |path: &PathBuf| -> Result<Vec<(u16, f32)>> {
         let px = data::load_image(path, shape)?;
-        let best = par::with_scratch(m.arena_len(), |arena| m.classify::<32>(&px, arena))
+        // A fresh arena (not par::with_scratch's per-thread one): a thread waiting for
+        // its split layer's parts may start another image meanwhile (rayon steals work).
+        let mut arena = vec![0u8; m.arena_len_for(parts)];
+        let best = m
+            .classify_on::<32>(&cores, &px, &mut arena)
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok(best.iter().take(top).copied().collect())
     };

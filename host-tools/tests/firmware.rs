@@ -266,13 +266,19 @@ fn linux_example_under_qemu_user_matches_host_classify() {
             "{}: host-tools classify got only {right}/20 digits right",
             model.display()
         );
-        for cpu in ["cortex-a72", "max"] {
+        // One core, and four (each layer split four ways on four threads).
+        for (cpu, threads) in [
+            ("cortex-a72", "1"),
+            ("cortex-a72", "4"),
+            ("max", "1"),
+            ("max", "4"),
+        ] {
             let out = Command::new("qemu-aarch64")
                 .args(["-cpu", cpu])
                 .arg(&exe)
                 .arg(&model)
                 .args(&images)
-                .args(["--repeat", "2"])
+                .args(["--repeat", "2", "--threads", threads])
                 .output()
                 .expect("run qemu-aarch64");
             assert!(
@@ -295,7 +301,7 @@ fn linux_example_under_qemu_user_matches_host_classify() {
             assert_eq!(
                 got,
                 want,
-                "{} -cpu {cpu}: convmixer-pi differs from host-tools classify",
+                "{} -cpu {cpu} --threads {threads}: convmixer-pi differs from host-tools classify",
                 model.display()
             );
         }

@@ -46,6 +46,8 @@ pub mod head_f;
 pub mod head_i8;
 pub mod layer_norm;
 pub mod mixed;
+#[allow(unsafe_code)]
+pub mod parts;
 pub mod pw_f;
 mod quant;
 pub mod reference;

@@ -2,23 +2,26 @@
 //! (64-bit Raspberry Pi OS) or any other Linux.
 //!
 //! ```text
-//! convmixer-pi MODEL.cmx IMAGE... [--repeat N] [--isa auto|scalar|neon|dot] [--raw]
+//! convmixer-pi MODEL.cmx IMAGE... [--repeat N] [--isa auto|scalar|neon|dot] [--threads T] [--raw]
 //! ```
 //!
 //! Each image (PNG or PGM/PPM of the model's input size, or with `--raw` a file of exactly
 //! `in_h · in_w · in_c` raw HWC `u8` pixels) is classified `N` times (default 1) with the
-//! chosen kernels and its top-5 classes are printed once. `--repeat` exists for
+//! chosen kernels on `T` cores (default: every core; each layer is split into `T` parts
+//! on a rayon pool of `T` threads, and the result is bit-identical to one core's) and its
+//! top-5 classes are printed once. `--repeat` exists for
 //! benchmarks: `host-tools bench` counts this program's instructions under qemu-aarch64
 //! with `N` and `2N` runs. Every failure prints one line `error: …` and exits with status 1
 //! (2 for command-line mistakes).
 
 use std::process::ExitCode;
 
+use convmixer_edge::cores::Rayon;
 use convmixer_edge::kernels::Isa;
 use convmixer_edge::Model;
 
-const USAGE: &str =
-    "usage: convmixer-pi MODEL.cmx IMAGE... [--repeat N] [--isa auto|scalar|neon|dot] [--raw]";
+const USAGE: &str = "usage: convmixer-pi MODEL.cmx IMAGE... [--repeat N] \
+                     [--isa auto|scalar|neon|dot] [--threads T] [--raw]";
 
 /// Which kernels to run (`Fixed` keeps the spelling the user gave, for messages).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,12 +37,14 @@ struct Args {
     images: Vec<String>,
     repeat: usize,
     isa: IsaArg,
+    /// Cores per image (`None`: every core).
+    threads: Option<usize>,
     raw: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut positional = Vec::new();
-    let (mut repeat, mut isa, mut raw) = (1, IsaArg::Auto, false);
+    let (mut repeat, mut isa, mut raw, mut threads) = (1, IsaArg::Auto, false, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -61,6 +66,15 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                     _ => return Err(format!("--isa {v}: expected auto, scalar, neon or dot")),
                 };
             }
+            "--threads" => {
+                let v = it.next().ok_or("--threads needs a value")?;
+                threads = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|&n: &usize| n > 0)
+                        .ok_or_else(|| format!("--threads {v}: expected a positive integer"))?,
+                );
+            }
             "--raw" => raw = true,
             "-h" | "--help" => return Err(USAGE.into()),
             "--" => positional.extend(it.by_ref().cloned()),
@@ -77,6 +91,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         images: positional,
         repeat,
         isa,
+        threads,
         raw,
     })
 }
@@ -121,12 +136,21 @@ fn run(args: &Args) -> Result<(), String> {
             .with_isa(isa)
             .map_err(|e| format!("--isa {name}: {e}"))?,
     };
-    let mut arena = vec![0u8; model.arena_len()];
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| format!("--threads {threads}: cannot start the threads: {e}"))?;
+    let cores = Rayon { parts: threads };
+    let mut arena = vec![0u8; model.arena_len_for(threads)];
     for path in &args.images {
         let px = load_pixels(path, &model, args.raw)?;
-        let mut top = classify_once(&model, &px, &mut arena, path)?;
+        let mut once = || classify_once(&model, &cores, &px, &mut arena, path);
+        let mut top = pool.install(&mut once)?;
         for _ in 1..args.repeat {
-            top = classify_once(&model, &px, &mut arena, path)?;
+            top = pool.install(&mut once)?;
         }
         let list: Vec<String> = top
             .iter()
@@ -143,12 +167,13 @@ fn run(args: &Args) -> Result<(), String> {
 /// One classification: the top 5 (class, probability) pairs, best first.
 fn classify_once(
     model: &Model<'_>,
+    cores: &Rayon,
     px: &[u8],
     arena: &mut [u8],
     path: &str,
 ) -> Result<Vec<(u16, f32)>, String> {
     model
-        .classify::<5>(px, arena)
+        .classify_on::<5>(cores, px, arena)
         .map(|t| t.to_vec())
         .map_err(|e| format!("{path}: {e}"))
 }
@@ -192,10 +217,14 @@ mod tests {
                 images: v(&["a.png", "b.png"]),
                 repeat: 3,
                 isa: IsaArg::Fixed(Isa::NeonDot, "dot"),
+                threads: None,
                 raw: false
             }
         );
         assert!(parse_args(&v(&["m.cmx", "a", "--raw"])).unwrap().raw);
+        let t = parse_args(&v(&["m.cmx", "a", "--threads", "4"])).unwrap();
+        assert_eq!(t.threads, Some(4));
+        assert!(parse_args(&v(&["m.cmx", "a", "--threads", "0"])).is_err());
         assert!(parse_args(&v(&["m.cmx"])).is_err());
         assert!(parse_args(&v(&["m.cmx", "a", "--isa", "sse"])).is_err());
         assert!(parse_args(&v(&["m.cmx", "a", "--repeat", "-1"])).is_err());

@@ -41,6 +41,7 @@ pub mod x86;
 #[cfg(test)]
 mod tests;
 
+use super::parts::ChannelsMut;
 use super::reference::QuantLayer;
 use super::{Grid, Isa, PW_TILE};
 use crate::Activation;
@@ -132,7 +133,7 @@ pub fn dw_i8_inplace(
     act: Activation,
     isa: Isa,
 ) {
-    if slice_wise(a, scratch, g, l, act, isa) {
+    if dw_i8_channels(&mut ChannelsMut::whole(a, g.dim), scratch, g, l, act, isa) {
         return;
     }
     dw_inplace_by_token(a, scratch, g, |src, y, x, res, out| {
@@ -140,11 +141,54 @@ pub fn dw_i8_inplace(
     });
 }
 
-/// Runs the slice-wise in-place kernel of `isa` where it has one that takes the layer (all
-/// SIMD levels do for `dim` a multiple of 16, `k ≤ 9`, paddings below `k` and the buffers
-/// of [`scratch_len`]); whether it ran (if not, nothing was touched).
-fn slice_wise(
-    a: &mut [i8],
+/// Channels per slice of the slice-wise kernel `isa` runs, the unit a layer split over
+/// cores divides `dim` by; `None` where the layer would run on the per-token driver (no
+/// SIMD kernel, or `dim` not a multiple of the slice), which does not split.
+///
+/// ```
+/// use convmixer_edge::kernels::{dw_i8, Isa};
+/// assert_eq!(dw_i8::channel_unit(Isa::Scalar, 256), None);
+/// ```
+pub fn channel_unit(isa: Isa, dim: usize) -> Option<usize> {
+    let unit = match isa {
+        Isa::Neon | Isa::NeonDot => 16,
+        Isa::Avx2 | Isa::Avx512Vnni => 8,
+        Isa::Scalar => return None,
+    };
+    (isa.available() && dim.is_multiple_of(unit)).then_some(unit)
+}
+
+/// [`dw_i8_inplace`] on one core's channels of the layer (a view from
+/// [`ChannelsMut::split`] in units of [`channel_unit`]), with that core's `scratch`
+/// ([`dw_slice_scratch_len`] bytes); whether the slice-wise kernel took it (if not,
+/// nothing was touched). The parts of a split, in any order or at the same time, give
+/// the bytes of one whole run.
+///
+/// ```
+/// use convmixer_edge::kernels::{dw_i8, parts::ChannelsMut, reference, Grid, Isa};
+/// # use convmixer_edge::{le::I32Le, Activation};
+/// # use convmixer_edge::kernels::reference::QuantLayer;
+/// # let n = 32;
+/// # let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 1i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let bias = vec![0u8; 4 * n];
+/// let g = Grid { ht: 3, wt: 5, dim: n, kernel: 3, pad_top: 1, pad_left: 1 };
+/// let w: Vec<i8> = (0..9 * n).map(|i| (i % 7) as i8 - 3).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: 3, zp_z: 0, zp_out: -5, table: &[] };
+/// let x: Vec<i8> = (0..15 * n).map(|i| (i * 37 % 256) as u8 as i8).collect();
+/// let mut want = vec![0i8; x.len()];
+/// reference::dw_i8(&x, g, &l, Activation::Relu, &mut want);
+/// let isa = Isa::detect();
+/// if let Some(unit) = dw_i8::channel_unit(isa, n) {
+///     let mut a = x.clone();
+///     let mut scratch = vec![0i8; dw_i8::dw_slice_scratch_len(g)];
+///     for mut part in ChannelsMut::split(&mut a, n, unit, 2) {
+///         assert!(dw_i8::dw_i8_channels(&mut part, &mut scratch, g, &l, Activation::Relu, isa));
+///     }
+///     assert_eq!(a, want);
+/// }
+/// ```
+pub fn dw_i8_channels(
+    a: &mut ChannelsMut<'_, i8>,
     scratch: &mut [i8],
     g: Grid,
     l: &QuantLayer<'_>,
@@ -157,20 +201,33 @@ fn slice_wise(
             target_endian = "little",
             target_feature = "neon"
         ))]
-        Isa::NeonDot => neon::dw_i8_inplace_sdot(a, scratch, g, l, act),
+        Isa::NeonDot => neon::dw_i8_channels_sdot(a, scratch, g, l, act),
         #[cfg(all(
             target_arch = "aarch64",
             target_endian = "little",
             target_feature = "neon"
         ))]
-        Isa::Neon => neon::dw_i8_inplace_smlal(a, scratch, g, l, act),
+        Isa::Neon => neon::dw_i8_channels_smlal(a, scratch, g, l, act),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => x86::dw_i8_inplace_avx2_8x8(a, scratch, g, l, act),
+        Isa::Avx2 | Isa::Avx512Vnni => x86::dw_i8_channels_avx2_8x8(a, scratch, g, l, act),
         _ => {
             let _ = (a, scratch, g, l, act);
             false
         }
     }
+}
+
+/// Whether view `a` fits grid `g` for a slice-wise kernel of `unit`-channel slices: the
+/// same `dim`, whole slices inside it, and the whole tensor's elements.
+#[allow(dead_code)] // Used by the SIMD kernels, which a target may not have.
+fn view_fits(a: &ChannelsMut<'_, i8>, g: Grid, unit: usize) -> bool {
+    let ch = a.channels();
+    a.dim() == g.dim
+        && unit > 0
+        && ch.start.is_multiple_of(unit)
+        && ch.end.is_multiple_of(unit)
+        && ch.end <= g.dim
+        && g.elements().is_some_and(|n| a.len() >= n)
 }
 
 /// A depthwise input gatherer: the original (not yet overwritten) token at `(row, col)`.

@@ -13,6 +13,7 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
+use crate::kernels::parts::ChannelsMut;
 use crate::kernels::quant::neon::{epilogue_c16, ld1x4, Epi};
 use crate::kernels::reference::QuantLayer;
 use crate::kernels::Grid;
@@ -111,6 +112,18 @@ pub fn dw_i8_inplace_sdot(
     l: &QuantLayer<'_>,
     act: Activation,
 ) -> bool {
+    dw_i8_channels_sdot(&mut ChannelsMut::whole(a, g.dim), scratch, g, l, act)
+}
+
+/// [`dw_i8_inplace_sdot`] on the channels of one view (a core's part of a layer split by
+/// channels, in whole 16-channel slices): touches only the view's channels and `scratch`.
+pub fn dw_i8_channels_sdot(
+    a: &mut ChannelsMut<'_, i8>,
+    scratch: &mut [i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    act: Activation,
+) -> bool {
     let k = g.kernel;
     let ok = crate::kernels::Isa::NeonDot.available()
         && g.dim.is_multiple_of(16)
@@ -118,7 +131,7 @@ pub fn dw_i8_inplace_sdot(
         && g.pad_top < k
         && g.pad_left < k
         && dw_fits(g, l)
-        && g.elements().is_some_and(|n| a.len() >= n)
+        && super::view_fits(a, g, 16)
         && scratch.len() >= super::dw_slice_scratch_len(g);
     let e = Epi::new(l, act, g.dim).filter(|_| ok);
     if let Some(e) = &e {
@@ -140,7 +153,7 @@ pub fn dw_i8_inplace_sdot(
 /// = `e.gelu`; the CPU implements FEAT_DotProd.
 #[target_feature(enable = "dotprod")]
 unsafe fn dw_sdot_rows<const GELU: bool>(
-    a: &mut [i8],
+    a: &mut ChannelsMut<'_, i8>,
     scratch: &mut [i8],
     g: Grid,
     l: &QuantLayer<'_>,
@@ -175,9 +188,10 @@ unsafe fn dw_sdot_rows<const GELU: bool>(
             };
         }
     }
-    for c0 in (0..d).step_by(16) {
+    for c0 in a.channels().step_by(16) {
         // SAFETY: for the whole slice c0, every offset below is inside its buffer: weights
-        // (ky·k + kx)·d + c0 + 16 ≤ k²·d (dw_fits); activations (t·d + c0 + 16 ≤ tokens·d);
+        // (ky·k + kx)·d + c0 + 16 ≤ k²·d (dw_fits); activations (t·d + c0 + 16 ≤
+        // tokens·d; c0..c0 + 16 inside the view's channels, which no other core touches);
         // ring (slot·wt + x)·16 + 16 ≤ pt·wt·16; wpack (gi·k + kx)·64 + 64 ≤ groups·k·64;
         // cache (gi·cols + col)·64 + 64 ≤ groups·cols·64; rowbuf x·16 + 16 ≤ wt·16.
         unsafe {
@@ -290,13 +304,25 @@ pub fn dw_i8_inplace_smlal(
     l: &QuantLayer<'_>,
     act: Activation,
 ) -> bool {
+    dw_i8_channels_smlal(&mut ChannelsMut::whole(a, g.dim), scratch, g, l, act)
+}
+
+/// [`dw_i8_inplace_smlal`] on the channels of one view (a core's part of a layer split by
+/// channels, in whole 16-channel slices): touches only the view's channels and `scratch`.
+pub fn dw_i8_channels_smlal(
+    a: &mut ChannelsMut<'_, i8>,
+    scratch: &mut [i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    act: Activation,
+) -> bool {
     let k = g.kernel;
     let ok = g.dim.is_multiple_of(16)
         && (1..=DW_MAX_K).contains(&k)
         && g.pad_top < k
         && g.pad_left < k
         && dw_fits(g, l)
-        && g.elements().is_some_and(|n| a.len() >= n)
+        && super::view_fits(a, g, 16)
         && scratch.len() >= super::dw_slice_scratch_len(g);
     let e = Epi::new(l, act, g.dim).filter(|_| ok);
     if let Some(e) = &e {
@@ -319,7 +345,7 @@ pub fn dw_i8_inplace_smlal(
 /// The conditions `dw_i8_inplace_smlal` checks, `e` built from `l` (`Epi::new`) with `GELU`
 /// = `e.gelu`.
 unsafe fn dw_smlal_by_k<const GELU: bool>(
-    a: &mut [i8],
+    a: &mut ChannelsMut<'_, i8>,
     scratch: &mut [i8],
     g: Grid,
     l: &QuantLayer<'_>,
@@ -342,7 +368,7 @@ unsafe fn dw_smlal_by_k<const GELU: bool>(
 /// = `e.gelu`; `K` is 0 or `g.kernel`.
 #[inline(always)]
 unsafe fn dw_smlal_rows<const K: usize, const GELU: bool>(
-    a: &mut [i8],
+    a: &mut ChannelsMut<'_, i8>,
     scratch: &mut [i8],
     g: Grid,
     l: &QuantLayer<'_>,
@@ -365,7 +391,7 @@ unsafe fn dw_smlal_rows<const K: usize, const GELU: bool>(
     // SAFETY: in the whole function, offsets stay inside their buffers: cache (slot·cols + col)·16
     // + 16 ≤ k·cols·16 (slot < k, col < cols); zrow col·16 + 16 ≤ cols·16; rowbuf x·16 + 16
     // ≤ wt·16; activations (row·wt + x)·d + c0 + 16 ≤ tokens·d (row < ht, x < wt, c0 + 16 ≤
-    // d); weights (ky·k + kx)·d + c0 + 16 ≤ k²·d (dw_fits). Cache columns read: x + kx ≤
+    // d; c0..c0 + 16 inside the view's channels, which no other core touches); weights (ky·k + kx)·d + c0 + 16 ≤ k²·d (dw_fits). Cache columns read: x + kx ≤
     // cols − 1 for every output x < wt and tap kx < k (the second tap of a pair past k is
     // never loaded).
     unsafe {
@@ -379,7 +405,7 @@ unsafe fn dw_smlal_rows<const K: usize, const GELU: bool>(
                 }
             }
         }
-        for c0 in (0..d).step_by(16) {
+        for c0 in a.channels().step_by(16) {
             let load_row = |r: usize| {
                 for xx in 0..wt {
                     let v = vld1q_s8(ap.add((r * wt + xx) * d + c0));

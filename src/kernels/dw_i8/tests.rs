@@ -61,6 +61,28 @@ fn inplace_depthwise_equals_the_reference() {
     }
 }
 
+/// The slice-wise kernel of `isa` on `parts` channel parts of `a` (in slices of
+/// `channel_unit`), last part first, one scratch for all: whether every part ran.
+fn by_parts(
+    a: &mut [i8],
+    scratch: &mut [i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    isa: Isa,
+    parts: usize,
+) -> bool {
+    let Some(unit) = channel_unit(isa, g.dim) else {
+        return false;
+    };
+    let mut views = ChannelsMut::split(a, g.dim, unit, parts);
+    assert_eq!(views.len(), parts.min(g.dim / unit));
+    views
+        .iter_mut()
+        .rev()
+        .all(|v| dw_i8_channels(v, scratch, g, l, act, isa))
+}
+
 /// Each SIMD level's slice-wise kernel (asserted to run, not to fall back) on random grids,
 /// kernels 1..=9, 16..=48 channels, GELU and ReLU, full-range residuals.
 #[test]
@@ -90,12 +112,15 @@ fn slice_wise_depthwise_matches_the_reference() {
         for &isa in isas.iter().filter(|&&i| i != Isa::Scalar) {
             // The least scratch the drivers get, and plenty (the AVX2 kernel then caches
             // its columns widened to i16).
+            // Whole, and split by channels into 2 or 3 cores' parts (run in reverse).
             for len in [dw_slice_scratch_len(g), 4 * dw_slice_scratch_len(g)] {
-                let (mut a, mut scratch) = (x.clone(), vec![0i8; len]);
-                let ran = slice_wise(&mut a, &mut scratch, g, &l.view(), act(gelu), isa);
-                // Every SIMD level has a slice-wise kernel for these layers.
-                assert!(ran, "{isa:?} {g:?}");
-                assert_eq!(a, want, "{isa:?}: {g:?} scratch {len}");
+                for parts in 1..=3 {
+                    let (mut a, mut scratch) = (x.clone(), vec![0i8; len]);
+                    let ran = by_parts(&mut a, &mut scratch, g, &l.view(), act(gelu), isa, parts);
+                    // Every SIMD level has a slice-wise kernel for these layers.
+                    assert!(ran, "{isa:?} {g:?}");
+                    assert_eq!(a, want, "{isa:?}: {g:?} scratch {len}, {parts} parts");
+                }
             }
         }
     }
@@ -156,7 +181,7 @@ fn depthwise_matches_the_reference_at_the_limits() {
             if simd {
                 for len in [dw_slice_scratch_len(g), 4 * dw_slice_scratch_len(g)] {
                     let (mut a, mut scratch) = (x.clone(), vec![0i8; len]);
-                    let ran = slice_wise(&mut a, &mut scratch, g, &l.view(), act(gelu), isa);
+                    let ran = by_parts(&mut a, &mut scratch, g, &l.view(), act(gelu), isa, 2);
                     assert!(ran, "{isa:?} {g:?}");
                     assert_eq!(a, want, "{isa:?} slice-wise: {g:?} {len} case {case}");
                 }

@@ -29,6 +29,7 @@
 
 use core::arch::x86_64::*;
 
+use crate::kernels::parts::ChannelsMut;
 use crate::kernels::quant::x86::{epilogue_c8, Epi};
 use crate::kernels::reference::QuantLayer;
 use crate::kernels::{Grid, Isa};
@@ -94,16 +95,29 @@ pub fn dw_i8_inplace_avx2_8x8(
     l: &QuantLayer<'_>,
     act: Activation,
 ) -> bool {
+    dw_i8_channels_avx2_8x8(&mut ChannelsMut::whole(a, g.dim), scratch, g, l, act)
+}
+
+/// [`dw_i8_inplace_avx2_8x8`] on the channels of one view (a core's part of a layer split
+/// by channels): the same conditions, and the view's channel range in whole 8-channel
+/// slices of the grid's `dim`. Touches only the view's channels (and `scratch`).
+pub fn dw_i8_channels_avx2_8x8(
+    a: &mut ChannelsMut<'_, i8>,
+    scratch: &mut [i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    act: Activation,
+) -> bool {
     let k = g.kernel;
     let ok = Isa::Avx2.available()
         && g.dim.is_multiple_of(8)
+        && super::view_fits(a, g, 8)
         && (1..=DW_MAX_K).contains(&k)
         && g.pad_top < k
         && g.pad_left < k
         && k.checked_mul(k)
             .and_then(|kk| kk.checked_mul(g.dim))
             .is_some_and(|n| l.w.len() >= n)
-        && g.elements().is_some_and(|n| a.len() >= n)
         && scratch_need(g, 16).is_some_and(|n| scratch.len() >= n);
     let wide = scratch_need(g, 32).is_some_and(|n| scratch.len() >= n);
     let e = Epi::new(l, act, g.dim).filter(|_| ok);
@@ -128,7 +142,7 @@ pub fn dw_i8_inplace_avx2_8x8(
 /// The conditions of `dw_rows` with `K` = 0.
 #[inline(always)]
 unsafe fn dw_by_k<const GELU: bool, const WIDE: bool>(
-    a: &mut [i8],
+    a: &mut ChannelsMut<'_, i8>,
     scratch: &mut [i8],
     g: Grid,
     l: &QuantLayer<'_>,
@@ -159,7 +173,7 @@ unsafe fn dw_by_k<const GELU: bool, const WIDE: bool>(
 // ky·5 + p with p < (k + 1) / 2 ≤ 5.
 #[allow(clippy::indexing_slicing)]
 unsafe fn dw_rows<const K: usize, const GELU: bool, const WIDE: bool>(
-    a: &mut [i8],
+    a: &mut ChannelsMut<'_, i8>,
     scratch: &mut [i8],
     g: Grid,
     l: &QuantLayer<'_>,
@@ -183,7 +197,8 @@ unsafe fn dw_rows<const K: usize, const GELU: bool, const WIDE: bool>(
     // SAFETY: in the whole function, offsets stay inside their buffers: cache (slot·cols +
     // col)·cs + cs ≤ k·cols·cs (slot < k, col < cols); zrow col·cs + cs ≤ cols·cs; rowbuf
     // x·8 + 8 ≤ wt·8; activations (row·wt + x)·d + c0 + 8 ≤ tokens·d (row < ht, x < wt,
-    // c0 + 8 ≤ d); weights (ky·k + kx)·d + c0 + 8 ≤ k²·d (kx < k; the tap k of an odd k is
+    // c0 + 8 ≤ d), and c0..c0 + 8 inside the view's channels (its contract: no other core
+    // touches them); weights (ky·k + kx)·d + c0 + 8 ≤ k²·d (kx < k; the tap k of an odd k is
     // never loaded). Cache columns read by output x < wt and pair p: x + 2p ≤ wt − 1 + k − 1
     // = cols − 1. Every intrinsic is AVX2 (the caller's).
     unsafe {
@@ -199,7 +214,7 @@ unsafe fn dw_rows<const K: usize, const GELU: bool, const WIDE: bool>(
         for col in 0..cols {
             put(zrow.add(col * cs), zp);
         }
-        for c0 in (0..d).step_by(8) {
+        for c0 in a.channels().step_by(8) {
             // Input row r of this slice into cache slot r % k: column col holds the bytes
             // of padded columns col and col + 1 interleaved (zp_in outside the row).
             let load_row = |r: usize| {

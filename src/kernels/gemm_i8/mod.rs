@@ -95,22 +95,67 @@ pub fn embed_i8(
     out: &mut [i8],
     isa: Isa,
 ) {
-    let (p, c, taps) = (e.patch, e.in_c, e.taps());
-    // Below these sizes no index formed here overflows or leaves its slice.
     let Some((ht, wt)) = e.grid(px.len(), dim, out.len()) else {
         return;
     };
-    if PW_TILE.checked_mul(taps).is_none_or(|n| scratch.len() < n) {
+    embed_i8_tokens(px, e, dim, l, act, scratch, out, 0..ht * wt, isa);
+}
+
+/// [`embed_i8`] for the tokens `tokens` only (one core's part of the layer), into `out`
+/// (`tokens.len() · dim` bytes: those tokens' outputs); nothing is written where `tokens`
+/// leaves the grid or a buffer is short.
+///
+/// ```
+/// use convmixer_edge::kernels::{gemm_i8, gemm_packed_len, EmbedGeom, Isa};
+/// # use convmixer_edge::{le::I32Le, Activation};
+/// # use convmixer_edge::kernels::reference::QuantLayer;
+/// # let n = 16;
+/// # let rq: Vec<u8> = [1 << 30, 0, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect();
+/// # let bias = vec![0u8; 4 * n];
+/// let g = EmbedGeom { in_h: 6, in_w: 4, in_c: 3, patch: 2 };
+/// let w: Vec<i8> = (0..gemm_packed_len(n, g.taps())).map(|i| (i % 7) as i8 - 3).collect();
+/// let l = QuantLayer { w: &w, bias: I32Le(&bias), requant: I32Le(&rq), zp_in: -128, zp_z: 0, zp_out: 0, table: &[] };
+/// let px: Vec<u8> = (0..6 * 4 * 3).map(|i| (i * 37 % 256) as u8).collect();
+/// let mut scratch = vec![0i8; gemm_i8::embed_scratch_len(g)];
+/// let mut whole = vec![0i8; 6 * n];
+/// gemm_i8::embed_i8(&px, g, n, &l, Activation::Relu, &mut scratch, &mut whole, Isa::detect());
+/// let mut part = vec![0i8; 2 * n]; // tokens 3 and 4
+/// gemm_i8::embed_i8_tokens(&px, g, n, &l, Activation::Relu, &mut scratch, &mut part, 3..5, Isa::detect());
+/// assert_eq!(part, whole[3 * n..5 * n]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn embed_i8_tokens(
+    px: &[u8],
+    e: EmbedGeom,
+    dim: usize,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    scratch: &mut [i8],
+    out: &mut [i8],
+    tokens: core::ops::Range<usize>,
+    isa: Isa,
+) {
+    let (p, c, taps) = (e.patch, e.in_c, e.taps());
+    // Below these sizes no index formed here overflows or leaves its slice (the grid's
+    // outputs are checked as if `out` held them all; it holds `tokens`, checked next).
+    let Some((ht, wt)) = e.grid(px.len(), dim, usize::MAX) else {
+        return;
+    };
+    if tokens.end > ht * wt
+        || tokens.start > tokens.end
+        || out.len() < tokens.len() * dim
+        || PW_TILE.checked_mul(taps).is_none_or(|n| scratch.len() < n)
+    {
         return;
     }
-    let tokens = ht * wt;
     let gemm = Gemm::new(l, taps, dim, act, isa);
-    let mut t = 0;
-    while t < tokens {
-        let n = PW_TILE.min(tokens - t);
+    let mut t = tokens.start;
+    while t < tokens.end {
+        let n = PW_TILE.min(tokens.end - t);
+        let o0 = t - tokens.start;
         let (Some(x), Some(o)) = (
             scratch.get_mut(..n * taps),
-            out.get_mut(t * dim..(t + n) * dim),
+            out.get_mut(o0 * dim..(o0 + n) * dim),
         ) else {
             return;
         };

@@ -1,4 +1,4 @@
-//! `kernel-bench model BLOB [--threads N] [--rounds R] [--images K]`: the whole model, as
+//! `kernel-bench model BLOB [--threads N] [--cores C] [--rounds R] [--images K]`: the whole model, as
 //! `host-tools eval` runs it, without building the host tools. Loads a `.cmx` blob and
 //! runs `Model::logits` on deterministic pseudo-random pixels (the timing does not depend
 //! on the content): one thread, seconds per image (the median of `R` rounds of one image,
@@ -6,7 +6,11 @@
 //! its own arena, each running `K` images per round, and the wall time per image (median of
 //! `R` rounds). Both as wall-clock time and as the threads' CPU time (other processes' time
 //! slices do not count, their contention for the cores and caches does): the machine may
-//! be shared, so compare builds in interleaved runs, by their minima.
+//! be shared, so compare builds in interleaved runs, by their minima. With `--cores C`,
+//! also one image's latency with each layer split over `C` cores (`Model::logits_on`, a
+//! rayon pool of `C` threads) against one core, the two interleaved round by round, and
+//! their ratio (of the minima, and the median of the per-round ratios); the logits must be
+//! bit-identical.
 
 use std::time::Instant;
 
@@ -49,7 +53,7 @@ fn pixels(len: usize, seed: u64) -> Vec<u8> {
 
 pub fn run(args: &[String]) {
     let mut path = None;
-    let (mut threads, mut rounds, mut images) = (1usize, 5usize, 2usize);
+    let (mut threads, mut rounds, mut images, mut cores) = (1usize, 5usize, 2usize, 1usize);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut num = |what: &str| -> usize {
@@ -59,13 +63,15 @@ pub fn run(args: &[String]) {
         };
         match a.as_str() {
             "--threads" => threads = num("--threads"),
+            "--cores" => cores = num("--cores"),
             "--rounds" => rounds = num("--rounds"),
             "--images" => images = num("--images"),
             p => path = Some(p.to_string()),
         }
     }
-    let path =
-        path.expect("usage: kernel-bench model BLOB [--threads N] [--rounds R] [--images K]");
+    let path = path.expect(
+        "usage: kernel-bench model BLOB [--threads N] [--cores C] [--rounds R] [--images K]",
+    );
     let bytes = std::fs::read(&path).expect("read blob");
     let store = aligned(&bytes);
     let blob = &as_bytes(&store)[..bytes.len()];
@@ -138,4 +144,50 @@ pub fn run(args: &[String]) {
             tn.iter().copied().fold(f64::INFINITY, f64::min)
         );
     }
+    if cores > 1 {
+        split(&model, cores, rounds);
+    }
+}
+
+/// One image on `cores` cores against one core, interleaved (see the module docs).
+fn split(model: &Model, cores: usize, rounds: usize) {
+    use convmixer_edge::cores::{OneCore, Rayon};
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cores)
+        .build()
+        .expect("thread pool");
+    let on = Rayon { parts: cores };
+    let classes = usize::from(model.header().classes);
+    let mut arena = vec![0u8; model.arena_len_for(cores)];
+    let px = pixels(model.input_len(), 7);
+    let mut run = |c: &dyn convmixer_edge::cores::Cores| -> (f64, Vec<u32>) {
+        let mut logits = vec![0f32; classes];
+        let t = Instant::now();
+        pool.install(|| model.logits_on(c, &px, &mut arena, &mut logits))
+            .expect("logits");
+        (
+            t.elapsed().as_secs_f64(),
+            logits.iter().map(|v| v.to_bits()).collect(),
+        )
+    };
+    let (_, want) = run(&OneCore);
+    let (_, got) = run(&on);
+    assert_eq!(got, want, "{cores} cores changed the logits");
+    let (mut t1, mut tn, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds.max(3) {
+        let (a, _) = run(&OneCore);
+        let (b, _) = run(&on);
+        t1.push(a);
+        tn.push(b);
+        ratio.push(b / a);
+    }
+    let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    println!(
+        "one image, {cores} cores: {:.4} s wall; 1 core: {:.4} s (minima of {} interleaved rounds); ratio {:.3} (of the minima), {:.3} (median per round); logits bit-identical",
+        min(&tn),
+        min(&t1),
+        t1.len(),
+        min(&tn) / min(&t1),
+        median(ratio)
+    );
 }

@@ -1,0 +1,144 @@
+//! A model split over 1–4 cores gives the bytes of one core: every committed example blob,
+//! every kernel level the CPU has, with the parts run in reverse order on one thread and at
+//! the same time on scoped threads. Runs on x86_64 and on aarch64 under qemu-user.
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::vec;
+use std::vec::Vec;
+
+use crate::cores::Cores;
+use crate::kernels::Isa;
+use crate::{Error, Model};
+
+static BLOBS: [(&str, &[u8]); 5] = [
+    (
+        "mnist int8",
+        include_bytes!("../examples/mnist/convmixer-mnist-int8.cmx"),
+    ),
+    (
+        "mnist fp16",
+        include_bytes!("../examples/mnist/convmixer-mnist-fp16.cmx"),
+    ),
+    (
+        "mnist fp32",
+        include_bytes!("../examples/mnist/convmixer-mnist-fp32.cmx"),
+    ),
+    (
+        "mixer lucid int8",
+        include_bytes!("../examples/mixer-mnist/mixer-lucid-int8.cmx"),
+    ),
+    (
+        "mixer timm int8",
+        include_bytes!("../examples/mixer-mnist/mixer-timm-int8.cmx"),
+    ),
+];
+static IMAGES: &[u8] = include_bytes!("../examples/mnist/heldout-images.idx3-ubyte");
+
+/// `n` parts, run one after another in reverse order; counts the joins of several parts.
+struct Reverse {
+    n: usize,
+    joins: AtomicUsize,
+}
+
+impl Cores for Reverse {
+    fn count(&self) -> usize {
+        self.n
+    }
+    fn join(&self, tasks: &mut [&mut (dyn FnMut() + Send)]) {
+        assert!(tasks.len() <= self.n, "more tasks than cores");
+        self.joins.fetch_add(1, Ordering::Relaxed);
+        for t in tasks.iter_mut().rev() {
+            t();
+        }
+    }
+}
+
+/// `n` parts on scoped threads, all at once.
+struct Threads(usize);
+
+impl Cores for Threads {
+    fn count(&self) -> usize {
+        self.0
+    }
+    fn join(&self, tasks: &mut [&mut (dyn FnMut() + Send)]) {
+        std::thread::scope(|s| {
+            for t in tasks.iter_mut() {
+                s.spawn(t);
+            }
+        });
+    }
+}
+
+fn bits(m: &Model, cores: &dyn Cores, px: &[u8]) -> Vec<u32> {
+    let mut arena = vec![0u8; m.arena_len_for(cores.count())];
+    let mut out = vec![0f32; usize::from(m.header().classes)];
+    m.logits_on(cores, px, &mut arena, &mut out)
+        .expect("inference");
+    out.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn every_core_count_gives_the_logits_of_one() {
+    for (name, blob) in BLOBS {
+        for isa in Isa::ALL {
+            let Ok(m) = Model::from_bytes(blob).expect("blob").with_isa(isa) else {
+                continue;
+            };
+            let len = m.input_len();
+            for i in 0..3 {
+                let px = &IMAGES[16 + i * len..16 + (i + 1) * len];
+                let one = bits(&m, &crate::cores::OneCore, px);
+                for n in 1..=4 {
+                    let rev = Reverse {
+                        n,
+                        joins: AtomicUsize::new(0),
+                    };
+                    assert_eq!(bits(&m, &rev, px), one, "{name} {isa:?} {n} parts reversed");
+                    assert_eq!(bits(&m, &Threads(n), px), one, "{name} {isa:?} {n} threads");
+                    // One core never joins; an int8 ConvMixer on several splits its
+                    // embedding and every pointwise conv (and, with SIMD, its depthwise).
+                    let depth = usize::from(m.header().depth);
+                    let joins = rev.joins.load(Ordering::Relaxed);
+                    if n == 1 {
+                        assert_eq!(joins, 0, "{name}");
+                    } else if name == "mnist int8" {
+                        let want = 1 + depth * if isa == Isa::Scalar { 1 } else { 2 };
+                        assert_eq!(joins, want, "{name} {isa:?} {n} parts");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_arena_is_sized_for_the_core_count() {
+    let m = Model::from_bytes(BLOBS[0].1).expect("blob");
+    let px = &IMAGES[16..16 + m.input_len()];
+    let need = m.arena_len_for(4);
+    assert!(
+        need > m.arena_len(),
+        "four parts need more scratch than one"
+    );
+    let mut arena = vec![0u8; need - 1];
+    let mut out = vec![0f32; usize::from(m.header().classes)];
+    let got = m.logits_on(&Threads(4), px, &mut arena, &mut out);
+    assert_eq!(
+        got,
+        Err(Error::ArenaTooSmall {
+            needed: need,
+            got: need - 1
+        })
+    );
+    // More cores than MAX_PARTS use MAX_PARTS parts.
+    let many = Reverse {
+        n: 64,
+        joins: AtomicUsize::new(0),
+    };
+    assert_eq!(
+        m.arena_len_for(64),
+        m.arena_len_for(crate::cores::MAX_PARTS)
+    );
+    assert_eq!(bits(&m, &many, px), bits(&m, &crate::cores::OneCore, px));
+}
