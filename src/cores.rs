@@ -6,18 +6,22 @@
 //! for every core count.
 //!
 //! [`OneCore`] runs the tasks one after another (what [`Model::logits`](crate::Model::logits)
-//! uses); with the `rayon` feature, [`Rayon`] runs them on rayon's thread pool. A board
-//! implements the trait over its own cores (`firmware/baremetal`).
+//! uses); [`Team`] hands them to other cores or threads that wait in [`Team::serve`]
+//! (secondary cores on bare metal, or `std::thread::scope` threads: `Team::scoped` with the
+//! `std` feature).
 //!
 //! Safety argument: the trait is safe to implement. Each task is a `&mut (dyn FnMut() +
 //! Send)` borrowed for the duration of [`Cores::join`]; an implementation written in safe
 //! Rust can hand the borrows to other threads only through scoped APIs
-//! (`std::thread::scope`, `rayon::scope`) that return after every task has finished, so
+//! (`std::thread::scope`) that return after every task has finished, so
 //! the borrows cannot outlive the call. An implementation that passes a task to another
 //! core with `unsafe` code (a raw pointer in a mailbox) must itself wait for that core to
 //! finish the task before `join` returns: that wait is the whole of its safety argument
-//! and lives beside its `unsafe` block.
-#![forbid(unsafe_code)]
+//! and lives beside its `unsafe` block ([`Team`]'s is in `team.rs`).
+
+#[allow(unsafe_code)]
+mod team;
+pub use team::Team;
 
 /// The most parts a layer is split into (cores beyond this many stay idle).
 pub const MAX_PARTS: usize = 8;
@@ -66,43 +70,6 @@ impl Cores for OneCore {
         for t in tasks {
             t();
         }
-    }
-}
-
-/// `parts` tasks on rayon's current thread pool (`rayon::scope`): the calling thread runs
-/// the first, the pool the others. Install a pool of N threads
-/// (`rayon::ThreadPoolBuilder`) to use N cores.
-///
-/// ```
-/// use convmixer_edge::cores::{Cores, Rayon};
-/// let cores = Rayon { parts: 2 };
-/// let (mut a, mut b) = (0, 0);
-/// cores.join(&mut [&mut || a = 1, &mut || b = 2]);
-/// assert_eq!((a, b), (1, 2));
-/// ```
-#[cfg(feature = "rayon")]
-#[derive(Clone, Copy, Debug)]
-pub struct Rayon {
-    /// Parts per layer (at least 1).
-    pub parts: usize,
-}
-
-#[cfg(feature = "rayon")]
-impl Cores for Rayon {
-    fn count(&self) -> usize {
-        self.parts.max(1)
-    }
-
-    fn join(&self, tasks: &mut [&mut (dyn FnMut() + Send)]) {
-        let Some((first, rest)) = tasks.split_first_mut() else {
-            return;
-        };
-        rayon::scope(|s| {
-            for t in rest {
-                s.spawn(move |_| t());
-            }
-            first();
-        });
     }
 }
 

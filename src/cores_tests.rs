@@ -1,13 +1,13 @@
 //! A model split over 1–4 cores gives the bytes of one core: every committed example blob,
-//! every kernel level the CPU has, with the parts run in reverse order on one thread and at
-//! the same time on scoped threads. Runs on x86_64 and on aarch64 under qemu-user.
+//! every kernel level the CPU has, with the parts run in reverse order on one thread, at
+//! the same time on scoped threads, and on a `Team` of helper threads. Runs on x86_64 and on aarch64 under qemu-user.
 #![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::vec;
 use std::vec::Vec;
 
-use crate::cores::Cores;
+use crate::cores::{Cores, Team};
 use crate::kernels::Isa;
 use crate::{Error, Model};
 
@@ -78,6 +78,20 @@ fn bits(m: &Model, cores: &dyn Cores, px: &[u8]) -> Vec<u32> {
     out.iter().map(|v| v.to_bits()).collect()
 }
 
+/// [`bits`] on a [`Team`] of `n` served by scoped threads (what `Team::scoped` does).
+fn team_bits(m: &Model, n: usize, px: &[u8]) -> Vec<u32> {
+    let team = Team::new(n);
+    std::thread::scope(|s| {
+        for slot in 0..team.helpers() {
+            let team = &team;
+            s.spawn(move || team.serve(slot, |_| std::thread::yield_now()));
+        }
+        let out = bits(m, &team, px);
+        team.stop();
+        out
+    })
+}
+
 #[test]
 fn every_core_count_gives_the_logits_of_one() {
     for (name, blob) in BLOBS {
@@ -96,6 +110,7 @@ fn every_core_count_gives_the_logits_of_one() {
                     };
                     assert_eq!(bits(&m, &rev, px), one, "{name} {isa:?} {n} parts reversed");
                     assert_eq!(bits(&m, &Threads(n), px), one, "{name} {isa:?} {n} threads");
+                    assert_eq!(team_bits(&m, n, px), one, "{name} {isa:?} team of {n}");
                     // One core never joins; an int8 ConvMixer on several splits its
                     // embedding and every pointwise conv (and, with SIMD, its depthwise).
                     let depth = usize::from(m.header().depth);
@@ -141,4 +156,39 @@ fn the_arena_is_sized_for_the_core_count() {
         m.arena_len_for(crate::cores::MAX_PARTS)
     );
     assert_eq!(bits(&m, &many, px), bits(&m, &crate::cores::OneCore, px));
+}
+
+/// A team joins many times in a row, with fewer tasks than cores, more tasks than cores
+/// (the rest run on the caller), and from two threads at once (the second caller runs its
+/// own tasks): every task runs exactly once each time.
+#[test]
+fn a_team_runs_every_task_once() {
+    let team = Team::new(3);
+    std::thread::scope(|s| {
+        for slot in 0..team.helpers() {
+            let team = &team;
+            s.spawn(move || team.serve(slot, |_| std::hint::spin_loop()));
+        }
+        let count = |team: &Team, n: usize, rounds: usize| {
+            let mut hits = vec![0u32; n];
+            for _ in 0..rounds {
+                let mut tasks: Vec<_> = hits.iter_mut().map(|h| move || *h += 1).collect();
+                let mut refs: Vec<&mut (dyn FnMut() + Send)> = tasks
+                    .iter_mut()
+                    .map(|t| t as &mut (dyn FnMut() + Send))
+                    .collect();
+                team.join(&mut refs);
+            }
+            hits
+        };
+        std::thread::scope(|inner| {
+            let a = inner.spawn(|| count(&team, 3, 500));
+            let b = inner.spawn(|| count(&team, 5, 500));
+            assert_eq!(a.join().unwrap(), vec![500; 3]);
+            assert_eq!(b.join().unwrap(), vec![500; 5]);
+        });
+        assert_eq!(count(&team, 1, 10), vec![10]);
+        assert_eq!(count(&team, 0, 10), Vec::<u32>::new());
+        team.stop();
+    });
 }

@@ -25,7 +25,7 @@ fn element<const N: usize>(b: &[u8], i: usize) -> Option<[u8; N]> {
 /// let bytes = 1.5f32.to_le_bytes();
 /// assert_eq!(F32Le(&bytes).at(0), 1.5);
 /// ```
-pub trait FloatWeights: Copy + crate::sealed::Sealed {
+pub trait FloatWeights: Copy + Sync + crate::sealed::Sealed {
     /// Whether elements are f16 (else f32).
     const HALF: bool;
     /// Element `i` as f32 (0 past the end).

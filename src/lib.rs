@@ -52,7 +52,7 @@
 )]
 #![warn(missing_docs)]
 
-#[cfg(test)]
+#[cfg(any(test, feature = "std"))]
 extern crate std;
 
 /// Seals traits whose implementations the unsafe kernels rely on (`FloatWeights`,

@@ -105,6 +105,10 @@ impl LayerOutput<'_> {
 /// activations, then one scratch buffer of `part` bytes per core (16-aligned), the pooled
 /// features and the logits.
 struct Plan {
+    /// The alignment of the arena's start, the activations and each core's scratch: 16
+    /// bytes on one core, a 64-byte cache line on several (no line is written by two
+    /// cores: the parts of a split layer start at multiples of 64 bytes).
+    line: usize,
     b: usize,
     part: usize,
     mean: usize,
@@ -250,12 +254,15 @@ impl<'a> Model<'a> {
             let act = 4 * h.tokens() * usize::from(h.dim);
             (act, act)
         };
-        let b = align16(act);
-        let part = align16(second);
+        let line = if parts > 1 { 64 } else { 16 };
+        let up = |x: usize| x.div_ceil(line) * line;
+        let b = up(act);
+        let part = up(second);
         let mean = b + part * parts.clamp(1, MAX_PARTS);
         let logits = align16(mean + 4 * usize::from(h.dim));
         let end = logits + 4 * usize::from(h.classes);
         Plan {
+            line,
             b,
             part,
             mean,
@@ -288,7 +295,8 @@ impl<'a> Model<'a> {
     /// # }
     /// ```
     pub fn arena_len_for(&self, parts: usize) -> usize {
-        self.plan(parts).end + 15
+        let p = self.plan(parts);
+        p.end + p.line - 1
     }
 
     /// Bytes of one input image: `in_h · in_w · in_c`.
@@ -451,8 +459,8 @@ impl<'a> Model<'a> {
                 got: arena.len(),
             });
         }
-        let start = arena.as_ptr().align_offset(16).min(15);
         let plan = self.plan(parts);
+        let start = arena.as_ptr().align_offset(plan.line).min(plan.line - 1);
         // The plan's offsets ascend (b ≤ mean ≤ logits ≤ end) and start + end ≤ needed ≤
         // arena.len(): none of these fails.
         let short = Error::ArenaTooSmall {
@@ -469,6 +477,11 @@ impl<'a> Model<'a> {
         let dim = usize::from(h.dim);
         let logits: &mut [f32] = bytemuck::try_cast_slice_mut(logits)
             .map_err(|_| Error::Malformed("arena alignment"))?;
+        let work = Work {
+            cores,
+            parts,
+            part: plan.part,
+        };
         let mut none = |_: usize, _: LayerOutput<'_>| {};
         let trace = trace.unwrap_or(&mut none);
         match h.precision {
@@ -490,11 +503,6 @@ impl<'a> Model<'a> {
                 let mean: &mut [i32] = bytemuck::try_cast_slice_mut(mean)
                     .map_err(|_| Error::Malformed("arena alignment"))?;
                 let mean = mean.get_mut(..dim).ok_or(short)?;
-                let work = Work {
-                    cores,
-                    parts,
-                    part: plan.part,
-                };
                 self.run_int8(pixels, a, b, mean, logits, trace, work)?;
             }
             p => {
@@ -505,14 +513,17 @@ impl<'a> Model<'a> {
                 let mean: &mut [f32] = bytemuck::try_cast_slice_mut(mean)
                     .map_err(|_| Error::Malformed("arena alignment"))?;
                 let mean = mean.get_mut(..dim).ok_or(short)?;
+                let w = work;
                 match (p, self.f16_arith) {
                     (Precision::F16, true) => {
-                        self.run_float::<_, F16Arith>(pixels, a, b, mean, logits, F16Le, trace)?
+                        self.run_float::<_, F16Arith>(pixels, a, b, mean, logits, F16Le, trace, w)?
                     }
                     (Precision::F16, false) => {
-                        self.run_float::<_, F32Arith>(pixels, a, b, mean, logits, F16Le, trace)?
+                        self.run_float::<_, F32Arith>(pixels, a, b, mean, logits, F16Le, trace, w)?
                     }
-                    _ => self.run_float::<_, F32Arith>(pixels, a, b, mean, logits, F32Le, trace)?,
+                    _ => {
+                        self.run_float::<_, F32Arith>(pixels, a, b, mean, logits, F32Le, trace, w)?
+                    }
                 }
             }
         }
@@ -570,6 +581,7 @@ impl<'a> Model<'a> {
         logits: &mut [f32],
         wrap: fn(&'a [u8]) -> W,
         trace: &mut Trace<'_>,
+        work: Work<'_>,
     ) -> Result<(), Error> {
         let h = self.header();
         let act = h.activation;
@@ -604,7 +616,13 @@ impl<'a> Model<'a> {
             dw_f::dw::<W, M>(a, g, &self.float_layer(1 + 2 * i, wrap)?, act, b, self.isa);
             trace(1 + 2 * i, M::trace(b));
             let pw = self.float_layer(2 + 2 * i, wrap)?;
-            pw_f::pw::<W, M>(b, g.tokens(), g.dim, &pw, act, a, self.isa);
+            let (isa, dim, b) = (self.isa, g.dim, &*b);
+            let items = by_tokens(a, g.tokens(), dim, work.parts);
+            fork(work.cores, items, |(t, out)| {
+                if let Some(x) = b.get(t.start * dim..t.end * dim) {
+                    pw_f::pw::<W, M>(x, t.len(), dim, &pw, act, out, isa)
+                }
+            });
             trace(2 + 2 * i, M::trace(a));
         }
         let hl = h.head_layer();
@@ -686,7 +704,12 @@ impl<'a> Model<'a> {
                 mixed::dw_inplace(a, b, g, &self.mixed_layer(dw)?, act);
             } else {
                 let l = self.quant_layer(dw)?;
-                let unit = dw_i8::channel_unit(isa, dim).filter(|_| parts > 1);
+                // Whole cache lines per part where the channels allow (the kernel's
+                // slices, 8 or 16 channels, divide 64).
+                let line = |u: usize| if dim >= 64 * parts { 64 } else { u };
+                let unit = dw_i8::channel_unit(isa, dim)
+                    .filter(|_| parts > 1)
+                    .map(line);
                 if !unit.is_some_and(|u| dw_split(a, &mut sc, g, &l, act, isa, u, work.cores)) {
                     let b = sc.first_mut().ok_or(short)?;
                     dw_i8::dw_i8_inplace(a, b, g, &l, act, isa);
@@ -833,12 +856,12 @@ struct Work<'c> {
 
 /// `a`'s tokens in `parts` consecutive ranges (sizes differing by at most one): each
 /// range with its `dim`-wide values.
-fn by_tokens(
-    a: &mut [i8],
+fn by_tokens<T>(
+    a: &mut [T],
     tokens: usize,
     dim: usize,
     parts: usize,
-) -> impl Iterator<Item = (Range<usize>, &mut [i8])> {
+) -> impl Iterator<Item = (Range<usize>, &mut [T])> {
     let mut rest = a;
     bounds(tokens, parts).map(move |t| {
         let n = (t.len() * dim).min(rest.len());

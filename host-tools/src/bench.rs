@@ -313,7 +313,7 @@ fn cross_check(root: &Path, plugin: &Path, pi: &Path) -> Result<u64> {
     let args: Vec<String> = [&blob, &raw]
         .iter()
         .map(|p| p.display().to_string())
-        .chain(["--raw", "--isa", "neon"].map(String::from))
+        .chain(["--raw", "--isa", "neon", "--threads", "1"].map(String::from))
         .collect();
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| run_plugin(plugin, "cortex-a72", pi, &args));
@@ -370,7 +370,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 struct HostTimes {
     /// Our int8 `classify` (auto ISA) on one core.
     ours: Duration,
-    /// The same with each layer split over every core (`classify_on`, rayon's pool).
+    /// The same with each layer split over every core (`classify_on`, a scoped `Team`).
     ours_cores: Duration,
     /// The cores `ours_cores` used.
     cores: usize,
@@ -382,8 +382,21 @@ struct HostTimes {
 /// give the single core's top-5.
 fn host_times(p: &Prepared, c: &RandomConfig, reps: usize) -> Result<HostTimes> {
     let model = Model::from_bytes(&p.blob_bytes).map_err(|e| anyhow!("blob: {e}"))?;
-    let cores = rayon::current_num_threads().min(convmixer_edge::cores::MAX_PARTS);
-    let split = convmixer_edge::cores::Rayon { parts: cores };
+    let cores = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(convmixer_edge::cores::MAX_PARTS);
+    convmixer_edge::cores::Team::scoped(cores, |split| host_times_on(p, c, reps, &model, split))
+}
+
+fn host_times_on(
+    p: &Prepared,
+    c: &RandomConfig,
+    reps: usize,
+    model: &Model,
+    split: &convmixer_edge::cores::Team,
+) -> Result<HostTimes> {
+    use convmixer_edge::cores::Cores;
+    let cores = split.count();
     let mut arena = vec![0u8; model.arena_len_for(cores)];
     let tract = TractModel::load(&p.onnx, c.in_c, c.in_h, c.in_w)?;
     let (mut ours, mut ours_cores, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
@@ -395,14 +408,14 @@ fn host_times(p: &Prepared, c: &RandomConfig, reps: usize) -> Result<HostTimes> 
         Ok((t.elapsed(), top.iter().map(|x| x.0).collect()))
     };
     let (_, want) = one(&convmixer_edge::cores::OneCore)?;
-    let (_, got) = one(&split)?;
+    let (_, got) = one(split)?;
     if got != want {
         bail!("{cores} cores gave top-5 {got:?}, one core {want:?}");
     }
     tract.run_pixels(&p.pixels, &[], &[])?;
     for _ in 0..reps {
         ours.push(one(&convmixer_edge::cores::OneCore)?.0);
-        ours_cores.push(one(&split)?.0);
+        ours_cores.push(one(split)?.0);
         let t = Instant::now();
         let logits = tract.run_pixels(&p.pixels, &[], &[])?;
         theirs.push(t.elapsed());

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use convmixer_edge::cores::{Rayon, MAX_PARTS};
+use convmixer_edge::cores::{Cores, Team, MAX_PARTS};
 use convmixer_edge::{Model, Precision};
 use convmixer_quantize::onnx::{self, ModelProto};
 use convmixer_quantize::{data, mixed::Target, mixer, par, reference::TractModel, Options};
@@ -1070,17 +1070,27 @@ fn classify(model: &Path, images: &[PathBuf], top: usize, json: bool) -> Result<
         usize::from(h.in_c),
     );
     let name = |c: u16| m.label(c).map_or_else(|| c.to_string(), String::from);
-    // Images in parallel, printed in the order given; fewer images than threads share the
-    // rest out by splitting each image's layers (one image: all of them on every core).
-    let parts = (rayon::current_num_threads() / images.len().max(1)).clamp(1, MAX_PARTS);
-    let cores = Rayon { parts };
+    // Images in parallel, printed in the order given; one image alone is split over every
+    // core (its layers in parts on a scoped Team).
+    if let [path] = images {
+        let threads = rayon::current_num_threads().min(MAX_PARTS);
+        let px = data::load_image(path, shape)?;
+        let best = Team::scoped(threads, |team| {
+            let mut arena = vec![0u8; m.arena_len_for(team.count())];
+            m.classify_on::<32>(team, &px, &mut arena)
+        })
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        print_top(
+            &path.display().to_string(),
+            &best[..top.min(best.len())],
+            json,
+            &name,
+        );
+        return Ok(());
+    }
     let one = |path: &PathBuf| -> Result<Vec<(u16, f32)>> {
         let px = data::load_image(path, shape)?;
-        // A fresh arena (not par::with_scratch's per-thread one): a thread waiting for
-        // its split layer's parts may start another image meanwhile (rayon steals work).
-        let mut arena = vec![0u8; m.arena_len_for(parts)];
-        let best = m
-            .classify_on::<32>(&cores, &px, &mut arena)
+        let best = par::with_scratch(m.arena_len(), |arena| m.classify::<32>(&px, arena))
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok(best.iter().take(top).copied().collect())
     };
@@ -1093,22 +1103,27 @@ fn classify(model: &Path, images: &[PathBuf], top: usize, json: bool) -> Result<
             let path = paths
                 .next()
                 .map_or_else(String::new, |p| p.display().to_string());
-            if json {
-                let top: Vec<_> = best
-                    .iter()
-                    .map(|&(c, p)| serde_json::json!({"class": c, "label": name(c), "score": p}))
-                    .collect();
-                println!("{}", serde_json::json!({"image": path, "top": top}));
-            } else {
-                let list: Vec<String> = best
-                    .iter()
-                    .map(|&(c, p)| format!("{} {:.4}", name(c), p))
-                    .collect();
-                println!("{path}: {}", list.join(", "));
-            }
+            print_top(&path, &best, json, &name);
         },
         &|| {},
     )
+}
+
+/// One `classify` result line (or JSON object): the image and its best classes.
+fn print_top(path: &str, best: &[(u16, f32)], json: bool, name: &dyn Fn(u16) -> String) {
+    if json {
+        let top: Vec<_> = best
+            .iter()
+            .map(|&(c, p)| serde_json::json!({"class": c, "label": name(c), "score": p}))
+            .collect();
+        println!("{}", serde_json::json!({"image": path, "top": top}));
+    } else {
+        let list: Vec<String> = best
+            .iter()
+            .map(|&(c, p)| format!("{} {:.4}", name(c), p))
+            .collect();
+        println!("{path}: {}", list.join(", "));
+    }
 }
 
 fn argmax(v: &[f32]) -> usize {

@@ -7,16 +7,17 @@
 //!
 //! Each image (PNG or PGM/PPM of the model's input size, or with `--raw` a file of exactly
 //! `in_h · in_w · in_c` raw HWC `u8` pixels) is classified `N` times (default 1) with the
-//! chosen kernels on `T` cores (default: every core; each layer is split into `T` parts
-//! on a rayon pool of `T` threads, and the result is bit-identical to one core's) and its
-//! top-5 classes are printed once. `--repeat` exists for
+//! chosen kernels on `T` cores (default: every core; each layer is split into `T` parts,
+//! run by this thread and `T − 1` `std::thread::scope` threads serving a
+//! `convmixer_edge::cores::Team`; the result is bit-identical to one core's) and its top-5
+//! classes are printed once. `--repeat` exists for
 //! benchmarks: `host-tools bench` counts this program's instructions under qemu-aarch64
 //! with `N` and `2N` runs. Every failure prints one line `error: …` and exits with status 1
 //! (2 for command-line mistakes).
 
 use std::process::ExitCode;
 
-use convmixer_edge::cores::Rayon;
+use convmixer_edge::cores::{Cores, Team};
 use convmixer_edge::kernels::Isa;
 use convmixer_edge::Model;
 
@@ -139,18 +140,17 @@ fn run(args: &Args) -> Result<(), String> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| format!("--threads {threads}: cannot start the threads: {e}"))?;
-    let cores = Rayon { parts: threads };
-    let mut arena = vec![0u8; model.arena_len_for(threads)];
+    Team::scoped(threads, |team| classify_all(args, &model, team))
+}
+
+/// Every image of `args` on `team`'s cores, printed as it is done.
+fn classify_all(args: &Args, model: &Model<'_>, team: &Team) -> Result<(), String> {
+    let mut arena = vec![0u8; model.arena_len_for(team.count())];
     for path in &args.images {
-        let px = load_pixels(path, &model, args.raw)?;
-        let mut once = || classify_once(&model, &cores, &px, &mut arena, path);
-        let mut top = pool.install(&mut once)?;
+        let px = load_pixels(path, model, args.raw)?;
+        let mut top = classify_once(model, team, &px, &mut arena, path)?;
         for _ in 1..args.repeat {
-            top = pool.install(&mut once)?;
+            top = classify_once(model, team, &px, &mut arena, path)?;
         }
         let list: Vec<String> = top
             .iter()
@@ -167,7 +167,7 @@ fn run(args: &Args) -> Result<(), String> {
 /// One classification: the top 5 (class, probability) pairs, best first.
 fn classify_once(
     model: &Model<'_>,
-    cores: &Rayon,
+    cores: &Team,
     px: &[u8],
     arena: &mut [u8],
     path: &str,

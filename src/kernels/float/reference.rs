@@ -148,7 +148,7 @@ pub fn fma_f16(a: f32, b: f32, c: f32) -> f32 {
 /// ```
 pub trait FloatArith: Copy + 'static + crate::sealed::Sealed {
     /// Activation storage: `f32`, or f16 bits.
-    type Act: Copy + Default + bytemuck::Pod;
+    type Act: Copy + Default + bytemuck::Pod + Send + Sync;
     /// Whether this is binary16 arithmetic.
     const HALF: bool;
     /// The stored activation as f32 (exact).

@@ -7,8 +7,8 @@
 //! `R` rounds). Both as wall-clock time and as the threads' CPU time (other processes' time
 //! slices do not count, their contention for the cores and caches does): the machine may
 //! be shared, so compare builds in interleaved runs, by their minima. With `--cores C`,
-//! also one image's latency with each layer split over `C` cores (`Model::logits_on`, a
-//! rayon pool of `C` threads) against one core, the two interleaved round by round, and
+//! also one image's latency with each layer split over `C` cores (`Model::logits_on` on a
+//! `Team` of this thread and `C − 1` scoped threads) against one core, the two interleaved round by round, and
 //! their ratio (of the minima, and the median of the per-round ratios); the logits must be
 //! bit-identical.
 
@@ -151,19 +151,21 @@ pub fn run(args: &[String]) {
 
 /// One image on `cores` cores against one core, interleaved (see the module docs).
 fn split(model: &Model, cores: usize, rounds: usize) {
-    use convmixer_edge::cores::{OneCore, Rayon};
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(cores)
-        .build()
-        .expect("thread pool");
-    let on = Rayon { parts: cores };
+    use convmixer_edge::cores::Team;
+    Team::scoped(cores, |on| split_on(model, on, rounds))
+}
+
+fn split_on(model: &Model, on: &convmixer_edge::cores::Team, rounds: usize) {
+    use convmixer_edge::cores::{Cores, OneCore};
+    let cores = on.count();
     let classes = usize::from(model.header().classes);
     let mut arena = vec![0u8; model.arena_len_for(cores)];
     let px = pixels(model.input_len(), 7);
     let mut run = |c: &dyn convmixer_edge::cores::Cores| -> (f64, Vec<u32>) {
         let mut logits = vec![0f32; classes];
         let t = Instant::now();
-        pool.install(|| model.logits_on(c, &px, &mut arena, &mut logits))
+        model
+            .logits_on(c, &px, &mut arena, &mut logits)
             .expect("logits");
         (
             t.elapsed().as_secs_f64(),
@@ -171,12 +173,12 @@ fn split(model: &Model, cores: usize, rounds: usize) {
         )
     };
     let (_, want) = run(&OneCore);
-    let (_, got) = run(&on);
+    let (_, got) = run(on);
     assert_eq!(got, want, "{cores} cores changed the logits");
     let (mut t1, mut tn, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds.max(3) {
         let (a, _) = run(&OneCore);
-        let (b, _) = run(&on);
+        let (b, _) = run(on);
         t1.push(a);
         tn.push(b);
         ratio.push(b / a);
