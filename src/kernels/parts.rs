@@ -7,7 +7,7 @@
 //! and [`ChannelsMut::split`] gives each view a range that no other view of the same
 //! split has. Code holding a view touches only elements `t · dim + c` with `c` in its
 //! range (the safe accessor [`ChannelsMut::token`] returns exactly those; the SIMD kernels
-//! that take [`ChannelsMut::as_mut_ptr`] state it in their `SAFETY` comments), so no two
+//! that take `ChannelsMut::as_mut_ptr` state it in their `SAFETY` comments), so no two
 //! views ever access the same element, and none outlives the borrow (`PhantomData<&'a mut
 //! [T]>`). A view is therefore `Send` like the `&mut [T]` it came from.
 
