@@ -282,6 +282,78 @@ pub(crate) fn per_inference(
     Ok((diff / n as u64, r2))
 }
 
+/// Cores of the critical-path counts (a Raspberry Pi's four).
+const CORES: usize = 4;
+
+/// Instructions added to the critical path per part handed to another core: the
+/// `cores::Team` hand-off as compiled for aarch64 (`Team::join`'s store loop, 5 per
+/// helper; its wait's load and compare; the helper's slot load, compare, indirect call and
+/// release store), rounded up. The waits themselves are spins on one cache line: time, not
+/// work, and not counted.
+const HANDOFF: u64 = 12;
+
+/// Instructions added per split layer: `Team::join`'s own prologue, checks, task-0 call
+/// and the `Pending` guard (about 45 as compiled for aarch64), rounded up. The `--count-parts`
+/// join that the count runs executes its own, similar, bookkeeping, which `split` includes.
+const JOIN: u64 = 48;
+
+/// One model's counts on [`CORES`] cores, per inference.
+struct Critical {
+    /// Every instruction, the parts run in turn on one core.
+    split: u64,
+    /// What the slowest core executes: `split` less, in each split layer, the parts other
+    /// than the busiest, plus [`HANDOFF`] per part handed to a helper and [`JOIN`] per
+    /// split layer.
+    path: u64,
+    /// Split layers per inference.
+    joins: u64,
+}
+
+/// [`Critical`] from two `--count-parts` runs (N = 1 and 2 repetitions, at once): each
+/// figure is the 2N run's less the N run's.
+fn critical_path(m: &Method, cpu: &str, prog: &Path, args: &[String]) -> Result<Critical> {
+    let with = |reps: usize| {
+        let mut a = args.to_vec();
+        a.extend(["--repeat".to_string(), reps.to_string()]);
+        a
+    };
+    let (a1, a2) = (with(1), with(2));
+    let (r1, r2) = std::thread::scope(|s| {
+        let h1 = s.spawn(|| m.run(cpu, prog, &a1));
+        let h2 = s.spawn(|| m.run(cpu, prog, &a2));
+        (h1.join(), h2.join())
+    });
+    let r1 = r1.map_err(|_| anyhow!("counting thread panicked"))??;
+    let r2 = r2.map_err(|_| anyhow!("counting thread panicked"))??;
+    let (s1, j1, e1) = host_tools::qemu_count::join_savings(&r1.marks)?;
+    let (s2, j2, e2) = host_tools::qemu_count::join_savings(&r2.marks)?;
+    let diff = |a: u64, b: u64, what: &str| {
+        b.checked_sub(a)
+            .ok_or_else(|| anyhow!("{}: the 2N run has fewer {what}", prog.display()))
+    };
+    let split = diff(
+        r1.counts.instructions,
+        r2.counts.instructions,
+        "instructions",
+    )?;
+    let (saved, joins, extra) = (
+        diff(s1, s2, "savings")?,
+        diff(j1, j2, "joins")?,
+        diff(e1, e2, "parts")?,
+    );
+    if joins == 0 {
+        bail!(
+            "{}: no split layers were marked (--count-parts)",
+            prog.display()
+        );
+    }
+    Ok(Critical {
+        split,
+        path: split - saved + HANDOFF * extra + JOIN * joins,
+        joins,
+    })
+}
+
 /// Builds the counting plugin (host target, its own target dir); returns the `.so`.
 fn build_plugin(root: &Path) -> Result<PathBuf> {
     let target_dir = root.join("target/bench-plugin");
@@ -537,7 +609,7 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
     )?;
     count(
         "int8 SDOT (--isa dot)",
-        "max",
+        "cortex-a76",
         &pi,
         pi_args("dot"),
         Some(limdot),
@@ -581,11 +653,11 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
         !slow,
         why,
     )?;
-    count("tract fp32", "max", &tr, tr_args, None, !slow, why)?;
+    count("tract fp32", "cortex-a76", &tr, tr_args, None, !slow, why)?;
     // The f16 blob: binary16 arithmetic where FEAT_FP16 is (max), f32 elsewhere (A72).
     count(
         "fp16 FMLA .8h (f16 arith)",
-        "max",
+        "cortex-a76",
         &pi,
         pi_args_for(&p.blob_fp16, "dot"),
         Some(macs.limit_float(8)),
@@ -630,6 +702,44 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
             .find(|x| x.what.starts_with(what) && x.cpu == cpu)
             .and_then(|x| x.insns)
     };
+    // Several cores: each split layer's busiest part, counted on one thread between the
+    // plugin's markers (convmixer-pi --count-parts), against one core's count.
+    let mut critical: Vec<Value> = Vec::new();
+    for (what, cpu, isa) in [
+        ("int8 SMLAL", "cortex-a72", "neon"),
+        ("int8 SDOT", "cortex-a76", "dot"),
+    ] {
+        let Method::Plugin(_) = ctx.method else {
+            break; // the log counter has no markers
+        };
+        eprintln!(
+            "bench: {}: counting the critical path of {what} on {CORES} cores ({cpu})…",
+            spec.key
+        );
+        let mut args = pi_args(isa);
+        args.extend(["--count-parts".to_string(), CORES.to_string()]);
+        let c = critical_path(ctx.method, cpu, &pi, &args)?;
+        let one = insns(what, cpu);
+        eprintln!(
+            "bench: {}: {what} on {cpu}, {CORES} cores: critical path {} of {} instructions ({} on one core)",
+            spec.key,
+            thousands(c.path),
+            thousands(c.split),
+            one.map_or("?".into(), thousands)
+        );
+        critical.push(json!({
+            "path": what,
+            "cpu": cpu,
+            "cores": CORES,
+            "instructions_1core": one,
+            "instructions_split_in_turn": c.split,
+            "critical_path_instructions": c.path,
+            "critical_path_over_1core": one.map(|o| c.path as f64 / o as f64),
+            "joins_per_inference": c.joins,
+            "handoff_instructions_per_part": HANDOFF,
+            "join_instructions_per_layer": JOIN,
+        }));
+    }
     let mut loops: Vec<mca::LoopReport> = Vec::new();
     for (what, kinds) in [
         (
@@ -676,13 +786,13 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
         "macs_pw": macs.pw,
         "macs_head": macs.head,
         "instructions_v80": insns("int8 SMLAL", "cortex-a72"),
-        "instructions_dotprod": insns("int8 SDOT", "max"),
+        "instructions_dotprod": insns("int8 SDOT", "cortex-a76"),
         "instructions_scalar": insns("int8 scalar", "cortex-a72"),
         "tract_fp32_instructions": insns("tract", "cortex-a72"),
-        "tract_fp32_instructions_max": insns("tract", "max"),
+        "tract_fp32_instructions_a76": insns("tract", "cortex-a76"),
         "limit_v80": lim80,
         "limit_dotprod": limdot,
-        "instructions_fp16": insns("fp16 FMLA .8h", "max"),
+        "instructions_fp16": insns("fp16 FMLA .8h", "cortex-a76"),
         "instructions_fp16_f32_arith": insns("fp16 FMLA .4s", "cortex-a72"),
         "limit_fp16": macs.limit_float(8),
         "limit_f32": macs.limit_float(4),
@@ -698,6 +808,7 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
         "activation_bytes": act_bytes,
         "arena_over_activation": arena as f64 / act_bytes as f64,
         "mca": loops.iter().map(|l| l.json()).collect::<Vec<_>>(),
+        "critical_path": critical,
         "skipped": skipped,
         "counter": ctx.method.name(),
     });
@@ -816,6 +927,22 @@ fn bench_model(spec: &Spec, p: &Prepared, ctx: &Ctx<'_>) -> Result<Report> {
         theirs.as_secs_f64() * 1e3,
         ours.as_secs_f64() / theirs.as_secs_f64()
     );
+    for c in &critical {
+        let _ = writeln!(
+            t,
+            "  {} cores, {} on {}: critical path {} instructions = {:.3} of one core's {}",
+            CORES,
+            c["path"].as_str().unwrap_or(""),
+            c["cpu"].as_str().unwrap_or(""),
+            c["critical_path_instructions"]
+                .as_u64()
+                .map_or("?".into(), thousands),
+            c["critical_path_over_1core"].as_f64().unwrap_or(f64::NAN),
+            c["instructions_1core"]
+                .as_u64()
+                .map_or("?".into(), thousands),
+        );
+    }
     let _ = writeln!(
         t,
         "  memory: blob {} bytes ({}), arena {} bytes, one int8 activation tensor {} bytes ({} tokens x {}), arena/activation {:.2}",

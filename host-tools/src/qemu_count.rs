@@ -231,6 +231,60 @@ pub struct Run {
     /// Guest address of the program's entry point as loaded ([`Counter::start_pc`], or
     /// what the plugin reports).
     pub entry_pc: Option<u64>,
+    /// The plugin's markers, in execution order: (hint number, instructions so far); empty
+    /// for the log counter.
+    pub marks: Vec<(u64, u64)>,
+}
+
+/// What the plugin wrote: the counts, the executed blocks, the entry point and the markers.
+pub type Parsed = (Counts, Vec<Block>, Option<u64>, Vec<(u64, u64)>);
+
+/// Instructions that the parts of split layers save when they run on several cores: over
+/// the markers of a `convmixer-pi --count-parts` run (`HINT #96` before a layer's parts,
+/// `#97` before each part, `#98` after the last), each layer's parts' instructions minus
+/// its busiest part's. Returns (saved instructions, layers, parts beyond each layer's first).
+///
+/// ```
+/// use host_tools::qemu_count::join_savings;
+/// // One layer of two parts (100 and 60 instructions), one of three (10, 30, 20).
+/// let marks = [(96, 0), (97, 5), (97, 105), (98, 165), (96, 200), (97, 201), (97, 211), (97, 241), (98, 261)];
+/// assert_eq!(join_savings(&marks).unwrap(), (60 + 30, 2, 3));
+/// ```
+pub fn join_savings(marks: &[(u64, u64)]) -> Result<(u64, u64, u64)> {
+    let (mut saved, mut joins, mut extra) = (0u64, 0u64, 0u64);
+    let mut i = 0;
+    while i < marks.len() {
+        if marks[i].0 != 96 {
+            bail!(
+                "marker #{} at {} outside a layer's parts",
+                marks[i].0,
+                marks[i].1
+            );
+        }
+        let mut starts = Vec::new();
+        i += 1;
+        while i < marks.len() && marks[i].0 == 97 {
+            starts.push(marks[i].1);
+            i += 1;
+        }
+        let Some(&(98, end)) = marks.get(i) else {
+            bail!("a layer's parts do not end in marker #98");
+        };
+        i += 1;
+        let bounds: Vec<u64> = starts.iter().copied().chain([end]).collect();
+        let parts: Vec<u64> = bounds
+            .windows(2)
+            .map(|w| w[1].saturating_sub(w[0]))
+            .collect();
+        let (sum, max) = (
+            parts.iter().sum::<u64>(),
+            parts.iter().copied().max().unwrap_or(0),
+        );
+        saved += sum - max;
+        joins += 1;
+        extra += parts.len().saturating_sub(1) as u64;
+    }
+    Ok((saved, joins, extra))
 }
 
 /// The entry point (`e_entry`) of a 64-bit little-endian ELF file.
@@ -307,20 +361,26 @@ pub fn run_counted(cpu: &str, prog: &Path, args: &[String]) -> Result<Run> {
         stdout,
         blocks: counter.blocks(),
         entry_pc: counter.start_pc(),
+        marks: Vec::new(),
     })
 }
 
 /// Reads the file `tools/qemu-insn-plugin` writes: `start <hex>` (where `_start` was
 /// translated) and one `block <hex pc> <insns> <execs>` line per translation that ran.
-pub fn parse_plugin_output(text: &str) -> Result<(Counts, Vec<Block>, Option<u64>)> {
+pub fn parse_plugin_output(text: &str) -> Result<Parsed> {
     let mut counts = Counts::default();
     let mut blocks = Vec::new();
     let mut entry = None;
+    let mut marks = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let f: Vec<&str> = line.split_ascii_whitespace().collect();
         let bad = || anyhow!("qemu-insn-plugin output line {}: {line:?}", n + 1);
         match f.as_slice() {
             ["start", pc] => entry = Some(u64::from_str_radix(pc, 16).map_err(|_| bad())?),
+            ["mark", hint, count] => marks.push((
+                hint.parse().map_err(|_| bad())?,
+                count.parse().map_err(|_| bad())?,
+            )),
             ["block", pc, size, execs] => {
                 let b = Block {
                     pc: u64::from_str_radix(pc, 16).map_err(|_| bad())?,
@@ -336,7 +396,7 @@ pub fn parse_plugin_output(text: &str) -> Result<(Counts, Vec<Block>, Option<u64
             _ => return Err(bad()),
         }
     }
-    Ok((counts, blocks, entry))
+    Ok((counts, blocks, entry, marks))
 }
 
 /// Runs `qemu-aarch64 -cpu CPU -plugin PLUGIN,out=FILE PROG ARGS` with the counting
@@ -376,7 +436,7 @@ pub fn run_plugin(plugin: &Path, cpu: &str, prog: &Path, args: &[String]) -> Res
         bail!("{} failed ({}): {}", what(), res.status, last.trim());
     }
     let text = text.with_context(|| format!("{}: the plugin wrote no counts", what()))?;
-    let (counts, blocks, entry_pc) = parse_plugin_output(&text)?;
+    let (counts, blocks, entry_pc, marks) = parse_plugin_output(&text)?;
     if counts.blocks_executed == 0 {
         bail!("{}: the plugin counted nothing", what());
     }
@@ -385,6 +445,7 @@ pub fn run_plugin(plugin: &Path, cpu: &str, prog: &Path, args: &[String]) -> Res
         stdout: String::from_utf8_lossy(&res.stdout).into_owned(),
         blocks,
         entry_pc,
+        marks,
     })
 }
 

@@ -94,9 +94,9 @@ fn a_log_without_trailing_blank_line_closes_its_last_block() {
 
 #[test]
 fn reads_the_plugin_output() {
-    let text =
-        "start 5500001000\nblock 5500001000 3 1\nblock 5500001010 2 4\nblock 5500001010 3 2\n";
-    let (counts, blocks, entry) = parse_plugin_output(text).unwrap();
+    let text = "start 5500001000\nblock 5500001000 3 1\nblock 5500001010 2 4\nmark 96 7\nblock 5500001010 3 2\nmark 98 12\n";
+    let (counts, blocks, entry, marks) = parse_plugin_output(text).unwrap();
+    assert_eq!(marks, [(96, 7), (98, 12)]);
     assert_eq!(entry, Some(0x55_0000_1000));
     assert_eq!(
         counts,

@@ -2,7 +2,8 @@
 //! (64-bit Raspberry Pi OS) or any other Linux.
 //!
 //! ```text
-//! convmixer-pi MODEL.cmx IMAGE... [--repeat N] [--isa auto|scalar|neon|dot] [--threads T] [--raw]
+//! convmixer-pi MODEL.cmx IMAGE... [--repeat N] [--isa auto|scalar|neon|dot]
+//!              [--threads T | --count-parts P] [--raw]
 //! ```
 //!
 //! Each image (PNG or PGM/PPM of the model's input size, or with `--raw` a file of exactly
@@ -12,8 +13,11 @@
 //! `convmixer_edge::cores::Team`; the result is bit-identical to one core's) and its top-5
 //! classes are printed once. `--repeat` exists for
 //! benchmarks: `host-tools bench` counts this program's instructions under qemu-aarch64
-//! with `N` and `2N` runs. Every failure prints one line `error: …` and exits with status 1
-//! (2 for command-line mistakes).
+//! with `N` and `2N` runs. `--count-parts P` is for the benchmark too: each layer is split
+//! into `P` parts that run one after another on this thread, between the marker hints of
+//! `tools/qemu-insn-plugin`, so that each part's instructions can be counted under qemu
+//! (the busiest part of each layer is what `P` cores would wait for). Every failure prints
+//! one line `error: …` and exits with status 1 (2 for command-line mistakes).
 
 use std::process::ExitCode;
 
@@ -22,7 +26,7 @@ use convmixer_edge::kernels::Isa;
 use convmixer_edge::Model;
 
 const USAGE: &str = "usage: convmixer-pi MODEL.cmx IMAGE... [--repeat N] \
-                     [--isa auto|scalar|neon|dot] [--threads T] [--raw]";
+                     [--isa auto|scalar|neon|dot] [--threads T | --count-parts P] [--raw]";
 
 /// Which kernels to run (`Fixed` keeps the spelling the user gave, for messages).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,12 +44,15 @@ struct Args {
     isa: IsaArg,
     /// Cores per image (`None`: every core).
     threads: Option<usize>,
+    /// Parts per layer, run in turn between marker hints (`--count-parts`).
+    count_parts: Option<usize>,
     raw: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut positional = Vec::new();
     let (mut repeat, mut isa, mut raw, mut threads) = (1, IsaArg::Auto, false, None);
+    let mut count_parts = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -76,6 +83,13 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                         .ok_or_else(|| format!("--threads {v}: expected a positive integer"))?,
                 );
             }
+            "--count-parts" => {
+                let v = it.next().ok_or("--count-parts needs a value")?;
+                count_parts =
+                    Some(v.parse().ok().filter(|&n: &usize| n > 0).ok_or_else(|| {
+                        format!("--count-parts {v}: expected a positive integer")
+                    })?);
+            }
             "--raw" => raw = true,
             "-h" | "--help" => return Err(USAGE.into()),
             "--" => positional.extend(it.by_ref().cloned()),
@@ -93,6 +107,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         repeat,
         isa,
         threads,
+        count_parts,
         raw,
     })
 }
@@ -140,11 +155,44 @@ fn run(args: &Args) -> Result<(), String> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if let Some(parts) = args.count_parts {
+        return classify_all(args, &model, &Marked(parts));
+    }
     Team::scoped(threads, |team| classify_all(args, &model, team))
 }
 
+/// `--count-parts`: `.0` parts per layer, run in turn on this thread between the marker
+/// hints of `tools/qemu-insn-plugin`: `HINT #96` before a layer's parts, `#97` before each
+/// part, `#98` after the last.
+struct Marked(usize);
+
+/// Executes the marker hint `#N` (a NOP to the CPU; the counting plugin logs it).
+fn mark<const N: u32>() {
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: HINT #96..#98 are hint encodings that execute as NOPs: no effect on
+    // registers, memory or flags.
+    unsafe {
+        core::arch::asm!("hint #{n}", n = const N, options(nomem, nostack, preserves_flags))
+    };
+}
+
+impl Cores for Marked {
+    fn count(&self) -> usize {
+        self.0
+    }
+
+    fn join(&self, tasks: &mut [&mut (dyn FnMut() + Send)]) {
+        mark::<96>();
+        for t in tasks {
+            mark::<97>();
+            t();
+        }
+        mark::<98>();
+    }
+}
+
 /// Every image of `args` on `team`'s cores, printed as it is done.
-fn classify_all(args: &Args, model: &Model<'_>, team: &Team) -> Result<(), String> {
+fn classify_all(args: &Args, model: &Model<'_>, team: &dyn Cores) -> Result<(), String> {
     let mut arena = vec![0u8; model.arena_len_for(team.count())];
     for path in &args.images {
         let px = load_pixels(path, model, args.raw)?;
@@ -167,7 +215,7 @@ fn classify_all(args: &Args, model: &Model<'_>, team: &Team) -> Result<(), Strin
 /// One classification: the top 5 (class, probability) pairs, best first.
 fn classify_once(
     model: &Model<'_>,
-    cores: &Team,
+    cores: &dyn Cores,
     px: &[u8],
     arena: &mut [u8],
     path: &str,
@@ -218,6 +266,7 @@ mod tests {
                 repeat: 3,
                 isa: IsaArg::Fixed(Isa::NeonDot, "dot"),
                 threads: None,
+                count_parts: None,
                 raw: false
             }
         );

@@ -14,6 +14,13 @@
 //! Σ insns · execs is the dynamic instruction count: the same figure as weighting qemu's
 //! `-d in_asm,exec,nochain` log ([`host_tools::qemu_count`](../host_tools/qemu_count/)
 //! parses that, and `host-tools bench` checks that both agree), hundreds of times faster.
+//!
+//! Markers: each execution of one of the hint instructions `HINT #96`, `#97`, `#98` (NOPs
+//! to every AArch64 CPU; `convmixer-pi --count-parts` places them around each layer's
+//! parts) adds a line `mark <n> <count>`: the hint's number and the instructions executed
+//! so far (a running total bumped, like the block counters, when each block starts: exact
+//! to within the marker's block, and only for single-threaded programs). `host-tools bench`
+//! turns these into each layer's busiest part.
 //! Written against the plugin API of qemu 7.2 (API version 1; also in later versions).
 
 #![allow(unsafe_code)]
@@ -60,6 +67,36 @@ extern "C" {
     fn qemu_plugin_register_vcpu_tb_exec_inline(tb: *mut Tb, op: c_int, ptr: *mut c_void, imm: u64);
     fn qemu_plugin_tb_get_insn(tb: *const Tb, idx: usize) -> *mut Insn;
     fn qemu_plugin_insn_symbol(insn: *const Insn) -> *const c_char;
+    fn qemu_plugin_insn_data(insn: *const Insn) -> *const c_void;
+    fn qemu_plugin_insn_size(insn: *const Insn) -> usize;
+    fn qemu_plugin_register_vcpu_insn_exec_cb(
+        insn: *mut Insn,
+        cb: unsafe extern "C" fn(u32, *mut c_void),
+        flags: c_int,
+        userdata: *mut c_void,
+    );
+}
+
+/// `QEMU_PLUGIN_CB_NO_REGS`.
+const CB_NO_REGS: c_int = 0;
+
+/// The marker hints' encodings (`HINT #96..=#98`: `0xD503201F | imm7 << 5`) and numbers.
+const MARKS: [(u32, u64); 3] = [(0xD503_2C1F, 96), (0xD503_2C3F, 97), (0xD503_2C5F, 98)];
+
+/// Instructions executed so far (every block adds its length when it starts).
+static TOTAL: AtomicU64 = AtomicU64::new(0);
+/// The markers executed: (hint number, `TOTAL` then).
+static MARKED: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+/// qemu's callback for an executed marker hint (`data`: its number).
+///
+/// # Safety
+/// Called by qemu only; `data` is the number passed at registration, not a pointer.
+unsafe extern "C" fn on_mark(_vcpu: u32, data: *mut c_void) {
+    let total = TOTAL.load(Ordering::Relaxed);
+    if let Ok(mut m) = MARKED.lock() {
+        m.push((data as u64, total));
+    }
 }
 
 /// One translation: start address, instructions, and the address of its counter (a
@@ -93,7 +130,30 @@ unsafe extern "C" fn on_translate(_id: PluginId, tb: *mut Tb) {
     let counter: &'static mut u64 = Box::leak(Box::new(0));
     let ptr: *mut u64 = counter;
     // SAFETY: the counter lives for the rest of the process; the add is 1 per execution.
-    unsafe { qemu_plugin_register_vcpu_tb_exec_inline(tb, INLINE_ADD_U64, ptr.cast(), 1) };
+    // TOTAL is a static; the add is the block's length.
+    unsafe {
+        qemu_plugin_register_vcpu_tb_exec_inline(tb, INLINE_ADD_U64, ptr.cast(), 1);
+        qemu_plugin_register_vcpu_tb_exec_inline(
+            tb,
+            INLINE_ADD_U64,
+            TOTAL.as_ptr().cast(),
+            insns as u64,
+        );
+    }
+    for i in 0..insns {
+        // SAFETY: instruction i < insns exists; its bytes are qemu's, valid during the
+        // callback, and read only where it has 4 of them.
+        unsafe {
+            let insn = qemu_plugin_tb_get_insn(tb, i);
+            if qemu_plugin_insn_size(insn) != 4 {
+                continue;
+            }
+            let word = qemu_plugin_insn_data(insn).cast::<u32>().read_unaligned();
+            if let Some(&(_, n)) = MARKS.iter().find(|m| m.0 == u32::from_le(word)) {
+                qemu_plugin_register_vcpu_insn_exec_cb(insn, on_mark, CB_NO_REGS, n as *mut c_void);
+            }
+        }
+    }
     if let Ok(mut t) = TRANSLATIONS.lock() {
         t.push(Translation {
             pc,
@@ -115,6 +175,11 @@ unsafe extern "C" fn on_exit(_id: PluginId, _data: *mut c_void) {
     let start = START.load(Ordering::Relaxed);
     if start != 0 {
         text.push_str(&format!("start {start:x}\n"));
+    }
+    if let Ok(m) = MARKED.lock() {
+        for (n, count) in m.iter() {
+            text.push_str(&format!("mark {n} {count}\n"));
+        }
     }
     if let Ok(t) = TRANSLATIONS.lock() {
         for tr in t.iter() {
