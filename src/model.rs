@@ -351,6 +351,18 @@ impl<'a> Model<'a> {
         arena: &mut [u8],
         out: &mut [f32],
     ) -> Result<(), Error> {
+        self.logits_into(pixels, arena, out, None, cores)
+    }
+
+    /// The logits into `out`, checked to have one slot per class.
+    fn logits_into(
+        &self,
+        pixels: &[u8],
+        arena: &mut [u8],
+        out: &mut [f32],
+        trace: Option<&mut Trace<'_>>,
+        cores: &dyn Cores,
+    ) -> Result<(), Error> {
         let classes = usize::from(self.header().classes);
         if out.len() != classes {
             return Err(Error::OutputSize {
@@ -358,7 +370,7 @@ impl<'a> Model<'a> {
                 got: out.len(),
             });
         }
-        let logits = self.run(pixels, arena, None, cores)?;
+        let logits = self.run(pixels, arena, trace, cores)?;
         out.copy_from_slice(logits);
         Ok(())
     }
@@ -386,16 +398,7 @@ impl<'a> Model<'a> {
         out: &mut [f32],
         trace: &mut Trace<'_>,
     ) -> Result<(), Error> {
-        let classes = usize::from(self.header().classes);
-        if out.len() != classes {
-            return Err(Error::OutputSize {
-                expected: classes,
-                got: out.len(),
-            });
-        }
-        let logits = self.run(pixels, arena, Some(trace), &OneCore)?;
-        out.copy_from_slice(logits);
-        Ok(())
+        self.logits_into(pixels, arena, out, Some(trace), &OneCore)
     }
 
     /// Classifies one image (raw HWC `u8` pixels, gray or RGB as the model expects) and

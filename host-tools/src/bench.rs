@@ -253,19 +253,7 @@ pub(crate) fn per_inference(
     args: &[String],
     n: usize,
 ) -> Result<(u64, Run)> {
-    let with = |reps: usize| {
-        let mut a = args.to_vec();
-        a.extend(["--repeat".to_string(), reps.to_string()]);
-        a
-    };
-    let (a1, a2) = (with(n), with(2 * n));
-    let (r1, r2) = std::thread::scope(|s| {
-        let h1 = s.spawn(|| m.run(cpu, prog, &a1));
-        let h2 = s.spawn(|| m.run(cpu, prog, &a2));
-        (h1.join(), h2.join())
-    });
-    let r1 = r1.map_err(|_| anyhow!("counting thread panicked"))??;
-    let r2 = r2.map_err(|_| anyhow!("counting thread panicked"))??;
+    let (r1, r2) = runs(m, cpu, prog, args, n)?;
     for c in [r1.counts, r2.counts] {
         check_complete(c)?;
     }
@@ -312,19 +300,7 @@ struct Critical {
 /// [`Critical`] from two `--count-parts` runs (N = 1 and 2 repetitions, at once): each
 /// figure is the 2N run's less the N run's.
 fn critical_path(m: &Method, cpu: &str, prog: &Path, args: &[String]) -> Result<Critical> {
-    let with = |reps: usize| {
-        let mut a = args.to_vec();
-        a.extend(["--repeat".to_string(), reps.to_string()]);
-        a
-    };
-    let (a1, a2) = (with(1), with(2));
-    let (r1, r2) = std::thread::scope(|s| {
-        let h1 = s.spawn(|| m.run(cpu, prog, &a1));
-        let h2 = s.spawn(|| m.run(cpu, prog, &a2));
-        (h1.join(), h2.join())
-    });
-    let r1 = r1.map_err(|_| anyhow!("counting thread panicked"))??;
-    let r2 = r2.map_err(|_| anyhow!("counting thread panicked"))??;
+    let (r1, r2) = runs(m, cpu, prog, args, 1)?;
     let (s1, j1, e1) = host_tools::qemu_count::join_savings(&r1.marks)?;
     let (s2, j2, e2) = host_tools::qemu_count::join_savings(&r2.marks)?;
     let diff = |a: u64, b: u64, what: &str| {
@@ -352,6 +328,24 @@ fn critical_path(m: &Method, cpu: &str, prog: &Path, args: &[String]) -> Result<
         path: split - saved + HANDOFF * extra + JOIN * joins,
         joins,
     })
+}
+
+/// The runs of `prog args --repeat N` and `--repeat 2N`, at once.
+fn runs(m: &Method, cpu: &str, prog: &Path, args: &[String], n: usize) -> Result<(Run, Run)> {
+    let with = |reps: usize| {
+        let mut a = args.to_vec();
+        a.extend(["--repeat".to_string(), reps.to_string()]);
+        a
+    };
+    let (a1, a2) = (with(n), with(2 * n));
+    let (r1, r2) = std::thread::scope(|s| {
+        let h1 = s.spawn(|| m.run(cpu, prog, &a1));
+        let h2 = s.spawn(|| m.run(cpu, prog, &a2));
+        (h1.join(), h2.join())
+    });
+    let r1 = r1.map_err(|_| anyhow!("counting thread panicked"))??;
+    let r2 = r2.map_err(|_| anyhow!("counting thread panicked"))??;
+    Ok((r1, r2))
 }
 
 /// Builds the counting plugin (host target, its own target dir); returns the `.so`.
