@@ -102,8 +102,8 @@ impl LayerOutput<'_> {
 }
 
 /// Where each buffer lives inside the arena (byte offsets from the aligned start): the
-/// activations, then one scratch buffer of `part` bytes per core (16-aligned), the pooled
-/// features and the logits.
+/// activations, then one scratch buffer of `part` bytes per core (`line`-aligned), the
+/// pooled features and the logits.
 struct Plan {
     /// The alignment of the arena's start, the activations and each core's scratch: 16
     /// bytes on one core, a 64-byte cache line on several (no line is written by two
@@ -114,6 +114,13 @@ struct Plan {
     mean: usize,
     logits: usize,
     end: usize,
+}
+
+impl Plan {
+    /// Arena bytes for this plan: up to `line − 1` bytes to align the start, then `end`.
+    fn arena_len(&self) -> usize {
+        self.end + self.line - 1
+    }
 }
 
 fn align16(x: usize) -> usize {
@@ -295,8 +302,7 @@ impl<'a> Model<'a> {
     /// # }
     /// ```
     pub fn arena_len_for(&self, parts: usize) -> usize {
-        let p = self.plan(parts);
-        p.end + p.line - 1
+        self.plan(parts).arena_len()
     }
 
     /// Bytes of one input image: `in_h · in_w · in_c`.
@@ -455,14 +461,14 @@ impl<'a> Model<'a> {
             });
         }
         let parts = cores.count().clamp(1, MAX_PARTS);
-        let needed = self.arena_len_for(parts);
+        let plan = self.plan(parts);
+        let needed = plan.arena_len();
         if arena.len() < needed {
             return Err(Error::ArenaTooSmall {
                 needed,
                 got: arena.len(),
             });
         }
-        let plan = self.plan(parts);
         let start = arena.as_ptr().align_offset(plan.line).min(plan.line - 1);
         // The plan's offsets ascend (b ≤ mean ≤ logits ≤ end) and start + end ≤ needed ≤
         // arena.len(): none of these fails.

@@ -1173,36 +1173,32 @@ fn eval(model: &Path, dir: &Path, json: bool, prep: &Prep) -> Result<()> {
         });
     } else {
         let proto = read_onnx(model)?;
-        if mixer::is_mixer(&proto) {
+        // Either network: import it, then fold it once, which checks --mean/--std against
+        // its channels; tract runs the ONNX file itself.
+        let prep = if mixer::is_mixer(&proto) {
             let m = import_mixer(model, &proto)?;
             let prep = prep.for_onnx(model, &proto)?;
-            convmixer_quantize::mixer::fold(&m, &prep.mean, &prep.std)?; // checks --mean/--std
-            shape = (m.in_h, m.in_w, m.in_c);
-            classes = m.classes();
-            labels = match prep.labels {
-                Some(_) => read_labels(prep.labels.as_deref())?,
-                None => prep.names.clone(),
-            };
-            kind = "fp32-onnx".into();
-            let tract = TractModel::load(model, m.in_c, m.in_h, m.in_w)?;
-            let (mean, std) = (prep.mean.clone(), prep.std.clone());
-            predict = Box::new(move |px| Ok(argmax(&tract.run_pixels(px, &mean, &std)?)));
+            convmixer_quantize::mixer::fold(&m, &prep.mean, &prep.std)?;
+            (shape, classes) = ((m.in_h, m.in_w, m.in_c), m.classes());
+            prep
         } else {
             let imported = import_convmixer(model, &proto)?;
             let prep = prep.for_onnx(model, &proto)?;
-            let fold_check = convmixer_quantize::fold::fold(&imported, &prep.mean, &prep.std)?;
-            drop(fold_check); // validates --mean/--std against the model's channels
-            shape = (imported.in_h, imported.in_w, imported.in_c);
-            classes = imported.classes();
-            labels = match prep.labels {
-                Some(_) => read_labels(prep.labels.as_deref())?,
-                None => prep.names.clone(),
-            };
-            kind = "fp32-onnx".into();
-            let tract = TractModel::load(model, imported.in_c, imported.in_h, imported.in_w)?;
-            let (mean, std) = (prep.mean.clone(), prep.std.clone());
-            predict = Box::new(move |px| Ok(argmax(&tract.run_pixels(px, &mean, &std)?)));
-        }
+            convmixer_quantize::fold::fold(&imported, &prep.mean, &prep.std)?;
+            (shape, classes) = (
+                (imported.in_h, imported.in_w, imported.in_c),
+                imported.classes(),
+            );
+            prep
+        };
+        labels = match prep.labels {
+            Some(_) => read_labels(prep.labels.as_deref())?,
+            None => prep.names.clone(),
+        };
+        kind = "fp32-onnx".into();
+        let tract = TractModel::load(model, shape.2, shape.0, shape.1)?;
+        let (mean, std) = (prep.mean, prep.std);
+        predict = Box::new(move |px| Ok(argmax(&tract.run_pixels(px, &mean, &std)?)));
     }
     let set = data::image_folder(dir, &labels, classes)?;
     let pb = bar(set.len(), "evaluating");
