@@ -20,7 +20,11 @@
 //! Each figure, ours and ONNX Runtime's alike, is the best of [`ROUNDS`] runs (a whole
 //! command, or a pass over the images), except where one run takes [`LONG_S`] or more
 //! (T768's quantisations): the machines this runs on are shared, and the best run is the
-//! one least disturbed by the rest of the machine, on both sides.
+//! one least disturbed by the rest of the machine, on both sides. Our `quantize` runs
+//! alternate between the thread counts, round by round, and a quantisation under
+//! [`SHORT_S`] (B1's, 0.1–0.2 s) gets [`SHORT_ROUNDS`]: its thread-count ratio is then
+//! taken from minima over the same stretch of time, not from three runs each at different
+//! moments of a shared machine.
 //!
 //! Models: B1 (the random ConvMixer-256/8 at 32×32 of `bench`) and timm's
 //! `convmixer_768_32` at 224×224 (`T768`: the TorchScript export that
@@ -56,14 +60,31 @@ const ROUNDS: usize = 3;
 /// A run this long (seconds) is not repeated.
 const LONG_S: f64 = 5.0;
 
-/// The best (smallest) of up to [`ROUNDS`] results of `run`, ordered by their first
-/// element; one run where it takes [`LONG_S`] or more.
-fn best_of<T>(mut run: impl FnMut() -> Result<(f64, T)>) -> Result<(f64, T)> {
-    let mut best = run()?;
-    for _ in 1..if best.0 >= LONG_S { 1 } else { ROUNDS } {
-        let r = run()?;
-        if r.0 < best.0 {
-            best = r;
+/// Rounds of a quantisation that takes less than [`SHORT_S`] seconds.
+const SHORT_ROUNDS: usize = 12;
+
+/// See [`SHORT_ROUNDS`].
+const SHORT_S: f64 = 1.0;
+
+/// The best (smallest) time of `run(t)` for each of `threads`, the thread counts taking
+/// turns round by round: [`ROUNDS`] rounds, [`SHORT_ROUNDS`] where the first round took
+/// under [`SHORT_S`] per run, one where it took [`LONG_S`] or more.
+fn best_interleaved(threads: &[usize], run: impl Fn(usize) -> Result<f64>) -> Result<Vec<f64>> {
+    let mut best = threads
+        .iter()
+        .map(|&t| run(t))
+        .collect::<Result<Vec<f64>>>()?;
+    let slowest = best.iter().copied().fold(0.0, f64::max);
+    let rounds = if slowest >= LONG_S {
+        1
+    } else if slowest < SHORT_S {
+        SHORT_ROUNDS
+    } else {
+        ROUNDS
+    };
+    for _ in 1..rounds {
+        for (b, &t) in best.iter_mut().zip(threads) {
+            *b = b.min(run(t)?);
         }
     }
     Ok(best)
@@ -235,7 +256,7 @@ fn bench_one(
             .map(String::from),
         );
         a.extend(["--threads".into(), t.to_string(), "-o".into(), s(out)]);
-        Ok(best_of(|| timed(&exe, &a))?.0)
+        Ok(timed(&exe, &a)?.0)
     };
     // (eval's own `s_per_image`: the image loop, decoding included; the whole command,
     // model loading included, divided by the images)
@@ -295,11 +316,13 @@ fn bench_one(
     }
     let ort: Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| anyhow!("tools/peers/host_bench.py printed no JSON ({e})"))?;
+    eprintln!("bench --host: {}: ours, quantize…", spec.key);
+    // Every thread count writes the same blob (tests/threads.rs): the last one is kept.
+    let quantize_s = best_interleaved(threads, |t| quantize(t, "int8", &int8))?;
+    quantize(threads.iter().copied().max().unwrap_or(1), "fp16", &fp16)?;
     let mut rows = Vec::new();
-    for &t in threads {
+    for (&t, &quantize_s) in threads.iter().zip(&quantize_s) {
         eprintln!("bench --host: {}: ours, {t} thread(s)…", spec.key);
-        let quantize_s = quantize(t, "int8", &int8)?;
-        quantize(t, "fp16", &fp16)?;
         let r = &ort["threads"][t.to_string()];
         let (int8_s, int8_command_s) = eval(t, &int8)?;
         let (fp16_s, fp16_command_s) = eval(t, &fp16)?;

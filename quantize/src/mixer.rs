@@ -305,10 +305,10 @@ impl<'a, 'g> Walker<'a, 'g> {
             bail!("tensor '{name}': shape computation too deep");
         }
         if let Some(t) = self.g.consts.get(name) {
-            if t.data.len() > MAX_SHAPE_LEN || t.data.iter().any(|v| v.fract() != 0.0) {
-                bail!("tensor '{name}' is not a small integer vector");
-            }
-            return Ok(t.data.iter().map(|&v| v as i64).collect());
+            return match t.int_values() {
+                Some(v) if v.len() <= MAX_SHAPE_LEN => Ok(v),
+                _ => bail!("tensor '{name}' is not a small integer vector"),
+            };
         }
         let n = self
             .producer
@@ -612,13 +612,7 @@ impl<'a, 'g> Walker<'a, 'g> {
         }
         self.check_grid(h, w, p)?;
         let b = self.bias(conv, 2, dim)?;
-        let embed = linear(
-            describe(conv),
-            wt.data.iter().map(|&v| v as f32).collect(),
-            b,
-            c * p * p,
-            dim,
-        )?;
+        let embed = linear(describe(conv), wt.data.clone(), b, c * p * p, dim)?;
         let (gh, gw) = (h / p, w / p);
         let mut t = conv.output[0].as_str();
         self.set_shape(t, &[1, dim, gh, gw]);
@@ -757,7 +751,7 @@ impl<'a, 'g> Walker<'a, 'g> {
                         t.data.len()
                     );
                 }
-                Ok(t.data.iter().map(|&v| v as f32).collect())
+                Ok(t.data.clone())
             }
         }
     }
@@ -793,15 +787,12 @@ impl<'a, 'g> Walker<'a, 'g> {
                             t.dims
                         );
                     }
-                    b = t.data.iter().map(|&v| v as f32).collect();
+                    b = t.data.clone();
                     out = add.output[0].as_str();
                 }
             }
         }
-        Ok((
-            linear(describe(mm), w.iter().map(|&v| v as f32).collect(), b, k, n)?,
-            out,
-        ))
+        Ok((linear(describe(mm), w, b, k, n)?, out))
     }
 
     /// A Conv1d with kernel 1 over `[1, a, b]` (channels `a`): mixes axis 1.
@@ -826,13 +817,7 @@ impl<'a, 'g> Walker<'a, 'g> {
         }
         let b = self.bias(n, 2, *m)?;
         Ok((
-            linear(
-                describe(n),
-                wt.data.iter().map(|&v| v as f32).collect(),
-                b,
-                a,
-                *m,
-            )?,
+            linear(describe(n), wt.data.clone(), b, a, *m)?,
             n.output[0].as_str(),
         ))
     }
@@ -971,7 +956,7 @@ impl<'a, 'g> Walker<'a, 'g> {
                     t.data.len()
                 );
             }
-            let v: Vec<f32> = t.data.iter().map(|&v| v as f32).collect();
+            let v = t.data.clone();
             check_finite(&format!("LayerNorm {what} '{name}'"), &v)?;
             Ok(v)
         };
@@ -1080,7 +1065,7 @@ impl<'a, 'g> Walker<'a, 'g> {
             .find(|i| **i != var.output[0])
             .map_or("", |s| s.as_str());
         let eps = match (add.op_type.as_str(), self.g.consts.get(eps_name)) {
-            ("Add", Some(t)) if t.data.len() == 1 => t.data[0] as f32,
+            ("Add", Some(t)) if t.data.len() == 1 => t.data[0],
             _ => return Err(bad(add, "Add(variance, ε)")),
         };
         let sqrt = self.next(&add.output[0], "the Sqrt")?;
@@ -1176,7 +1161,7 @@ impl<'a, 'g> Walker<'a, 'g> {
                 let w = linear_weight(wt, trans_b, dim, n)?;
                 let classes = w.len() / dim;
                 let b = self.bias(n, 2, classes)?.iter().map(|v| v * beta).collect();
-                let w = w.iter().map(|&v| (v * alpha) as f32).collect();
+                let w = w.iter().map(|&v| (f64::from(v) * alpha) as f32).collect();
                 (
                     linear(describe(n), w, b, dim, classes)?,
                     n.output[0].as_str(),

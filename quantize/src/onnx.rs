@@ -149,11 +149,36 @@ pub(crate) struct Graph<'g> {
     pub(crate) input: &'g pb::ValueInfoProto,
 }
 
-/// A constant tensor, as f64 values.
+/// A constant tensor: its values as f32 (every weight a PyTorch export writes is f32, and
+/// the fold reads them as such), and, for an integer tensor (pads, axes, shapes), also its
+/// exact integers.
 #[derive(Clone, Debug)]
 pub(crate) struct Tensor {
     pub(crate) dims: Vec<usize>,
-    pub(crate) data: Vec<f64>,
+    pub(crate) data: Vec<f32>,
+    /// The exact values of an integer tensor (`None` for float tensors).
+    pub(crate) ints: Option<Vec<i64>>,
+}
+
+impl Tensor {
+    /// The values as integers: an integer tensor's own, or a float tensor's where every
+    /// value is a whole number (`None` otherwise).
+    pub(crate) fn int_values(&self) -> Option<Vec<i64>> {
+        match &self.ints {
+            Some(v) => Some(v.clone()),
+            None => (self.data.iter().all(|v| v.fract() == 0.0))
+                .then(|| self.data.iter().map(|&v| v as i64).collect()),
+        }
+    }
+
+    /// A tensor of integers.
+    fn of_ints(dims: Vec<usize>, ints: Vec<i64>) -> Tensor {
+        Tensor {
+            dims,
+            data: ints.iter().map(|&v| v as f32).collect(),
+            ints: Some(ints),
+        }
+    }
 }
 
 pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor> {
@@ -177,42 +202,69 @@ pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor> {
         bail!("{what} is stored in the external data file '{location}', which needs the model's folder: read the model from its path");
     }
     let raw = &t.raw_data;
-    let data: Vec<f64> = match DataType::try_from(t.data_type) {
-        Ok(DataType::Float) if !raw.is_empty() => raw
-            .chunks_exact(4)
-            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-            .collect(),
-        Ok(DataType::Float) => t.float_data.iter().map(|&v| f64::from(v)).collect(),
-        Ok(DataType::Double) if !raw.is_empty() => raw
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect(),
-        Ok(DataType::Double) => t.double_data.clone(),
-        Ok(DataType::Int64) if !raw.is_empty() => raw
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f64)
-            .collect(),
-        Ok(DataType::Int64) => t.int64_data.iter().map(|&v| v as f64).collect(),
-        Ok(DataType::Int32) if !raw.is_empty() => raw
-            .chunks_exact(4)
-            .map(|c| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-            .collect(),
-        Ok(DataType::Int32) => t.int32_data.iter().map(|&v| f64::from(v)).collect(),
+    let width = match DataType::try_from(t.data_type) {
+        Ok(DataType::Double | DataType::Int64) => 8,
+        _ => 4,
+    };
+    if !raw.is_empty() && Some(raw.len()) != n.checked_mul(width) {
+        bail!(
+            "tensor '{}' has {} bytes of data for shape {dims:?} ({width} bytes a value)",
+            t.name,
+            raw.len()
+        );
+    }
+    let words = |w: usize| raw.chunks_exact(w);
+    let floats = |data: Vec<f32>| Tensor {
+        dims: dims.clone(),
+        data,
+        ints: None,
+    };
+    let tensor = match DataType::try_from(t.data_type) {
+        Ok(DataType::Float) if !raw.is_empty() => floats(
+            words(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        Ok(DataType::Float) => floats(t.float_data.clone()),
+        // Doubles become f32, as every weight is used.
+        Ok(DataType::Double) if !raw.is_empty() => floats(
+            words(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
+                .collect(),
+        ),
+        Ok(DataType::Double) => floats(t.double_data.iter().map(|&v| v as f32).collect()),
+        Ok(DataType::Int64) if !raw.is_empty() => Tensor::of_ints(
+            dims.clone(),
+            words(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+        ),
+        Ok(DataType::Int64) => Tensor::of_ints(dims.clone(), t.int64_data.clone()),
+        Ok(DataType::Int32) if !raw.is_empty() => Tensor::of_ints(
+            dims.clone(),
+            words(4)
+                .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
+        ),
+        Ok(DataType::Int32) => Tensor::of_ints(
+            dims.clone(),
+            t.int32_data.iter().map(|&v| v.into()).collect(),
+        ),
         _ => bail!(
             "tensor '{}' has data type {} (expected float, double or integer)",
             t.name,
             t.data_type
         ),
     };
-    if data.len() != n {
+    if tensor.data.len() != n {
         bail!(
             "tensor '{}' holds {} values for shape {:?}",
             t.name,
-            data.len(),
+            tensor.data.len(),
             dims
         );
     }
-    Ok(Tensor { dims, data })
+    Ok(tensor)
 }
 
 pub(crate) fn attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n pb::AttributeProto> {
@@ -290,12 +342,10 @@ impl<'g> Graph<'g> {
                     (Some(t), _, _) => decode_tensor(t).with_context(|| describe(n))?,
                     (None, Some(f), _) => Tensor {
                         dims: vec![],
-                        data: vec![f64::from(f.f)],
+                        data: vec![f.f],
+                        ints: None,
                     },
-                    (None, None, Some(i)) => Tensor {
-                        dims: vec![i.ints.len()],
-                        data: i.ints.iter().map(|&v| v as f64).collect(),
-                    },
+                    (None, None, Some(i)) => Tensor::of_ints(vec![i.ints.len()], i.ints.clone()),
                     _ => bail!(
                         "{}: unsupported Constant (expected a tensor, float or ints value)",
                         describe(n)
@@ -487,12 +537,7 @@ impl<'g> Graph<'g> {
             );
         }
         let b = match conv.input.get(2).filter(|s| !s.is_empty()) {
-            Some(name) => self
-                .constant(name, "Conv bias")?
-                .data
-                .iter()
-                .map(|&v| v as f32)
-                .collect(),
+            Some(name) => self.constant(name, "Conv bias")?.data.clone(),
             None => vec![0.0; shape[0]],
         };
         if b.len() != shape[0] {
@@ -548,7 +593,7 @@ impl<'g> Graph<'g> {
             } else {
                 conv.name.clone()
             },
-            w: w.data.iter().map(|&v| v as f32).collect(),
+            w: w.data.clone(),
             shape,
             b,
             pads,
@@ -620,10 +665,8 @@ impl<'g> Graph<'g> {
         let pads: Vec<i64> = match n.input.get(1).filter(|s| !s.is_empty()) {
             Some(p) => self
                 .constant(p, "Pad amounts")?
-                .data
-                .iter()
-                .map(|&v| v as i64)
-                .collect(),
+                .int_values()
+                .ok_or_else(|| anyhow!("{}: Pad amounts are not integers", describe(n)))?,
             None => attr_ints(n, "pads").unwrap_or_default(),
         };
         if let Some(v) = n.input.get(2).filter(|s| !s.is_empty()) {
@@ -681,7 +724,7 @@ impl<'g> Graph<'g> {
                     t.data.len()
                 );
             }
-            let v: Vec<f32> = t.data.iter().map(|&x| x as f32).collect();
+            let v = t.data.clone();
             check_finite(&format!("{}: {what}", n.name), &v)?;
             Ok(v)
         };
@@ -792,7 +835,7 @@ impl<'g> Graph<'g> {
                         return Ok(*v);
                     }
                     match self.consts.get(name) {
-                        Some(t) if t.data.len() == 1 => Ok(t.data[0]),
+                        Some(t) if t.data.len() == 1 => Ok(f64::from(t.data[0])),
                         _ => bail!("{}: operand '{name}' is not a scalar", describe(m)),
                     }
                 };
@@ -858,10 +901,10 @@ impl<'g> Graph<'g> {
                     None => match pool.input.get(1).filter(|s| !s.is_empty()) {
                         Some(n) => self
                             .constant(n, "ReduceMean axes")?
-                            .data
-                            .iter()
-                            .map(|&v| v as i64)
-                            .collect(),
+                            .int_values()
+                            .ok_or_else(|| {
+                                anyhow!("{}: ReduceMean axes are not integers", describe(pool))
+                            })?,
                         None => vec![],
                     },
                 };
@@ -911,8 +954,14 @@ impl<'g> Graph<'g> {
                         b.len()
                     );
                 }
-                let w: Vec<f32> = w.iter().map(|&v| (v * f64::from(alpha)) as f32).collect();
-                let b: Vec<f32> = b.iter().map(|&v| (v * f64::from(beta)) as f32).collect();
+                let w: Vec<f32> = w
+                    .iter()
+                    .map(|&v| (f64::from(v) * f64::from(alpha)) as f32)
+                    .collect();
+                let b: Vec<f32> = b
+                    .iter()
+                    .map(|&v| (f64::from(v) * f64::from(beta)) as f32)
+                    .collect();
                 (w, b, n.output[0].as_str())
             }
             "MatMul" => {
@@ -936,11 +985,11 @@ impl<'g> Graph<'g> {
                                 t.data.len()
                             );
                         }
-                        b = t.data.iter().map(|&v| v as f32).collect();
+                        b = t.data.clone();
                         out = add.output[0].as_str();
                     }
                 }
-                (w.iter().map(|&v| v as f32).collect(), b, out)
+                (w, b, out)
             }
             _ => bail!("{}: expected the classifier (Gemm or MatMul)", describe(n)),
         };
@@ -959,7 +1008,7 @@ pub(crate) fn linear_weight(
     trans_b: bool,
     dim: usize,
     n: &NodeProto,
-) -> Result<Vec<f64>> {
+) -> Result<Vec<f32>> {
     let [r, c] = t.dims.as_slice() else {
         bail!(
             "{}: weight has rank {} (expected 2)",
