@@ -192,3 +192,35 @@ fn a_team_runs_every_task_once() {
         team.stop();
     });
 }
+
+/// Wake-ups of [`a_team_wakes_after_every_store_the_other_side_waits_for`]'s team.
+static WAKES: AtomicUsize = AtomicUsize::new(0);
+
+/// With `with_wait`, a join that lends tasks wakes the helpers once after filling their
+/// slots, each helper wakes the joiner after each task, and `stop` wakes everyone: what a
+/// core sleeping in `wfe` needs (bare metal pairs it with `sev`). A join that lends nothing
+/// wakes no one.
+#[test]
+fn a_team_wakes_after_every_store_the_other_side_waits_for() {
+    fn wake() {
+        WAKES.fetch_add(1, Ordering::SeqCst);
+    }
+    let team = Team::new(3).with_wait(|_| std::thread::yield_now(), wake);
+    std::thread::scope(|s| {
+        for slot in 0..team.helpers() {
+            let team = &team;
+            s.spawn(move || team.serve(slot, |_| std::thread::yield_now()));
+        }
+        let (mut a, mut b, mut c) = (0, 0, 0);
+        for _ in 0..10 {
+            team.join(&mut [&mut || a += 1, &mut || b += 1, &mut || c += 1]);
+        }
+        // 10 joins × (1 after lending + 2 helpers' tasks).
+        assert_eq!(WAKES.load(Ordering::SeqCst), 30);
+        team.join(&mut [&mut || a += 1]);
+        assert_eq!(WAKES.load(Ordering::SeqCst), 30);
+        assert_eq!((a, b, c), (11, 10, 10));
+        team.stop();
+    });
+    assert_eq!(WAKES.load(Ordering::SeqCst), 31);
+}

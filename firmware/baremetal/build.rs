@@ -8,6 +8,8 @@
 //!   the error over defmt at start-up, which the tests check.
 //! * `CMX_IMAGES`: optional file of raw `u8` images (HWC, `input_len` bytes each) to
 //!   classify at start-up. Without it the firmware classifies nothing compiled in.
+//! * `CMX_CORES`: cores to run on, 1–4 (default 4: every core of a Raspberry Pi). The arena
+//!   is `Model::arena_len_for(CMX_CORES)` bytes.
 
 use std::env;
 use std::fs;
@@ -51,6 +53,14 @@ fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
     println!("cargo:rerun-if-env-changed=CMX_MODEL");
     println!("cargo:rerun-if-env-changed=CMX_IMAGES");
+    println!("cargo:rerun-if-env-changed=CMX_CORES");
+    let cores: usize = match env::var("CMX_CORES") {
+        Err(_) => 4,
+        Ok(s) => match s.parse() {
+            Ok(n @ 1..=4) => n,
+            _ => panic!("CMX_CORES {s:?}: expected 1, 2, 3 or 4"),
+        },
+    };
     let model = env::var_os("CMX_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| manifest.join("../../examples/mnist/convmixer-mnist-int8.cmx"));
@@ -59,7 +69,7 @@ fn main() {
         .unwrap_or_else(|e| panic!("CMX_MODEL {}: cannot read: {e}", model.display()));
     fs::write(out.join("model.cmx"), &blob).expect("write model.cmx");
     let (arena, input_len) = match convmixer_edge::Model::from_bytes(&blob) {
-        Ok(m) => (m.arena_len(), m.input_len()),
+        Ok(m) => (m.arena_len_for(cores), m.input_len()),
         Err(e) => {
             println!(
                 "cargo:warning=CMX_MODEL {}: {e} (embedded anyway: the firmware will report it)",
@@ -89,7 +99,7 @@ fn main() {
         None => Vec::new(),
     };
     // The blob, the images, the arena and input buffer, the code (under 1 MiB) and the
-    // 16 KiB stack must fit the region: said here in one line when they cannot, rather than
+    // four 16 KiB stacks must fit the region: said here in one line when they cannot, rather than
     // as the linker's "region `image' overflowed by N bytes".
     let buffers = arena as u64 + input_len as u64;
     let need = blob.len() as u64 + images.len() as u64 + buffers + (2 << 20);
@@ -108,8 +118,10 @@ fn main() {
     fs::write(
         out.join("config.rs"),
         format!(
-            "/// Bytes of scratch the embedded model needs (`Model::arena_len`), 0 if the blob is invalid.\n\
+            "/// Bytes of scratch the embedded model needs on `CORES` cores (`Model::arena_len_for`), 0 if the blob is invalid.\n\
              pub const ARENA_LEN: usize = {arena};\n\
+             /// Cores to run on (`CMX_CORES`, 1–4).\n\
+             pub const CORES: usize = {cores};\n\
              /// Bytes of one input image (`Model::input_len`), 0 if the blob is invalid.\n\
              pub const INPUT_LEN: usize = {input_len};\n"
         ),

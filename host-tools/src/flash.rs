@@ -54,13 +54,13 @@ fn firmware_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware/baremetal")
 }
 
-/// Builds the firmware for `board` with `model` (and the raw `images`, `input_len` bytes
-/// each) compiled in; `semihosting` reports the exit status to qemu (never for a real
-/// board). Returns the ELF.
+/// Builds the firmware for `board` and `cores` cores (1–4) with `model` (and the raw
+/// `images`, `input_len` bytes each) compiled in; `semihosting` reports the exit status to
+/// qemu (never for a real board). Returns the ELF.
 pub fn build(
     model: &Path,
     images: Option<&Path>,
-    board: Board,
+    (board, cores): (Board, usize),
     semihosting: bool,
 ) -> Result<PathBuf> {
     let abs = |p: &Path| {
@@ -77,6 +77,7 @@ pub fn build(
         .current_dir(&dir)
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CMX_MODEL", &model)
+        .env("CMX_CORES", cores.to_string())
         .env_remove("CMX_IMAGES")
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTC")
@@ -183,9 +184,13 @@ fn qemu_command(elf: &Path, board: Board, cpu: Option<&str>) -> Result<Command> 
     let mut cmd = Command::new("qemu-system-aarch64");
     match board {
         Board::Virt => {
+            // Four cores, as on every Raspberry Pi since the Pi 2 (the raspi machines have
+            // four of their own).
             let cpu = cpu.unwrap_or("cortex-a72");
-            cmd.args(["-M", "virt", "-cpu", cpu, "-m", "1G", "-kernel"])
-                .arg(elf);
+            cmd.args([
+                "-M", "virt", "-cpu", cpu, "-smp", "4", "-m", "1G", "-kernel",
+            ])
+            .arg(elf);
         }
         Board::Pi3 | Board::Pi4 => {
             let img = elf.with_extension("kernel8.img");

@@ -365,6 +365,10 @@ enum Cmd {
         /// The CPU of qemu's virt machine (e.g. max for the dot product).
         #[arg(long, default_value = "cortex-a72")]
         cpu: String,
+        /// Cores the firmware runs on (the others stay parked); every Raspberry Pi since
+        /// the Pi 2 has 4, and qemu's virt machine is booted with 4.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=4))]
+        cores: u8,
         /// Seconds the qemu boot may take.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
@@ -530,8 +534,17 @@ fn main() -> ExitCode {
             images,
             qemu,
             cpu,
+            cores,
             timeout,
-        } => flash(&model, &board, out, images.as_deref(), qemu, &cpu, timeout),
+        } => flash(
+            &model,
+            (&board, cores),
+            out,
+            images.as_deref(),
+            qemu,
+            &cpu,
+            timeout,
+        ),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -731,7 +744,7 @@ fn report(
 
 fn flash(
     model: &Path,
-    board: &str,
+    (board, cores): (&str, u8),
     out: Option<PathBuf>,
     images: Option<&Path>,
     qemu: bool,
@@ -777,7 +790,7 @@ fn flash(
         }
         None => None,
     };
-    let elf = flash::build(model, raw.as_deref(), board, qemu);
+    let elf = flash::build(model, raw.as_deref(), (board, usize::from(cores)), qemu);
     if let Some(tmp) = &raw {
         let _ = std::fs::remove_file(tmp);
     }

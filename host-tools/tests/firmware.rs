@@ -77,9 +77,25 @@ fn raw_images(images: &[PathBuf], dir: &Path) -> PathBuf {
     path
 }
 
-fn boot(model: &Path, images: &Path, board: Board, cpu: &str) -> flash::Boot {
-    let elf = flash::build(model, Some(images), board, true).expect("firmware build");
+fn boot(model: &Path, images: &Path, (board, cores): (Board, usize), cpu: &str) -> flash::Boot {
+    let elf = flash::build(model, Some(images), (board, cores), true).expect("firmware build");
     flash::run_qemu(&elf, board, Some(cpu), BOOT_TIMEOUT).expect("qemu boot")
+}
+
+/// The stack high-water marks the firmware logged, `(core, bytes used, stack bytes)`.
+fn stack_marks(log: &[String]) -> Vec<(usize, usize, usize)> {
+    log.iter()
+        .filter_map(|l| {
+            let rest = l.split("stack high-water mark: core ").nth(1)?;
+            let w: Vec<&str> = rest.split_whitespace().collect();
+            match w.as_slice() {
+                [core, used, "of", size, "B"] => {
+                    Some((core.parse().ok()?, used.parse().ok()?, size.parse().ok()?))
+                }
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 #[test]
@@ -102,17 +118,42 @@ fn firmware_boots_and_matches_host_classify_on_every_board() {
     );
     let raw = raw_images(&images, tmp.path());
 
-    // (board, virt CPU, kernels the firmware must have detected)
+    // (board, virt CPU, kernels the firmware must have detected, cores): every machine has
+    // four cores (virt is booted with -smp 4); the firmware runs on one or on all four.
     let runs = [
-        (Board::Virt, "cortex-a72", "kernels Neon;"),
-        (Board::Virt, "max", "kernels NeonDot;"),
-        (Board::Pi3, "", "kernels Neon;"),
-        (Board::Pi4, "", "kernels Neon;"),
+        (Board::Virt, "cortex-a72", "kernels Neon;", 1),
+        (Board::Virt, "cortex-a72", "kernels Neon;", 4),
+        (Board::Virt, "max", "kernels NeonDot;", 4),
+        (Board::Pi3, "", "kernels Neon;", 1),
+        (Board::Pi3, "", "kernels Neon;", 4),
+        (Board::Pi4, "", "kernels Neon;", 1),
+        (Board::Pi4, "", "kernels Neon;", 4),
     ];
-    for (board, cpu, kernels) in runs {
-        let b = boot(&model, &raw, board, cpu);
+    for (board, cpu, kernels, cores) in runs {
+        let b = boot(&model, &raw, (board, cores), cpu);
         let log = b.log.join("\n");
-        assert!(b.ok, "{board} {cpu}: the firmware reported failure:\n{log}");
+        assert!(
+            b.ok,
+            "{board} {cpu} {cores} cores: the firmware reported failure:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("cores: {cores} of {cores} requested")),
+            "{board} {cpu}: {cores} cores not all used:\n{log}"
+        );
+        // Every core's stack high-water mark: the helpers ran (their stacks were used)
+        // and none came near its end.
+        let marks = stack_marks(&b.log);
+        assert_eq!(
+            marks.iter().map(|m| m.0).collect::<Vec<_>>(),
+            (0..cores).collect::<Vec<_>>(),
+            "{board} {cpu}: one stack mark per core expected:\n{log}"
+        );
+        for (core, used, size) in marks {
+            assert!(
+                used > 0 && used <= size / 2,
+                "{board} {cpu}: core {core} used {used} of its {size}-byte stack:\n{log}"
+            );
+        }
         assert!(
             log.contains("model: 28x28x1 input, dim 48"),
             "{board}: no model line:\n{log}"
@@ -128,7 +169,9 @@ fn firmware_boots_and_matches_host_classify_on_every_board() {
             "{board} {cpu}: predictions differ from host-tools classify"
         );
         assert!(
-            log.contains("done: 20 compiled-in images classified"),
+            log.contains(&format!(
+                "done: 20 compiled-in images classified on {cores} cores"
+            )),
             "{board}:\n{log}"
         );
     }
@@ -139,7 +182,7 @@ fn firmware_boots_and_matches_host_classify_on_every_board() {
     blob[mid] ^= 0x04;
     let bad = tmp.path().join("corrupt.cmx");
     std::fs::write(&bad, &blob).expect("write corrupt blob");
-    let b = boot(&bad, &raw, Board::Virt, "cortex-a72");
+    let b = boot(&bad, &raw, (Board::Virt, 4), "cortex-a72");
     let log = b.log.join("\n");
     assert!(
         !b.ok,
@@ -214,7 +257,7 @@ fn firmware_runs_an_mlp_mixer() {
     let images = digits();
     let want = host_predictions(&model, &images);
     let raw = raw_images(&images, tmp.path());
-    let b = boot(&model, &raw, Board::Virt, "max");
+    let b = boot(&model, &raw, (Board::Virt, 4), "max");
     let log = b.log.join("\n");
     assert!(b.ok, "the firmware reported failure:\n{log}");
     assert!(
@@ -318,7 +361,7 @@ fn firmware_classifies_images_received_on_the_uart() {
     let images = digits();
     let want = host_predictions(&model, &images);
     let raw = std::fs::read(raw_images(&images, tmp.path())).expect("raw images");
-    let elf = flash::build(&model, None, Board::Virt, false).expect("firmware build");
+    let elf = flash::build(&model, None, (Board::Virt, 4), false).expect("firmware build");
     let log = flash::run_qemu_serial(&elf, Board::Virt, &raw, want.len(), BOOT_TIMEOUT)
         .expect("qemu boot");
     let joined = log.join("\n");

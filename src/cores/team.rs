@@ -6,7 +6,9 @@
 //! work. [`Team::join`] stores a pointer to task `i + 1` in slot `i` (release), runs task
 //! 0 itself, then waits until every slot it filled is null again. A helper that finds its
 //! slot non-null (acquire) runs the task and stores null (release) when the task has
-//! returned. No locks; one atomic store and load per task and side.
+//! returned. No locks; one atomic store and load per task and side. Each side calls the
+//! team's `wake` after its stores, for a side that sleeps while it waits (`wfe` on bare
+//! metal, woken by `sev`; [`Team::with_wait`]).
 //!
 //! Safety argument (the one `unsafe` block, in [`Team::serve`]): the pointer in a slot
 //! points at a `&mut (dyn FnMut() + Send)` in the slice that `join` borrows mutably for
@@ -48,12 +50,16 @@ pub struct Team {
     busy: AtomicBool,
     stop: AtomicBool,
     wait: fn(u32),
+    wake: fn(),
 }
 
 /// `core::hint::spin_loop`, whatever the count: [`Team::new`]'s way of waiting.
 fn spin(_: u32) {
     core::hint::spin_loop()
 }
+
+/// Nothing: a spinning or yielding side needs no wake-up.
+fn nothing() {}
 
 impl Team {
     /// A team of `cores` cores (clamped to `1..=`[`MAX_PARTS`]): the caller of
@@ -77,18 +83,22 @@ impl Team {
             busy: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             wait: spin,
+            wake: nothing,
         }
     }
 
     /// The same team, with `join` calling `wait(n)` while it waits for the helpers (`n`:
-    /// calls so far in this wait) instead of spinning: `wfe` on bare metal, or a yield
-    /// where the threads share their cores with other programs.
+    /// calls so far in this wait) instead of spinning, and both sides calling `wake()`
+    /// after the stores the other side waits for: `wfe` and `sev` on bare metal (an event
+    /// sent before the `wfe` is not lost: it stays pending), or a yield and nothing where
+    /// the threads share their cores with other programs.
     ///
     /// ```
-    /// let team = convmixer_edge::cores::Team::new(2).with_wait(|_| std::thread::yield_now());
+    /// let team = convmixer_edge::cores::Team::new(2).with_wait(|_| std::thread::yield_now(), || {});
     /// ```
-    pub const fn with_wait(mut self, wait: fn(u32)) -> Self {
+    pub const fn with_wait(mut self, wait: fn(u32), wake: fn()) -> Self {
         self.wait = wait;
+        self.wake = wake;
         self
     }
 
@@ -122,6 +132,7 @@ impl Team {
                 // alone, alive until this store of null.
                 unsafe { (*p.cast::<Task<'_>>())() };
                 cell.store(null_mut(), Ordering::Release);
+                (self.wake)();
                 waited = 0;
             } else if self.stop.load(Ordering::Acquire) {
                 return;
@@ -140,6 +151,7 @@ impl Team {
     /// ```
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
+        (self.wake)();
     }
 }
 
@@ -192,6 +204,9 @@ impl Cores for Team {
         for (cell, task) in self.slots.iter().zip(lend.iter_mut()) {
             cell.store((task as *mut Task<'_>).cast(), Ordering::Release);
         }
+        if lent > 0 {
+            (self.wake)();
+        }
         first();
         for t in own {
             t();
@@ -228,7 +243,7 @@ impl Team {
                 std::thread::yield_now()
             }
         }
-        let team = Team::new(threads).with_wait(wait);
+        let team = Team::new(threads).with_wait(wait, || {});
         std::thread::scope(|s| {
             for slot in 0..team.helpers {
                 let team = &team;

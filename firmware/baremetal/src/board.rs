@@ -9,7 +9,8 @@
 //!
 //! The GPU firmware of a Raspberry Pi starts only core 0 on a raw `kernel8.img` (the other
 //! cores wait in its spin table), and so does qemu; [`park_secondary_cores`] still stops
-//! any other core that gets here.
+//! any other core that gets here. [`start_core`] starts another core at an entry point:
+//! PSCI `CPU_ON` on virt, the spin table on a Raspberry Pi ([`crate::smp`]).
 
 use core::cell::UnsafeCell;
 use core::convert::Infallible;
@@ -107,13 +108,11 @@ fn stack_bounds() -> (usize, usize) {
         static boot_stack_begin: [u8; 0];
         static boot_stack_end: [u8; 0];
     }
-    // SAFETY: only the symbols' addresses are taken.
-    unsafe {
-        (
-            core::ptr::addr_of!(boot_stack_begin) as usize,
-            core::ptr::addr_of!(boot_stack_end) as usize,
-        )
-    }
+    // Only the symbols' addresses are taken (safe: nothing is read).
+    (
+        &raw const boot_stack_begin as usize,
+        &raw const boot_stack_end as usize,
+    )
 }
 
 /// Zeroes the boot stack below the current stack pointer (the stack is not part of the
@@ -136,20 +135,28 @@ pub fn clear_free_stack() {
 /// non-zero byte to the top.
 pub fn stack_used() -> usize {
     let (begin, end) = stack_bounds();
+    high_water(begin, end)
+}
+
+/// Bytes of the stack `begin..end` (zeroed before its core started) ever written: from the
+/// lowest non-zero byte to the top.
+pub fn high_water(begin: usize, end: usize) -> usize {
     let mut a = begin;
-    // SAFETY: reads inside the stack, below the current frames' live data or in it; the
-    // values are only compared with 0.
+    // SAFETY: reads inside a stack (the callers pass a whole core stack), below the live
+    // frames or in them; the values are only compared with 0.
     while a < end && unsafe { (a as *const u8).read_volatile() } == 0 {
         a += 1;
     }
     end - a
 }
 
-/// A `static` the firmware hands out once, as `&mut` (one core, no interrupt handlers).
+/// A `static` the firmware hands out once, as `&mut` (no interrupt handlers).
 pub struct Static<T>(UnsafeCell<T>);
 
-// SAFETY: the firmware runs on one core with interrupts masked; `get`'s contract keeps the
-// borrows unique.
+// SAFETY: interrupts stay masked; `get`'s contract keeps the borrows unique. Core 0 owns
+// every `Static` but the other cores' stacks (each used by its own core only, and read
+// back by core 0 for the high-water marks) and the Pi 3's translation tables (written by
+// core 0 before any other core starts, then only read).
 unsafe impl<T> Sync for Static<T> {}
 
 impl<T> Static<T> {
@@ -166,6 +173,11 @@ impl<T> Static<T> {
     pub unsafe fn get(&self) -> &mut T {
         // SAFETY: the caller guarantees uniqueness.
         unsafe { &mut *self.0.get() }
+    }
+
+    /// The value's address (nothing is borrowed).
+    pub const fn as_ptr(&self) -> *mut T {
+        self.0.get()
     }
 }
 
@@ -203,15 +215,24 @@ pub fn syndrome() -> u64 {
     esr
 }
 
-/// Board set-up after aarch64-rt's start-up: the Pi 3's fine memory map, the Raspberry
-/// Pi's UART pins.
-pub fn init() {
+/// What every core sets up for itself after aarch64-rt's start-up (identity map, MMU,
+/// caches, FP/SIMD, exception vector): `FPCR`, and on a Pi 3 the fine memory map (whose
+/// tables core 0 fills in [`init`] before it starts any other core).
+pub fn init_core() {
     // FPCR's reset value is UNKNOWN on hardware: no flush-to-zero, round to nearest, so
     // that subnormals behave as the blob format defines (docs/blob-format.md).
     // SAFETY: writes the FP control register only.
     unsafe { core::arch::asm!("msr fpcr, xzr", options(nomem, nostack)) };
     #[cfg(feature = "pi3")]
-    split_first_gib();
+    use_fine_map();
+}
+
+/// Board set-up on core 0 after aarch64-rt's start-up: [`init_core`], the Pi 3's fine
+/// memory map, the Raspberry Pi's UART pins.
+pub fn init() {
+    #[cfg(feature = "pi3")]
+    fill_fine_map();
+    init_core();
     #[cfg(any(feature = "pi3", feature = "pi4"))]
     {
         // GPIO 14/15 to ALT0 (TXD0/RXD0 of the PL011): GPFSEL1 bits 12..18.
@@ -234,17 +255,13 @@ static L1: Static<Table> = Static::new(Table([0; 512]));
 #[cfg(feature = "pi3")]
 static L2: Static<Table> = Static::new(Table([0; 512]));
 
-/// Pi 3: replaces the initial map's first 1 GiB block by 2 MiB blocks — normal memory below
-/// the peripherals at 0x3F00_0000, device memory from there — so that the UART and GPIO
-/// registers are never cached. The switch changes block sizes and the peripherals' memory
-/// type, so it is done with the MMU off (break-before-make for the whole regime): the code
-/// is identity-mapped and touches no data in between. (Until then the peripherals are
-/// normal memory: nothing accesses them, but a CPU could prefetch from them; the window is
-/// the few microseconds of start-up code before this runs.)
+/// Pi 3: the tables that replace the initial map's first 1 GiB block by 2 MiB blocks —
+/// normal memory below the peripherals at 0x3F00_0000, device memory from there — so that
+/// the UART and GPIO registers are never cached. Filled once, on core 0, before any other
+/// core starts.
 #[cfg(feature = "pi3")]
-fn split_first_gib() {
-    // SAFETY: called once before anything else uses the tables; the new tables map the
-    // same RAM with the same attributes, and the TLB is invalidated after the switch.
+fn fill_fine_map() {
+    // SAFETY: called once, on core 0, before anything uses the tables.
     unsafe {
         let l2 = L2.get();
         for (i, e) in l2.0.iter_mut().enumerate() {
@@ -256,8 +273,23 @@ fn split_first_gib() {
                     NORMAL
                 };
         }
-        let l1 = L1.get();
-        l1.0[0] = (l2 as *const Table as usize) | 0b11;
+        L1.get().0[0] = (l2 as *const Table as usize) | 0b11;
+    }
+}
+
+/// Pi 3: switches this core to the tables of [`fill_fine_map`]. The switch changes block
+/// sizes and the peripherals' memory type, so it is done with the MMU off (break-before-make
+/// for the whole regime): the code is identity-mapped and touches no data in between.
+/// (Until then the peripherals are normal memory: nothing accesses them, but a CPU could
+/// prefetch from them; the window is the few microseconds of start-up code before this
+/// runs.)
+#[cfg(feature = "pi3")]
+fn use_fine_map() {
+    let l1 = L1.as_ptr() as usize;
+    // SAFETY: the tables are filled (core 0, before starting any core) and map the same
+    // RAM with the same attributes as the initial map; the TLB is invalidated after the
+    // switch.
+    unsafe {
         core::arch::asm!(
             "dsb sy",
             "mrs {s}, sctlr_el2",
@@ -272,11 +304,74 @@ fn split_first_gib() {
             "orr {s}, {s}, #1",
             "msr sctlr_el2, {s}",
             "isb",
-            t = in(reg) l1 as *const Table as usize,
+            t = in(reg) l1,
             s = out(reg) _,
             options(nostack)
         );
     }
+}
+
+/// Starts core `core` (MPIDR affinity 0; Raspberry Pi cores 1–3) at `entry`, with its MMU
+/// off, as it comes out of reset: PSCI `CPU_ON` through the hypervisor call on virt (an
+/// error is PSCI's negative status), the spin table on a Raspberry Pi (the armstub's, or
+/// qemu's own, waits on the 64-bit word at 0xd8 + 8 × core and jumps to a non-zero value
+/// there; it cannot fail, so whether the core came is only seen by it arriving).
+pub fn start_core(core: usize, entry: usize) -> Result<(), i64> {
+    #[cfg(feature = "virt")]
+    {
+        let status: i64;
+        // SAFETY: PSCI CPU_ON (SMC64 function 0xC400_0003) through qemu virt's hypervisor
+        // call: x1 the target's MPIDR, x2 the entry point, x3 the context (unused); x0
+        // returns the status, x1–x17 may be clobbered (SMCCC). The new core runs only the
+        // entry code, on memory no one else uses (its own stack).
+        unsafe {
+            core::arch::asm!(
+                "hvc #0",
+                inout("x0") 0xC400_0003u64 => status,
+                inout("x1") core as u64 => _,
+                inout("x2") entry as u64 => _,
+                inout("x3") 0u64 => _,
+                clobber_abi("C"),
+                options(nostack)
+            )
+        };
+        if status == 0 {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    }
+    #[cfg(not(feature = "virt"))]
+    {
+        let release = (0xd8 + 8 * core) as *mut u64;
+        // SAFETY: the spin-table word of `core` (cores 1–3: 0xe0..0xf0, in the first page
+        // of RAM, which the armstub reserves and nothing of ours uses), mapped as normal
+        // memory. The waiting core reads it with its MMU and caches off, so the line is
+        // cleaned to the point of coherency before the event.
+        unsafe {
+            release.write_volatile(entry as u64);
+            core::arch::asm!(
+                "dc civac, {a}",
+                "dsb sy",
+                "sev",
+                a = in(reg) release,
+                options(nostack)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Waits for an event (a `sev` from another core): [`convmixer_edge::cores::Team`]'s wait.
+pub fn wait_for_event(_: u32) {
+    // SAFETY: waits for an event; no memory effects.
+    unsafe { core::arch::asm!("wfe", options(nomem, nostack)) };
+}
+
+/// Sends an event to every core, after this core's stores are visible to them.
+pub fn send_event() {
+    // SAFETY: a barrier and an event; no memory is accessed.
+    unsafe { core::arch::asm!("dsb ish", "sev", options(nostack)) };
 }
 
 /// The LED that blinks once per classification.

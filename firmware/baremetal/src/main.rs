@@ -11,10 +11,14 @@
 //!    `embedded_io::Write`, which the defmt logger writes its frames to.
 //! 2. The model blob (`CMX_MODEL` at build time, see `build.rs`) is validated by
 //!    `Model::from_bytes`; a rejected blob is reported and the firmware exits with failure.
-//! 3. Each compiled-in image (`CMX_IMAGES`) is classified into a static arena sized from
-//!    `Model::arena_len()` at build time — no heap anywhere — with the generic timer's ticks
-//!    per inference; the LED blinks once per classification.
-//! 4. On a real board the firmware then classifies raw images received on the UART
+//! 3. [`smp::start`] starts the other cores (`CMX_CORES` at build time, default 4) and
+//!    returns the team of those that came; each layer then runs on all of them
+//!    (`Model::classify_on`).
+//! 4. Each compiled-in image (`CMX_IMAGES`) is classified into a static arena sized from
+//!    `Model::arena_len_for(CORES)` at build time — no heap anywhere — with the generic
+//!    timer's ticks per inference; the LED blinks once per classification. Then the log
+//!    gives every core's stack high-water mark.
+//! 5. On a real board the firmware then classifies raw images received on the UART
 //!    (`INPUT_LEN` bytes each) forever; with the `semihosting` feature (qemu) it exits with
 //!    status 0, or 1 after any error.
 #![no_std]
@@ -22,8 +26,10 @@
 
 mod board;
 mod serial;
+mod smp;
 mod timer;
 
+use convmixer_edge::cores::{Cores, Team};
 use convmixer_edge::{include_blob, Model};
 use embedded_hal::delay::DelayNs;
 use embedded_hal::digital::OutputPin;
@@ -35,7 +41,8 @@ aarch64_rt::entry!(main, { board::STACK_PAGES });
 /// The compiled-in test images: raw HWC `u8`, [`INPUT_LEN`] bytes each.
 static IMAGES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/images.bin"));
 
-/// Scratch for inference: exactly what the embedded model asks for (`Model::arena_len`).
+/// Scratch for inference: exactly what the embedded model asks for on [`CORES`] cores
+/// (`Model::arena_len_for`; fewer cores need no more).
 static ARENA: board::Static<[u8; ARENA_LEN]> = board::Static::new([0; ARENA_LEN]);
 
 /// One input image received on the UART.
@@ -88,27 +95,51 @@ fn run() -> bool {
         blob.len(),
         model.arena_len()
     );
-    // SAFETY: main runs once, on one core; nothing else borrows the arena.
+    // SAFETY: main runs once, on core 0; nothing else borrows the arena (the runtime
+    // lends disjoint parts of it to the other cores' tasks within each call).
     let arena: &mut [u8] = unsafe { ARENA.get() };
-    if arena.len() < model.arena_len() || model.input_len() != INPUT_LEN {
+    let mut timer = timer::GenericTimer::new();
+    let team = smp::start(&timer);
+    defmt::info!(
+        "cores: {=usize} of {=usize} requested ({=usize} on the board at most)",
+        team.count(),
+        CORES,
+        smp::MAX_CORES
+    );
+    if arena.len() < model.arena_len_for(team.count()) || model.input_len() != INPUT_LEN {
         defmt::error!("build mismatch: the static arena or input size does not fit the model");
         return false;
     }
-    let mut timer = timer::GenericTimer::new();
     let mut led = board::led();
     let mut count = 0usize;
     for (i, image) in IMAGES.chunks_exact(INPUT_LEN).enumerate() {
-        if !classify(&model, i, image, arena, &mut timer, &mut led) {
+        if !classify(&model, team, i, image, arena, &mut timer, &mut led) {
             return false;
         }
         count += 1;
     }
     defmt::info!(
-        "done: {=usize} compiled-in images classified; stack high-water mark {=usize} of {=usize} B",
+        "done: {=usize} compiled-in images classified on {=usize} cores",
         count,
+        team.count()
+    );
+    defmt::info!(
+        "stack high-water mark: core 0 {=usize} of {=usize} B",
         board::stack_used(),
         board::STACK_PAGES * 4096
     );
+    for (i, used) in smp::stack_high_water()
+        .into_iter()
+        .enumerate()
+        .take(team.count() - 1)
+    {
+        defmt::info!(
+            "stack high-water mark: core {=usize} {=usize} of {=usize} B",
+            i + 1,
+            used,
+            smp::STACK_BYTES
+        );
+    }
     #[cfg(not(feature = "semihosting"))]
     {
         defmt::info!(
@@ -123,7 +154,7 @@ fn run() -> bool {
                 defmt::error!("UART receive error; waiting for the next image");
                 continue;
             }
-            classify(&model, i, input, arena, &mut timer, &mut led);
+            classify(&model, team, i, input, arena, &mut timer, &mut led);
             i += 1;
         }
     }
@@ -135,6 +166,7 @@ fn run() -> bool {
 /// these lines), with the generic timer's ticks and microseconds for the inference.
 fn classify(
     model: &Model<'_>,
+    team: &Team,
     i: usize,
     image: &[u8],
     arena: &mut [u8],
@@ -142,7 +174,7 @@ fn classify(
     led: &mut impl OutputPin,
 ) -> bool {
     let t0 = timer.ticks();
-    let top = model.classify::<3>(image, arena);
+    let top = model.classify_on::<3>(team, image, arena);
     let ticks = timer.ticks().wrapping_sub(t0);
     match top {
         Ok(top) => {
