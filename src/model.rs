@@ -601,28 +601,33 @@ impl<'a> Model<'a> {
         // Both buffers hold 4·tokens·dim bytes (the plan); esz ≤ 4.
         let short = Error::Malformed("arena plan");
         {
-            // The embedding gathers patches into `b` (as f32) while writing `a`.
+            // The embedding, split by token ranges, gathers patches into `b` (as f32, a
+            // share of it per part) while writing `a`.
             let scratch: &mut [f32] = bytemuck::try_cast_slice_mut(&mut *b).map_err(align)?;
             let a: &mut [M::Act] =
                 bytemuck::try_cast_slice_mut(a.get_mut(..n * esz).ok_or(short)?).map_err(align)?;
-            embed_f::embed::<W, M>(
-                px,
-                eg,
-                g.dim,
-                &self.float_layer(0, wrap)?,
-                act,
-                a,
-                scratch,
-                self.isa,
-            );
+            let (l, isa) = (self.float_layer(0, wrap)?, self.isa);
+            let share = (scratch.len() / work.parts).max(1);
+            let items = by_tokens(a, g.tokens(), g.dim, work.parts).zip(scratch.chunks_mut(share));
+            fork(work.cores, items, |((t, out), sc)| {
+                embed_f::embed_tokens::<W, M>(px, eg, g.dim, &l, act, out, sc, isa, t)
+            });
         }
         let a: &mut [M::Act] =
             bytemuck::try_cast_slice_mut(a.get_mut(..n * esz).ok_or(short)?).map_err(align)?;
         let b: &mut [M::Act] =
             bytemuck::try_cast_slice_mut(b.get_mut(..n * esz).ok_or(short)?).map_err(align)?;
         trace(0, M::trace(a));
+        // The depthwise convs split by channel slices (whole 64-byte lines of each token
+        // where the channels allow, else 16-channel SIMD steps), the pointwise by tokens.
+        let unit = if g.dim >= 64 * work.parts { 64 } else { 16 };
         for i in 0..usize::from(h.depth) {
-            dw_f::dw::<W, M>(a, g, &self.float_layer(1 + 2 * i, wrap)?, act, b, self.isa);
+            let dw = self.float_layer(1 + 2 * i, wrap)?;
+            let (isa, x) = (self.isa, &*a);
+            let views = ChannelsMut::split(b, g.dim, unit, work.parts);
+            fork(work.cores, views.into_iter(), |mut v| {
+                dw_f::dw_channels::<W, M>(x, g, &dw, act, &mut v, isa)
+            });
             trace(1 + 2 * i, M::trace(b));
             let pw = self.float_layer(2 + 2 * i, wrap)?;
             let (isa, dim, b) = (self.isa, g.dim, &*b);

@@ -31,6 +31,7 @@ pub(super) mod x86;
 #[cfg(test)]
 mod tests;
 
+use super::parts::ChannelsMut;
 use super::reference::{FloatArith, FloatLayer};
 use super::{Grid, Isa};
 use crate::le::FloatWeights;
@@ -59,6 +60,36 @@ pub fn dw<W: FloatWeights, M: FloatArith>(
     out: &mut [M::Act],
     isa: Isa,
 ) {
+    dw_channels::<W, M>(x, g, l, act, &mut ChannelsMut::whole(out, g.dim), isa);
+}
+
+/// [`dw`] for the view's channels of every token: one core's part of a layer split by
+/// channel slices ([`ChannelsMut::split`]; whole 16-channel steps take the SIMD kernels,
+/// other ranges the reference). The same bits as the whole layer, whatever the split.
+///
+/// ```
+/// use convmixer_edge::kernels::{dw_f, parts::ChannelsMut, reference::*, Grid, Isa};
+/// # use convmixer_edge::{le::F32Le, Activation};
+/// let g = Grid { ht: 2, wt: 2, dim: 32, kernel: 3, pad_top: 1, pad_left: 1 };
+/// let w: Vec<u8> = (0..9 * 32).flat_map(|i| (i as f32 / 100.0).to_le_bytes()).collect();
+/// let ones: Vec<u8> = [1.0f32; 32].iter().flat_map(|v| v.to_le_bytes()).collect();
+/// let l = FloatLayer { w: F32Le(&w), bias: F32Le(&ones), scale: F32Le(&ones), shift: F32Le(&ones), unscale: F32Le(&ones) };
+/// let x: Vec<f32> = (0..4 * 32).map(|i| i as f32 / 7.0 - 5.0).collect();
+/// let (mut a, mut b) = (vec![0f32; 128], vec![0f32; 128]);
+/// dw_f::dw::<_, F32Arith>(&x, g, &l, Activation::Relu, &mut a, Isa::detect());
+/// for mut part in ChannelsMut::split(&mut b, 32, 16, 2) {
+///     dw_f::dw_channels::<_, F32Arith>(&x, g, &l, Activation::Relu, &mut part, Isa::detect());
+/// }
+/// assert_eq!(a, b);
+/// ```
+pub fn dw_channels<W: FloatWeights, M: FloatArith>(
+    x: &[M::Act],
+    g: Grid,
+    l: &FloatLayer<'_, W>,
+    act: Activation,
+    out: &mut ChannelsMut<'_, M::Act>,
+    isa: Isa,
+) {
     #[cfg(all(
         target_arch = "aarch64",
         target_endian = "little",
@@ -72,5 +103,5 @@ pub fn dw<W: FloatWeights, M: FloatArith>(
         return;
     }
     let _ = isa;
-    reference::dw_f::<W, M>(x, g, l, act, out);
+    reference::dw_f_channels::<W, M>(x, g, l, act, out);
 }

@@ -4,7 +4,8 @@
 //! k = 3, 5, 7.
 //!
 //! The depthwise kernels' contract (what [`dw`] and [`Params::new`] check): `x` and `out`
-//! point at the grid's `ht·wt·dim` elements (readable, writable), `dim` is a multiple of 16
+//! point at the grid's `ht·wt·dim` elements (readable; writable in the channel range
+//! `ch`, whole 16-channel steps, the only ones written), `dim` is a multiple of 16
 //! and at most the channel count the `Params` were built for, their weights hold
 //! `kernel²·dim` elements (f16 where `HALF` or in f16 arithmetic), and `pad_top`, `pad_left
 //! < kernel`. Every offset the kernels form is then inside a buffer: an input tap `((ty +
@@ -17,28 +18,31 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 
 use crate::kernels::float::neon::{
-    bias_h, finish16_h, finish4, fmla_h, load_w16, store16, widen_hi, widen_lo, Acts, Params,
+    bias_h, finish16_h, finish4, fmla_h, load_w16, store16, widen_hi, widen_lo, Params,
 };
+use crate::kernels::parts::ChannelsMut;
 use crate::kernels::reference::{FloatArith, FloatLayer};
 use crate::kernels::{Grid, Isa};
 use crate::le::FloatWeights;
 use crate::Activation;
 
-/// Depthwise conv + residual with the NEON kernels; `false`, touching nothing, where they
-/// do not take it ([`Params::new`], a padding not below the kernel size, or `x` or `out`
-/// shorter than the grid).
+/// Depthwise conv + residual of the view's channels with the NEON kernels; `false`,
+/// touching nothing, where they do not take it ([`Params::new`], a padding not below the
+/// kernel size, `x` or `out` shorter than the grid, `out` not a `dim`-channel view, or its
+/// channels not whole 16-channel steps).
 pub(crate) fn dw<W: FloatWeights, M: FloatArith>(
     x: &[M::Act],
     g: Grid,
     l: &FloatLayer<'_, W>,
     act: Activation,
-    out: &mut [M::Act],
+    out: &mut ChannelsMut<'_, M::Act>,
     isa: Isa,
 ) -> bool {
-    let Some(acts) = Acts::of::<M>(x, out) else {
-        return false;
-    };
-    if !(g.elements().is_some_and(|n| acts.hold(n))
+    let ch = out.channels();
+    if !(out.dim() == g.dim
+        && ch.start.is_multiple_of(16)
+        && ch.end.is_multiple_of(16)
+        && g.elements().is_some_and(|n| out.len() >= n && x.len() >= n)
         && g.pad_top < g.kernel
         && g.pad_left < g.kernel)
     {
@@ -51,20 +55,38 @@ pub(crate) fn dw<W: FloatWeights, M: FloatArith>(
     let Some(p) = Params::new::<W, M>(isa, g.dim, l, w_elems, true) else {
         return false;
     };
-    match acts {
-        // SAFETY: x and out hold the grid's ht·wt·dim f16, both paddings are below the
-        // kernel size (checked above); Params::new checked dim % 16 == 0, k·k·dim f16
-        // weights, dim channels of every vector, and FEAT_FP16.
-        Acts::Half(x, o) => unsafe { dw_neon_f16_c16(x.as_ptr(), o.as_mut_ptr(), g, &p, act) },
+    let ch = (ch.start, ch.end);
+    // The sealed FloatArith pairs HALF with Act = u16 (f16 bits), else f32: these casts
+    // are identities (anything else takes no kernel).
+    let o = out.as_mut_ptr();
+    if M::HALF {
+        let Ok(x) = bytemuck::try_cast_slice::<M::Act, u16>(x) else {
+            return false;
+        };
+        if core::mem::size_of::<M::Act>() != 2 {
+            return false;
+        }
+        // SAFETY: x and out (the view's tensor, of which the kernel writes only the
+        // view's channels: parts.rs) hold the grid's ht·wt·dim f16, both paddings are below
+        // the kernel size, the view's channels are whole 16-channel steps of dim (checked
+        // above); Params::new checked dim % 16 == 0, k·k·dim f16 weights, dim channels of
+        // every vector, and FEAT_FP16.
+        unsafe { dw_neon_f16_c16(x.as_ptr(), o.cast(), g, &p, act, ch) };
+    } else {
+        let Ok(x) = bytemuck::try_cast_slice::<M::Act, f32>(x) else {
+            return false;
+        };
+        if core::mem::size_of::<M::Act>() != 4 {
+            return false;
+        }
         // SAFETY: as above with f32 activations and W's weight elements (HALF = W::HALF).
-        Acts::Single(x, o) => unsafe {
-            let (x, o) = (x.as_ptr(), o.as_mut_ptr());
+        unsafe {
             if W::HALF {
-                dw_neon_f32_c16::<true>(x, o, g, &p, act)
+                dw_neon_f32_c16::<true>(x.as_ptr(), o.cast(), g, &p, act, ch)
             } else {
-                dw_neon_f32_c16::<false>(x, o, g, &p, act)
+                dw_neon_f32_c16::<false>(x.as_ptr(), o.cast(), g, &p, act, ch)
             }
-        },
+        }
     }
     true
 }
@@ -137,13 +159,14 @@ unsafe fn dw_f32_tile4<const K: usize, const HALF: bool>(
     ty: usize,
     tx: usize,
     (ky0, ky1): (usize, usize),
+    (c_lo, c_hi): (usize, usize),
 ) {
     let d = g.dim;
     // SAFETY: the depthwise contract: rows ty + ky − pad_top (ky0 ≤ ky < ky1) and columns
     // tx − pad_left .. tx − pad_left + K + 3 are inside the grid, outputs tx..tx + 4 < wt,
-    // channels c0 + 8 ≤ dim.
+    // channels c0 + 8 ≤ c_hi ≤ dim (c_lo, c_hi multiples of 16).
     unsafe {
-        for c0 in (0..d).step_by(8) {
+        for c0 in (c_lo..c_hi).step_by(8) {
             let b = p.bias.add(c0);
             let mut acc = [[vld1q_f32(b), vld1q_f32(b.add(4))]; 4];
             for ky in ky0..ky1 {
@@ -185,10 +208,20 @@ unsafe fn dw_neon_f32_c16<const HALF: bool>(
     g: Grid,
     p: &Params,
     act: Activation,
+    ch: (usize, usize),
 ) {
-    let (k, d) = (g.kernel, g.dim);
-    type Tile =
-        unsafe fn(*const f32, *mut f32, Grid, &Params, Activation, usize, usize, (usize, usize));
+    let k = g.kernel;
+    type Tile = unsafe fn(
+        *const f32,
+        *mut f32,
+        Grid,
+        &Params,
+        Activation,
+        usize,
+        usize,
+        (usize, usize),
+        (usize, usize),
+    );
     let tile: Option<Tile> = match k {
         3 => Some(dw_f32_tile4::<3, HALF>),
         5 => Some(dw_f32_tile4::<5, HALF>),
@@ -199,15 +232,16 @@ unsafe fn dw_neon_f32_c16<const HALF: bool>(
         if let (true, Some(f)) = (tiled, tile) {
             // SAFETY: the caller's contract; f is the tile of K = k, (ty, tx) a tile step
             // of dw_steps with its kernel rows ky.
-            unsafe { f(x, out, g, p, act, ty, tx, ky) };
+            unsafe { f(x, out, g, p, act, ty, tx, ky, ch) };
             continue;
         }
         let (kx0, kx1) = taps(tx, g.pad_left, k, g.wt);
         let t = ty * g.wt + tx;
+        let d = g.dim;
         // SAFETY: the depthwise contract: taps ky.0..ky.1 and kx0..kx1 are inside the grid,
-        // t < ht·wt, channels c0 + 16 ≤ dim.
+        // t < ht·wt, channels c0 + 16 ≤ ch.1 ≤ dim.
         unsafe {
-            for c0 in (0..d).step_by(16) {
+            for c0 in (ch.0..ch.1).step_by(16) {
                 let b = p.bias.add(c0);
                 let mut acc = [
                     vld1q_f32(b),
@@ -262,14 +296,15 @@ unsafe fn dw_f16_tile4<const K: usize>(
     ty: usize,
     tx: usize,
     (ky0, ky1): (usize, usize),
+    (c_lo, c_hi): (usize, usize),
 ) {
     let d = g.dim;
     let w = p.w.cast::<u16>();
     // SAFETY: the depthwise contract: rows ty + ky − pad_top (ky0 ≤ ky < ky1) and columns
     // tx − pad_left .. tx − pad_left + K + 3 are inside the grid, outputs tx..tx + 4 < wt,
-    // channels c0 + 16 ≤ dim; FEAT_FP16 (the caller's).
+    // channels c0 + 16 ≤ c_hi ≤ dim; FEAT_FP16 (the caller's).
     unsafe {
-        for c0 in (0..d).step_by(16) {
+        for c0 in (c_lo..c_hi).step_by(16) {
             let mut acc = [bias_h(p.bias.add(c0)); 4];
             for ky in ky0..ky1 {
                 let row = x.add(((ty + ky - g.pad_top) * g.wt + tx - g.pad_left) * d + c0);
@@ -302,11 +337,27 @@ unsafe fn dw_f16_tile4<const K: usize>(
 /// The CPU implements FEAT_FP16; the depthwise contract (module docs) with f16
 /// activations and weights.
 #[target_feature(enable = "neon,fp16")]
-unsafe fn dw_neon_f16_c16(x: *const u16, out: *mut u16, g: Grid, p: &Params, act: Activation) {
+unsafe fn dw_neon_f16_c16(
+    x: *const u16,
+    out: *mut u16,
+    g: Grid,
+    p: &Params,
+    act: Activation,
+    ch: (usize, usize),
+) {
     let (k, d) = (g.kernel, g.dim);
     let w = p.w.cast::<u16>();
-    type Tile =
-        unsafe fn(*const u16, *mut u16, Grid, &Params, Activation, usize, usize, (usize, usize));
+    type Tile = unsafe fn(
+        *const u16,
+        *mut u16,
+        Grid,
+        &Params,
+        Activation,
+        usize,
+        usize,
+        (usize, usize),
+        (usize, usize),
+    );
     let tile: Option<Tile> = match k {
         3 => Some(dw_f16_tile4::<3>),
         5 => Some(dw_f16_tile4::<5>),
@@ -317,15 +368,15 @@ unsafe fn dw_neon_f16_c16(x: *const u16, out: *mut u16, g: Grid, p: &Params, act
         if let (true, Some(f)) = (tiled, tile) {
             // SAFETY: the caller's contract; f is the tile of K = k, (ty, tx) a tile step
             // of dw_steps with its kernel rows ky.
-            unsafe { f(x, out, g, p, act, ty, tx, ky) };
+            unsafe { f(x, out, g, p, act, ty, tx, ky, ch) };
             continue;
         }
         let (kx0, kx1) = taps(tx, g.pad_left, k, g.wt);
         let t = ty * g.wt + tx;
         // SAFETY: the depthwise contract: taps ky.0..ky.1 and kx0..kx1 are inside the grid,
-        // t < ht·wt, channels c0 + 16 ≤ dim; FEAT_FP16 (the caller's).
+        // t < ht·wt, channels c0 + 16 ≤ ch.1 ≤ dim; FEAT_FP16 (the caller's).
         unsafe {
-            for c0 in (0..d).step_by(16) {
+            for c0 in (ch.0..ch.1).step_by(16) {
                 let mut acc = bias_h(p.bias.add(c0));
                 for ky in ky.0..ky.1 {
                     let row = x.add(((ty + ky - g.pad_top) * g.wt) * d + c0);

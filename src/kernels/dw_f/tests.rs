@@ -12,6 +12,7 @@ use crate::kernels::float::tests::{
     awkward_layer, check_fp16_required, f16_bytes, f32_bytes, layers, params, rng, same_f16,
     same_f32, unif, ACTS, SPECIAL,
 };
+use crate::kernels::parts::ChannelsMut;
 use crate::kernels::reference::{self, F16Arith, F32Arith};
 use crate::kernels::testutil::isas;
 use crate::le::{F16Le, F32Le};
@@ -29,7 +30,7 @@ fn dw_f32<W: FloatWeights>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
-        let took = x86::dw::<W, F32Arith>(x, g, l, act, out, isa);
+        let took = x86::dw::<W, F32Arith>(x, g, l, act, &mut ChannelsMut::whole(out, g.dim), isa);
         assert_eq!(took, g.dim.is_multiple_of(8), "{g:?}");
         if took {
             return;
@@ -38,11 +39,30 @@ fn dw_f32<W: FloatWeights>(
     dw::<W, F32Arith>(x, g, l, act, out, isa);
 }
 
+/// [`dw_channels`] on `parts` channel slices of `unit` channels, run last part first, into
+/// `out`: one layer split over cores.
+fn by_parts<W: FloatWeights, M: FloatArith>(
+    x: &[M::Act],
+    g: Grid,
+    l: &FloatLayer<'_, W>,
+    act: Activation,
+    out: &mut [M::Act],
+    (isa, parts, unit): (Isa, usize, usize),
+) {
+    let views = ChannelsMut::split(out, g.dim, unit, parts);
+    assert_eq!(views.len(), parts.min(g.dim.div_ceil(unit)));
+    for mut v in views.into_iter().rev() {
+        dw_channels::<W, M>(x, g, l, act, &mut v, isa);
+    }
+}
+
 /// The depthwise driver on every ISA against the reference, bit for bit: f32 arithmetic
 /// with f32 and f16 weights, f16 arithmetic. Kernels 1..9 (odd, and even with any
 /// padding below the kernel size), channel counts
 /// multiples of 16, of 8 only, and neither; rows long enough for the AVX2 kernel's 8- and
-/// 4-token tiles; every fourth case with NaN, ±inf, ±0, subnormal and huge inputs.
+/// 4-token tiles; every fourth case with NaN, ±inf, ±0, subnormal and huge inputs. Also
+/// split over 2–4 parts by channel slices of 8 or 16 (SIMD parts next to reference parts
+/// where a slice is not a whole SIMD step), the parts run in reverse.
 #[test]
 fn dw_drivers_match_reference() {
     check_fp16_required();
@@ -86,15 +106,26 @@ fn dw_drivers_match_reference() {
             }
         }
         let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+        let splits = [(2, 8), (3, 16), (4, 8)];
         reference::dw_f::<_, F32Arith>(&x, g, &l32, act, &mut a);
         for &isa in &isas {
             dw_f32(&x, g, &l32, act, &mut b, isa);
             assert!(same_f32(&a, &b), "{isa:?} f32 w32 {g:?} {act:?}");
+            for (parts, unit) in splits {
+                b.fill(0.0);
+                by_parts::<_, F32Arith>(&x, g, &l32, act, &mut b, (isa, parts, unit));
+                assert!(same_f32(&a, &b), "{isa:?} f32 w32 {parts}×{unit} {g:?}");
+            }
         }
         reference::dw_f::<_, F32Arith>(&x, g, &l16, act, &mut a);
         for &isa in &isas {
             dw_f32(&x, g, &l16, act, &mut b, isa);
             assert!(same_f32(&a, &b), "{isa:?} f32 w16 {g:?} {act:?}");
+            for (parts, unit) in splits {
+                b.fill(0.0);
+                by_parts::<_, F32Arith>(&x, g, &l16, act, &mut b, (isa, parts, unit));
+                assert!(same_f32(&a, &b), "{isa:?} f32 w16 {parts}×{unit} {g:?}");
+            }
         }
         let xh: Vec<u16> = x.iter().map(|v| f16::from_f32(*v).to_bits()).collect();
         let (mut a, mut b) = (vec![0u16; n], vec![0u16; n]);
@@ -102,6 +133,11 @@ fn dw_drivers_match_reference() {
         for &isa in &isas {
             dw::<_, F16Arith>(&xh, g, &l16, act, &mut b, isa);
             assert!(same_f16(&a, &b), "{isa:?} f16 {g:?} {act:?}");
+            for (parts, unit) in splits {
+                b.fill(0);
+                by_parts::<_, F16Arith>(&xh, g, &l16, act, &mut b, (isa, parts, unit));
+                assert!(same_f16(&a, &b), "{isa:?} f16 {parts}×{unit} {g:?}");
+            }
         }
     }
 }

@@ -42,7 +42,8 @@
 //! copying into the ring (the tensor's lines come from L3).
 //!
 //! The depthwise kernels' contract (what [`dw`] and [`Params::new`] check): `x` and `out`
-//! point at the grid's `ht·wt·dim` f32 (readable, writable), `dim` is a multiple of 8 and
+//! point at the grid's `ht·wt·dim` f32 (readable; writable in the channel range `ch`,
+//! multiples of 8, the only channels written), `dim` is a multiple of 8 and
 //! the channel count the `Params` were built for, their weights hold `kernel²·dim`
 //! elements (f16 where `HALF`), `kernel ≤ 9`, and `pad_top`, `pad_left < kernel`. Every
 //! offset the kernels form is then inside a buffer: an input row `ty + ky − pad_top` is
@@ -55,6 +56,7 @@
 use core::arch::x86_64::*;
 
 use crate::kernels::float::x86::{finish8, load_w8, Params};
+use crate::kernels::parts::ChannelsMut;
 use crate::kernels::reference::{FloatArith, FloatLayer};
 use crate::kernels::{Grid, Isa};
 use crate::le::FloatWeights;
@@ -84,20 +86,21 @@ pub(crate) fn dw<W: FloatWeights, M: FloatArith>(
     g: Grid,
     l: &FloatLayer<'_, W>,
     act: Activation,
-    out: &mut [M::Act],
+    out: &mut ChannelsMut<'_, M::Act>,
     isa: Isa,
 ) -> bool {
-    if M::HALF {
+    // The sealed FloatArith pairs !HALF with Act = f32: identity casts.
+    if M::HALF || core::mem::size_of::<M::Act>() != 4 {
         return false;
     }
-    // The sealed FloatArith pairs !HALF with Act = f32: identity casts.
-    let (Ok(x), Ok(out)) = (
-        bytemuck::try_cast_slice::<M::Act, f32>(x),
-        bytemuck::try_cast_slice_mut::<M::Act, f32>(out),
-    ) else {
+    let Ok(x) = bytemuck::try_cast_slice::<M::Act, f32>(x) else {
         return false;
     };
+    let ch = out.channels();
     if !(g.elements().is_some_and(|n| x.len() >= n && out.len() >= n)
+        && out.dim() == g.dim
+        && ch.start.is_multiple_of(8)
+        && ch.end.is_multiple_of(8)
         && g.dim.is_multiple_of(8)
         && g.kernel <= MAX_K
         && g.kernel * g.wt.min(CACHE) * 8 <= CACHE
@@ -113,16 +116,22 @@ pub(crate) fn dw<W: FloatWeights, M: FloatArith>(
     let Some(p) = Params::new::<W>(isa, g.dim, l, w_elems) else {
         return false;
     };
-    let (x, o) = (x.as_ptr(), out.as_mut_ptr());
-    // SAFETY: x and out hold the grid's ht·wt·dim f32, dim % 8 == 0, kernel ≤ 9, k·wt·8 ≤
-    // CACHE and both paddings are below the kernel size (checked above); Params::new checked the CPU's
-    // features, dim > 0, k·k·dim weight elements of W (read as HALF = W::HALF) and dim
-    // channels of every vector: the depthwise contract.
+    let (x, o, ch) = (
+        x.as_ptr(),
+        out.as_mut_ptr().cast::<f32>(),
+        (ch.start, ch.end),
+    );
+    // SAFETY: x and out (the view's tensor, of which the kernel writes only the view's
+    // channels: parts.rs) hold the grid's ht·wt·dim f32, dim % 8 == 0, the view's channels
+    // are multiples of 8, kernel ≤ 9, k·wt·8 ≤ CACHE and both paddings are below the
+    // kernel size (checked above); Params::new checked the CPU's features, dim > 0, k·k·dim
+    // weight elements of W (read as HALF = W::HALF) and dim channels of every vector: the
+    // depthwise contract.
     unsafe {
         if W::HALF {
-            dw_avx2_f32::<true>(x, o, g, &p, act)
+            dw_avx2_f32::<true>(x, o, g, &p, act, ch)
         } else {
-            dw_avx2_f32::<false>(x, o, g, &p, act)
+            dw_avx2_f32::<false>(x, o, g, &p, act, ch)
         }
     }
     true
@@ -237,9 +246,10 @@ unsafe fn dw_avx2_f32<const HALF: bool>(
     g: Grid,
     p: &Params,
     act: Activation,
+    ch: (usize, usize),
 ) {
     // SAFETY: the caller's contract.
-    unsafe { dw_slices::<HALF>(x, out, g, p, act, CACHE) }
+    unsafe { dw_slices::<HALF>(x, out, g, p, act, ch, CACHE) }
 }
 
 /// [`dw_avx2_f32`] with a ring of `cache` f32 ([`CACHE`]; the tests force 8-channel slices
@@ -248,12 +258,14 @@ unsafe fn dw_avx2_f32<const HALF: bool>(
 /// # Safety
 /// As [`dw_avx2_f32`], and `kernel · wt · 8 ≤ cache ≤ CACHE`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn dw_slices<const HALF: bool>(
     x: *const f32,
     out: *mut f32,
     g: Grid,
     p: &Params,
     act: Activation,
+    (c_lo, c_hi): (usize, usize),
     cache: usize,
 ) {
     let mut ring = [0f32; CACHE];
@@ -261,16 +273,16 @@ unsafe fn dw_slices<const HALF: bool>(
     let (ring, wb) = (ring.as_mut_ptr(), wb.as_mut_ptr());
     // k·wt·8 ≤ cache (the caller's): no overflow below twice that.
     let wide = g.kernel * g.wt * 16 <= cache;
-    let mut c0 = 0;
-    // SAFETY: slices c0 + 16 ≤ dim (wide), then c0 + 8 ≤ dim (dim % 8 == 0); the ring
-    // holds k·wt·16 (wide) or k·wt·8 ≤ cache ≤ CACHE f32, the weight buffer k²·16 ≤
-    // MAX_K²·16 (k ≤ 9); the rest is the caller's.
+    let mut c0 = c_lo;
+    // SAFETY: slices c0 + 16 ≤ c_hi (wide), then c0 + 8 ≤ c_hi (c_lo, c_hi multiples of 8,
+    // c_hi ≤ dim); the ring holds k·wt·16 (wide) or k·wt·8 ≤ cache ≤ CACHE f32, the weight
+    // buffer k²·16 ≤ MAX_K²·16 (k ≤ 9); the rest is the caller's.
     unsafe {
-        while wide && c0 + 16 <= g.dim {
+        while wide && c0 + 16 <= c_hi {
             dw_slice::<2, HALF>(x, out, g, p, act, c0, ring, wb);
             c0 += 16;
         }
-        while c0 < g.dim {
+        while c0 < c_hi {
             dw_slice::<1, HALF>(x, out, g, p, act, c0, ring, wb);
             c0 += 8;
         }
@@ -625,7 +637,15 @@ mod tests {
                     // kernel ≤ 9, k·wt·8 ≤ cache ≤ CACHE, p holds k²·dim f32 weights: the
                     // depthwise contract.
                     unsafe {
-                        dw_slices::<false>(x.as_ptr(), b.as_mut_ptr(), g, &p, act, cache);
+                        dw_slices::<false>(
+                            x.as_ptr(),
+                            b.as_mut_ptr(),
+                            g,
+                            &p,
+                            act,
+                            (0, g.dim),
+                            cache,
+                        );
                     }
                     assert!(same_f32(&a, &b), "f32 w32 cache {cache} {g:?}");
                     reference::dw_f::<_, F32Arith>(&x, g, &l16, act, &mut a);
@@ -633,7 +653,15 @@ mod tests {
                     let p = p.unwrap();
                     // SAFETY: as above, with k²·dim f16 weights.
                     unsafe {
-                        dw_slices::<true>(x.as_ptr(), b.as_mut_ptr(), g, &p, act, cache);
+                        dw_slices::<true>(
+                            x.as_ptr(),
+                            b.as_mut_ptr(),
+                            g,
+                            &p,
+                            act,
+                            (0, g.dim),
+                            cache,
+                        );
                     }
                     assert!(same_f32(&a, &b), "f32 w16 cache {cache} {g:?}");
                 }
@@ -664,7 +692,7 @@ mod tests {
             g,
             &l32,
             Activation::Gelu,
-            &mut b,
+            &mut ChannelsMut::whole(&mut b, g.dim),
             Isa::Avx2
         ));
         reference::dw_f::<_, F32Arith>(&x, g, &l32, Activation::Gelu, &mut a);

@@ -75,18 +75,53 @@ pub fn embed<W: FloatWeights, M: FloatArith>(
     scratch: &mut [f32],
     isa: Isa,
 ) {
+    if let Some((ht, wt)) = g.grid(px.len(), dim, out.len()) {
+        embed_tokens::<W, M>(px, g, dim, l, act, out, scratch, isa, 0..ht * wt);
+    }
+}
+
+/// [`embed`] for tokens `tokens` only, into `out` (`tokens.len() · dim` elements, the
+/// first token's outputs first), with its own `scratch`: one core's part of an embedding
+/// split by token ranges. The same bits as the whole layer's outputs for those tokens.
+///
+/// ```
+/// use convmixer_edge::kernels::{embed_f, reference::*, EmbedGeom, Isa};
+/// # use convmixer_edge::{le::F32Le, Activation};
+/// let g = EmbedGeom { in_h: 4, in_w: 4, in_c: 1, patch: 2 };
+/// let w: Vec<u8> = (0..16 * 4).flat_map(|i| (i as f32 / 64.0).to_le_bytes()).collect();
+/// let ones: Vec<u8> = [1.0f32; 16].iter().flat_map(|v| v.to_le_bytes()).collect();
+/// let zeros = vec![0u8; 64];
+/// let l = FloatLayer { w: F32Le(&w), bias: F32Le(&zeros), scale: F32Le(&ones), shift: F32Le(&zeros), unscale: F32Le(&ones) };
+/// let px: Vec<u8> = (0..16).collect();
+/// let (mut all, mut part) = ([0f32; 64], [0f32; 32]);
+/// embed_f::<_, F32Arith>(&px, g, 16, &l, Activation::Relu, &mut all);
+/// embed_f::embed_tokens::<_, F32Arith>(&px, g, 16, &l, Activation::Relu, &mut part, &mut [0.0; 24], Isa::detect(), 2..4);
+/// assert_eq!(all[32..], part);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn embed_tokens<W: FloatWeights, M: FloatArith>(
+    px: &[u8],
+    g: EmbedGeom,
+    dim: usize,
+    l: &FloatLayer<'_, W>,
+    act: Activation,
+    out: &mut [M::Act],
+    scratch: &mut [f32],
+    isa: Isa,
+    tokens: core::ops::Range<usize>,
+) {
     #[cfg(all(
         target_arch = "aarch64",
         target_endian = "little",
         target_feature = "neon"
     ))]
-    if neon::embed::<W, M>(px, g, dim, l, act, out, scratch, isa) {
+    if neon::embed::<W, M>(px, g, dim, l, act, out, scratch, (isa, tokens.clone())) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if x86::embed::<W, M>(px, g, dim, l, act, out, scratch, isa) {
+    if x86::embed::<W, M>(px, g, dim, l, act, out, scratch, (isa, tokens.clone())) {
         return;
     }
     let _ = (scratch, isa);
-    reference::embed_f::<W, M>(px, g, dim, l, act, out);
+    reference::embed_f_tokens::<W, M>(px, g, dim, l, act, out, tokens);
 }

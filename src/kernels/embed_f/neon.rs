@@ -13,11 +13,12 @@ use crate::kernels::{EmbedGeom, Isa};
 use crate::le::FloatWeights;
 use crate::Activation;
 
-/// Patch embedding with the NEON kernels (always f32 arithmetic, outputs narrowed to
-/// `M`'s storage), 4 patches at a time gathered into `scratch` as f32; `false`, touching
-/// nothing, where they do not take it ([`Params::new`], a patch size that does not fit the
-/// image, `scratch` shorter than 4 patches, `px` shorter than the image or `out` than
-/// `tokens · dim`).
+/// Patch embedding of tokens `range` into `out` (its first token's outputs first) with the
+/// NEON kernels (always f32 arithmetic, outputs narrowed to `M`'s storage), 4 patches at a
+/// time gathered into `scratch` as f32; `false`, touching nothing, where they do not take
+/// it ([`Params::new`], a patch size that does not fit the image, `scratch` shorter than 4
+/// patches, `px` shorter than the image, `range` not inside the grid or `out` shorter than
+/// `range.len() · dim`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn embed<W: FloatWeights, M: FloatArith>(
     px: &[u8],
@@ -27,7 +28,7 @@ pub(crate) fn embed<W: FloatWeights, M: FloatArith>(
     act: Activation,
     out: &mut [M::Act],
     scratch: &mut [f32],
-    isa: Isa,
+    (isa, range): (Isa, core::ops::Range<usize>),
 ) -> bool {
     // Every size in checked arithmetic: a wrapped product must not pass a length check.
     let (p, c) = (g.patch, g.in_c);
@@ -45,21 +46,23 @@ pub(crate) fn embed<W: FloatWeights, M: FloatArith>(
         let tokens = ht.checked_mul(wt)?;
         let row_bytes = dim.checked_mul(esz)?;
         let ok = k > 0
+            && range.start <= range.end
+            && range.end <= tokens
             && scratch.len() >= k.checked_mul(4)?
             && px.len() >= g.in_h.checked_mul(g.in_w)?.checked_mul(c)?
-            && out_b.len() >= tokens.checked_mul(row_bytes)?;
+            && out_b.len() >= range.len().checked_mul(row_bytes)?;
         let w_elems = dim.div_ceil(16).checked_mul(16)?.checked_mul(k);
         let prm = Params::new::<W, M>(isa, dim, l, w_elems, false)?;
         ok.then_some((k, tokens, row_bytes, prm))
     })();
-    let Some((k, tokens, row_bytes, prm)) = geom else {
+    let Some((k, _, row_bytes, prm)) = geom else {
         return false;
     };
     // k = p·p·c > 0, so p·c > 0 too: every chunk size below is positive.
     let pc = p * c;
-    let mut t = 0;
-    while t < tokens {
-        let count = (tokens - t).min(4);
+    let mut t = range.start;
+    while t < range.end {
+        let count = (range.end - t).min(4);
         // Gather patches t..t + count (rows of p·c pixels) into scratch rows of k f32. The
         // pixel rows are inside px: (ty·p + ky) < ht·p ≤ in_h and tx·p + p ≤ in_w, checked
         // above to span in_h·in_w·c bytes.
@@ -76,11 +79,12 @@ pub(crate) fn embed<W: FloatWeights, M: FloatArith>(
         }
         // Rows past `count` are never written (they repeat the last real one).
         let base = out_b.as_mut_ptr();
-        let outs = core::array::from_fn(|j| base.wrapping_add((t + j.min(count - 1)) * row_bytes));
+        let o0 = t - range.start;
+        let outs = core::array::from_fn(|j| base.wrapping_add((o0 + j.min(count - 1)) * row_bytes));
         let s = scratch.as_ptr();
         // SAFETY: count ≤ 4 rows of k f32 in scratch (scratch ≥ 4k, checked above); each
-        // outs[j] heads row t + j < tokens of out, dim elements of esz bytes (out ≥
-        // tokens·dim·esz); Params::new checked dim % 16 == 0, the dim·k weights of W::HALF
+        // outs[j] heads row t + j − range.start < range.len() of out, dim elements of esz
+        // bytes (out ≥ range.len()·dim·esz); Params::new checked dim % 16 == 0, the dim·k weights of W::HALF
         // (the padded 16-output blocks: dim is a multiple of 16) and the dim channels.
         unsafe {
             match (W::HALF, M::HALF) {

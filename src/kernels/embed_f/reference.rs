@@ -31,36 +31,56 @@ pub fn embed_f<W: FloatWeights, M: FloatArith>(
     act: Activation,
     out: &mut [M::Act],
 ) {
+    if let Some((ht, wt)) = g.grid(px.len(), dim, out.len()) {
+        embed_f_tokens::<W, M>(px, g, dim, l, act, out, 0..ht * wt);
+    }
+}
+
+/// [`embed_f`] for tokens `tokens` only, into `out` (`tokens.len() · dim` elements, the
+/// first token's outputs first): one core's part of a split embedding. Nothing is written
+/// where the range is not inside the grid or `out` does not hold it.
+pub fn embed_f_tokens<W: FloatWeights, M: FloatArith>(
+    px: &[u8],
+    g: EmbedGeom,
+    dim: usize,
+    l: &FloatLayer<'_, W>,
+    act: Activation,
+    out: &mut [M::Act],
+    tokens: core::ops::Range<usize>,
+) {
     let (p, c) = (g.patch, g.in_c);
     let taps = g.taps();
+    // The grid's outputs are checked as if `out` held them all; it holds `tokens`.
     let grid = g
-        .grid(px.len(), dim, out.len())
+        .grid(px.len(), dim, usize::MAX)
         .filter(|_| fgemm_packed_len_checked(dim, taps).is_some());
     let Some((ht, wt)) = grid else {
         return;
     };
-    for ty in 0..ht {
-        for tx in 0..wt {
-            let t = ty * wt + tx;
-            let Some(orow) = out.get_mut(t * dim..(t + 1) * dim) else {
-                return;
-            };
-            for (o, y) in orow.iter_mut().enumerate() {
-                let mut acc = l.bias.at(o);
-                let mut i = 0;
-                for ky in 0..p {
-                    let row = ((ty * p + ky) * g.in_w + tx * p) * c;
-                    for v in px.get(row..row + p * c).unwrap_or_default() {
-                        acc = F32Arith::mac(
-                            acc,
-                            l.w.at(crate::kernels::fgemm_index(o, i, taps)),
-                            f32::from(*v),
-                        );
-                        i += 1;
-                    }
+    if tokens.start > tokens.end || tokens.end > ht * wt || out.len() < tokens.len() * dim {
+        return;
+    }
+    for t in tokens.clone() {
+        let (ty, tx) = (t / wt, t % wt);
+        let o0 = t - tokens.start;
+        let Some(orow) = out.get_mut(o0 * dim..(o0 + 1) * dim) else {
+            return;
+        };
+        for (o, y) in orow.iter_mut().enumerate() {
+            let mut acc = l.bias.at(o);
+            let mut i = 0;
+            for ky in 0..p {
+                let row = ((ty * p + ky) * g.in_w + tx * p) * c;
+                for v in px.get(row..row + p * c).unwrap_or_default() {
+                    acc = F32Arith::mac(
+                        acc,
+                        l.w.at(crate::kernels::fgemm_index(o, i, taps)),
+                        f32::from(*v),
+                    );
+                    i += 1;
                 }
-                *y = M::narrow(l.finish(o, act, acc));
             }
+            *y = M::narrow(l.finish(o, act, acc));
         }
     }
 }

@@ -30,16 +30,49 @@ fn embed_on<W: FloatWeights, M: FloatArith>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
-        assert!(x86::embed::<W, M>(px, g, dim, l, act, out, scratch, isa));
+        let tokens = g.grid(px.len(), dim, out.len()).map_or(0, |(h, w)| h * w);
+        assert!(x86::embed::<W, M>(
+            px,
+            g,
+            dim,
+            l,
+            act,
+            out,
+            scratch,
+            (isa, 0..tokens)
+        ));
         return;
     }
     embed::<W, M>(px, g, dim, l, act, out, scratch, isa);
 }
 
+/// [`embed_tokens`] over `parts` token ranges, last first, each into its rows of `out`
+/// with a scratch of its own: one embedding split over cores.
+#[allow(clippy::too_many_arguments)]
+fn by_parts<W: FloatWeights, M: FloatArith>(
+    px: &[u8],
+    g: EmbedGeom,
+    dim: usize,
+    l: &FloatLayer<'_, W>,
+    act: Activation,
+    out: &mut [M::Act],
+    scratch: &[f32],
+    (isa, parts): (Isa, usize),
+) {
+    let tokens = out.len() / dim;
+    let ranges: Vec<_> = crate::cores::bounds(tokens, parts).collect();
+    for r in ranges.into_iter().rev() {
+        let mut sc = scratch.to_vec();
+        let part = &mut out[r.start * dim..r.end * dim];
+        embed_tokens::<W, M>(px, g, dim, l, act, part, &mut sc, isa, r);
+    }
+}
+
 /// The embedding driver on every ISA against the reference, bit for bit: f32 outputs with
 /// f32 and f16 weights, f16 outputs. Images that are and are not a multiple of the patch,
 /// channel counts multiples of 16 and not, token counts across the AVX2 kernel's 6-patch
-/// tiles, and a scratch of one patch only (AVX2: one patch at a time).
+/// tiles, and a scratch of one patch only (AVX2: one patch at a time). Also split by
+/// token ranges over 2–4 parts, run last part first.
 #[test]
 fn embed_drivers_match_reference() {
     let mut s = 0x5851_f42d_4c95_7f2du64;
@@ -88,6 +121,11 @@ fn embed_drivers_match_reference() {
         for &isa in &isas {
             embed_on::<_, F32Arith>(&px, g, dim, &l32, act, &mut b, &mut scratch, isa);
             assert!(same_f32(&a, &b), "{isa:?} f32 w32 {g:?} dim {dim} {act:?}");
+            for parts in 2..=4 {
+                b.fill(0.0);
+                by_parts::<_, F32Arith>(&px, g, dim, &l32, act, &mut b, &scratch, (isa, parts));
+                assert!(same_f32(&a, &b), "{isa:?} f32 w32 {parts} parts {g:?}");
+            }
         }
         reference::embed_f::<_, F32Arith>(&px, g, dim, &l16, act, &mut a);
         for &isa in &isas {
@@ -99,6 +137,11 @@ fn embed_drivers_match_reference() {
         for &isa in &isas {
             embed_on::<_, F16Arith>(&px, g, dim, &l16, act, &mut b, &mut scratch, isa);
             assert!(same_f16(&a, &b), "{isa:?} f16 {g:?} dim {dim} {act:?}");
+            for parts in 2..=4 {
+                b.fill(0);
+                by_parts::<_, F16Arith>(&px, g, dim, &l16, act, &mut b, &scratch, (isa, parts));
+                assert!(same_f16(&a, &b), "{isa:?} f16 {parts} parts {g:?}");
+            }
         }
     }
 }

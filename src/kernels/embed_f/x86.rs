@@ -16,11 +16,12 @@ use crate::kernels::{fgemm_packed_len_checked, EmbedGeom, Isa, FGEMM_NR};
 use crate::le::FloatWeights;
 use crate::Activation;
 
-/// Patch embedding with the AVX2 kernels (always f32 arithmetic, outputs narrowed to `M`'s
-/// storage), 6 patches at a time gathered into `scratch` as f32 (1 at a time where it holds
-/// fewer than 6); `false`, touching nothing, where they do not take it ([`Params::new`], a
-/// patch size that does not fit the image, `scratch` shorter than one patch, `px` shorter
-/// than the image or `out` than `tokens · dim`).
+/// Patch embedding of tokens `range` into `out` (its first token's outputs first) with the
+/// AVX2 kernels (always f32 arithmetic, outputs narrowed to `M`'s storage), 6 patches at a
+/// time gathered into `scratch` as f32 (1 at a time where it holds fewer than 6); `false`,
+/// touching nothing, where they do not take it ([`Params::new`], a patch size that does not
+/// fit the image, `scratch` shorter than one patch, `px` shorter than the image, `range`
+/// not inside the grid or `out` shorter than `range.len() · dim`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn embed<W: FloatWeights, M: FloatArith>(
     px: &[u8],
@@ -30,7 +31,7 @@ pub(crate) fn embed<W: FloatWeights, M: FloatArith>(
     act: Activation,
     out: &mut [M::Act],
     scratch: &mut [f32],
-    isa: Isa,
+    (isa, range): (Isa, core::ops::Range<usize>),
 ) -> bool {
     // The kernels write f16 (2 bytes) where M::HALF, else f32.
     let esz = if M::HALF { 2 } else { 4 };
@@ -40,22 +41,30 @@ pub(crate) fn embed<W: FloatWeights, M: FloatArith>(
     // Every size in checked arithmetic: a wrapped product must not pass a length check.
     let k = g.taps();
     let fits = (|| {
-        let (ht, wt) = g.grid(px.len(), dim, out_b.len() / esz)?;
+        // The grid's outputs as if `out` held them all; it holds `range`, checked next.
+        let (ht, wt) = g.grid(px.len(), dim, usize::MAX)?;
         let prm = Params::new::<W>(isa, dim, l, fgemm_packed_len_checked(dim, k))?;
-        (k > 0 && scratch.len() >= k).then_some((ht, wt, prm))
+        let part = range.len().checked_mul(dim)?;
+        (k > 0
+            && scratch.len() >= k
+            && range.start <= range.end
+            && range.end <= ht * wt
+            && out_b.len() / esz >= part)
+            .then_some((ht, wt, prm))
     })();
     let Some((ht, wt, prm)) = fits else {
         return false;
     };
-    // grid() checked 0 < p ≤ in_h, in_w, the image inside px, ht·wt·dim outputs inside
-    // out and no overflow of any index below those sizes; k = p·p·c > 0, so p·c > 0 too.
+    // grid() checked 0 < p ≤ in_h, in_w, the image inside px and no overflow of any index
+    // below those sizes; range.len()·dim outputs are inside out; k = p·p·c > 0, so p·c > 0
+    // too.
     let (p, c) = (g.patch, g.in_c);
     let pc = p * c;
     let rows = if scratch.len() / k >= MR { MR } else { 1 };
-    let tokens = ht * wt;
-    let mut t = 0;
-    while t < tokens {
-        let count = (tokens - t).min(rows);
+    let _ = ht;
+    let mut t = range.start;
+    while t < range.end {
+        let count = (range.end - t).min(rows);
         // Gather patches t..t + count (rows of p·c pixels) into scratch rows of k f32.
         for (j, patch) in scratch.chunks_exact_mut(k).take(count).enumerate() {
             let (ty, tx) = ((t + j) / wt, (t + j) % wt);
@@ -69,10 +78,12 @@ pub(crate) fn embed<W: FloatWeights, M: FloatArith>(
             }
         }
         let s = scratch.as_ptr();
-        let o = out_b.as_mut_ptr().wrapping_add(t * dim * esz);
+        let o = out_b
+            .as_mut_ptr()
+            .wrapping_add((t - range.start) * dim * esz);
         // SAFETY: count ≤ rows patches of k f32 in scratch (scratch ≥ rows·k, checked
-        // above); rows t..t + count ≤ tokens of out, dim elements of esz bytes each (grid
-        // checked out ≥ tokens·dim elements); Params::new checked the CPU's features and
+        // above); rows t − range.start .. + count ≤ range.len() of out, dim elements of esz
+        // bytes each (out ≥ range.len()·dim elements, checked above); Params::new checked the CPU's features and
         // the ⌈dim/16⌉·16·k packed weights of W::HALF, and p was built for dim.
         unsafe {
             match (W::HALF, M::HALF) {
