@@ -675,8 +675,9 @@ impl<'a> Model<'a> {
     /// The int8 ConvMixer: `a` the activations, `scratch` one buffer of `work.part` bytes
     /// per part. With several parts the int8 layers split: the embedding and the pointwise
     /// convs by token ranges, the depthwise convs by channel slices (where a slice-wise
-    /// kernel runs them); each part writes only its own tokens or channels. The f16 layers
-    /// of a mixed blob and the head run on the calling core.
+    /// kernel runs them); each part writes only its own tokens or channels. A mixed blob's
+    /// f16 embedding and pointwise convs split by token ranges too; its f16 depthwise convs
+    /// and the head run on the calling core.
     #[allow(clippy::too_many_arguments)]
     fn run_int8(
         &self,
@@ -702,7 +703,10 @@ impl<'a> Model<'a> {
         // Layers marked in the header's f16 mask run in float between the int8 tensors.
         let f16 = |l| h.f16_layers.contains(l);
         if f16(0) {
-            mixed::embed(px, eg, dim, &self.mixed_layer(0)?, act, a);
+            let l = self.mixed_layer(0)?;
+            fork(work.cores, by_tokens(a, tokens, dim, parts), |(t, out)| {
+                mixed::embed_tokens(px, eg, dim, &l, act, out, t)
+            });
         } else {
             let l = self.quant_layer(0)?;
             let items = by_tokens(a, tokens, dim, parts).zip(sc.iter_mut());
@@ -731,8 +735,11 @@ impl<'a> Model<'a> {
             }
             trace(dw, LayerOutput::Int8(a));
             if f16(pw) {
-                let b = sc.first_mut().ok_or(short)?;
-                mixed::pw_inplace(a, b, tokens, dim, &self.mixed_layer(pw)?, act);
+                let l = self.mixed_layer(pw)?;
+                let items = by_tokens(a, tokens, dim, parts).zip(sc.iter_mut());
+                fork(work.cores, items, |((t, x), sc)| {
+                    mixed::pw_inplace(x, sc, t.len(), dim, &l, act)
+                });
             } else {
                 let l = self.quant_layer(pw)?;
                 let items = by_tokens(a, tokens, dim, parts).zip(sc.iter_mut());
