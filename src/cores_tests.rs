@@ -123,6 +123,10 @@ fn every_core_count_gives_the_logits_of_one() {
                         assert_eq!(joins, want, "{name} {isa:?} {n} parts");
                     } else if name.starts_with("mnist fp") {
                         assert_eq!(joins, 1 + 2 * depth, "{name} {isa:?} {n} parts");
+                    } else {
+                        // An MLP-Mixer: the embedding, per block the token MLP, the
+                        // channel MLP's LayerNorm and the channel MLP, the last LayerNorm.
+                        assert_eq!(joins, 2 + 3 * depth, "{name} {isa:?} {n} parts");
                     }
                 }
             }

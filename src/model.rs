@@ -504,7 +504,7 @@ impl<'a> Model<'a> {
                 let mean: &mut [i32] = bytemuck::try_cast_slice_mut(mean)
                     .map_err(|_| Error::Malformed("arena alignment"))?;
                 let mean = mean.get_mut(..dim).ok_or(short)?;
-                self.run_mixer(pixels, x16, ln, b, mean, logits, trace)?;
+                self.run_mixer(pixels, x16, ln, b, mean, logits, trace, work)?;
             }
             Precision::Int8 => {
                 let a: &mut [i8] = bytemuck::cast_slice_mut(a.get_mut(..act_len).ok_or(short)?);
@@ -675,8 +675,9 @@ impl<'a> Model<'a> {
     /// The int8 ConvMixer: `a` the activations, `scratch` one buffer of `work.part` bytes
     /// per part. With several parts the int8 layers split: the embedding and the pointwise
     /// convs by token ranges, the depthwise convs by channel slices (where a slice-wise
-    /// kernel runs them); each part writes only its own tokens or channels. The f16 layers
-    /// of a mixed blob and the head run on the calling core.
+    /// kernel runs them); each part writes only its own tokens or channels. A mixed blob's
+    /// f16 embedding and pointwise convs split by token ranges too; its f16 depthwise convs
+    /// and the head run on the calling core.
     #[allow(clippy::too_many_arguments)]
     fn run_int8(
         &self,
@@ -702,7 +703,10 @@ impl<'a> Model<'a> {
         // Layers marked in the header's f16 mask run in float between the int8 tensors.
         let f16 = |l| h.f16_layers.contains(l);
         if f16(0) {
-            mixed::embed(px, eg, dim, &self.mixed_layer(0)?, act, a);
+            let l = self.mixed_layer(0)?;
+            fork(work.cores, by_tokens(a, tokens, dim, parts), |(t, out)| {
+                mixed::embed_tokens(px, eg, dim, &l, act, out, t)
+            });
         } else {
             let l = self.quant_layer(0)?;
             let items = by_tokens(a, tokens, dim, parts).zip(sc.iter_mut());
@@ -731,8 +735,11 @@ impl<'a> Model<'a> {
             }
             trace(dw, LayerOutput::Int8(a));
             if f16(pw) {
-                let b = sc.first_mut().ok_or(short)?;
-                mixed::pw_inplace(a, b, tokens, dim, &self.mixed_layer(pw)?, act);
+                let l = self.mixed_layer(pw)?;
+                let items = by_tokens(a, tokens, dim, parts).zip(sc.iter_mut());
+                fork(work.cores, items, |((t, x), sc)| {
+                    mixed::pw_inplace(x, sc, t.len(), dim, &l, act)
+                });
             } else {
                 let l = self.quant_layer(pw)?;
                 let items = by_tokens(a, tokens, dim, parts).zip(sc.iter_mut());
@@ -788,7 +795,11 @@ impl<'a> Model<'a> {
     }
 
     /// The int8 MLP-Mixer: `x16` is the residual stream (`tokens · dim`), `ln` one int8
-    /// tensor, `scratch` the MLP row tiles (the plan's sizes).
+    /// tensor, `scratch` the MLP row tiles (one buffer of `work.part` bytes per part, the
+    /// plan's sizes). With several parts the embedding, the token-major LayerNorms and the
+    /// channel MLPs split by token ranges, the token MLPs by channel ranges (the rows of
+    /// their GEMMs); the LayerNorm before a token MLP (which writes its output transposed)
+    /// and the head run on the calling core.
     #[allow(clippy::too_many_arguments)]
     fn run_mixer(
         &self,
@@ -799,44 +810,75 @@ impl<'a> Model<'a> {
         mean: &mut [i32],
         logits: &mut [f32],
         trace: &mut Trace<'_>,
+        work: Work<'_>,
     ) -> Result<(), Error> {
         let h = self.header();
         let (eg, _) = self.geometry();
-        let (t, d) = (h.tokens(), usize::from(h.dim));
+        let (t, d, isa, parts) = (h.tokens(), usize::from(h.dim), self.isa, work.parts);
         let plan = Error::Malformed("layer plan");
+        let mut sc: heapless::Vec<&mut [i8], MAX_PARTS> = heapless::Vec::new();
+        for chunk in scratch.chunks_mut(work.part.max(1)).take(parts) {
+            let _ = sc.push(chunk);
+        }
         // The embedding: a GEMM into `ln`, added into the zeroed residual stream.
         let embed = self.quant_layer(0)?;
-        gemm_i8::embed_i8(
-            px,
-            eg,
-            d,
-            &embed,
-            crate::Activation::Gelu,
-            scratch,
-            ln,
-            self.isa,
-        );
-        x16.iter_mut().for_each(|v| *v = 0);
-        res_add::add_residual(ln, t, d, self.res_add(0, &embed)?, x16, false, self.isa);
+        let add0 = self.res_add(0, &embed)?;
+        let items = by_tokens(ln, t, d, parts)
+            .zip(by_tokens(x16, t, d, parts))
+            .zip(sc.iter_mut());
+        fork(work.cores, items, |(((tk, q), (_, x)), sc)| {
+            let gelu = crate::Activation::Gelu;
+            gemm_i8::embed_i8_tokens(px, eg, d, &embed, gelu, sc, q, tk.clone(), isa);
+            x.iter_mut().for_each(|v| *v = 0);
+            res_add::add_residual(q, tk.len(), d, add0, x, false, isa);
+        });
         trace(0, LayerOutput::Int16(x16));
         let mut layer = 1;
         while layer < h.head_layer() {
             let norm =
                 k::LayerNormI16::from_section(self.blob.section(SectionKind::LayerNorm, layer)?, d);
-            if layer + 1 == h.head_layer() {
-                layer_norm::layer_norm_i16(x16, t, d, &norm, ln, false, self.isa);
+            // LayerNorm, fc1, fc2: the token MLP works on the transposed LayerNorm output.
+            let last = layer + 1 == h.head_layer();
+            let token = !last && h.mixer_layer(layer + 1) == Some(MixerLayer::TokenFc1);
+            if token {
+                layer_norm::layer_norm_i16(x16, t, d, &norm, ln, true, isa);
+            } else {
+                let x = &*x16;
+                fork(work.cores, by_tokens(ln, t, d, parts), |(tk, out)| {
+                    if let Some(rows) = x.get(tk.start * d..tk.end * d) {
+                        layer_norm::layer_norm_i16(rows, tk.len(), d, &norm, out, false, isa)
+                    }
+                });
+            }
+            if last {
                 break;
             }
-            // LayerNorm, fc1, fc2: the token MLP works on the transposed LayerNorm output.
-            let token = h.mixer_layer(layer + 1) == Some(MixerLayer::TokenFc1);
-            layer_norm::layer_norm_i16(x16, t, d, &norm, ln, token, self.isa);
             let (rows, kin, hidden) = h.mixer_gemm(layer + 1).ok_or(plan)?;
             let (_, _, n) = h.mixer_gemm(layer + 2).ok_or(plan)?;
             let (fc1, fc2) = (self.quant_layer(layer + 1)?, self.quant_layer(layer + 2)?);
             let add = self.res_add(layer + 2, &fc2)?;
-            gemm_i8::mlp_i8(
-                ln, rows, kin, hidden, n, &fc1, &fc2, add, x16, token, scratch, self.isa,
-            );
+            let (x, shape, layers) = (&*ln, (kin, hidden, n), (&fc1, &fc2, add));
+            if token {
+                // Rows are channels: whole 64-byte lines of each token per part where the
+                // channels allow.
+                let unit = if d >= 32 * parts { 32 } else { 1 };
+                let views = ChannelsMut::split(x16, d, unit, parts);
+                fork(
+                    work.cores,
+                    views.into_iter().zip(sc.iter_mut()),
+                    |(mut v, sc)| {
+                        let r = v.channels();
+                        let to = gemm_i8::MlpRows::Channels(&mut v);
+                        gemm_i8::mlp_i8_rows(x, r, shape, layers, to, sc, isa)
+                    },
+                );
+            } else {
+                let items = by_tokens(x16, rows, n, parts).zip(sc.iter_mut());
+                fork(work.cores, items, |((r, resid), sc)| {
+                    let to = gemm_i8::MlpRows::Tokens(resid);
+                    gemm_i8::mlp_i8_rows(x, r, shape, layers, to, sc, isa)
+                });
+            }
             trace(layer + 2, LayerOutput::Int16(x16));
             layer += 3;
         }

@@ -269,3 +269,47 @@ fn an_unmet_budget_keeps_the_best_mix_measured() {
         .count();
     assert_eq!(100.0 * right as f64 / s.set.len() as f64, mixed);
 }
+
+/// Runs each join's tasks on scoped threads, last task first (a `Cores` of `n` cores).
+struct Threads(usize);
+
+impl convmixer_edge::cores::Cores for Threads {
+    fn count(&self) -> usize {
+        self.0
+    }
+    fn join(&self, tasks: &mut [&mut (dyn FnMut() + Send)]) {
+        std::thread::scope(|s| {
+            for t in tasks.iter_mut().rev() {
+                s.spawn(|| t());
+            }
+        });
+    }
+}
+
+/// A mixed blob whose f16 layers are the embedding, a depthwise and a pointwise conv (and
+/// the head) gives the same logits, bit for bit, on 1–4 cores as on one: its f16
+/// embedding and pointwise convs split by token ranges like the int8 ones.
+#[test]
+fn a_mixed_blob_gives_the_same_logits_on_every_core_count() {
+    let s = setup();
+    let blob = convmixer_quantize::quantize(
+        &s.model,
+        Precision::Int8,
+        &s.calib,
+        &opts(&[0, 3, 4, 9]),
+        &|| {},
+    )
+    .expect("quantize");
+    let m = Model::from_bytes(&blob).expect("blob");
+    for (px, _) in s.set.iter().take(5) {
+        let one = logits(&blob, px);
+        for n in 1..=4 {
+            let mut arena = vec![0u8; m.arena_len_for(n)];
+            let mut l = vec![0f32; 10];
+            m.logits_on(&Threads(n), px, &mut arena, &mut l)
+                .expect("run");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&l), bits(&one), "{n} cores");
+        }
+    }
+}

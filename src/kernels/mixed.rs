@@ -117,32 +117,66 @@ pub fn embed(
     act: Activation,
     out: &mut [i8],
 ) {
+    if let Some((ht, wt)) = e.grid(px.len(), dim, out.len()) {
+        embed_tokens(px, e, dim, l, act, out, 0..ht * wt);
+    }
+}
+
+/// [`embed`] for tokens `tokens` only, into `out` (`tokens.len() · dim`, the first token's
+/// outputs first): one core's part of an embedding split by token ranges. Writes nothing
+/// where the range is not inside the grid or `out` does not hold it.
+///
+/// ```
+/// use convmixer_edge::kernels::{mixed::{self, MixedLayer}, reference::FloatLayer, EmbedGeom};
+/// use convmixer_edge::{le::{F16Le, F32Le}, Activation};
+/// let mut w = vec![0u8; 16 * 2];
+/// w[..2].copy_from_slice(&half::f16::ONE.to_bits().to_le_bytes());
+/// let (zero, one) = (0f32.to_le_bytes(), 1f32.to_le_bytes());
+/// let f = FloatLayer { w: F16Le(&w), bias: F32Le(&zero), scale: F32Le(&one), shift: F32Le(&zero), unscale: F32Le(&one) };
+/// let l = MixedLayer { f, s_in: F32Le(&one), zp_in: 0, s_out: F32Le(&one), zp_out: 0 };
+/// let e = EmbedGeom { in_h: 1, in_w: 3, in_c: 1, patch: 1 };
+/// let mut part = [0i8; 2];
+/// mixed::embed_tokens(&[7, 8, 9], e, 1, &l, Activation::Relu, &mut part, 1..3);
+/// assert_eq!(part, [8, 9]);
+/// ```
+pub fn embed_tokens(
+    px: &[u8],
+    e: EmbedGeom,
+    dim: usize,
+    l: &MixedLayer<'_>,
+    act: Activation,
+    out: &mut [i8],
+    tokens: core::ops::Range<usize>,
+) {
     let (p, c, taps) = (e.patch, e.in_c, e.taps());
-    // Below these sizes no index formed here overflows or leaves its slice.
+    // Below these sizes no index formed here overflows or leaves its slice (the grid's
+    // outputs are checked as if `out` held them all; it holds `tokens`, checked next).
     let grid = e
-        .grid(px.len(), dim, out.len())
+        .grid(px.len(), dim, usize::MAX)
         .filter(|_| fgemm_packed_len_checked(dim, taps).is_some());
     let Some((ht, wt)) = grid else {
         return;
     };
-    for ty in 0..ht {
-        for tx in 0..wt {
-            let t = ty * wt + tx;
-            let Some(orow) = out.get_mut(t * dim..(t + 1) * dim) else {
-                return;
-            };
-            for (o, y) in orow.iter_mut().enumerate() {
-                let mut acc = l.f.bias.at(o);
-                let mut i = 0;
-                for ky in 0..p {
-                    let row = ((ty * p + ky) * e.in_w + tx * p) * c;
-                    for v in px.get(row..row + p * c).unwrap_or_default() {
-                        acc = libm::fmaf(l.f.w.at(fgemm_index(o, i, taps)), f32::from(*v), acc);
-                        i += 1;
-                    }
+    if tokens.start > tokens.end || tokens.end > ht * wt || out.len() < tokens.len() * dim {
+        return;
+    }
+    for t in tokens.clone() {
+        let (ty, tx) = (t / wt, t % wt);
+        let o0 = t - tokens.start;
+        let Some(orow) = out.get_mut(o0 * dim..(o0 + 1) * dim) else {
+            return;
+        };
+        for (o, y) in orow.iter_mut().enumerate() {
+            let mut acc = l.f.bias.at(o);
+            let mut i = 0;
+            for ky in 0..p {
+                let row = ((ty * p + ky) * e.in_w + tx * p) * c;
+                for v in px.get(row..row + p * c).unwrap_or_default() {
+                    acc = libm::fmaf(l.f.w.at(fgemm_index(o, i, taps)), f32::from(*v), acc);
+                    i += 1;
                 }
-                *y = l.quantize(l.finish(o, act, acc), o);
             }
+            *y = l.quantize(l.finish(o, act, acc), o);
         }
     }
 }

@@ -43,8 +43,9 @@ pub mod avx512;
 #[cfg(test)]
 mod tests;
 
+use super::parts::ChannelsMut;
 use super::reference::QuantLayer;
-use super::res_add::{add_rows, ResAdd};
+use super::res_add::{add_columns, add_rows, ResAdd};
 use super::{EmbedGeom, Isa, PW_TILE};
 use crate::Activation;
 
@@ -295,10 +296,79 @@ pub fn mlp_i8(
     scratch: &mut [i8],
     isa: Isa,
 ) {
+    if rows.checked_mul(n).is_none_or(|len| resid.len() < len) {
+        return;
+    }
+    let (layers, shape) = ((fc1, fc2, add), (k, hidden, n));
+    if transposed {
+        let mut view = ChannelsMut::whole(resid, rows);
+        let to = MlpRows::Channels(&mut view);
+        mlp_i8_rows(x, 0..rows, shape, layers, to, scratch, isa);
+    } else {
+        mlp_i8_rows(
+            x,
+            0..rows,
+            shape,
+            layers,
+            MlpRows::Tokens(resid),
+            scratch,
+            isa,
+        );
+    }
+}
+
+/// Where [`mlp_i8_rows`] adds its rows of the MLP's output into the residual stream.
+#[derive(Debug)]
+pub enum MlpRows<'r, 'a> {
+    /// The rows are tokens (the channel MLP): the stream's tokens of the row range, their
+    /// `n` channels each, first row first.
+    Tokens(&'r mut [i16]),
+    /// The rows are channels (the token MLP, whose `n` outputs are the stream's tokens):
+    /// a view whose channels are the row range ([`add_columns`]).
+    Channels(&'r mut ChannelsMut<'a, i16>),
+}
+
+/// [`mlp_i8`] for the rows `rows` of `x` only (`x` holds every row, `k` each), with its own
+/// `scratch` ([`mlp_scratch_len`] bytes): one core's part of an MLP split by rows, added
+/// into the stream through `to`; `(k, hidden, n)` the MLP's shape, `(fc1, fc2, add)` its
+/// layers. The same bits as the whole MLP's rows. Nothing is written where a slice does
+/// not fit (or a `Channels` view's channels are not `rows`).
+///
+/// ```
+/// use convmixer_edge::kernels::{gemm_i8::{self, MlpRows}, gemm_packed_len, reference::QuantLayer, res_add::ResAdd, Isa};
+/// use convmixer_edge::le::I32Le;
+/// let table: Vec<u8> = (0..256).map(|i| ((i - 128) as i16).to_le_bytes()[0])
+///     .chain((0..256).map(|i| ((i - 128) as i16).to_le_bytes()[1])).collect();
+/// let rq = |n: usize| -> Vec<u8> { [1 << 30, -1, 1, 0, 0, 0i32].iter().flat_map(|v| v.to_le_bytes().repeat(n)).collect() };
+/// let (k, h, n) = (4, 8, 4);
+/// let (w1, w2) = (vec![1i8; gemm_packed_len(h, k)], vec![1i8; gemm_packed_len(n, h)]);
+/// let (rq1, rq2, bias) = (rq(h), rq(n), vec![0u8; 4 * h]);
+/// let l = |w, rq| QuantLayer { w, bias: I32Le(&bias), requant: I32Le(rq), zp_in: 0, zp_z: 0, zp_out: 0, table: &table };
+/// let (fc1, fc2) = (l(&w1, &rq1), l(&w2, &rq2));
+/// let x = [1i8; 3 * 4];
+/// let mut part = [5i16; 4]; // row 2 of 3
+/// let mut scratch = vec![0i8; gemm_i8::mlp_scratch_len(h, n)];
+/// let add = ResAdd { zp: 0, m: 1, sh: 0 };
+/// gemm_i8::mlp_i8_rows(&x, 2..3, (k, h, n), (&fc1, &fc2, add), MlpRows::Tokens(&mut part), &mut scratch, Isa::detect());
+/// assert_eq!(part, [5 + 32; 4]);
+/// ```
+pub fn mlp_i8_rows(
+    x: &[i8],
+    rows: core::ops::Range<usize>,
+    (k, hidden, n): (usize, usize, usize),
+    (fc1, fc2, add): (&QuantLayer<'_>, &QuantLayer<'_>, ResAdd),
+    to: MlpRows<'_, '_>,
+    scratch: &mut [i8],
+    isa: Isa,
+) {
     let fits = k > 0
-        && rows.checked_mul(k).is_some_and(|len| x.len() >= len)
-        && rows.checked_mul(n).is_some_and(|len| resid.len() >= len)
-        && scratch.len() >= mlp_scratch_len(hidden, n);
+        && rows.start <= rows.end
+        && rows.end.checked_mul(k).is_some_and(|len| x.len() >= len)
+        && scratch.len() >= mlp_scratch_len(hidden, n)
+        && match &to {
+            MlpRows::Tokens(r) => rows.len().checked_mul(n).is_some_and(|len| r.len() >= len),
+            MlpRows::Channels(v) => v.channels() == rows,
+        };
     if !fits {
         return;
     }
@@ -306,9 +376,10 @@ pub fn mlp_i8(
     // Both MLP layers look their activation up in the table (GELU, or the identity).
     let g1 = Gemm::new(fc1, k, hidden, Activation::Gelu, isa);
     let g2 = Gemm::new(fc2, hidden, n, Activation::Gelu, isa);
-    let mut r = 0;
-    while r < rows {
-        let m = PW_TILE.min(rows - r);
+    let mut to = to;
+    let mut r = rows.start;
+    while r < rows.end {
+        let m = PW_TILE.min(rows.end - r);
         let (Some(xs), Some(hs), Some(os)) = (
             x.get(r * k..(r + m) * k),
             hbuf.get_mut(..m * hidden),
@@ -318,7 +389,12 @@ pub fn mlp_i8(
         };
         g1.run(xs, m, hs);
         g2.run(hs, m, os);
-        add_rows(os, m, n, r, rows, add, resid, transposed, isa);
+        match &mut to {
+            MlpRows::Tokens(resid) => {
+                add_rows(os, m, n, r - rows.start, rows.len(), add, resid, false, isa)
+            }
+            MlpRows::Channels(view) => add_columns(os, m, n, r, add, view),
+        }
         r += m;
     }
 }

@@ -7,6 +7,7 @@ use std::vec;
 use std::vec::Vec;
 
 use super::*;
+use crate::kernels::parts::ChannelsMut;
 use crate::kernels::reference::{self, QuantLayer};
 use crate::kernels::testutil::{act, isas, layer_bytes, Awkward, Layer, Rng};
 use crate::kernels::{awkward, gemm_index, gemm_packed_len};
@@ -324,6 +325,87 @@ fn drivers_never_panic_on_any_shape() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// One random int8 MLP layer of `n` outputs over `k` inputs (GELU by table), packed with
+/// zero padding as the blob reader guarantees: `(w, bias, requant, table)`.
+fn mlp_layer(r: &mut Rng, n: usize, k: usize) -> (Vec<i8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut w = vec![0i8; gemm_packed_len(n, k)];
+    for o in 0..n {
+        for i in 0..k {
+            w[gemm_index(o, i, k)] = r.range(-127, 127) as i8;
+        }
+    }
+    let (bias, rq, table) = layer_bytes(r, n, false);
+    (w, bias, rq, table)
+}
+
+/// An MLP split by rows over 2–4 parts, last part first, each with its own scratch, gives
+/// the whole MLP's residual stream on every ISA: the channel MLP (rows are tokens, each part
+/// adds into its tokens) and the token MLP (rows are channels of the transposed output,
+/// each part adds into its channels of every token through a `ChannelsMut` view).
+#[test]
+fn an_mlp_split_by_rows_matches_the_whole() {
+    let mut r = Rng(0x51ed_270b_a3c4_1e77);
+    for case in 0..24 {
+        let rows = r.range(1, 40) as usize;
+        let (k, hidden, n) = (
+            r.range(1, 40) as usize,
+            r.range(1, 50) as usize,
+            r.range(1, 40) as usize,
+        );
+        let (w1, b1, rq1, t1) = mlp_layer(&mut r, hidden, k);
+        let (w2, b2, rq2, t2) = mlp_layer(&mut r, n, hidden);
+        let layer = |w, b, rq, t| QuantLayer {
+            w,
+            bias: I32Le(b),
+            requant: I32Le(rq),
+            zp_in: 0,
+            zp_z: 3,
+            zp_out: -5,
+            table: t,
+        };
+        let fc1 = layer(&w1, &b1, &rq1, &t1);
+        let fc2 = layer(&w2, &b2, &rq2, &t2);
+        let add = ResAdd {
+            zp: -5,
+            m: r.range(1, 1 << 20) as i32,
+            sh: r.range(0, 24) as i32,
+        };
+        let x: Vec<i8> = (0..rows * k).map(|_| r.range(-128, 127) as i8).collect();
+        let resid0: Vec<i16> = (0..rows * n)
+            .map(|_| r.range(-30_000, 30_000) as i16)
+            .collect();
+        let transposed = case % 2 == 1;
+        for isa in isas() {
+            let mut want = resid0.clone();
+            let mut sc = vec![0i8; mlp_scratch_len(hidden, n)];
+            mlp_i8(
+                &x, rows, k, hidden, n, &fc1, &fc2, add, &mut want, transposed, &mut sc, isa,
+            );
+            for parts in 2..=4 {
+                let mut got = resid0.clone();
+                let (shape, layers) = ((k, hidden, n), (&fc1, &fc2, add));
+                if transposed {
+                    // The stream is n tokens × rows channels; parts take channel ranges.
+                    let views = ChannelsMut::split(&mut got, rows, 3, parts);
+                    for mut v in views.into_iter().rev() {
+                        let rr = v.channels();
+                        let to = MlpRows::Channels(&mut v);
+                        mlp_i8_rows(&x, rr, shape, layers, to, &mut sc, isa);
+                    }
+                } else {
+                    let ranges: Vec<_> = crate::cores::bounds(rows, parts).collect();
+                    for rr in ranges.into_iter().rev() {
+                        let to = MlpRows::Tokens(&mut got[rr.start * n..rr.end * n]);
+                        mlp_i8_rows(&x, rr, shape, layers, to, &mut sc, isa);
+                    }
+                }
+                assert_eq!(got, want, "{isa:?} {parts} parts, transposed {transposed}");
+            }
+            assert_ne!(want, resid0, "the MLP added nothing ({isa:?})");
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod x86;
 #[cfg(test)]
 mod tests;
 
+use super::parts::ChannelsMut;
 use super::Isa;
 
 /// How an int8 GEMM output is added into the MLP-Mixer's int16 residual stream (a
@@ -73,15 +74,7 @@ pub(crate) fn add_rows(
 ) {
     let one = |x: &mut i16, v: i8| *x = reference::res_add_i16(*x, v, add.zp, add.m, add.sh);
     if transposed {
-        // Element (r + i, j) goes to resid[j·rows + r + i]: m contiguous values per j.
-        for j in 0..n {
-            let Some(dst) = resid.get_mut(j * rows + r..j * rows + r + m) else {
-                return;
-            };
-            for (i, x) in dst.iter_mut().enumerate() {
-                one(x, q.get(i * n + j).copied().unwrap_or(0));
-            }
-        }
+        add_columns(q, m, n, r, add, &mut ChannelsMut::whole(resid, rows));
     } else {
         let Some(dst) = resid.get_mut(r * n..(r + m) * n) else {
             return;
@@ -94,6 +87,44 @@ pub(crate) fn add_rows(
         };
         for (x, &v) in dst.iter_mut().zip(q).skip(done) {
             one(x, v);
+        }
+    }
+}
+
+/// The transposed add (the token MLP's): the `m × n` int8 tile `q` holds rows `r .. r + m`
+/// (channels of the residual stream, inside the view's channels) of a GEMM whose `n`
+/// columns are the stream's tokens; element `(r + i, j)` is added into channel `r + i` of
+/// token `j`, [`reference::res_add_i16`] per element. Through a [`ChannelsMut`] view, so
+/// that a token MLP split by channel ranges adds each part's rows on its own core. Stops
+/// at the first token or row outside the view.
+///
+/// ```
+/// use convmixer_edge::kernels::{parts::ChannelsMut, res_add::{add_columns, ResAdd}};
+/// let mut x = [0i16; 2 * 4]; // 2 tokens × 4 channels
+/// let mut views = ChannelsMut::split(&mut x, 4, 2, 2);
+/// // Rows 2 and 3 (channels 2..4) of a 2-row × 2-token tile.
+/// add_columns(&[1, 2, 3, 4], 2, 2, 2, ResAdd { zp: 0, m: 1, sh: 0 }, &mut views[1]);
+/// drop(views);
+/// assert_eq!(x, [0, 0, 1, 3, 0, 0, 2, 4]);
+/// ```
+pub fn add_columns(
+    q: &[i8],
+    m: usize,
+    n: usize,
+    r: usize,
+    add: ResAdd,
+    resid: &mut ChannelsMut<'_, i16>,
+) {
+    let Some(at) = r.checked_sub(resid.channels().start) else {
+        return;
+    };
+    for j in 0..n {
+        let Some(dst) = resid.token(j).and_then(|t| t.get_mut(at..at + m)) else {
+            return;
+        };
+        for (i, x) in dst.iter_mut().enumerate() {
+            let v = q.get(i * n + j).copied().unwrap_or(0);
+            *x = reference::res_add_i16(*x, v, add.zp, add.m, add.sh);
         }
     }
 }
