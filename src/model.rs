@@ -618,9 +618,9 @@ impl<'a> Model<'a> {
         let b: &mut [M::Act] =
             bytemuck::try_cast_slice_mut(b.get_mut(..n * esz).ok_or(short)?).map_err(align)?;
         trace(0, M::trace(a));
-        // The depthwise convs split by channel slices (whole 64-byte lines of each token
-        // where the channels allow, else 16-channel SIMD steps), the pointwise by tokens.
-        let unit = if g.dim >= 64 * work.parts { 64 } else { 16 };
+        // The depthwise convs split by channel slices (16-channel SIMD steps at least),
+        // the pointwise by tokens.
+        let unit = work.channel_unit(g.dim, esz, 16);
         for i in 0..usize::from(h.depth) {
             let dw = self.float_layer(1 + 2 * i, wrap)?;
             let (isa, x) = (self.isa, &*a);
@@ -696,10 +696,7 @@ impl<'a> Model<'a> {
         let short = Error::Malformed("arena plan");
         let parts = work.parts;
         // One scratch buffer per part; the first is the single-core scratch.
-        let mut sc: heapless::Vec<&mut [i8], MAX_PARTS> = heapless::Vec::new();
-        for chunk in scratch.chunks_mut(work.part.max(1)).take(parts) {
-            let _ = sc.push(chunk);
-        }
+        let mut sc = work.scratch(scratch);
         // Layers marked in the header's f16 mask run in float between the int8 tensors.
         let f16 = |l| h.f16_layers.contains(l);
         if f16(0) {
@@ -722,12 +719,10 @@ impl<'a> Model<'a> {
                 mixed::dw_inplace(a, b, g, &self.mixed_layer(dw)?, act);
             } else {
                 let l = self.quant_layer(dw)?;
-                // Whole cache lines per part where the channels allow (the kernel's
-                // slices, 8 or 16 channels, divide 64).
-                let line = |u: usize| if dim >= 64 * parts { 64 } else { u };
+                // The kernel's slices (8 or 16 channels) divide a 64-byte line.
                 let unit = dw_i8::channel_unit(isa, dim)
                     .filter(|_| parts > 1)
-                    .map(line);
+                    .map(|u| work.channel_unit(dim, 1, u));
                 if !unit.is_some_and(|u| dw_split(a, &mut sc, g, &l, act, isa, u, work.cores)) {
                     let b = sc.first_mut().ok_or(short)?;
                     dw_i8::dw_i8_inplace(a, b, g, &l, act, isa);
@@ -816,10 +811,7 @@ impl<'a> Model<'a> {
         let (eg, _) = self.geometry();
         let (t, d, isa, parts) = (h.tokens(), usize::from(h.dim), self.isa, work.parts);
         let plan = Error::Malformed("layer plan");
-        let mut sc: heapless::Vec<&mut [i8], MAX_PARTS> = heapless::Vec::new();
-        for chunk in scratch.chunks_mut(work.part.max(1)).take(parts) {
-            let _ = sc.push(chunk);
-        }
+        let mut sc = work.scratch(scratch);
         // The embedding: a GEMM into `ln`, added into the zeroed residual stream.
         let embed = self.quant_layer(0)?;
         let add0 = self.res_add(0, &embed)?;
@@ -859,9 +851,8 @@ impl<'a> Model<'a> {
             let add = self.res_add(layer + 2, &fc2)?;
             let (x, shape, layers) = (&*ln, (kin, hidden, n), (&fc1, &fc2, add));
             if token {
-                // Rows are channels: whole 64-byte lines of each token per part where the
-                // channels allow.
-                let unit = if d >= 32 * parts { 32 } else { 1 };
+                // Rows are channels of the i16 stream.
+                let unit = work.channel_unit(d, 2, 1);
                 let views = ChannelsMut::split(x16, d, unit, parts);
                 fork(
                     work.cores,
@@ -908,6 +899,31 @@ struct Work<'c> {
     cores: &'c dyn Cores,
     parts: usize,
     part: usize,
+}
+
+impl Work<'_> {
+    /// `scratch` as one buffer of `part` bytes per part (in the plan's order).
+    fn scratch<'s>(&self, scratch: &'s mut [i8]) -> heapless::Vec<&'s mut [i8], MAX_PARTS> {
+        let mut sc = heapless::Vec::new();
+        for chunk in scratch.chunks_mut(self.part.max(1)).take(self.parts) {
+            // Cannot fail: parts ≤ MAX_PARTS.
+            let _ = sc.push(chunk);
+        }
+        sc
+    }
+
+    /// Channels per part of a layer split by channel slices of a tensor with
+    /// `bytes`-byte elements: whole 64-byte lines of each token where there are enough
+    /// channels for every part (so that no cache line is written by two cores), else
+    /// `otherwise` (the kernel's own step).
+    fn channel_unit(&self, dim: usize, bytes: usize, otherwise: usize) -> usize {
+        let line = 64 / bytes.clamp(1, 64);
+        if dim >= line * self.parts {
+            line
+        } else {
+            otherwise
+        }
+    }
 }
 
 /// `a`'s tokens in `parts` consecutive ranges (sizes differing by at most one): each

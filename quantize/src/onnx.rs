@@ -202,7 +202,8 @@ pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor> {
         bail!("{what} is stored in the external data file '{location}', which needs the model's folder: read the model from its path");
     }
     let raw = &t.raw_data;
-    let width = match DataType::try_from(t.data_type) {
+    let ty = DataType::try_from(t.data_type);
+    let width = match ty {
         Ok(DataType::Double | DataType::Int64) => 8,
         _ => 4,
     };
@@ -219,7 +220,7 @@ pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor> {
         data,
         ints: None,
     };
-    let tensor = match DataType::try_from(t.data_type) {
+    let tensor = match ty {
         Ok(DataType::Float) if !raw.is_empty() => floats(
             words(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))

@@ -148,37 +148,16 @@ pub fn embed_tokens(
     out: &mut [i8],
     tokens: core::ops::Range<usize>,
 ) {
-    let (p, c, taps) = (e.patch, e.in_c, e.taps());
-    // Below these sizes no index formed here overflows or leaves its slice (the grid's
-    // outputs are checked as if `out` held them all; it holds `tokens`, checked next).
-    let grid = e
-        .grid(px.len(), dim, usize::MAX)
-        .filter(|_| fgemm_packed_len_checked(dim, taps).is_some());
-    let Some((ht, wt)) = grid else {
-        return;
-    };
-    if tokens.start > tokens.end || tokens.end > ht * wt || out.len() < tokens.len() * dim {
-        return;
-    }
-    for t in tokens.clone() {
-        let (ty, tx) = (t / wt, t % wt);
-        let o0 = t - tokens.start;
-        let Some(orow) = out.get_mut(o0 * dim..(o0 + 1) * dim) else {
-            return;
-        };
-        for (o, y) in orow.iter_mut().enumerate() {
-            let mut acc = l.f.bias.at(o);
-            let mut i = 0;
-            for ky in 0..p {
-                let row = ((ty * p + ky) * e.in_w + tx * p) * c;
-                for v in px.get(row..row + p * c).unwrap_or_default() {
-                    acc = libm::fmaf(l.f.w.at(fgemm_index(o, i, taps)), f32::from(*v), acc);
-                    i += 1;
-                }
-            }
-            *y = l.quantize(l.finish(o, act, acc), o);
-        }
-    }
+    super::embed_f::reference::embed_tokens_with(
+        px,
+        e,
+        dim,
+        &l.f.w,
+        l.f.bias,
+        out,
+        tokens,
+        |o, acc| l.quantize(l.finish(o, act, acc), o),
+    );
 }
 
 /// One depthwise output token in float: taps in `(ky, kx)` order skipping the padding,

@@ -53,9 +53,9 @@ pub(crate) fn embed<W: FloatWeights, M: FloatArith>(
             && out_b.len() >= range.len().checked_mul(row_bytes)?;
         let w_elems = dim.div_ceil(16).checked_mul(16)?.checked_mul(k);
         let prm = Params::new::<W, M>(isa, dim, l, w_elems, false)?;
-        ok.then_some((k, tokens, row_bytes, prm))
+        ok.then_some((k, row_bytes, prm))
     })();
-    let Some((k, _, row_bytes, prm)) = geom else {
+    let Some((k, row_bytes, prm)) = geom else {
         return false;
     };
     // k = p·p·c > 0, so p·c > 0 too: every chunk size below is positive.

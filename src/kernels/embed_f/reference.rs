@@ -3,7 +3,7 @@
 
 use crate::kernels::float::reference::{F32Arith, FloatArith, FloatLayer};
 use crate::kernels::{fgemm_packed_len_checked, EmbedGeom};
-use crate::le::FloatWeights;
+use crate::le::{F32Le, FloatWeights};
 use crate::Activation;
 
 /// Patch embedding on raw pixels (HWC `u8`), writing `tokens × dim` activations. Weights
@@ -48,9 +48,33 @@ pub fn embed_f_tokens<W: FloatWeights, M: FloatArith>(
     out: &mut [M::Act],
     tokens: core::ops::Range<usize>,
 ) {
+    embed_tokens_with(px, g, dim, &l.w, l.bias, out, tokens, |o, acc| {
+        M::narrow(l.finish(o, act, acc))
+    });
+}
+
+/// The patch embedding's sums for tokens `tokens` into `out` (`tokens.len() · dim`, the
+/// first token's outputs first): per output `o` of a token, the bias plus each pixel times
+/// its packed weight ([`fgemm_index`](crate::kernels::fgemm_index)), one `fma` each in f32,
+/// stored as `finish(o, sum)`. The one loop of [`embed_f_tokens`] and of the
+/// mixed-precision embedding (`mixed::embed_tokens`, which quantises instead of
+/// narrowing). Nothing is written where the range is not inside the grid or `out` does not
+/// hold it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn embed_tokens_with<W: FloatWeights, T>(
+    px: &[u8],
+    g: EmbedGeom,
+    dim: usize,
+    w: &W,
+    bias: F32Le<'_>,
+    out: &mut [T],
+    tokens: core::ops::Range<usize>,
+    finish: impl Fn(usize, f32) -> T,
+) {
     let (p, c) = (g.patch, g.in_c);
     let taps = g.taps();
-    // The grid's outputs are checked as if `out` held them all; it holds `tokens`.
+    // The grid's outputs are checked as if `out` held them all; it holds `tokens`. Below
+    // these sizes no index formed here overflows or leaves its slice.
     let grid = g
         .grid(px.len(), dim, usize::MAX)
         .filter(|_| fgemm_packed_len_checked(dim, taps).is_some());
@@ -67,20 +91,17 @@ pub fn embed_f_tokens<W: FloatWeights, M: FloatArith>(
             return;
         };
         for (o, y) in orow.iter_mut().enumerate() {
-            let mut acc = l.bias.at(o);
+            let mut acc = bias.at(o);
             let mut i = 0;
             for ky in 0..p {
                 let row = ((ty * p + ky) * g.in_w + tx * p) * c;
                 for v in px.get(row..row + p * c).unwrap_or_default() {
-                    acc = F32Arith::mac(
-                        acc,
-                        l.w.at(crate::kernels::fgemm_index(o, i, taps)),
-                        f32::from(*v),
-                    );
+                    let wv = w.at(crate::kernels::fgemm_index(o, i, taps));
+                    acc = F32Arith::mac(acc, wv, f32::from(*v));
                     i += 1;
                 }
             }
-            *y = M::narrow(l.finish(o, act, acc));
+            *y = finish(o, acc);
         }
     }
 }

@@ -50,9 +50,9 @@ pub(crate) fn embed<W: FloatWeights, M: FloatArith>(
             && range.start <= range.end
             && range.end <= ht * wt
             && out_b.len() / esz >= part)
-            .then_some((ht, wt, prm))
+            .then_some((wt, prm))
     })();
-    let Some((ht, wt, prm)) = fits else {
+    let Some((wt, prm)) = fits else {
         return false;
     };
     // grid() checked 0 < p ≤ in_h, in_w, the image inside px and no overflow of any index
@@ -61,7 +61,6 @@ pub(crate) fn embed<W: FloatWeights, M: FloatArith>(
     let (p, c) = (g.patch, g.in_c);
     let pc = p * c;
     let rows = if scratch.len() / k >= MR { MR } else { 1 };
-    let _ = ht;
     let mut t = range.start;
     while t < range.end {
         let count = (range.end - t).min(rows);
