@@ -1024,10 +1024,17 @@ fn write_blob(
             .unwrap_or("model");
         model.with_file_name(format!("{stem}-{suffix}.cmx"))
     });
-    let m = Model::from_bytes(bytes)
-        .map_err(|e| anyhow!("internal error: the blob does not load: {e}"))?;
-    data::write_atomic(&out, bytes)?;
-    let h = m.header();
+    let load = || {
+        Model::from_bytes(bytes)
+            .map(|m| (*m.header(), m.arena_len()))
+            .map_err(|e| anyhow!("internal error: the blob does not load: {e}"))
+    };
+    let mut header = None;
+    data::write_checked(&out, bytes, || {
+        header = Some(load()?);
+        Ok(())
+    })?;
+    let (h, arena) = header.ok_or_else(|| anyhow!("internal error: the blob was not checked"))?;
     let net = match h.arch {
         convmixer_edge::blob::Arch::ConvMixer => format!(
             "{:?}, dim {}, depth {}, kernel {}",
@@ -1047,7 +1054,7 @@ fn write_blob(
         h.in_h,
         h.in_w,
         h.in_c,
-        m.arena_len()
+        arena
     );
     Ok(())
 }

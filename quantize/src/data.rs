@@ -473,6 +473,17 @@ fn shape_of(img: &image::DynamicImage) -> Shape {
 /// one, never half of one (`host-tools/tests/atomic.rs` kills writers to check it); a
 /// process killed mid-write may leave its hidden `.NAME.tmpPID` file behind, never `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_checked(path, bytes, || Ok(()))
+}
+
+/// [`write_atomic`], with `check` run on another thread while the temporary file is
+/// written and synced (the blob's own load check beside its write): `path` is replaced only
+/// if `check` passes, and its error is the one returned.
+pub fn write_checked(
+    path: &Path,
+    bytes: &[u8],
+    check: impl FnOnce() -> Result<()> + Send,
+) -> Result<()> {
     use std::io::Write;
     let dir = path
         .parent()
@@ -480,11 +491,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let res = (|| -> Result<()> {
+    let write = || -> Result<()> {
         let mut f = std::fs::File::create(&tmp)
             .with_context(|| format!("{}: cannot create", tmp.display()))?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        Ok(())
+    };
+    let (checked, written) = rayon::join(check, write);
+    let res = checked.and(written).and_then(|()| {
         std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
         // The rename itself reaches the disk when the folder is synced (a power cut right
         // after a return could otherwise still show the old file). Not every platform can
@@ -493,7 +508,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             let _ = d.sync_all();
         }
         Ok(())
-    })();
+    });
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -573,6 +588,26 @@ mod tests {
                 .contains("folder 'dog' is not one of the training set's classes"),
             "{e}"
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_failed_check_leaves_the_old_file_and_no_temporary() {
+        let d = tmp("checked");
+        let out = d.join("model.cmx");
+        std::fs::write(&out, b"old").unwrap();
+        let e =
+            write_checked(&out, b"new", || anyhow::bail!("the blob does not load")).unwrap_err();
+        assert_eq!(e.to_string(), "the blob does not load");
+        assert_eq!(std::fs::read(&out).unwrap(), b"old");
+        assert_eq!(
+            std::fs::read_dir(&d).unwrap().count(),
+            1,
+            "a temporary was left"
+        );
+        write_checked(&out, b"new", || Ok(())).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -22,6 +22,7 @@
 
 use anyhow::{bail, Result};
 use convmixer_edge::Activation;
+use rayon::prelude::*;
 
 use crate::onnx::{BatchNorm, ConvUnit, Imported};
 
@@ -149,6 +150,18 @@ fn f32s(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
 }
 
+/// The [`Layer`] of folded f64 weights `w` and bias `b`, with `u`'s post-activation BN as
+/// its epilogue, rounded to f32 once.
+fn layer(w: Vec<f64>, b: Vec<f64>, u: &ConvUnit) -> Layer {
+    let (s, t) = post(u);
+    Layer {
+        w: f32s(&w),
+        b: f32s(&b),
+        scale: f32s(&s),
+        shift: f32s(&t),
+    }
+}
+
 /// Removes every BatchNorm and folds the input normalisation (`mean`, `std` per input
 /// channel, in the 0..1 pixel scale; empty slices mean none).
 pub fn fold(m: &Imported, mean: &[f32], std: &[f32]) -> Result<Folded> {
@@ -159,41 +172,26 @@ pub fn fold(m: &Imported, mean: &[f32], std: &[f32]) -> Result<Folded> {
 
     let (w, mut b) = fold_pre(&m.embed);
     let ew = embed_in_pixels(&w, &mut b, (dim, c, p), &mean, &std);
-    // (weights, bias, post scale, post shift) per conv layer, in f64.
-    type F64Layer = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
-    let mut layers: Vec<F64Layer> = Vec::new();
-    let (s, t) = post(&m.embed);
-    layers.push((ew, b, s, t));
-    for (dw, pw) in &m.blocks {
-        let k = dw.shape[2];
-        let (w, b) = fold_pre(dw);
-        // [c][1][ky][kx] → [ky][kx][c]
-        let mut dww = vec![0f64; w.len()];
-        for ch in 0..dim {
-            for tap in 0..k * k {
-                dww[tap * dim + ch] = w[ch * k * k + tap];
+    let embed = layer(ew, b, &m.embed);
+    // Block by block in parallel (the same arithmetic whatever the threads).
+    let blocks: Vec<(Layer, Layer)> = m
+        .blocks
+        .par_iter()
+        .map(|(dw, pw)| {
+            let k = dw.shape[2];
+            let (w, b) = fold_pre(dw);
+            // [c][1][ky][kx] → [ky][kx][c]
+            let mut dww = vec![0f64; w.len()];
+            for ch in 0..dim {
+                for tap in 0..k * k {
+                    dww[tap * dim + ch] = w[ch * k * k + tap];
+                }
             }
-        }
-        let (s, t) = post(dw);
-        layers.push((dww, b, s, t));
-        let (w, b) = fold_pre(pw);
-        let (s, t) = post(pw);
-        layers.push((w, b, s, t));
-    }
-
-    let mut layers = layers.into_iter().map(|(w, b, s, t)| Layer {
-        w: f32s(&w),
-        b: f32s(&b),
-        scale: f32s(&s),
-        shift: f32s(&t),
-    });
-    let embed = layers
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no embedding"))?;
-    let mut blocks = Vec::new();
-    while let (Some(d), Some(p)) = (layers.next(), layers.next()) {
-        blocks.push((d, p));
-    }
+            let depthwise = layer(dww, b, dw);
+            let (w, b) = fold_pre(pw);
+            (depthwise, layer(w, b, pw))
+        })
+        .collect();
     let f = Folded {
         in_h: m.in_h,
         in_w: m.in_w,

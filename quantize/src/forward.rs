@@ -461,6 +461,7 @@ fn depthwise_portable(
 }
 
 /// One layer's stored values.
+#[derive(Default)]
 struct Values {
     pre: Vec<f32>,
     out: Vec<f32>,
@@ -468,12 +469,11 @@ struct Values {
 }
 
 impl Values {
-    fn new(n: usize) -> Self {
-        Values {
-            pre: vec![0.0; n],
-            out: vec![0.0; n],
-            extremes: Extremes::default(),
-        }
+    /// `n` values each (every one is written before it is read: the GEMM and the
+    /// depthwise conv overwrite `pre`, [`finish`] all of `out`).
+    fn resize(&mut self, n: usize) {
+        self.pre.resize(n, 0.0);
+        self.out.resize(n, 0.0);
     }
 
     fn view(&self) -> LayerValues<'_> {
@@ -485,13 +485,43 @@ impl Values {
     }
 }
 
+/// The buffers of one [`forward_layers`] run: the patches and two layers' values. Kept per
+/// thread ([`SCRATCH`]) and reused image after image: allocating them afresh (4 × 1 MiB for
+/// a 32 × 32 × 256 model, 12 MiB at 224 × 224 × 768) faulted their pages in for every
+/// image, and with several threads the allocator grew and trimmed its per-thread heaps
+/// around them (`mprotect`, `madvise`), each a cross-core TLB shoot-down.
+#[derive(Default)]
+struct Scratch {
+    patches: Vec<f32>,
+    x: Values,
+    r: Values,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
 /// Runs `f` on raw HWC pixels `px` and returns the logits, showing every conv layer's
 /// values to `visit(layer, values)` (layer 0 = embedding, then depthwise and pointwise per
 /// block).
 pub fn forward_layers(
     f: &Folded,
     px: &[u8],
+    visit: impl FnMut(usize, &LayerValues<'_>),
+) -> Vec<f32> {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => forward_in(f, px, visit, &mut s),
+        // `visit` itself runs a forward pass on this thread: that one gets its own buffers.
+        Err(_) => forward_in(f, px, visit, &mut Scratch::default()),
+    })
+}
+
+/// [`forward_layers`] in the buffers `s` (grown as needed; what they held is overwritten).
+fn forward_in(
+    f: &Folded,
+    px: &[u8],
     mut visit: impl FnMut(usize, &LayerValues<'_>),
+    s: &mut Scratch,
 ) -> Vec<f32> {
     let (ht, wt) = f.grid();
     let (dim, p, c, k) = (f.dim, f.patch, f.in_c, f.kernel);
@@ -499,7 +529,8 @@ pub fn forward_layers(
     let taps = p * p * c;
     let n = tokens * dim;
     // Embedding: the patches (tap order ky, kx, c, as the weights) times the weights.
-    let mut patches = vec![0f32; tokens * taps];
+    let patches = &mut s.patches;
+    patches.resize(tokens * taps, 0.0);
     for (t, patch) in patches.chunks_exact_mut(taps.max(1)).enumerate() {
         let (ty, tx) = (t / wt, t % wt);
         for (ky, dst) in patch.chunks_exact_mut(p * c).enumerate() {
@@ -509,17 +540,18 @@ pub fn forward_layers(
             }
         }
     }
-    let mut x = Values::new(n);
-    gemm_bt(&patches, &f.embed.w, tokens, taps, dim, &mut x.pre);
-    finish(&f.embed, f.act, dim, &mut x, None);
+    let (x, r) = (&mut s.x, &mut s.r);
+    x.resize(n);
+    r.resize(n);
+    gemm_bt(patches, &f.embed.w, tokens, taps, dim, &mut x.pre);
+    finish(&f.embed, f.act, dim, x, None);
     visit(0, &x.view());
-    let mut r = Values::new(n);
     for (i, (dw, pw)) in f.blocks.iter().enumerate() {
         depthwise(&x.out, &dw.w, (ht, wt, dim, k), &mut r.pre);
-        finish(dw, f.act, dim, &mut r, Some(&x.out));
+        finish(dw, f.act, dim, r, Some(&x.out));
         visit(1 + 2 * i, &r.view());
         gemm_bt(&r.out, &pw.w, tokens, dim, dim, &mut x.pre);
-        finish(pw, f.act, dim, &mut x, None);
+        finish(pw, f.act, dim, x, None);
         visit(2 + 2 * i, &x.view());
     }
     let mut mean = vec![0f32; dim];
@@ -545,6 +577,49 @@ pub fn forward(f: &Folded, px: &[u8]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The per-thread buffers carry nothing from one model or image to the next: a small
+    /// model run after a large one on the same thread gives what a fresh thread gives, and
+    /// so does a forward pass started from inside another's `visit`.
+    #[test]
+    fn reused_buffers_do_not_change_results() {
+        use crate::onnx_export::{random_convmixer, RandomConfig};
+        let model = |dim, depth, kernel, patch, in_h, seed| {
+            let cfg = RandomConfig {
+                dim,
+                depth,
+                kernel,
+                patch,
+                in_c: 3,
+                in_h,
+                in_w: in_h,
+                classes: 5,
+                act: Activation::Gelu,
+                seed,
+            };
+            crate::fold::fold(&random_convmixer(&cfg).unwrap(), &[], &[]).unwrap()
+        };
+        let (big, small) = (model(48, 3, 5, 2, 16, 1), model(20, 2, 3, 1, 6, 2));
+        let px = |n: usize, seed: usize| -> Vec<u8> {
+            (0..n).map(|i| ((i * 37 + seed * 11) % 251) as u8).collect()
+        };
+        let (pb, ps) = (px(16 * 16 * 3, 1), px(6 * 6 * 3, 2));
+        let fresh = std::thread::spawn({
+            let (small, ps) = (small.clone(), ps.clone());
+            move || forward(&small, &ps)
+        })
+        .join()
+        .unwrap();
+        forward(&big, &pb);
+        assert_eq!(forward(&small, &ps), fresh);
+        let mut inner = Vec::new();
+        forward_layers(&big, &pb, |l, _| {
+            if l == 1 {
+                inner = forward(&small, &ps);
+            }
+        });
+        assert_eq!(inner, fresh);
+    }
 
     /// The AVX2 depthwise gives the portable loop's floats bit for bit: full and partial
     /// channel blocks, odd and even grid widths (its 2-token and 1-token steps), kernels

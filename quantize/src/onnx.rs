@@ -21,6 +21,7 @@ use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 use convmixer_edge::Activation;
+use rayon::prelude::*;
 use tract_onnx::pb::{self, tensor_proto::DataType, NodeProto, TensorProto};
 
 mod load;
@@ -318,9 +319,12 @@ const ELEMENTWISE: [&str; 8] = ["Div", "Mul", "Add", "Sub", "Erf", "Tanh", "Pow"
 
 impl<'g> Graph<'g> {
     pub(crate) fn new(g: &'g pb::GraphProto) -> Result<Self> {
+        // Decoded in parallel: the weights are most of a model file (one thread when
+        // `host-tools --threads 1`).
+        let decoded: Vec<Result<Tensor>> = g.initializer.par_iter().map(decode_tensor).collect();
         let mut consts = HashMap::new();
-        for t in &g.initializer {
-            consts.insert(t.name.as_str(), decode_tensor(t)?);
+        for (t, v) in g.initializer.iter().zip(decoded) {
+            consts.insert(t.name.as_str(), v?);
         }
         for n in &g.node {
             // Every node read below has an output: `output[0]` is then always in bounds.
