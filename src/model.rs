@@ -6,7 +6,6 @@
 #![forbid(unsafe_code)]
 
 use core::ops::Range;
-use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::blob::{self, Arch, Blob, Header, MixerLayer, SectionKind};
 use crate::cores::{bounds, fork, Cores, OneCore, MAX_PARTS};
@@ -673,11 +672,10 @@ impl<'a> Model<'a> {
     }
 
     /// The int8 ConvMixer: `a` the activations, `scratch` one buffer of `work.part` bytes
-    /// per part. With several parts the int8 layers split: the embedding and the pointwise
-    /// convs by token ranges, the depthwise convs by channel slices (where a slice-wise
-    /// kernel runs them); each part writes only its own tokens or channels. A mixed blob's
-    /// f16 embedding and pointwise convs split by token ranges too; its f16 depthwise convs
-    /// and the head run on the calling core.
+    /// per part. With several parts the layers split: the embedding and the pointwise
+    /// convs by token ranges, the depthwise convs by channel slices, int8 or (a mixed
+    /// blob's) f16 alike; each part writes only its own tokens or channels. The head runs
+    /// on the calling core.
     #[allow(clippy::too_many_arguments)]
     fn run_int8(
         &self,
@@ -693,7 +691,6 @@ impl<'a> Model<'a> {
         let act = h.activation;
         let (eg, g) = self.geometry();
         let (isa, dim, tokens) = (self.isa, g.dim, g.tokens());
-        let short = Error::Malformed("arena plan");
         let parts = work.parts;
         // One scratch buffer per part; the first is the single-core scratch.
         let mut sc = work.scratch(scratch);
@@ -714,19 +711,26 @@ impl<'a> Model<'a> {
         trace(0, LayerOutput::Int8(a));
         for i in 0..usize::from(h.depth) {
             let (dw, pw) = (1 + 2 * i, 2 + 2 * i);
+            // Split by channel slices: whole 64-byte lines per part where there are
+            // enough channels, else the SIMD kernel's slice (8 or 16 channels, dividing a
+            // line), or single channels on the per-token driver.
+            let views = ChannelsMut::split(
+                a,
+                dim,
+                work.channel_unit(dim, 1, dw_i8::channel_unit(isa, dim)),
+                parts,
+            );
+            let items = views.into_iter().zip(sc.iter_mut());
             if f16(dw) {
-                let b = sc.first_mut().ok_or(short)?;
-                mixed::dw_inplace(a, b, g, &self.mixed_layer(dw)?, act);
+                let l = self.mixed_layer(dw)?;
+                fork(work.cores, items, |(mut v, sc)| {
+                    mixed::dw_channels(&mut v, sc, g, &l, act)
+                });
             } else {
                 let l = self.quant_layer(dw)?;
-                // The kernel's slices (8 or 16 channels) divide a 64-byte line.
-                let unit = dw_i8::channel_unit(isa, dim)
-                    .filter(|_| parts > 1)
-                    .map(|u| work.channel_unit(dim, 1, u));
-                if !unit.is_some_and(|u| dw_split(a, &mut sc, g, &l, act, isa, u, work.cores)) {
-                    let b = sc.first_mut().ok_or(short)?;
-                    dw_i8::dw_i8_inplace(a, b, g, &l, act, isa);
-                }
+                fork(work.cores, items, |(mut v, sc)| {
+                    dw_i8::dw_i8_channels(&mut v, sc, g, &l, act, isa)
+                });
             }
             trace(dw, LayerOutput::Int8(a));
             if f16(pw) {
@@ -791,10 +795,10 @@ impl<'a> Model<'a> {
 
     /// The int8 MLP-Mixer: `x16` is the residual stream (`tokens · dim`), `ln` one int8
     /// tensor, `scratch` the MLP row tiles (one buffer of `work.part` bytes per part, the
-    /// plan's sizes). With several parts the embedding, the token-major LayerNorms and the
-    /// channel MLPs split by token ranges, the token MLPs by channel ranges (the rows of
-    /// their GEMMs); the LayerNorm before a token MLP (which writes its output transposed)
-    /// and the head run on the calling core.
+    /// plan's sizes). With several parts the embedding, the LayerNorms and the channel MLPs
+    /// split by token ranges (the LayerNorm before a token MLP writes its tokens' columns
+    /// of its transposed output), the token MLPs by channel ranges (the rows of their
+    /// GEMMs); the head runs on the calling core.
     #[allow(clippy::too_many_arguments)]
     fn run_mixer(
         &self,
@@ -833,7 +837,16 @@ impl<'a> Model<'a> {
             let last = layer + 1 == h.head_layer();
             let token = !last && h.mixer_layer(layer + 1) == Some(MixerLayer::TokenFc1);
             if token {
-                layer_norm::layer_norm_i16(x16, t, d, &norm, ln, true, isa);
+                // Split by tokens: columns of the transposed output.
+                let (x, unit) = (&*x16, work.channel_unit(t, 1, 1));
+                let views = ChannelsMut::split(ln, t, unit, parts);
+                fork(
+                    work.cores,
+                    views.into_iter().zip(sc.iter_mut()),
+                    |(mut v, sc)| {
+                        layer_norm::layer_norm_i16_columns(x, t, d, &norm, &mut v, sc, isa)
+                    },
+                );
             } else {
                 let x = &*x16;
                 fork(work.cores, by_tokens(ln, t, d, parts), |(tk, out)| {
@@ -941,34 +954,6 @@ fn by_tokens<T>(
         rest = tail;
         (t, part)
     })
-}
-
-/// A depthwise layer on `scratch.len()` cores, split by channel slices of `unit`
-/// channels: whether the slice-wise kernels ran it (they take every part or none, on the
-/// same conditions; where none, nothing was touched and the caller runs the layer whole).
-#[allow(clippy::too_many_arguments)]
-fn dw_split(
-    a: &mut [i8],
-    scratch: &mut [&mut [i8]],
-    g: Grid,
-    l: &k::QuantLayer<'_>,
-    act: crate::Activation,
-    isa: Isa,
-    unit: usize,
-    cores: &dyn Cores,
-) -> bool {
-    let views = ChannelsMut::split(a, g.dim, unit, scratch.len());
-    let ran = AtomicUsize::new(0);
-    fork(
-        cores,
-        views.into_iter().zip(scratch.iter_mut()),
-        |(mut v, sc)| {
-            if dw_i8::dw_i8_channels(&mut v, sc, g, l, act, isa) {
-                ran.fetch_add(1, Ordering::Relaxed);
-            }
-        },
-    );
-    ran.into_inner() > 0
 }
 
 /// The `K` largest logits, best first, with softmax probabilities over all classes.

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 use super::dw_i8::{self, Src};
+use super::parts::ChannelsMut;
 use super::reference::{finish_f32, FloatLayer};
 use super::{fgemm_index, fgemm_packed_len_checked, EmbedGeom, Grid};
 use crate::le::{F16Le, F32Le, FloatWeights};
@@ -172,27 +173,35 @@ fn dw_token(
     l: &MixedLayer<'_>,
     act: Activation,
     out: &mut [i8],
+    c0: usize,
 ) {
     let (k, d) = (g.kernel, g.dim);
     // The k²·d f16 weights must be there (so no weight index overflows, and the tap loops
-    // are bounded by the section); one output per channel of `out` and `res`.
+    // are bounded by the section); one output per channel of `out` and `res`, channels
+    // c0.. of the layer.
     let taps = k.checked_mul(k).and_then(|kk| kk.checked_mul(d));
     if taps.is_none_or(|n| l.f.w.0.len() / 2 < n) {
         return;
     }
-    for (c, (y, r)) in out.iter_mut().zip(res).take(d).enumerate() {
-        let mut acc = l.f.bias.at(c);
+    let local = out
+        .iter_mut()
+        .zip(res)
+        .take(d.saturating_sub(c0))
+        .enumerate();
+    for (c, (y, r)) in local {
+        let ch = c0 + c;
+        let mut acc = l.f.bias.at(ch);
         for ky in 0..k {
             let yy = ty.wrapping_add(ky).wrapping_sub(g.pad_top);
             for kx in 0..k {
                 let xx = tx.wrapping_add(kx).wrapping_sub(g.pad_left);
                 let inside = (yy < g.ht && xx < g.wt).then(|| src(yy, xx)).flatten();
                 if let Some(v) = inside.and_then(|row| row.get(c)) {
-                    acc = libm::fmaf(l.f.w.at((ky * k + kx) * d + c), l.dequantize(*v, c), acc);
+                    acc = libm::fmaf(l.f.w.at((ky * k + kx) * d + ch), l.dequantize(*v, ch), acc);
                 }
             }
         }
-        *y = l.quantize(l.finish(c, act, acc) + l.dequantize(*r, c), c);
+        *y = l.quantize(l.finish(ch, act, acc) + l.dequantize(*r, ch), ch);
     }
 }
 
@@ -217,8 +226,38 @@ fn dw_token(
 /// assert_eq!(a, (0..9).collect::<Vec<i8>>());
 /// ```
 pub fn dw_inplace(a: &mut [i8], scratch: &mut [i8], g: Grid, l: &MixedLayer<'_>, act: Activation) {
+    dw_channels(&mut ChannelsMut::whole(a, g.dim), scratch, g, l, act);
+}
+
+/// [`dw_inplace`] on one core's channels of the layer (a view from [`ChannelsMut::split`]),
+/// with that core's `scratch` ([`dw_i8::scratch_len`] bytes): the parts of a split, in any
+/// order or at the same time, give the bytes of one whole run.
+///
+/// ```
+/// # use convmixer_edge::kernels::{dw_i8, mixed::{self, MixedLayer}, parts::ChannelsMut, reference::FloatLayer, Grid};
+/// # use convmixer_edge::{le::{F16Le, F32Le}, Activation};
+/// # let g = Grid { ht: 3, wt: 3, dim: 2, kernel: 3, pad_top: 1, pad_left: 1 };
+/// # let w = vec![0u8; 9 * 2 * 2];
+/// # let (zero, aff, one, two) = ([0u8; 8], [0u8; 16], 1f32.to_le_bytes().repeat(2), 2f32.to_le_bytes().repeat(2));
+/// # let f = FloatLayer { w: F16Le(&w), bias: F32Le(&zero), scale: F32Le(&aff[..8]), shift: F32Le(&aff[8..]), unscale: F32Le(&one) };
+/// # let l = MixedLayer { f, s_in: F32Le(&one), zp_in: 0, s_out: F32Le(&two), zp_out: 0 };
+/// let mut a: Vec<i8> = (0..18).map(|i| 2 * i as i8).collect();
+/// let mut scratch = vec![0i8; dw_i8::scratch_len(g)];
+/// for mut part in ChannelsMut::split(&mut a, 2, 1, 2) {
+///     mixed::dw_channels(&mut part, &mut scratch, g, &l, Activation::Relu);
+/// }
+/// assert_eq!(a, (0..18).collect::<Vec<i8>>());
+/// ```
+pub fn dw_channels(
+    a: &mut ChannelsMut<'_, i8>,
+    scratch: &mut [i8],
+    g: Grid,
+    l: &MixedLayer<'_>,
+    act: Activation,
+) {
+    let c0 = a.channels().start;
     dw_i8::dw_inplace_by_token(a, scratch, g, |src, y, x, res, out| {
-        dw_token(src, y, x, res, g, l, act, out)
+        dw_token(src, y, x, res, g, l, act, out, c0)
     });
 }
 
@@ -446,6 +485,16 @@ mod tests {
                 let mut scratch = std::vec![0i8; dw_i8::scratch_len(g)];
                 dw_inplace(&mut a, &mut scratch, g, &l, act);
                 assert_eq!(a, want, "{g:?} {act:?}");
+                // Split by channels into 2..=4 cores' parts, last first.
+                for parts in 2..=4 {
+                    let mut a = x.clone();
+                    let mut views = ChannelsMut::split(&mut a, dim, 1, parts);
+                    for v in views.iter_mut().rev() {
+                        dw_channels(v, &mut scratch, g, &l, act);
+                    }
+                    drop(views);
+                    assert_eq!(a, want, "{g:?} {act:?}: {parts} parts");
+                }
                 assert!(want.iter().any(|&v| v != want[0]), "degenerate test layer");
             }
         }

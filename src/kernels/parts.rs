@@ -158,6 +158,27 @@ impl<'a, T> ChannelsMut<'a, T> {
         Some(unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start), end - start) })
     }
 
+    /// The view's channels of token `t`, read-only (several at once), or `None` past the
+    /// tensor's end.
+    ///
+    /// ```
+    /// let mut a = [0i8, 1, 2, 3, 4, 5];
+    /// let v = convmixer_edge::kernels::parts::ChannelsMut::split(&mut a, 3, 2, 2).pop().unwrap();
+    /// assert_eq!((v.get(0).unwrap(), v.get(1).unwrap()), (&[2][..], &[5][..]));
+    /// assert!(v.get(2).is_none());
+    /// ```
+    pub fn get(&self, t: usize) -> Option<&[T]> {
+        let start = t.checked_mul(self.dim)?.checked_add(self.lo)?;
+        let end = start.checked_add(self.hi - self.lo)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: start..end lies inside the tensor and holds only this view's channels
+        // of token t (module header); the shared borrow of self keeps any `token` slice
+        // (the only way to write them) from being alive at the same time.
+        Some(unsafe { core::slice::from_raw_parts(self.ptr.as_ptr().add(start), end - start) })
+    }
+
     /// The whole tensor's first element, for SIMD kernels: through it only the view's
     /// channels of each token may be read or written (the module header's contract).
     pub(crate) fn as_mut_ptr(&mut self) -> *mut T {

@@ -99,10 +99,10 @@ fn queue_len(g: Grid) -> usize {
     g.pad_left.saturating_add(1)
 }
 
-/// Depthwise conv + residual in place on `a` (`tokens · dim` int8). With NEON (`dim` a
-/// multiple of 16, `k ≤ 9`) or AVX2 (`dim` a multiple of 8, `k ≤ 9`) the slice-wise kernels
-/// of `neon` or `x86` run it; otherwise the reference computes it token by token through
-/// the ring and the queue described above.
+/// Depthwise conv + residual in place on `a` (`tokens · dim` int8): [`dw_i8_channels`] on
+/// every channel. With NEON (`dim` a multiple of 16, `k ≤ 9`) or AVX2 (`dim` a multiple of
+/// 8, `k ≤ 9`) the slice-wise kernels of `neon` or `x86` run it; otherwise the reference
+/// computes it token by token through the ring and the queue described above.
 /// `scratch` must hold [`scratch_len`] bytes; shorter buffers make it fall back to nothing
 /// (the caller sizes the arena from the same formula).
 ///
@@ -133,36 +133,35 @@ pub fn dw_i8_inplace(
     act: Activation,
     isa: Isa,
 ) {
-    if dw_i8_channels(&mut ChannelsMut::whole(a, g.dim), scratch, g, l, act, isa) {
-        return;
-    }
-    dw_inplace_by_token(a, scratch, g, |src, y, x, res, out| {
-        reference::dw_token_i8(src, y, x, res, g, l, act, out)
-    });
+    dw_i8_channels(&mut ChannelsMut::whole(a, g.dim), scratch, g, l, act, isa);
 }
 
 /// Channels per slice of the slice-wise kernel `isa` runs, the unit a layer split over
-/// cores divides `dim` by; `None` where the layer would run on the per-token driver (no
-/// SIMD kernel, or `dim` not a multiple of the slice), which does not split.
+/// cores divides `dim` by; 1 where the layer runs on the per-token driver (no SIMD kernel,
+/// or `dim` not a multiple of the slice), which takes any channel range.
 ///
 /// ```
 /// use convmixer_edge::kernels::{dw_i8, Isa};
-/// assert_eq!(dw_i8::channel_unit(Isa::Scalar, 256), None);
+/// assert_eq!(dw_i8::channel_unit(Isa::Scalar, 256), 1);
 /// ```
-pub fn channel_unit(isa: Isa, dim: usize) -> Option<usize> {
+pub fn channel_unit(isa: Isa, dim: usize) -> usize {
     let unit = match isa {
         Isa::Neon | Isa::NeonDot => 16,
         Isa::Avx2 | Isa::Avx512Vnni => 8,
-        Isa::Scalar => return None,
+        Isa::Scalar => 1,
     };
-    (isa.available() && dim.is_multiple_of(unit)).then_some(unit)
+    if isa.available() && dim.is_multiple_of(unit) {
+        unit
+    } else {
+        1
+    }
 }
 
 /// [`dw_i8_inplace`] on one core's channels of the layer (a view from
-/// [`ChannelsMut::split`] in units of [`channel_unit`]), with that core's `scratch`
-/// ([`dw_slice_scratch_len`] bytes); whether the slice-wise kernel took it (if not,
-/// nothing was touched). The parts of a split, in any order or at the same time, give
-/// the bytes of one whole run.
+/// [`ChannelsMut::split`], best in units of [`channel_unit`]), with that core's `scratch`
+/// ([`scratch_len`] bytes): the slice-wise kernel of `isa` where it takes the view, else
+/// the reference token by token through a ring and a queue of the view's channels. The
+/// parts of a split, in any order or at the same time, give the bytes of one whole run.
 ///
 /// ```
 /// use convmixer_edge::kernels::{dw_i8, parts::ChannelsMut, reference, Grid, Isa};
@@ -177,17 +176,34 @@ pub fn channel_unit(isa: Isa, dim: usize) -> Option<usize> {
 /// let x: Vec<i8> = (0..15 * n).map(|i| (i * 37 % 256) as u8 as i8).collect();
 /// let mut want = vec![0i8; x.len()];
 /// reference::dw_i8(&x, g, &l, Activation::Relu, &mut want);
-/// let isa = Isa::detect();
-/// if let Some(unit) = dw_i8::channel_unit(isa, n) {
-///     let mut a = x.clone();
-///     let mut scratch = vec![0i8; dw_i8::dw_slice_scratch_len(g)];
-///     for mut part in ChannelsMut::split(&mut a, n, unit, 2) {
-///         assert!(dw_i8::dw_i8_channels(&mut part, &mut scratch, g, &l, Activation::Relu, isa));
+/// for isa in [Isa::Scalar, Isa::detect()] {
+///     let (mut a, mut scratch) = (x.clone(), vec![0i8; dw_i8::scratch_len(g)]);
+///     for mut part in ChannelsMut::split(&mut a, n, dw_i8::channel_unit(isa, n), 3) {
+///         dw_i8::dw_i8_channels(&mut part, &mut scratch, g, &l, Activation::Relu, isa);
 ///     }
 ///     assert_eq!(a, want);
 /// }
 /// ```
 pub fn dw_i8_channels(
+    a: &mut ChannelsMut<'_, i8>,
+    scratch: &mut [i8],
+    g: Grid,
+    l: &QuantLayer<'_>,
+    act: Activation,
+    isa: Isa,
+) {
+    if slice_wise(a, scratch, g, l, act, isa) {
+        return;
+    }
+    let c0 = a.channels().start;
+    dw_inplace_by_token(a, scratch, g, |src, y, x, res, out| {
+        reference::dw_token_i8(src, y, x, res, g, l, act, out, c0)
+    });
+}
+
+/// The slice-wise SIMD kernel of `isa` on view `a`: whether it took it (if not, nothing
+/// was touched).
+fn slice_wise(
     a: &mut ChannelsMut<'_, i8>,
     scratch: &mut [i8],
     g: Grid,
@@ -233,19 +249,27 @@ fn view_fits(a: &ChannelsMut<'_, i8>, g: Grid, unit: usize) -> bool {
 /// A depthwise input gatherer: the original (not yet overwritten) token at `(row, col)`.
 pub(crate) type Src<'s, 'x> = &'s dyn Fn(usize, usize) -> Option<&'x [i8]>;
 
-/// The ring-and-queue in-place driver described in the module header, computing each
-/// output token with `token(src, y, x, residual, out)` ([`reference::dw_token_i8`], or an
-/// f16 layer's token in a mixed model).
-pub(crate) fn dw_inplace_by_token<F>(a: &mut [i8], scratch: &mut [i8], g: Grid, mut token: F)
-where
+/// The ring-and-queue in-place driver described in the module header, on the channels of
+/// view `a` (the whole layer, or one core's channel slice: the ring and the queue then hold
+/// only the view's channels), computing each output token with
+/// `token(src, y, x, residual, out)` where `src`, `residual` and `out` hold the view's
+/// channels ([`reference::dw_token_i8`], or an f16 layer's token in a mixed model).
+pub(crate) fn dw_inplace_by_token<F>(
+    a: &mut ChannelsMut<'_, i8>,
+    scratch: &mut [i8],
+    g: Grid,
+    mut token: F,
+) where
     F: for<'s, 'x> FnMut(Src<'s, 'x>, usize, usize, &'x [i8], &mut [i8]),
 {
-    let (d, r, wt) = (g.dim, g.pad_top, g.wt);
+    let (d, r, wt) = (a.channels().len(), g.pad_top, g.wt);
     let lq = queue_len(g);
     let ring_len = r.checked_mul(wt).and_then(|n| n.checked_mul(d));
     let queue_bytes = lq.checked_mul(d);
     // d > 0 also bounds the token loops by a.len().
     let fits = d > 0
+        && a.dim() == g.dim
+        && a.channels().end <= g.dim
         && g.elements().is_some_and(|n| a.len() >= n)
         && ring_len
             .zip(queue_bytes)
@@ -264,7 +288,7 @@ where
     for y in 0..g.ht {
         for x in 0..wt {
             {
-                let (a_ro, ring_ro): (&[i8], &[i8]) = (a, ring);
+                let (a_ro, ring_ro): (&ChannelsMut<'_, i8>, &[i8]) = (a, ring);
                 let src = |yy: usize, xx: usize| {
                     if yy < y {
                         // Rows above y live in the ring (only the last pad_top are asked for).
@@ -277,12 +301,11 @@ where
                             })
                             .flatten()
                     } else {
-                        a_ro.get((yy * wt + xx) * d..(yy * wt + xx + 1) * d)
+                        a_ro.get(yy * wt + xx)
                     }
                 };
-                let t = y * wt + x;
                 let (Some(res), Some(out)) = (
-                    a_ro.get(t * d..(t + 1) * d),
+                    a_ro.get(y * wt + x),
                     queue.get_mut((x % lq) * d..(x % lq + 1) * d),
                 ) else {
                     return;
@@ -300,21 +323,21 @@ where
     }
 }
 
-/// Column `c` of row `y` is no longer read by row `y`: move its original into the ring
-/// (for the rows below) and write its output from the queue. (Inside the buffers that
-/// `dw_inplace_by_token` checked; every copy is of two `d`-long ranges.)
-fn flush(a: &mut [i8], ring: &mut [i8], queue: &[i8], g: Grid, y: usize, c: usize) {
-    let (d, r, wt) = (g.dim, g.pad_top, g.wt);
+/// Column `c` of row `y` is no longer read by row `y`: move the view's channels of its
+/// original into the ring (for the rows below) and write its output from the queue.
+/// (Inside the buffers that `dw_inplace_by_token` checked; every copy is of two ranges as
+/// long as the view's channels.)
+fn flush(a: &mut ChannelsMut<'_, i8>, ring: &mut [i8], queue: &[i8], g: Grid, y: usize, c: usize) {
+    let (d, r, wt) = (a.channels().len(), g.pad_top, g.wt);
     let t = y * wt + c;
-    let tok = t * d..(t + 1) * d;
     if r > 0 {
         let slot = ((y % r) * wt + c) * d;
-        if let (Some(dst), Some(src)) = (ring.get_mut(slot..slot + d), a.get(tok.clone())) {
+        if let (Some(dst), Some(src)) = (ring.get_mut(slot..slot + d), a.get(t)) {
             dst.copy_from_slice(src);
         }
     }
     let q = (c % queue_len(g)) * d;
-    if let (Some(dst), Some(src)) = (a.get_mut(tok), queue.get(q..q + d)) {
+    if let (Some(dst), Some(src)) = (a.token(t), queue.get(q..q + d)) {
         dst.copy_from_slice(src);
     }
 }

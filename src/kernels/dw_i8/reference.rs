@@ -24,15 +24,16 @@ pub fn dw_i8(x: &[i8], g: Grid, l: &QuantLayer<'_>, act: Activation, out: &mut [
             let (Some(res), Some(o)) = (x.get(range.clone()), out.get_mut(range)) else {
                 return;
             };
-            dw_token_i8(&src, ty, tx, res, g, l, act, o);
+            dw_token_i8(&src, ty, tx, res, g, l, act, o, 0);
         }
     }
 }
 
-/// One output token `(ty, tx)` of [`dw_i8`], reading input token `(y, x)` through
-/// `src(y, x)` (a `dim`-long channel vector; only called for positions inside the grid)
-/// and the residual input from `res`. This is the unit the memory-planned driver
-/// ([`dw_i8_inplace`](crate::kernels::dw_i8::dw_i8_inplace)) schedules.
+/// Channels `c0 .. c0 + out.len()` of one output token `(ty, tx)` of [`dw_i8`], reading
+/// those channels of input token `(y, x)` through `src(y, x)` (only called for positions
+/// inside the grid) and of the residual input from `res`. This is the unit the
+/// memory-planned driver ([`dw_i8_inplace`](crate::kernels::dw_i8::dw_i8_inplace),
+/// [`dw_i8_channels`](crate::kernels::dw_i8::dw_i8_channels)) schedules.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn dw_token_i8<'x, S: Fn(usize, usize) -> Option<&'x [i8]> + ?Sized>(
@@ -44,6 +45,7 @@ pub fn dw_token_i8<'x, S: Fn(usize, usize) -> Option<&'x [i8]> + ?Sized>(
     l: &QuantLayer<'_>,
     act: Activation,
     out: &mut [i8],
+    c0: usize,
 ) {
     let (k, d) = (g.kernel, g.dim);
     // The k²·d weights must be there (so that no weight index below overflows or leaves
@@ -54,8 +56,14 @@ pub fn dw_token_i8<'x, S: Fn(usize, usize) -> Option<&'x [i8]> + ?Sized>(
     {
         return;
     }
-    for (c, (y, r)) in out.iter_mut().zip(res).take(d).enumerate() {
-        let mut acc = l.bias.at(c);
+    let local = out
+        .iter_mut()
+        .zip(res)
+        .take(d.saturating_sub(c0))
+        .enumerate();
+    for (c, (y, r)) in local {
+        let ch = c0 + c;
+        let mut acc = l.bias.at(ch);
         for ky in 0..k {
             let yy = ty.wrapping_add(ky).wrapping_sub(g.pad_top);
             for kx in 0..k {
@@ -65,14 +73,15 @@ pub fn dw_token_i8<'x, S: Fn(usize, usize) -> Option<&'x [i8]> + ?Sized>(
                     Some(v) => i32::from(*v),
                     None => l.zp_in,
                 };
-                // In bounds: (ky·k + kx)·d + c < k²·d ≤ l.w.len(), checked on entry (this is
-                // the scalar depthwise's innermost loop, where `get` would cost a select).
+                // In bounds: (ky·k + kx)·d + ch < k²·d ≤ l.w.len() (ch < d), checked on
+                // entry (this is the scalar depthwise's innermost loop, where `get` would
+                // cost a select).
                 #[allow(clippy::indexing_slicing)]
-                let w = l.w[(ky * k + kx) * d + c];
+                let w = l.w[(ky * k + kx) * d + ch];
                 acc = acc.wrapping_add(i32::from(w).wrapping_mul(v));
             }
         }
         let res = i32::from(*r).wrapping_sub(l.zp_in);
-        *y = epilogue_i8(acc, res, &l.requant(c), l, act);
+        *y = epilogue_i8(acc, res, &l.requant(ch), l, act);
     }
 }

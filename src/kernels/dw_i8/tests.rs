@@ -57,12 +57,25 @@ fn inplace_depthwise_equals_the_reference() {
             let mut scratch = vec![0i8; scratch_len(g)];
             dw_i8_inplace(&mut a, &mut scratch, g, &l, act, isa);
             assert_eq!(a, want, "{isa:?} {g:?}");
+            // Split by channels into 2..=4 cores' parts (last first, one scratch for
+            // all): slice-wise kernels where they take the parts, the per-token driver on
+            // the others (any channel count, any unit).
+            for (parts, unit) in [(2, channel_unit(isa, dim)), (3, 1), (4, 3)] {
+                let mut a = x.clone();
+                let mut views = ChannelsMut::split(&mut a, dim, unit, parts);
+                for v in views.iter_mut().rev() {
+                    dw_i8_channels(v, &mut scratch, g, &l, act, isa);
+                }
+                drop(views);
+                assert_eq!(a, want, "{isa:?} {g:?}: {parts} parts of {unit}");
+            }
         }
     }
 }
 
 /// The slice-wise kernel of `isa` on `parts` channel parts of `a` (in slices of
-/// `channel_unit`), last part first, one scratch for all: whether every part ran.
+/// `channel_unit`), last part first, one scratch for all: whether every part ran it (none
+/// fell back to the per-token driver).
 fn by_parts(
     a: &mut [i8],
     scratch: &mut [i8],
@@ -72,15 +85,16 @@ fn by_parts(
     isa: Isa,
     parts: usize,
 ) -> bool {
-    let Some(unit) = channel_unit(isa, g.dim) else {
+    let unit = channel_unit(isa, g.dim);
+    if unit == 1 {
         return false;
-    };
+    }
     let mut views = ChannelsMut::split(a, g.dim, unit, parts);
     assert_eq!(views.len(), parts.min(g.dim / unit));
     views
         .iter_mut()
         .rev()
-        .all(|v| dw_i8_channels(v, scratch, g, l, act, isa))
+        .all(|v| slice_wise(v, scratch, g, l, act, isa))
 }
 
 /// Each SIMD level's slice-wise kernel (asserted to run, not to fall back) on random grids,

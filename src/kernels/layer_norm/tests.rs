@@ -65,6 +65,21 @@ fn layer_norm_matches_the_reference() {
                     got, want,
                     "{isa:?} case {case}: dim {dim} tokens {tokens} transposed {transposed}"
                 );
+                if !transposed {
+                    continue;
+                }
+                // Split by tokens into 1..=4 cores' columns (last first), tiles of one
+                // token, of three and of every token.
+                for (parts, tile) in [(1, dim), (2, 3 * dim), (3, dim), (4, tokens * dim)] {
+                    let mut got = vec![0i8; tokens * dim];
+                    let mut tile = vec![0i8; tile];
+                    let mut views = ChannelsMut::split(&mut got, tokens, 1, parts);
+                    for v in views.iter_mut().rev() {
+                        layer_norm_i16_columns(&x, tokens, dim, &p, v, &mut tile, isa);
+                    }
+                    drop(views);
+                    assert_eq!(got, want, "{isa:?} case {case}: {parts} parts");
+                }
             }
         }
     }
