@@ -112,18 +112,19 @@ fn every_core_count_gives_the_logits_of_one() {
                     assert_eq!(bits(&m, &Threads(n), px), one, "{name} {isa:?} {n} threads");
                     assert_eq!(team_bits(&m, n, px), one, "{name} {isa:?} team of {n}");
                     // One core never joins; a ConvMixer on several, int8 or float, on
-                    // every ISA, splits its embedding and every depthwise and pointwise
-                    // conv.
+                    // every ISA, splits its embedding, every depthwise and pointwise
+                    // conv, the pool and the head.
                     let depth = usize::from(m.header().depth);
                     let joins = rev.joins.load(Ordering::Relaxed);
                     if n == 1 {
                         assert_eq!(joins, 0, "{name}");
                     } else if name.starts_with("mnist") {
-                        assert_eq!(joins, 1 + 2 * depth, "{name} {isa:?} {n} parts");
+                        assert_eq!(joins, 3 + 2 * depth, "{name} {isa:?} {n} parts");
                     } else {
                         // An MLP-Mixer: the embedding, per block the token MLP and its
-                        // LayerNorm, the channel MLP and its LayerNorm, the last LayerNorm.
-                        assert_eq!(joins, 2 + 4 * depth, "{name} {isa:?} {n} parts");
+                        // LayerNorm, the channel MLP and its LayerNorm, the last
+                        // LayerNorm, the pool and the head.
+                        assert_eq!(joins, 4 + 4 * depth, "{name} {isa:?} {n} parts");
                     }
                 }
             }

@@ -641,7 +641,17 @@ impl<'a> Model<'a> {
         let hl = h.head_layer();
         let w = wrap(self.blob.section(SectionKind::Weights, hl)?);
         let bias = F32Le(self.blob.section(SectionKind::Bias, hl)?);
-        head_f::head::<W, M>(a, g.tokens(), g.dim, &w, bias, mean, logits, self.isa);
+        // The pool by channel ranges, the head by class ranges (8-wide SIMD steps).
+        let (isa, tokens, dim, a) = (self.isa, g.tokens(), g.dim, &*a);
+        let fits = tokens.checked_mul(dim).is_some_and(|n| a.len() >= n);
+        let mean = mean.get_mut(..dim).filter(|_| fits).ok_or(short)?;
+        fork(work.cores, by_units(mean, 8, work.parts), |(c0, m)| {
+            head_f::pool_f::<M>(a, tokens, dim, c0, m, isa)
+        });
+        let mean = &*mean;
+        fork(work.cores, by_units(logits, 8, work.parts), |(k0, l)| {
+            head_f::logits_f::<W, M>(mean, dim, &w, bias, k0, l, isa)
+        });
         Ok(())
     }
 
@@ -674,8 +684,8 @@ impl<'a> Model<'a> {
     /// The int8 ConvMixer: `a` the activations, `scratch` one buffer of `work.part` bytes
     /// per part. With several parts the layers split: the embedding and the pointwise
     /// convs by token ranges, the depthwise convs by channel slices, int8 or (a mixed
-    /// blob's) f16 alike; each part writes only its own tokens or channels. The head runs
-    /// on the calling core.
+    /// blob's) f16 alike, the pool by channel ranges and the head by class ranges; each part
+    /// writes only its own tokens, channels or classes.
     #[allow(clippy::too_many_arguments)]
     fn run_int8(
         &self,
@@ -752,34 +762,90 @@ impl<'a> Model<'a> {
         let section = |kind| self.blob.section(kind, hl);
         let zp_in = I32Le(section(SectionKind::QParams)?).at(0);
         if f16(hl) {
-            mixed::head(
-                a,
-                g.tokens(),
-                g.dim,
-                zp_in,
+            // The pool by channel ranges, the head by class ranges.
+            let (s_in, w) = (
                 F32Le(section(SectionKind::IoScale)?),
                 F16Le(section(SectionKind::Weights)?),
-                F32Le(section(SectionKind::Bias)?),
-                mean,
-                logits,
             );
+            let bias = F32Le(section(SectionKind::Bias)?);
+            let mean = mean.get_mut(..dim).ok_or(Error::Malformed("arena plan"))?;
+            let x = &*a;
+            fork(work.cores, by_units(mean, 16, parts), |(c0, m)| {
+                mixed::head_pool(x, tokens, dim, zp_in, c0, m)
+            });
+            let sums = &*mean;
+            fork(work.cores, by_units(logits, 1, parts), |(k0, l)| {
+                mixed::head_logits(sums, tokens, dim, s_in, w, bias, k0, l)
+            });
             return Ok(());
         }
-        head_i8::head_i8(
-            a,
-            g.tokens(),
-            g.dim,
+        let head = I8Head {
             zp_in,
-            u32::from(h.gap_frac_bits),
-            bytemuck::cast_slice(section(SectionKind::Weights)?),
-            F32Le(section(SectionKind::HeadScale)?),
-            F32Le(section(SectionKind::Bias)?),
-            mean,
-            logits,
-            self.isa,
-        );
+            frac_bits: u32::from(h.gap_frac_bits),
+            w: bytemuck::cast_slice(section(SectionKind::Weights)?),
+            scale: F32Le(section(SectionKind::HeadScale)?),
+            bias: F32Le(section(SectionKind::Bias)?),
+        };
+        head.run(a, g.tokens(), g.dim, mean, logits, work, isa);
         Ok(())
     }
+}
+
+/// An int8 pool + head's parameters (a ConvMixer's or an MLP-Mixer's).
+struct I8Head<'a> {
+    zp_in: i32,
+    frac_bits: u32,
+    w: &'a [i8],
+    scale: F32Le<'a>,
+    bias: F32Le<'a>,
+}
+
+impl I8Head<'_> {
+    /// The pool split by channel ranges (whole 16-channel units, the widest SIMD step),
+    /// then the head by class ranges: two joins on several parts.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        x: &[i8],
+        tokens: usize,
+        dim: usize,
+        mean: &mut [i32],
+        logits: &mut [f32],
+        work: Work<'_>,
+        isa: Isa,
+    ) {
+        let fits = tokens.checked_mul(dim).is_some_and(|n| x.len() >= n)
+            && logits
+                .len()
+                .checked_mul(dim)
+                .is_some_and(|n| self.w.len() >= n);
+        let Some(mean) = mean.get_mut(..dim).filter(|_| fits) else {
+            return;
+        };
+        fork(work.cores, by_units(mean, 16, work.parts), |(c0, m)| {
+            head_i8::pool_i8(x, tokens, dim, self.zp_in, self.frac_bits, c0, m, isa)
+        });
+        let (mean, (w, scale, bias)) = (&*mean, (self.w, self.scale, self.bias));
+        fork(work.cores, by_units(logits, 1, work.parts), |(k0, l)| {
+            head_i8::logits_i8(mean, dim, w, scale, bias, k0, l, isa)
+        });
+    }
+}
+
+/// `a` in `parts` consecutive ranges of whole `unit`s (the last takes the remainder below
+/// a unit), as even as the units allow, each with its first index; empty ones left out.
+fn by_units<T>(a: &mut [T], unit: usize, parts: usize) -> impl Iterator<Item = (usize, &mut [T])> {
+    let (n, unit) = (a.len(), unit.max(1));
+    let mut rest = a;
+    bounds(n.div_ceil(unit), parts)
+        .map(move |r| ((r.start * unit).min(n), (r.end * unit).min(n)))
+        .filter(|(lo, hi)| lo < hi)
+        .map(move |(lo, hi)| {
+            let len = (hi - lo).min(rest.len());
+            let (part, tail) = core::mem::take(&mut rest).split_at_mut(len);
+            rest = tail;
+            (lo, part)
+        })
 }
 
 impl<'a> Model<'a> {
@@ -798,7 +864,7 @@ impl<'a> Model<'a> {
     /// plan's sizes). With several parts the embedding, the LayerNorms and the channel MLPs
     /// split by token ranges (the LayerNorm before a token MLP writes its tokens' columns
     /// of its transposed output), the token MLPs by channel ranges (the rows of their
-    /// GEMMs); the head runs on the calling core.
+    /// GEMMs), the pool by channel ranges and the head by class ranges.
     #[allow(clippy::too_many_arguments)]
     fn run_mixer(
         &self,
@@ -888,19 +954,14 @@ impl<'a> Model<'a> {
         }
         let hl = h.head_layer();
         let section = |kind| self.blob.section(kind, hl);
-        head_i8::head_i8(
-            ln,
-            t,
-            d,
-            I32Le(section(SectionKind::QParams)?).at(0),
-            u32::from(h.gap_frac_bits),
-            bytemuck::cast_slice(section(SectionKind::Weights)?),
-            F32Le(section(SectionKind::HeadScale)?),
-            F32Le(section(SectionKind::Bias)?),
-            mean,
-            logits,
-            self.isa,
-        );
+        let head = I8Head {
+            zp_in: I32Le(section(SectionKind::QParams)?).at(0),
+            frac_bits: u32::from(h.gap_frac_bits),
+            w: bytemuck::cast_slice(section(SectionKind::Weights)?),
+            scale: F32Le(section(SectionKind::HeadScale)?),
+            bias: F32Le(section(SectionKind::Bias)?),
+        };
+        head.run(ln, t, d, mean, logits, work, isa);
         Ok(())
     }
 }

@@ -351,19 +351,78 @@ pub fn head(
     let Some(mean) = mean.get_mut(..dim) else {
         return;
     };
-    mean.iter_mut().for_each(|m| *m = 0);
+    head_pool(x, tokens, dim, zp_in, 0, mean);
+    head_logits(mean, tokens, dim, s_in, w, bias, 0, logits);
+}
+
+/// One core's share of [`head`]'s pool: `sums[j] = Σ_t (x_t,c0+j − zp_in)` (wrapping i32;
+/// exact for a valid blob) of channels `c0 + j`, the tokens in order. Nothing is written
+/// where `x` is shorter or the channels pass `dim`.
+///
+/// ```
+/// use convmixer_edge::kernels::mixed;
+/// let mut s = [0i32; 2];
+/// mixed::head_pool(&[1, 2, 3, 4, 5, 6], 2, 3, 1, 1, &mut s); // channels 1 and 2
+/// assert_eq!(s, [5, 7]);
+/// ```
+pub fn head_pool(x: &[i8], tokens: usize, dim: usize, zp_in: i32, c0: usize, sums: &mut [i32]) {
+    let fits = tokens.checked_mul(dim).is_some_and(|n| x.len() >= n)
+        && c0.checked_add(sums.len()).is_some_and(|end| end <= dim);
+    if !fits {
+        return;
+    }
+    sums.iter_mut().for_each(|m| *m = 0);
     // Token rows in order (none where dim = 0: the pool is empty).
     for row in x
         .chunks_exact(dim.max(1))
         .take(if dim > 0 { tokens } else { 0 })
     {
-        for (m, v) in mean.iter_mut().zip(row) {
+        for (m, v) in sums.iter_mut().zip(row.iter().skip(c0)) {
             *m = m.wrapping_add(i32::from(*v).wrapping_sub(zp_in));
         }
     }
-    for (c, out) in logits.iter_mut().enumerate() {
+}
+
+/// One core's share of [`head`]'s classes: `logits[j]` of classes `k0 + j` from the pool's
+/// `sums` (`dim` of them): `acc = bias_c`, then per channel in order
+/// `acc = fma(w_cd, (s_in[d] · sums_d) / tokens, acc)`. Nothing is written where a buffer
+/// is shorter than those classes need.
+///
+/// ```
+/// use convmixer_edge::{kernels::mixed, le::{F16Le, F32Le}};
+/// let (s, b) = (1f32.to_le_bytes(), 0.5f32.to_le_bytes().repeat(2));
+/// let w: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes()).collect();
+/// let mut l = [0f32; 1];
+/// mixed::head_logits(&[8], 2, 1, F32Le(&s), F16Le(&w), F32Le(&b), 1, &mut l); // class 1
+/// assert_eq!(l, [8.5]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn head_logits(
+    sums: &[i32],
+    tokens: usize,
+    dim: usize,
+    s_in: F32Le<'_>,
+    w: F16Le<'_>,
+    bias: F32Le<'_>,
+    k0: usize,
+    logits: &mut [f32],
+) {
+    let end = k0.checked_add(logits.len());
+    let fits = dim.checked_mul(4).is_some_and(|n| s_in.0.len() >= n)
+        && end
+            .and_then(|e| e.checked_mul(4))
+            .is_some_and(|n| bias.0.len() >= n)
+        && end
+            .and_then(|e| e.checked_mul(dim))
+            .and_then(|n| n.checked_mul(2))
+            .is_some_and(|n| w.0.len() >= n);
+    let Some(sums) = sums.get(..dim).filter(|_| fits) else {
+        return;
+    };
+    for (j, out) in logits.iter_mut().enumerate() {
+        let c = k0 + j;
         let mut acc = bias.at(c);
-        for (d, &m) in mean.iter().enumerate() {
+        for (d, &m) in sums.iter().enumerate() {
             let md = (s_in.at(d) * m as f32) / tokens as f32;
             acc = libm::fmaf(w.at(c * dim + d), md, acc);
         }
@@ -606,6 +665,19 @@ mod tests {
                 acc = libm::fmaf(F16Le(&wb).at(c * dim + d), m, acc);
             }
             assert_eq!(logits[c], acc, "class {c}");
+        }
+        // Split over 2..=4 cores, last part first: the same logits.
+        for parts in 2..=4 {
+            let (mut sums, mut split) = (std::vec![0i32; dim], std::vec![0f32; classes]);
+            let ranges = |n| crate::cores::bounds(n, parts).collect::<Vec<_>>();
+            for r in ranges(dim).into_iter().rev() {
+                head_pool(&x, tokens, dim, zp, r.start, &mut sums[r]);
+            }
+            for r in ranges(classes).into_iter().rev() {
+                let (k0, l) = (r.start, &mut split[r]);
+                head_logits(&sums, tokens, dim, s_in, F16Le(&wb), F32Le(&bb), k0, l);
+            }
+            assert_eq!(split, logits, "{parts} parts");
         }
         // A scratch too short: nothing written.
         let mut untouched = std::vec![7f32; classes];

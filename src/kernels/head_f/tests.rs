@@ -58,6 +58,25 @@ fn head_drivers_match_reference() {
                 same_f32(&a, &c),
                 "{isa:?} w16 dim {dim} classes {classes} tokens {tokens}"
             );
+            // Split over 2..=4 cores, last part first: the pool by channel ranges (whole
+            // 8-channel units, or any), the head by class ranges (8-class units, or any).
+            for (parts, unit) in [(2, 8), (3, 1), (4, 3)] {
+                let ranges = |n: usize| -> Vec<core::ops::Range<usize>> {
+                    crate::cores::bounds(n.div_ceil(unit), parts)
+                        .map(|r| (r.start * unit).min(n)..(r.end * unit).min(n))
+                        .collect()
+                };
+                let (mut m, mut l) = (vec![0f32; dim], vec![0f32; classes]);
+                for r in ranges(dim).into_iter().rev() {
+                    pool_f::<F32Arith>(&x, tokens, dim, r.start, &mut m[r], isa);
+                }
+                assert!(same_f32(&m, &mean), "{isa:?} pool in {parts} parts");
+                for r in ranges(classes).into_iter().rev() {
+                    let (k0, part) = (r.start, &mut l[r]);
+                    logits_f::<_, F32Arith>(&m, dim, &F16Le(&w16), bias, k0, part, isa);
+                }
+                assert!(same_f32(&a, &l), "{isa:?} head in {parts} parts");
+            }
         }
         let xh: Vec<u16> = x.iter().map(|v| F16Arith::narrow(*v)).collect();
         reference::head_f::<_, F16Arith>(&xh, tokens, dim, &F16Le(&w16), bias, &mut mean, &mut a);

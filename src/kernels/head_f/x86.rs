@@ -17,9 +17,9 @@
 //! ConvMixer-768/32's pool and 1000-class head take 0.16 ms with f32 or f16 weights,
 //! against the reference's 0.88 and 1.33 ms (software f16 widening).
 //!
-//! Safety: the safe entry point [`head`] checks every length once per call, in checked
-//! arithmetic, and the CPU's AVX2 and F16C, and returns `false` without touching anything
-//! where they do not fit; the `unsafe fn`s state in `# Safety` what they rely on, and each
+//! Safety: the safe entry points [`pool`] and [`logits`] check every length once per call,
+//! in checked arithmetic, and the CPU's AVX2 and F16C, and return `false` without touching
+//! anything where they do not fit; the `unsafe fn`s state in `# Safety` what they rely on, and each
 //! `unsafe` block which check bounds it.
 
 use core::arch::x86_64::*;
@@ -28,62 +28,102 @@ use crate::kernels::reference::FloatArith;
 use crate::kernels::Isa;
 use crate::le::{F32Le, FloatWeights};
 
-/// Pool + head with the AVX2 kernel; `false`, touching nothing, where it does not take it
-/// (`F16Arith`, an ISA without AVX2, no channels, or a buffer shorter than the layer:
-/// `tokens · dim` inputs, `classes · dim` weights, `classes` biases, `dim` of `mean`).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn head<W: FloatWeights, M: FloatArith>(
+/// Whether the AVX2 kernels take this arithmetic on this ISA (f32 activations; the CPU
+/// has AVX2 and F16C).
+fn takes<M: FloatArith>(isa: Isa) -> bool {
+    !M::HALF && matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) && Isa::Avx2.available()
+}
+
+/// [`reference::pool_f`] with AVX2: `false`, touching nothing, where it does not take it
+/// (`F16Arith`, an ISA without AVX2, or the lengths do not fit: `tokens · dim` inputs,
+/// `c0 + mean.len() ≤ dim`).
+///
+/// [`reference::pool_f`]: crate::kernels::reference::pool_f
+pub(crate) fn pool<M: FloatArith>(
     x: &[M::Act],
     tokens: usize,
     dim: usize,
-    w: &W,
-    bias: F32Le<'_>,
+    c0: usize,
     mean: &mut [f32],
-    logits: &mut [f32],
     isa: Isa,
 ) -> bool {
-    if M::HALF || !matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) || !Isa::Avx2.available() {
+    if !takes::<M>(isa) {
         return false;
     }
     // The sealed FloatArith pairs !HALF with Act = f32: an identity cast.
     let Ok(x) = bytemuck::try_cast_slice::<M::Act, f32>(x) else {
         return false;
     };
-    let classes = logits.len();
-    let wsz = if W::HALF { 2 } else { 4 };
-    let fits = dim > 0
-        && tokens.checked_mul(dim).is_some_and(|n| x.len() >= n)
-        && classes
-            .checked_mul(dim)
-            .and_then(|n| n.checked_mul(wsz))
-            .is_some_and(|b| w.bytes().len() >= b)
-        && classes.checked_mul(4).is_some_and(|b| bias.0.len() >= b)
-        && mean.len() >= dim;
+    let fits = tokens.checked_mul(dim).is_some_and(|n| x.len() >= n)
+        && c0.checked_add(mean.len()).is_some_and(|end| end <= dim);
     if !fits {
         return false;
     }
-    let (xp, mp) = (x.as_ptr(), mean.as_mut_ptr());
-    // SAFETY: x holds tokens·dim f32, mean dim f32, the weights classes·dim elements of W
-    // (checked above); the CPU has AVX2 and F16C (checked above).
-    unsafe { pool_avx2(xp, tokens, dim, mp) };
-    let Some(mean) = mean.get(..dim) else {
-        return false; // not reached: mean.len() ≥ dim
+    // SAFETY: rows t < tokens of x hold dim f32 from x[t·dim], of which c0 .. c0 +
+    // mean.len() ≤ dim are read (checked above); mean holds mean.len() f32; the CPU has
+    // AVX2 (checked above).
+    unsafe {
+        pool_avx2(
+            x.as_ptr().wrapping_add(c0),
+            tokens,
+            dim,
+            mean.len(),
+            mean.as_mut_ptr(),
+        )
     };
-    let full = classes / 8 * 8;
+    true
+}
+
+/// [`reference::logits_f`] with AVX2 in f32 arithmetic, classes in blocks of 8
+/// ([`head_f_avx2_8x8`]), the rest the reference's loop: `false`, touching nothing, where
+/// it does not take it (`F16Arith`, an ISA without AVX2, no channels, or a buffer shorter
+/// than the classes `k0 .. k0 + logits.len()` need: their weight rows and biases, `dim` of
+/// `mean`).
+///
+/// [`reference::logits_f`]: crate::kernels::reference::logits_f
+pub(crate) fn logits<W: FloatWeights, M: FloatArith>(
+    mean: &[f32],
+    dim: usize,
+    w: &W,
+    bias: F32Le<'_>,
+    k0: usize,
+    logits: &mut [f32],
+    isa: Isa,
+) -> bool {
+    if !takes::<M>(isa) {
+        return false;
+    }
+    let wsz = if W::HALF { 2 } else { 4 };
+    let end = k0.checked_add(logits.len());
+    let fits = dim > 0
+        && end
+            .and_then(|e| e.checked_mul(dim))
+            .and_then(|n| n.checked_mul(wsz))
+            .is_some_and(|b| w.bytes().len() >= b)
+        && end
+            .and_then(|e| e.checked_mul(4))
+            .is_some_and(|b| bias.0.len() >= b)
+        && mean.len() >= dim;
+    let Some(mean) = mean.get(..dim).filter(|_| fits) else {
+        return false;
+    };
+    let full = logits.len() / 8 * 8;
     let (lp, wp) = (logits.as_mut_ptr(), w.bytes().as_ptr());
-    for c0 in (0..full).step_by(8) {
-        // SAFETY: classes c0 + 8 ≤ classes: weight rows (c0 + l)·dim .. + dim inside the
-        // classes·dim elements, logits c0 .. c0 + 8; mean holds dim f32; AVX2, F16C above.
+    for j in (0..full).step_by(8) {
+        // SAFETY: classes k0 + j + 8 ≤ k0 + logits.len(): weight rows inside the checked
+        // (k0 + logits.len())·dim elements and biases, logits j .. j + 8; mean holds dim
+        // f32; AVX2, F16C above.
         unsafe {
             if W::HALF {
-                head_f_avx2_8x8::<true>(wp, bias, c0, dim, mean.as_ptr(), lp.add(c0));
+                head_f_avx2_8x8::<true>(wp, bias, k0 + j, dim, mean.as_ptr(), lp.add(j));
             } else {
-                head_f_avx2_8x8::<false>(wp, bias, c0, dim, mean.as_ptr(), lp.add(c0));
+                head_f_avx2_8x8::<false>(wp, bias, k0 + j, dim, mean.as_ptr(), lp.add(j));
             }
         }
     }
     // The classes past the last multiple of 8: the reference's loop.
-    for (c, out) in logits.iter_mut().enumerate().skip(full) {
+    for (j, out) in logits.iter_mut().enumerate().skip(full) {
+        let c = k0 + j;
         let mut acc = bias.at(c);
         for (d, m) in mean.iter().enumerate() {
             acc += w.at(c * dim + d) * *m;
@@ -93,25 +133,27 @@ pub(crate) fn head<W: FloatWeights, M: FloatArith>(
     true
 }
 
-/// The pool: `mean[d] = (Σ_t x[t][d]) · (1 / tokens)`, the tokens in order.
+/// The pool of `n` channels: `mean[d] = (Σ_t x[t·stride + d]) · (1 / tokens)`, the tokens
+/// in order.
 ///
 /// # Safety
-/// The CPU has AVX2; `x` points at `tokens·dim` readable and `mean` at `dim` writable f32.
+/// The CPU has AVX2; `x` points at `tokens` rows `stride` apart of which the first `n` f32
+/// are readable, `mean` at `n` writable f32.
 #[target_feature(enable = "avx2")]
-unsafe fn pool_avx2(x: *const f32, tokens: usize, dim: usize, mean: *mut f32) {
-    let vec = dim / 8 * 8;
-    // SAFETY: channels d + 8 ≤ vec ≤ dim and d < dim of mean and of row t < tokens of x.
+unsafe fn pool_avx2(x: *const f32, tokens: usize, stride: usize, n: usize, mean: *mut f32) {
+    let vec = n / 8 * 8;
+    // SAFETY: channels d + 8 ≤ vec ≤ n and d < n of mean and of row t < tokens of x.
     unsafe {
-        for d in 0..dim {
+        for d in 0..n {
             mean.add(d).write(0.0);
         }
         for t in 0..tokens {
-            let row = x.add(t * dim);
+            let row = x.add(t * stride);
             for d in (0..vec).step_by(8) {
                 let s = _mm256_add_ps(_mm256_loadu_ps(mean.add(d)), _mm256_loadu_ps(row.add(d)));
                 _mm256_storeu_ps(mean.add(d), s);
             }
-            for d in vec..dim {
+            for d in vec..n {
                 *mean.add(d) += row.add(d).read();
             }
         }
@@ -120,7 +162,7 @@ unsafe fn pool_avx2(x: *const f32, tokens: usize, dim: usize, mean: *mut f32) {
         for d in (0..vec).step_by(8) {
             _mm256_storeu_ps(mean.add(d), _mm256_mul_ps(_mm256_loadu_ps(mean.add(d)), iv));
         }
-        for d in vec..dim {
+        for d in vec..n {
             *mean.add(d) *= inv;
         }
     }

@@ -20,7 +20,8 @@ pub fn gap_mean(sum: i32, tokens: usize, frac_bits: u32) -> i32 {
 }
 
 /// int8 global average pool (to `frac_bits` fixed point) + linear head, dequantised to f32
-/// logits: `logit_c = scale_c · Σ_d W_cd · m_d + bias_c`. `mean` is `dim` i32 scratch.
+/// logits: `logit_c = scale_c · Σ_d W_cd · m_d + bias_c`. `mean` is `dim` i32 scratch:
+/// [`pool_i8`] of every channel, then [`logits_i8`] of every class.
 #[allow(clippy::too_many_arguments)]
 pub fn head_i8(
     x: &[i8],
@@ -36,6 +37,35 @@ pub fn head_i8(
 ) {
     let fits = tokens.checked_mul(dim).is_some_and(|n| x.len() >= n)
         && logits.len().checked_mul(dim).is_some_and(|n| w.len() >= n);
+    let Some(m) = mean.get_mut(..dim).filter(|_| fits) else {
+        return;
+    };
+    pool_i8(x, tokens, dim, zp_in, frac_bits, 0, m);
+    logits_i8(m, dim, w, scale, bias, 0, logits);
+}
+
+/// The pooled values `mean[j]` of channels `c0 + j` (one core's share of the pool):
+/// `gap_mean(Σ_t (x − zp_in))` over the `tokens` rows of `x` (`tokens · dim`). Nothing is
+/// written where `x` is shorter or the channels pass `dim`.
+///
+/// ```
+/// use convmixer_edge::kernels::reference::pool_i8;
+/// let x = [1i8, 2, 3, 4, 5, 6]; // 2 tokens × 3 channels
+/// let mut m = [0i32; 2];
+/// pool_i8(&x, 2, 3, 0, 0, 1, &mut m); // channels 1 and 2
+/// assert_eq!(m, [4, 5]);
+/// ```
+pub fn pool_i8(
+    x: &[i8],
+    tokens: usize,
+    dim: usize,
+    zp_in: i32,
+    frac_bits: u32,
+    c0: usize,
+    mean: &mut [i32],
+) {
+    let fits = tokens.checked_mul(dim).is_some_and(|n| x.len() >= n)
+        && c0.checked_add(mean.len()).is_some_and(|end| end <= dim);
     if !fits {
         return;
     }
@@ -45,15 +75,45 @@ pub fn head_i8(
         .chunks_exact(dim.max(1))
         .take(if dim > 0 { tokens } else { 0 })
     {
-        for (m, v) in mean.iter_mut().zip(row) {
+        for (m, v) in mean.iter_mut().zip(row.iter().skip(c0)) {
             *m = m.wrapping_add(i32::from(*v).wrapping_sub(zp_in));
         }
     }
     for m in mean.iter_mut() {
         *m = gap_mean(*m, tokens, frac_bits);
     }
-    for (c, out) in logits.iter_mut().enumerate() {
-        let wc = w.get(c * dim..(c + 1) * dim).unwrap_or_default();
+}
+
+/// The logits `logits[j]` of classes `k0 + j` (one core's share of the head) from the
+/// pooled `mean` (`dim` values): `scale_c · Σ_d W_cd · m_d + bias_c`, in wrapping i32 then
+/// f32. A class whose weight row is past `w` gets only its bias.
+///
+/// ```
+/// use convmixer_edge::{kernels::reference::logits_i8, le::F32Le};
+/// let w = [1i8, 2, -1, 0]; // 2 classes × 2 inputs
+/// let (s, b) = (1f32.to_le_bytes().repeat(2), 0f32.to_le_bytes().repeat(2));
+/// let mut l = [0f32; 1];
+/// logits_i8(&[3, 4], 2, &w, F32Le(&s), F32Le(&b), 1, &mut l); // class 1
+/// assert_eq!(l, [-3.0]);
+/// ```
+pub fn logits_i8(
+    mean: &[i32],
+    dim: usize,
+    w: &[i8],
+    scale: F32Le<'_>,
+    bias: F32Le<'_>,
+    k0: usize,
+    logits: &mut [f32],
+) {
+    let Some(mean) = mean.get(..dim) else {
+        return;
+    };
+    for (j, out) in logits.iter_mut().enumerate() {
+        let c = k0.saturating_add(j);
+        let wc = c
+            .checked_mul(dim)
+            .and_then(|a| w.get(a..a.checked_add(dim)?))
+            .unwrap_or_default();
         // i32 arithmetic wraps (as the NEON head's lanes do), so the order is free.
         let acc = wc.iter().zip(mean.iter()).fold(0i32, |s, (a, b)| {
             s.wrapping_add(i32::from(*a).wrapping_mul(*b))

@@ -62,6 +62,30 @@ fn head_matches_the_reference() {
                 bits(&b),
                 "{isa:?} case {case}: tokens {tokens} dim {dim}"
             );
+            // Split over 2..=4 cores, last part first: the pool by channel ranges (whole
+            // 16-channel units, or any), the head by class ranges.
+            for (parts, unit) in [(2, 16), (3, 1), (4, 5)] {
+                let (mut m3, mut c) = (vec![0i32; dim], vec![0f32; classes]);
+                let ranges = |n: usize, unit: usize| -> Vec<core::ops::Range<usize>> {
+                    crate::cores::bounds(n.div_ceil(unit), parts)
+                        .map(|r| (r.start * unit).min(n)..(r.end * unit).min(n))
+                        .collect()
+                };
+                for r in ranges(dim, unit).into_iter().rev() {
+                    let (c0, m) = (r.start, &mut m3[r]);
+                    pool_i8(&x, tokens, dim, zp, frac, c0, m, isa);
+                }
+                assert_eq!(m3, m2, "{isa:?} case {case}: pool in {parts} parts");
+                for r in ranges(classes, 1).into_iter().rev() {
+                    let (k0, l) = (r.start, &mut c[r]);
+                    logits_i8(&m3, dim, &w, s1, b1, k0, l, isa);
+                }
+                assert_eq!(
+                    bits(&c),
+                    bits(&b),
+                    "{isa:?} case {case}: head in {parts} parts"
+                );
+            }
         }
     }
 }
@@ -93,6 +117,10 @@ fn head_never_panics_on_any_shape() {
                             &mut logits,
                             isa,
                         );
+                        for at in [0, 7, huge] {
+                            pool_i8(&a, t, g.dim, zp, frac, at, &mut mean[..5], isa);
+                            logits_i8(&mean, g.dim, awk.w(), s, s, at, &mut logits, isa);
+                        }
                     }
                 }
             }

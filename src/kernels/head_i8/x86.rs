@@ -1,72 +1,97 @@
-//! x86_64 AVX2 int8 global average pool + head, bit-exact with [`reference::head_i8`].
+//! x86_64 AVX2 int8 global average pool and head, bit-exact with [`reference::pool_i8`]
+//! and [`reference::logits_i8`].
 //!
-//! Safety: [`head_i8_avx2`] checks the CPU's AVX2 and every length once per call and falls
-//! back to the reference where they do not fit; its `unsafe` blocks say which check bounds
-//! them.
+//! Safety: [`pool_i8_avx2`] and [`logits_i8_avx2`] check the CPU's AVX2 and every length
+//! once per call and fall back to the reference where they do not fit; their `unsafe`
+//! blocks say which check bounds them.
 
 use core::arch::x86_64::*;
 
 use crate::kernels::{reference, Isa};
 use crate::le::{F32Le, FloatWeights};
 
-/// int8 global average pool + head with AVX2, same arguments and bits as
-/// [`reference::head_i8`]: channel sums of 32 channels at a time in i16 lanes (`VPMOVSXBW`,
-/// `VPADDW`; 256 tokens at a time, which cannot overflow: 256 · 128 = 2^15), widened into
-/// i32; the class dot products 8 channels at a time by `VPMULLD` (i32 arithmetic wraps like
-/// the reference's, so the summation order is free). Falls back to the reference where the
-/// CPU lacks AVX2 or the lengths do not fit.
+/// [`reference::pool_i8`] with AVX2, same arguments and bits: channel sums of 32 channels
+/// at a time from `c0` in i16 lanes (`VPMOVSXBW`, `VPADDW`; 256 tokens at a time, which
+/// cannot overflow: 256 · 128 = 2^15), widened into i32. Falls back to the reference where
+/// the CPU lacks AVX2 or the lengths do not fit.
 ///
 /// ```
-/// use convmixer_edge::{kernels::{head_i8::x86, reference}, le::F32Le};
-/// let (tokens, dim) = (300, 40);
+/// use convmixer_edge::kernels::{head_i8::x86, reference};
+/// let (tokens, dim) = (300, 80);
 /// let x: Vec<i8> = (0..tokens * dim).map(|i| (i * 37 % 256) as u8 as i8).collect();
-/// let w: Vec<i8> = (0..3 * dim).map(|i| (i % 255) as i8 - 127).collect();
-/// let (scale, bias) = ([0.5f32; 3], [1.0f32; 3]);
-/// let sb: Vec<u8> = scale.iter().flat_map(|v| v.to_le_bytes()).collect();
-/// let bb: Vec<u8> = bias.iter().flat_map(|v| v.to_le_bytes()).collect();
 /// let (mut m1, mut m2) = ([0i32; 40], [0i32; 40]);
-/// let (mut a, mut b) = ([0f32; 3], [0f32; 3]);
-/// x86::head_i8_avx2(&x, tokens, dim, -3, 4, &w, F32Le(&sb), F32Le(&bb), &mut m1, &mut a);
-/// reference::head_i8(&x, tokens, dim, -3, 4, &w, F32Le(&sb), F32Le(&bb), &mut m2, &mut b);
-/// assert_eq!((a, m1), (b, m2));
+/// x86::pool_i8_avx2(&x, tokens, dim, -3, 4, 33, &mut m1);
+/// reference::pool_i8(&x, tokens, dim, -3, 4, 33, &mut m2);
+/// assert_eq!(m1, m2);
 /// ```
-#[allow(clippy::too_many_arguments)]
-pub fn head_i8_avx2(
+pub fn pool_i8_avx2(
     x: &[i8],
     tokens: usize,
     dim: usize,
     zp_in: i32,
     frac_bits: u32,
-    w: &[i8],
-    scale: F32Le<'_>,
-    bias: F32Le<'_>,
+    c0: usize,
     mean: &mut [i32],
-    logits: &mut [f32],
 ) {
-    let classes = logits.len();
     let fits = Isa::Avx2.available()
         && (1..=1 << 22).contains(&tokens)
         && (-128..=127).contains(&zp_in)
         && tokens.checked_mul(dim).is_some_and(|n| x.len() >= n)
-        && classes.checked_mul(dim).is_some_and(|n| w.len() >= n)
-        && mean.len() >= dim
-        && scale.0.len() >= 4 * classes
-        && bias.0.len() >= 4 * classes;
+        && c0.checked_add(mean.len()).is_some_and(|end| end <= dim);
     if !fits {
-        reference::head_i8(
-            x, tokens, dim, zp_in, frac_bits, w, scale, bias, mean, logits,
-        );
+        reference::pool_i8(x, tokens, dim, zp_in, frac_bits, c0, mean);
         return;
     }
     // SAFETY: AVX2 and the lengths are checked above.
-    unsafe { channel_sums(x, tokens, dim, mean) };
+    unsafe { channel_sums(x, tokens, dim, c0, mean) };
     // Σ(x − zp) = Σx − T·zp: both sides are below 2^30 in magnitude, so exact in i32.
     let tz = tokens as i32 * zp_in;
-    for m in mean.iter_mut().take(dim) {
+    for m in mean.iter_mut() {
         *m = reference::gap_mean(*m - tz, tokens, frac_bits);
     }
-    for (c, out) in logits.iter_mut().enumerate() {
-        // Inside w (classes·dim ≤ w.len(), checked above), and exactly dim long.
+}
+
+/// [`reference::logits_i8`] with AVX2, same arguments and bits: each class's dot product 8
+/// inputs at a time by `VPMULLD` (i32 arithmetic wraps like the reference's, so the
+/// summation order is free). Falls back to the reference where the CPU lacks AVX2 or the
+/// lengths do not fit.
+///
+/// ```
+/// use convmixer_edge::{kernels::{head_i8::x86, reference}, le::F32Le};
+/// let dim = 40;
+/// let mean: Vec<i32> = (0..dim).map(|i| i as i32 * 77 - 600).collect();
+/// let w: Vec<i8> = (0..5 * dim).map(|i| (i % 255) as i16 as i8 / 2).collect();
+/// let (sb, bb) = (0.5f32.to_le_bytes().repeat(5), 1f32.to_le_bytes().repeat(5));
+/// let (mut a, mut b) = ([0f32; 3], [0f32; 3]);
+/// x86::logits_i8_avx2(&mean, dim, &w, F32Le(&sb), F32Le(&bb), 2, &mut a);
+/// reference::logits_i8(&mean, dim, &w, F32Le(&sb), F32Le(&bb), 2, &mut b);
+/// assert_eq!(a, b);
+/// ```
+pub fn logits_i8_avx2(
+    mean: &[i32],
+    dim: usize,
+    w: &[i8],
+    scale: F32Le<'_>,
+    bias: F32Le<'_>,
+    k0: usize,
+    logits: &mut [f32],
+) {
+    let end = k0.checked_add(logits.len());
+    let fits = Isa::Avx2.available()
+        && mean.len() >= dim
+        && end
+            .and_then(|e| e.checked_mul(dim))
+            .is_some_and(|n| w.len() >= n)
+        && end
+            .and_then(|e| e.checked_mul(4))
+            .is_some_and(|b| scale.0.len() >= b && bias.0.len() >= b);
+    if !fits {
+        reference::logits_i8(mean, dim, w, scale, bias, k0, logits);
+        return;
+    }
+    for (j, out) in logits.iter_mut().enumerate() {
+        let c = k0 + j;
+        // Inside w ((k0 + classes)·dim ≤ w.len(), checked above), and exactly dim long.
         let Some(row) = w.get(c * dim..(c + 1) * dim) else {
             continue;
         };
@@ -76,15 +101,18 @@ pub fn head_i8_avx2(
     }
 }
 
-/// `mean[d] = Σ_t x[t·dim + d]` for `d < dim` (wrapping i32, exact for the checked sizes).
+/// `mean[j] = Σ_t x[t·dim + c0 + j]` for `j < mean.len()` (wrapping i32, exact for the
+/// checked sizes).
 ///
 /// # Safety
-/// The CPU has AVX2; `1 ≤ tokens ≤ 2^22`, `x` holds `tokens·dim` bytes, `mean` `dim` i32.
+/// The CPU has AVX2; `1 ≤ tokens ≤ 2^22`, `x` holds `tokens·dim` bytes, and
+/// `c0 + mean.len() ≤ dim`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn channel_sums(x: &[i8], tokens: usize, dim: usize, mean: &mut [i32]) {
-    let d32 = dim / 32 * 32;
-    // SAFETY: every load reads x[u·dim + d0 .. +32] with u < tokens, d0 + 32 ≤ dim; every
-    // store writes mean[d0 .. +32] (d0 + 32 ≤ dim ≤ mean.len()).
+unsafe fn channel_sums(x: &[i8], tokens: usize, dim: usize, c0: usize, mean: &mut [i32]) {
+    let n = mean.len();
+    let d32 = n / 32 * 32;
+    // SAFETY: every load reads x[u·dim + c0 + d0 .. +32] with u < tokens and
+    // c0 + d0 + 32 ≤ c0 + n ≤ dim; every store writes mean[d0 .. +32] (d0 + 32 ≤ n).
     unsafe {
         for d0 in (0..d32).step_by(32) {
             let mut s = [_mm256_setzero_si256(); 4];
@@ -93,7 +121,7 @@ unsafe fn channel_sums(x: &[i8], tokens: usize, dim: usize, mean: &mut [i32]) {
                 let end = (t + 256).min(tokens);
                 let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
                 for u in t..end {
-                    let v = _mm256_loadu_si256(x.as_ptr().add(u * dim + d0).cast());
+                    let v = _mm256_loadu_si256(x.as_ptr().add(u * dim + c0 + d0).cast());
                     lo = _mm256_add_epi16(lo, _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)));
                     hi = _mm256_add_epi16(
                         hi,
@@ -123,10 +151,10 @@ unsafe fn channel_sums(x: &[i8], tokens: usize, dim: usize, mean: &mut [i32]) {
     }
     // The channels past the last 32-channel block (dim > 0 where there are any), summed
     // token by token (exact, so in any order).
-    if let (true, Some(tail)) = (d32 < dim, mean.get_mut(d32..dim)) {
+    if let (true, Some(tail)) = (d32 < n, mean.get_mut(d32..)) {
         tail.iter_mut().for_each(|m| *m = 0);
         for row in x.chunks_exact(dim).take(tokens) {
-            for (m, v) in tail.iter_mut().zip(row.iter().skip(d32)) {
+            for (m, v) in tail.iter_mut().zip(row.iter().skip(c0 + d32)) {
                 *m += i32::from(*v);
             }
         }
