@@ -24,7 +24,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::kernels::reference::FloatArith;
+use crate::kernels::reference::{self, FloatArith};
 use crate::kernels::Isa;
 use crate::le::{F32Le, FloatWeights};
 
@@ -121,14 +121,9 @@ pub(crate) fn logits<W: FloatWeights, M: FloatArith>(
             }
         }
     }
-    // The classes past the last multiple of 8: the reference's loop.
-    for (j, out) in logits.iter_mut().enumerate().skip(full) {
-        let c = k0 + j;
-        let mut acc = bias.at(c);
-        for (d, m) in mean.iter().enumerate() {
-            acc += w.at(c * dim + d) * *m;
-        }
-        *out = acc;
+    // The classes past the last multiple of 8: the reference.
+    if let Some(tail) = logits.get_mut(full..) {
+        reference::logits_f(mean, dim, w, bias, k0 + full, tail);
     }
     true
 }
