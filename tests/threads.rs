@@ -6,7 +6,9 @@
 use convmixer_edge::Precision;
 use convmixer_edge_tests::{mnist, root, MNIST_MEAN, MNIST_STD};
 use convmixer_quantize::calibrate::Method;
+use convmixer_quantize::forward::{forward, forward_layers};
 use convmixer_quantize::mixed::Target;
+use convmixer_quantize::onnx_export::{random_convmixer, RandomConfig};
 use convmixer_quantize::{data, mixer, onnx, Options};
 
 /// `f` on a rayon pool of `n` threads.
@@ -84,4 +86,46 @@ fn mlp_mixer_blobs_are_the_same_from_one_or_many_threads() {
     };
     let one = blob(1);
     assert!(one == blob(4), "4 threads differ");
+}
+
+/// The fp32 forward's per-thread buffers carry nothing from one model or image to the
+/// next: a small model run after a large one on the same thread gives what a fresh thread
+/// gives, and so does a forward pass started from inside another's `visit`.
+#[test]
+fn reused_buffers_do_not_change_results() {
+    let model = |dim, depth, kernel, patch, in_h, seed| {
+        let cfg = RandomConfig {
+            dim,
+            depth,
+            kernel,
+            patch,
+            in_c: 3,
+            in_h,
+            in_w: in_h,
+            classes: 5,
+            act: convmixer_edge::Activation::Gelu,
+            seed,
+        };
+        convmixer_quantize::fold::fold(&random_convmixer(&cfg).unwrap(), &[], &[]).unwrap()
+    };
+    let (big, small) = (model(48, 3, 5, 2, 16, 1), model(20, 2, 3, 1, 6, 2));
+    let px = |n: usize, seed: usize| -> Vec<u8> {
+        (0..n).map(|i| ((i * 37 + seed * 11) % 251) as u8).collect()
+    };
+    let (pb, ps) = (px(16 * 16 * 3, 1), px(6 * 6 * 3, 2));
+    let fresh = std::thread::spawn({
+        let (small, ps) = (small.clone(), ps.clone());
+        move || forward(&small, &ps)
+    })
+    .join()
+    .unwrap();
+    forward(&big, &pb);
+    assert_eq!(forward(&small, &ps), fresh);
+    let mut inner = Vec::new();
+    forward_layers(&big, &pb, |l, _| {
+        if l == 1 {
+            inner = forward(&small, &ps);
+        }
+    });
+    assert_eq!(inner, fresh);
 }

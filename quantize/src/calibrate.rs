@@ -253,7 +253,7 @@ impl Histogram {
     /// (widened to contain 0, as the quantiser does), over the histogram's bin centres.
     fn mse(&self, lo: f64, hi: f64) -> f64 {
         let (lo, hi) = (lo.min(0.0), hi.max(0.0));
-        let (scale, zp) = crate::quant::asym(lo as f32, hi as f32);
+        let (scale, zp) = asym(lo as f32, hi as f32);
         let mut err = 0.0;
         for (j, &c) in self.counts.iter().enumerate() {
             if c == 0 {
@@ -602,6 +602,20 @@ pub fn input_means<I: AsRef<[u8]> + Sync>(f: &Folded, images: &[I]) -> Vec<Vec<f
         .into_iter()
         .map(|v| v.into_iter().map(|x| x / n).collect())
         .collect()
+}
+
+/// Asymmetric int8 `(scale, zero point)` covering `[lo, hi]` (which contains 0): what a
+/// calibrated range becomes in the blob.
+///
+/// ```
+/// let (s, zp) = convmixer_quantize::calibrate::asym(-1.0, 3.0);
+/// assert!((s - 4.0 / 255.0).abs() < 1e-12 && zp == -64);
+/// ```
+pub fn asym(lo: f32, hi: f32) -> (f64, i32) {
+    let (lo, hi) = (f64::from(lo.min(0.0)), f64::from(hi.max(0.0)));
+    let s = ((hi - lo) / 255.0).max(1e-6);
+    let zp = (-128.0 - lo / s).round().clamp(-128.0, 127.0) as i32;
+    (s, zp)
 }
 
 #[cfg(test)]

@@ -578,49 +578,6 @@ pub fn forward(f: &Folded, px: &[u8]) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// The per-thread buffers carry nothing from one model or image to the next: a small
-    /// model run after a large one on the same thread gives what a fresh thread gives, and
-    /// so does a forward pass started from inside another's `visit`.
-    #[test]
-    fn reused_buffers_do_not_change_results() {
-        use crate::onnx_export::{random_convmixer, RandomConfig};
-        let model = |dim, depth, kernel, patch, in_h, seed| {
-            let cfg = RandomConfig {
-                dim,
-                depth,
-                kernel,
-                patch,
-                in_c: 3,
-                in_h,
-                in_w: in_h,
-                classes: 5,
-                act: Activation::Gelu,
-                seed,
-            };
-            crate::fold::fold(&random_convmixer(&cfg).unwrap(), &[], &[]).unwrap()
-        };
-        let (big, small) = (model(48, 3, 5, 2, 16, 1), model(20, 2, 3, 1, 6, 2));
-        let px = |n: usize, seed: usize| -> Vec<u8> {
-            (0..n).map(|i| ((i * 37 + seed * 11) % 251) as u8).collect()
-        };
-        let (pb, ps) = (px(16 * 16 * 3, 1), px(6 * 6 * 3, 2));
-        let fresh = std::thread::spawn({
-            let (small, ps) = (small.clone(), ps.clone());
-            move || forward(&small, &ps)
-        })
-        .join()
-        .unwrap();
-        forward(&big, &pb);
-        assert_eq!(forward(&small, &ps), fresh);
-        let mut inner = Vec::new();
-        forward_layers(&big, &pb, |l, _| {
-            if l == 1 {
-                inner = forward(&small, &ps);
-            }
-        });
-        assert_eq!(inner, fresh);
-    }
-
     /// The AVX2 depthwise gives the portable loop's floats bit for bit: full and partial
     /// channel blocks, odd and even grid widths (its 2-token and 1-token steps), kernels
     /// larger than the grid, even kernels.

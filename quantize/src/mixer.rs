@@ -61,9 +61,10 @@ use convmixer_edge::{Activation, Precision};
 use tract_onnx::pb::NodeProto;
 
 use crate::blob::{i32_bytes, Writer};
+use crate::calibrate::asym;
 use crate::calibrate::Range;
 use crate::onnx::{attr, attr_int, attr_ints, check_finite, describe, linear_weight, Graph};
-use crate::quant::{asym, gap_frac_bits, multiplier, post_params, u16_of, u8_of, GeluTable};
+use crate::quant::{gap_frac_bits, multiplier, post_params, u16_of, u8_of, GeluTable};
 
 /// A LayerNorm over the channels of every token.
 #[derive(Clone, Debug, PartialEq)]

@@ -1085,11 +1085,17 @@ fn check_block(dw: &ConvUnit, pw: &ConvUnit, dim: usize) -> Result<()> {
     Ok(())
 }
 
+/// Metadata key of the per-channel normalisation mean (`0.1307` or `0.4914,0.4822,0.4465`).
+pub const MEAN_KEY: &str = "convmixer_edge.normalize.mean";
+/// Metadata key of the per-channel normalisation standard deviation.
+pub const STD_KEY: &str = "convmixer_edge.normalize.std";
+/// Metadata key of the class names, one per line in class order.
+pub const LABELS_KEY: &str = "convmixer_edge.labels";
+
 /// The input normalisation `host-tools train` records in an ONNX model's metadata
 /// ([`onnx_export::with_normalisation`](crate::onnx_export::with_normalisation)):
 /// `Some((mean, std))`, or `None` when the file has none (PyTorch's exports).
 pub fn normalisation(proto: &pb::ModelProto) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
-    use crate::onnx_export::{MEAN_KEY, STD_KEY};
     let get = |key: &str| -> Result<Option<Vec<f32>>> {
         let Some(p) = proto.metadata_props.iter().find(|p| p.key == key) else {
             return Ok(None);
@@ -1115,7 +1121,7 @@ pub fn labels(proto: &pb::ModelProto) -> Vec<String> {
     proto
         .metadata_props
         .iter()
-        .find(|p| p.key == crate::onnx_export::LABELS_KEY)
+        .find(|p| p.key == LABELS_KEY)
         .map(|p| p.value.lines().map(String::from).collect())
         .unwrap_or_default()
 }

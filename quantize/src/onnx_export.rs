@@ -44,7 +44,7 @@ use tract_onnx::pb::{
     TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
-use crate::onnx::{BatchNorm, ConvUnit, Imported};
+use crate::onnx::{BatchNorm, ConvUnit, Imported, LABELS_KEY, MEAN_KEY, STD_KEY};
 
 /// How GELU is spelled in the written graph (and, with it, the opset).
 ///
@@ -1211,13 +1211,6 @@ fn finite(what: &str, v: &[f32]) -> Result<()> {
         None => Ok(()),
     }
 }
-
-/// Metadata key of the per-channel normalisation mean (`0.1307` or `0.4914,0.4822,0.4465`).
-pub const MEAN_KEY: &str = "convmixer_edge.normalize.mean";
-/// Metadata key of the per-channel normalisation standard deviation.
-pub const STD_KEY: &str = "convmixer_edge.normalize.std";
-/// Metadata key of the class names, one per line in class order.
-pub const LABELS_KEY: &str = "convmixer_edge.labels";
 
 /// Adds the input normalisation `(p/255 − mean_c)/std_c` and the class names to an ONNX
 /// file's `metadata_props` (what `host-tools train` writes: `quantize` and `eval` use them

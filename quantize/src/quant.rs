@@ -17,7 +17,7 @@ use convmixer_edge::{Activation, Precision};
 use half::f16;
 
 use crate::blob::{f32_bytes, i32_bytes, Sections, Sink, Writer};
-use crate::calibrate::LayerStats;
+use crate::calibrate::{asym, LayerStats};
 use crate::fold::{Folded, Layer};
 
 /// Writes `f` as a blob. `stats` (one per conv layer) is required for int8; the int8
@@ -303,14 +303,6 @@ pub fn output_quant(stats: &[LayerStats]) -> Vec<TensorQuant> {
             TensorQuant { zp, scale }
         })
         .collect()
-}
-
-/// Asymmetric int8 `(scale, zero point)` covering `[lo, hi]` (which contains 0).
-pub fn asym(lo: f32, hi: f32) -> (f64, i32) {
-    let (lo, hi) = (f64::from(lo.min(0.0)), f64::from(hi.max(0.0)));
-    let s = ((hi - lo) / 255.0).max(1e-6);
-    let zp = (-128.0 - lo / s).round().clamp(-128.0, 127.0) as i32;
-    (s, zp)
 }
 
 /// `(m, sh)` with `r ≈ m · 2^−31 · 2^−sh` for the runtime's `rq` (`m` in [2^30, 2^31)
