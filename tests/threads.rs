@@ -8,7 +8,7 @@ use convmixer_edge_tests::{mnist, root, MNIST_MEAN, MNIST_STD};
 use convmixer_quantize::calibrate::Method;
 use convmixer_quantize::forward::{forward, forward_layers};
 use convmixer_quantize::mixed::Target;
-use convmixer_quantize::onnx_export::{random_convmixer, RandomConfig};
+use convmixer_quantize::random::{random_convmixer, RandomConfig};
 use convmixer_quantize::{data, mixer, onnx, Options};
 
 /// `f` on a rayon pool of `n` threads.

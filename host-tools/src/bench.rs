@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use convmixer_edge::{Activation, Model, Precision};
-use convmixer_quantize::onnx_export::{random_convmixer, write_onnx, GeluForm, RandomConfig};
+use convmixer_quantize::onnx_export::{write_onnx, GeluForm};
+use convmixer_quantize::random::{random_convmixer, RandomConfig};
 use convmixer_quantize::reference::TractModel;
 use convmixer_quantize::{data, Options};
 use host_tools::qemu_count::{elf_entry, run_counted, run_plugin, Counts, Run};

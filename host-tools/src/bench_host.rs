@@ -39,7 +39,8 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use convmixer_edge::Activation;
 use convmixer_quantize::data;
-use convmixer_quantize::onnx_export::{random_convmixer, write_onnx, GeluForm, RandomConfig};
+use convmixer_quantize::onnx_export::{write_onnx, GeluForm};
+use convmixer_quantize::random::{random_convmixer, RandomConfig};
 use serde_json::{json, Value};
 
 /// One model of the host benchmark.

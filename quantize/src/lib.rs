@@ -28,6 +28,8 @@ pub mod onnx;
 pub mod onnx_export;
 pub mod par;
 pub mod quant;
+#[cfg(feature = "random")]
+pub mod random;
 pub mod reference;
 
 pub use convmixer_edge::{Activation, Precision};
