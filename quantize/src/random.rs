@@ -73,7 +73,8 @@ pub const MAX_RANDOM_PARAMS: usize = 400_000_000;
 /// running mean U(−0.5, 0.5), running variance U(0.2, 3), ε = 1e-5. Depthwise padding is
 /// PyTorch's `'same'` (`[(k−1)/2, (k−1)/2, k/2, k/2]`); the patch conv has stride `patch`
 /// and no padding. Conv units are named as the TorchScript exporter names the Conv nodes
-/// (`/0/Conv`, `/3/3.0/fn/fn.0/Conv`, `/3/3.1/Conv`, …), which [`write_onnx`] keeps.
+/// (`/0/Conv`, `/3/3.0/fn/fn.0/Conv`, `/3/3.1/Conv`, …), which
+/// [`write_onnx`](crate::onnx_export::write_onnx) keeps.
 ///
 /// Weights are normal with a Kaiming-style fan-in scale that is *measured* rather than
 /// predicted: four random probe images (pixels `u8/255`) are run through each layer as it
