@@ -645,13 +645,13 @@ impl<'a> Model<'a> {
         let (isa, tokens, dim, a) = (self.isa, g.tokens(), g.dim, &*a);
         let fits = tokens.checked_mul(dim).is_some_and(|n| a.len() >= n);
         let mean = mean.get_mut(..dim).filter(|_| fits).ok_or(short)?;
-        fork(work.cores, by_units(mean, 8, work.parts), |(c0, m)| {
-            head_f::pool_f::<M>(a, tokens, dim, c0, m, isa)
-        });
-        let mean = &*mean;
-        fork(work.cores, by_units(logits, 8, work.parts), |(k0, l)| {
-            head_f::logits_f::<W, M>(mean, dim, &w, bias, k0, l, isa)
-        });
+        work.pool_then_head(
+            mean,
+            logits,
+            (8, 8),
+            |c0, m| head_f::pool_f::<M>(a, tokens, dim, c0, m, isa),
+            |mean, k0, l| head_f::logits_f::<W, M>(mean, dim, &w, bias, k0, l, isa),
+        );
         Ok(())
     }
 
@@ -770,13 +770,13 @@ impl<'a> Model<'a> {
             let bias = F32Le(section(SectionKind::Bias)?);
             let mean = mean.get_mut(..dim).ok_or(Error::Malformed("arena plan"))?;
             let x = &*a;
-            fork(work.cores, by_units(mean, 16, parts), |(c0, m)| {
-                mixed::head_pool(x, tokens, dim, zp_in, c0, m)
-            });
-            let sums = &*mean;
-            fork(work.cores, by_units(logits, 1, parts), |(k0, l)| {
-                mixed::head_logits(sums, tokens, dim, s_in, w, bias, k0, l)
-            });
+            work.pool_then_head(
+                mean,
+                logits,
+                (16, 1),
+                |c0, m| mixed::head_pool(x, tokens, dim, zp_in, c0, m),
+                |sums, k0, l| mixed::head_logits(sums, tokens, dim, s_in, w, bias, k0, l),
+            );
             return Ok(());
         }
         let head = I8Head {
@@ -801,8 +801,8 @@ struct I8Head<'a> {
 }
 
 impl I8Head<'_> {
-    /// The pool split by channel ranges (whole 16-channel units, the widest SIMD step),
-    /// then the head by class ranges: two joins on several parts.
+    /// The pool by channel ranges (whole 16-channel units, the widest SIMD step), then the
+    /// head by class ranges ([`Work::pool_then_head`]).
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
@@ -822,13 +822,14 @@ impl I8Head<'_> {
         let Some(mean) = mean.get_mut(..dim).filter(|_| fits) else {
             return;
         };
-        fork(work.cores, by_units(mean, 16, work.parts), |(c0, m)| {
-            head_i8::pool_i8(x, tokens, dim, self.zp_in, self.frac_bits, c0, m, isa)
-        });
-        let (mean, (w, scale, bias)) = (&*mean, (self.w, self.scale, self.bias));
-        fork(work.cores, by_units(logits, 1, work.parts), |(k0, l)| {
-            head_i8::logits_i8(mean, dim, w, scale, bias, k0, l, isa)
-        });
+        let (w, scale, bias) = (self.w, self.scale, self.bias);
+        work.pool_then_head(
+            mean,
+            logits,
+            (16, 1),
+            |c0, m| head_i8::pool_i8(x, tokens, dim, self.zp_in, self.frac_bits, c0, m, isa),
+            |mean, k0, l| head_i8::logits_i8(mean, dim, w, scale, bias, k0, l, isa),
+        );
     }
 }
 
@@ -984,6 +985,31 @@ impl Work<'_> {
             let _ = sc.push(chunk);
         }
         sc
+    }
+
+    /// A pool and head split over the parts: `pool(c0, part)` on channel ranges of whole
+    /// `units.0` of `mean`, then (after the join) `head(mean, k0, part)` on class ranges of
+    /// whole `units.1` of `logits`; each part writes only its channels or classes. Two
+    /// joins on several parts.
+    fn pool_then_head<T: Send + Sync>(
+        &self,
+        mean: &mut [T],
+        logits: &mut [f32],
+        (pool_unit, class_unit): (usize, usize),
+        pool: impl Fn(usize, &mut [T]) + Sync,
+        head: impl Fn(&[T], usize, &mut [f32]) + Sync,
+    ) {
+        fork(
+            self.cores,
+            by_units(mean, pool_unit, self.parts),
+            |(c0, m)| pool(c0, m),
+        );
+        let mean = &*mean;
+        fork(
+            self.cores,
+            by_units(logits, class_unit, self.parts),
+            |(k0, l)| head(mean, k0, l),
+        );
     }
 
     /// Channels per part of a layer split by channel slices of a tensor with

@@ -473,7 +473,7 @@ fn shape_of(img: &image::DynamicImage) -> Shape {
 /// one, never half of one (`host-tools/tests/atomic.rs` kills writers to check it); a
 /// process killed mid-write may leave its hidden `.NAME.tmpPID` file behind, never `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_checked(path, bytes, || Ok(()))
+    replace(path, bytes, |write| write())
 }
 
 /// [`write_atomic`], with `check` run on another thread while the temporary file is
@@ -483,6 +483,20 @@ pub fn write_checked(
     path: &Path,
     bytes: &[u8],
     check: impl FnOnce() -> Result<()> + Send,
+) -> Result<()> {
+    replace(path, bytes, |write| {
+        let (checked, written) = rayon::join(check, || write());
+        checked.and(written)
+    })
+}
+
+/// The temporary file of [`write_atomic`], written and synced by the function `run` is
+/// given (alone or beside a check), then renamed over `path` and the folder synced; the
+/// temporary is removed on any error.
+fn replace(
+    path: &Path,
+    bytes: &[u8],
+    run: impl FnOnce(&(dyn Fn() -> Result<()> + Sync)) -> Result<()>,
 ) -> Result<()> {
     use std::io::Write;
     let dir = path
@@ -498,8 +512,7 @@ pub fn write_checked(
         f.sync_all()?;
         Ok(())
     };
-    let (checked, written) = rayon::join(check, write);
-    let res = checked.and(written).and_then(|()| {
+    let res = run(&write).and_then(|()| {
         std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
         // The rename itself reaches the disk when the folder is synced (a power cut right
         // after a return could otherwise still show the old file). Not every platform can
