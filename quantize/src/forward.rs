@@ -95,13 +95,13 @@ pub fn act_f32(act: Activation, x: f32) -> f32 {
 /// convmixer_quantize::forward::gemm_bt(&a, &b, 2, 2, 2, &mut c);
 /// assert_eq!(c, [1.0, 3.0, 3.0, 7.0]);
 /// ```
-pub fn gemm_bt<A: Scalar>(a: &[A], b: &[A], m: usize, k: usize, n: usize, c: &mut [A]) {
+pub fn gemm_bt(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, c: &mut [f32]) {
     let (a, b, c) = (&a[..m * k], &b[..n * k], &mut c[..m * n]);
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        c.fill(A::ZERO);
+        c.fill(0.0);
         return;
     }
     let (k_, n_) = (k as isize, n as isize);
@@ -124,33 +124,14 @@ pub fn gemm_bt<A: Scalar>(a: &[A], b: &[A], m: usize, k: usize, n: usize, c: &mu
             b.as_ptr(),
             k_,
             1,
-            A::ZERO,
-            A::ONE,
+            0.0,
+            1.0,
             false,
             false,
             false,
             gemm::Parallelism::None,
         )
     };
-}
-
-/// The element types of [`gemm_bt`]: f32 (the ConvMixer's forward) and f64 (the
-/// MLP-Mixer's).
-pub trait Scalar: Copy + 'static {
-    /// 0.
-    const ZERO: Self;
-    /// 1.
-    const ONE: Self;
-}
-
-impl Scalar for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-}
-
-impl Scalar for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
 }
 
 /// Adds the bias to `pre` (the GEMM's sums), fills `out = scale·act(pre) + shift` of one

@@ -1,0 +1,299 @@
+//! The MLP-Mixer's calibration (min/max of every tensor the int8 blob quantises) and its
+//! lowering to the int8 blob (`docs/blob-format.md`, "MLP-Mixer").
+
+use anyhow::{anyhow, bail, Result};
+use convmixer_edge::blob::{mixer_limits, Arch, Header, LayerMask, SectionKind};
+use convmixer_edge::{Activation, Precision};
+
+use super::forward::{forward_with, Seen};
+use super::{Linear, Ln, Mixer};
+use crate::blob::{i32_bytes, Writer};
+use crate::calibrate::{asym, Range};
+use crate::quant::{gap_frac_bits, multiplier, post_params, u16_of, u8_of, GeluTable};
+
+/// The ranges of one folded model over a calibration set, per blob layer.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// The residual stream, over all layers.
+    pub stream: Range,
+    /// Per layer: LayerNorm output, fc1 pre-activation, fc2/embedding output.
+    pub out: Vec<Range>,
+    /// Per layer: fc1 activation output.
+    pub act: Vec<Range>,
+}
+
+impl Stats {
+    /// The union of both ranges, tensor by tensor.
+    fn merge(mut self, o: Stats) -> Stats {
+        self.stream.merge(&o.stream);
+        for (a, b) in self.out.iter_mut().zip(&o.out) {
+            a.merge(b);
+        }
+        for (a, b) in self.act.iter_mut().zip(&o.act) {
+            a.merge(b);
+        }
+        self
+    }
+}
+
+/// Min/max of every tensor the int8 blob quantises, over `images` (raw HWC pixels), in
+/// parallel over the images ([`crate::par`]).
+pub fn calibrate<I: AsRef<[u8]> + Sync>(
+    f: &Mixer,
+    images: &[I],
+    progress: &(dyn Fn() + Sync),
+) -> Stats {
+    let layers = 3 + 6 * f.blocks.len();
+    let empty = Stats {
+        stream: Range::default(),
+        out: vec![Range::default(); layers],
+        act: vec![Range::default(); layers],
+    };
+    let one = |img: &I| {
+        let mut s = empty.clone();
+        let x: Vec<f32> = img.as_ref().iter().map(|&v| f32::from(v)).collect();
+        forward_with(f, &x, |l, seen| match seen {
+            Seen::Stream(v) => s.stream.add(v),
+            Seen::Norm(v) | Seen::Branch(v) => s.out[l].add(v),
+            Seen::Hidden(pre, a) => {
+                s.out[l].add(pre);
+                s.act[l].add(a);
+            }
+        });
+        s
+    };
+    crate::par::map_fold(images, empty.clone(), one, Stats::merge, progress)
+}
+
+// ----------------------------------------------------------------------------------------
+// Lowering to the int8 blob
+
+/// The int8 blob of folded model `f` with calibrated ranges `s` (`labels`: empty or one
+/// per class).
+pub fn lower(f: &Mixer, s: &Stats, labels: &[String]) -> Result<Vec<u8>> {
+    let (ht, hc) = f.hidden();
+    if f.blocks.is_empty() {
+        bail!("the MLP-Mixer has no blocks (depth 0)");
+    }
+    let act = f.blocks[0].token.act;
+    if f.blocks
+        .iter()
+        .any(|b| b.token.act != act || b.channel.act != act)
+    {
+        bail!("the MLPs use different activations (one activation per model)");
+    }
+    let h = Header {
+        arch: Arch::MlpMixer,
+        precision: Precision::Int8,
+        activation: act,
+        in_c: u8_of(f.in_c, "input channels")?,
+        patch: u8_of(f.patch, "patch size")?,
+        in_h: u16_of(f.in_h, "input height")?,
+        in_w: u16_of(f.in_w, "input width")?,
+        dim: u16_of(f.dim, "dim")?,
+        depth: u16_of(f.blocks.len(), "depth")?,
+        kernel: 0,
+        pad_top: 0,
+        pad_left: 0,
+        gap_frac_bits: gap_frac_bits(f.dim),
+        classes: u16_of(f.classes(), "classes")?,
+        f16_layers: LayerMask::default(),
+        token_hidden: u16_of(ht, "token hidden width")?,
+        channel_hidden: u16_of(hc, "channel hidden width")?,
+    };
+    u16_of(f.tokens(), "tokens")?;
+    let mut w = Writer::new(h);
+    crate::quant::push_norm_and_labels(&mut w, &f.mean, &f.std, labels, f.classes())?;
+
+    // The residual stream: int16, zero point 0, one scale.
+    let (lo, hi) = s.stream.with_zero();
+    let s_x = f64::from(lo.abs().max(hi)).max(1e-6) / 32767.0;
+    let err = |l: usize| move |e: anyhow::Error| anyhow!("{}: {e}", f.layer_name(l));
+    // The embedding reads pixel − 128 (scale 1 in pixel units, zero point −128).
+    let embed_out = gemm(&mut w, 0, &f.embed, (1.0, -128), &s.out[0], None).map_err(err(0))?;
+    res_add(&mut w, 0, embed_out, s_x).map_err(err(0))?;
+    let mut l = 1;
+    for b in &f.blocks {
+        for mlp in [&b.token, &b.channel] {
+            let q_ln = norm_layer(&mut w, l, &mlp.norm, s_x, &s.out[l], f.dim).map_err(err(l))?;
+            let q_h = gemm(
+                &mut w,
+                l + 1,
+                &mlp.fc1,
+                q_ln,
+                &s.out[l + 1],
+                Some((mlp.act, &s.act[l + 1])),
+            )
+            .map_err(err(l + 1))?;
+            let q_o =
+                gemm(&mut w, l + 2, &mlp.fc2, q_h, &s.out[l + 2], None).map_err(err(l + 2))?;
+            res_add(&mut w, l + 2, q_o, s_x).map_err(err(l + 2))?;
+            l += 3;
+        }
+    }
+    let (s_y, zp_y) = norm_layer(&mut w, l, &f.norm, s_x, &s.out[l], f.dim).map_err(err(l))?;
+    // The head as ConvMixer's, its input with one scale for every channel.
+    let s_y = vec![s_y; f.dim];
+    crate::quant::push_int8_head(
+        &mut w,
+        l + 1,
+        &f.head.w,
+        &f.head.b,
+        &s_y,
+        zp_y,
+        h.gap_frac_bits,
+    )?;
+    w.finish()
+}
+
+/// Writes one int8 GEMM layer (WEIGHTS, BIAS, REQUANT, QPARAMS, TABLE) reading an int8
+/// tensor quantised as `(scale, zero point)` `q_in`; returns its output's quantisation.
+/// With `act` (fc1) the activation is read from a table over the pre-activation range
+/// `pre` and the output covers the activation range; without (embedding, fc2) the output
+/// covers `pre` through the identity table.
+fn gemm(
+    w: &mut Writer,
+    layer: usize,
+    l: &Linear,
+    q_in: (f64, i32),
+    pre: &Range,
+    act: Option<(Activation, &Range)>,
+) -> Result<(f64, i32)> {
+    let (s_in, zp_in) = q_in;
+    let (k, n) = (l.n_in, l.n_out);
+    let (lo, hi) = pre.with_zero();
+    let table = act.map(|(a, _)| GeluTable::new(a, lo, hi));
+    // Output quantisation and the table's input grid.
+    let (s_z, zp_z, s_out, zp_out) = match (&table, act) {
+        (Some(t), Some((_, r))) => {
+            let (alo, ahi) = r.with_zero();
+            let (s, zp) = asym(alo, ahi);
+            (t.s_z, t.zp_z, s, zp)
+        }
+        _ => {
+            let (s, zp) = asym(lo, hi);
+            (s, zp, s, zp)
+        }
+    };
+    let mut wq = vec![0i8; n * k];
+    let mut bias = vec![0i32; n];
+    let mut rq: Vec<[i32; 6]> = Vec::with_capacity(n);
+    for o in 0..n {
+        let row: Vec<f64> = (0..k).map(|i| f64::from(l.w[o * k + i]) * s_in).collect();
+        let max = row.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let s_w = if max > 0.0 { max / 127.0 } else { 1.0 };
+        let mut sum_w = 0i64;
+        let mut sum_abs = 0i64;
+        for (i, v) in row.iter().enumerate() {
+            let q = (v / s_w).round().clamp(-127.0, 127.0) as i8;
+            wq[o * k + i] = q;
+            sum_w += i64::from(q);
+            sum_abs += i64::from(q).abs();
+        }
+        // The stored bias absorbs the input zero point: the kernels multiply raw int8.
+        let bq = (f64::from(l.b[o]) / s_w).round() - f64::from(zp_in) * sum_w as f64;
+        if bq.abs() + 128.0 * sum_abs as f64 >= 2f64.powi(31) {
+            bail!(
+                "output {o}: the int32 accumulator could overflow (|bias| {:.3e}, 128·Σ|w| {})",
+                bq.abs(),
+                128 * sum_abs
+            );
+        }
+        let (m_pre, sh_pre) = multiplier(s_w / s_z)?;
+        let post = match &table {
+            Some(t) => {
+                let (m_post, b_post, sh_post, _) = post_params(t.s_a / s_out, 0.0, 0.0)?;
+                [m_post, b_post, sh_post]
+            }
+            None => [1, 0, 0],
+        };
+        bias[o] = bq as i32;
+        rq.push([m_pre, sh_pre, post[0], post[1], post[2], 0]);
+    }
+    let table_bytes = match &table {
+        Some(t) => t.bytes(),
+        None => identity_table(zp_out),
+    };
+    let packed = crate::quant::pack_gemm(&wq, n, k);
+    crate::quant::push_int8_layer(
+        w,
+        layer,
+        packed,
+        &bias,
+        &rq,
+        [zp_in, zp_z, zp_out, 0],
+        table_bytes,
+    )?;
+    Ok((s_out, zp_out))
+}
+
+/// The identity TABLE of a layer whose output zero point is `zp` (and whose table index
+/// is its output): `TABLE[z + 128] = z − zp`, so that `zp + TABLE[z + 128] = z`.
+fn identity_table(zp: i32) -> Vec<u8> {
+    let entries: Vec<i16> = (-128..128).map(|z: i32| (z - zp) as i16).collect();
+    crate::quant::table_bytes(&entries)
+}
+
+/// The RES_ADD of `layer`, whose int8 output `(scale, zp)` is added into the stream of
+/// scale `s_x`: `(q − zp)·m / 2^sh` stream steps with `m / 2^sh ≈ scale / s_x`.
+fn res_add(w: &mut Writer, layer: usize, q: (f64, i32), s_x: f64) -> Result<()> {
+    let r = q.0 / s_x;
+    let Some(sh) = (0..=mixer_limits::RES_SH_MAX)
+        .rev()
+        .find(|&sh| (r * 2f64.powi(sh)).round() <= f64::from(mixer_limits::RES_M_MAX))
+    else {
+        bail!("its output step is {r:.3e} residual steps (too coarse for the residual add)");
+    };
+    let m = (r * 2f64.powi(sh)).round() as i32;
+    w.push(SectionKind::ResAdd, layer, i32_bytes(&[m, sh, 0, 0]))
+}
+
+/// Writes a LAYER_NORM section: the stream (scale `s_x`) normalised per token, then `ln`'s
+/// affine, into int8 covering `out`. Returns the output's `(scale, zero point)`.
+fn norm_layer(
+    w: &mut Writer,
+    layer: usize,
+    ln: &Ln,
+    s_x: f64,
+    out: &Range,
+    dim: usize,
+) -> Result<(f64, i32)> {
+    let (lo, hi) = out.with_zero();
+    let (s_y, zp) = asym(lo, hi);
+    // `V` is dim²·var in stream steps², so ε enters as ε·dim²/s_x².
+    let eps = (f64::from(ln.eps) * (dim * dim) as f64 / (s_x * s_x)).round();
+    if eps > mixer_limits::LN_EPS_MAX as f64 {
+        bail!(
+            "epsilon {} is too large for the residual scale {s_x:.3e}",
+            ln.eps
+        );
+    }
+    // y = zp + rshr(z·mul + off, shift) with z = 2^16·n: mul = γ/s_y·2^(shift−16),
+    // off = β/s_y·2^shift; the finest shift that keeps |mul| < 2^30, |off| ≤ LN_B_MAX.
+    let fits = |sh: i32| {
+        (0..dim).all(|c| {
+            let m = (f64::from(ln.gamma[c]) / s_y * 2f64.powi(sh - 16))
+                .round()
+                .abs();
+            let o = (f64::from(ln.beta[c]) / s_y * 2f64.powi(sh)).round().abs();
+            m < 2f64.powi(30) && o <= mixer_limits::LN_B_MAX as f64
+        })
+    };
+    let Some(shift) = (0..=46).rev().find(|&sh| fits(sh)) else {
+        bail!("the LayerNorm affine does not fit the fixed point (γ/β too large for the output range)");
+    };
+    let mut b = Vec::with_capacity(16 + 12 * dim);
+    b.extend_from_slice(&(eps as u64).to_le_bytes());
+    b.extend_from_slice(&shift.to_le_bytes());
+    b.extend_from_slice(&zp.to_le_bytes());
+    for c in 0..dim {
+        let m = (f64::from(ln.gamma[c]) / s_y * 2f64.powi(shift - 16)).round() as i32;
+        b.extend_from_slice(&m.to_le_bytes());
+    }
+    for c in 0..dim {
+        let o = (f64::from(ln.beta[c]) / s_y * 2f64.powi(shift)).round() as i64;
+        b.extend_from_slice(&o.to_le_bytes());
+    }
+    w.push(SectionKind::LayerNorm, layer, b)?;
+    Ok((s_y, zp))
+}
