@@ -167,6 +167,31 @@ pub fn avx512vnni() -> bool {
     })
 }
 
+/// Whether this CPU runs a 512-bit FMA as two 256-bit halves: AMD's Zen 4 (family 19h,
+/// the only AMD family with AVX-512 before Zen 5's full-width units), whose two FMA pipes
+/// then do the same work per cycle with `zmm` as with `ymm`. The float pointwise conv keeps
+/// its AVX2 tiles there: the 12×32 AVX-512 tiles gain nothing and lose to the AVX2 tiles'
+/// blocking (measured on a 2-vCPU EPYC (Zen 4), timm's ConvMixer-768/32 fp16 blob,
+/// `kernel-bench model`: 0.43 s per image with the AVX-512 tiles, 0.39 s without). Read
+/// once and kept, like [`avx2`].
+#[cfg(target_arch = "x86_64")]
+pub fn split_512_fma() -> bool {
+    static KNOWN: AtomicU8 = AtomicU8::new(0);
+    kept(&KNOWN, || {
+        let v = cpuid(0, 0);
+        // "AuthenticAMD" in EBX, EDX, ECX.
+        let amd = [v[1], v[3], v[2]] == [0x6874_7541, 0x6974_6e65, 0x444d_4163];
+        let eax = cpuid(1, 0)[0];
+        let base = (eax >> 8) & 0xf;
+        let family = if base == 0xf {
+            base + ((eax >> 20) & 0xff)
+        } else {
+            base
+        };
+        amd && family == 0x19
+    })
+}
+
 /// No x86_64 detection elsewhere.
 #[cfg(not(target_arch = "x86_64"))]
 pub fn avx512vnni() -> bool {

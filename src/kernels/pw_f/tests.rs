@@ -32,9 +32,19 @@ fn pw_f32<W: FloatWeights>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
-        // Under the AVX-512 level (detected: isas() lists only those), its tiles.
+        // Under the AVX-512 level (detected: isas() lists only those), its tiles, whether
+        // or not `pw` picks them on this CPU (`cpu::split_512_fma`).
         assert_eq!(avx512::takes(isa), isa == Isa::Avx512Vnni);
-        assert!(x86::pw::<W, F32Arith>(x, tokens, dim, l, act, out, isa));
+        let wide = isa == Isa::Avx512Vnni;
+        assert!(x86::pw_tiles::<W, F32Arith>(
+            x,
+            tokens,
+            dim,
+            l,
+            act,
+            out,
+            (isa, wide)
+        ));
         return;
     }
     pw::<W, F32Arith>(x, tokens, dim, l, act, out, isa);

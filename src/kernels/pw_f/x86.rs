@@ -51,7 +51,9 @@ const TB: usize = 8 * MR;
 
 /// Pointwise layer (`dim` → `dim` over `tokens` tokens, f32 arithmetic) with the AVX2
 /// kernels; `false`, touching nothing, where they do not take it (`F16Arith`,
-/// [`Params::new`], or `x` or `out` shorter than `tokens · dim`).
+/// [`Params::new`], or `x` or `out` shorter than `tokens · dim`). Under
+/// [`Isa::Avx512Vnni`] the AVX-512 tiles, except on a CPU that splits 512-bit FMAs
+/// ([`crate::kernels::cpu::split_512_fma`]), where the AVX2 tiles are faster.
 pub(crate) fn pw<W: FloatWeights, M: FloatArith>(
     x: &[M::Act],
     tokens: usize,
@@ -60,6 +62,22 @@ pub(crate) fn pw<W: FloatWeights, M: FloatArith>(
     act: Activation,
     out: &mut [M::Act],
     isa: Isa,
+) -> bool {
+    let wide = !crate::kernels::cpu::split_512_fma();
+    pw_tiles::<W, M>(x, tokens, dim, l, act, out, (isa, wide))
+}
+
+/// [`pw`] with the AVX-512 tiles where `wide` and `isa` is [`Isa::Avx512Vnni`] (detected),
+/// else the AVX2 tiles: the shared suite runs both on an AVX-512 CPU, whichever [`pw`]
+/// picks.
+pub(crate) fn pw_tiles<W: FloatWeights, M: FloatArith>(
+    x: &[M::Act],
+    tokens: usize,
+    dim: usize,
+    l: &FloatLayer<'_, W>,
+    act: Activation,
+    out: &mut [M::Act],
+    (isa, wide): (Isa, bool),
 ) -> bool {
     if M::HALF {
         return false;
@@ -86,7 +104,7 @@ pub(crate) fn pw<W: FloatWeights, M: FloatArith>(
     // W::HALF) and dim channels of every vector.
     // With AVX-512 (F, BW, VL) the 12×32 tiles, else the AVX2 kernel throughout.
     unsafe {
-        match (W::HALF, super::avx512::takes(isa)) {
+        match (W::HALF, wide && super::avx512::takes(isa)) {
             (true, true) => super::avx512::pw_avx512::<true>(x, o, tokens, &p, act),
             (false, true) => super::avx512::pw_avx512::<false>(x, o, tokens, &p, act),
             (true, false) => pw_avx2::<true>(x, o, tokens, &p, act),

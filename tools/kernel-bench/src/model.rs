@@ -1,4 +1,4 @@
-//! `kernel-bench model BLOB [--threads N] [--cores C] [--rounds R] [--images K]`: the whole model, as
+//! `kernel-bench model BLOB [--threads N] [--cores C] [--rounds R] [--images K] [--isa ISA]`: the whole model, as
 //! `host-tools eval` runs it, without building the host tools. Loads a `.cmx` blob and
 //! runs `Model::logits` on deterministic pseudo-random pixels (the timing does not depend
 //! on the content): one thread, seconds per image (the median of `R` rounds of one image,
@@ -10,10 +10,12 @@
 //! also one image's latency with each layer split over `C` cores (`Model::logits_on` on a
 //! `Team` of this thread and `C − 1` scoped threads) against one core, the two interleaved round by round, and
 //! their ratio (of the minima, and the median of the per-round ratios); the logits must be
-//! bit-identical.
+//! bit-identical. `--isa` (`Scalar`, `Avx2`, `Avx512Vnni`, `Neon`, `NeonDot`; any case)
+//! runs the model at that level instead of the detected one.
 
 use std::time::Instant;
 
+use convmixer_edge::kernels::Isa;
 use convmixer_edge::Model;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -54,6 +56,7 @@ fn pixels(len: usize, seed: u64) -> Vec<u8> {
 pub fn run(args: &[String]) {
     let mut path = None;
     let (mut threads, mut rounds, mut images, mut cores) = (1usize, 5usize, 2usize, 1usize);
+    let mut isa = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut num = |what: &str| -> usize {
@@ -66,16 +69,31 @@ pub fn run(args: &[String]) {
             "--cores" => cores = num("--cores"),
             "--rounds" => rounds = num("--rounds"),
             "--images" => images = num("--images"),
+            "--isa" => {
+                let name = it.next().map(String::as_str).unwrap_or_default();
+                isa = Some(
+                    Isa::ALL
+                        .into_iter()
+                        .find(|i| format!("{i:?}").eq_ignore_ascii_case(name))
+                        .unwrap_or_else(|| panic!("--isa {name}: one of {:?}", Isa::ALL)),
+                );
+            }
             p => path = Some(p.to_string()),
         }
     }
     let path = path.expect(
-        "usage: kernel-bench model BLOB [--threads N] [--cores C] [--rounds R] [--images K]",
+        "usage: kernel-bench model BLOB [--threads N] [--cores C] [--rounds R] [--images K] [--isa ISA]",
     );
     let bytes = std::fs::read(&path).expect("read blob");
     let store = aligned(&bytes);
     let blob = &as_bytes(&store)[..bytes.len()];
     let model = Model::from_bytes(blob).expect("valid blob");
+    let model = match isa {
+        Some(i) => model
+            .with_isa(i)
+            .unwrap_or_else(|e| panic!("--isa {i:?}: {e}")),
+        None => model,
+    };
     let h = model.header();
     let classes = usize::from(h.classes);
     println!(
