@@ -134,6 +134,58 @@ fn int8_keeps_fp32_accuracy_and_exports_agree() {
     }
 }
 
+/// Every `--calibration` method on both layouts (the histogram pass the ConvMixer's
+/// calibration uses, `calibrate::tensor_histograms`): int8 top-1 on the held-out digits
+/// within 0.3 points of tract's fp32 run of the ONNX, and each clipping method a different
+/// blob from min/max (the method is applied, not ignored).
+#[test]
+fn every_calibration_method_keeps_fp32_accuracy() {
+    use convmixer_quantize::calibrate::Method;
+    let set = mnist_heldout();
+    let calib = data::calibration_set(&mnist("calib"), (28, 28, 1)).expect("calibration images");
+    for layout in ["lucid", "timm"] {
+        let path = mixer_file(&format!("mixer-{layout}.torchscript.onnx"));
+        let m = mixer::import(&path).expect("import");
+        let tract = TractModel::load(&path, 1, 28, 28).expect("tract");
+        let fp32 = top1(&par_map(&set, |(px, y)| {
+            argmax(
+                &tract
+                    .run_pixels(px, &[MNIST_MEAN], &[MNIST_STD])
+                    .expect("tract"),
+            ) == *y
+        }));
+        let mut minmax = Vec::new();
+        for method in [
+            Method::MinMax,
+            Method::Percentile(99.99),
+            Method::Mse,
+            Method::Entropy,
+        ] {
+            let opts = Options {
+                mean: vec![MNIST_MEAN],
+                std: vec![MNIST_STD],
+                calibration: Some(method),
+                ..Default::default()
+            };
+            let int8 = mixer::quantize(&m, &calib, &opts, &|| {}).expect("int8");
+            let acc8 = top1(&par_map(&set, |(px, y)| argmax(&run_blob(&int8, px)) == *y));
+            eprintln!("{layout}: {method:?}: int8 {acc8:.2}% (fp32 {fp32:.2}%)");
+            assert!(
+                (acc8 - fp32).abs() <= 0.3,
+                "{layout}: {method:?}: int8 {acc8}% vs fp32 {fp32}%"
+            );
+            if method == Method::MinMax {
+                minmax = int8;
+            } else {
+                assert!(
+                    int8 != minmax,
+                    "{layout}: {method:?} gives the min/max blob"
+                );
+            }
+        }
+    }
+}
+
 /// The ConvMixer trained beside the mixers with about their parameter count and the same 49
 /// tokens (`convmixer-baseline`, what `host-tools bench MNIST` compares them with): int8
 /// within 1 point of fp32 too.

@@ -988,15 +988,19 @@ fn mixer_blob(
     if target.is_some() {
         bail!("{name}: --accuracy-budget and --sqnr-min (mixed precision) are for ConvMixer models only");
     }
-    if method != convmixer_quantize::calibrate::Method::MinMax || bias_correction {
-        bail!("{name}: MLP-Mixer models are calibrated min/max (--calibration and --bias-correction are for ConvMixer)");
+    if bias_correction {
+        bail!("{name}: --bias-correction is for ConvMixer models only");
     }
     let opts = prep.for_onnx(model, proto)?.options(method, false)?;
     let Some(dir) = calib else {
         bail!("int8 quantisation needs calibration images: pass --calib DIR")
     };
     let images = data::calibration_set(dir, (m.in_h, m.in_w, m.in_c))?;
-    let pb = bar(images.len(), "calibrating");
+    let passes = match method {
+        convmixer_quantize::calibrate::Method::MinMax => 1,
+        _ => 2,
+    };
+    let pb = bar(passes * images.len(), "calibrating");
     let bytes = convmixer_quantize::mixer::quantize(&m, &images, &opts, &|| pb.inc(1))
         .with_context(|| name.to_string())?;
     pb.finish_and_clear();

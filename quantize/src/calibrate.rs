@@ -428,24 +428,62 @@ fn histograms<I: AsRef<[u8]> + Sync>(
     pre: bool,
     progress: &(dyn Fn() + Sync),
 ) -> Vec<Histogram> {
-    let empty: Vec<Histogram> = stats
+    let ranges: Vec<Range> = stats
         .iter()
-        .flat_map(|s| {
-            let p = pre.then(|| Histogram::new(s.pre));
-            p.into_iter().chain([Histogram::new(s.out)])
-        })
+        .flat_map(|s| pre.then_some(s.pre).into_iter().chain([s.out]))
         .collect();
     let per = if pre { 2 } else { 1 };
+    tensor_histograms(
+        images,
+        &ranges,
+        |img, add| {
+            forward_layers(f, img, |l, v| {
+                if pre {
+                    add(per * l, v.pre);
+                }
+                add(per * l + per - 1, v.out);
+            });
+        },
+        progress,
+    )
+}
+
+/// The second pass of every clipping [`Method`], for either network: a histogram of each
+/// tensor `t` over `ranges[t]` (its min/max from the first pass), filled in parallel over
+/// the images by `observe(image, add)`, which calls `add(t, values)` with the values tensor
+/// `t` takes on that image (an index past `ranges` is ignored). The per-image histograms
+/// are added in image order ([`crate::par`]). `clip(&h[t], method)` is then tensor `t`'s
+/// clipping range.
+///
+/// ```
+/// use convmixer_quantize::calibrate::{clip, tensor_histograms, Method, Range};
+/// let images = [vec![0u8, 1, 2, 200], vec![3, 4, 5, 6]];
+/// let ranges = [Range { lo: 0.0, hi: 200.0 }];
+/// let h = tensor_histograms(&images, &ranges, |img, add| {
+///     let v: Vec<f32> = img.iter().map(|&p| f32::from(p)).collect();
+///     add(0, &v);
+/// }, &|| {});
+/// assert_eq!(h[0].total(), 8);
+/// // The one outlier is clipped by the 90th percentile, not by min/max.
+/// assert!(clip(&h[0], Method::Percentile(90.0)).hi < 100.0);
+/// assert_eq!(clip(&h[0], Method::MinMax).hi, 200.0);
+/// ```
+pub fn tensor_histograms<I: AsRef<[u8]> + Sync>(
+    images: &[I],
+    ranges: &[Range],
+    observe: impl Fn(&[u8], &mut dyn FnMut(usize, &[f32])) + Sync,
+    progress: &(dyn Fn() + Sync),
+) -> Vec<Histogram> {
+    let empty: Vec<Histogram> = ranges.iter().map(|&r| Histogram::new(r)).collect();
     map_fold(
         images,
         empty.clone(),
         |img| {
             let mut h = empty.clone();
-            forward_layers(f, img.as_ref(), |l, v| {
-                if pre {
-                    h[per * l].add_all(v.pre);
+            observe(img.as_ref(), &mut |t, v| {
+                if let Some(h) = h.get_mut(t) {
+                    h.add_all(v);
                 }
-                h[per * l + per - 1].add_all(v.out);
             });
             h
         },

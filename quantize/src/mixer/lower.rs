@@ -8,7 +8,7 @@ use convmixer_edge::{Activation, Precision};
 use super::forward::{forward_with, Seen};
 use super::{Linear, Ln, Mixer};
 use crate::blob::{i32_bytes, Writer};
-use crate::calibrate::{asym, Range};
+use crate::calibrate::{asym, clip, tensor_histograms, Method, Range};
 use crate::quant::{gap_frac_bits, multiplier, post_params, u16_of, u8_of, GeluTable};
 
 /// The ranges of one folded model over a calibration set, per blob layer.
@@ -63,6 +63,46 @@ pub fn calibrate<I: AsRef<[u8]> + Sync>(
         s
     };
     crate::par::map_fold(images, empty.clone(), one, Stats::merge, progress)
+}
+
+/// Calibration with `method` choosing the clipping range of every int8 tensor — each
+/// LayerNorm's output, each fc1's pre-activation (the GELU table's input) and activation,
+/// each fc2's and the embedding's output — from a second pass over the images
+/// ([`crate::calibrate::tensor_histograms`], the ConvMixer's), as the ConvMixer's
+/// calibration does for its layers. The residual stream keeps its min/max: it is int16 with
+/// one scale for the whole network, and a clipped stream would saturate every later layer.
+pub fn calibrate_with<I: AsRef<[u8]> + Sync>(
+    f: &Mixer,
+    images: &[I],
+    method: Method,
+    progress: &(dyn Fn() + Sync),
+) -> Stats {
+    let mut s = calibrate(f, images, progress);
+    if method == Method::MinMax {
+        return s;
+    }
+    let n = s.out.len();
+    let ranges: Vec<Range> = s.out.iter().chain(&s.act).copied().collect();
+    let hists = tensor_histograms(
+        images,
+        &ranges,
+        |img, add| {
+            let x: Vec<f32> = img.iter().map(|&v| f32::from(v)).collect();
+            forward_with(f, &x, |l, seen| match seen {
+                Seen::Stream(_) => {}
+                Seen::Norm(v) | Seen::Branch(v) => add(l, &[v]),
+                Seen::Hidden(pre, a) => {
+                    add(l, &[pre]);
+                    add(n + l, &[a]);
+                }
+            });
+        },
+        progress,
+    );
+    for (r, h) in s.out.iter_mut().chain(s.act.iter_mut()).zip(&hists) {
+        *r = clip(h, method);
+    }
+    s
 }
 
 // ----------------------------------------------------------------------------------------
