@@ -186,6 +186,94 @@ fn every_calibration_method_keeps_fp32_accuracy() {
     }
 }
 
+/// Bias correction on both layouts: int8 top-1 within 0.3 points of tract's fp32, and,
+/// checked against means taken here from the float forward pass itself, block 0's
+/// token-mixing fc1 bias moves by minus the mean error of its quantised weights,
+/// `Σ_t (ŵ_t − w_t)·E[x_t]` (`E[x_t]`: the token LayerNorm's output at token t, over the
+/// channels and the images), in accumulator steps, within the rounding of both biases.
+#[test]
+fn bias_correction_keeps_accuracy_and_moves_each_bias_by_the_mean_error() {
+    use convmixer_edge::blob::SectionKind;
+    let set = mnist_heldout();
+    let calib = data::calibration_set(&mnist("calib"), (28, 28, 1)).expect("calibration images");
+    for layout in ["lucid", "timm"] {
+        let path = mixer_file(&format!("mixer-{layout}.torchscript.onnx"));
+        let m = mixer::import(&path).expect("import");
+        let q = |bias_correction| {
+            let opts = Options {
+                mean: vec![MNIST_MEAN],
+                std: vec![MNIST_STD],
+                bias_correction,
+                ..Default::default()
+            };
+            mixer::quantize(&m, &calib, &opts, &|| {}).expect("int8")
+        };
+        let (plain, corrected) = (q(false), q(true));
+        let tract = TractModel::load(&path, 1, 28, 28).expect("tract");
+        let fp32 = top1(&par_map(&set, |(px, y)| {
+            argmax(
+                &tract
+                    .run_pixels(px, &[MNIST_MEAN], &[MNIST_STD])
+                    .expect("tract"),
+            ) == *y
+        }));
+        let acc8 = top1(&par_map(&set, |(px, y)| {
+            argmax(&run_blob(&corrected, px)) == *y
+        }));
+        eprintln!("{layout}: bias-corrected int8 {acc8:.2}% (fp32 {fp32:.2}%)");
+        assert!(
+            (acc8 - fp32).abs() <= 0.3,
+            "{layout}: {acc8}% vs fp32 {fp32}%"
+        );
+
+        // Block 0's token fc1 (blob layer 2) reads the token LayerNorm (layer 1), int8 with
+        // one scale s_in: its weights are quantised per output over w·s_in.
+        let f = mixer::fold(&m, &[MNIST_MEAN], &[MNIST_STD]).expect("fold");
+        let stats = mixer::calibrate(&f, &calib, &|| {});
+        let (t, d) = (f.tokens(), f.dim);
+        let mut e = vec![0f64; t];
+        for img in &calib {
+            let x: Vec<f32> = img.iter().map(|&v| f32::from(v)).collect();
+            mixer::forward_with(&f, &x, |l, i, seen| {
+                if let (1, mixer::Seen::Norm(v)) = (l, seen) {
+                    e[i / d] += f64::from(v);
+                }
+            });
+        }
+        e.iter_mut().for_each(|v| *v /= (d * calib.len()) as f64);
+        let (lo, hi) = stats.out[1].with_zero();
+        let (s_in, _) = convmixer_quantize::calibrate::asym(lo, hi);
+        let fc1 = &f.blocks[0].token.fc1;
+        let bias = |b: &[u8], o: usize| i32::from_le_bytes(b[4 * o..4 * o + 4].try_into().unwrap());
+        let (b0, b1) = (
+            &plain[section_range(&plain, SectionKind::Bias, 2)],
+            &corrected[section_range(&corrected, SectionKind::Bias, 2)],
+        );
+        let mut moved = 0;
+        for o in 0..fc1.n_out {
+            let row: Vec<f64> = (0..t).map(|i| f64::from(fc1.w[o * t + i]) * s_in).collect();
+            let step = row.iter().fold(0f64, |a, v| a.max(v.abs())) / 127.0;
+            let mean_err: f64 = (0..t)
+                .map(|i| ((row[i] / step).round() * step - row[i]) / s_in * e[i])
+                .sum();
+            let want = -mean_err / step;
+            let got = f64::from(bias(b1, o) - bias(b0, o));
+            assert!(
+                (got - want).abs() <= 1.0,
+                "{layout}: output {o}: moved {got}, expected {want:.2}"
+            );
+            moved += usize::from(got != 0.0);
+        }
+        // (Most corrections here are below half an accumulator step: the layer's weights
+        // are small next to its bias. Some eighth of them is not.)
+        assert!(
+            moved > fc1.n_out / 8,
+            "{layout}: only {moved} of {} biases moved",
+            fc1.n_out
+        );
+    }
+}
+
 /// The ConvMixer trained beside the mixers with about their parameter count and the same 49
 /// tokens (`convmixer-baseline`, what `host-tools bench MNIST` compares them with): int8
 /// within 1 point of fp32 too.

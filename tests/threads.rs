@@ -78,14 +78,20 @@ fn mlp_mixer_blobs_are_the_same_from_one_or_many_threads() {
     let m = mixer::import(&root().join("examples/mixer-mnist/mixer-lucid.torchscript.onnx"))
         .expect("import");
     let calib = data::calibration_set(&mnist("calib"), (28, 28, 1)).expect("calib");
-    let o = opts(Method::MinMax, false);
-    let blob = |n| {
-        on(n, || {
-            mixer::quantize(&m, &calib, &o, &|| {}).expect("quantize")
-        })
-    };
-    let one = blob(1);
-    assert!(one == blob(4), "4 threads differ");
+    // Min/max; a clipping method's histograms; bias correction's means.
+    for (method, bias) in [(Method::MinMax, false), (Method::Entropy, true)] {
+        let o = opts(method, bias);
+        let blob = |n| {
+            on(n, || {
+                mixer::quantize(&m, &calib, &o, &|| {}).expect("quantize")
+            })
+        };
+        let one = blob(1);
+        assert!(
+            one == blob(4),
+            "{method:?}, bias correction {bias}: 4 threads differ"
+        );
+    }
 }
 
 /// The fp32 forward's per-thread buffers carry nothing from one model or image to the

@@ -988,10 +988,9 @@ fn mixer_blob(
     if target.is_some() {
         bail!("{name}: --accuracy-budget and --sqnr-min (mixed precision) are for ConvMixer models only");
     }
-    if bias_correction {
-        bail!("{name}: --bias-correction is for ConvMixer models only");
-    }
-    let opts = prep.for_onnx(model, proto)?.options(method, false)?;
+    let opts = prep
+        .for_onnx(model, proto)?
+        .options(method, bias_correction)?;
     let Some(dir) = calib else {
         bail!("int8 quantisation needs calibration images: pass --calib DIR")
     };

@@ -239,7 +239,6 @@ fn mlp_mixer_quantize_then_classify_and_eval() {
     let bad = tmp.path().join("bad.cmx");
     for (extra, needle) in [
         (&["--precision", "fp16"][..], "int8 only"),
-        (&["--bias-correction"][..], "ConvMixer models only"),
         (
             &["--accuracy-budget", "0.5", "--data", s(&data)][..],
             "ConvMixer models only",

@@ -65,7 +65,7 @@ mod mlp;
 mod shapes;
 
 pub use forward::{forward, forward_pixels, forward_with, Seen};
-pub use lower::{calibrate, calibrate_with, lower, Stats};
+pub use lower::{calibrate, calibrate_with, input_means, lower, Stats};
 
 /// A LayerNorm over the channels of every token.
 #[derive(Clone, Debug, PartialEq)]
@@ -324,9 +324,9 @@ pub fn fold(m: &Mixer, mean: &[f32], std: &[f32]) -> Result<Mixer> {
     Ok(f)
 }
 
-/// Import → fold → calibrate (with `opts.calibration`, [`calibrate_with`]) → lower, for an
-/// MLP-Mixer: the int8 blob. Bias correction and f16 layers are not there yet for the
-/// MLP-Mixer: asking for them is an error.
+/// Import → fold → calibrate (with `opts.calibration`, [`calibrate_with`]; and, with
+/// `opts.bias_correction`, [`input_means`]) → lower, for an MLP-Mixer: the int8 blob. f16
+/// layers are not there yet for the MLP-Mixer: asking for them is an error.
 pub fn quantize<I: AsRef<[u8]> + Sync>(
     m: &Mixer,
     calib: &[I],
@@ -336,11 +336,12 @@ pub fn quantize<I: AsRef<[u8]> + Sync>(
     if calib.is_empty() {
         bail!("int8 quantisation needs calibration images (--calib DIR)");
     }
-    if opts.bias_correction || !opts.f16_layers.is_empty() {
-        bail!("bias correction and f16 layers are for ConvMixer models only");
+    if !opts.f16_layers.is_empty() {
+        bail!("f16 layers (mixed precision) are for ConvMixer models only");
     }
     let f = fold(m, &opts.mean, &opts.std)?;
     let method = opts.calibration.unwrap_or(crate::calibrate::Method::MinMax);
     let s = calibrate_with(&f, calib, method, progress);
-    lower(&f, &s, &opts.labels)
+    let means = opts.bias_correction.then(|| input_means(&f, calib));
+    lower(&f, &s, means.as_deref(), &opts.labels)
 }

@@ -53,10 +53,14 @@ pub enum Seen {
     Branch(f32),
 }
 
-/// The logits of `m` for `x`, observing every intermediate value. `x` is the embedding's
+/// The logits of `m` for `x`, observing every intermediate value: `see(layer, index, value)`,
+/// `index` the value's place in its tensor, row-major — `token·dim + channel` for the
+/// stream, a LayerNorm's output and the embedding's; `row·hidden + j` for an fc1's, where a
+/// row is a channel (token MLP) or a token (channel MLP); `row·n + i` for an fc2's, `n` its
+/// outputs (tokens or channels). `x` is the embedding's
 /// input: the normalised NCHW float image for an imported model, raw HWC pixels (as f32)
 /// for a folded one (one with its normalisation folded in, [`super::fold`]).
-pub fn forward_with(m: &Mixer, x: &[f32], mut see: impl FnMut(usize, Seen)) -> Vec<f32> {
+pub fn forward_with(m: &Mixer, x: &[f32], mut see: impl FnMut(usize, usize, Seen)) -> Vec<f32> {
     let folded = !m.mean.is_empty();
     let (t, d, p, c) = (m.tokens(), m.dim, m.patch, m.in_c);
     let gw = m.in_w / p;
@@ -79,9 +83,9 @@ pub fn forward_with(m: &Mixer, x: &[f32], mut see: impl FnMut(usize, Seen)) -> V
     }
     let mut s = vec![0f32; t * d];
     apply(&m.embed, &patches, t, &mut s);
-    for v in &s {
-        see(0, Seen::Branch(*v));
-        see(0, Seen::Stream(*v));
+    for (i, v) in s.iter().enumerate() {
+        see(0, i, Seen::Branch(*v));
+        see(0, i, Seen::Stream(*v));
     }
     let mut y = vec![0f32; t * d];
     for (bi, b) in m.blocks.iter().enumerate() {
@@ -90,7 +94,9 @@ pub fn forward_with(m: &Mixer, x: &[f32], mut see: impl FnMut(usize, Seen)) -> V
             for (row, out) in s.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
                 layer_norm(row, &mlp.norm, out);
             }
-            y.iter().for_each(|v| see(base, Seen::Norm(*v)));
+            for (i, v) in y.iter().enumerate() {
+                see(base, i, Seen::Norm(*v));
+            }
             // Rows: channels for the token MLP (the transposed LayerNorm output), tokens
             // for the channel MLP.
             let (rows, n) = if j == 0 { (d, t) } else { (t, d) };
@@ -105,27 +111,31 @@ pub fn forward_with(m: &Mixer, x: &[f32], mut see: impl FnMut(usize, Seen)) -> V
             let hidden = mlp.fc1.n_out;
             let mut h = vec![0f32; rows * hidden];
             apply(&mlp.fc1, &xin, rows, &mut h);
-            for v in h.iter_mut() {
+            for (i, v) in h.iter_mut().enumerate() {
                 let a = act(mlp.act, *v);
-                see(base + 1, Seen::Hidden(*v, a));
+                see(base + 1, i, Seen::Hidden(*v, a));
                 *v = a;
             }
             let mut o = vec![0f32; rows * n];
             apply(&mlp.fc2, &h, rows, &mut o);
             for (r, orow) in o.chunks_exact(n).enumerate() {
                 for (i, v) in orow.iter().enumerate() {
-                    see(base + 2, Seen::Branch(*v));
+                    see(base + 2, r * n + i, Seen::Branch(*v));
                     s[if j == 0 { i * d + r } else { r * d + i }] += v;
                 }
             }
-            s.iter().for_each(|v| see(base + 2, Seen::Stream(*v)));
+            for (i, v) in s.iter().enumerate() {
+                see(base + 2, i, Seen::Stream(*v));
+            }
         }
     }
     let fl = 1 + 6 * m.blocks.len();
     for (row, out) in s.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
         layer_norm(row, &m.norm, out);
     }
-    y.iter().for_each(|v| see(fl, Seen::Norm(*v)));
+    for (i, v) in y.iter().enumerate() {
+        see(fl, i, Seen::Norm(*v));
+    }
     let mean: Vec<f32> = (0..d)
         .map(|ch| ((0..t).map(|tok| f64::from(y[tok * d + ch])).sum::<f64>() / t as f64) as f32)
         .collect();
@@ -136,11 +146,11 @@ pub fn forward_with(m: &Mixer, x: &[f32], mut see: impl FnMut(usize, Seen)) -> V
 
 /// The logits of an imported (unfolded) model for a normalised NCHW image.
 pub fn forward(m: &Mixer, nchw: &[f32]) -> Vec<f32> {
-    forward_with(m, nchw, |_, _| {})
+    forward_with(m, nchw, |_, _, _| {})
 }
 
 /// The logits of a folded model for raw HWC pixels.
 pub fn forward_pixels(m: &Mixer, px: &[u8]) -> Vec<f32> {
     let x: Vec<f32> = px.iter().map(|&v| f32::from(v)).collect();
-    forward_with(m, &x, |_, _| {})
+    forward_with(m, &x, |_, _, _| {})
 }

@@ -8,7 +8,7 @@ use convmixer_edge::{Activation, Precision};
 use super::forward::{forward_with, Seen};
 use super::{Linear, Ln, Mixer};
 use crate::blob::{i32_bytes, Writer};
-use crate::calibrate::{asym, clip, tensor_histograms, Method, Range};
+use crate::calibrate::{asym, clip, means_of, patch_sums, tensor_histograms, Method, Range};
 use crate::quant::{gap_frac_bits, multiplier, post_params, u16_of, u8_of, GeluTable};
 
 /// The ranges of one folded model over a calibration set, per blob layer.
@@ -52,7 +52,7 @@ pub fn calibrate<I: AsRef<[u8]> + Sync>(
     let one = |img: &I| {
         let mut s = empty.clone();
         let x: Vec<f32> = img.as_ref().iter().map(|&v| f32::from(v)).collect();
-        forward_with(f, &x, |l, seen| match seen {
+        forward_with(f, &x, |l, _, seen| match seen {
             Seen::Stream(v) => s.stream.add(v),
             Seen::Norm(v) | Seen::Branch(v) => s.out[l].add(v),
             Seen::Hidden(pre, a) => {
@@ -88,7 +88,7 @@ pub fn calibrate_with<I: AsRef<[u8]> + Sync>(
         &ranges,
         |img, add| {
             let x: Vec<f32> = img.iter().map(|&v| f32::from(v)).collect();
-            forward_with(f, &x, |l, seen| match seen {
+            forward_with(f, &x, |l, _, seen| match seen {
                 Seen::Stream(_) => {}
                 Seen::Norm(v) | Seen::Branch(v) => add(l, &[v]),
                 Seen::Hidden(pre, a) => {
@@ -108,9 +108,76 @@ pub fn calibrate_with<I: AsRef<[u8]> + Sync>(
 // ----------------------------------------------------------------------------------------
 // Lowering to the int8 blob
 
+/// The mean of each input of every int8 GEMM layer over `images` (bias correction), indexed
+/// by blob layer like [`Stats`]: the embedding per patch tap (raw pixels, as the ConvMixer's
+/// [`crate::calibrate::input_means`]), an fc1 per input feature (the LayerNorm output's mean
+/// over the other axis: per token for the token MLP, per channel for the channel MLP), an
+/// fc2 per hidden unit (the activation's mean over its rows); empty for the LayerNorms and
+/// the head. The same means from any number of threads.
+pub fn input_means<I: AsRef<[u8]> + Sync>(f: &Mixer, images: &[I]) -> Vec<Vec<f64>> {
+    let (t, d, p) = (f.tokens(), f.dim, f.patch);
+    let (th, ch) = f.hidden();
+    let layers = 3 + 6 * f.blocks.len();
+    let final_norm = 1 + 6 * f.blocks.len();
+    // Inputs and rows (per image) of every GEMM layer.
+    let mut inputs = vec![0usize; layers];
+    let mut rows = vec![0usize; layers];
+    (inputs[0], rows[0]) = (p * p * f.in_c, t);
+    for l in (1..final_norm).step_by(3) {
+        let (r, features, hidden) = if (l - 1) % 6 == 0 {
+            (d, t, th)
+        } else {
+            (t, d, ch)
+        };
+        (inputs[l + 1], rows[l + 1]) = (features, r);
+        (inputs[l + 2], rows[l + 2]) = (hidden, r);
+    }
+    let one = |img: &I| -> Vec<Vec<f64>> {
+        let img = img.as_ref();
+        let mut sums: Vec<Vec<f64>> = inputs.iter().map(|&n| vec![0f64; n]).collect();
+        sums[0] = patch_sums(img, (f.in_w, f.in_c), p, (f.in_h / p, f.in_w / p));
+        let x: Vec<f32> = img.iter().map(|&v| f32::from(v)).collect();
+        forward_with(f, &x, |l, i, seen| match seen {
+            // A LayerNorm's output, [token][channel]: the token fc1 reads it per token, the
+            // channel fc1 per channel.
+            Seen::Norm(v) if l < final_norm => {
+                let at = if (l - 1) % 6 == 0 {
+                    i / d.max(1)
+                } else {
+                    i % d.max(1)
+                };
+                if let Some(s) = sums[l + 1].get_mut(at) {
+                    *s += f64::from(v);
+                }
+            }
+            // An fc1's activation, [row][hidden]: what the fc2 reads.
+            Seen::Hidden(_, a) => {
+                let at = i % inputs[l + 1].max(1);
+                if let Some(s) = sums[l + 1].get_mut(at) {
+                    *s += f64::from(a);
+                }
+            }
+            _ => {}
+        });
+        sums
+    };
+    let counts: Vec<f64> = rows
+        .iter()
+        .map(|&r| (r * images.len().max(1)) as f64)
+        .collect();
+    means_of(images, one, &counts)
+}
+
 /// The int8 blob of folded model `f` with calibrated ranges `s` (`labels`: empty or one
-/// per class).
-pub fn lower(f: &Mixer, s: &Stats, labels: &[String]) -> Result<Vec<u8>> {
+/// per class). With `means` ([`input_means`]) the GEMM layers' biases are bias-corrected,
+/// as the ConvMixer's ([`crate::quant::lower`]): each output's bias moves by minus the
+/// mean error its quantised weights make on the calibration inputs.
+pub fn lower(
+    f: &Mixer,
+    s: &Stats,
+    means: Option<&[Vec<f64>]>,
+    labels: &[String],
+) -> Result<Vec<u8>> {
     let (ht, hc) = f.hidden();
     if f.blocks.is_empty() {
         bail!("the MLP-Mixer has no blocks (depth 0)");
@@ -150,7 +217,9 @@ pub fn lower(f: &Mixer, s: &Stats, labels: &[String]) -> Result<Vec<u8>> {
     let s_x = f64::from(lo.abs().max(hi)).max(1e-6) / 32767.0;
     let err = |l: usize| move |e: anyhow::Error| anyhow!("{}: {e}", f.layer_name(l));
     // The embedding reads pixel − 128 (scale 1 in pixel units, zero point −128).
-    let embed_out = gemm(&mut w, 0, &f.embed, (1.0, -128), &s.out[0], None).map_err(err(0))?;
+    let mean = |l: usize| means.and_then(|m| m.get(l)).map(Vec::as_slice);
+    let embed_out =
+        gemm(&mut w, (0, mean(0)), &f.embed, (1.0, -128), &s.out[0], None).map_err(err(0))?;
     res_add(&mut w, 0, embed_out, s_x).map_err(err(0))?;
     let mut l = 1;
     for b in &f.blocks {
@@ -158,15 +227,22 @@ pub fn lower(f: &Mixer, s: &Stats, labels: &[String]) -> Result<Vec<u8>> {
             let q_ln = norm_layer(&mut w, l, &mlp.norm, s_x, &s.out[l], f.dim).map_err(err(l))?;
             let q_h = gemm(
                 &mut w,
-                l + 1,
+                (l + 1, mean(l + 1)),
                 &mlp.fc1,
                 q_ln,
                 &s.out[l + 1],
                 Some((mlp.act, &s.act[l + 1])),
             )
             .map_err(err(l + 1))?;
-            let q_o =
-                gemm(&mut w, l + 2, &mlp.fc2, q_h, &s.out[l + 2], None).map_err(err(l + 2))?;
+            let q_o = gemm(
+                &mut w,
+                (l + 2, mean(l + 2)),
+                &mlp.fc2,
+                q_h,
+                &s.out[l + 2],
+                None,
+            )
+            .map_err(err(l + 2))?;
             res_add(&mut w, l + 2, q_o, s_x).map_err(err(l + 2))?;
             l += 3;
         }
@@ -190,10 +266,11 @@ pub fn lower(f: &Mixer, s: &Stats, labels: &[String]) -> Result<Vec<u8>> {
 /// tensor quantised as `(scale, zero point)` `q_in`; returns its output's quantisation.
 /// With `act` (fc1) the activation is read from a table over the pre-activation range
 /// `pre` and the output covers the activation range; without (embedding, fc2) the output
-/// covers `pre` through the identity table.
+/// covers `pre` through the identity table. With `means` (the layer's [`input_means`]) the
+/// bias is corrected.
 fn gemm(
     w: &mut Writer,
-    layer: usize,
+    (layer, means): (usize, Option<&[f64]>),
     l: &Linear,
     q_in: (f64, i32),
     pre: &Range,
@@ -230,8 +307,17 @@ fn gemm(
             sum_w += i64::from(q);
             sum_abs += i64::from(q).abs();
         }
+        // Bias correction: minus the mean error of the quantised weights, in real units
+        // (the row is in units of the int8 input's steps).
+        let correction: f64 = means.map_or(0.0, |m| {
+            row.iter()
+                .zip(&wq[o * k..(o + 1) * k])
+                .zip(m)
+                .map(|((&v, &q), &x)| (s_w * f64::from(q) - v) / s_in * x)
+                .sum()
+        });
         // The stored bias absorbs the input zero point: the kernels multiply raw int8.
-        let bq = (f64::from(l.b[o]) / s_w).round() - f64::from(zp_in) * sum_w as f64;
+        let bq = ((f64::from(l.b[o]) - correction) / s_w).round() - f64::from(zp_in) * sum_w as f64;
         if bq.abs() + 128.0 * sum_abs as f64 >= 2f64.powi(31) {
             bail!(
                 "output {o}: the int32 accumulator could overflow (|bias| {:.3e}, 128·Σ|w| {})",
