@@ -1,7 +1,8 @@
 //! `cargo run --release -p kernel-bench -- model BLOB [--threads N] [--rounds R] [--images K]`
 //! times the whole model of a `.cmx` blob instead (`Model::logits`, see `model.rs`): the
 //! real setting, where each layer's weights arrive cold, which the single layers below do
-//! not show.
+//! not show. `cargo run --release -p kernel-bench -- fma-peak` measures one core's float
+//! multiply-accumulate peak (`peak.rs`), the float pointwise conv's ceiling.
 //!
 //! `cargo run --release -p kernel-bench [-- --quick] [--simd-only]`: times the runtime's int8 kernels on
 //! random layers of two ConvMixers through the same drivers the model runs (the patch
@@ -24,6 +25,7 @@
 
 mod float;
 mod model;
+mod peak;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -347,6 +349,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "model") {
         model::run(&args[1..]);
+        return;
+    }
+    if args.first().is_some_and(|a| a == "fma-peak") {
+        peak::run();
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick");
