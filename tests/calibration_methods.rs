@@ -6,7 +6,8 @@
 use convmixer_edge::blob::SectionKind;
 use convmixer_edge::Precision;
 use convmixer_edge_tests::{
-    mnist, mnist_heldout, par_map, run_blob, section_range, MNIST_MEAN, MNIST_STD,
+    bias_at, expected_bias_move, mnist, mnist_heldout, par_map, run_blob, section_range,
+    MNIST_MEAN, MNIST_STD,
 };
 use convmixer_quantize::calibrate::{self, Method};
 use convmixer_quantize::{data, fold, onnx, quant, Options};
@@ -90,7 +91,6 @@ fn bias_correction_moves_each_bias_by_the_weights_mean_error() {
     // weights, which are then quantised symmetrically per output channel.
     let s_in = &quant::output_quant(plain.stats.as_deref().unwrap())[1].scale;
     let w = &f.blocks[0].1.w;
-    let bias = |b: &[u8], o: usize| i32::from_le_bytes(b[4 * o..4 * o + 4].try_into().unwrap());
     let (b0, b1) = (
         &plain.blob[section_range(&plain.blob, SectionKind::Bias, 2)],
         &corrected.blob[section_range(&corrected.blob, SectionKind::Bias, 2)],
@@ -100,15 +100,8 @@ fn bias_correction_moves_each_bias_by_the_weights_mean_error() {
         let folded: Vec<f64> = (0..dim)
             .map(|t| f64::from(w[o * dim + t]) * s_in[t])
             .collect();
-        let step = folded.iter().fold(0f64, |m, v| m.max(v.abs())) / 127.0;
-        let mean_err: f64 = (0..dim)
-            .map(|t| {
-                let wq = (folded[t] / step).round() * step;
-                (wq - folded[t]) / s_in[t] * means[2][t]
-            })
-            .sum();
-        let want = -mean_err / step;
-        let got = f64::from(bias(b1, o) - bias(b0, o));
+        let want = expected_bias_move(&folded, |t| s_in[t], &means[2]);
+        let got = f64::from(bias_at(b1, o) - bias_at(b0, o));
         assert!(
             (got - want).abs() <= 1.0,
             "channel {o}: moved {got}, expected {want:.2}"

@@ -12,10 +12,6 @@ fn mixer_file(name: &str) -> std::path::PathBuf {
     root().join("examples/mixer-mnist").join(name)
 }
 
-fn top1(correct: &[bool]) -> f64 {
-    100.0 * correct.iter().filter(|&&c| c).count() as f64 / correct.len() as f64
-}
-
 const EXPORTS: [&str; 3] = ["torchscript", "dynamo", "torchscript16"];
 
 #[test]
@@ -101,21 +97,21 @@ fn int8_keeps_fp32_accuracy_and_exports_agree() {
             let q = run_blob(int8, px);
             (argmax(&f), argmax(&q), max_abs(&f, &q))
         });
-        let fp32 = top1(
+        let fp32 = percent(
             &runs
                 .iter()
                 .zip(&set)
                 .map(|(r, (_, y))| r.0 == *y)
                 .collect::<Vec<_>>(),
         );
-        let acc8 = top1(
+        let acc8 = percent(
             &runs
                 .iter()
                 .zip(&set)
                 .map(|(r, (_, y))| r.1 == *y)
                 .collect::<Vec<_>>(),
         );
-        let agree = top1(&runs.iter().map(|r| r.0 == r.1).collect::<Vec<_>>());
+        let agree = percent(&runs.iter().map(|r| r.0 == r.1).collect::<Vec<_>>());
         let worst = runs.iter().map(|r| r.2).fold(0f32, f32::max);
         eprintln!(
             "{layout}: MNIST held-out ({} digits) fp32 {fp32:.2}%  int8 {acc8:.2}%  int8 = fp32 class on {agree:.2}%, max |logit diff| {worst:.3}  ({} blob bytes)",
@@ -146,14 +142,7 @@ fn every_calibration_method_keeps_fp32_accuracy() {
     for layout in ["lucid", "timm"] {
         let path = mixer_file(&format!("mixer-{layout}.torchscript.onnx"));
         let m = mixer::import(&path).expect("import");
-        let tract = TractModel::load(&path, 1, 28, 28).expect("tract");
-        let fp32 = top1(&par_map(&set, |(px, y)| {
-            argmax(
-                &tract
-                    .run_pixels(px, &[MNIST_MEAN], &[MNIST_STD])
-                    .expect("tract"),
-            ) == *y
-        }));
+        let fp32 = tract_mnist_top1(&path, &set);
         let mut minmax = Vec::new();
         for method in [
             Method::MinMax,
@@ -168,7 +157,7 @@ fn every_calibration_method_keeps_fp32_accuracy() {
                 ..Default::default()
             };
             let int8 = mixer::quantize(&m, &calib, &opts, &|| {}).expect("int8");
-            let acc8 = top1(&par_map(&set, |(px, y)| argmax(&run_blob(&int8, px)) == *y));
+            let acc8 = blob_top1(&int8, &set);
             eprintln!("{layout}: {method:?}: int8 {acc8:.2}% (fp32 {fp32:.2}%)");
             assert!(
                 (acc8 - fp32).abs() <= 0.3,
@@ -209,17 +198,8 @@ fn bias_correction_keeps_accuracy_and_moves_each_bias_by_the_mean_error() {
             mixer::quantize(&m, &calib, &opts, &|| {}).expect("int8")
         };
         let (plain, corrected) = (q(false), q(true));
-        let tract = TractModel::load(&path, 1, 28, 28).expect("tract");
-        let fp32 = top1(&par_map(&set, |(px, y)| {
-            argmax(
-                &tract
-                    .run_pixels(px, &[MNIST_MEAN], &[MNIST_STD])
-                    .expect("tract"),
-            ) == *y
-        }));
-        let acc8 = top1(&par_map(&set, |(px, y)| {
-            argmax(&run_blob(&corrected, px)) == *y
-        }));
+        let fp32 = tract_mnist_top1(&path, &set);
+        let acc8 = blob_top1(&corrected, &set);
         eprintln!("{layout}: bias-corrected int8 {acc8:.2}% (fp32 {fp32:.2}%)");
         assert!(
             (acc8 - fp32).abs() <= 0.3,
@@ -244,7 +224,6 @@ fn bias_correction_keeps_accuracy_and_moves_each_bias_by_the_mean_error() {
         let (lo, hi) = stats.out[1].with_zero();
         let (s_in, _) = convmixer_quantize::calibrate::asym(lo, hi);
         let fc1 = &f.blocks[0].token.fc1;
-        let bias = |b: &[u8], o: usize| i32::from_le_bytes(b[4 * o..4 * o + 4].try_into().unwrap());
         let (b0, b1) = (
             &plain[section_range(&plain, SectionKind::Bias, 2)],
             &corrected[section_range(&corrected, SectionKind::Bias, 2)],
@@ -252,12 +231,8 @@ fn bias_correction_keeps_accuracy_and_moves_each_bias_by_the_mean_error() {
         let mut moved = 0;
         for o in 0..fc1.n_out {
             let row: Vec<f64> = (0..t).map(|i| f64::from(fc1.w[o * t + i]) * s_in).collect();
-            let step = row.iter().fold(0f64, |a, v| a.max(v.abs())) / 127.0;
-            let mean_err: f64 = (0..t)
-                .map(|i| ((row[i] / step).round() * step - row[i]) / s_in * e[i])
-                .sum();
-            let want = -mean_err / step;
-            let got = f64::from(bias(b1, o) - bias(b0, o));
+            let want = expected_bias_move(&row, |_| s_in, &e);
+            let got = f64::from(bias_at(b1, o) - bias_at(b0, o));
             assert!(
                 (got - want).abs() <= 1.0,
                 "{layout}: output {o}: moved {got}, expected {want:.2}"
@@ -294,15 +269,8 @@ fn the_convmixer_baseline_keeps_fp32_accuracy() {
     );
     let int8 =
         convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, &|| {}).expect("int8");
-    let tract = TractModel::load(&path, 1, 28, 28).expect("tract");
-    let fp32 = top1(&par_map(&set, |(px, y)| {
-        argmax(
-            &tract
-                .run_pixels(px, &[MNIST_MEAN], &[MNIST_STD])
-                .expect("tract"),
-        ) == *y
-    }));
-    let acc8 = top1(&par_map(&set, |(px, y)| argmax(&run_blob(&int8, px)) == *y));
+    let fp32 = tract_mnist_top1(&path, &set);
+    let acc8 = blob_top1(&int8, &set);
     eprintln!(
         "baseline ConvMixer-160/4: fp32 {fp32:.2}%  int8 {acc8:.2}%  ({} blob bytes)",
         int8.len()

@@ -4,11 +4,7 @@
 
 use convmixer_edge::{Model, Precision};
 use convmixer_edge_tests::*;
-use convmixer_quantize::{data, onnx, reference::TractModel, Options};
-
-fn top1(correct: &[bool]) -> f64 {
-    100.0 * correct.iter().filter(|&&c| c).count() as f64 / correct.len() as f64
-}
+use convmixer_quantize::{data, onnx, Options};
 
 #[test]
 fn int8_and_fp16_keep_fp32_accuracy() {
@@ -27,14 +23,7 @@ fn int8_and_fp16_keep_fp32_accuracy() {
     for exporter in ["torchscript", "dynamo"] {
         let path = mnist(&format!("convmixer-mnist.{exporter}.onnx"));
         let m = onnx::import(&path).expect("import");
-        let tract = TractModel::load(&path, 1, 28, 28).expect("tract");
-        let fp32 = top1(&par_map(&set, |(px, y)| {
-            argmax(
-                &tract
-                    .run_pixels(px, &[MNIST_MEAN], &[MNIST_STD])
-                    .expect("tract"),
-            ) == *y
-        }));
+        let fp32 = tract_mnist_top1(&path, &set);
         let int8 =
             convmixer_quantize::quantize(&m, Precision::Int8, &calib, &opts, &|| {}).expect("int8");
         let fp16 =
@@ -56,7 +45,7 @@ fn int8_and_fp16_keep_fp32_accuracy() {
         "the two exporters' graphs give different fp16 blobs"
     );
 
-    let acc8 = top1(&par_map(&set, |(px, y)| argmax(&run_blob(int8, px)) == *y));
+    let acc8 = blob_top1(int8, &set);
     // The fp16 blob in both arithmetics: f32 (CPUs without FEAT_FP16) and binary16
     // (FEAT_FP16 CPUs; emulated exactly here).
     let run16 = |px: &[u8], f16_arith: bool| {
@@ -68,8 +57,8 @@ fn int8_and_fp16_keep_fp32_accuracy() {
         m.logits(px, &mut arena, &mut out).expect("inference");
         out
     };
-    let acc16 = top1(&par_map(&set, |(px, y)| argmax(&run16(px, false)) == *y));
-    let acc16h = top1(&par_map(&set, |(px, y)| argmax(&run16(px, true)) == *y));
+    let acc16 = percent(&par_map(&set, |(px, y)| argmax(&run16(px, false)) == *y));
+    let acc16h = percent(&par_map(&set, |(px, y)| argmax(&run16(px, true)) == *y));
     eprintln!(
         "MNIST held-out ({} digits): fp32 {fp32:.2}%  int8 {acc8:.2}%  fp16 {acc16:.2}%  fp16 (f16 arithmetic) {acc16h:.2}%",
         set.len()

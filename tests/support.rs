@@ -426,3 +426,47 @@ pub mod onnx_edit {
         m
     }
 }
+
+/// Top-1 (%) of tract's fp32 run of the 1×28×28 ONNX model at `path` on the MNIST digits
+/// `set` (with the MNIST normalisation): the independent reference the accuracy tests
+/// compare with.
+pub fn tract_mnist_top1(path: &Path, set: &[(Vec<u8>, usize)]) -> f64 {
+    let tract = convmixer_quantize::reference::TractModel::load(path, 1, 28, 28).expect("tract");
+    percent(&par_map(set, |(px, y)| {
+        argmax(
+            &tract
+                .run_pixels(px, &[MNIST_MEAN], &[MNIST_STD])
+                .expect("tract"),
+        ) == *y
+    }))
+}
+
+/// Top-1 (%) of `blob` run by the runtime on the labelled images `set`.
+pub fn blob_top1(blob: &[u8], set: &[(Vec<u8>, usize)]) -> f64 {
+    percent(&par_map(set, |(px, y)| argmax(&run_blob(blob, px)) == *y))
+}
+
+/// The share of `true` in `hits`, in percent.
+pub fn percent(hits: &[bool]) -> f64 {
+    100.0 * hits.iter().filter(|&&h| h).count() as f64 / hits.len().max(1) as f64
+}
+
+/// The bias move that bias correction should make on one output, in accumulator steps:
+/// `w` the output's weights in units of its int8 input's steps (quantised symmetrically by
+/// the quantiser, `step = max|w|/127`), `s_in[t]` input t's scale (what `w` was multiplied
+/// by), `mean[t]` input t's mean: `−Σ_t (ŵ_t − w_t)/s_in[t]·mean[t] / step`. An independent
+/// restatement of the quantiser's formula for the tests.
+pub fn expected_bias_move(w: &[f64], s_in: impl Fn(usize) -> f64, mean: &[f64]) -> f64 {
+    let step = w.iter().fold(0f64, |m, v| m.max(v.abs())) / 127.0;
+    let mean_err: f64 = w
+        .iter()
+        .enumerate()
+        .map(|(t, &v)| ((v / step).round() * step - v) / s_in(t) * mean[t])
+        .sum();
+    -mean_err / step
+}
+
+/// The i32 at element `o` of a BIAS section's bytes.
+pub fn bias_at(section: &[u8], o: usize) -> i32 {
+    i32::from_le_bytes(section[4 * o..4 * o + 4].try_into().expect("4 bytes"))
+}
