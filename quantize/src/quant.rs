@@ -449,27 +449,8 @@ fn lower_int8_layer(
     };
     // What `w_at` folded into tap t (the pointwise input scales), for the bias correction.
     let folded_in = |t: usize| if depthwise || li == 0 { 1.0 } else { s_in[t] };
-    // Depthwise weights are stored tap-major (`[tap][out]`), so the kernels load 16
-    // channels of one tap at once; the GEMM layers' are packed below.
-    let tap_major = depthwise;
-    let mut wq = vec![0i8; l.w.len()];
-    let mut s_w = vec![0f64; dim];
-    for o in 0..dim {
-        let max = (0..taps)
-            .map(|t| f64::from(w_at(o, t)).abs())
-            .fold(0.0, f64::max);
-        s_w[o] = if max > 0.0 { max / 127.0 } else { 1.0 };
-        for t in 0..taps {
-            let q = (f64::from(w_at(o, t)) / s_w[o])
-                .round()
-                .clamp(-127.0, 127.0) as i8;
-            if tap_major {
-                wq[t * dim + o] = q;
-            } else {
-                wq[o * taps + t] = q;
-            }
-        }
-    }
+    let row = |o: usize| -> Vec<f64> { (0..taps).map(|t| f64::from(w_at(o, t))).collect() };
+    let outs: Vec<OutputWeights> = (0..dim).map(|o| OutputWeights::new(&row(o))).collect();
     // Activation domain: ReLU's i16 step, or the GELU table over the pre-activation.
     let table = match f.act {
         Activation::Relu => None,
@@ -487,37 +468,24 @@ fn lower_int8_layer(
     };
     let mut bias = vec![0i32; dim];
     let mut rq: Vec<[i32; 6]> = Vec::with_capacity(dim);
-    for o in 0..dim {
+    for (o, ow) in outs.iter().enumerate() {
         // Accumulator units: weight step × input step (pointwise: folded, 1).
-        let acc_scale = if depthwise { s_in[o] * s_w[o] } else { s_w[o] };
+        let acc_scale = if depthwise {
+            s_in[o] * ow.step
+        } else {
+            ow.step
+        };
         // Bias correction: minus the mean error of the quantised weights.
         let correction: f64 = input_means.map_or(0.0, |m| {
-            (0..taps)
-                .map(|t| {
-                    let q = f64::from(if tap_major {
-                        wq[t * dim + o]
-                    } else {
-                        wq[o * taps + t]
-                    });
-                    let mean = if depthwise {
-                        m[li][t * dim + o]
-                    } else {
-                        m[li][t]
-                    };
-                    // The quantised weight's error in real units, times E[x].
-                    (s_w[o] * q - f64::from(w_at(o, t))) / folded_in(t) * mean
-                })
-                .sum()
+            let mean = |t: usize| {
+                if depthwise {
+                    m[li][t * dim + o]
+                } else {
+                    m[li][t]
+                }
+            };
+            ow.mean_error(&row(o), folded_in, mean)
         });
-        let w_o = |t: usize| {
-            i64::from(if tap_major {
-                wq[t * dim + o]
-            } else {
-                wq[o * taps + t]
-            })
-        };
-        let sum_abs: i64 = (0..taps).map(|t| w_o(t).abs()).sum();
-        let sum_w: i64 = (0..taps).map(w_o).sum();
         let ms = f64::from(l.scale[o]) * s_a / s_out[o];
         let bs = f64::from(l.shift[o]) / s_out[o];
         let rs = if depthwise { s_in[o] / s_out[o] } else { 0.0 };
@@ -529,26 +497,20 @@ fn lower_int8_layer(
             _ => TableMap::IDENTITY,
         };
         let fixed = |map: &TableMap| -> Result<(i32, [i32; 6])> {
-            // The stored bias absorbs the input zero point, bias′ = bias − zp_in·Σw, so
-            // the kernels multiply raw int8 inputs (docs/blob-format.md), and the map's
-            // offset.
-            let bq = ((f64::from(l.b[o]) - correction + map.off) / acc_scale).round()
-                - f64::from(zp_in) * sum_w as f64;
-            let x_range = 128.0; // every layer's input is int8 (the embedding's: pixel − 128)
-            if bq.abs() + x_range * sum_abs as f64 >= 2f64.powi(31) {
-                bail!(
-                    "the int32 accumulator could overflow: |bias| {:.3e} + 128·Σ|w| {} ≥ 2^31 (the bias is huge next to the channel's weights; quantise this model with --precision fp16)",
-                    bq.abs(),
-                    x_range as i64 * sum_abs
-                );
-            }
+            // The stored bias also takes the map's offset.
+            let bq = ow.int32_bias(
+                f64::from(l.b[o]) - correction + map.off,
+                acc_scale,
+                zp_in,
+                "; quantise this model with --precision fp16",
+            )?;
             let (m_pre, sh_pre) = multiplier(acc_scale * map.k / target)?;
             let (m_post, b_post, sh_post, m_res) = post_params(
                 ms * map.p,
                 bs + f64::from(l.scale[o]) * map.q / s_out[o],
                 rs,
             )?;
-            Ok((bq as i32, [m_pre, sh_pre, m_post, b_post, sh_post, m_res]))
+            Ok((bq, [m_pre, sh_pre, m_post, b_post, sh_post, m_res]))
         };
         let (b, r) = fixed(&map)
             .or_else(|_| fixed(&TableMap::IDENTITY))
@@ -556,16 +518,79 @@ fn lower_int8_layer(
         bias[o] = b;
         rq.push(r);
     }
-    // GEMM weights (embedding, pointwise) go into the blob packed for the SIMD kernels.
+    // Depthwise weights are stored tap-major (`[tap][out]`), so the kernels load 16
+    // channels of one tap at once; the GEMM layers' go in packed for the SIMD kernels.
     let bytes = if depthwise {
-        wq.iter().map(|&v| v as u8).collect()
+        (0..taps * dim)
+            .map(|i| outs[i % dim].q[i / dim] as u8)
+            .collect()
     } else {
+        let wq: Vec<i8> = outs.iter().flat_map(|ow| ow.q.iter().copied()).collect();
         pack_gemm(&wq, dim, taps)
     };
     let zp_z = table.as_ref().map_or(0, |t| t.zp_z);
     let table = table.as_ref().map_or_else(Vec::new, GeluTable::bytes);
     push_int8_layer(w, li, bytes, &bias, &rq, [zp_in, zp_z, zp_out, 0], table)?;
     Ok(sections)
+}
+
+/// One output of an int8 layer of either network with its weights quantised symmetrically
+/// (per output): the weight step and the int8 weights.
+pub(crate) struct OutputWeights {
+    /// Real units (of the weights as given) per weight step: `max |w| / 127`, or 1 for an
+    /// all-zero output.
+    pub(crate) step: f64,
+    /// The int8 weights, in the given order.
+    pub(crate) q: Vec<i8>,
+}
+
+impl OutputWeights {
+    /// Quantises `w`, one output's weights (in units of its int8 input's steps).
+    pub(crate) fn new(w: &[f64]) -> Self {
+        let max = w.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let step = if max > 0.0 { max / 127.0 } else { 1.0 };
+        let q = w
+            .iter()
+            .map(|v| (v / step).round().clamp(-127.0, 127.0) as i8)
+            .collect();
+        OutputWeights { step, q }
+    }
+
+    /// The mean error the quantised weights make on the calibration inputs, in real units:
+    /// `Σ_t (step·q_t − w_t)/s_in(t)·mean(t)` (`w` as given to [`OutputWeights::new`],
+    /// `s_in(t)` what input t's real value was divided by to get `w_t`'s units). Bias
+    /// correction subtracts it from the bias.
+    pub(crate) fn mean_error(
+        &self,
+        w: &[f64],
+        s_in: impl Fn(usize) -> f64,
+        mean: impl Fn(usize) -> f64,
+    ) -> f64 {
+        w.iter()
+            .zip(&self.q)
+            .enumerate()
+            .map(|(t, (&v, &q))| (self.step * f64::from(q) - v) / s_in(t) * mean(t))
+            .sum()
+    }
+
+    /// The stored int32 bias of real bias `b` in accumulator units `acc_scale` (weight step
+    /// × input step), absorbing the input zero point `zp_in` (`b′ = b − zp_in·Σq`, so that
+    /// the kernels multiply raw int8 inputs: docs/blob-format.md); an error (ending in
+    /// `hint`) where some int8 input could overflow the accumulator.
+    pub(crate) fn int32_bias(&self, b: f64, acc_scale: f64, zp_in: i32, hint: &str) -> Result<i32> {
+        let sum: i64 = self.q.iter().map(|&q| i64::from(q)).sum();
+        let sum_abs: i64 = self.q.iter().map(|&q| i64::from(q).abs()).sum();
+        let bq = (b / acc_scale).round() - f64::from(zp_in) * sum as f64;
+        // Every layer's input is int8 (the embedding's: pixel − 128): |x| ≤ 128.
+        if bq.abs() + 128.0 * sum_abs as f64 >= 2f64.powi(31) {
+            bail!(
+                "the int32 accumulator could overflow: |bias| {:.3e} + 128·Σ|w| {} ≥ 2^31 (the bias is huge next to the channel's weights{hint})",
+                bq.abs(),
+                128 * sum_abs
+            );
+        }
+        Ok(bq as i32)
+    }
 }
 
 /// `n × k` int8 weights (`[out][in]`) packed for the GEMM kernels ([`gemm_index`]).

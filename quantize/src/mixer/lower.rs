@@ -9,7 +9,9 @@ use super::forward::{forward_with, Seen};
 use super::{Linear, Ln, Mixer};
 use crate::blob::{i32_bytes, Writer};
 use crate::calibrate::{asym, clip, means_of, patch_sums, tensor_histograms, Method, Range};
-use crate::quant::{gap_frac_bits, multiplier, post_params, u16_of, u8_of, GeluTable};
+use crate::quant::{
+    gap_frac_bits, multiplier, post_params, u16_of, u8_of, GeluTable, OutputWeights,
+};
 
 /// The ranges of one folded model over a calibration set, per blob layer.
 #[derive(Clone, Debug, Default)]
@@ -296,35 +298,16 @@ fn gemm(
     let mut bias = vec![0i32; n];
     let mut rq: Vec<[i32; 6]> = Vec::with_capacity(n);
     for o in 0..n {
+        // The output's weights in units of the int8 input's steps, quantised as the
+        // ConvMixer's ([`OutputWeights`]), the bias corrected by their mean error.
         let row: Vec<f64> = (0..k).map(|i| f64::from(l.w[o * k + i]) * s_in).collect();
-        let max = row.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let s_w = if max > 0.0 { max / 127.0 } else { 1.0 };
-        let mut sum_w = 0i64;
-        let mut sum_abs = 0i64;
-        for (i, v) in row.iter().enumerate() {
-            let q = (v / s_w).round().clamp(-127.0, 127.0) as i8;
-            wq[o * k + i] = q;
-            sum_w += i64::from(q);
-            sum_abs += i64::from(q).abs();
-        }
-        // Bias correction: minus the mean error of the quantised weights, in real units
-        // (the row is in units of the int8 input's steps).
-        let correction: f64 = means.map_or(0.0, |m| {
-            row.iter()
-                .zip(&wq[o * k..(o + 1) * k])
-                .zip(m)
-                .map(|((&v, &q), &x)| (s_w * f64::from(q) - v) / s_in * x)
-                .sum()
-        });
-        // The stored bias absorbs the input zero point: the kernels multiply raw int8.
-        let bq = ((f64::from(l.b[o]) - correction) / s_w).round() - f64::from(zp_in) * sum_w as f64;
-        if bq.abs() + 128.0 * sum_abs as f64 >= 2f64.powi(31) {
-            bail!(
-                "output {o}: the int32 accumulator could overflow (|bias| {:.3e}, 128·Σ|w| {})",
-                bq.abs(),
-                128 * sum_abs
-            );
-        }
+        let ow = OutputWeights::new(&row);
+        let correction = means.map_or(0.0, |m| ow.mean_error(&row, |_| s_in, |t| m[t]));
+        let bq = ow
+            .int32_bias(f64::from(l.b[o]) - correction, ow.step, zp_in, "")
+            .map_err(|e| anyhow!("output {o}: {e}"))?;
+        wq[o * k..(o + 1) * k].copy_from_slice(&ow.q);
+        let s_w = ow.step;
         let (m_pre, sh_pre) = multiplier(s_w / s_z)?;
         let post = match &table {
             Some(t) => {
@@ -333,7 +316,7 @@ fn gemm(
             }
             None => [1, 0, 0],
         };
-        bias[o] = bq as i32;
+        bias[o] = bq;
         rq.push([m_pre, sh_pre, post[0], post[1], post[2], 0]);
     }
     let table_bytes = match &table {
