@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Result};
 use tract_onnx::pb::NodeProto;
 
 use super::{Block, Linear, Mixer, Mlp};
-use crate::onnx::{attr, attr_int, attr_ints, check_finite, describe, linear_weight, Graph};
+use crate::onnx::{attr, attr_int, attr_ints, check_finite, describe, Graph};
 
 /// Walks the graph from the input, tracking the shape `[1, a, b]` (batch 1) of the
 /// activation it follows.
@@ -38,14 +38,12 @@ impl<'a, 'g> Walker<'a, 'g> {
     /// The nodes reading the values of `t` (its `Shape` readers left out: they only feed
     /// shape computations, which [`Walker::ints`] evaluates).
     pub(super) fn data_users(&self, t: &str) -> Vec<&'g NodeProto> {
-        let mut u = self.g.users(t);
-        u.retain(|n| n.op_type != "Shape");
-        u
+        self.g.data_users(t)
     }
 
     /// The single node reading the values of `t`.
     pub(super) fn next(&self, t: &str, expected: &str) -> Result<&'g NodeProto> {
-        crate::onnx::only_user(self.data_users(t), t, expected)
+        self.g.single_data_user(t, expected)
     }
 
     pub(super) fn set_shape(&self, t: &str, s: &[usize]) {
@@ -339,39 +337,9 @@ impl<'a, 'g> Walker<'a, 'g> {
                 self.reduce_axes(n)?
             );
         }
-        let mut cur = n.output[0].as_str();
-        let mut n = self.next(cur, "the classifier")?;
-        while matches!(n.op_type.as_str(), "Flatten" | "Reshape" | "Squeeze") {
-            cur = n.output[0].as_str();
-            n = self.next(cur, "the classifier")?;
-        }
-        let (lin, out) = match n.op_type.as_str() {
-            "Gemm" => {
-                if attr_int(n, "transA").unwrap_or(0) != 0 {
-                    bail!("{}: transA is not supported", describe(n));
-                }
-                let alpha = f64::from(attr(n, "alpha").map_or(1.0, |a| a.f));
-                let beta = attr(n, "beta").map_or(1.0, |a| a.f);
-                let trans_b = attr_int(n, "transB").unwrap_or(0) != 0;
-                let wt = self
-                    .g
-                    .constant(n.input.get(1).map_or("", |s| s), "Gemm weight")?;
-                let w = linear_weight(wt, trans_b, dim, n)?;
-                let classes = w.len() / dim;
-                let b = self.bias(n, 2, classes)?.iter().map(|v| v * beta).collect();
-                let w = w.iter().map(|&v| (f64::from(v) * alpha) as f32).collect();
-                (
-                    linear(describe(n), w, b, dim, classes)?,
-                    n.output[0].as_str(),
-                )
-            }
-            "MatMul" => self.matmul(n, cur, dim)?,
-            _ => bail!("{}: expected the classifier (Gemm or MatMul)", describe(n)),
-        };
-        if !self.g.outputs.contains(&out) {
-            bail!("tensor '{out}' after the classifier is not the graph output (expected nothing after the head)");
-        }
-        Ok(lin)
+        let (w, b) = self.g.classifier(&n.output[0], dim)?;
+        let classes = b.len();
+        linear("the classifier".into(), w, b, dim, classes)
     }
 }
 

@@ -307,6 +307,98 @@ impl<'g> Graph<'g> {
         }
     }
 
+    /// The nodes reading the values of `t`: its users except `Shape` (which only feed
+    /// shape computations, such as a Reshape's target).
+    pub(crate) fn data_users(&self, t: &str) -> Vec<&'g NodeProto> {
+        let mut u = self.users(t);
+        u.retain(|n| n.op_type != "Shape");
+        u
+    }
+
+    /// The single node reading the values of `t` ([`Graph::data_users`]).
+    pub(crate) fn single_data_user(&self, t: &str, expected: &str) -> Result<&'g NodeProto> {
+        only_user(self.data_users(t), t, expected)
+    }
+
+    /// The classifier of both networks after the pooled features `x` (`dim` of them):
+    /// `[Flatten | Reshape | Squeeze]* → Gemm | MatMul [+ Add]`, ending at the graph's
+    /// output. Its weights `[classes][dim]` (Gemm's `alpha` and `beta` applied) and bias.
+    pub(crate) fn classifier(&self, x: &'g str, dim: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut cur = x;
+        let mut n = self.single_data_user(cur, "the classifier")?;
+        while matches!(n.op_type.as_str(), "Flatten" | "Reshape" | "Squeeze") {
+            cur = n.output[0].as_str();
+            n = self.single_data_user(cur, "the classifier")?;
+        }
+        let (w, b, out) = match n.op_type.as_str() {
+            "Gemm" => {
+                if attr_int(n, "transA").unwrap_or(0) != 0 {
+                    bail!("{}: transA is not supported", describe(n));
+                }
+                let alpha = attr(n, "alpha").map_or(1.0, |a| a.f);
+                let beta = attr(n, "beta").map_or(1.0, |a| a.f);
+                let trans_b = attr_int(n, "transB").unwrap_or(0) != 0;
+                let wt = self.constant(n.input.get(1).map_or("", |s| s), "Gemm weight")?;
+                let w = linear_weight(wt, trans_b, dim, n)?;
+                let classes = w.len() / dim;
+                let b = match n.input.get(2).filter(|s| !s.is_empty()) {
+                    Some(name) => self.constant(name, "Gemm bias")?.data.clone(),
+                    None => vec![0.0; classes],
+                };
+                if b.len() != classes {
+                    bail!(
+                        "{}: bias has {} values for {classes} classes",
+                        describe(n),
+                        b.len()
+                    );
+                }
+                let w: Vec<f32> = w
+                    .iter()
+                    .map(|&v| (f64::from(v) * f64::from(alpha)) as f32)
+                    .collect();
+                let b: Vec<f32> = b
+                    .iter()
+                    .map(|&v| (f64::from(v) * f64::from(beta)) as f32)
+                    .collect();
+                (w, b, n.output[0].as_str())
+            }
+            "MatMul" => {
+                let wt = self.constant(n.input.get(1).map_or("", |s| s), "MatMul weight")?;
+                let w = linear_weight(wt, false, dim, n)?;
+                let classes = w.len() / dim;
+                let mut out = n.output[0].as_str();
+                let mut b = vec![0.0f32; classes];
+                if let [add] = self.users(out).as_slice() {
+                    if add.op_type == "Add" {
+                        let other = add
+                            .input
+                            .iter()
+                            .find(|i| i.as_str() != out)
+                            .map_or("", |s| s.as_str());
+                        let t = self.constant(other, "classifier bias")?;
+                        if t.data.len() != classes {
+                            bail!(
+                                "{}: bias has {} values for {classes} classes",
+                                describe(add),
+                                t.data.len()
+                            );
+                        }
+                        b = t.data.clone();
+                        out = add.output[0].as_str();
+                    }
+                }
+                (w, b, out)
+            }
+            _ => bail!("{}: expected the classifier (Gemm or MatMul)", describe(n)),
+        };
+        if !self.outputs.contains(&out) {
+            bail!("tensor '{out}' after the classifier is not the graph output (expected nothing after the head)");
+        }
+        check_finite("classifier weight", &w)?;
+        check_finite("classifier bias", &b)?;
+        Ok((w, b))
+    }
+
     /// The first node of what follows a conv: its single consumer, or — for the
     /// TorchScript GELU, where `x` feeds both `Div` and `Mul` — the first of several
     /// element-wise consumers (`activation` then checks the whole subgraph).
