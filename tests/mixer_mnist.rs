@@ -213,8 +213,7 @@ fn bias_correction_keeps_accuracy_and_moves_each_bias_by_the_mean_error() {
         let (t, d) = (f.tokens(), f.dim);
         let mut e = vec![0f64; t];
         for img in &calib {
-            let x: Vec<f32> = img.iter().map(|&v| f32::from(v)).collect();
-            mixer::forward_with(&f, &x, |l, i, seen| {
+            mixer::forward_pixels_with(&f, img, |l, i, seen| {
                 if let (1, mixer::Seen::Norm(v)) = (l, seen) {
                     e[i / d] += f64::from(v);
                 }

@@ -64,7 +64,7 @@ mod lower;
 mod mlp;
 mod shapes;
 
-pub use forward::{forward, forward_pixels, forward_with, Seen};
+pub use forward::{forward, forward_pixels, forward_pixels_with, forward_with, Seen};
 pub use lower::{calibrate, calibrate_with, input_means, lower, Stats};
 
 /// A LayerNorm over the channels of every token.
@@ -174,14 +174,21 @@ impl Mixer {
             .first()
             .map_or((0, 0), |b| (b.token.fc1.n_out, b.channel.fc1.n_out))
     }
-    /// How reports name blob layer `l` (`docs/blob-format.md`: embedding, six layers per
-    /// block, final LayerNorm, head).
+    /// Blob layer of the final LayerNorm (`docs/blob-format.md`: the embedding, six layers
+    /// per block, then the final LayerNorm and the head).
+    pub fn final_norm(&self) -> usize {
+        1 + 6 * self.blocks.len()
+    }
+    /// Blob layers, the head included.
+    pub fn layers(&self) -> usize {
+        self.final_norm() + 2
+    }
+    /// How reports name blob layer `l`.
     pub fn layer_name(&self, l: usize) -> String {
-        let depth = self.blocks.len();
         match l {
             0 => "embed".into(),
-            l if l == 1 + 6 * depth => "final norm".into(),
-            l if l > 1 + 6 * depth => "head".into(),
+            l if l == self.final_norm() => "final norm".into(),
+            l if l > self.final_norm() => "head".into(),
             l => {
                 let what = [
                     "token norm",

@@ -100,13 +100,15 @@ pub fn forward_with(m: &Mixer, x: &[f32], mut see: impl FnMut(usize, usize, Seen
             // Rows: channels for the token MLP (the transposed LayerNorm output), tokens
             // for the channel MLP.
             let (rows, n) = if j == 0 { (d, t) } else { (t, d) };
-            let xin: Vec<f32> = if j == 0 {
-                (0..d)
+            let transposed: Vec<f32>;
+            let xin: &[f32] = if j == 0 {
+                transposed = (0..d)
                     .flat_map(|r| (0..t).map(move |i| (r, i)))
                     .map(|(r, i)| y[i * d + r])
-                    .collect()
+                    .collect();
+                &transposed
             } else {
-                y.clone()
+                &y
             };
             let hidden = mlp.fc1.n_out;
             let mut h = vec![0f32; rows * hidden];
@@ -129,7 +131,7 @@ pub fn forward_with(m: &Mixer, x: &[f32], mut see: impl FnMut(usize, usize, Seen
             }
         }
     }
-    let fl = 1 + 6 * m.blocks.len();
+    let fl = m.final_norm();
     for (row, out) in s.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
         layer_norm(row, &m.norm, out);
     }
@@ -151,6 +153,11 @@ pub fn forward(m: &Mixer, nchw: &[f32]) -> Vec<f32> {
 
 /// The logits of a folded model for raw HWC pixels.
 pub fn forward_pixels(m: &Mixer, px: &[u8]) -> Vec<f32> {
+    forward_pixels_with(m, px, |_, _, _| {})
+}
+
+/// [`forward_with`] of a folded model on raw HWC pixels (calibration, bias correction).
+pub fn forward_pixels_with(m: &Mixer, px: &[u8], see: impl FnMut(usize, usize, Seen)) -> Vec<f32> {
     let x: Vec<f32> = px.iter().map(|&v| f32::from(v)).collect();
-    forward_with(m, &x, |_, _, _| {})
+    forward_with(m, &x, see)
 }

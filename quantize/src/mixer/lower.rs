@@ -5,7 +5,7 @@ use anyhow::{anyhow, bail, Result};
 use convmixer_edge::blob::{mixer_limits, Arch, Header, LayerMask, SectionKind};
 use convmixer_edge::{Activation, Precision};
 
-use super::forward::{forward_with, Seen};
+use super::forward::{forward_pixels_with, Seen};
 use super::{Linear, Ln, Mixer};
 use crate::blob::{i32_bytes, Writer};
 use crate::calibrate::{asym, clip, means_of, patch_sums, tensor_histograms, Method, Range};
@@ -45,7 +45,7 @@ pub fn calibrate<I: AsRef<[u8]> + Sync>(
     images: &[I],
     progress: &(dyn Fn() + Sync),
 ) -> Stats {
-    let layers = 3 + 6 * f.blocks.len();
+    let layers = f.layers();
     let empty = Stats {
         stream: Range::default(),
         out: vec![Range::default(); layers],
@@ -53,8 +53,7 @@ pub fn calibrate<I: AsRef<[u8]> + Sync>(
     };
     let one = |img: &I| {
         let mut s = empty.clone();
-        let x: Vec<f32> = img.as_ref().iter().map(|&v| f32::from(v)).collect();
-        forward_with(f, &x, |l, _, seen| match seen {
+        forward_pixels_with(f, img.as_ref(), |l, _, seen| match seen {
             Seen::Stream(v) => s.stream.add(v),
             Seen::Norm(v) | Seen::Branch(v) => s.out[l].add(v),
             Seen::Hidden(pre, a) => {
@@ -89,8 +88,7 @@ pub fn calibrate_with<I: AsRef<[u8]> + Sync>(
         images,
         &ranges,
         |img, add| {
-            let x: Vec<f32> = img.iter().map(|&v| f32::from(v)).collect();
-            forward_with(f, &x, |l, _, seen| match seen {
+            forward_pixels_with(f, img, |l, _, seen| match seen {
                 Seen::Stream(_) => {}
                 Seen::Norm(v) | Seen::Branch(v) => add(l, &[v]),
                 Seen::Hidden(pre, a) => {
@@ -119,8 +117,7 @@ pub fn calibrate_with<I: AsRef<[u8]> + Sync>(
 pub fn input_means<I: AsRef<[u8]> + Sync>(f: &Mixer, images: &[I]) -> Vec<Vec<f64>> {
     let (t, d, p) = (f.tokens(), f.dim, f.patch);
     let (th, ch) = f.hidden();
-    let layers = 3 + 6 * f.blocks.len();
-    let final_norm = 1 + 6 * f.blocks.len();
+    let (layers, final_norm) = (f.layers(), f.final_norm());
     // Inputs and rows (per image) of every GEMM layer.
     let mut inputs = vec![0usize; layers];
     let mut rows = vec![0usize; layers];
@@ -138,8 +135,7 @@ pub fn input_means<I: AsRef<[u8]> + Sync>(f: &Mixer, images: &[I]) -> Vec<Vec<f6
         let img = img.as_ref();
         let mut sums: Vec<Vec<f64>> = inputs.iter().map(|&n| vec![0f64; n]).collect();
         sums[0] = patch_sums(img, (f.in_w, f.in_c), p, (f.in_h / p, f.in_w / p));
-        let x: Vec<f32> = img.iter().map(|&v| f32::from(v)).collect();
-        forward_with(f, &x, |l, i, seen| match seen {
+        forward_pixels_with(f, img, |l, i, seen| match seen {
             // A LayerNorm's output, [token][channel]: the token fc1 reads it per token, the
             // channel fc1 per channel.
             Seen::Norm(v) if l < final_norm => {
